@@ -1,0 +1,150 @@
+/*
+ * schedule.c - building schedules: append steps with dependencies, then
+ * finalize into a dependents list for the executors.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "coll/schedule.h"
+
+void duet__sched_init(duet__sched_t *s) { memset(s, 0, sizeof(*s)); }
+
+void duet__sched_fini(duet__sched_t *s) {
+  free(s->steps);
+  free(s->deps);
+  free(s->outs);
+  memset(s, 0, sizeof(*s));
+}
+
+static int duet__grow(void **p, uint32_t *cap, uint32_t need, size_t elem) {
+  uint32_t ncap;
+  void *np;
+  if (need <= *cap)
+    return 0;
+  ncap = *cap ? *cap : 16;
+  while (ncap < need)
+    ncap *= 2;
+  np = realloc(*p, (size_t)ncap * elem);
+  if (np == NULL)
+    return -1;
+  *p = np;
+  *cap = ncap;
+  return 0;
+}
+
+uint32_t duet__sched_add(duet__sched_t *s, const duet__step_t *st, const uint32_t *deps,
+                         uint32_t ndeps) {
+  uint32_t idx, i, n = 0;
+  duet__step_t *dst;
+
+  if (s->oom)
+    return DUET_STEP_NONE;
+  if (duet__grow((void **)&s->steps, &s->steps_cap, s->nsteps + 1, sizeof(*s->steps)) ||
+      duet__grow((void **)&s->deps, &s->deps_cap, s->ndeps + ndeps, sizeof(*s->deps))) {
+    s->oom = 1;
+    return DUET_STEP_NONE;
+  }
+  idx = s->nsteps++;
+  dst = &s->steps[idx];
+  *dst = *st;
+  dst->dep_first = s->ndeps;
+  for (i = 0; i < ndeps; i++)
+    if (deps[i] != DUET_STEP_NONE)
+      s->deps[s->ndeps + n++] = deps[i];
+  dst->ndeps = n;
+  dst->out_first = dst->nout = 0;
+  s->ndeps += n;
+  if ((dst->kind == DUET_STEP_SEND || dst->kind == DUET_STEP_RECV) && dst->msg + 1 > s->max_msg)
+    s->max_msg = dst->msg + 1;
+  return idx;
+}
+
+static uint32_t duet__sched_data(duet__sched_t *s, int kind, int peer, uint32_t msg,
+                                 duet__ref_t dst, duet__ref_t a, duet__ref_t b, uint64_t len,
+                                 const uint32_t *deps, uint32_t ndeps) {
+  duet__step_t st;
+  if (len == 0)
+    return DUET_STEP_NONE;
+  memset(&st, 0, sizeof(st));
+  st.kind = (uint8_t)kind;
+  st.peer = peer;
+  st.msg = msg;
+  st.dst = dst;
+  st.a = a;
+  st.b = b;
+  st.len = len;
+  return duet__sched_add(s, &st, deps, ndeps);
+}
+
+static const duet__ref_t duet__noref = {DUET_BUF_NONE, 0};
+
+uint32_t duet__sched_send(duet__sched_t *s, int peer, uint32_t msg, duet__ref_t a, uint64_t len,
+                          const uint32_t *deps, uint32_t ndeps) {
+  return duet__sched_data(s, DUET_STEP_SEND, peer, msg, duet__noref, a, duet__noref, len, deps,
+                          ndeps);
+}
+
+uint32_t duet__sched_recv(duet__sched_t *s, int peer, uint32_t msg, duet__ref_t dst,
+                          uint64_t len, const uint32_t *deps, uint32_t ndeps) {
+  return duet__sched_data(s, DUET_STEP_RECV, peer, msg, dst, duet__noref, duet__noref, len, deps,
+                          ndeps);
+}
+
+uint32_t duet__sched_reduce(duet__sched_t *s, duet__ref_t dst, duet__ref_t a, duet__ref_t b,
+                            uint64_t len, const uint32_t *deps, uint32_t ndeps) {
+  return duet__sched_data(s, DUET_STEP_REDUCE, -1, 0, dst, a, b, len, deps, ndeps);
+}
+
+uint32_t duet__sched_copy(duet__sched_t *s, duet__ref_t dst, duet__ref_t a, uint64_t len,
+                          const uint32_t *deps, uint32_t ndeps) {
+  if (dst.buf == a.buf && dst.off == a.off)
+    return DUET_STEP_NONE; /* in place: nothing to copy */
+  return duet__sched_data(s, DUET_STEP_COPY, -1, 0, dst, a, duet__noref, len, deps, ndeps);
+}
+
+uint32_t duet__sched_avg(duet__sched_t *s, duet__ref_t dst, uint64_t len, const uint32_t *deps,
+                         uint32_t ndeps) {
+  return duet__sched_data(s, DUET_STEP_AVG, -1, 0, dst, duet__noref, duet__noref, len, deps,
+                          ndeps);
+}
+
+uint32_t duet__sched_token(duet__sched_t *s, int kind, int peer, uint32_t msg,
+                           const uint32_t *deps, uint32_t ndeps) {
+  duet__step_t st;
+  memset(&st, 0, sizeof(st));
+  st.kind = (uint8_t)kind;
+  st.peer = peer;
+  st.msg = msg;
+  return duet__sched_add(s, &st, deps, ndeps);
+}
+
+duet_status_t duet__sched_finalize(duet__sched_t *s) {
+  uint32_t i, d, *fill;
+
+  if (s->oom)
+    return DUET_ERR_NO_MEMORY;
+  free(s->outs);
+  s->outs = malloc(((size_t)s->ndeps + 1) * sizeof(*s->outs));
+  fill = calloc((size_t)s->nsteps + 1, sizeof(*fill));
+  if (s->outs == NULL || fill == NULL) {
+    free(fill);
+    s->oom = 1;
+    return DUET_ERR_NO_MEMORY;
+  }
+  for (i = 0; i < s->nsteps; i++)
+    s->steps[i].nout = 0;
+  for (i = 0; i < s->nsteps; i++)
+    for (d = 0; d < s->steps[i].ndeps; d++)
+      s->steps[s->deps[s->steps[i].dep_first + d]].nout++;
+  for (i = 0, d = 0; i < s->nsteps; i++) {
+    s->steps[i].out_first = d;
+    d += s->steps[i].nout;
+  }
+  for (i = 0; i < s->nsteps; i++)
+    for (d = 0; d < s->steps[i].ndeps; d++) {
+      uint32_t from = s->deps[s->steps[i].dep_first + d];
+      s->outs[s->steps[from].out_first + fill[from]++] = i;
+    }
+  free(fill);
+  return DUET_SUCCESS;
+}

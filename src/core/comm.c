@@ -1,0 +1,504 @@
+/*
+ * comm.c - communicator lifecycle: init (rendezvous, super-nodes, endpoints),
+ * destroy, abort, and the queries.
+ *
+ * Init runs three bootstrap rounds over the root: (1) host, super-node id and
+ * core count, from which every rank derives the same super-node layout and
+ * picks its providers; (2) endpoint addresses, or the error that kept a rank
+ * from opening them; (3) a final status after every rank connected to its
+ * peers. A rank that fails tells the others in the next round, so nobody
+ * waits for a deadline to learn of it.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bootstrap/bootstrap.h"
+#include "core/comm.h"
+#include "core/log.h"
+#include "topo/topo.h"
+
+/* --- registry of live communicators: catches use after destroy --- */
+static pthread_mutex_t duet__registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static const duet_comm_t **duet__registry;
+static size_t duet__registry_len, duet__registry_cap;
+
+static int duet__registry_add(const duet_comm_t *comm) {
+  int rc = 0;
+  pthread_mutex_lock(&duet__registry_lock);
+  if (duet__registry_len == duet__registry_cap) {
+    size_t ncap = duet__registry_cap ? 2 * duet__registry_cap : 16;
+    const duet_comm_t **n = realloc(duet__registry, ncap * sizeof(*n));
+    if (n == NULL) {
+      rc = -1;
+      goto out_unlock;
+    }
+    duet__registry = n;
+    duet__registry_cap = ncap;
+  }
+  duet__registry[duet__registry_len++] = comm;
+out_unlock:
+  pthread_mutex_unlock(&duet__registry_lock);
+  return rc;
+}
+
+static void duet__registry_remove(const duet_comm_t *comm) {
+  pthread_mutex_lock(&duet__registry_lock);
+  for (size_t i = 0; i < duet__registry_len; i++)
+    if (duet__registry[i] == comm) {
+      duet__registry[i] = duet__registry[--duet__registry_len];
+      break;
+    }
+  pthread_mutex_unlock(&duet__registry_lock);
+}
+
+int duet__comm_is_live(const duet_comm_t *comm) {
+  int live = 0;
+  pthread_mutex_lock(&duet__registry_lock);
+  for (size_t i = 0; i < duet__registry_len; i++)
+    if (duet__registry[i] == comm) {
+      live = 1;
+      break;
+    }
+  pthread_mutex_unlock(&duet__registry_lock);
+  return live;
+}
+
+uint64_t duet__now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* --- init --- */
+
+typedef struct duet__addr_msg { /* bootstrap round 2 and 3 */
+  int32_t ok;
+  uint32_t len[DUET_NET_COUNT];
+  uint8_t addr[DUET_NET_COUNT][DUET_TP_ADDR_MAX];
+  char error[192];
+} duet__addr_msg_t;
+
+static void duet__close_nets(duet_comm_t *comm) {
+  for (int n = DUET_NET_COUNT - 1; n >= 0; n--)
+    if (comm->net[n].ep != NULL) {
+      comm->net[n].ops->close(comm->net[n].ep);
+      comm->net[n].ep = NULL;
+    }
+}
+
+static duet_status_t duet__open_net(duet_comm_t *comm, int n, const duet__tp_ops_t *ops,
+                                    const char *provider, const char *iface, char *errbuf) {
+  duet__tp_params_t params = {provider[0] ? provider : NULL, iface[0] ? iface : NULL,
+                              comm->yield};
+  duet_status_t rc;
+  comm->net[n].ops = ops;
+  snprintf(comm->net[n].provider, sizeof(comm->net[n].provider), "%s", provider);
+  snprintf(comm->net[n].iface, sizeof(comm->net[n].iface), "%s", iface);
+  rc = ops->open(&params, &comm->net[n].ep, errbuf);
+  if (rc != DUET_SUCCESS)
+    comm->net[n].ep = NULL;
+  return rc;
+}
+
+/* Choose providers and interfaces, then open the endpoints this rank needs:
+ * self always, the UPN when its super-node has other ranks, the HPN when
+ * there are other super-nodes. */
+static duet_status_t duet__open_endpoints(duet_comm_t *comm, const duet__domains_t *dom,
+                                          char *errbuf) {
+  char prov[64], iface[64];
+  duet_status_t rc;
+
+  rc = duet__open_net(comm, DUET_NET_SELF, &duet__tp_self, "self", "", errbuf);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  if (comm->local_size > 1) {
+    snprintf(prov, sizeof(prov), "%s",
+             comm->cfg.upn_provider[0] ? comm->cfg.upn_provider
+             : dom->domain_one_host[comm->supernode] ? "shm"
+                                                      : "tcp");
+    snprintf(iface, sizeof(iface), "%s",
+             comm->cfg.upn_iface[0]                            ? comm->cfg.upn_iface
+             : (dom->domain_one_host[comm->supernode] && strcmp(prov, "shm") != 0) ? "lo"
+                                                                                   : "");
+    rc = duet__open_net(comm, DUET_NET_UPN, &duet__tp_ofi, prov, iface, errbuf);
+    if (rc != DUET_SUCCESS)
+      return rc;
+  }
+  if (comm->nsupernodes > 1) {
+    snprintf(prov, sizeof(prov), "%s", comm->cfg.hpn_provider[0] ? comm->cfg.hpn_provider : "tcp");
+    snprintf(iface, sizeof(iface), "%s",
+             comm->cfg.hpn_iface[0]                         ? comm->cfg.hpn_iface
+             : (comm->one_host && strcmp(prov, "shm") != 0) ? "lo"
+                                                            : "");
+    rc = duet__open_net(comm, DUET_NET_HPN, &duet__tp_ofi, prov, iface, errbuf);
+    if (rc != DUET_SUCCESS)
+      return rc;
+  }
+  DUET_INFO(DUET_SUB_INIT, "rank %d: super-node %d of %d, local %d of %d, UPN %s/%s, HPN %s/%s%s",
+            comm->rank, comm->supernode, comm->nsupernodes, comm->local_rank, comm->local_size,
+            comm->net[DUET_NET_UPN].ep ? comm->net[DUET_NET_UPN].provider : "-",
+            comm->net[DUET_NET_UPN].iface[0] ? comm->net[DUET_NET_UPN].iface : "-",
+            comm->net[DUET_NET_HPN].ep ? comm->net[DUET_NET_HPN].provider : "-",
+            comm->net[DUET_NET_HPN].iface[0] ? comm->net[DUET_NET_HPN].iface : "-",
+            comm->yield ? ", yielding (more ranks than cores)" : "");
+  return DUET_SUCCESS;
+}
+
+/* Tell every endpoint its peers, in rank order, and number them. */
+static duet_status_t duet__insert_peers(duet_comm_t *comm, const duet__addr_msg_t *all,
+                                        char *errbuf) {
+  int counts[DUET_NET_COUNT] = {0};
+  duet_status_t rc = DUET_SUCCESS;
+  uint8_t *blobs = NULL;
+  size_t *lens = NULL;
+
+  for (int r = 0; r < comm->nranks; r++) {
+    duet__peer_t *p = &comm->peers[r];
+    p->net = r == comm->rank                          ? DUET_NET_SELF
+             : p->supernode == comm->supernode ? DUET_NET_UPN
+                                               : DUET_NET_HPN;
+    p->index = counts[p->net]++;
+  }
+  blobs = malloc((size_t)comm->nranks * DUET_TP_ADDR_MAX);
+  lens = malloc((size_t)comm->nranks * sizeof(*lens));
+  if (blobs == NULL || lens == NULL) {
+    snprintf(errbuf, DUET_TP_ERRLEN, "out of memory for %d peer addresses", comm->nranks);
+    rc = DUET_ERR_NO_MEMORY;
+    goto out_free;
+  }
+  for (int n = 0; n < DUET_NET_COUNT; n++) {
+    int k = 0;
+    if (comm->net[n].ep == NULL)
+      continue;
+    for (int r = 0; r < comm->nranks; r++) {
+      if (comm->peers[r].net != n)
+        continue;
+      memcpy(blobs + (size_t)k * DUET_TP_ADDR_MAX, all[r].addr[n], all[r].len[n]);
+      lens[k++] = all[r].len[n];
+    }
+    rc = comm->net[n].ops->insert_peers(comm->net[n].ep, k, blobs, DUET_TP_ADDR_MAX, lens,
+                                        errbuf);
+    if (rc != DUET_SUCCESS)
+      goto out_free;
+  }
+out_free:
+  free(blobs);
+  free(lens);
+  return rc;
+}
+
+/* Round 2/3 helper: share ok/error; if another rank failed, say which. */
+static duet_status_t duet__exchange_status(duet_comm_t *comm, duet__boot_t *boot,
+                                           duet__addr_msg_t *mine, duet__addr_msg_t *all,
+                                           const char *what) {
+  char berr[DUET_BOOT_ERRLEN] = "";
+  duet_status_t rc = duet__boot_allgather(boot, mine, sizeof(*mine), all, berr);
+  if (rc != DUET_SUCCESS)
+    return duet__set_error(comm, rc, "duet_comm_init: rank %d: rendezvous (%s) failed: %s",
+                           comm->rank, what, berr);
+  if (!mine->ok)
+    return duet__set_error(comm, DUET_ERR_TRANSPORT, "duet_comm_init: rank %d: %s: %s",
+                           comm->rank, what, mine->error);
+  for (int r = 0; r < comm->nranks; r++)
+    if (!all[r].ok)
+      return duet__set_error(comm, DUET_ERR_REMOTE,
+                             "duet_comm_init: rank %d failed (%s): %.*s", r, what,
+                             (int)sizeof(all[r].error), all[r].error);
+  return DUET_SUCCESS;
+}
+
+static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_unique_id_t *id,
+                                     int rank, const duet_config_t *config) {
+  char err[DUET_ERRLEN] = "", berr[DUET_BOOT_ERRLEN] = "", tperr[DUET_TP_ERRLEN] = "";
+  duet__rank_info_t mine, *info = NULL;
+  duet__addr_msg_t *amine = NULL, *aall = NULL;
+  duet__domains_t dom;
+  duet__boot_t *boot = NULL;
+  duet_comm_t *comm;
+  duet_status_t rc;
+
+  memset(&dom, 0, sizeof(dom));
+  comm = calloc(1, sizeof(*comm));
+  if (comm == NULL)
+    return duet__set_error(NULL, DUET_ERR_NO_MEMORY, "duet_comm_init: out of memory");
+  comm->magic = DUET_COMM_MAGIC;
+  comm->rank = rank;
+  comm->nranks = nranks;
+  rc = duet__config_resolve(config, &comm->cfg, err, sizeof(err));
+  if (rc != DUET_SUCCESS) {
+    duet__set_error(NULL, rc, "duet_comm_init: %s", err);
+    goto out_free_comm;
+  }
+  duet__log_set_rank(rank);
+
+  rc = duet__boot_connect(id, rank, nranks, comm->cfg.timeout_ms, &boot, berr);
+  if (rc != DUET_SUCCESS) {
+    duet__set_error(NULL, rc, "duet_comm_init: rank %d of %d: %s", rank, nranks, berr);
+    goto out_free_comm;
+  }
+
+  /* Round 1: who is where. */
+  memset(&mine, 0, sizeof(mine));
+  if (gethostname(mine.host, sizeof(mine.host) - 1) != 0)
+    strcpy(mine.host, "localhost");
+  snprintf(mine.supernode, sizeof(mine.supernode), "%s",
+           comm->cfg.supernode[0] ? comm->cfg.supernode : mine.host);
+  mine.ncores = duet__topo_ncores();
+  mine.pid = (int32_t)getpid();
+  info = calloc((size_t)nranks, sizeof(*info));
+  amine = calloc(1, sizeof(*amine));
+  aall = calloc((size_t)nranks, sizeof(*aall));
+  comm->peers = calloc((size_t)nranks, sizeof(*comm->peers));
+  if (info == NULL || amine == NULL || aall == NULL || comm->peers == NULL) {
+    rc = duet__set_error(NULL, DUET_ERR_NO_MEMORY, "duet_comm_init: out of memory for %d ranks",
+                         nranks);
+    goto out_close_boot;
+  }
+  rc = duet__boot_allgather(boot, &mine, sizeof(mine), info, berr);
+  if (rc != DUET_SUCCESS) {
+    duet__set_error(NULL, rc, "duet_comm_init: rank %d: rendezvous failed: %s", rank, berr);
+    goto out_close_boot;
+  }
+  rc = duet__domains_build(info, nranks, &dom);
+  if (rc != DUET_SUCCESS) {
+    duet__set_error(NULL, rc, "duet_comm_init: out of memory for the super-node layout");
+    goto out_close_boot;
+  }
+  comm->supernode = dom.supernode[rank];
+  comm->nsupernodes = dom.nsupernodes;
+  comm->local_rank = dom.local_rank[rank];
+  comm->local_size = dom.local_size[rank];
+  comm->host_ranks = dom.host_ranks[rank];
+  comm->one_host = dom.one_host;
+  comm->yield = comm->host_ranks > mine.ncores;
+  for (int r = 0; r < nranks; r++) {
+    comm->peers[r].supernode = dom.supernode[r];
+    comm->peers[r].local_rank = dom.local_rank[r];
+  }
+
+  /* Round 2: endpoint addresses (or why this rank has none). */
+  amine->ok = 1;
+  rc = duet__open_endpoints(comm, &dom, tperr);
+  for (int n = 0; rc == DUET_SUCCESS && n < DUET_NET_COUNT; n++) {
+    size_t len = DUET_TP_ADDR_MAX;
+    if (comm->net[n].ep == NULL)
+      continue;
+    rc = comm->net[n].ops->get_addr(comm->net[n].ep, amine->addr[n], &len, tperr);
+    amine->len[n] = (uint32_t)len;
+  }
+  if (rc != DUET_SUCCESS) {
+    amine->ok = 0;
+    snprintf(amine->error, sizeof(amine->error), "%s", tperr);
+  }
+  rc = duet__exchange_status(comm, boot, amine, aall, "opening endpoints");
+  if (rc != DUET_SUCCESS)
+    goto out_set_thread_error;
+
+  /* Round 3: connect to the peers, then agree that everyone did. */
+  rc = duet__insert_peers(comm, aall, tperr);
+  amine->ok = rc == DUET_SUCCESS;
+  if (rc != DUET_SUCCESS)
+    snprintf(amine->error, sizeof(amine->error), "%s", tperr);
+  rc = duet__exchange_status(comm, boot, amine, aall, "connecting to peers");
+  if (rc != DUET_SUCCESS)
+    goto out_set_thread_error;
+
+  if (duet__registry_add(comm) != 0) {
+    rc = duet__set_error(NULL, DUET_ERR_NO_MEMORY, "duet_comm_init: out of memory");
+    goto out_close_nets;
+  }
+  DUET_INFO(DUET_SUB_INIT, "rank %d of %d ready: %d super-node(s), %d rank(s) on this host",
+            rank, nranks, comm->nsupernodes, comm->host_ranks);
+  duet__boot_close(boot);
+  duet__domains_free(&dom);
+  free(info);
+  free(amine);
+  free(aall);
+  *out = comm;
+  return DUET_SUCCESS;
+
+out_set_thread_error:
+  /* The message went to comm->last_error; the caller reads the thread's. */
+  duet__set_error(NULL, rc, "%s", comm->last_error);
+out_close_nets:
+  duet__close_nets(comm);
+out_close_boot:
+  duet__boot_close(boot);
+  duet__domains_free(&dom);
+out_free_comm:
+  free(info);
+  free(amine);
+  free(aall);
+  free(comm->peers);
+  free(comm);
+  return rc;
+}
+
+duet_status_t duet_get_unique_id(duet_unique_id_t *id) {
+  char berr[DUET_BOOT_ERRLEN] = "";
+  duet__cfg_t cfg;
+  char err[DUET_ERRLEN];
+  duet_status_t rc;
+
+  duet__clear_error(NULL);
+  if (id == NULL)
+    return duet__set_error(NULL, DUET_ERR_INVALID_ARGUMENT, "duet_get_unique_id: id is NULL");
+  rc = duet__config_resolve(NULL, &cfg, err, sizeof(err));
+  if (rc != DUET_SUCCESS)
+    return duet__set_error(NULL, rc, "duet_get_unique_id: %s", err);
+  rc = duet__boot_root_create(id, cfg.timeout_ms, berr);
+  if (rc != DUET_SUCCESS)
+    return duet__set_error(NULL, rc, "duet_get_unique_id: %s", berr);
+  return DUET_SUCCESS;
+}
+
+duet_status_t duet_comm_init_rank(duet_comm_t **comm, int nranks, duet_unique_id_t id, int rank,
+                                  const duet_config_t *config) {
+  duet__clear_error(NULL);
+  if (comm == NULL)
+    return duet__set_error(NULL, DUET_ERR_INVALID_ARGUMENT, "duet_comm_init_rank: comm is NULL");
+  *comm = NULL;
+  if (nranks < 1)
+    return duet__set_error(NULL, DUET_ERR_INVALID_ARGUMENT,
+                           "duet_comm_init_rank: nranks %d is not positive", nranks);
+  if (rank < 0 || rank >= nranks)
+    return duet__set_error(NULL, DUET_ERR_INVALID_ARGUMENT,
+                           "duet_comm_init_rank: rank %d is not in [0, %d)", rank, nranks);
+  return duet__comm_init(comm, nranks, &id, rank, config);
+}
+
+duet_status_t duet_comm_init_env(duet_comm_t **comm, const duet_config_t *config) {
+  char berr[DUET_BOOT_ERRLEN] = "";
+  duet__boot_env_t env;
+  duet_unique_id_t id;
+  duet__cfg_t cfg;
+  char err[DUET_ERRLEN];
+  duet_status_t rc;
+
+  duet__clear_error(NULL);
+  if (comm == NULL)
+    return duet__set_error(NULL, DUET_ERR_INVALID_ARGUMENT, "duet_comm_init_env: comm is NULL");
+  *comm = NULL;
+  rc = duet__config_resolve(config, &cfg, err, sizeof(err));
+  if (rc != DUET_SUCCESS)
+    return duet__set_error(NULL, rc, "duet_comm_init_env: %s", err);
+  rc = duet__boot_env_read(&env, berr);
+  if (rc != DUET_SUCCESS)
+    return duet__set_error(NULL, rc, "duet_comm_init_env: %s", berr);
+  rc = duet__boot_root_at(&id, env.host, env.port, env.secret, env.rank == 0, cfg.timeout_ms,
+                          berr);
+  if (rc != DUET_SUCCESS)
+    return duet__set_error(NULL, rc, "duet_comm_init_env: rank %d (%s): %s", env.rank,
+                           env.source, berr);
+  return duet__comm_init(comm, env.size, &id, env.rank, config);
+}
+
+/* --- teardown --- */
+
+static void duet__comm_free(duet_comm_t *comm) {
+  duet__registry_remove(comm);
+  duet__close_nets(comm);
+  duet__request_release_all(comm);
+  free(comm->scratch);
+  free(comm->peers);
+  comm->magic = 0;
+  free(comm);
+}
+
+duet_status_t duet_barrier(duet_comm_t *comm);
+
+duet_status_t duet_comm_destroy(duet_comm_t *comm) {
+  duet_status_t rc;
+  duet__clear_error(NULL);
+  rc = duet__check_comm(comm, "duet_comm_destroy");
+  if (rc == DUET_ERR_INVALID_ARGUMENT)
+    return rc;
+  rc = DUET_SUCCESS;
+  if (comm->failed == DUET_SUCCESS) {
+    /* Let pending operations finish, then agree that everyone is done
+     * sending before the endpoints close. */
+    while (comm->active_head != NULL && rc == DUET_SUCCESS) {
+      duet_request_t *head = comm->active_head;
+      rc = duet__request_wait(head);
+    }
+    if (rc == DUET_SUCCESS)
+      rc = duet_barrier(comm);
+    if (rc != DUET_SUCCESS)
+      duet__set_error(NULL, rc, "%s", comm->last_error);
+  }
+  duet__comm_fail_pending(comm, DUET_ERR_ABORTED);
+  duet__comm_free(comm);
+  return rc;
+}
+
+duet_status_t duet_comm_abort(duet_comm_t *comm) {
+  duet__clear_error(NULL);
+  if (comm == NULL || !duet__comm_is_live(comm))
+    return duet__set_error(NULL, DUET_ERR_INVALID_ARGUMENT,
+                           "duet_comm_abort: comm is NULL or already destroyed");
+  duet__comm_fail_pending(comm, DUET_ERR_ABORTED);
+  duet__comm_free(comm);
+  return DUET_SUCCESS;
+}
+
+duet_status_t duet_comm_get_async_error(duet_comm_t *comm, duet_status_t *async_error) {
+  duet_status_t rc = duet__check_comm(comm, "duet_comm_get_async_error");
+  if (rc == DUET_ERR_INVALID_ARGUMENT)
+    return rc;
+  if (async_error == NULL)
+    return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT,
+                           "duet_comm_get_async_error: async_error is NULL");
+  if (comm->failed == DUET_SUCCESS)
+    duet__progress(comm);
+  *async_error = comm->failed;
+  return DUET_SUCCESS;
+}
+
+#define DUET_QUERY_CHECK(fn, out)                                                             \
+  do {                                                                                        \
+    if (comm == NULL || !duet__comm_is_live(comm))                                            \
+      return duet__set_error(NULL, DUET_ERR_INVALID_ARGUMENT,                                 \
+                             fn ": comm is NULL or was destroyed");                           \
+    if ((out) == NULL)                                                                        \
+      return duet__set_error((duet_comm_t *)comm, DUET_ERR_INVALID_ARGUMENT,                  \
+                             fn ": " #out " is NULL");                                        \
+  } while (0)
+
+duet_status_t duet_comm_rank(const duet_comm_t *comm, int *rank) {
+  DUET_QUERY_CHECK("duet_comm_rank", rank);
+  *rank = comm->rank;
+  return DUET_SUCCESS;
+}
+
+duet_status_t duet_comm_size(const duet_comm_t *comm, int *size) {
+  DUET_QUERY_CHECK("duet_comm_size", size);
+  *size = comm->nranks;
+  return DUET_SUCCESS;
+}
+
+duet_status_t duet_comm_supernode(const duet_comm_t *comm, int *supernode, int *nsupernodes,
+                                  int *local_rank, int *local_size) {
+  if (comm == NULL || !duet__comm_is_live(comm))
+    return duet__set_error(NULL, DUET_ERR_INVALID_ARGUMENT,
+                           "duet_comm_supernode: comm is NULL or was destroyed");
+  /* Any output may be NULL: the caller does not want it. */
+  if (supernode)
+    *supernode = comm->supernode;
+  if (nsupernodes)
+    *nsupernodes = comm->nsupernodes;
+  if (local_rank)
+    *local_rank = comm->local_rank;
+  if (local_size)
+    *local_size = comm->local_size;
+  return DUET_SUCCESS;
+}
+
+duet_status_t duet_comm_get_stats(const duet_comm_t *comm, duet_stats_t *stats) {
+  DUET_QUERY_CHECK("duet_comm_get_stats", stats);
+  *stats = comm->stats;
+  return DUET_SUCCESS;
+}

@@ -1,0 +1,127 @@
+/*
+ * comm.h - the communicator and request objects shared by the core.
+ */
+#ifndef DUET_COMM_H
+#define DUET_COMM_H
+
+#include <stdint.h>
+
+#include "coll/coll.h"
+#include "core/config.h"
+#include "duet.h"
+#include "transport.h"
+
+#define DUET_ERRLEN 512
+#define DUET_HOSTLEN 64
+
+/* Tags (64 bits). Collectives: bit 63 clear, comm id (15 bits), sequence
+ * (24 bits), message id (24 bits). Point to point: bit 63 set, bit 62 clear,
+ * comm id (15 bits), per-pair sequence (47 bits). Tags with bits 63 and 62
+ * both set belong to the transport. */
+#define DUET_TAG_P2P (1ull << 63)
+static inline uint64_t duet__tag_coll(uint32_t comm_id, uint32_t seq, uint32_t msg) {
+  return ((uint64_t)(comm_id & 0x7fff) << 48) | ((uint64_t)(seq & 0xffffff) << 24) |
+         (msg & 0xffffff);
+}
+static inline uint64_t duet__tag_p2p(uint32_t comm_id, uint64_t seq) {
+  return DUET_TAG_P2P | ((uint64_t)(comm_id & 0x7fff) << 47) | (seq & ((1ull << 47) - 1));
+}
+
+typedef struct duet__peer {
+  uint8_t net;   /* DUET_NET_* used to reach this rank */
+  int32_t index; /* peer index inside that network's endpoint */
+  int32_t supernode, local_rank;
+  uint64_t p2p_send_seq, p2p_recv_seq;
+} duet__peer_t;
+
+typedef struct duet__net {
+  const duet__tp_ops_t *ops;
+  duet__tp_ep_t *ep;
+  char provider[64];
+  char iface[64];
+} duet__net_t;
+
+struct duet_comm {
+  uint32_t magic;
+  int rank, nranks;
+  uint32_t id;  /* comm id in tags */
+  uint32_t seq; /* next collective sequence number */
+  duet__cfg_t cfg;
+  int supernode, nsupernodes, local_rank, local_size;
+  int host_ranks;  /* ranks of this comm on this host */
+  int one_host;    /* the whole comm is on one host */
+  int yield;       /* more ranks than cores on this host: progress yields */
+  duet__peer_t *peers;
+  duet__net_t net[DUET_NET_COUNT];
+  duet_stats_t stats;
+  duet_status_t failed;   /* sticky failure (timeout, transport error, abort) */
+  struct duet_request *active_head, *active_tail; /* posted, not yet completed */
+  struct duet_request *zombies; /* failed with transfers possibly in flight */
+  void *scratch;          /* reused scratch for one request at a time */
+  size_t scratch_size;
+  int scratch_busy;
+  char last_error[DUET_ERRLEN];
+};
+
+struct duet_request {
+  duet_comm_t *comm;
+  int coll;
+  uint32_t seq;
+  duet__sched_t sched;
+  uint8_t *bufs[4];      /* indexed by DUET_BUF_* */
+  void *own_scratch;     /* when the comm's scratch was busy */
+  int uses_comm_scratch;
+  duet_datatype_t dt;
+  duet_op_t op;
+  uint64_t p2p_seq;      /* point to point: the pair's sequence number */
+  /* execution state, one entry per step */
+  uint32_t *left;        /* unfinished dependencies */
+  uint8_t *state;        /* 0 waiting, 1 ready, 2 posted, 3 done */
+  duet__tp_req_t *tpreq; /* transport completions of posted sends/recvs */
+  uint32_t *queue;       /* ready steps, FIFO */
+  uint32_t qhead, qtail;
+  uint32_t *posted;      /* posted send/recv steps not yet seen complete */
+  uint32_t nposted;
+  uint32_t ndone;
+  duet_status_t status;
+  int complete;
+  uint64_t start_ns;
+  struct duet_request *next, *prev;
+};
+
+#define DUET_COMM_MAGIC 0x64756574u /* "duet" */
+
+/* status.c */
+duet_status_t duet__set_error(duet_comm_t *comm, duet_status_t status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void duet__clear_error(duet_comm_t *comm);
+
+/* comm.c */
+int duet__comm_is_live(const duet_comm_t *comm);
+uint64_t duet__now_ns(void);
+
+/* progress.c */
+duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_args_t *args,
+                                 duet__coll_build_fn build, const void *sendbuf, void *recvbuf,
+                                 duet_request_t **req);
+duet_status_t duet__progress(duet_comm_t *comm);
+duet_status_t duet__request_wait(duet_request_t *req);
+void duet__request_free(duet_request_t *req);
+void duet__comm_fail_pending(duet_comm_t *comm, duet_status_t status);
+void duet__request_release_all(duet_comm_t *comm);
+
+/* check.c: argument checks at the API boundary; on failure they record a
+ * message naming the argument and return a negative status. */
+duet_status_t duet__check_comm(duet_comm_t *comm, const char *fn);
+duet_status_t duet__check_buffer(duet_comm_t *comm, const char *fn, const char *name,
+                                 const void *buf, size_t count);
+duet_status_t duet__check_count(duet_comm_t *comm, const char *fn, size_t count,
+                                duet_datatype_t dt, size_t *bytes);
+duet_status_t duet__check_dt(duet_comm_t *comm, const char *fn, duet_datatype_t dt);
+duet_status_t duet__check_op(duet_comm_t *comm, const char *fn, duet_op_t op);
+duet_status_t duet__check_rank(duet_comm_t *comm, const char *fn, const char *name, int r);
+duet_status_t duet__check_overlap(duet_comm_t *comm, const char *fn, const void *a,
+                                  size_t abytes, const void *b, size_t bbytes);
+duet_status_t duet__check_req_out(duet_comm_t *comm, const char *fn, duet_request_t **req);
+
+#endif /* DUET_COMM_H */

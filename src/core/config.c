@@ -1,0 +1,249 @@
+/*
+ * config.c - the table of every environment variable duet reads, and the
+ * resolution of a communicator's settings: explicit config field, else the
+ * environment, else the default. A bad value is an error naming the variable.
+ */
+#include <assert.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "core/config.h"
+#include "core/log.h"
+
+const duet__config_row_t duet__config_table[] = {
+    {"DUET_TIMEOUT_MS", "300000", "deadline of every wait, in milliseconds"},
+    {"DUET_UPN_PROVIDER", "", "libfabric provider inside a super-node (default shm on one host, else tcp)"},
+    {"DUET_HPN_PROVIDER", "tcp", "libfabric provider across super-nodes"},
+    {"DUET_UPN_IFACE", "", "interface (libfabric domain) of the UPN; default lo when the job is on one host"},
+    {"DUET_HPN_IFACE", "", "interface (libfabric domain) of the HPN; default lo when the job is on one host"},
+    {"DUET_SUPERNODE", "", "super-node id of this rank (default: its host name)"},
+    {"DUET_PROGRESS_THREAD", "0", "1: a progress thread (not yet supported); 0: progress inside calls"},
+    {"DUET_ALGO", "", "force algorithms, e.g. allreduce=ring|rd,broadcast=binomial,barrier=dissem"},
+    {"DUET_CHUNK_BYTES", "262144", "pipelining chunk of large collectives, bytes"},
+    {"DUET_RD_MAX_BYTES", "16384", "allreduce uses recursive doubling up to this size, ring above"},
+    {"DUET_DEBUG", "WARN", "log level: NONE, WARN, INFO, TRACE"},
+    {"DUET_DEBUG_SUBSYS", "ALL", "log subsystems: INIT,BOOT,TOPO,COLL,TUNE,NET or ALL; ^X excludes"},
+    {"DUET_BOOT_IFACE", "lo", "interface whose address duet_get_unique_id's root listens on"},
+    {"DUET_RANK", "", "rank, for duet_comm_init_env"},
+    {"DUET_SIZE", "", "rank count, for duet_comm_init_env"},
+    {"DUET_ROOT", "", "host:port of the rendezvous root (rank 0 listens there), for duet_comm_init_env"},
+    {"DUET_SECRET", "", "32 hex digits authenticating duet_comm_init_env's rendezvous"},
+    {"OMPI_COMM_WORLD_RANK", "", "rank under Open MPI's mpirun (with DUET_ROOT)"},
+    {"OMPI_COMM_WORLD_SIZE", "", "size under Open MPI's mpirun (with DUET_ROOT)"},
+    {"RANK", "", "rank under torchrun"},
+    {"WORLD_SIZE", "", "size under torchrun"},
+    {"MASTER_ADDR", "", "root host under torchrun"},
+    {"MASTER_PORT", "", "torchrun's store port; duet's root listens on MASTER_PORT + 1"},
+};
+const size_t duet__config_table_len = sizeof(duet__config_table) / sizeof(duet__config_table[0]);
+
+static const duet__config_row_t *duet__config_row(const char *name) {
+  for (size_t i = 0; i < duet__config_table_len; i++)
+    if (strcmp(duet__config_table[i].name, name) == 0)
+      return &duet__config_table[i];
+  return NULL;
+}
+
+const char *duet__config_env(const char *name) {
+  const char *v;
+  assert(duet__config_row(name) != NULL && "environment variable missing from the config table");
+  v = getenv(name);
+  return (v != NULL && v[0] != '\0') ? v : NULL;
+}
+
+int duet__config_parse_int(const char *name, const char *text, long min, long max, long *out,
+                           char *errbuf, size_t errlen) {
+  char *end;
+  long v;
+  errno = 0;
+  v = strtol(text, &end, 10);
+  if (errno != 0 || end == text || *end != '\0' || v < min || v > max) {
+    snprintf(errbuf, errlen, "%s='%s' is not an integer in [%ld, %ld]", name, text, min, max);
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+int duet__config_parse_bool(const char *name, const char *text, int *out, char *errbuf,
+                            size_t errlen) {
+  if (strcmp(text, "1") == 0 || strcasecmp(text, "yes") == 0 || strcasecmp(text, "true") == 0) {
+    *out = 1;
+    return 0;
+  }
+  if (strcmp(text, "0") == 0 || strcasecmp(text, "no") == 0 || strcasecmp(text, "false") == 0) {
+    *out = 0;
+    return 0;
+  }
+  snprintf(errbuf, errlen, "%s='%s' is not a boolean (0/1)", name, text);
+  return -1;
+}
+
+/* DUET_ALGO: comma list of collective=algorithm. */
+int duet__config_parse_algo(const char *text, duet__algo_force_t *out, char *errbuf,
+                            size_t errlen) {
+  static const struct {
+    const char *coll, *algo;
+    size_t field;
+    int value;
+  } rows[] = {
+      {"allreduce", "ring", offsetof(duet__algo_force_t, allreduce), DUET_ALGO_RING},
+      {"allreduce", "rd", offsetof(duet__algo_force_t, allreduce), DUET_ALGO_RD},
+      {"allreduce", "auto", offsetof(duet__algo_force_t, allreduce), DUET_ALGO_AUTO},
+      {"broadcast", "binomial", offsetof(duet__algo_force_t, broadcast), DUET_ALGO_BINOMIAL},
+      {"broadcast", "auto", offsetof(duet__algo_force_t, broadcast), DUET_ALGO_AUTO},
+      {"barrier", "dissem", offsetof(duet__algo_force_t, barrier), DUET_ALGO_DISSEM},
+      {"barrier", "auto", offsetof(duet__algo_force_t, barrier), DUET_ALGO_AUTO},
+  };
+  duet__algo_force_t f = {0};
+  const char *p = text;
+
+  while (*p) {
+    size_t n = strcspn(p, ",");
+    const char *eq = memchr(p, '=', n);
+    size_t i;
+    if (eq == NULL) {
+      snprintf(errbuf, errlen, "DUET_ALGO='%s': '%.*s' is not collective=algorithm", text,
+               (int)n, p);
+      return -1;
+    }
+    for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+      size_t cl = (size_t)(eq - p), al = n - cl - 1;
+      if (strlen(rows[i].coll) == cl && strncmp(p, rows[i].coll, cl) == 0 &&
+          strlen(rows[i].algo) == al && strncmp(eq + 1, rows[i].algo, al) == 0)
+        break;
+    }
+    if (i == sizeof(rows) / sizeof(rows[0])) {
+      snprintf(errbuf, errlen,
+               "DUET_ALGO='%s': unknown '%.*s' (known: allreduce=ring|rd|auto, "
+               "broadcast=binomial|auto, barrier=dissem|auto)",
+               text, (int)n, p);
+      return -1;
+    }
+    *(int *)((char *)&f + rows[i].field) = rows[i].value;
+    p += n;
+    if (*p == ',')
+      p++;
+  }
+  *out = f;
+  return 0;
+}
+
+int duet__log_parse_level(const char *text, int *level);
+int duet__log_parse_subsys(const char *text, unsigned *mask);
+
+/* Copy an explicit string field, else the environment, else the default. */
+static int duet__config_str(const char *field, const char *name, char *dst, size_t dstlen,
+                            const char **src, char *errbuf, size_t errlen) {
+  const char *v = field;
+  *src = "config";
+  if (v == NULL) {
+    v = duet__config_env(name);
+    *src = "env";
+  }
+  if (v == NULL) {
+    v = duet__config_row(name)->dflt;
+    *src = "default";
+  }
+  if (strlen(v) >= dstlen) {
+    snprintf(errbuf, errlen, "%s='%s' is longer than %zu characters", name, v, dstlen - 1);
+    return -1;
+  }
+  strcpy(dst, v);
+  return 0;
+}
+
+static int duet__config_num(long field, const char *name, long min, long max, long *out,
+                            const char **src, char *errbuf, size_t errlen) {
+  const char *v;
+  if (field >= 0) {
+    if (field < min || field > max) {
+      snprintf(errbuf, errlen, "config field for %s = %ld is not in [%ld, %ld]", name, field, min,
+               max);
+      return -1;
+    }
+    *src = "config";
+    *out = field;
+    return 0;
+  }
+  v = duet__config_env(name);
+  *src = "env";
+  if (v == NULL) {
+    v = duet__config_row(name)->dflt;
+    *src = "default";
+  }
+  return duet__config_parse_int(name, v, min, max, out, errbuf, errlen);
+}
+
+duet_status_t duet__config_resolve(const duet_config_t *config, duet__cfg_t *cfg, char *errbuf,
+                                   size_t errlen) {
+  duet_config_t dflt = DUET_CONFIG_INIT;
+  duet_config_t c;
+  const char *v;
+  long n;
+  int level;
+  unsigned mask;
+
+  memset(cfg, 0, sizeof(*cfg));
+  /* A caller built against an older, smaller duet_config_t: take what it has. */
+  c = dflt;
+  if (config != NULL) {
+    if (config->size < offsetof(duet_config_t, timeout_ms) || config->version == 0 ||
+        config->version > DUET_CONFIG_VERSION) {
+      snprintf(errbuf, errlen,
+               "config: size %zu / version %u not recognised (initialise with DUET_CONFIG_INIT)",
+               config->size, config->version);
+      return DUET_ERR_INVALID_ARGUMENT;
+    }
+    memcpy(&c, config, config->size < sizeof(c) ? config->size : sizeof(c));
+  }
+  if (duet__config_num(c.timeout_ms, "DUET_TIMEOUT_MS", 1, INT_MAX, &n, &cfg->src[0], errbuf,
+                       errlen))
+    return DUET_ERR_INVALID_ARGUMENT;
+  cfg->timeout_ms = (int)n;
+  if (duet__config_str(c.upn_provider, "DUET_UPN_PROVIDER", cfg->upn_provider,
+                       sizeof(cfg->upn_provider), &cfg->src[1], errbuf, errlen) ||
+      duet__config_str(c.hpn_provider, "DUET_HPN_PROVIDER", cfg->hpn_provider,
+                       sizeof(cfg->hpn_provider), &cfg->src[2], errbuf, errlen) ||
+      duet__config_str(c.upn_iface, "DUET_UPN_IFACE", cfg->upn_iface, sizeof(cfg->upn_iface),
+                       &cfg->src[3], errbuf, errlen) ||
+      duet__config_str(c.hpn_iface, "DUET_HPN_IFACE", cfg->hpn_iface, sizeof(cfg->hpn_iface),
+                       &cfg->src[4], errbuf, errlen) ||
+      duet__config_str(c.supernode, "DUET_SUPERNODE", cfg->supernode, sizeof(cfg->supernode),
+                       &cfg->src[5], errbuf, errlen))
+    return DUET_ERR_INVALID_ARGUMENT;
+  if (duet__config_num(c.progress_thread, "DUET_PROGRESS_THREAD", 0, 1, &n, &cfg->src[6], errbuf,
+                       errlen))
+    return DUET_ERR_INVALID_ARGUMENT;
+  cfg->progress_thread = (int)n;
+  if (duet__config_num(-1, "DUET_CHUNK_BYTES", 4096, 1L << 30, &n, &cfg->src[7], errbuf, errlen))
+    return DUET_ERR_INVALID_ARGUMENT;
+  cfg->chunk_bytes = (size_t)n;
+  if (duet__config_num(-1, "DUET_RD_MAX_BYTES", 0, 1L << 30, &n, &cfg->src[8], errbuf, errlen))
+    return DUET_ERR_INVALID_ARGUMENT;
+  cfg->rd_max_bytes = (size_t)n;
+  v = duet__config_env("DUET_ALGO");
+  cfg->src[9] = v ? "env" : "default";
+  if (v != NULL && duet__config_parse_algo(v, &cfg->algo, errbuf, errlen))
+    return DUET_ERR_INVALID_ARGUMENT;
+  v = duet__config_env("DUET_DEBUG");
+  if (v != NULL && duet__log_parse_level(v, &level) != 0) {
+    snprintf(errbuf, errlen, "DUET_DEBUG='%s' is not one of NONE, WARN, INFO, TRACE", v);
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  v = duet__config_env("DUET_DEBUG_SUBSYS");
+  if (v != NULL && duet__log_parse_subsys(v, &mask) != 0) {
+    snprintf(errbuf, errlen,
+             "DUET_DEBUG_SUBSYS='%s' is not a list of INIT,BOOT,TOPO,COLL,TUNE,NET,ALL", v);
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  if (cfg->progress_thread) {
+    snprintf(errbuf, errlen, "DUET_PROGRESS_THREAD=1: a progress thread is not supported yet");
+    return DUET_ERR_UNSUPPORTED;
+  }
+  return DUET_SUCCESS;
+}

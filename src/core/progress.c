@@ -1,0 +1,413 @@
+/*
+ * progress.c - requests and the progress engine that executes schedules.
+ *
+ * A request owns one schedule and its execution state. Steps whose
+ * dependencies are done enter a FIFO; local steps (reduce, copy, avg) run at
+ * once, sends and receives are posted to the transport of the peer's network
+ * and finish when the transport marks them done. Progress is resumable: every
+ * call does what it can and returns. Blocking calls are post + wait, and
+ * every wait has the communicator's deadline.
+ */
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/comm.h"
+#include "core/log.h"
+#include "reduce/reduce.h"
+
+static const char *duet__net_name(int net) {
+  return net == DUET_NET_UPN ? "UPN" : net == DUET_NET_HPN ? "HPN" : "self";
+}
+
+static void duet__active_remove(duet_comm_t *comm, duet_request_t *req) {
+  if (req->prev)
+    req->prev->next = req->next;
+  else if (comm->active_head == req)
+    comm->active_head = req->next;
+  if (req->next)
+    req->next->prev = req->prev;
+  else if (comm->active_tail == req)
+    comm->active_tail = req->prev;
+  req->next = req->prev = NULL;
+}
+
+static void duet__request_finish(duet_request_t *req, duet_status_t status) {
+  duet_comm_t *comm = req->comm;
+  req->status = status;
+  req->complete = 1;
+  duet__active_remove(comm, req);
+  if (req->uses_comm_scratch) {
+    comm->scratch_busy = 0;
+    req->uses_comm_scratch = 0;
+  }
+}
+
+/* Mark step i done and release the steps that waited for it. */
+static void duet__step_done(duet_request_t *req, uint32_t i) {
+  const duet__sched_t *s = &req->sched;
+  const duet__step_t *st = &s->steps[i];
+  req->state[i] = 3;
+  req->ndone++;
+  for (uint32_t o = 0; o < st->nout; o++) {
+    uint32_t j = s->outs[st->out_first + o];
+    if (--req->left[j] == 0) {
+      req->state[j] = 1;
+      req->queue[req->qtail++] = j;
+    }
+  }
+}
+
+static uint64_t duet__step_tag(const duet_request_t *req, const duet__step_t *st) {
+  if (req->coll == DUET_COLL_SEND || req->coll == DUET_COLL_RECV)
+    return duet__tag_p2p(req->comm->id, req->p2p_seq);
+  return duet__tag_coll(req->comm->id, req->seq, st->msg);
+}
+
+static duet_status_t duet__step_fail(duet_request_t *req, duet_status_t status, const char *what,
+                                     const duet__step_t *st, const char *detail) {
+  duet_comm_t *comm = req->comm;
+  duet__set_error(comm, status, "%s seq %u on rank %d: %s %s rank %d (msg %u, %llu bytes, %s): %s",
+                  duet__coll_name(req->coll), req->seq, comm->rank, what,
+                  st->kind == DUET_STEP_SEND ? "to" : "from", st->peer, st->msg,
+                  (unsigned long long)st->len, duet__net_name(st->net), detail);
+  DUET_WARN(DUET_SUB_COLL, "%s", comm->last_error);
+  return status;
+}
+
+/* Run one step that became ready. Returns DUET_SUCCESS when it was run or
+ * posted, DUET_IN_PROGRESS when the transport is busy (retry later). */
+static duet_status_t duet__step_start(duet_request_t *req, uint32_t i) {
+  duet_comm_t *comm = req->comm;
+  const duet__step_t *st = &req->sched.steps[i];
+  char errbuf[DUET_TP_ERRLEN] = "";
+  duet_status_t rc;
+
+  switch (st->kind) {
+  case DUET_STEP_SEND:
+  case DUET_STEP_RECV: {
+    duet__net_t *net = &comm->net[st->net];
+    const duet__peer_t *peer = &comm->peers[st->peer];
+    uint64_t tag = duet__step_tag(req, st);
+    if (st->kind == DUET_STEP_SEND)
+      rc = net->ops->isend(net->ep, peer->index, req->bufs[st->a.buf] + st->a.off, st->len, tag,
+                           &req->tpreq[i], errbuf);
+    else
+      rc = net->ops->irecv(net->ep, peer->index, req->bufs[st->dst.buf] + st->dst.off, st->len,
+                           tag, &req->tpreq[i], errbuf);
+    if (rc == DUET_IN_PROGRESS)
+      return rc;
+    if (rc != DUET_SUCCESS)
+      return duet__step_fail(req, rc, st->kind == DUET_STEP_SEND ? "send" : "receive", st,
+                             errbuf);
+    if (st->kind == DUET_STEP_SEND) {
+      if (st->net == DUET_NET_UPN) {
+        comm->stats.upn_bytes_sent += st->len;
+        comm->stats.upn_msgs_sent++;
+      } else if (st->net == DUET_NET_HPN) {
+        comm->stats.hpn_bytes_sent += st->len;
+        comm->stats.hpn_msgs_sent++;
+      }
+    }
+    req->state[i] = 2;
+    req->posted[req->nposted++] = i;
+    return DUET_SUCCESS;
+  }
+  case DUET_STEP_REDUCE:
+    duet__reduce(req->bufs[st->dst.buf] + st->dst.off, req->bufs[st->a.buf] + st->a.off,
+                 req->bufs[st->b.buf] + st->b.off, st->len / duet__dt_size(req->dt), req->dt,
+                 req->op);
+    break;
+  case DUET_STEP_COPY:
+    memcpy(req->bufs[st->dst.buf] + st->dst.off, req->bufs[st->a.buf] + st->a.off, st->len);
+    break;
+  case DUET_STEP_AVG:
+    duet__reduce_avg_finish(req->bufs[st->dst.buf] + st->dst.off,
+                            st->len / duet__dt_size(req->dt), req->dt, comm->nranks);
+    break;
+  default:
+    return duet__set_error(comm, DUET_ERR_INTERNAL, "step %u has unknown kind %d", i, st->kind);
+  }
+  duet__step_done(req, i);
+  return DUET_SUCCESS;
+}
+
+/* Advance one request as far as it goes now. Returns 1 if anything moved. */
+static int duet__request_advance(duet_request_t *req) {
+  int moved = 0;
+  duet_status_t rc;
+
+  /* Harvest completed transfers. */
+  for (uint32_t k = 0; k < req->nposted;) {
+    uint32_t i = req->posted[k];
+    duet__tp_req_t *t = &req->tpreq[i];
+    const duet__step_t *st = &req->sched.steps[i];
+    if (!t->done) {
+      k++;
+      continue;
+    }
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    req->posted[k] = req->posted[--req->nposted];
+    moved = 1;
+    if (t->status != DUET_SUCCESS) {
+      duet__step_fail(req, t->status, st->kind == DUET_STEP_SEND ? "send" : "receive", st,
+                      t->status == DUET_ERR_MISMATCH ? "message longer than expected: ranks "
+                                                       "called with different arguments"
+                                                     : "transfer failed");
+      duet__request_finish(req, t->status);
+      return 1;
+    }
+    if (st->kind == DUET_STEP_RECV) {
+      if (t->len != st->len) {
+        char detail[128];
+        snprintf(detail, sizeof(detail),
+                 "got %zu bytes: ranks called with different counts or types", t->len);
+        duet__step_fail(req, DUET_ERR_MISMATCH, "receive", st, detail);
+        duet__request_finish(req, DUET_ERR_MISMATCH);
+        return 1;
+      }
+      if (st->net == DUET_NET_UPN)
+        req->comm->stats.upn_bytes_recv += st->len;
+      else if (st->net == DUET_NET_HPN)
+        req->comm->stats.hpn_bytes_recv += st->len;
+    }
+    duet__step_done(req, i);
+  }
+  /* Start what is ready, in order. */
+  while (req->qhead < req->qtail) {
+    uint32_t i = req->queue[req->qhead];
+    rc = duet__step_start(req, i);
+    if (rc == DUET_IN_PROGRESS)
+      break;
+    req->qhead++;
+    moved = 1;
+    if (rc != DUET_SUCCESS) {
+      duet__request_finish(req, rc);
+      return 1;
+    }
+  }
+  if (req->ndone == req->sched.nsteps)
+    duet__request_finish(req, DUET_SUCCESS);
+  return moved;
+}
+
+/* Drive every network, then every active request. Returns a negative status
+ * only when the communicator itself failed. */
+duet_status_t duet__progress(duet_comm_t *comm) {
+  char errbuf[DUET_TP_ERRLEN] = "";
+  int moved = 0;
+
+  for (int n = 0; n < DUET_NET_COUNT; n++) {
+    duet__net_t *net = &comm->net[n];
+    duet_status_t rc;
+    if (net->ep == NULL)
+      continue;
+    rc = net->ops->progress(net->ep, errbuf);
+    if (rc < 0) {
+      duet__set_error(comm, rc, "rank %d: %s network failed: %s", comm->rank, duet__net_name(n),
+                      errbuf);
+      DUET_WARN(DUET_SUB_NET, "%s", comm->last_error);
+      duet__comm_fail_pending(comm, rc);
+      return rc;
+    }
+  }
+  for (duet_request_t *req = comm->active_head, *next; req != NULL; req = next) {
+    next = req->next;
+    moved |= duet__request_advance(req);
+  }
+  if (!moved && comm->yield)
+    sched_yield();
+  return DUET_SUCCESS;
+}
+
+duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_args_t *args,
+                                 duet__coll_build_fn build, const void *sendbuf, void *recvbuf,
+                                 duet_request_t **out) {
+  duet_request_t *req;
+  duet_status_t rc;
+  uint32_t n;
+  size_t extra;
+
+  req = calloc(1, sizeof(*req));
+  if (req == NULL)
+    return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for a request",
+                           duet__coll_name(coll));
+  req->comm = comm;
+  req->coll = coll;
+  req->dt = args->dt;
+  req->op = args->op;
+  duet__sched_init(&req->sched);
+  rc = build(args, &req->sched);
+  if (rc != DUET_SUCCESS) {
+    duet__set_error(comm, rc, "%s: building the schedule failed: %s", duet__coll_name(coll),
+                    duet_strerror(rc));
+    goto out_free_req;
+  }
+  n = req->sched.nsteps;
+  extra = (size_t)n + 1;
+  req->left = malloc(extra * sizeof(*req->left));
+  req->state = calloc(extra, 1);
+  req->tpreq = calloc(extra, sizeof(*req->tpreq));
+  req->queue = malloc(extra * sizeof(*req->queue));
+  req->posted = malloc(extra * sizeof(*req->posted));
+  if (!req->left || !req->state || !req->tpreq || !req->queue || !req->posted) {
+    rc = duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %u steps",
+                         duet__coll_name(coll), n);
+    goto out_free_req;
+  }
+  if (req->sched.scratch_bytes > 0) {
+    if (!comm->scratch_busy) {
+      if (comm->scratch_size < req->sched.scratch_bytes) {
+        /* Grown rarely: the scratch lives with the communicator. */
+        void *ns = malloc(req->sched.scratch_bytes);
+        if (ns == NULL) {
+          rc = duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %llu bytes",
+                               duet__coll_name(coll),
+                               (unsigned long long)req->sched.scratch_bytes);
+          goto out_free_req;
+        }
+        free(comm->scratch);
+        comm->scratch = ns;
+        comm->scratch_size = req->sched.scratch_bytes;
+      }
+      comm->scratch_busy = 1;
+      req->uses_comm_scratch = 1;
+      req->bufs[DUET_BUF_SCRATCH] = comm->scratch;
+    } else {
+      req->own_scratch = malloc(req->sched.scratch_bytes);
+      if (req->own_scratch == NULL) {
+        rc = duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %llu bytes",
+                             duet__coll_name(coll), (unsigned long long)req->sched.scratch_bytes);
+        goto out_free_req;
+      }
+      req->bufs[DUET_BUF_SCRATCH] = req->own_scratch;
+    }
+  }
+  req->bufs[DUET_BUF_SEND] = (uint8_t *)(uintptr_t)sendbuf;
+  req->bufs[DUET_BUF_RECV] = recvbuf;
+  if (coll == DUET_COLL_SEND)
+    req->p2p_seq = comm->peers[args->peer].p2p_send_seq++;
+  else if (coll == DUET_COLL_RECV)
+    req->p2p_seq = comm->peers[args->peer].p2p_recv_seq++;
+  else
+    req->seq = comm->seq++;
+  for (uint32_t i = 0; i < n; i++) {
+    duet__step_t *st = &req->sched.steps[i];
+    if (st->kind == DUET_STEP_SEND || st->kind == DUET_STEP_RECV)
+      st->net = comm->peers[st->peer].net;
+    req->left[i] = st->ndeps;
+    if (st->ndeps == 0) {
+      req->state[i] = 1;
+      req->queue[req->qtail++] = i;
+    }
+  }
+  req->start_ns = duet__now_ns();
+  req->prev = comm->active_tail;
+  if (comm->active_tail)
+    comm->active_tail->next = req;
+  else
+    comm->active_head = req;
+  comm->active_tail = req;
+  DUET_TRACE(DUET_SUB_COLL, "%s seq %u: %u steps, %llu scratch bytes", duet__coll_name(coll),
+             req->seq, n, (unsigned long long)req->sched.scratch_bytes);
+  duet__request_advance(req);
+  *out = req;
+  return DUET_SUCCESS;
+
+out_free_req:
+  duet__request_free(req);
+  return rc;
+}
+
+/* Free a finished request. One that failed with transfers still posted keeps
+ * its memory until the endpoints close (the transport may still write it). */
+void duet__request_free(duet_request_t *req) {
+  if (req == NULL)
+    return;
+  if (req->nposted > 0 && req->comm != NULL) {
+    req->next = req->comm->zombies;
+    req->comm->zombies = req;
+    return;
+  }
+  if (req->uses_comm_scratch)
+    req->comm->scratch_busy = 0;
+  duet__sched_fini(&req->sched);
+  free(req->left);
+  free(req->state);
+  free(req->tpreq);
+  free(req->queue);
+  free(req->posted);
+  free(req->own_scratch);
+  free(req);
+}
+
+/* Fail every pending request (timeout, network failure, abort); the comm
+ * stays failed. */
+void duet__comm_fail_pending(duet_comm_t *comm, duet_status_t status) {
+  if (comm->failed == DUET_SUCCESS)
+    comm->failed = status;
+  while (comm->active_head != NULL)
+    duet__request_finish(comm->active_head, status);
+}
+
+/* After the endpoints are closed: nothing can write into requests anymore. */
+void duet__request_release_all(duet_comm_t *comm) {
+  while (comm->zombies != NULL) {
+    duet_request_t *z = comm->zombies;
+    comm->zombies = z->next;
+    z->nposted = 0;
+    z->comm = NULL;
+    z->uses_comm_scratch = 0;
+    duet__request_free(z);
+  }
+}
+
+static void duet__timeout_message(duet_request_t *req, uint64_t waited_ms) {
+  duet_comm_t *comm = req->comm;
+  const duet__step_t *st = NULL;
+  for (uint32_t k = 0; k < req->nposted; k++) {
+    const duet__step_t *c = &req->sched.steps[req->posted[k]];
+    if (st == NULL || (c->kind == DUET_STEP_RECV && st->kind != DUET_STEP_RECV))
+      st = c;
+  }
+  if (st != NULL)
+    duet__set_error(comm, DUET_ERR_TIMEOUT,
+                    "%s seq %u on rank %d: timed out after %llu ms waiting for a %s %s rank %d "
+                    "(msg %u, %llu bytes, %s); %u of %u steps done",
+                    duet__coll_name(req->coll), req->seq, comm->rank,
+                    (unsigned long long)waited_ms, st->kind == DUET_STEP_SEND ? "send" : "receive",
+                    st->kind == DUET_STEP_SEND ? "to" : "from", st->peer, st->msg,
+                    (unsigned long long)st->len, duet__net_name(st->net), req->ndone,
+                    req->sched.nsteps);
+  else
+    duet__set_error(comm, DUET_ERR_TIMEOUT,
+                    "%s seq %u on rank %d: timed out after %llu ms; %u of %u steps done",
+                    duet__coll_name(req->coll), req->seq, comm->rank,
+                    (unsigned long long)waited_ms, req->ndone, req->sched.nsteps);
+  DUET_WARN(DUET_SUB_COLL, "%s", comm->last_error);
+}
+
+/* Block until req completes or the deadline passes. Does not free req. */
+duet_status_t duet__request_wait(duet_request_t *req) {
+  duet_comm_t *comm = req->comm;
+  const uint64_t limit_ns = (uint64_t)comm->cfg.timeout_ms * 1000000ull;
+  unsigned spins = 0;
+
+  while (!req->complete) {
+    duet_status_t rc = duet__progress(comm);
+    if (rc < 0)
+      break;
+    if (req->complete)
+      break;
+    if ((++spins & 255) == 0) {
+      uint64_t waited = duet__now_ns() - req->start_ns;
+      if (waited > limit_ns) {
+        duet__timeout_message(req, waited / 1000000ull);
+        duet__comm_fail_pending(comm, DUET_ERR_TIMEOUT);
+        break;
+      }
+    }
+  }
+  return req->status;
+}

@@ -1,0 +1,405 @@
+/*
+ * reduce.c - datatype x op reduction kernels (see reduce.h).
+ *
+ * Layout:
+ *   - one X-macro table of datatypes gives sizes, names and the float flag;
+ *   - native types (int8..uint64, float32, float64) get one loop per
+ *     (type, op) from DEFINE_KERNEL, in four aliasing variants so every
+ *     pointer can be declared restrict without lying to the compiler;
+ *   - fp16, bf16, fp8 e4m3 and fp8 e5m2 are converted a block at a time into
+ *     float32 stack buffers, reduced there by the float32 kernels, and
+ *     rounded once back to nearest even. The conversions are branch-free bit
+ *     manipulation in static inline functions, so the block loops vectorise.
+ *
+ * Semantics:
+ *   - integers wrap as C unsigned arithmetic (signed sum/prod go through the
+ *     unsigned type, then back; gcc defines that conversion as modular);
+ *   - MIN/MAX on floats propagate NaN: if either input is NaN the result is
+ *     NaN (unlike fminf/fmaxf). When the inputs compare equal (including
+ *     +0 vs -0) the result is a's value;
+ *   - DUET_AVG reduces as DUET_SUM; duet__reduce_avg_finish divides once.
+ *
+ * Rounding relies on the default floating-point environment (round to
+ * nearest even, no flush-to-zero), as the rest of the library does.
+ */
+#include "reduce/reduce.h"
+
+#include <string.h>
+
+/* Elements per float32 block for the 8- and 16-bit float types: 2 x 1 KiB of
+ * stack, small enough to stay in L1 with the source and destination. */
+#define DUET_REDUCE_BLOCK 256
+
+/* ---- datatype table: enum, name, size, is_float ---- */
+
+#define DUET_DATATYPES(X)                                                                          \
+  X(DUET_INT8, "int8", 1, 0)                                                                       \
+  X(DUET_UINT8, "uint8", 1, 0)                                                                     \
+  X(DUET_INT32, "int32", 4, 0)                                                                     \
+  X(DUET_UINT32, "uint32", 4, 0)                                                                   \
+  X(DUET_INT64, "int64", 8, 0)                                                                     \
+  X(DUET_UINT64, "uint64", 8, 0)                                                                   \
+  X(DUET_FLOAT16, "float16", 2, 1)                                                                 \
+  X(DUET_BFLOAT16, "bfloat16", 2, 1)                                                               \
+  X(DUET_FLOAT32, "float32", 4, 1)                                                                 \
+  X(DUET_FLOAT64, "float64", 8, 1)                                                                 \
+  X(DUET_FLOAT8_E4M3, "float8e4m3", 1, 1)                                                          \
+  X(DUET_FLOAT8_E5M2, "float8e5m2", 1, 1)
+
+#define DUET_OPS(X)                                                                                \
+  X(DUET_SUM, "sum")                                                                               \
+  X(DUET_PROD, "prod")                                                                             \
+  X(DUET_MIN, "min")                                                                               \
+  X(DUET_MAX, "max")                                                                               \
+  X(DUET_AVG, "avg")
+
+static const struct {
+  const char *name;
+  size_t size;
+  int is_float;
+} dt_info[DUET_NUM_DATATYPES] = {
+#define X(e, name, size, is_float) [e] = {name, size, is_float},
+    DUET_DATATYPES(X)
+#undef X
+};
+
+static const char *const op_names[DUET_NUM_OPS] = {
+#define X(e, name) [e] = name,
+    DUET_OPS(X)
+#undef X
+};
+
+static int dt_valid(duet_datatype_t dt) { return (unsigned)dt < (unsigned)DUET_NUM_DATATYPES; }
+static int op_valid(duet_op_t op) { return (unsigned)op < (unsigned)DUET_NUM_OPS; }
+
+size_t duet__dt_size(duet_datatype_t dt) { return dt_valid(dt) ? dt_info[dt].size : 0; }
+const char *duet__dt_name(duet_datatype_t dt) { return dt_valid(dt) ? dt_info[dt].name : "?"; }
+const char *duet__op_name(duet_op_t op) { return op_valid(op) ? op_names[op] : "?"; }
+int duet__dt_is_float(duet_datatype_t dt) { return dt_valid(dt) ? dt_info[dt].is_float : 0; }
+
+/* ---- bit casts (memcpy of 4 bytes folds to a register move) ---- */
+
+static inline uint32_t f2u(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+static inline float u2f(uint32_t u) {
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+/*
+ * ---- conversions ----
+ *
+ * Narrowing uses the same scheme for every format with m mantissa bits and
+ * bias B (after F. Giesen's float_to_half_fast3_rtne):
+ *   normal result:    add (2^(22-m) - 1) + lsb to the float32 bits, so the
+ *                     integer carry performs round-to-nearest-even, then
+ *                     shift right by 23-m and rebias;
+ *   subnormal result: add 2^(m+B-24) (the float32 whose ulp is the target's
+ *                     smallest subnormal) in float arithmetic, which rounds
+ *                     to nearest even, and take the low bits;
+ *   NaN:              stays NaN (quiet bit set, top payload bits kept);
+ *   overflow:         inf (fp16, bf16, e5m2) or NaN (e4m3, which has no inf).
+ * Every path is computed and the result selected, so loops if-convert.
+ */
+
+/* c ? x : y for c in {0, 1}, as masks: a ?: here can become a branch (the
+ * float arithmetic feeding it may not be speculated under -ftrapping-math),
+ * and a branch stops the loop from vectorising. */
+static inline uint32_t sel(uint32_t c, uint32_t x, uint32_t y) {
+  uint32_t m = 0u - c;
+  return (x & m) | (y & ~m);
+}
+
+static inline float half_to_float(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t em = h & 0x7fffu;
+  uint32_t normal = (em << 13) + ((127u - 15u) << 23);
+  uint32_t special = (em << 13) | 0x7f800000u; /* inf, NaN with payload */
+  uint32_t sub = f2u((float)(int32_t)em * 0x1p-24f);
+  uint32_t r = sel(em >= 0x7c00u, special, sel(em < 0x0400u, sub, normal));
+  return u2f(r | sign);
+}
+
+static inline uint16_t float_to_half(float f) {
+  uint32_t u = f2u(f);
+  uint32_t sign = (u >> 16) & 0x8000u;
+  uint32_t a = u & 0x7fffffffu;
+  uint32_t nan = 0x7e00u | ((a >> 13) & 0x3ffu);
+  uint32_t big = sel(a > 0x7f800000u, nan, 0x7c00u);       /* |f| >= 65536 */
+  uint32_t sub = f2u(u2f(a) + 0.5f) - 0x3f000000u;         /* |f| < 2^-14 */
+  uint32_t normal = (a - ((127u - 15u) << 23) + 0xfffu + ((a >> 13) & 1u)) >> 13;
+  uint32_t r = sel(a >= (143u << 23), big, sel(a < (113u << 23), sub, normal));
+  return (uint16_t)(r | sign);
+}
+
+static inline float bf16_to_float(uint16_t h) { return u2f((uint32_t)h << 16); }
+
+static inline uint16_t float_to_bf16(float f) {
+  uint32_t u = f2u(f);
+  uint32_t nan = (u >> 16) | 0x0040u;
+  uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16; /* overflows to inf */
+  return (uint16_t)sel((u & 0x7fffffffu) > 0x7f800000u, nan, rounded);
+}
+
+/* e4m3 (OCP "FN"): bias 7, no inf, S.1111.111 is NaN, max 448. */
+static inline float e4m3_to_float(uint8_t v) {
+  uint32_t sign = (uint32_t)(v & 0x80u) << 24;
+  uint32_t em = v & 0x7fu;
+  uint32_t normal = (em << 20) + ((127u - 7u) << 23);
+  uint32_t sub = f2u((float)(int32_t)em * 0x1p-9f);
+  uint32_t r = sel(em == 0x7fu, 0x7fc00000u, sel(em < 0x08u, sub, normal));
+  return u2f(r | sign);
+}
+
+static inline uint8_t float_to_e4m3(float f) {
+  uint32_t u = f2u(f);
+  uint32_t sign = (u >> 24) & 0x80u;
+  uint32_t a = u & 0x7fffffffu;
+  /* a <= 0x7fffffff, so the sum cannot wrap; for small a the subtraction
+   * wraps harmlessly and the sub path is selected */
+  uint32_t normal = ((a + 0x7ffffu + ((a >> 20) & 1u)) >> 20) - ((127u - 7u) << 3);
+  uint32_t sub = f2u(u2f(a) + 0x1p14f) - (141u << 23); /* |f| < 2^-6 */
+  uint32_t r = sel(a < (121u << 23), sub, normal);
+  r = sel((a >= 0x7f800000u) | (r > 0x7eu), 0x7fu, r); /* inf, NaN, overflow */
+  return (uint8_t)(r | sign);
+}
+
+/* e5m2: bias 15, IEEE-like (inf, NaN); the top byte of an fp16. */
+static inline float e5m2_to_float(uint8_t v) { return half_to_float((uint16_t)(v << 8)); }
+
+static inline uint8_t float_to_e5m2(float f) {
+  uint32_t u = f2u(f);
+  uint32_t sign = (u >> 24) & 0x80u;
+  uint32_t a = u & 0x7fffffffu;
+  uint32_t nan = 0x7eu | ((a >> 21) & 0x3u);
+  uint32_t normal = ((a + 0xfffffu + ((a >> 21) & 1u)) >> 21) - ((127u - 15u) << 2);
+  uint32_t sub = f2u(u2f(a) + 0x1p7f) - (134u << 23); /* |f| < 2^-14 */
+  uint32_t r = sel(a < (113u << 23), sub, normal);
+  r = sel(r > 0x7cu, 0x7cu, r); /* overflow (and inf) to inf */
+  r = sel(a > 0x7f800000u, nan, r);
+  return (uint8_t)(r | sign);
+}
+
+float duet__half_to_float(uint16_t h) { return half_to_float(h); }
+uint16_t duet__float_to_half(float f) { return float_to_half(f); }
+float duet__bf16_to_float(uint16_t h) { return bf16_to_float(h); }
+uint16_t duet__float_to_bf16(float f) { return float_to_bf16(f); }
+float duet__e4m3_to_float(uint8_t v) { return e4m3_to_float(v); }
+uint8_t duet__float_to_e4m3(float f) { return float_to_e4m3(f); }
+float duet__e5m2_to_float(uint8_t v) { return e5m2_to_float(v); }
+uint8_t duet__float_to_e5m2(float f) { return float_to_e5m2(f); }
+
+/* ---- element ops: x is a's element, y is b's ---- */
+
+#define OP_ISUM(T, U, x, y) ((T)((U)(x) + (U)(y)))
+#define OP_IPROD(T, U, x, y) ((T)((U)(x) * (U)(y)))
+#define OP_IMIN(T, U, x, y) ((y) < (x) ? (y) : (x))
+#define OP_IMAX(T, U, x, y) ((y) > (x) ? (y) : (x))
+#define OP_FSUM(T, U, x, y) ((x) + (y))
+#define OP_FPROD(T, U, x, y) ((x) * (y))
+/* NaN-propagating: y wins if it is smaller (larger) or NaN; otherwise x, which
+ * is NaN if x is. Ties keep x. */
+#define OP_FMIN(T, U, x, y) (((y) < (x)) | ((y) != (y)) ? (y) : (x))
+#define OP_FMAX(T, U, x, y) (((y) > (x)) | ((y) != (y)) ? (y) : (x))
+
+/*
+ * One (type, op) kernel in four aliasing variants; the dispatcher picks the
+ * one that matches, so restrict is always true of the pointers it qualifies.
+ */
+#define DEFINE_KERNEL(NAME, T, U, OP)                                                              \
+  static void NAME##_abc(T *restrict d, const T *restrict a, const T *restrict b, size_t n) {      \
+    for (size_t i = 0; i < n; i++) {                                                               \
+      T x = a[i], y = b[i];                                                                        \
+      d[i] = OP(T, U, x, y);                                                                       \
+    }                                                                                              \
+  }                                                                                                \
+  static void NAME##_da(T *restrict d, const T *restrict b, size_t n) {                            \
+    for (size_t i = 0; i < n; i++) {                                                               \
+      T x = d[i], y = b[i];                                                                        \
+      d[i] = OP(T, U, x, y);                                                                       \
+    }                                                                                              \
+  }                                                                                                \
+  static void NAME##_db(T *restrict d, const T *restrict a, size_t n) {                            \
+    for (size_t i = 0; i < n; i++) {                                                               \
+      T x = a[i], y = d[i];                                                                        \
+      d[i] = OP(T, U, x, y);                                                                       \
+    }                                                                                              \
+  }                                                                                                \
+  static void NAME##_dd(T *restrict d, size_t n) {                                                 \
+    for (size_t i = 0; i < n; i++) {                                                               \
+      T x = d[i], y = d[i];                                                                        \
+      d[i] = OP(T, U, x, y);                                                                       \
+    }                                                                                              \
+  }                                                                                                \
+  static void NAME(void *d, const void *a, const void *b, size_t n) {                              \
+    if (d == a && d == b)                                                                          \
+      NAME##_dd(d, n);                                                                             \
+    else if (d == a)                                                                               \
+      NAME##_da(d, b, n);                                                                          \
+    else if (d == b)                                                                               \
+      NAME##_db(d, a, n);                                                                          \
+    else                                                                                           \
+      NAME##_abc(d, a, b, n);                                                                      \
+  }
+
+/* suffix, C type, unsigned twin */
+#define DUET_INT_TYPES(X)                                                                          \
+  X(i8, int8_t, uint8_t)                                                                           \
+  X(u8, uint8_t, uint8_t)                                                                          \
+  X(i32, int32_t, uint32_t)                                                                        \
+  X(u32, uint32_t, uint32_t)                                                                       \
+  X(i64, int64_t, uint64_t)                                                                        \
+  X(u64, uint64_t, uint64_t)
+
+#define DUET_FLOAT_TYPES(X)                                                                        \
+  X(f32, float, float)                                                                             \
+  X(f64, double, double)
+
+#define DEFINE_INT_KERNELS(S, T, U)                                                                \
+  DEFINE_KERNEL(k_sum_##S, T, U, OP_ISUM)                                                          \
+  DEFINE_KERNEL(k_prod_##S, T, U, OP_IPROD)                                                        \
+  DEFINE_KERNEL(k_min_##S, T, U, OP_IMIN)                                                          \
+  DEFINE_KERNEL(k_max_##S, T, U, OP_IMAX)
+#define DEFINE_FLOAT_KERNELS(S, T, U)                                                              \
+  DEFINE_KERNEL(k_sum_##S, T, U, OP_FSUM)                                                          \
+  DEFINE_KERNEL(k_prod_##S, T, U, OP_FPROD)                                                        \
+  DEFINE_KERNEL(k_min_##S, T, U, OP_FMIN)                                                          \
+  DEFINE_KERNEL(k_max_##S, T, U, OP_FMAX)
+
+DUET_INT_TYPES(DEFINE_INT_KERNELS)
+DUET_FLOAT_TYPES(DEFINE_FLOAT_KERNELS)
+
+/*
+ * ---- 8- and 16-bit floats: blocks through float32 ----
+ *
+ * Each block reads all of a and b into float buffers before it writes dst,
+ * so dst may equal a or b. The op runs in place on the a buffer (_da).
+ */
+#define DEFINE_LOWP(S, T, TO_F, FROM_F)                                                            \
+  static void widen_##S(float *restrict out, const T *restrict in, size_t n) {                     \
+    for (size_t i = 0; i < n; i++)                                                                 \
+      out[i] = TO_F(in[i]);                                                                        \
+  }                                                                                                \
+  static void narrow_##S(T *restrict out, const float *restrict in, size_t n) {                    \
+    for (size_t i = 0; i < n; i++)                                                                 \
+      out[i] = FROM_F(in[i]);                                                                      \
+  }                                                                                                \
+  static void lowp_##S(void *dst, const void *a, const void *b, size_t n,                          \
+                       void (*op)(float *restrict, const float *restrict, size_t)) {               \
+    float fa[DUET_REDUCE_BLOCK], fb[DUET_REDUCE_BLOCK];                                            \
+    T *d = dst;                                                                                    \
+    const T *pa = a, *pb = b;                                                                      \
+    for (size_t i = 0; i < n; i += DUET_REDUCE_BLOCK) {                                            \
+      size_t m = n - i < DUET_REDUCE_BLOCK ? n - i : DUET_REDUCE_BLOCK;                            \
+      widen_##S(fa, pa + i, m);                                                                    \
+      widen_##S(fb, pb + i, m);                                                                    \
+      op(fa, fb, m);                                                                               \
+      narrow_##S(d + i, fa, m);                                                                    \
+    }                                                                                              \
+  }                                                                                                \
+  static void k_sum_##S(void *d, const void *a, const void *b, size_t n) {                         \
+    lowp_##S(d, a, b, n, k_sum_f32_da);                                                            \
+  }                                                                                                \
+  static void k_prod_##S(void *d, const void *a, const void *b, size_t n) {                        \
+    lowp_##S(d, a, b, n, k_prod_f32_da);                                                           \
+  }                                                                                                \
+  static void k_min_##S(void *d, const void *a, const void *b, size_t n) {                         \
+    lowp_##S(d, a, b, n, k_min_f32_da);                                                            \
+  }                                                                                                \
+  static void k_max_##S(void *d, const void *a, const void *b, size_t n) {                         \
+    lowp_##S(d, a, b, n, k_max_f32_da);                                                            \
+  }
+
+DEFINE_LOWP(f16, uint16_t, half_to_float, float_to_half)
+DEFINE_LOWP(bf16, uint16_t, bf16_to_float, float_to_bf16)
+DEFINE_LOWP(e4m3, uint8_t, e4m3_to_float, float_to_e4m3)
+DEFINE_LOWP(e5m2, uint8_t, e5m2_to_float, float_to_e5m2)
+
+/* ---- dispatch table: [datatype][op], AVG is SUM ---- */
+
+typedef void (*kernel_fn)(void *, const void *, const void *, size_t);
+
+#define KROW(S) {k_sum_##S, k_prod_##S, k_min_##S, k_max_##S, k_sum_##S}
+
+static const kernel_fn kernels[DUET_NUM_DATATYPES][DUET_NUM_OPS] = {
+    [DUET_INT8] = KROW(i8),          [DUET_UINT8] = KROW(u8),
+    [DUET_INT32] = KROW(i32),        [DUET_UINT32] = KROW(u32),
+    [DUET_INT64] = KROW(i64),        [DUET_UINT64] = KROW(u64),
+    [DUET_FLOAT16] = KROW(f16),      [DUET_BFLOAT16] = KROW(bf16),
+    [DUET_FLOAT32] = KROW(f32),      [DUET_FLOAT64] = KROW(f64),
+    [DUET_FLOAT8_E4M3] = KROW(e4m3), [DUET_FLOAT8_E5M2] = KROW(e5m2),
+};
+
+void duet__reduce(void *dst, const void *a, const void *b, size_t count, duet_datatype_t dt,
+                  duet_op_t op) {
+  if (!dt_valid(dt) || !op_valid(op) || count == 0)
+    return;
+  kernels[dt][op](dst, a, b, count);
+}
+
+/* ---- AVG's final division ---- */
+
+#define DEFINE_DIV_INT(S, T, W)                                                                    \
+  static void div_##S(void *buf, size_t n, int by) {                                               \
+    T *restrict p = buf;                                                                           \
+    W q = (W)by;                                                                                   \
+    for (size_t i = 0; i < n; i++)                                                                 \
+      p[i] = (T)((W)p[i] / q);                                                                     \
+  }
+/* int8/uint8 divide in int (exact); wider types in their own width. */
+DEFINE_DIV_INT(i8, int8_t, int)
+DEFINE_DIV_INT(u8, uint8_t, unsigned)
+DEFINE_DIV_INT(i32, int32_t, int32_t)
+DEFINE_DIV_INT(u32, uint32_t, uint32_t)
+DEFINE_DIV_INT(i64, int64_t, int64_t)
+DEFINE_DIV_INT(u64, uint64_t, uint64_t)
+
+static void div_f32(void *buf, size_t n, int by) {
+  float *restrict p = buf;
+  float q = (float)by;
+  for (size_t i = 0; i < n; i++)
+    p[i] = p[i] / q;
+}
+
+static void div_f64(void *buf, size_t n, int by) {
+  double *restrict p = buf;
+  double q = (double)by;
+  for (size_t i = 0; i < n; i++)
+    p[i] = p[i] / q;
+}
+
+#define DEFINE_DIV_LOWP(S, T)                                                                      \
+  static void div_##S(void *buf, size_t n, int by) {                                               \
+    float f[DUET_REDUCE_BLOCK];                                                                    \
+    T *p = buf;                                                                                    \
+    for (size_t i = 0; i < n; i += DUET_REDUCE_BLOCK) {                                            \
+      size_t m = n - i < DUET_REDUCE_BLOCK ? n - i : DUET_REDUCE_BLOCK;                            \
+      widen_##S(f, p + i, m);                                                                      \
+      div_f32(f, m, by);                                                                           \
+      narrow_##S(p + i, f, m);                                                                     \
+    }                                                                                              \
+  }
+DEFINE_DIV_LOWP(f16, uint16_t)
+DEFINE_DIV_LOWP(bf16, uint16_t)
+DEFINE_DIV_LOWP(e4m3, uint8_t)
+DEFINE_DIV_LOWP(e5m2, uint8_t)
+
+static void (*const dividers[DUET_NUM_DATATYPES])(void *, size_t, int) = {
+    [DUET_INT8] = div_i8,          [DUET_UINT8] = div_u8,       [DUET_INT32] = div_i32,
+    [DUET_UINT32] = div_u32,       [DUET_INT64] = div_i64,      [DUET_UINT64] = div_u64,
+    [DUET_FLOAT16] = div_f16,      [DUET_BFLOAT16] = div_bf16,  [DUET_FLOAT32] = div_f32,
+    [DUET_FLOAT64] = div_f64,      [DUET_FLOAT8_E4M3] = div_e4m3, [DUET_FLOAT8_E5M2] = div_e5m2,
+};
+
+/* n < 1 is a caller bug (there is always at least one rank); leave buf as is
+ * rather than divide by zero. n == 1 is also a no-op. */
+void duet__reduce_avg_finish(void *buf, size_t count, duet_datatype_t dt, int n) {
+  if (!dt_valid(dt) || n <= 1 || count == 0)
+    return;
+  dividers[dt](buf, count, n);
+}

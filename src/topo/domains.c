@@ -1,0 +1,70 @@
+/*
+ * domains.c - super-nodes (UPN domains) from every rank's super-node id:
+ * ranks with the same id form one domain, numbered in order of their lowest
+ * rank; inside it ranks take local indices in rank order.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "topo/topo.h"
+
+duet_status_t duet__domains_build(const duet__rank_info_t *info, int nranks,
+                                  duet__domains_t *d) {
+  int32_t *first = NULL; /* per super-node: its lowest rank */
+  memset(d, 0, sizeof(*d));
+  d->supernode = calloc((size_t)nranks, sizeof(int32_t));
+  d->local_rank = calloc((size_t)nranks, sizeof(int32_t));
+  d->local_size = calloc((size_t)nranks, sizeof(int32_t));
+  d->host_ranks = calloc((size_t)nranks, sizeof(int32_t));
+  d->domain_one_host = calloc((size_t)nranks, sizeof(int));
+  first = calloc((size_t)nranks, sizeof(int32_t));
+  if (!d->supernode || !d->local_rank || !d->local_size || !d->host_ranks ||
+      !d->domain_one_host || !first) {
+    free(first);
+    duet__domains_free(d);
+    return DUET_ERR_NO_MEMORY;
+  }
+  d->one_host = 1;
+  for (int r = 0; r < nranks; r++) {
+    int sn;
+    for (sn = 0; sn < d->nsupernodes; sn++)
+      if (strcmp(info[first[sn]].supernode, info[r].supernode) == 0)
+        break;
+    if (sn == d->nsupernodes) {
+      first[sn] = r;
+      d->nsupernodes++;
+      d->domain_one_host[sn] = 1;
+    }
+    d->supernode[r] = sn;
+    if (strcmp(info[first[sn]].host, info[r].host) != 0)
+      d->domain_one_host[sn] = 0;
+    if (strcmp(info[0].host, info[r].host) != 0)
+      d->one_host = 0;
+  }
+  for (int r = 0; r < nranks; r++) {
+    int lr = 0, ls = 0, hr = 0;
+    for (int q = 0; q < nranks; q++) {
+      if (d->supernode[q] == d->supernode[r]) {
+        ls++;
+        if (q < r)
+          lr++;
+      }
+      if (strcmp(info[q].host, info[r].host) == 0)
+        hr++;
+    }
+    d->local_rank[r] = lr;
+    d->local_size[r] = ls;
+    d->host_ranks[r] = hr;
+  }
+  free(first);
+  return DUET_SUCCESS;
+}
+
+void duet__domains_free(duet__domains_t *d) {
+  free(d->supernode);
+  free(d->local_rank);
+  free(d->local_size);
+  free(d->host_ranks);
+  free(d->domain_one_host);
+  memset(d, 0, sizeof(*d));
+}

@@ -1,0 +1,65 @@
+#!/bin/bash
+# examples.sh - run the example programs, as `make check` does.
+#
+# examples/allreduce_env: 3 ranks started from this shell with
+# DUET_RANK/DUET_SIZE/DUET_ROOT; examples/allreduce_mpi under mpirun -np 2
+# when it was built. Env: top_builddir (default .), MPIRUN (default mpirun).
+set -u
+
+builddir=${top_builddir:-.}
+mpirun=${MPIRUN:-mpirun}
+limit=${DUET_TEST_TIMEOUT:-120}
+passed=0
+failed=0
+
+result() { # <name> <ok:0|1>
+  if [ "$2" = 0 ]; then
+    passed=$((passed + 1))
+    echo "# $1: passed"
+  else
+    failed=$((failed + 1))
+    echo "# $1: FAILED"
+  fi
+}
+
+# A port nobody listens on, starting from 29500 + pid % 1000.
+port=$((29500 + $$ % 1000))
+for _ in $(seq 1 50); do
+  if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+  port=$((port + 1))
+done
+
+prog="$builddir/examples/allreduce_env"
+if [ -x "$prog" ]; then
+  n=3
+  pids=()
+  for r in $(seq 0 $((n - 1))); do
+    echo "+ DUET_RANK=$r DUET_SIZE=$n DUET_ROOT=127.0.0.1:$port timeout $limit $prog &"
+    DUET_RANK=$r DUET_SIZE=$n DUET_ROOT=127.0.0.1:$port timeout "$limit" "$prog" &
+    pids+=($!)
+  done
+  rc=0
+  for pid in "${pids[@]}"; do
+    if ! wait "$pid"; then rc=1; fi
+  done
+  result "allreduce_env ($n ranks)" $rc
+else
+  echo "# $prog not built"
+  result allreduce_env 1
+fi
+
+prog="$builddir/examples/allreduce_mpi"
+if [ -e "$prog" ]; then
+  if command -v "$mpirun" >/dev/null 2>&1; then
+    cmd=(timeout "$limit" "$mpirun" --allow-run-as-root --oversubscribe --mca btl self,vader,tcp
+         --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo -np 2 "$prog")
+    echo "+ ${cmd[*]}"
+    "${cmd[@]}"
+    result "allreduce_mpi (mpirun -np 2)" $?
+  else
+    echo "# $mpirun not found, allreduce_mpi skipped"
+  fi
+fi
+
+echo "examples: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,93 @@
+#!/bin/bash
+# run_mpi.sh - the mpirun-launched duet tests, run by `make check`.
+#
+# mpi_allreduce (ring and recursive doubling) and mpi_coll for np = 1 2 3 4 5 8,
+# each over the tcp provider and over the default (shm inside a host). Every
+# datatype x op is covered at the quick counts for every np; the full count
+# list (up to 1048579 elements) runs for np <= 4 on int32, float32, bfloat16
+# and float8e4m3. DUET_TEST_QUICK=1 (sanitizer builds) runs np 2 and 3 quick.
+#
+# Env: top_builddir (default .), MPIRUN (default mpirun), DUET_TEST_TIMEOUT
+# (seconds per mpirun, default 300), DUET_TEST_NP (override the np list).
+set -u
+
+builddir=${top_builddir:-.}
+mpirun=${MPIRUN:-mpirun}
+limit=${DUET_TEST_TIMEOUT:-300}
+allreduce="$builddir/tests/mpi/mpi_allreduce"
+coll="$builddir/tests/mpi/mpi_coll"
+
+if ! command -v "$mpirun" >/dev/null 2>&1; then
+  echo "mpi: $mpirun not found, skipping"
+  exit 77
+fi
+for prog in "$allreduce" "$coll"; do
+  if [ ! -x "$prog" ]; then
+    echo "mpi: $prog not built (make check builds it)"
+    echo "mpi: 0 passed, 1 failed"
+    exit 1
+  fi
+done
+
+# Loopback only, oversubscribed (this may run on a 2-core machine).
+mpiopts=(--allow-run-as-root --oversubscribe --mca btl self,vader,tcp
+         --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo)
+# A failing rank should give up well before the mpirun timeout.
+export DUET_TIMEOUT_MS=${DUET_TIMEOUT_MS:-120000}
+
+quick=${DUET_TEST_QUICK:-0}
+if [ "$quick" = 1 ]; then
+  nps=${DUET_TEST_NP:-"2 3"}
+else
+  nps=${DUET_TEST_NP:-"1 2 3 4 5 8"}
+fi
+full_types=int32,float32,bfloat16,float8e4m3
+
+passed=0
+failed=0
+failures=()
+
+# run <provider> <np> <program> [args...]
+run() {
+  local prov=$1 np=$2
+  shift 2
+  local envs=()
+  if [ "$prov" = tcp ]; then
+    envs=(env DUET_UPN_PROVIDER=tcp DUET_HPN_PROVIDER=tcp)
+  else
+    envs=(env -u DUET_UPN_PROVIDER -u DUET_HPN_PROVIDER)
+  fi
+  echo "+ ${envs[*]} timeout $limit $mpirun ${mpiopts[*]} -np $np $*"
+  local start=$SECONDS
+  if "${envs[@]}" timeout "$limit" "$mpirun" "${mpiopts[@]}" -np "$np" "$@"; then
+    passed=$((passed + 1))
+    echo "# passed in $((SECONDS - start)) s"
+  else
+    local rc=$?
+    failed=$((failed + 1))
+    failures+=("[$prov np=$np rc=$rc] $*")
+    echo "# FAILED (exit $rc) after $((SECONDS - start)) s"
+  fi
+}
+
+for np in $nps; do
+  for prov in tcp shm; do
+    for algo in ring rd; do
+      if [ "$quick" != 1 ] && [ "$np" -le 4 ]; then
+        run $prov "$np" "$allreduce" -a $algo -t $full_types
+      fi
+      run $prov "$np" "$allreduce" -a $algo -q
+    done
+    if [ "$quick" != 1 ] && [ "$np" -le 4 ]; then
+      run $prov "$np" "$coll"
+    else
+      run $prov "$np" "$coll" -q
+    fi
+  done
+done
+
+for f in "${failures[@]+"${failures[@]}"}"; do
+  echo "# failed: $f"
+done
+echo "mpi: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]

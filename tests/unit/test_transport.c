@@ -1,0 +1,489 @@
+/*
+ * test_transport.c - the self and ofi transports.
+ *
+ * self: send/recv in both orders, tag matching, truncation.
+ * ofi: two processes (fork; address blobs through a pipe pair) over "tcp" on
+ * the loopback interface and over "shm": ping-pong of 8 B and 4 MiB,
+ * 64 tags received out of order, a zero-length message, a truncated receive,
+ * a message to oneself, reserved tags. The child reports through its exit
+ * status. Every wait has a deadline, so no test hangs.
+ */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "transport.h"
+
+#define WAIT_SEC 20.0 /* deadline of every wait */
+#define BIG (4u << 20)
+#define NTAGS 64
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---- self transport ------------------------------------------------------ */
+
+static duet__tp_ep_t *self_ep(char *err) {
+  duet__tp_ep_t *ep = NULL;
+  unsigned char addr[DUET_TP_ADDR_MAX];
+  size_t addrlen = 0;
+  cr_assert_eq(duet__tp_self.open(NULL, &ep, err), DUET_SUCCESS, "%s", err);
+  cr_assert_eq(duet__tp_self.get_addr(ep, addr, &addrlen, err), DUET_SUCCESS, "%s", err);
+  cr_assert_eq(addrlen, 1);
+  cr_assert_eq(duet__tp_self.insert_peers(ep, 1, addr, DUET_TP_ADDR_MAX, &addrlen, err),
+               DUET_SUCCESS, "%s", err);
+  return ep;
+}
+
+Test(transport_self, send_then_recv) {
+  char err[DUET_TP_ERRLEN] = "";
+  duet__tp_ep_t *ep = self_ep(err);
+  duet__tp_req_t s, r;
+  char out[] = "hello self", in[32] = {0};
+
+  cr_assert_eq(duet__tp_self.isend(ep, 0, out, sizeof out, 7, &s, err), DUET_SUCCESS);
+  cr_assert_eq(duet__tp_self.progress(ep, err), DUET_SUCCESS);
+  cr_assert_eq(s.done, 0, "a send to self completes only when matched");
+  cr_assert_eq(duet__tp_self.irecv(ep, 0, in, sizeof in, 7, &r, err), DUET_SUCCESS);
+  cr_assert(s.done && r.done);
+  cr_assert_eq(s.status, DUET_SUCCESS);
+  cr_assert_eq(r.status, DUET_SUCCESS);
+  cr_assert_eq(r.len, sizeof out);
+  cr_assert_str_eq(in, out);
+  duet__tp_self.close(ep);
+}
+
+Test(transport_self, recv_then_send) {
+  char err[DUET_TP_ERRLEN] = "";
+  duet__tp_ep_t *ep = self_ep(err);
+  duet__tp_req_t s, r;
+  uint64_t out = 0x0123456789abcdefull, in = 0;
+
+  cr_assert_eq(duet__tp_self.irecv(ep, 0, &in, sizeof in, 1, &r, err), DUET_SUCCESS);
+  cr_assert_eq(r.done, 0);
+  cr_assert_eq(duet__tp_self.isend(ep, 0, &out, sizeof out, 1, &s, err), DUET_SUCCESS);
+  cr_assert(s.done && r.done);
+  cr_assert_eq(r.status, DUET_SUCCESS);
+  cr_assert_eq(r.len, sizeof out);
+  cr_assert_eq(in, out);
+  /* zero-length message */
+  cr_assert_eq(duet__tp_self.irecv(ep, 0, NULL, 0, 2, &r, err), DUET_SUCCESS);
+  cr_assert_eq(duet__tp_self.isend(ep, 0, NULL, 0, 2, &s, err), DUET_SUCCESS);
+  cr_assert(s.done && r.done && r.status == DUET_SUCCESS && r.len == 0);
+  duet__tp_self.close(ep);
+}
+
+Test(transport_self, tag_matching) {
+  char err[DUET_TP_ERRLEN] = "";
+  duet__tp_ep_t *ep = self_ep(err);
+  const uint64_t stags[5] = {1, 2, 3, 2, 1};
+  const uint64_t rtags[5] = {3, 2, 1, 1, 2};
+  const int want[5] = {30, 20, 10, 50, 40}; /* same tag: in post order */
+  int out[5] = {10, 20, 30, 40, 50}, in[5] = {0};
+  duet__tp_req_t s[5], r[5];
+
+  /* two receives before, three after the sends */
+  for (int i = 0; i < 2; i++)
+    cr_assert_eq(duet__tp_self.irecv(ep, 0, &in[i], sizeof in[i], rtags[i], &r[i], err),
+                 DUET_SUCCESS);
+  for (int i = 0; i < 5; i++)
+    cr_assert_eq(duet__tp_self.isend(ep, 0, &out[i], sizeof out[i], stags[i], &s[i], err),
+                 DUET_SUCCESS);
+  for (int i = 2; i < 5; i++)
+    cr_assert_eq(duet__tp_self.irecv(ep, 0, &in[i], sizeof in[i], rtags[i], &r[i], err),
+                 DUET_SUCCESS);
+  for (int i = 0; i < 5; i++) {
+    cr_assert(s[i].done && s[i].status == DUET_SUCCESS, "send %d", i);
+    cr_assert(r[i].done && r[i].status == DUET_SUCCESS, "recv %d", i);
+    cr_assert_eq(in[i], want[i], "recv %d (tag %d): got %d, want %d", i, (int)rtags[i], in[i],
+                 want[i]);
+  }
+  /* an unmatched receive stays pending, and close abandons it */
+  cr_assert_eq(duet__tp_self.irecv(ep, 0, &in[0], sizeof in[0], 99, &r[0], err), DUET_SUCCESS);
+  cr_assert_eq(r[0].done, 0);
+  duet__tp_self.close(ep);
+}
+
+Test(transport_self, truncation) {
+  char err[DUET_TP_ERRLEN] = "";
+  duet__tp_ep_t *ep = self_ep(err);
+  duet__tp_req_t s, r;
+  char out[64], in[16];
+  memset(out, 'x', sizeof out);
+
+  cr_assert_eq(duet__tp_self.isend(ep, 0, out, sizeof out, 5, &s, err), DUET_SUCCESS);
+  cr_assert_eq(duet__tp_self.irecv(ep, 0, in, sizeof in, 5, &r, err), DUET_SUCCESS);
+  cr_assert(s.done && r.done);
+  cr_assert_eq(s.status, DUET_ERR_MISMATCH);
+  cr_assert_eq(r.status, DUET_ERR_MISMATCH);
+  /* and the other order */
+  cr_assert_eq(duet__tp_self.irecv(ep, 0, in, sizeof in, 6, &r, err), DUET_SUCCESS);
+  cr_assert_eq(duet__tp_self.isend(ep, 0, out, sizeof out, 6, &s, err), DUET_SUCCESS);
+  cr_assert(s.done && r.done);
+  cr_assert_eq(r.status, DUET_ERR_MISMATCH);
+  duet__tp_self.close(ep);
+}
+
+Test(transport_self, bad_arguments) {
+  char err[DUET_TP_ERRLEN] = "";
+  duet__tp_ep_t *ep = self_ep(err);
+  duet__tp_req_t r;
+  int x = 0;
+  cr_assert_eq(duet__tp_self.irecv(ep, 1, &x, sizeof x, 0, &r, err), DUET_ERR_INVALID_ARGUMENT);
+  cr_assert(strstr(err, "peer 1"), "errbuf: %s", err);
+  duet__tp_self.close(ep);
+}
+
+/* ---- ofi: a pair of processes ---------------------------------------------- */
+
+typedef struct pair {
+  const duet__tp_ops_t *tp;
+  duet__tp_ep_t *ep;
+  int rank, other;
+  int rfd, wfd; /* pipe to read from / write to the other process */
+  char err[DUET_TP_ERRLEN];
+} pair_t;
+
+#define CHECK(p, cond, ...)                                                                        \
+  do {                                                                                             \
+    if (!(cond)) {                                                                                 \
+      fprintf(stderr, "rank %d, line %d: ", (p)->rank, __LINE__);                                  \
+      fprintf(stderr, __VA_ARGS__);                                                                \
+      fprintf(stderr, " [errbuf: %s]\n", (p)->err);                                                \
+      return 1;                                                                                    \
+    }                                                                                              \
+  } while (0)
+
+/* Read or write exactly n bytes on a pipe, failing after WAIT_SEC. */
+static int pipe_io(int fd, void *buf, size_t n, int writing) {
+  double deadline = now() + WAIT_SEC;
+  char *b = buf;
+  while (n) {
+    struct pollfd pfd = {.fd = fd, .events = writing ? POLLOUT : POLLIN};
+    ssize_t got;
+    if (now() > deadline)
+      return -1;
+    if (poll(&pfd, 1, 100) <= 0)
+      continue;
+    got = writing ? write(fd, b, n) : read(fd, b, n);
+    if (got < 0 && errno == EINTR)
+      continue;
+    if (got <= 0)
+      return -1;
+    b += got;
+    n -= (size_t)got;
+  }
+  return 0;
+}
+
+/* Drive progress until req completes; 0 or -1 (timeout, endpoint error). */
+static int pair_wait(pair_t *p, duet__tp_req_t *req) {
+  double deadline = now() + WAIT_SEC;
+  while (!__atomic_load_n(&req->done, __ATOMIC_ACQUIRE)) {
+    if (p->tp->progress(p->ep, p->err) < 0)
+      return -1;
+    if (now() > deadline) {
+      snprintf(p->err, sizeof p->err, "timeout after %.0f s", WAIT_SEC);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+/* Post a send or receive, retrying while the transport says DUET_IN_PROGRESS. */
+static duet_status_t pair_post(pair_t *p, int is_recv, int peer, void *buf, size_t len,
+                               uint64_t tag, duet__tp_req_t *req) {
+  double deadline = now() + WAIT_SEC;
+  duet_status_t st;
+  do {
+    st = is_recv ? p->tp->irecv(p->ep, peer, buf, len, tag, req, p->err)
+                 : p->tp->isend(p->ep, peer, buf, len, tag, req, p->err);
+  } while (st == DUET_IN_PROGRESS && now() < deadline);
+  return st;
+}
+
+/* Rank 0 sends len bytes, rank 1 checks them and answers with the bytes
+ * inverted, rank 0 checks the answer. */
+static int pingpong(pair_t *p, size_t len, uint64_t tag) {
+  unsigned char *out = malloc(len), *in = malloc(len);
+  duet__tp_req_t s, r;
+  int bad = 0;
+  CHECK(p, out && in, "malloc(%zu)", len);
+  for (size_t i = 0; i < len; i++)
+    out[i] = (unsigned char)(i * 7 + tag + (p->rank ? 0 : 1));
+  memset(in, 0, len);
+  if (p->rank == 0) {
+    CHECK(p, pair_post(p, 1, p->other, in, len, tag, &r) == DUET_SUCCESS, "irecv %zu", len);
+    CHECK(p, pair_post(p, 0, p->other, out, len, tag, &s) == DUET_SUCCESS, "isend %zu", len);
+    CHECK(p, pair_wait(p, &s) == 0 && s.status == DUET_SUCCESS, "send %zu", len);
+    CHECK(p, pair_wait(p, &r) == 0 && r.status == DUET_SUCCESS, "recv %zu", len);
+    CHECK(p, r.len == len, "pong length %zu, want %zu", r.len, len);
+    for (size_t i = 0; i < len; i++)
+      bad += in[i] != (unsigned char)~out[i];
+    CHECK(p, !bad, "pong of %zu bytes: %d bytes wrong", len, bad);
+  } else {
+    CHECK(p, pair_post(p, 1, p->other, in, len, tag, &r) == DUET_SUCCESS, "irecv %zu", len);
+    CHECK(p, pair_wait(p, &r) == 0 && r.status == DUET_SUCCESS, "recv %zu", len);
+    CHECK(p, r.len == len, "ping length %zu, want %zu", r.len, len);
+    for (size_t i = 0; i < len; i++) {
+      bad += in[i] != (unsigned char)(i * 7 + tag + 1);
+      out[i] = (unsigned char)~in[i];
+    }
+    CHECK(p, !bad, "ping of %zu bytes: %d bytes wrong", len, bad);
+    CHECK(p, pair_post(p, 0, p->other, out, len, tag, &s) == DUET_SUCCESS, "isend %zu", len);
+    CHECK(p, pair_wait(p, &s) == 0 && s.status == DUET_SUCCESS, "send %zu", len);
+  }
+  free(out);
+  free(in);
+  return 0;
+}
+
+/* Rank 0 sends NTAGS messages with tags 1000.. in order; rank 1 posts the
+ * receives in reverse order, half of them before a pipe sync (so they are
+ * posted before the data arrives) and half after (unexpected messages). */
+static int many_tags(pair_t *p) {
+  enum { LEN = 100 };
+  static unsigned char buf[NTAGS][LEN];
+  duet__tp_req_t req[NTAGS];
+  char sync = 's';
+  if (p->rank == 0) {
+    CHECK(p, pipe_io(p->rfd, &sync, 1, 0) == 0, "sync");
+    for (int i = 0; i < NTAGS; i++) {
+      memset(buf[i], i, LEN);
+      CHECK(p, pair_post(p, 0, p->other, buf[i], LEN, 1000 + i, &req[i]) == DUET_SUCCESS,
+            "isend tag %d", 1000 + i);
+    }
+    for (int i = 0; i < NTAGS; i++)
+      CHECK(p, pair_wait(p, &req[i]) == 0 && req[i].status == DUET_SUCCESS, "send %d", i);
+  } else {
+    for (int i = NTAGS - 1; i >= 0; i--) {
+      if (i == NTAGS / 2 - 1) {
+        CHECK(p, pipe_io(p->wfd, &sync, 1, 1) == 0, "sync");
+        for (double t = now(); now() < t + 0.05;) /* let some messages arrive unexpected */
+          CHECK(p, p->tp->progress(p->ep, p->err) >= 0, "progress");
+      }
+      memset(buf[i], 0xee, LEN);
+      CHECK(p, pair_post(p, 1, p->other, buf[i], LEN, 1000 + i, &req[i]) == DUET_SUCCESS,
+            "irecv tag %d", 1000 + i);
+    }
+    for (int i = NTAGS - 1; i >= 0; i--) {
+      CHECK(p, pair_wait(p, &req[i]) == 0 && req[i].status == DUET_SUCCESS, "recv tag %d",
+            1000 + i);
+      CHECK(p, req[i].len == LEN, "recv tag %d: %zu bytes", 1000 + i, req[i].len);
+      for (int k = 0; k < LEN; k++)
+        CHECK(p, buf[i][k] == i, "recv tag %d byte %d: %d", 1000 + i, k, buf[i][k]);
+    }
+  }
+  return 0;
+}
+
+static int zero_and_truncated(pair_t *p) {
+  char small[16], big[64], zero[8];
+  duet__tp_req_t s, r;
+  if (p->rank == 0) {
+    memset(big, 'b', sizeof big);
+    CHECK(p, pair_post(p, 0, p->other, zero, 0, 3, &s) == DUET_SUCCESS, "isend 0 bytes");
+    CHECK(p, pair_wait(p, &s) == 0 && s.status == DUET_SUCCESS, "send 0 bytes");
+    CHECK(p, pair_post(p, 0, p->other, big, sizeof big, 4, &s) == DUET_SUCCESS, "isend 64");
+    CHECK(p, pair_wait(p, &s) == 0, "send 64 bytes (status %d)", s.status);
+  } else {
+    memset(zero, 'z', sizeof zero);
+    CHECK(p, pair_post(p, 1, p->other, zero, sizeof zero, 3, &r) == DUET_SUCCESS, "irecv 0");
+    CHECK(p, pair_wait(p, &r) == 0 && r.status == DUET_SUCCESS, "recv 0 bytes");
+    CHECK(p, r.len == 0 && zero[0] == 'z', "zero-length message: len %zu", r.len);
+    CHECK(p, pair_post(p, 1, p->other, small, sizeof small, 4, &r) == DUET_SUCCESS, "irecv 16");
+    CHECK(p, pair_wait(p, &r) == 0, "recv truncated");
+    CHECK(p, r.status == DUET_ERR_MISMATCH, "truncated recv: status %d, want %d", r.status,
+          DUET_ERR_MISMATCH);
+    CHECK(p, strstr(p->err, "peer"), "truncation errbuf names no peer");
+  }
+  return 0;
+}
+
+static int to_self_and_reserved(pair_t *p) {
+  uint64_t out = 0xfeedu + (uint64_t)p->rank, in = 0;
+  duet__tp_req_t s, r;
+  CHECK(p, pair_post(p, 1, p->rank, &in, sizeof in, 6, &r) == DUET_SUCCESS, "irecv self");
+  CHECK(p, pair_post(p, 0, p->rank, &out, sizeof out, 6, &s) == DUET_SUCCESS, "isend self");
+  CHECK(p, pair_wait(p, &s) == 0 && pair_wait(p, &r) == 0, "self message");
+  CHECK(p, r.status == DUET_SUCCESS && r.len == sizeof in && in == out, "self message content");
+  CHECK(p,
+        p->tp->isend(p->ep, p->other, &out, sizeof out, UINT64_MAX, &s, p->err) ==
+            DUET_ERR_INVALID_ARGUMENT,
+        "reserved tag accepted by isend");
+  CHECK(p,
+        p->tp->irecv(p->ep, p->other, &in, sizeof in, UINT64_C(3) << 62, &r, p->err) ==
+            DUET_ERR_INVALID_ARGUMENT,
+        "reserved tag accepted by irecv");
+  CHECK(p, p->tp->isend(p->ep, 2, &out, sizeof out, 1, &s, p->err) == DUET_ERR_INVALID_ARGUMENT,
+        "peer 2 of 2 accepted");
+  return 0;
+}
+
+/* NBUF messages at once from NBUF separate page-aligned buffers (more than
+ * the ofi registration cache holds), then the same one by one. */
+static int many_buffers(pair_t *p) {
+  enum { NBUF = 40, LEN = 6000 };
+  unsigned char *buf[NBUF] = {0};
+  duet__tp_req_t req[NBUF];
+  for (int i = 0; i < NBUF; i++) {
+    buf[i] = aligned_alloc(4096, 2 * 4096);
+    CHECK(p, buf[i], "aligned_alloc");
+    memset(buf[i], p->rank ? 0 : i + 1, LEN);
+  }
+  for (int round = 0; round < 2; round++) {
+    for (int i = 0; i < NBUF; i++) {
+      uint64_t tag = 2000 + (uint64_t)i;
+      CHECK(p,
+            pair_post(p, p->rank, p->other, buf[i] + (i % 3), LEN - (size_t)(i % 3), tag,
+                      &req[i]) == DUET_SUCCESS,
+            "post %d", i);
+      if (round)
+        CHECK(p, pair_wait(p, &req[i]) == 0 && req[i].status == DUET_SUCCESS, "buffer %d", i);
+    }
+    for (int i = 0; i < NBUF; i++) {
+      CHECK(p, pair_wait(p, &req[i]) == 0 && req[i].status == DUET_SUCCESS, "buffer %d", i);
+      if (p->rank)
+        for (int k = i % 3; k < LEN; k++)
+          CHECK(p, buf[i][k] == i + 1, "round %d buffer %d byte %d: %d", round, i, k, buf[i][k]);
+      if (p->rank)
+        memset(buf[i], 0, LEN);
+    }
+  }
+  for (int i = 0; i < NBUF; i++)
+    free(buf[i]);
+  return 0;
+}
+
+/* One side of the pair test: open, exchange addresses, run everything. */
+static int pair_side(pair_t *p, const char *prov, const char *iface) {
+  duet__tp_params_t params = {.provider = prov, .iface = iface, .yield = 0};
+  unsigned char addrs[2][DUET_TP_ADDR_MAX];
+  size_t addrlens[2];
+  char bye = 'b';
+  int ret;
+
+  p->tp = &duet__tp_ofi;
+  p->other = 1 - p->rank;
+  CHECK(p, p->tp->open(&params, &p->ep, p->err) == DUET_SUCCESS, "open(%s, %s)", prov,
+        iface ? iface : "NULL");
+  CHECK(p, p->tp->get_addr(p->ep, addrs[p->rank], &addrlens[p->rank], p->err) == DUET_SUCCESS,
+        "get_addr");
+  CHECK(p,
+        pipe_io(p->wfd, &addrlens[p->rank], sizeof addrlens[0], 1) == 0 &&
+            pipe_io(p->wfd, addrs[p->rank], addrlens[p->rank], 1) == 0,
+        "send address");
+  CHECK(p,
+        pipe_io(p->rfd, &addrlens[p->other], sizeof addrlens[0], 0) == 0 &&
+            addrlens[p->other] <= DUET_TP_ADDR_MAX &&
+            pipe_io(p->rfd, addrs[p->other], addrlens[p->other], 0) == 0,
+        "receive address");
+  CHECK(p, p->tp->insert_peers(p->ep, 2, addrs, DUET_TP_ADDR_MAX, addrlens, p->err) == DUET_SUCCESS,
+        "insert_peers");
+
+  ret = pingpong(p, 8, 1) || pingpong(p, BIG, 2) || many_tags(p) || zero_and_truncated(p) ||
+        pingpong(p, 8, 5) || many_buffers(p) || to_self_and_reserved(p);
+  if (ret)
+    return ret;
+  /* both sides done before either closes */
+  CHECK(p, pipe_io(p->wfd, &bye, 1, 1) == 0 && pipe_io(p->rfd, &bye, 1, 0) == 0, "final sync");
+  p->tp->close(p->ep);
+  p->ep = NULL;
+  return 0;
+}
+
+static void run_pair(const char *prov, const char *iface) {
+  int p2c[2], c2p[2], status = 0, ret;
+  pair_t parent = {.rank = 0};
+  pid_t pid, w;
+  double deadline;
+
+  cr_assert_eq(pipe(p2c), 0);
+  cr_assert_eq(pipe(c2p), 0);
+  fflush(NULL);
+  pid = fork();
+  cr_assert_neq(pid, -1, "fork: %s", strerror(errno));
+  if (pid == 0) {
+    pair_t child = {.rank = 1, .rfd = p2c[0], .wfd = c2p[1]};
+    close(p2c[1]);
+    close(c2p[0]);
+    ret = pair_side(&child, prov, iface);
+    fflush(NULL);
+    _exit(ret);
+  }
+  close(p2c[0]);
+  close(c2p[1]);
+  parent.rfd = c2p[0];
+  parent.wfd = p2c[1];
+  ret = pair_side(&parent, prov, iface);
+  if (ret) /* the child may be waiting for us */
+    kill(pid, SIGKILL);
+
+  deadline = now() + 2 * WAIT_SEC;
+  while ((w = waitpid(pid, &status, WNOHANG)) == 0 && now() < deadline)
+    usleep(10000);
+  if (w == 0) {
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+  }
+  if (parent.ep)
+    parent.tp->close(parent.ep);
+  close(parent.rfd);
+  close(parent.wfd);
+  cr_assert_eq(ret, 0, "rank 0 failed over %s: %s", prov, parent.err);
+  cr_assert_neq(w, 0, "rank 1 did not finish within %.0f s", 2 * WAIT_SEC);
+  cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+            "rank 1 failed over %s (status 0x%x, see its stderr)", prov, status);
+}
+
+Test(transport_ofi, tcp_loopback, .timeout = 120) {
+  run_pair("tcp", "lo");
+}
+
+Test(transport_ofi, shm, .timeout = 120) {
+  run_pair("shm", NULL);
+}
+
+/* tcp and shm need no registration; force it to run the registration cache */
+extern int duet__ofi_test_force_mr;
+
+Test(transport_ofi, tcp_registered, .timeout = 120) {
+  duet__ofi_test_force_mr = 1;
+  run_pair("tcp", "lo");
+}
+
+Test(transport_ofi, shm_registered, .timeout = 120) {
+  duet__ofi_test_force_mr = 1;
+  run_pair("shm", NULL);
+}
+
+Test(transport_ofi, nonexistent_provider) {
+  duet__tp_params_t params = {.provider = "nonexistent", .iface = NULL, .yield = 0};
+  duet__tp_ep_t *ep = NULL;
+  char err[DUET_TP_ERRLEN] = "";
+  duet_status_t st = duet__tp_ofi.open(&params, &ep, err);
+  cr_assert(st == DUET_ERR_TRANSPORT || st == DUET_ERR_UNSUPPORTED, "status %d", st);
+  cr_assert_null(ep);
+  cr_assert(strstr(err, "nonexistent"), "errbuf does not name the provider: %s", err);
+}
+
+Test(transport_ofi, tcp_on_missing_iface) {
+  duet__tp_params_t params = {.provider = "tcp", .iface = "no-such-iface", .yield = 0};
+  duet__tp_ep_t *ep = NULL;
+  char err[DUET_TP_ERRLEN] = "";
+  duet_status_t st = duet__tp_ofi.open(&params, &ep, err);
+  cr_assert(st < 0, "status %d", st);
+  cr_assert_null(ep);
+  cr_assert(strstr(err, "no-such-iface") && strstr(err, "fi_getinfo"), "errbuf: %s", err);
+}

@@ -1,0 +1,724 @@
+/*
+ * ofi.c - the libfabric transport: one FI_EP_RDM endpoint moving tagged
+ * messages on the provider ("tcp", "shm", ...) and domain (interface) the
+ * caller names.
+ *
+ * Each endpoint owns its fabric, domain, address vector (FI_AV_TABLE: peer k
+ * is fi_addr k), completion queue (FI_CQ_FORMAT_TAGGED) and endpoint, opened
+ * with FI_THREAD_DOMAIN: one thread at a time per endpoint, no locking here;
+ * different endpoints may be driven by different threads.
+ *
+ * Memory registration: we offer FI_MR_LOCAL | FI_MR_VIRT_ADDR |
+ * FI_MR_ALLOCATED | FI_MR_PROV_KEY | FI_MR_ENDPOINT and honour what the
+ * provider keeps. When it keeps FI_MR_LOCAL (or FI_MR_HMEM) every buffer is
+ * registered on first use and the registration is cached by page range, so a
+ * reused buffer is not registered again. The cache cannot see free(): a
+ * buffer freed and reallocated at the same address reuses the old
+ * registration, so callers should keep their scratch buffers for the
+ * communicator's lifetime (DESIGN.md section 5 asks for that anyway).
+ *
+ * Reserved tags: tags with both bit 63 and bit 62 set belong to the
+ * transport (the connection warm-up uses UINT64_MAX). isend/irecv refuse
+ * them with DUET_ERR_INVALID_ARGUMENT.
+ *
+ * insert_peers connects eagerly: the tcp provider connects lazily on the
+ * first send (about 0.1 s each), so we exchange one zero-byte message with
+ * every inserted peer (itself included) and wait for all of them. That makes
+ * insert_peers collective over the inserted peers: it returns once every
+ * peer has called it too, or DUET_ERR_TIMEOUT after 60 s naming a peer that
+ * did not answer.
+ */
+#include <inttypes.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <rdma/fabric.h>
+#include <rdma/fi_cm.h>
+#include <rdma/fi_domain.h>
+#include <rdma/fi_endpoint.h>
+#include <rdma/fi_errno.h>
+#include <rdma/fi_tagged.h>
+
+#include "core/log.h"
+#include "transport.h"
+
+#define OFI_API_VERSION FI_VERSION(1, 11) /* configure.ac requires libfabric >= 1.11 */
+#define OFI_TAG_RESERVED (UINT64_C(3) << 62)
+#define OFI_TAG_WARMUP UINT64_MAX
+#define OFI_CQ_BATCH 16
+#define OFI_CTX_CHUNK 64  /* contexts allocated at a time, kept until close */
+#define OFI_MR_CACHE 32   /* cached registrations per endpoint */
+#define OFI_WARMUP_SEC 60 /* deadline of the connection warm-up */
+/* Test hook: register buffers even when the provider does not ask for it,
+ * so the registration cache runs on tcp and shm. Read at open. */
+int duet__ofi_test_force_mr;
+
+#define OFI_MR_MODE_OFFERED                                                                        \
+  (FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY | FI_MR_ENDPOINT)
+
+/* One cached registration of the pages [base, base + len). */
+typedef struct ofi_mr {
+  struct fid_mr *mr; /* NULL: free slot */
+  void *desc;
+  uintptr_t base;
+  size_t len;
+  unsigned refs;     /* posted operations using it; evictable at 0 */
+  uint64_t last_use; /* for LRU eviction */
+} ofi_mr_t;
+
+/* Internal context of one posted operation; op_context points here. */
+typedef struct ofi_ctx {
+  struct fi_context2 fi; /* first: providers asking FI_CONTEXT(2) write here */
+  duet__tp_req_t *req;
+  ofi_mr_t *mr;          /* cache entry pinned by this operation, or NULL */
+  struct fid_mr *own_mr; /* uncached registration (cache full), closed at completion */
+  uint64_t tag;
+  size_t len; /* posted length */
+  int peer;
+  int is_recv;
+  struct ofi_ctx *next_free;
+} ofi_ctx_t;
+
+typedef struct ofi_chunk {
+  struct ofi_chunk *next;
+  ofi_ctx_t ctx[OFI_CTX_CHUNK];
+} ofi_chunk_t;
+
+typedef struct ofi_ep {
+  struct fi_info *info;
+  struct fid_fabric *fabric;
+  struct fid_domain *domain;
+  struct fid_av *av;
+  struct fid_cq *cq;
+  struct fid_ep *ep;
+  uint64_t mr_mode;
+  int need_desc; /* provider wants local descriptors (FI_MR_LOCAL / FI_MR_HMEM) */
+  size_t max_msg;
+  size_t page;
+  int yield;
+  fi_addr_t *peers;
+  int npeers;
+  ofi_ctx_t *free_ctx;
+  ofi_chunk_t *chunks;
+  ofi_mr_t mrs[OFI_MR_CACHE];
+  uint64_t mr_clock;
+  uint64_t mr_key;      /* requested keys when the provider does not pick them */
+  duet__tp_req_t *warm; /* warm-up requests; freed at close (a late completion may touch them) */
+} ofi_ep_t;
+
+static void ofi_seterr(char *errbuf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Write the message into errbuf (if any) and log it once as a warning. */
+static void ofi_seterr(char *errbuf, const char *fmt, ...) {
+  char tmp[DUET_TP_ERRLEN];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(tmp, sizeof tmp, fmt, ap);
+  va_end(ap);
+  if (errbuf)
+    memcpy(errbuf, tmp, sizeof tmp);
+  DUET_WARN(DUET_SUB_NET, "ofi: %s", tmp);
+}
+
+static double ofi_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void ofi_close_fid(struct fid *fid, const char *what) {
+  int ret;
+  if (!fid)
+    return;
+  ret = fi_close(fid);
+  if (ret)
+    DUET_WARN(DUET_SUB_NET, "ofi: fi_close(%s): %s", what, fi_strerror(-ret));
+}
+
+/* ---- contexts ---------------------------------------------------------- */
+
+static ofi_ctx_t *ofi_ctx_get(ofi_ep_t *e) {
+  ofi_ctx_t *c = e->free_ctx;
+  if (!c) {
+    ofi_chunk_t *ch = calloc(1, sizeof *ch);
+    if (!ch)
+      return NULL;
+    ch->next = e->chunks;
+    e->chunks = ch;
+    for (int i = OFI_CTX_CHUNK - 1; i >= 0; i--) {
+      ch->ctx[i].next_free = e->free_ctx;
+      e->free_ctx = &ch->ctx[i];
+    }
+    c = e->free_ctx;
+  }
+  e->free_ctx = c->next_free;
+  memset(c, 0, sizeof *c);
+  return c;
+}
+
+/* Unpin the context's registration and return it to the free list. */
+static void ofi_ctx_put(ofi_ep_t *e, ofi_ctx_t *c) {
+  if (c->mr)
+    c->mr->refs--;
+  if (c->own_mr)
+    ofi_close_fid(&c->own_mr->fid, "uncached mr");
+  c->mr = NULL;
+  c->own_mr = NULL;
+  c->req = NULL;
+  c->next_free = e->free_ctx;
+  e->free_ctx = c;
+}
+
+/* ---- registration cache ------------------------------------------------ */
+
+/* Find or make a registration covering [buf, buf + len) for context c and
+ * return its descriptor. */
+static duet_status_t ofi_mr_get(ofi_ep_t *e, const void *buf, size_t len, ofi_ctx_t *c, void **desc,
+                                char *errbuf) {
+  uintptr_t a = (uintptr_t)buf;
+  uintptr_t base = a & ~(uintptr_t)(e->page - 1);
+  uintptr_t end = (a + len + e->page - 1) & ~(uintptr_t)(e->page - 1);
+  ofi_mr_t *victim = NULL;
+  struct fid_mr *mr = NULL;
+  int ret;
+
+  for (int i = 0; i < OFI_MR_CACHE; i++) {
+    ofi_mr_t *m = &e->mrs[i];
+    if (m->mr && a >= m->base && a + len <= m->base + m->len) {
+      m->refs++;
+      m->last_use = ++e->mr_clock;
+      c->mr = m;
+      *desc = m->desc;
+      return DUET_SUCCESS;
+    }
+    if (m->refs)
+      continue;
+    if (!victim || (victim->mr && (!m->mr || m->last_use < victim->last_use)))
+      victim = m;
+  }
+
+  ret = fi_mr_reg(e->domain, (void *)base, end - base, FI_SEND | FI_RECV, 0, ++e->mr_key, 0, &mr,
+                  NULL);
+  if (ret) {
+    ofi_seterr(errbuf, "fi_mr_reg(%p, %zu bytes): %s", (void *)base, (size_t)(end - base),
+               fi_strerror(-ret));
+    return DUET_ERR_TRANSPORT;
+  }
+  if (e->mr_mode & FI_MR_ENDPOINT) {
+    ret = fi_mr_bind(mr, &e->ep->fid, 0);
+    if (!ret)
+      ret = fi_mr_enable(mr);
+    if (ret) {
+      ofi_seterr(errbuf, "fi_mr_bind/fi_mr_enable(%p, %zu bytes): %s", (void *)base,
+                 (size_t)(end - base), fi_strerror(-ret));
+      ofi_close_fid(&mr->fid, "mr");
+      return DUET_ERR_TRANSPORT;
+    }
+  }
+  DUET_TRACE(DUET_SUB_NET, "ofi: registered %p + %zu", (void *)base, (size_t)(end - base));
+
+  if (!victim) { /* every slot busy: use it once, close at completion */
+    c->own_mr = mr;
+    *desc = fi_mr_desc(mr);
+    return DUET_SUCCESS;
+  }
+  if (victim->mr)
+    ofi_close_fid(&victim->mr->fid, "cached mr");
+  victim->mr = mr;
+  victim->desc = fi_mr_desc(mr);
+  victim->base = base;
+  victim->len = end - base;
+  victim->refs = 1;
+  victim->last_use = ++e->mr_clock;
+  c->mr = victim;
+  *desc = victim->desc;
+  return DUET_SUCCESS;
+}
+
+/* ---- progress ---------------------------------------------------------- */
+
+static void ofi_complete(ofi_ep_t *e, ofi_ctx_t *c, size_t len, duet_status_t status) {
+  duet__tp_req_t *req = c->req;
+  req->status = status;
+  req->len = len;
+  __atomic_store_n(&req->done, 1, __ATOMIC_RELEASE);
+  ofi_ctx_put(e, c);
+}
+
+/* Read one error completion and fail its request. */
+static duet_status_t ofi_cq_error(ofi_ep_t *e, char *errbuf) {
+  struct fi_cq_err_entry err;
+  char provbuf[128];
+  const char *provtxt;
+  ofi_ctx_t *c;
+  ssize_t ret;
+  duet_status_t st;
+
+  memset(&err, 0, sizeof err);
+  ret = fi_cq_readerr(e->cq, &err, 0);
+  if (ret == -FI_EAGAIN)
+    return DUET_IN_PROGRESS; /* nothing there after all */
+  if (ret < 0) {
+    ofi_seterr(errbuf, "fi_cq_readerr: %s", fi_strerror((int)-ret));
+    return DUET_ERR_TRANSPORT;
+  }
+  if (err.err < 0) /* some providers (shm 1.17) store a negative code */
+    err.err = -err.err;
+  provtxt = fi_cq_strerror(e->cq, err.prov_errno, err.err_data, provbuf, sizeof provbuf);
+  c = err.op_context;
+  if (!c || !c->req) {
+    ofi_seterr(errbuf, "fi_cq_readerr: error without a request: %s (%s)", fi_strerror(err.err),
+               provtxt ? provtxt : "");
+    return DUET_ERR_TRANSPORT;
+  }
+  if (err.err == FI_ETRUNC) {
+    st = DUET_ERR_MISMATCH;
+    char over[48] = "";
+    if (err.olen) /* not every provider says by how much */
+      snprintf(over, sizeof over, " (%zu bytes over)", err.olen);
+    ofi_seterr(errbuf,
+               "recv from peer %d tag 0x%" PRIx64
+               ": message longer than the posted %zu bytes%s: %s",
+               c->peer, c->tag, c->len, over, fi_strerror(err.err));
+  } else {
+    st = DUET_ERR_TRANSPORT;
+    ofi_seterr(errbuf, "%s peer %d tag 0x%" PRIx64 " (%zu bytes) failed: %s (%s)",
+               c->is_recv ? "recv from" : "send to", c->peer, c->tag, c->len, fi_strerror(err.err),
+               provtxt ? provtxt : "");
+  }
+  ofi_complete(e, c, c->is_recv ? err.len : 0, st);
+  return DUET_SUCCESS;
+}
+
+static duet_status_t ofi_progress_ep(ofi_ep_t *e, char *errbuf) {
+  struct fi_cq_tagged_entry ent[OFI_CQ_BATCH];
+  int found = 0;
+
+  for (;;) {
+    ssize_t n = fi_cq_read(e->cq, ent, OFI_CQ_BATCH);
+    if (n > 0) {
+      for (ssize_t i = 0; i < n; i++) {
+        ofi_ctx_t *c = ent[i].op_context;
+        ofi_complete(e, c, c->is_recv ? ent[i].len : c->len, DUET_SUCCESS);
+      }
+      found = 1;
+      if (n < OFI_CQ_BATCH)
+        break;
+    } else if (n == -FI_EAGAIN) {
+      break;
+    } else if (n == -FI_EAVAIL) {
+      duet_status_t st = ofi_cq_error(e, errbuf);
+      if (st < 0)
+        return st;
+      if (st == DUET_IN_PROGRESS)
+        break;
+      found = 1;
+    } else {
+      ofi_seterr(errbuf, "fi_cq_read: %s", fi_strerror((int)-n));
+      return DUET_ERR_TRANSPORT;
+    }
+  }
+  if (!found && e->yield)
+    sched_yield();
+  return DUET_SUCCESS;
+}
+
+static duet_status_t ofi_progress(duet__tp_ep_t *ep, char *errbuf) {
+  return ofi_progress_ep((ofi_ep_t *)ep, errbuf);
+}
+
+/* ---- posting ----------------------------------------------------------- */
+
+static duet_status_t ofi_post(ofi_ep_t *e, int is_recv, int peer, void *buf, size_t len,
+                              uint64_t tag, duet__tp_req_t *req, char *errbuf) {
+  const char *call = is_recv ? "fi_trecv" : "fi_tsend";
+  void *desc = NULL;
+  ofi_ctx_t *c;
+  ssize_t ret;
+  duet_status_t st;
+
+  if (peer < 0 || peer >= e->npeers) {
+    ofi_seterr(errbuf, "%s: peer %d out of range (%d peers)", call, peer, e->npeers);
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  if (len > e->max_msg) {
+    ofi_seterr(errbuf, "%s: %zu bytes exceed the provider's max_msg_size %zu", call, len,
+               e->max_msg);
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  if (len && !buf) {
+    ofi_seterr(errbuf, "%s: NULL buffer of %zu bytes", call, len);
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  c = ofi_ctx_get(e);
+  if (!c) {
+    ofi_seterr(errbuf, "%s: out of memory for a request context", call);
+    return DUET_ERR_NO_MEMORY;
+  }
+  if (e->need_desc && len) {
+    st = ofi_mr_get(e, buf, len, c, &desc, errbuf);
+    if (st != DUET_SUCCESS) {
+      ofi_ctx_put(e, c);
+      return st;
+    }
+  }
+  c->req = req;
+  c->tag = tag;
+  c->len = len;
+  c->peer = peer;
+  c->is_recv = is_recv;
+  req->done = 0;
+  req->status = DUET_IN_PROGRESS;
+  req->len = 0;
+
+  if (is_recv)
+    ret = fi_trecv(e->ep, buf, len, desc, e->peers[peer], tag, 0, c);
+  else
+    ret = fi_tsend(e->ep, buf, len, desc, e->peers[peer], tag, c);
+  if (ret == 0)
+    return DUET_SUCCESS;
+  ofi_ctx_put(e, c);
+  if (ret == -FI_EAGAIN) {
+    st = ofi_progress_ep(e, errbuf);
+    return st < 0 ? st : DUET_IN_PROGRESS;
+  }
+  ofi_seterr(errbuf, "%s(peer %d, %zu bytes, tag 0x%" PRIx64 "): %s", call, peer, len, tag,
+             fi_strerror((int)-ret));
+  return DUET_ERR_TRANSPORT;
+}
+
+static int ofi_tag_ok(uint64_t tag, const char *call, char *errbuf) {
+  if ((tag & OFI_TAG_RESERVED) != OFI_TAG_RESERVED)
+    return 1;
+  ofi_seterr(errbuf, "%s: tag 0x%" PRIx64 " is reserved (bits 63 and 62 both set)", call, tag);
+  return 0;
+}
+
+static duet_status_t ofi_isend(duet__tp_ep_t *ep, int peer, const void *buf, size_t len,
+                               uint64_t tag, duet__tp_req_t *req, char *errbuf) {
+  if (!ofi_tag_ok(tag, "isend", errbuf))
+    return DUET_ERR_INVALID_ARGUMENT;
+  return ofi_post((ofi_ep_t *)ep, 0, peer, (void *)buf, len, tag, req, errbuf);
+}
+
+static duet_status_t ofi_irecv(duet__tp_ep_t *ep, int peer, void *buf, size_t len, uint64_t tag,
+                               duet__tp_req_t *req, char *errbuf) {
+  if (!ofi_tag_ok(tag, "irecv", errbuf))
+    return DUET_ERR_INVALID_ARGUMENT;
+  return ofi_post((ofi_ep_t *)ep, 1, peer, buf, len, tag, req, errbuf);
+}
+
+/* ---- open / addresses / close ------------------------------------------ */
+
+/* "tcp" names "tcp;ofi_rxm": a provider matches by its name or its first layer. */
+static int ofi_prov_match(const char *have, const char *want) {
+  size_t n = strlen(want);
+  return !strcmp(have, want) || (!strncmp(have, want, n) && have[n] == ';');
+}
+
+/* fi_getinfo for the wanted provider; returns the matching entry (a copy) or
+ * a negative libfabric code. */
+static int ofi_getinfo(const char *prov, const char *iface, struct fi_info **out) {
+  struct fi_info *hints, *list = NULL, *pick = NULL;
+  int ret;
+
+  *out = NULL;
+  hints = fi_allocinfo();
+  if (!hints)
+    return -FI_ENOMEM;
+  hints->ep_attr->type = FI_EP_RDM;
+  hints->caps = FI_TAGGED | FI_DIRECTED_RECV;
+  hints->mode = FI_CONTEXT | FI_CONTEXT2;
+  hints->domain_attr->mr_mode = OFI_MR_MODE_OFFERED;
+  hints->domain_attr->threading = FI_THREAD_DOMAIN;
+  hints->tx_attr->msg_order = FI_ORDER_SAS; /* one pair, one tag: match in order */
+  hints->rx_attr->msg_order = FI_ORDER_SAS;
+  if (iface && !(hints->domain_attr->name = strdup(iface))) {
+    ret = -FI_ENOMEM;
+    goto out_free_hints;
+  }
+  /* Ask by name first; if the name only matches a layered provider's first
+   * layer and libfabric does not resolve it, ask for all and filter. Filter
+   * the domain ourselves too: tcp;ofi_rxm (1.17) ignores the domain hint and
+   * would hand us eth0 for "lo". */
+  for (int pass = 0; pass < 2 && !pick; pass++) {
+    free(hints->fabric_attr->prov_name);
+    hints->fabric_attr->prov_name = NULL;
+    if (pass == 0 && prov && !(hints->fabric_attr->prov_name = strdup(prov))) {
+      ret = -FI_ENOMEM;
+      goto out_free_hints;
+    }
+    ret = fi_getinfo(OFI_API_VERSION, NULL, NULL, 0, hints, &list);
+    if (ret && ret != -FI_ENODATA)
+      goto out_free_hints;
+    for (struct fi_info *i = ret ? NULL : list; i && !pick; i = i->next)
+      if ((!prov || ofi_prov_match(i->fabric_attr->prov_name, prov)) &&
+          (!iface || (i->domain_attr->name && !strcmp(i->domain_attr->name, iface))))
+        pick = i;
+    if (pick && !(pick = fi_dupinfo(pick)))
+      ret = -FI_ENOMEM;
+    fi_freeinfo(list);
+    list = NULL;
+    if (!prov || ret == -FI_ENOMEM)
+      break;
+  }
+  if (pick) {
+    *out = pick;
+    ret = 0;
+  } else if (!ret) {
+    ret = -FI_ENODATA;
+  }
+out_free_hints:
+  fi_freeinfo(hints);
+  return ret;
+}
+
+static duet_status_t ofi_open(const duet__tp_params_t *params, duet__tp_ep_t **out, char *errbuf) {
+  const char *prov = params && params->provider ? params->provider : NULL;
+  const char *iface = params && params->iface ? params->iface : NULL;
+  struct fi_av_attr av_attr;
+  struct fi_cq_attr cq_attr;
+  duet_status_t st = DUET_ERR_TRANSPORT;
+  ofi_ep_t *e;
+  long page;
+  int ret;
+
+  *out = NULL;
+  e = calloc(1, sizeof *e);
+  if (!e) {
+    ofi_seterr(errbuf, "open: out of memory");
+    return DUET_ERR_NO_MEMORY;
+  }
+  page = sysconf(_SC_PAGESIZE);
+  e->page = page > 0 ? (size_t)page : 4096;
+  e->yield = params ? params->yield : 0;
+
+  ret = ofi_getinfo(prov, iface, &e->info);
+  if (ret) {
+    ofi_seterr(errbuf, "fi_getinfo(prov=%s, iface=%s): %s", prov ? prov : "any",
+               iface ? iface : "any", fi_strerror(-ret));
+    st = ret == -FI_ENODATA  ? DUET_ERR_UNSUPPORTED
+         : ret == -FI_ENOMEM ? DUET_ERR_NO_MEMORY
+                             : DUET_ERR_TRANSPORT;
+    goto out_free_ep;
+  }
+  e->mr_mode = e->info->domain_attr->mr_mode;
+  e->need_desc = (e->mr_mode & (FI_MR_LOCAL | FI_MR_HMEM)) != 0 || duet__ofi_test_force_mr;
+  e->max_msg = e->info->ep_attr->max_msg_size;
+  if (DUET_LOG_ON(DUET_LOG_INFO, DUET_SUB_NET)) {
+    char mrtxt[128];
+    int mr_mode = e->info->domain_attr->mr_mode; /* fi_tostr reads an int */
+#if FI_VERSION_GE(FI_VERSION(FI_MAJOR_VERSION, FI_MINOR_VERSION), FI_VERSION(1, 16))
+    fi_tostr_r(mrtxt, sizeof mrtxt, &mr_mode, FI_TYPE_MR_MODE);
+#else
+    snprintf(mrtxt, sizeof mrtxt, "%s", fi_tostr(&mr_mode, FI_TYPE_MR_MODE));
+#endif
+    DUET_INFO(DUET_SUB_NET, "ofi: provider %s fabric %s domain %s mr_mode [%s] max_msg_size %zu",
+              e->info->fabric_attr->prov_name, e->info->fabric_attr->name,
+              e->info->domain_attr->name, mrtxt, e->max_msg);
+  }
+
+  ret = fi_fabric(e->info->fabric_attr, &e->fabric, NULL);
+  if (ret) {
+    ofi_seterr(errbuf, "fi_fabric(%s): %s", e->info->fabric_attr->name, fi_strerror(-ret));
+    goto out_free_info;
+  }
+  ret = fi_domain(e->fabric, e->info, &e->domain, NULL);
+  if (ret) {
+    ofi_seterr(errbuf, "fi_domain(%s): %s", e->info->domain_attr->name, fi_strerror(-ret));
+    goto out_close_fabric;
+  }
+  memset(&av_attr, 0, sizeof av_attr);
+  av_attr.type = FI_AV_TABLE;
+  ret = fi_av_open(e->domain, &av_attr, &e->av, NULL);
+  if (ret) {
+    ofi_seterr(errbuf, "fi_av_open: %s", fi_strerror(-ret));
+    goto out_close_domain;
+  }
+  memset(&cq_attr, 0, sizeof cq_attr);
+  cq_attr.format = FI_CQ_FORMAT_TAGGED;
+  cq_attr.wait_obj = FI_WAIT_NONE;
+  ret = fi_cq_open(e->domain, &cq_attr, &e->cq, NULL);
+  if (ret) {
+    ofi_seterr(errbuf, "fi_cq_open: %s", fi_strerror(-ret));
+    goto out_close_av;
+  }
+  ret = fi_endpoint(e->domain, e->info, &e->ep, NULL);
+  if (ret) {
+    ofi_seterr(errbuf, "fi_endpoint: %s", fi_strerror(-ret));
+    goto out_close_cq;
+  }
+  ret = fi_ep_bind(e->ep, &e->av->fid, 0);
+  if (ret) {
+    ofi_seterr(errbuf, "fi_ep_bind(av): %s", fi_strerror(-ret));
+    goto out_close_endpoint;
+  }
+  ret = fi_ep_bind(e->ep, &e->cq->fid, FI_TRANSMIT | FI_RECV);
+  if (ret) {
+    ofi_seterr(errbuf, "fi_ep_bind(cq): %s", fi_strerror(-ret));
+    goto out_close_endpoint;
+  }
+  ret = fi_enable(e->ep);
+  if (ret) {
+    ofi_seterr(errbuf, "fi_enable: %s", fi_strerror(-ret));
+    goto out_close_endpoint;
+  }
+  *out = (duet__tp_ep_t *)e;
+  return DUET_SUCCESS;
+
+out_close_endpoint:
+  ofi_close_fid(&e->ep->fid, "ep");
+out_close_cq:
+  ofi_close_fid(&e->cq->fid, "cq");
+out_close_av:
+  ofi_close_fid(&e->av->fid, "av");
+out_close_domain:
+  ofi_close_fid(&e->domain->fid, "domain");
+out_close_fabric:
+  ofi_close_fid(&e->fabric->fid, "fabric");
+out_free_info:
+  fi_freeinfo(e->info);
+out_free_ep:
+  free(e);
+  return st;
+}
+
+static duet_status_t ofi_get_addr(duet__tp_ep_t *ep, void *addr, size_t *addrlen, char *errbuf) {
+  ofi_ep_t *e = (ofi_ep_t *)ep;
+  size_t len = DUET_TP_ADDR_MAX;
+  int ret = fi_getname(&e->ep->fid, addr, &len);
+  if (ret) {
+    ofi_seterr(errbuf, "fi_getname: %s (address of %zu bytes, room for %d)", fi_strerror(-ret), len,
+               DUET_TP_ADDR_MAX);
+    return DUET_ERR_TRANSPORT;
+  }
+  *addrlen = len;
+  return DUET_SUCCESS;
+}
+
+/* Exchange one zero-byte message with every peer so that connections exist
+ * before the first collective. */
+static duet_status_t ofi_warmup(ofi_ep_t *e, char *errbuf) {
+  int n = e->npeers;
+  double t0 = ofi_now(), deadline = t0 + OFI_WARMUP_SEC;
+  duet_status_t st;
+
+  e->warm = calloc(2 * (size_t)n, sizeof *e->warm);
+  if (!e->warm) {
+    ofi_seterr(errbuf, "insert_peers: out of memory for %d warm-up requests", 2 * n);
+    return DUET_ERR_NO_MEMORY;
+  }
+  /* receives first, then sends; each post retries while the provider is busy */
+  for (int i = 0; i < 2 * n; i++) {
+    int peer = i % n, is_recv = i < n;
+    duet__tp_req_t *req = &e->warm[2 * peer + !is_recv];
+    while ((st = ofi_post(e, is_recv, peer, NULL, 0, OFI_TAG_WARMUP, req, errbuf)) ==
+           DUET_IN_PROGRESS) {
+      if (ofi_now() > deadline) {
+        ofi_seterr(errbuf, "warm-up: could not post a %s for peer %d within %d s",
+                   is_recv ? "receive" : "send", peer, OFI_WARMUP_SEC);
+        return DUET_ERR_TIMEOUT;
+      }
+    }
+    if (st != DUET_SUCCESS)
+      return st;
+  }
+  for (int next = 0;;) {
+    while (next < 2 * n && e->warm[next].done) {
+      if (e->warm[next].status != DUET_SUCCESS) {
+        ofi_seterr(errbuf, "warm-up %s peer %d failed: %s", next % 2 ? "send to" : "recv from",
+                   next / 2, errbuf ? errbuf : "see the log");
+        return e->warm[next].status;
+      }
+      next++;
+    }
+    if (next == 2 * n)
+      break;
+    if (ofi_now() > deadline) {
+      ofi_seterr(errbuf, "warm-up: peer %d did not %s within %d s", next / 2,
+                 next % 2 ? "accept our message" : "send its message", OFI_WARMUP_SEC);
+      return DUET_ERR_TIMEOUT;
+    }
+    st = ofi_progress_ep(e, errbuf);
+    if (st < 0)
+      return st;
+  }
+  DUET_INFO(DUET_SUB_NET, "ofi: connected to %d peers in %.3f s", n, ofi_now() - t0);
+  return DUET_SUCCESS;
+}
+
+static duet_status_t ofi_insert_peers(duet__tp_ep_t *ep, int npeers, const void *addrs,
+                                      size_t stride, const size_t *addrlens, char *errbuf) {
+  ofi_ep_t *e = (ofi_ep_t *)ep;
+  (void)addrlens; /* the provider knows its address format */
+
+  if (e->peers) {
+    ofi_seterr(errbuf, "insert_peers: called twice");
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  if (npeers <= 0) {
+    ofi_seterr(errbuf, "insert_peers: npeers %d", npeers);
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  e->peers = calloc((size_t)npeers, sizeof *e->peers);
+  if (!e->peers) {
+    ofi_seterr(errbuf, "insert_peers: out of memory for %d peers", npeers);
+    return DUET_ERR_NO_MEMORY;
+  }
+  for (int k = 0; k < npeers; k++) {
+    int ret =
+        fi_av_insert(e->av, (const char *)addrs + (size_t)k * stride, 1, &e->peers[k], 0, NULL);
+    if (ret != 1) {
+      ofi_seterr(errbuf, "fi_av_insert(peer %d): %s", k,
+                 ret < 0 ? fi_strerror(-ret) : "address rejected");
+      return DUET_ERR_TRANSPORT;
+    }
+  }
+  e->npeers = npeers;
+  return ofi_warmup(e, errbuf);
+}
+
+static void ofi_close(duet__tp_ep_t *ep) {
+  ofi_ep_t *e = (ofi_ep_t *)ep;
+  if (!e)
+    return;
+  ofi_close_fid(&e->ep->fid, "ep");
+  for (int i = 0; i < OFI_MR_CACHE; i++)
+    if (e->mrs[i].mr)
+      ofi_close_fid(&e->mrs[i].mr->fid, "cached mr");
+  /* abandoned operations may still hold uncached registrations */
+  for (ofi_chunk_t *ch = e->chunks; ch; ch = ch->next)
+    for (int i = 0; i < OFI_CTX_CHUNK; i++)
+      if (ch->ctx[i].own_mr)
+        ofi_close_fid(&ch->ctx[i].own_mr->fid, "uncached mr");
+  ofi_close_fid(&e->cq->fid, "cq");
+  ofi_close_fid(&e->av->fid, "av");
+  ofi_close_fid(&e->domain->fid, "domain");
+  ofi_close_fid(&e->fabric->fid, "fabric");
+  fi_freeinfo(e->info);
+  while (e->chunks) {
+    ofi_chunk_t *ch = e->chunks;
+    e->chunks = ch->next;
+    free(ch);
+  }
+  free(e->warm);
+  free(e->peers);
+  free(e);
+}
+
+const duet__tp_ops_t duet__tp_ofi = {
+    .size = sizeof(duet__tp_ops_t),
+    .name = "ofi",
+    .open = ofi_open,
+    .get_addr = ofi_get_addr,
+    .insert_peers = ofi_insert_peers,
+    .isend = ofi_isend,
+    .irecv = ofi_irecv,
+    .progress = ofi_progress,
+    .close = ofi_close,
+};

@@ -1,0 +1,68 @@
+/*
+ * transport.h - the small internal transport interface.
+ *
+ * A transport opens one endpoint on one network, exports its address as an
+ * opaque blob, learns its peers' blobs, and moves tagged messages. Operations
+ * are asynchronous: isend/irecv post and return; progress() drives the
+ * network and marks completed requests. Nothing here blocks for long: every
+ * call returns DUET_SUCCESS, DUET_IN_PROGRESS (resource busy: progress and
+ * post again) or a negative status with a message in errbuf.
+ *
+ * Receives are directed: a receive matches only a message from its peer with
+ * exactly its tag. Messages between one pair with one tag match in order.
+ */
+#ifndef DUET_TRANSPORT_H
+#define DUET_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "duet.h"
+
+#define DUET_TP_ADDR_MAX 256 /* largest address blob any transport exports */
+#define DUET_TP_ERRLEN 256
+
+/* One posted operation. Owned by the caller, which must keep it alive until
+ * done != 0. The transport sets status, then len (bytes actually received),
+ * then done. */
+typedef struct duet__tp_req {
+  volatile int done;
+  duet_status_t status;
+  size_t len;
+} duet__tp_req_t;
+
+typedef struct duet__tp_params {
+  const char *provider; /* libfabric provider name ("tcp", "shm", ...); NULL: any */
+  const char *iface;    /* interface / libfabric domain name; NULL: provider's choice */
+  int yield;            /* progress should yield the CPU: more ranks than cores */
+} duet__tp_params_t;
+
+typedef struct duet__tp_ep duet__tp_ep_t; /* one transport's endpoint */
+
+typedef struct duet__tp_ops {
+  size_t size;      /* sizeof(duet__tp_ops_t) this transport was built with */
+  const char *name; /* "ofi", "self" */
+  /* Open an endpoint. Blocks briefly (provider setup). */
+  duet_status_t (*open)(const duet__tp_params_t *params, duet__tp_ep_t **ep, char *errbuf);
+  /* Copy the endpoint's address blob into addr (DUET_TP_ADDR_MAX bytes). */
+  duet_status_t (*get_addr)(duet__tp_ep_t *ep, void *addr, size_t *addrlen, char *errbuf);
+  /* Learn npeers peers: addrs holds npeers blobs of stride bytes each, the
+   * k-th blob addrlens[k] long; afterwards peer index k names that peer. May
+   * connect eagerly. Called once. */
+  duet_status_t (*insert_peers)(duet__tp_ep_t *ep, int npeers, const void *addrs,
+                                size_t stride, const size_t *addrlens, char *errbuf);
+  duet_status_t (*isend)(duet__tp_ep_t *ep, int peer, const void *buf, size_t len,
+                         uint64_t tag, duet__tp_req_t *req, char *errbuf);
+  duet_status_t (*irecv)(duet__tp_ep_t *ep, int peer, void *buf, size_t len, uint64_t tag,
+                         duet__tp_req_t *req, char *errbuf);
+  /* Drive the network; completes requests. Returns a negative status only for
+   * an endpoint-wide failure (errors of one request go into req->status). */
+  duet_status_t (*progress)(duet__tp_ep_t *ep, char *errbuf);
+  /* Close; outstanding requests are abandoned (never completed). */
+  void (*close)(duet__tp_ep_t *ep);
+} duet__tp_ops_t;
+
+extern const duet__tp_ops_t duet__tp_ofi;
+extern const duet__tp_ops_t duet__tp_self;
+
+#endif /* DUET_TRANSPORT_H */
