@@ -573,9 +573,10 @@ int main(int argc, char **argv) {
     for (int r = 0; r < b.nranks; r++)
       printf("#  Rank %2d Pid %6d on %s\n", r, pids[r], hosts + 256 * (size_t)r);
     printf("#\n");
-    printf("# %10s  %12s  %10s  %6s%s  %40s  %40s\n", "", "", "", "",
-           o.coll->has_root ? "      " : "", "out-of-place                   ",
-           "in-place                       ");
+    printf("# %10s  %12s  %10s  %6s%s", "", "", "", "", o.coll->has_root ? "      " : "");
+    for (int ip = 0; ip < 2; ip++) /* centred over the group's 35 columns */
+      printf("  %*s%-*s", 12, "", 23, ip ? "  in-place" : "out-of-place");
+    printf("\n");
     printf("# %10s  %12s  %10s  %6s%s", "size", "count", "type", "redop",
            o.coll->has_root ? "  root" : "");
     for (int ip = 0; ip < 2; ip++)

@@ -56,7 +56,8 @@ int duet__boot_roots_active(void);
  * MASTER_ADDR/MASTER_PORT (root at MASTER_PORT + 1, since torchrun's own store
  * holds MASTER_PORT). DUET_SECRET (32 hex digits) is the shared secret;
  * without it a secret derived from the root address and size is used and a
- * warning says the rendezvous is then not authenticated against other jobs. */
+ * DUET_INFO line says the rendezvous is then not authenticated against other
+ * jobs. */
 typedef struct duet__boot_env {
   int rank, size;
   char host[256];

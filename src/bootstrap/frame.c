@@ -32,12 +32,13 @@ typedef struct sip_state {
   uint64_t total; /* bytes absorbed, for the final length byte */
 } sip_state_t;
 
-static inline uint64_t rotl64(uint64_t x, unsigned b) { return (x << b) | (x >> (64 - b)); }
+static inline uint64_t rotl64(uint64_t x, unsigned b) {
+  return (x << b) | (x >> (64 - b));
+}
 
 static inline uint64_t load_le64(const uint8_t *p) {
   return (uint64_t)p[0] | (uint64_t)p[1] << 8 | (uint64_t)p[2] << 16 | (uint64_t)p[3] << 24 |
-         (uint64_t)p[4] << 32 | (uint64_t)p[5] << 40 | (uint64_t)p[6] << 48 |
-         (uint64_t)p[7] << 56;
+         (uint64_t)p[4] << 32 | (uint64_t)p[5] << 40 | (uint64_t)p[6] << 48 | (uint64_t)p[7] << 56;
 }
 
 static inline void store_le16(uint8_t *p, uint16_t v) {
@@ -55,7 +56,9 @@ static inline void store_le64(uint8_t *p, uint64_t v) {
     p[i] = (uint8_t)(v >> (8 * i));
 }
 
-static inline uint16_t load_le16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+static inline uint16_t load_le16(const uint8_t *p) {
+  return (uint16_t)(p[0] | p[1] << 8);
+}
 
 static inline uint32_t load_le32(const uint8_t *p) {
   return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;

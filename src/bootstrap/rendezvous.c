@@ -63,12 +63,12 @@
 
 #define ID_MAGIC 0x44554944u /* "DUID" */
 #define ID_VERSION 1u
-#define HANDSHAKE_MS 5000     /* a new connection must say HELLO within this */
-#define RETRY_MS 50           /* client's connect retry period */
-#define HELLO_LEN 16          /* rank i32, nranks i32, client nonce u64 */
-#define CHALLENGE_LEN 8       /* root nonce u64 */
-#define MAX_RANKS (1 << 22)   /* sanity bound on nranks */
-#define ACCEPT_PAUSE_MS 100   /* back-off when accept runs out of fds */
+#define HANDSHAKE_MS 5000   /* a new connection must say HELLO within this */
+#define RETRY_MS 50         /* client's connect retry period */
+#define HELLO_LEN 16        /* rank i32, nranks i32, client nonce u64 */
+#define CHALLENGE_LEN 8     /* root nonce u64 */
+#define MAX_RANKS (1 << 22) /* sanity bound on nranks */
+#define ACCEPT_PAUSE_MS 100 /* back-off when accept runs out of fds */
 #define ADDR_STRLEN (INET6_ADDRSTRLEN + 16)
 
 static void set_err(char *errbuf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -84,7 +84,9 @@ static void set_err(char *errbuf, const char *fmt, ...) {
 
 static atomic_int roots_active;
 
-int duet__boot_roots_active(void) { return atomic_load(&roots_active); }
+int duet__boot_roots_active(void) {
+  return atomic_load(&roots_active);
+}
 
 /* --- small helpers --- */
 
@@ -252,7 +254,7 @@ typedef struct root {
   uint32_t round; /* last completed round */
   int ngathered;
   uint32_t round_len;
-  int finished, ok;
+  int finished;
 } root_t;
 
 static void table_release(table_t *t) {
@@ -274,7 +276,6 @@ static void conn_free(conn_t *c) {
 /* Stop serving: every connection is closed on the way out. */
 static void root_abort(root_t *r) {
   r->finished = 1;
-  r->ok = 0;
 }
 
 /* Close c (the conn_t itself is freed when the array is compacted). level
@@ -296,11 +297,10 @@ static void conn_drop(root_t *r, conn_t *c, int level, const char *fmt, ...) {
       DUET_WARN(DUET_SUB_BOOT, "bootstrap root %s: closed rank %d's connection from %s: %s",
                 r->addr, c->rank, c->peer, why);
     else
-      DUET_WARN(DUET_SUB_BOOT, "bootstrap root %s: closed connection from %s: %s", r->addr,
-                c->peer, why);
+      DUET_WARN(DUET_SUB_BOOT, "bootstrap root %s: closed connection from %s: %s", r->addr, c->peer,
+                why);
   } else {
-    DUET_TRACE(DUET_SUB_BOOT, "bootstrap root %s: rank %d (%s) %s", r->addr, c->rank, c->peer,
-               why);
+    DUET_TRACE(DUET_SUB_BOOT, "bootstrap root %s: rank %d (%s) %s", r->addr, c->rank, c->peer, why);
   }
   close(c->fd);
   c->fd = -1;
@@ -315,7 +315,6 @@ static void conn_drop(root_t *r, conn_t *c, int level, const char *fmt, ...) {
     DUET_INFO(DUET_SUB_BOOT, "bootstrap root %s: all %d ranks done after %u rounds", r->addr,
               r->nranks, (unsigned)r->round);
     r->finished = 1;
-    r->ok = 1;
   } else if (r->ngathered > 0) {
     DUET_WARN(DUET_SUB_BOOT,
               "bootstrap root %s: rank %d left while %d of %d ranks wait on round %u; "
@@ -445,16 +444,14 @@ static void root_on_hello(root_t *r, conn_t *c) {
   char why[DUET_BOOT_ERRLEN];
   int32_t rank, nranks;
 
-  if (duet__boot_frame_verify(c->rbuf, &c->hdr, r->secret, c->root_nonce, 0, why) !=
-      DUET_SUCCESS) {
+  if (duet__boot_frame_verify(c->rbuf, &c->hdr, r->secret, c->root_nonce, 0, why) != DUET_SUCCESS) {
     conn_drop(r, c, DUET_LOG_WARN, "HELLO: %s", why);
     return;
   }
   rank = (int32_t)(uint32_t)get_le(p, 4);
   nranks = (int32_t)(uint32_t)get_le(p + 4, 4);
   if (nranks < 1 || nranks > MAX_RANKS) {
-    conn_drop(r, c, DUET_LOG_WARN, "HELLO with nranks %d outside [1, %d]", (int)nranks,
-              MAX_RANKS);
+    conn_drop(r, c, DUET_LOG_WARN, "HELLO with nranks %d outside [1, %d]", (int)nranks, MAX_RANKS);
     return;
   }
   if (r->nranks == 0) {
@@ -475,8 +472,7 @@ static void root_on_hello(root_t *r, conn_t *c) {
     return;
   }
   if (rank < 0 || rank >= nranks) {
-    conn_drop(r, c, DUET_LOG_WARN, "HELLO with rank %d outside [0, %d)", (int)rank,
-              (int)nranks);
+    conn_drop(r, c, DUET_LOG_WARN, "HELLO with rank %d outside [0, %d)", (int)rank, (int)nranks);
     return;
   }
   if (r->rank_state[rank] != RANK_FREE) {
@@ -490,8 +486,8 @@ static void root_on_hello(root_t *r, conn_t *c) {
   r->by_rank[rank] = c;
   r->rank_state[rank] = RANK_JOINED;
   r->joined++;
-  DUET_TRACE(DUET_SUB_BOOT, "bootstrap root %s: rank %d of %d joined from %s (%d joined)",
-             r->addr, (int)rank, (int)nranks, c->peer, r->joined);
+  DUET_TRACE(DUET_SUB_BOOT, "bootstrap root %s: rank %d of %d joined from %s (%d joined)", r->addr,
+             (int)rank, (int)nranks, c->peer, r->joined);
   if (r->joined == r->nranks && r->lfd >= 0) {
     DUET_INFO(DUET_SUB_BOOT, "bootstrap root %s: all %d ranks joined", r->addr, r->nranks);
     close(r->lfd); /* nobody else may join */
@@ -503,8 +499,7 @@ static void root_on_gather(root_t *r, conn_t *c) {
   char why[DUET_BOOT_ERRLEN];
   uint32_t len = c->hdr.length;
 
-  if (duet__boot_frame_verify(c->rbuf, &c->hdr, r->secret, c->root_nonce, 0, why) !=
-      DUET_SUCCESS) {
+  if (duet__boot_frame_verify(c->rbuf, &c->hdr, r->secret, c->root_nonce, 0, why) != DUET_SUCCESS) {
     conn_drop(r, c, DUET_LOG_WARN, "GATHER: %s", why);
     return;
   }
@@ -549,8 +544,8 @@ static int root_check_hdr(root_t *r, conn_t *c) {
     return -1;
   }
   if (hs && (c->hdr.type != DUET_BOOT_HELLO || c->hdr.length != HELLO_LEN)) {
-    conn_drop(r, c, DUET_LOG_WARN, "expected a %d-byte HELLO, got type %u of %u bytes",
-              HELLO_LEN, (unsigned)c->hdr.type, (unsigned)c->hdr.length);
+    conn_drop(r, c, DUET_LOG_WARN, "expected a %d-byte HELLO, got type %u of %u bytes", HELLO_LEN,
+              (unsigned)c->hdr.type, (unsigned)c->hdr.length);
     return -1;
   }
   if (!hs && c->hdr.type != DUET_BOOT_GATHER) {
@@ -654,8 +649,7 @@ static void root_accept(root_t *r) {
     }
     c->root_nonce = get_le(nonce, 8);
     set_nodelay(fd);
-    duet__boot_frame_encode(c->whdr, DUET_BOOT_CHALLENGE, 0, nonce, CHALLENGE_LEN, r->secret, 0,
-                            1);
+    duet__boot_frame_encode(c->whdr, DUET_BOOT_CHALLENGE, 0, nonce, CHALLENGE_LEN, r->secret, 0, 1);
     c->wlen = DUET_BOOT_HDR_LEN + CHALLENGE_LEN;
     r->conns[r->nconns++] = c;
     DUET_TRACE(DUET_SUB_BOOT, "bootstrap root %s: connection from %s", r->addr, peer);
@@ -703,8 +697,7 @@ static void root_log_timeout(root_t *r) {
     DUET_WARN(DUET_SUB_BOOT,
               "bootstrap root %s: no progress for %d ms in round %u (%d of %d ranks sent it; "
               "waiting for: %s); closing the rendezvous",
-              r->addr, r->timeout_ms, (unsigned)(r->round + 1), r->ngathered, r->nranks,
-              missing);
+              r->addr, r->timeout_ms, (unsigned)(r->round + 1), r->ngathered, r->nranks, missing);
 }
 
 static void root_destroy(root_t *r) {
@@ -749,8 +742,8 @@ static void *root_main(void *arg) {
       size_t ncap = 2 * (r->nconns + 1);
       struct pollfd *p = realloc(pfds, ncap * sizeof(*p));
       if (!p) {
-        DUET_WARN(DUET_SUB_BOOT, "bootstrap root %s: out of memory for %zu poll entries",
-                  r->addr, ncap);
+        DUET_WARN(DUET_SUB_BOOT, "bootstrap root %s: out of memory for %zu poll entries", r->addr,
+                  ncap);
         root_abort(r);
         break;
       }
@@ -802,8 +795,7 @@ static void *root_main(void *arg) {
 
 /* Bind and listen on sa, write the id, start the root thread. */
 static duet_status_t root_start(duet_unique_id_t *id, const struct sockaddr *sa, socklen_t salen,
-                                const uint8_t secret[16], int reuse, int timeout_ms,
-                                char *errbuf) {
+                                const uint8_t secret[16], int reuse, int timeout_ms, char *errbuf) {
   struct sockaddr_storage bound;
   socklen_t blen = sizeof(bound);
   char where[ADDR_STRLEN];
@@ -858,8 +850,7 @@ static duet_status_t root_start(duet_unique_id_t *id, const struct sockaddr *sa,
     atomic_fetch_sub(&roots_active, 1);
     goto out_free_root;
   }
-  DUET_INFO(DUET_SUB_BOOT, "bootstrap root listening at %s for up to %d ms", r->addr,
-            timeout_ms);
+  DUET_INFO(DUET_SUB_BOOT, "bootstrap root listening at %s for up to %d ms", r->addr, timeout_ms);
   return DUET_SUCCESS; /* the thread owns r and lfd now */
 
 out_free_root:
@@ -948,10 +939,10 @@ duet_status_t duet__boot_root_at(duet_unique_id_t *id, const char *host, int por
   duet_status_t st;
   int rc;
 
-  if (!id || !host || !*host || !secret || port < 1 || port > 65535 ||
-      (start && timeout_ms <= 0)) {
-    SET_ERR(errbuf, "bootstrap root at %s:%d: bad argument (host empty, port outside [1, 65535], "
-                    "NULL id or secret, or timeout_ms <= 0)",
+  if (!id || !host || !*host || !secret || port < 1 || port > 65535 || (start && timeout_ms <= 0)) {
+    SET_ERR(errbuf,
+            "bootstrap root at %s:%d: bad argument (host empty, port outside [1, 65535], "
+            "NULL id or secret, or timeout_ms <= 0)",
             host ? host : "(null)", port);
     return DUET_ERR_INVALID_ARGUMENT;
   }
@@ -985,8 +976,8 @@ struct duet__boot {
   int timeout_ms;
   uint8_t secret[16];
   uint64_t root_nonce, client_nonce;
-  uint32_t round;        /* last completed allgather round */
-  duet_status_t failed;  /* an earlier error leaves the connection unusable */
+  uint32_t round;       /* last completed allgather round */
+  duet_status_t failed; /* an earlier error leaves the connection unusable */
   char addr[ADDR_STRLEN];
 };
 
@@ -1034,8 +1025,9 @@ static duet_status_t client_send(duet__boot_t *b, const void *buf, size_t len, i
       continue;
     }
     if (errno == EPIPE || errno == ECONNRESET) {
-      SET_ERR(errbuf, "rank %d: the bootstrap root at %s closed the connection as this rank sent "
-                      "%s (it may have timed out or rejected this rank; see its log)",
+      SET_ERR(errbuf,
+              "rank %d: the bootstrap root at %s closed the connection as this rank sent "
+              "%s (it may have timed out or rejected this rank; see its log)",
               b->rank, b->addr, what);
       return DUET_ERR_REMOTE;
     }
@@ -1067,13 +1059,14 @@ static duet_status_t client_recv(duet__boot_t *b, void *buf, size_t len, int64_t
       continue;
     }
     if (n == 0 || errno == ECONNRESET) {
-      SET_ERR(errbuf, "rank %d: the bootstrap root at %s closed the connection while this rank "
-                      "waited for %s (it may have timed out or rejected this rank; see its log)",
+      SET_ERR(errbuf,
+              "rank %d: the bootstrap root at %s closed the connection while this rank "
+              "waited for %s (it may have timed out or rejected this rank; see its log)",
               b->rank, b->addr, what);
       return DUET_ERR_REMOTE;
     }
-    SET_ERR(errbuf, "rank %d: recv of %s from the bootstrap root at %s failed: %s", b->rank,
-            what, b->addr, strerror(errno));
+    SET_ERR(errbuf, "rank %d: recv of %s from the bootstrap root at %s failed: %s", b->rank, what,
+            b->addr, strerror(errno));
     return DUET_ERR_SYSTEM;
   }
   return DUET_SUCCESS;
@@ -1108,8 +1101,7 @@ static duet_status_t client_recv_frame(duet__boot_t *b, uint8_t *frame, uint16_t
   return DUET_SUCCESS;
 
 out_protocol:
-  SET_ERR(errbuf, "rank %d: bad %s from the bootstrap root at %s: %s", b->rank, what, b->addr,
-          why);
+  SET_ERR(errbuf, "rank %d: bad %s from the bootstrap root at %s: %s", b->rank, what, b->addr, why);
   return DUET_ERR_PROTOCOL;
 }
 
@@ -1133,8 +1125,8 @@ static duet_status_t client_connect(duet__boot_t *b, const struct sockaddr *sa, 
     tries++;
     b->fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (b->fd < 0) {
-      SET_ERR(errbuf, "rank %d: socket() for the bootstrap root at %s failed: %s", b->rank,
-              b->addr, strerror(errno));
+      SET_ERR(errbuf, "rank %d: socket() for the bootstrap root at %s failed: %s", b->rank, b->addr,
+              strerror(errno));
       return DUET_ERR_SYSTEM;
     }
     if (connect(b->fd, sa, salen) != 0) {
@@ -1162,8 +1154,8 @@ static duet_status_t client_connect(duet__boot_t *b, const struct sockaddr *sa, 
     b->fd = -1;
     last = err;
     if (!retryable(err)) {
-      SET_ERR(errbuf, "rank %d: connect to the bootstrap root at %s failed: %s", b->rank,
-              b->addr, strerror(err));
+      SET_ERR(errbuf, "rank %d: connect to the bootstrap root at %s failed: %s", b->rank, b->addr,
+              strerror(err));
       return DUET_ERR_SYSTEM;
     }
     left = deadline - now_ms();
@@ -1185,8 +1177,8 @@ out_close_socket:
   return st;
 }
 
-duet_status_t duet__boot_connect(const duet_unique_id_t *id, int rank, int nranks,
-                                 int timeout_ms, duet__boot_t **boot, char *errbuf) {
+duet_status_t duet__boot_connect(const duet_unique_id_t *id, int rank, int nranks, int timeout_ms,
+                                 duet__boot_t **boot, char *errbuf) {
   uint8_t chal[DUET_BOOT_HDR_LEN + CHALLENGE_LEN], hello[DUET_BOOT_HDR_LEN + HELLO_LEN];
   uint8_t payload[HELLO_LEN];
   struct sockaddr_storage ss;
@@ -1242,8 +1234,7 @@ duet_status_t duet__boot_connect(const duet_unique_id_t *id, int rank, int nrank
   st = client_send(b, hello, sizeof(hello), start, deadline, "HELLO", errbuf);
   if (st != DUET_SUCCESS)
     goto out_close_socket;
-  DUET_TRACE(DUET_SUB_BOOT, "rank %d of %d joined the bootstrap root at %s", rank, nranks,
-             b->addr);
+  DUET_TRACE(DUET_SUB_BOOT, "rank %d of %d joined the bootstrap root at %s", rank, nranks, b->addr);
   *boot = b;
   return DUET_SUCCESS;
 
@@ -1265,8 +1256,8 @@ duet_status_t duet__boot_allgather(duet__boot_t *b, const void *mine, size_t len
   duet_status_t st;
 
   if (!b || len > DUET_BOOT_MAX_BLOB || (len > 0 && (!mine || !all))) {
-    SET_ERR(errbuf, "bootstrap allgather: bad argument (len %zu, limit %d, or a NULL pointer)",
-            len, DUET_BOOT_MAX_BLOB);
+    SET_ERR(errbuf, "bootstrap allgather: bad argument (len %zu, limit %d, or a NULL pointer)", len,
+            DUET_BOOT_MAX_BLOB);
     return DUET_ERR_INVALID_ARGUMENT;
   }
   if (b->failed != DUET_SUCCESS) {

@@ -15,8 +15,8 @@
  *   - integers wrap as C unsigned arithmetic (signed sum/prod go through the
  *     unsigned type, then back; gcc defines that conversion as modular);
  *   - MIN/MAX on floats propagate NaN: if either input is NaN the result is
- *     NaN (unlike fminf/fmaxf). When the inputs compare equal (including
- *     +0 vs -0) the result is a's value;
+ *     NaN (unlike fminf/fmaxf). min(+0, -0) is -0 and max(+0, -0) is +0
+ *     in either order, so the ops commute bit for bit;
  *   - DUET_AVG reduces as DUET_SUM; duet__reduce_avg_finish divides once.
  *
  * Rounding relies on the default floating-point environment (round to
@@ -69,13 +69,25 @@ static const char *const op_names[DUET_NUM_OPS] = {
 #undef X
 };
 
-static int dt_valid(duet_datatype_t dt) { return (unsigned)dt < (unsigned)DUET_NUM_DATATYPES; }
-static int op_valid(duet_op_t op) { return (unsigned)op < (unsigned)DUET_NUM_OPS; }
+static int dt_valid(duet_datatype_t dt) {
+  return (unsigned)dt < (unsigned)DUET_NUM_DATATYPES;
+}
+static int op_valid(duet_op_t op) {
+  return (unsigned)op < (unsigned)DUET_NUM_OPS;
+}
 
-size_t duet__dt_size(duet_datatype_t dt) { return dt_valid(dt) ? dt_info[dt].size : 0; }
-const char *duet__dt_name(duet_datatype_t dt) { return dt_valid(dt) ? dt_info[dt].name : "?"; }
-const char *duet__op_name(duet_op_t op) { return op_valid(op) ? op_names[op] : "?"; }
-int duet__dt_is_float(duet_datatype_t dt) { return dt_valid(dt) ? dt_info[dt].is_float : 0; }
+size_t duet__dt_size(duet_datatype_t dt) {
+  return dt_valid(dt) ? dt_info[dt].size : 0;
+}
+const char *duet__dt_name(duet_datatype_t dt) {
+  return dt_valid(dt) ? dt_info[dt].name : "?";
+}
+const char *duet__op_name(duet_op_t op) {
+  return op_valid(op) ? op_names[op] : "?";
+}
+int duet__dt_is_float(duet_datatype_t dt) {
+  return dt_valid(dt) ? dt_info[dt].is_float : 0;
+}
 
 /* ---- bit casts (memcpy of 4 bytes folds to a register move) ---- */
 
@@ -130,14 +142,16 @@ static inline uint16_t float_to_half(float f) {
   uint32_t sign = (u >> 16) & 0x8000u;
   uint32_t a = u & 0x7fffffffu;
   uint32_t nan = 0x7e00u | ((a >> 13) & 0x3ffu);
-  uint32_t big = sel(a > 0x7f800000u, nan, 0x7c00u);       /* |f| >= 65536 */
-  uint32_t sub = f2u(u2f(a) + 0.5f) - 0x3f000000u;         /* |f| < 2^-14 */
+  uint32_t big = sel(a > 0x7f800000u, nan, 0x7c00u); /* |f| >= 65536 */
+  uint32_t sub = f2u(u2f(a) + 0.5f) - 0x3f000000u;   /* |f| < 2^-14 */
   uint32_t normal = (a - ((127u - 15u) << 23) + 0xfffu + ((a >> 13) & 1u)) >> 13;
   uint32_t r = sel(a >= (143u << 23), big, sel(a < (113u << 23), sub, normal));
   return (uint16_t)(r | sign);
 }
 
-static inline float bf16_to_float(uint16_t h) { return u2f((uint32_t)h << 16); }
+static inline float bf16_to_float(uint16_t h) {
+  return u2f((uint32_t)h << 16);
+}
 
 static inline uint16_t float_to_bf16(float f) {
   uint32_t u = f2u(f);
@@ -170,7 +184,9 @@ static inline uint8_t float_to_e4m3(float f) {
 }
 
 /* e5m2: bias 15, IEEE-like (inf, NaN); the top byte of an fp16. */
-static inline float e5m2_to_float(uint8_t v) { return half_to_float((uint16_t)(v << 8)); }
+static inline float e5m2_to_float(uint8_t v) {
+  return half_to_float((uint16_t)(v << 8));
+}
 
 static inline uint8_t float_to_e5m2(float f) {
   uint32_t u = f2u(f);
@@ -185,14 +201,30 @@ static inline uint8_t float_to_e5m2(float f) {
   return (uint8_t)(r | sign);
 }
 
-float duet__half_to_float(uint16_t h) { return half_to_float(h); }
-uint16_t duet__float_to_half(float f) { return float_to_half(f); }
-float duet__bf16_to_float(uint16_t h) { return bf16_to_float(h); }
-uint16_t duet__float_to_bf16(float f) { return float_to_bf16(f); }
-float duet__e4m3_to_float(uint8_t v) { return e4m3_to_float(v); }
-uint8_t duet__float_to_e4m3(float f) { return float_to_e4m3(f); }
-float duet__e5m2_to_float(uint8_t v) { return e5m2_to_float(v); }
-uint8_t duet__float_to_e5m2(float f) { return float_to_e5m2(f); }
+float duet__half_to_float(uint16_t h) {
+  return half_to_float(h);
+}
+uint16_t duet__float_to_half(float f) {
+  return float_to_half(f);
+}
+float duet__bf16_to_float(uint16_t h) {
+  return bf16_to_float(h);
+}
+uint16_t duet__float_to_bf16(float f) {
+  return float_to_bf16(f);
+}
+float duet__e4m3_to_float(uint8_t v) {
+  return e4m3_to_float(v);
+}
+uint8_t duet__float_to_e4m3(float f) {
+  return float_to_e4m3(f);
+}
+float duet__e5m2_to_float(uint8_t v) {
+  return e5m2_to_float(v);
+}
+uint8_t duet__float_to_e5m2(float f) {
+  return float_to_e5m2(f);
+}
 
 /* ---- element ops: x is a's element, y is b's ---- */
 
@@ -203,9 +235,14 @@ uint8_t duet__float_to_e5m2(float f) { return float_to_e5m2(f); }
 #define OP_FSUM(T, U, x, y) ((x) + (y))
 #define OP_FPROD(T, U, x, y) ((x) * (y))
 /* NaN-propagating: y wins if it is smaller (larger) or NaN; otherwise x, which
- * is NaN if x is. Ties keep x. */
-#define OP_FMIN(T, U, x, y) (((y) < (x)) | ((y) != (y)) ? (y) : (x))
-#define OP_FMAX(T, U, x, y) (((y) > (x)) | ((y) != (y)) ? (y) : (x))
+ * is NaN if x is. Commutative, so every rank gets the same bits whatever the
+ * order of reduction: a tie of +0 and -0 gives -0 for min and +0 for max
+ * (IEEE 754-2019 minimum/maximum), computed as sums so the loops vectorise. */
+#define OP_FZTIE(x, y) (((x) == (y)) & ((x) == 0))
+#define OP_FMIN(T, U, x, y) \
+  (((y) < (x)) | ((y) != (y)) ? (y) : OP_FZTIE(x, y) ? -((-(x)) + (-(y))) : (x))
+#define OP_FMAX(T, U, x, y) \
+  (((y) > (x)) | ((y) != (y)) ? (y) : OP_FZTIE(x, y) ? (x) + (y) : (x))
 
 /*
  * One (type, op) kernel in four aliasing variants; the dispatcher picks the
@@ -324,15 +361,14 @@ DEFINE_LOWP(e5m2, uint8_t, e5m2_to_float, float_to_e5m2)
 
 typedef void (*kernel_fn)(void *, const void *, const void *, size_t);
 
-#define KROW(S) {k_sum_##S, k_prod_##S, k_min_##S, k_max_##S, k_sum_##S}
+#define KROW(S)                                                                                    \
+  { k_sum_##S, k_prod_##S, k_min_##S, k_max_##S, k_sum_##S }
 
 static const kernel_fn kernels[DUET_NUM_DATATYPES][DUET_NUM_OPS] = {
-    [DUET_INT8] = KROW(i8),          [DUET_UINT8] = KROW(u8),
-    [DUET_INT32] = KROW(i32),        [DUET_UINT32] = KROW(u32),
-    [DUET_INT64] = KROW(i64),        [DUET_UINT64] = KROW(u64),
-    [DUET_FLOAT16] = KROW(f16),      [DUET_BFLOAT16] = KROW(bf16),
-    [DUET_FLOAT32] = KROW(f32),      [DUET_FLOAT64] = KROW(f64),
-    [DUET_FLOAT8_E4M3] = KROW(e4m3), [DUET_FLOAT8_E5M2] = KROW(e5m2),
+    [DUET_INT8] = KROW(i8),     [DUET_UINT8] = KROW(u8),         [DUET_INT32] = KROW(i32),
+    [DUET_UINT32] = KROW(u32),  [DUET_INT64] = KROW(i64),        [DUET_UINT64] = KROW(u64),
+    [DUET_FLOAT16] = KROW(f16), [DUET_BFLOAT16] = KROW(bf16),    [DUET_FLOAT32] = KROW(f32),
+    [DUET_FLOAT64] = KROW(f64), [DUET_FLOAT8_E4M3] = KROW(e4m3), [DUET_FLOAT8_E5M2] = KROW(e5m2),
 };
 
 void duet__reduce(void *dst, const void *a, const void *b, size_t count, duet_datatype_t dt,
@@ -390,10 +426,10 @@ DEFINE_DIV_LOWP(e4m3, uint8_t)
 DEFINE_DIV_LOWP(e5m2, uint8_t)
 
 static void (*const dividers[DUET_NUM_DATATYPES])(void *, size_t, int) = {
-    [DUET_INT8] = div_i8,          [DUET_UINT8] = div_u8,       [DUET_INT32] = div_i32,
-    [DUET_UINT32] = div_u32,       [DUET_INT64] = div_i64,      [DUET_UINT64] = div_u64,
-    [DUET_FLOAT16] = div_f16,      [DUET_BFLOAT16] = div_bf16,  [DUET_FLOAT32] = div_f32,
-    [DUET_FLOAT64] = div_f64,      [DUET_FLOAT8_E4M3] = div_e4m3, [DUET_FLOAT8_E5M2] = div_e5m2,
+    [DUET_INT8] = div_i8,     [DUET_UINT8] = div_u8,         [DUET_INT32] = div_i32,
+    [DUET_UINT32] = div_u32,  [DUET_INT64] = div_i64,        [DUET_UINT64] = div_u64,
+    [DUET_FLOAT16] = div_f16, [DUET_BFLOAT16] = div_bf16,    [DUET_FLOAT32] = div_f32,
+    [DUET_FLOAT64] = div_f64, [DUET_FLOAT8_E4M3] = div_e4m3, [DUET_FLOAT8_E5M2] = div_e5m2,
 };
 
 /* n < 1 is a caller bug (there is always at least one rank); leave buf as is

@@ -43,7 +43,9 @@ static int fd_count(void) {
 
 static int fds_at_start;
 
-static void note_fds(void) { fds_at_start = fd_count(); }
+static void note_fds(void) {
+  fds_at_start = fd_count();
+}
 
 /* Every root this test started has ended (they end on their own), and no
  * file descriptor is left open. */
@@ -70,8 +72,7 @@ static int raw_connect(const duet_unique_id_t *id) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   cr_assert(fd >= 0);
   sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0, "connect: %s",
-               strerror(errno));
+  cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0, "connect: %s", strerror(errno));
   return fd;
 }
 
@@ -198,8 +199,8 @@ Test(frame, round_trip) {
   cr_assert_eq(h.type, DUET_BOOT_GATHER);
   cr_assert_eq(h.length, 40);
   cr_assert_eq(h.round, 7);
-  cr_assert_eq(duet__boot_frame_verify(f, &h, key_a, 0x1122334455667788ull, 0, err),
-               DUET_SUCCESS, "%s", err);
+  cr_assert_eq(duet__boot_frame_verify(f, &h, key_a, 0x1122334455667788ull, 0, err), DUET_SUCCESS,
+               "%s", err);
   for (int i = 0; i < 40; i++)
     cr_assert_eq(f[DUET_BOOT_HDR_LEN + i], (uint8_t)(i * 13 + 1));
 
@@ -473,10 +474,10 @@ Test(rendezvous, root_at_loopback) {
 
   rand_bytes(secret, 16);
   /* the non-root ranks' id equals the root's */
-  cr_assert_eq(duet__boot_root_at(&id2, "127.0.0.1", port, secret, 0, 0, err), DUET_SUCCESS,
-               "%s", err);
-  cr_assert_eq(duet__boot_root_at(&id, "127.0.0.1", port, secret, 1, 5000, err), DUET_SUCCESS,
-               "%s", err);
+  cr_assert_eq(duet__boot_root_at(&id2, "127.0.0.1", port, secret, 0, 0, err), DUET_SUCCESS, "%s",
+               err);
+  cr_assert_eq(duet__boot_root_at(&id, "127.0.0.1", port, secret, 1, 5000, err), DUET_SUCCESS, "%s",
+               err);
   cr_assert(memcmp(&id, &id2, sizeof(id)) == 0);
   cr_assert_eq(duet__boot_connect(&id2, 0, 1, 5000, &boot, err), DUET_SUCCESS, "%s", err);
   duet__boot_close(boot);
@@ -697,6 +698,73 @@ Test(hostile, duplicate_and_bad_ranks_are_refused, .timeout = 30) {
   wait_roots_done(3000);
 }
 
+typedef struct len_job {
+  const duet_unique_id_t *id;
+  int rank;
+  size_t len;
+  duet_status_t st;
+  char err[DUET_BOOT_ERRLEN];
+} len_job_t;
+
+static void *len_main(void *arg) {
+  len_job_t *j = arg;
+  duet__boot_t *boot;
+  uint8_t mine[16] = {0}, all[32];
+  j->st = duet__boot_connect(j->id, j->rank, 2, 5000, &boot, j->err);
+  if (j->st == DUET_SUCCESS) {
+    j->st = duet__boot_allgather(boot, mine, j->len, all, j->err);
+    duet__boot_close(boot);
+  }
+  return NULL;
+}
+
+Test(hostile, ranks_disagreeing_on_length_fail_fast, .timeout = 30) {
+  duet_unique_id_t id;
+  char err[DUET_BOOT_ERRLEN];
+  len_job_t j0 = {.rank = 0, .len = 4}, j1 = {.rank = 1, .len = 8};
+  pthread_t t0, t1;
+  int64_t start;
+
+  note_fds();
+  cr_assert_eq(duet__boot_root_create(&id, 20000, err), DUET_SUCCESS, "%s", err);
+  j0.id = j1.id = &id;
+  start = now_ms();
+  cr_assert_eq(pthread_create(&t0, NULL, len_main, &j0), 0);
+  cr_assert_eq(pthread_create(&t1, NULL, len_main, &j1), 0);
+  pthread_join(t0, NULL);
+  pthread_join(t1, NULL);
+  cr_assert_eq(j0.st, DUET_ERR_REMOTE, "%d %s", j0.st, j0.err);
+  cr_assert_eq(j1.st, DUET_ERR_REMOTE, "%d %s", j1.st, j1.err);
+  cr_assert(now_ms() - start < 3000);
+  wait_roots_done(3000);
+}
+
+Test(hostile, oversized_gather_is_dropped, .timeout = 30) {
+  duet_unique_id_t id;
+  char err[DUET_BOOT_ERRLEN];
+  uint8_t hdr[DUET_BOOT_HDR_LEN], big[1];
+  duet__boot_t *boot;
+  int fd;
+
+  note_fds();
+  cr_assert_eq(duet__boot_root_create(&id, 20000, err), DUET_SUCCESS, "%s", err);
+  /* the client refuses to send more than DUET_BOOT_MAX_BLOB */
+  cr_assert_eq(duet__boot_connect(&id, 1, 2, 5000, &boot, err), DUET_SUCCESS, "%s", err);
+  cr_assert_eq(duet__boot_allgather(boot, big, DUET_BOOT_MAX_BLOB + 1, big, err),
+               DUET_ERR_INVALID_ARGUMENT);
+  duet__boot_close(boot);
+  /* an authenticated rank 0 announcing a GATHER over the limit is dropped,
+   * and since the other rank left, the root ends */
+  fd = raw_hello(&id, 0, 2);
+  duet__boot_frame_encode(hdr, DUET_BOOT_GATHER, 1, NULL, 0, key_a, 0, 0);
+  hdr[8] = 1;
+  hdr[10] = 1; /* 64 KiB + 1 */
+  cr_assert_eq(send(fd, hdr, sizeof(hdr), MSG_NOSIGNAL), (ssize_t)sizeof(hdr));
+  cr_assert(wait_closed(fd, 2000), "oversized GATHER was not dropped");
+  close(fd);
+  wait_roots_done(3000);
+}
+
 /* ------------------------------------------------------------- timeouts */
 
 Test(timeout, root_never_appears) {
@@ -822,9 +890,16 @@ Test(args, bad_arguments) {
 /* ------------------------------------------------------------- env */
 
 static void clear_env(void) {
-  static const char *vars[] = {"DUET_RANK", "DUET_SIZE", "DUET_ROOT", "DUET_SECRET",
-                               "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "RANK",
-                               "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"};
+  static const char *vars[] = {"DUET_RANK",
+                               "DUET_SIZE",
+                               "DUET_ROOT",
+                               "DUET_SECRET",
+                               "OMPI_COMM_WORLD_RANK",
+                               "OMPI_COMM_WORLD_SIZE",
+                               "RANK",
+                               "WORLD_SIZE",
+                               "MASTER_ADDR",
+                               "MASTER_PORT"};
   for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++)
     unsetenv(vars[i]);
 }

@@ -9,7 +9,7 @@
  * documented semantics: decode exactly, reduce rounding once to float32,
  * round once to the target format. Edge cases use hand-computed bit patterns.
  *
- * Conventions checked: MIN/MAX propagate NaN and keep a's value on ties; a
+ * Conventions checked: MIN/MAX propagate NaN and order -0 below +0; a
  * NaN result may be any NaN bit pattern.
  */
 #include <criterion/criterion.h>
@@ -45,7 +45,8 @@ static void fail_note(const char *fmt, ...) {
   }
 }
 
-#define ASSERT_NO_FAILURES() cr_assert_eq(nfail, 0, "%d mismatches (first %d logged)", nfail, MAX_LOGGED)
+#define ASSERT_NO_FAILURES()                                                                       \
+  cr_assert_eq(nfail, 0, "%d mismatches (first %d logged)", nfail, MAX_LOGGED)
 
 /* ---- reference small-float formats ---- */
 
@@ -60,10 +61,18 @@ static const fmt_t FMT_BF16 = {"bfloat16", 8, 7, 127, 0};
 static const fmt_t FMT_E4M3 = {"e4m3", 4, 3, 7, 1};
 static const fmt_t FMT_E5M2 = {"e5m2", 5, 2, 15, 0};
 
-static uint32_t fmt_emax(const fmt_t *f) { return (1u << f->ebits) - 1; }
-static uint32_t fmt_mmask(const fmt_t *f) { return (1u << f->mbits) - 1; }
-static uint32_t fmt_signbit(const fmt_t *f) { return 1u << (f->ebits + f->mbits); }
-static uint32_t fmt_count(const fmt_t *f) { return 1u << (1 + f->ebits + f->mbits); }
+static uint32_t fmt_emax(const fmt_t *f) {
+  return (1u << f->ebits) - 1;
+}
+static uint32_t fmt_mmask(const fmt_t *f) {
+  return (1u << f->mbits) - 1;
+}
+static uint32_t fmt_signbit(const fmt_t *f) {
+  return 1u << (f->ebits + f->mbits);
+}
+static uint32_t fmt_count(const fmt_t *f) {
+  return 1u << (1 + f->ebits + f->mbits);
+}
 
 static int fmt_is_nan(const fmt_t *f, uint32_t bits) {
   uint32_t e = (bits >> f->mbits) & fmt_emax(f), m = bits & fmt_mmask(f);
@@ -90,8 +99,8 @@ static double ref_decode(const fmt_t *f, uint32_t bits) {
 /* Round x to nearest even in format f. NaN gives the canonical NaN. */
 static uint32_t ref_encode(const fmt_t *f, double x) {
   uint32_t sign = signbit(x) ? fmt_signbit(f) : 0;
-  uint32_t over = f->fn ? (sign | fmt_emax(f) << f->mbits | fmt_mmask(f))
-                        : (sign | fmt_emax(f) << f->mbits);
+  uint32_t over =
+      f->fn ? (sign | fmt_emax(f) << f->mbits | fmt_mmask(f)) : (sign | fmt_emax(f) << f->mbits);
   double a = fabs(x);
   if (isnan(x))
     return fmt_emax(f) << f->mbits | (f->fn ? fmt_mmask(f) : 1u << (f->mbits - 1));
@@ -172,29 +181,73 @@ static const char *const OPNAME[DUET_NUM_OPS] = {"sum", "prod", "min", "max", "a
 static uint64_t get_el(const void *buf, size_t i, size_t sz) {
   const unsigned char *p = (const unsigned char *)buf + i * sz;
   switch (sz) {
-  case 1: return *p;
-  case 2: { uint16_t v; memcpy(&v, p, 2); return v; }
-  case 4: { uint32_t v; memcpy(&v, p, 4); return v; }
-  default: { uint64_t v; memcpy(&v, p, 8); return v; }
+  case 1:
+    return *p;
+  case 2: {
+    uint16_t v;
+    memcpy(&v, p, 2);
+    return v;
+  }
+  case 4: {
+    uint32_t v;
+    memcpy(&v, p, 4);
+    return v;
+  }
+  default: {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+  }
   }
 }
 
 static void put_el(void *buf, size_t i, size_t sz, uint64_t bits) {
   unsigned char *p = (unsigned char *)buf + i * sz;
   switch (sz) {
-  case 1: *p = (uint8_t)bits; break;
-  case 2: { uint16_t v = (uint16_t)bits; memcpy(p, &v, 2); break; }
-  case 4: { uint32_t v = (uint32_t)bits; memcpy(p, &v, 4); break; }
-  default: memcpy(p, &bits, 8); break;
+  case 1:
+    *p = (uint8_t)bits;
+    break;
+  case 2: {
+    uint16_t v = (uint16_t)bits;
+    memcpy(p, &v, 2);
+    break;
+  }
+  case 4: {
+    uint32_t v = (uint32_t)bits;
+    memcpy(p, &v, 4);
+    break;
+  }
+  default:
+    memcpy(p, &bits, 8);
+    break;
   }
 }
 
-static float f32_of(uint64_t bits) { uint32_t u = (uint32_t)bits; float f; memcpy(&f, &u, 4); return f; }
-static uint64_t bits_f32(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
-static double f64_of(uint64_t bits) { double d; memcpy(&d, &bits, 8); return d; }
-static uint64_t bits_f64(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
+static float f32_of(uint64_t bits) {
+  uint32_t u = (uint32_t)bits;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+static uint64_t bits_f32(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return u;
+}
+static double f64_of(uint64_t bits) {
+  double d;
+  memcpy(&d, &bits, 8);
+  return d;
+}
+static uint64_t bits_f64(double d) {
+  uint64_t u;
+  memcpy(&u, &d, 8);
+  return u;
+}
 
-static uint64_t width_mask(size_t sz) { return sz == 8 ? UINT64_MAX : (UINT64_C(1) << (8 * sz)) - 1; }
+static uint64_t width_mask(size_t sz) {
+  return sz == 8 ? UINT64_MAX : (UINT64_C(1) << (8 * sz)) - 1;
+}
 
 /* two's complement value of the low 8*sz bits */
 static i128 int_value(const tinfo_t *t, uint64_t bits) {
@@ -207,10 +260,14 @@ static i128 int_value(const tinfo_t *t, uint64_t bits) {
 
 static int is_nan_bits(duet_datatype_t dt, uint64_t bits) {
   switch (TI[dt].kind) {
-  case K_F32: return (bits & 0x7fffffffu) > 0x7f800000u;
-  case K_F64: return (bits & INT64_MAX) > UINT64_C(0x7ff0000000000000);
-  case K_LOWP: return fmt_is_nan(TI[dt].fmt, (uint32_t)bits);
-  default: return 0;
+  case K_F32:
+    return (bits & 0x7fffffffu) > 0x7f800000u;
+  case K_F64:
+    return (bits & INT64_MAX) > UINT64_C(0x7ff0000000000000);
+  case K_LOWP:
+    return fmt_is_nan(TI[dt].fmt, (uint32_t)bits);
+  default:
+    return 0;
   }
 }
 
@@ -220,14 +277,27 @@ static int same_value(duet_datatype_t dt, uint64_t got, uint64_t want) {
   return got == want;
 }
 
-/* a op b, on values as doubles, NaN-propagating min/max keeping a on ties */
+/* a op b, on values as doubles; min/max propagate NaN and order -0 below +0
+ * (IEEE 754-2019 minimum/maximum), so they commute bit for bit */
 static double ref_fop(duet_op_t op, double x, double y) {
   switch (op) {
   case DUET_SUM:
-  case DUET_AVG: return x + y;
-  case DUET_PROD: return x * y;
-  case DUET_MIN: return (isnan(x) || isnan(y)) ? NAN : (y < x ? y : x);
-  default: return (isnan(x) || isnan(y)) ? NAN : (y > x ? y : x);
+  case DUET_AVG:
+    return x + y;
+  case DUET_PROD:
+    return x * y;
+  case DUET_MIN:
+    if (isnan(x) || isnan(y))
+      return NAN;
+    if (x == 0 && y == 0)
+      return signbit(x) ? x : y;
+    return y < x ? y : x;
+  default:
+    if (isnan(x) || isnan(y))
+      return NAN;
+    if (x == 0 && y == 0)
+      return signbit(x) ? y : x;
+    return y > x ? y : x;
   }
 }
 
@@ -240,10 +310,18 @@ static uint64_t ref_op(duet_datatype_t dt, duet_op_t op, uint64_t a, uint64_t b)
     u128 r;
     switch (op) {
     case DUET_SUM:
-    case DUET_AVG: r = (u128)x + (u128)y; break;
-    case DUET_PROD: r = (u128)x * (u128)y; break;
-    case DUET_MIN: r = (u128)(y < x ? y : x); break;
-    default: r = (u128)(y > x ? y : x); break;
+    case DUET_AVG:
+      r = (u128)x + (u128)y;
+      break;
+    case DUET_PROD:
+      r = (u128)x * (u128)y;
+      break;
+    case DUET_MIN:
+      r = (u128)(y < x ? y : x);
+      break;
+    default:
+      r = (u128)(y > x ? y : x);
+      break;
     }
     return (uint64_t)r & width_mask(t->size);
   }
@@ -290,7 +368,7 @@ static uint64_t random_bits(duet_datatype_t dt) {
     return r & m;
   }
   case K_F32: {
-    static const uint32_t sp[] = {0, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00000u,
+    static const uint32_t sp[] = {0,           0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00000u,
                                   0x00000001u, 0x807fffffu, 0x7f7fffffu, 0x3f800000u};
     if (sel == 0)
       return sp[r % 9];
@@ -300,9 +378,13 @@ static uint64_t random_bits(duet_datatype_t dt) {
                            (int)((r >> 20) % 41) - 20));
   }
   case K_F64: {
-    static const uint64_t sp[] = {0, UINT64_C(0x8000000000000000), UINT64_C(0x7ff0000000000000),
-                                  UINT64_C(0xfff0000000000000), UINT64_C(0x7ff8000000000000),
-                                  1, UINT64_C(0x7fefffffffffffff)};
+    static const uint64_t sp[] = {0,
+                                  UINT64_C(0x8000000000000000),
+                                  UINT64_C(0x7ff0000000000000),
+                                  UINT64_C(0xfff0000000000000),
+                                  UINT64_C(0x7ff8000000000000),
+                                  1,
+                                  UINT64_C(0x7fefffffffffffff)};
     if (sel == 0)
       return sp[r % 7];
     if (sel < 3)
@@ -345,10 +427,20 @@ static void check_reduce(duet_datatype_t dt, duet_op_t op, size_t n, int alias) 
 
   const void *pa = a, *pb = b;
   switch (alias) {
-  case ALIAS_DST_A: memcpy(d, a, n * sz); pa = d; break;
-  case ALIAS_DST_B: memcpy(d, b, n * sz); pb = d; break;
-  case ALIAS_ALL: memcpy(d, a, n * sz); pa = pb = d; break;
-  default: break;
+  case ALIAS_DST_A:
+    memcpy(d, a, n * sz);
+    pa = d;
+    break;
+  case ALIAS_DST_B:
+    memcpy(d, b, n * sz);
+    pb = d;
+    break;
+  case ALIAS_ALL:
+    memcpy(d, a, n * sz);
+    pa = pb = d;
+    break;
+  default:
+    break;
   }
   duet__reduce(d, pa, pb, n, dt, op);
 
@@ -357,8 +449,8 @@ static void check_reduce(duet_datatype_t dt, duet_op_t op, size_t n, int alias) 
     uint64_t want = ref_op(dt, op, x, y), got = get_el(d, i, sz);
     if (!same_value(dt, got, want))
       fail_note("%s %s n=%zu %s [%zu]: a=0x%llx b=0x%llx got 0x%llx want 0x%llx", TI[dt].name,
-                OPNAME[op], n, ALIAS_NAME[alias], i, (unsigned long long)x,
-                (unsigned long long)y, (unsigned long long)got, (unsigned long long)want);
+                OPNAME[op], n, ALIAS_NAME[alias], i, (unsigned long long)x, (unsigned long long)y,
+                (unsigned long long)got, (unsigned long long)want);
   }
   for (size_t i = n * sz; i < total; i++)
     if (d[i] != 0xa5) {
@@ -386,18 +478,42 @@ static void check_all_ops(duet_datatype_t dt) {
   ASSERT_NO_FAILURES();
 }
 
-Test(reduce_all, int8) { check_all_ops(DUET_INT8); }
-Test(reduce_all, uint8) { check_all_ops(DUET_UINT8); }
-Test(reduce_all, int32) { check_all_ops(DUET_INT32); }
-Test(reduce_all, uint32) { check_all_ops(DUET_UINT32); }
-Test(reduce_all, int64) { check_all_ops(DUET_INT64); }
-Test(reduce_all, uint64) { check_all_ops(DUET_UINT64); }
-Test(reduce_all, float16) { check_all_ops(DUET_FLOAT16); }
-Test(reduce_all, bfloat16) { check_all_ops(DUET_BFLOAT16); }
-Test(reduce_all, float32) { check_all_ops(DUET_FLOAT32); }
-Test(reduce_all, float64) { check_all_ops(DUET_FLOAT64); }
-Test(reduce_all, float8e4m3) { check_all_ops(DUET_FLOAT8_E4M3); }
-Test(reduce_all, float8e5m2) { check_all_ops(DUET_FLOAT8_E5M2); }
+Test(reduce_all, int8) {
+  check_all_ops(DUET_INT8);
+}
+Test(reduce_all, uint8) {
+  check_all_ops(DUET_UINT8);
+}
+Test(reduce_all, int32) {
+  check_all_ops(DUET_INT32);
+}
+Test(reduce_all, uint32) {
+  check_all_ops(DUET_UINT32);
+}
+Test(reduce_all, int64) {
+  check_all_ops(DUET_INT64);
+}
+Test(reduce_all, uint64) {
+  check_all_ops(DUET_UINT64);
+}
+Test(reduce_all, float16) {
+  check_all_ops(DUET_FLOAT16);
+}
+Test(reduce_all, bfloat16) {
+  check_all_ops(DUET_BFLOAT16);
+}
+Test(reduce_all, float32) {
+  check_all_ops(DUET_FLOAT32);
+}
+Test(reduce_all, float64) {
+  check_all_ops(DUET_FLOAT64);
+}
+Test(reduce_all, float8e4m3) {
+  check_all_ops(DUET_FLOAT8_E4M3);
+}
+Test(reduce_all, float8e5m2) {
+  check_all_ops(DUET_FLOAT8_E5M2);
+}
 
 /* ---- hand-computed cases: {dt, op, a, b, want}; NAN_ANY accepts any NaN ---- */
 
@@ -449,9 +565,9 @@ static void run_cases(const kase_t *k, size_t nk) {
 
 Test(reduce_edge, integer_wraparound) {
   static const kase_t k[] = {
-      {DUET_INT8, DUET_SUM, 0x7f, 0x01, 0x80},   /* 127 + 1 = -128 */
-      {DUET_INT8, DUET_SUM, 0x80, 0xff, 0x7f},   /* -128 + -1 = 127 */
-      {DUET_INT8, DUET_AVG, 0x7f, 0x01, 0x80},   /* AVG sums */
+      {DUET_INT8, DUET_SUM, 0x7f, 0x01, 0x80}, /* 127 + 1 = -128 */
+      {DUET_INT8, DUET_SUM, 0x80, 0xff, 0x7f}, /* -128 + -1 = 127 */
+      {DUET_INT8, DUET_AVG, 0x7f, 0x01, 0x80}, /* AVG sums */
       {DUET_UINT8, DUET_SUM, 0xff, 0x01, 0x00},
       {DUET_INT8, DUET_PROD, 0x10, 0x10, 0x00},  /* 256 */
       {DUET_INT8, DUET_PROD, 0x7f, 0x7f, 0x01},  /* 16129 = 63*256 + 1 */
@@ -466,13 +582,12 @@ Test(reduce_edge, integer_wraparound) {
       {DUET_UINT32, DUET_PROD, 0xffffffff, 0xffffffff, 1},
       {DUET_INT64, DUET_SUM, INT64_MAX, 1, UINT64_C(0x8000000000000000)},
       {DUET_INT64, DUET_PROD, UINT64_C(0x8000000000000000), UINT64_MAX,
-       UINT64_C(0x8000000000000000)},                                     /* MIN * -1 */
+       UINT64_C(0x8000000000000000)},                                      /* MIN * -1 */
       {DUET_INT64, DUET_PROD, INT64_MAX, 2, UINT64_C(0xfffffffffffffffe)}, /* -2 */
       {DUET_INT64, DUET_PROD, UINT64_C(0x100000000), UINT64_C(0x100000000), 0},
       {DUET_UINT64, DUET_SUM, UINT64_MAX, 1, 0},
       {DUET_UINT64, DUET_PROD, UINT64_MAX, UINT64_MAX, 1},
-      {DUET_UINT64, DUET_PROD, UINT64_C(0x100000000), UINT64_C(0x100000001),
-       UINT64_C(0x100000000)},
+      {DUET_UINT64, DUET_PROD, UINT64_C(0x100000000), UINT64_C(0x100000001), UINT64_C(0x100000000)},
       /* min/max compare signed for signed types, unsigned otherwise */
       {DUET_INT8, DUET_MIN, 0x80, 0x7f, 0x80},
       {DUET_INT8, DUET_MAX, 0xff, 0x01, 0x01},
@@ -536,8 +651,7 @@ Test(reduce_edge, infinities) {
       {DUET_FLOAT32, DUET_MIN, 0xff800000, 0x3f800000, 0xff800000},
       {DUET_FLOAT64, DUET_SUM, UINT64_C(0x7ff0000000000000), UINT64_C(0x3ff0000000000000),
        UINT64_C(0x7ff0000000000000)},
-      {DUET_FLOAT64, DUET_SUM, UINT64_C(0x7ff0000000000000), UINT64_C(0xfff0000000000000),
-       NAN_ANY},
+      {DUET_FLOAT64, DUET_SUM, UINT64_C(0x7ff0000000000000), UINT64_C(0xfff0000000000000), NAN_ANY},
   };
   run_cases(k, NCASES(k));
 }
@@ -545,8 +659,8 @@ Test(reduce_edge, infinities) {
 Test(reduce_edge, subnormals) {
   static const kase_t k[] = {
       {DUET_FLOAT16, DUET_SUM, 0x0001, 0x0001, 0x0002},
-      {DUET_FLOAT16, DUET_SUM, 0x03ff, 0x0001, 0x0400}, /* subnormal + subnormal = normal */
-      {DUET_FLOAT16, DUET_SUM, 0x0401, 0x8400, 0x0001}, /* normal - normal = subnormal */
+      {DUET_FLOAT16, DUET_SUM, 0x03ff, 0x0001, 0x0400},  /* subnormal + subnormal = normal */
+      {DUET_FLOAT16, DUET_SUM, 0x0401, 0x8400, 0x0001},  /* normal - normal = subnormal */
       {DUET_FLOAT16, DUET_PROD, 0x0001, 0x3800, 0x0000}, /* 2^-25: tie to even 0 */
       {DUET_FLOAT16, DUET_PROD, 0x0003, 0x3800, 0x0002}, /* 1.5 * 2^-24: tie up to 2 */
       {DUET_FLOAT16, DUET_PROD, 0x0400, 0x3800, 0x0200},
@@ -582,22 +696,22 @@ Test(reduce_edge, overflow) {
   static const kase_t k[] = {
       {DUET_FLOAT16, DUET_SUM, 0x7bff, 0x7bff, 0x7c00}, /* 65504 + 65504 */
       {DUET_FLOAT16, DUET_SUM, 0xfbff, 0xfbff, 0xfc00},
-      {DUET_FLOAT16, DUET_SUM, 0x7bff, 0x4c00, 0x7c00}, /* 65520: tie, even is inf */
-      {DUET_FLOAT16, DUET_SUM, 0x7bff, 0x4800, 0x7bff}, /* 65512 stays */
+      {DUET_FLOAT16, DUET_SUM, 0x7bff, 0x4c00, 0x7c00},  /* 65520: tie, even is inf */
+      {DUET_FLOAT16, DUET_SUM, 0x7bff, 0x4800, 0x7bff},  /* 65512 stays */
       {DUET_FLOAT16, DUET_PROD, 0x5c00, 0x5c00, 0x7c00}, /* 256 * 256 */
       {DUET_BFLOAT16, DUET_SUM, 0x7f7f, 0x7f7f, 0x7f80},
       {DUET_BFLOAT16, DUET_PROD, 0x5f80, 0x5f80, 0x7f80}, /* 2^64 * 2^64 */
       {DUET_BFLOAT16, DUET_PROD, 0xdf80, 0x5f80, 0xff80},
       {DUET_FLOAT8_E4M3, DUET_SUM, 0x7e, 0x7e, NAN_ANY}, /* 448 + 448: no inf */
       {DUET_FLOAT8_E4M3, DUET_SUM, 0xfe, 0xfe, NAN_ANY},
-      {DUET_FLOAT8_E4M3, DUET_SUM, 0x7e, 0x58, 0x7e}, /* 464: tie, 448 is even */
+      {DUET_FLOAT8_E4M3, DUET_SUM, 0x7e, 0x58, 0x7e},    /* 464: tie, 448 is even */
       {DUET_FLOAT8_E4M3, DUET_SUM, 0x7e, 0x60, NAN_ANY}, /* 480 */
       {DUET_FLOAT8_E4M3, DUET_SUM, 0x7e, 0x01, 0x7e},
       {DUET_FLOAT8_E4M3, DUET_PROD, 0x70, 0x48, NAN_ANY}, /* 128 * 4 */
       {DUET_FLOAT8_E4M3, DUET_PROD, 0x70, 0x40, 0x78},    /* 128 * 2 = 256 */
-      {DUET_FLOAT8_E5M2, DUET_SUM, 0x7b, 0x7b, 0x7c}, /* 57344 + 57344 */
-      {DUET_FLOAT8_E5M2, DUET_SUM, 0x7b, 0x6c, 0x7c}, /* 61440: tie, even is inf */
-      {DUET_FLOAT8_E5M2, DUET_SUM, 0x7b, 0x68, 0x7b}, /* 59392 stays */
+      {DUET_FLOAT8_E5M2, DUET_SUM, 0x7b, 0x7b, 0x7c},     /* 57344 + 57344 */
+      {DUET_FLOAT8_E5M2, DUET_SUM, 0x7b, 0x6c, 0x7c},     /* 61440: tie, even is inf */
+      {DUET_FLOAT8_E5M2, DUET_SUM, 0x7b, 0x68, 0x7b},     /* 59392 stays */
       {DUET_FLOAT8_E5M2, DUET_SUM, 0xfb, 0xfb, 0xfc},
       {DUET_FLOAT32, DUET_SUM, 0x7f7fffff, 0x7f7fffff, 0x7f800000},
       {DUET_FLOAT64, DUET_PROD, UINT64_C(0x7fefffffffffffff), UINT64_C(0x4000000000000000),
@@ -628,9 +742,16 @@ Test(reduce_edge, signed_zero) {
       {DUET_FLOAT64, DUET_SUM, UINT64_C(0x8000000000000000), UINT64_C(0x8000000000000000),
        UINT64_C(0x8000000000000000)},
       {DUET_FLOAT64, DUET_PROD, UINT64_C(0x8000000000000000), 0, UINT64_C(0x8000000000000000)},
-      /* ties in min/max keep a, so -0 vs +0 returns a */
-      {DUET_FLOAT32, DUET_MIN, 0x00000000, 0x80000000, 0x00000000},
-      {DUET_FLOAT32, DUET_MAX, 0x80000000, 0x00000000, 0x80000000},
+      /* min/max commute on signed zeros: -0 < +0 in either order */
+      {DUET_FLOAT32, DUET_MIN, 0x00000000, 0x80000000, 0x80000000},
+      {DUET_FLOAT32, DUET_MIN, 0x80000000, 0x00000000, 0x80000000},
+      {DUET_FLOAT32, DUET_MAX, 0x80000000, 0x00000000, 0x00000000},
+      {DUET_FLOAT32, DUET_MAX, 0x00000000, 0x80000000, 0x00000000},
+      {DUET_FLOAT16, DUET_MIN, 0x0000, 0x8000, 0x8000},
+      {DUET_BFLOAT16, DUET_MAX, 0x8000, 0x0000, 0x0000},
+      {DUET_FLOAT64, DUET_MIN, 0, UINT64_C(0x8000000000000000), UINT64_C(0x8000000000000000)},
+      {DUET_FLOAT64, DUET_MAX, UINT64_C(0x8000000000000000), UINT64_C(0x8000000000000000),
+       UINT64_C(0x8000000000000000)},
   };
   run_cases(k, NCASES(k));
 }
@@ -698,8 +819,7 @@ static void check_exact(const fmt_t *fmt, const conv_t *c, size_t n) {
   for (size_t i = 0; i < n; i++) {
     float got = lib_decode(fmt, c[i].bits);
     if (memcmp(&got, &c[i].f, sizeof got) != 0)
-      fail_note("%s decode 0x%x = %a, want %a", fmt->name, c[i].bits, (double)got,
-                (double)c[i].f);
+      fail_note("%s decode 0x%x = %a, want %a", fmt->name, c[i].bits, (double)got, (double)c[i].f);
     uint32_t b = lib_encode(fmt, c[i].f);
     if (b != c[i].bits)
       fail_note("%s encode %a = 0x%x, want 0x%x", fmt->name, (double)c[i].f, b, c[i].bits);
@@ -720,22 +840,25 @@ static void check_rounding(const fmt_t *fmt, const conv_t *c, size_t n) {
 
 Test(convert, float16_known_values) {
   static const conv_t exact[] = {
-      {0.0f, 0x0000},         {-0.0f, 0x8000},         {1.0f, 0x3c00},
-      {-2.0f, 0xc000},        {1.5f, 0x3e00},          {65504.0f, 0x7bff},
-      {-65504.0f, 0xfbff},    {0x1p-14f, 0x0400},      {0x1p-24f, 0x0001},
-      {0x3ffp-24f, 0x03ff},   {-0x1p-24f, 0x8001},     {0.333251953125f, 0x3555},
-      {3.140625f, 0x4248},    {INFINITY, 0x7c00},      {-INFINITY, 0xfc00},
-      {0x1.ffcp-1f, 0x3bff},  {1024.0f, 0x6400},       {0x1.004p0f, 0x3c01},
+      {0.0f, 0x0000},      {-0.0f, 0x8000},      {1.0f, 0x3c00},      {-2.0f, 0xc000},
+      {1.5f, 0x3e00},      {65504.0f, 0x7bff},   {-65504.0f, 0xfbff}, {0x1p-14f, 0x0400},
+      {0x1p-24f, 0x0001},  {0x3ffp-24f, 0x03ff}, {-0x1p-24f, 0x8001}, {0.333251953125f, 0x3555},
+      {3.140625f, 0x4248}, {INFINITY, 0x7c00},   {-INFINITY, 0xfc00}, {0x1.ffcp-1f, 0x3bff},
+      {1024.0f, 0x6400},   {0x1.004p0f, 0x3c01},
   };
   static const conv_t round[] = {
-      {1.0f / 3.0f, 0x3555},     {3.14159265f, 0x4248},   {65519.99f, 0x7bff},
-      {65520.0f, 0x7c00},        {65536.0f, 0x7c00},      {1e10f, 0x7c00},
-      {-1e10f, 0xfc00},          {FLT_MAX, 0x7c00},       {0x1.002p0f, 0x3c00},
-      {0x1.006p0f, 0x3c02},      {-0x1.006p0f, 0xbc02},   {0x1.0021p0f, 0x3c01},
-      {0x1p-25f, 0x0000},        {0x1.000002p-25f, 0x0001}, {0x3p-25f, 0x0002},
-      {-0x1p-25f, 0x8000},       {0x1p-26f, 0x0000},      {0x7ffp-25f, 0x0400},
-      {0x7fdp-25f, 0x03fe},      {1e-10f, 0x0000},        {0x1p-149f, 0x0000},
-      {NAN, NANB},               {-NAN, NANB},
+      {1.0f / 3.0f, 0x3555}, {3.14159265f, 0x4248},
+      {65519.99f, 0x7bff},   {65520.0f, 0x7c00},
+      {65536.0f, 0x7c00},    {1e10f, 0x7c00},
+      {-1e10f, 0xfc00},      {FLT_MAX, 0x7c00},
+      {0x1.002p0f, 0x3c00},  {0x1.006p0f, 0x3c02},
+      {-0x1.006p0f, 0xbc02}, {0x1.0021p0f, 0x3c01},
+      {0x1p-25f, 0x0000},    {0x1.000002p-25f, 0x0001},
+      {0x3p-25f, 0x0002},    {-0x1p-25f, 0x8000},
+      {0x1p-26f, 0x0000},    {0x7ffp-25f, 0x0400},
+      {0x7fdp-25f, 0x03fe},  {1e-10f, 0x0000},
+      {0x1p-149f, 0x0000},   {NAN, NANB},
+      {-NAN, NANB},
   };
   check_exact(&FMT_F16, exact, NCASES(exact));
   check_rounding(&FMT_F16, round, NCASES(round));
@@ -744,23 +867,34 @@ Test(convert, float16_known_values) {
   ASSERT_NO_FAILURES();
 }
 
-static float f32_bits(uint32_t u) { return f32_of(u); }
+static float f32_bits(uint32_t u) {
+  return f32_of(u);
+}
 
 Test(convert, bfloat16_known_values) {
   static const conv_t exact[] = {
-      {0.0f, 0x0000},      {-0.0f, 0x8000},    {1.0f, 0x3f80},       {-2.0f, 0xc000},
-      {3.140625f, 0x4049}, {INFINITY, 0x7f80}, {-INFINITY, 0xff80},  {0x1p-126f, 0x0080},
+      {0.0f, 0x0000},      {-0.0f, 0x8000},       {1.0f, 0x3f80},       {-2.0f, 0xc000},
+      {3.140625f, 0x4049}, {INFINITY, 0x7f80},    {-INFINITY, 0xff80},  {0x1p-126f, 0x0080},
       {0x1p-133f, 0x0001}, {0x1.fep127f, 0x7f7f}, {0x7fp-133f, 0x007f}, {0.5f, 0x3f00},
   };
   conv_t round[] = {
-      {3.14159265f, 0x4049},      {FLT_MAX, 0x7f80},            {0x1.01p0f, 0x3f80},
-      {0x1.03p0f, 0x3f82},        {-0x1.03p0f, 0xbf82},         {0x1.0101p0f, 0x3f81},
-      {1.0f / 3.0f, 0x3eab},      {0x1.ffp127f, 0x7f80},        {0x1.fdp127f, 0x7f7e},
-      {f32_bits(0x00008000), 0x0000}, {f32_bits(0x00018000), 0x0002},
-      {f32_bits(0x00008001), 0x0001}, {f32_bits(0x807fffff), 0x8080},
+      {3.14159265f, 0x4049},
+      {FLT_MAX, 0x7f80},
+      {0x1.01p0f, 0x3f80},
+      {0x1.03p0f, 0x3f82},
+      {-0x1.03p0f, 0xbf82},
+      {0x1.0101p0f, 0x3f81},
+      {1.0f / 3.0f, 0x3eab},
+      {0x1.ffp127f, 0x7f80},
+      {0x1.fdp127f, 0x7f7e},
+      {f32_bits(0x00008000), 0x0000},
+      {f32_bits(0x00018000), 0x0002},
+      {f32_bits(0x00008001), 0x0001},
+      {f32_bits(0x807fffff), 0x8080},
       {NAN, NANB},
       {f32_bits(0x7f800001), NANB}, /* sNaN must not round to inf */
-      {f32_bits(0xff80ffff), NANB}, {f32_bits(0x7fffffff), NANB},
+      {f32_bits(0xff80ffff), NANB},
+      {f32_bits(0x7fffffff), NANB},
   };
   check_exact(&FMT_BF16, exact, NCASES(exact));
   check_rounding(&FMT_BF16, round, NCASES(round));
@@ -769,16 +903,18 @@ Test(convert, bfloat16_known_values) {
 
 Test(convert, e4m3_known_values) {
   static const conv_t exact[] = {
-      {0.0f, 0x00},   {-0.0f, 0x80},  {1.0f, 0x38},      {-0.5f, 0xb0},     {448.0f, 0x7e},
-      {-448.0f, 0xfe}, {256.0f, 0x78}, {240.0f, 0x77},   {0x1p-6f, 0x08},   {0x1p-9f, 0x01},
-      {0x7p-9f, 0x07}, {1.125f, 0x39}, {0.34375f, 0x2b}, {-0x3p-9f, 0x83},  {2.0f, 0x40},
+      {0.0f, 0x00},    {-0.0f, 0x80},  {1.0f, 0x38},     {-0.5f, 0xb0},    {448.0f, 0x7e},
+      {-448.0f, 0xfe}, {256.0f, 0x78}, {240.0f, 0x77},   {0x1p-6f, 0x08},  {0x1p-9f, 0x01},
+      {0x7p-9f, 0x07}, {1.125f, 0x39}, {0.34375f, 0x2b}, {-0x3p-9f, 0x83}, {2.0f, 0x40},
   };
   static const conv_t round[] = {
-      {464.0f, 0x7e},          {0x1.d00002p8f, NANB}, {480.0f, NANB},    {1000.0f, NANB},
-      {-1000.0f, NANB},        {INFINITY, NANB},      {-INFINITY, NANB}, {449.0f, 0x7e},
-      {1.0625f, 0x38},         {1.1875f, 0x3a},       {-1.1875f, 0xba},  {0x1p-10f, 0x00},
-      {0x1.000002p-10f, 0x01}, {0x3p-10f, 0x02},      {0xfp-10f, 0x08},  {1.0f / 3.0f, 0x2b},
-      {NAN, NANB},             {1e-30f, 0x00},        {-1e-30f, 0x80},
+      {464.0f, 0x7e},          {0x1.d00002p8f, NANB}, {480.0f, NANB},
+      {1000.0f, NANB},         {-1000.0f, NANB},      {INFINITY, NANB},
+      {-INFINITY, NANB},       {449.0f, 0x7e},        {1.0625f, 0x38},
+      {1.1875f, 0x3a},         {-1.1875f, 0xba},      {0x1p-10f, 0x00},
+      {0x1.000002p-10f, 0x01}, {0x3p-10f, 0x02},      {0xfp-10f, 0x08},
+      {1.0f / 3.0f, 0x2b},     {NAN, NANB},           {1e-30f, 0x00},
+      {-1e-30f, 0x80},
   };
   check_exact(&FMT_E4M3, exact, NCASES(exact));
   check_rounding(&FMT_E4M3, round, NCASES(round));
@@ -788,14 +924,14 @@ Test(convert, e4m3_known_values) {
 
 Test(convert, e5m2_known_values) {
   static const conv_t exact[] = {
-      {0.0f, 0x00},   {-0.0f, 0x80},   {1.0f, 0x3c},      {-1.5f, 0xbe},       {57344.0f, 0x7b},
-      {0x1p-16f, 0x01}, {0x1p-14f, 0x04}, {0x3p-16f, 0x03}, {INFINITY, 0x7c},    {-INFINITY, 0xfc},
-      {0.3125f, 0x35}, {2.0f, 0x40},
+      {0.0f, 0x00},     {-0.0f, 0x80},     {1.0f, 0x3c},     {-1.5f, 0xbe},
+      {57344.0f, 0x7b}, {0x1p-16f, 0x01},  {0x1p-14f, 0x04}, {0x3p-16f, 0x03},
+      {INFINITY, 0x7c}, {-INFINITY, 0xfc}, {0.3125f, 0x35},  {2.0f, 0x40},
   };
   conv_t round[] = {
-      {61440.0f, 0x7c},        {61439.0f, 0x7b},   {1e6f, 0x7c},    {-1e6f, 0xfc},
-      {1.125f, 0x3c},          {1.375f, 0x3e},     {0x1p-17f, 0x00}, {0x1.000002p-17f, 0x01},
-      {0x3p-17f, 0x02},        {1.0f / 3.0f, 0x35}, {NAN, NANB},     {f32_bits(0x7f800001), NANB},
+      {61440.0f, 0x7c}, {61439.0f, 0x7b},    {1e6f, 0x7c},     {-1e6f, 0xfc},
+      {1.125f, 0x3c},   {1.375f, 0x3e},      {0x1p-17f, 0x00}, {0x1.000002p-17f, 0x01},
+      {0x3p-17f, 0x02}, {1.0f / 3.0f, 0x35}, {NAN, NANB},      {f32_bits(0x7f800001), NANB},
   };
   check_exact(&FMT_E5M2, exact, NCASES(exact));
   check_rounding(&FMT_E5M2, round, NCASES(round));
@@ -825,10 +961,18 @@ static void check_exhaustive(const fmt_t *f) {
   ASSERT_NO_FAILURES();
 }
 
-Test(convert, exhaustive_roundtrip_float16) { check_exhaustive(&FMT_F16); }
-Test(convert, exhaustive_roundtrip_bfloat16) { check_exhaustive(&FMT_BF16); }
-Test(convert, exhaustive_roundtrip_e4m3) { check_exhaustive(&FMT_E4M3); }
-Test(convert, exhaustive_roundtrip_e5m2) { check_exhaustive(&FMT_E5M2); }
+Test(convert, exhaustive_roundtrip_float16) {
+  check_exhaustive(&FMT_F16);
+}
+Test(convert, exhaustive_roundtrip_bfloat16) {
+  check_exhaustive(&FMT_BF16);
+}
+Test(convert, exhaustive_roundtrip_e4m3) {
+  check_exhaustive(&FMT_E4M3);
+}
+Test(convert, exhaustive_roundtrip_e5m2) {
+  check_exhaustive(&FMT_E5M2);
+}
 
 /* Narrowing at every rounding boundary: for each pair of neighbouring
  * positive values (the last finite one paired with the value one ulp above
@@ -864,10 +1008,18 @@ static void check_encode_against_reference(const fmt_t *f) {
   ASSERT_NO_FAILURES();
 }
 
-Test(convert, encode_boundaries_float16) { check_encode_against_reference(&FMT_F16); }
-Test(convert, encode_boundaries_bfloat16) { check_encode_against_reference(&FMT_BF16); }
-Test(convert, encode_boundaries_e4m3) { check_encode_against_reference(&FMT_E4M3); }
-Test(convert, encode_boundaries_e5m2) { check_encode_against_reference(&FMT_E5M2); }
+Test(convert, encode_boundaries_float16) {
+  check_encode_against_reference(&FMT_F16);
+}
+Test(convert, encode_boundaries_bfloat16) {
+  check_encode_against_reference(&FMT_BF16);
+}
+Test(convert, encode_boundaries_e4m3) {
+  check_encode_against_reference(&FMT_E4M3);
+}
+Test(convert, encode_boundaries_e5m2) {
+  check_encode_against_reference(&FMT_E5M2);
+}
 
 /* ---- AVG ---- */
 
@@ -887,7 +1039,8 @@ static void run_avg(const avg_t *c, size_t nc) {
     duet__reduce_avg_finish(buf, N, c[i].dt, c[i].n);
     for (size_t j = 0; j < N; j++) {
       uint64_t got = get_el(buf, j, sz);
-      if (c[i].want == NAN_ANY && TI[c[i].dt].kind != K_INT ? !is_nan_bits(c[i].dt, got) : got != c[i].want) {
+      if (c[i].want == NAN_ANY && TI[c[i].dt].kind != K_INT ? !is_nan_bits(c[i].dt, got)
+                                                            : got != c[i].want) {
         fail_note("avg %s 0x%llx / %d = 0x%llx, want 0x%llx", TI[c[i].dt].name,
                   (unsigned long long)c[i].in, c[i].n, (unsigned long long)got,
                   (unsigned long long)c[i].want);
@@ -904,13 +1057,20 @@ static void run_avg(const avg_t *c, size_t nc) {
 
 Test(avg, integers_truncate_toward_zero) {
   static const avg_t c[] = {
-      {DUET_INT8, 2, I8(-7), I8(-3)},      {DUET_INT8, 2, I8(7), I8(3)},
-      {DUET_INT8, 3, I8(-128), I8(-42)},   {DUET_INT8, 3, I8(127), I8(42)},
-      {DUET_INT8, 2, I8(-1), 0},           {DUET_INT8, 200, I8(-128), 0},
-      {DUET_UINT8, 2, 255, 127},           {DUET_UINT8, 1000, 255, 0},
-      {DUET_INT32, 2, I32(-7), I32(-3)},   {DUET_INT32, 2, I32(INT32_MIN), I32(-1073741824)},
-      {DUET_INT32, 7, I32(-13), I32(-1)},  {DUET_UINT32, 2, 0xffffffff, 0x7fffffff},
-      {DUET_INT64, 3, I64(-7), I64(-2)},   {DUET_INT64, 3, I64(INT64_MIN), I64(-3074457345618258602)},
+      {DUET_INT8, 2, I8(-7), I8(-3)},
+      {DUET_INT8, 2, I8(7), I8(3)},
+      {DUET_INT8, 3, I8(-128), I8(-42)},
+      {DUET_INT8, 3, I8(127), I8(42)},
+      {DUET_INT8, 2, I8(-1), 0},
+      {DUET_INT8, 200, I8(-128), 0},
+      {DUET_UINT8, 2, 255, 127},
+      {DUET_UINT8, 1000, 255, 0},
+      {DUET_INT32, 2, I32(-7), I32(-3)},
+      {DUET_INT32, 2, I32(INT32_MIN), I32(-1073741824)},
+      {DUET_INT32, 7, I32(-13), I32(-1)},
+      {DUET_UINT32, 2, 0xffffffff, 0x7fffffff},
+      {DUET_INT64, 3, I64(-7), I64(-2)},
+      {DUET_INT64, 3, I64(INT64_MIN), I64(-3074457345618258602)},
       {DUET_INT64, 3, I64(INT64_MAX), I64(3074457345618258602)},
       {DUET_UINT64, 3, UINT64_MAX, UINT64_C(6148914691236517205)},
       {DUET_UINT64, 2, UINT64_C(0x8000000000000001), UINT64_C(0x4000000000000000)},
@@ -921,11 +1081,11 @@ Test(avg, integers_truncate_toward_zero) {
 
 Test(avg, floats_round_once) {
   static const avg_t c[] = {
-      {DUET_FLOAT16, 3, 0x3c00, 0x3555},        /* 1/3 */
-      {DUET_FLOAT16, 2, 0x0001, 0x0000},        /* 2^-25: tie to even */
-      {DUET_FLOAT16, 2, 0x0003, 0x0002},        /* 1.5 * 2^-24: tie up */
-      {DUET_FLOAT16, 4, 0x7c00, 0x7c00},        /* inf / 4 */
-      {DUET_FLOAT16, 2, 0x8000, 0x8000},        /* -0 stays -0 */
+      {DUET_FLOAT16, 3, 0x3c00, 0x3555}, /* 1/3 */
+      {DUET_FLOAT16, 2, 0x0001, 0x0000}, /* 2^-25: tie to even */
+      {DUET_FLOAT16, 2, 0x0003, 0x0002}, /* 1.5 * 2^-24: tie up */
+      {DUET_FLOAT16, 4, 0x7c00, 0x7c00}, /* inf / 4 */
+      {DUET_FLOAT16, 2, 0x8000, 0x8000}, /* -0 stays -0 */
       {DUET_FLOAT16, 3, 0x7e00, NAN_ANY},
       {DUET_BFLOAT16, 3, 0x3f80, 0x3eab},
       {DUET_BFLOAT16, 2, 0x0001, 0x0000},
@@ -950,8 +1110,8 @@ Test(avg, end_to_end_three_ranks) {
     duet_datatype_t dt;
     uint64_t r[3], want;
   } c[] = {
-      {DUET_INT8, {I8(-2), I8(0), I8(1)}, 0},        /* -1/3 -> 0 */
-      {DUET_INT8, {I8(-5), I8(0), I8(0)}, I8(-1)},   /* -5/3 -> -1 */
+      {DUET_INT8, {I8(-2), I8(0), I8(1)}, 0},           /* -1/3 -> 0 */
+      {DUET_INT8, {I8(-5), I8(0), I8(0)}, I8(-1)},      /* -5/3 -> -1 */
       {DUET_INT8, {I8(100), I8(100), I8(100)}, I8(14)}, /* 300 wraps to 44, /3 = 14 */
       {DUET_INT32, {I32(-7), I32(-7), I32(-8)}, I32(-7)},
       {DUET_UINT32, {5, 5, 6}, 5},
@@ -1005,8 +1165,12 @@ Test(avg, random_all_types) {
             want = (uint64_t)(u128)(x < 0 ? -q : q) & width_mask(sz);
             break;
           }
-          case K_F32: want = bits_f32((float)((double)f32_of(v) / ns[in])); break;
-          case K_F64: want = bits_f64(f64_of(v) / ns[in]); break;
+          case K_F32:
+            want = bits_f32((float)((double)f32_of(v) / ns[in]));
+            break;
+          case K_F64:
+            want = bits_f64(f64_of(v) / ns[in]);
+            break;
           default:
             want = ref_encode(t->fmt, (double)(float)(ref_decode(t->fmt, (uint32_t)v) / ns[in]));
             break;
@@ -1029,8 +1193,7 @@ Test(reduce_meta, names_sizes_and_float_flags) {
   for (int dt = 0; dt < DUET_NUM_DATATYPES; dt++) {
     cr_expect_eq(duet__dt_size((duet_datatype_t)dt), TI[dt].size, "size of %s", TI[dt].name);
     cr_expect_str_eq(duet__dt_name((duet_datatype_t)dt), TI[dt].name);
-    cr_expect_eq(duet__dt_is_float((duet_datatype_t)dt), TI[dt].kind != K_INT, "%s",
-                 TI[dt].name);
+    cr_expect_eq(duet__dt_is_float((duet_datatype_t)dt), TI[dt].kind != K_INT, "%s", TI[dt].name);
   }
   for (int op = 0; op < DUET_NUM_OPS; op++)
     cr_expect_str_eq(duet__op_name((duet_op_t)op), opn[op]);
