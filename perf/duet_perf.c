@@ -50,6 +50,16 @@ static const dtype_t dtypes[DUET_NUM_DATATYPES] = {
     {DUET_FLOAT8_E4M3, 1, "float8e4m3", 1, 1, 4, 3, 7, 0},
     {DUET_FLOAT8_E5M2, 1, "float8e5m2", 1, 1, 5, 2, 15, 1},
 };
+/* nccl-tests' names and other common spellings */
+static const struct {
+  const char *alias;
+  duet_datatype_t dt;
+} dt_aliases[] = {
+    {"half", DUET_FLOAT16},         {"fp16", DUET_FLOAT16},         {"bf16", DUET_BFLOAT16},
+    {"float", DUET_FLOAT32},        {"fp32", DUET_FLOAT32},         {"double", DUET_FLOAT64},
+    {"fp64", DUET_FLOAT64},         {"fp8_e4m3", DUET_FLOAT8_E4M3}, {"e4m3", DUET_FLOAT8_E4M3},
+    {"fp8_e5m2", DUET_FLOAT8_E5M2}, {"e5m2", DUET_FLOAT8_E5M2},
+};
 static const char *const op_names[DUET_NUM_OPS] = {"sum", "prod", "min", "max", "avg"};
 
 /* ---- collectives: adding one is a row and a run function ---- */
@@ -377,6 +387,9 @@ static const char *parse_opts(int argc, char **argv, opts_t *o) {
       for (int i = 0; i < DUET_NUM_DATATYPES; i++)
         if (strcmp(optarg, dtypes[i].name) == 0)
           o->dt = i;
+      for (size_t i = 0; i < sizeof dt_aliases / sizeof dt_aliases[0]; i++)
+        if (strcmp(optarg, dt_aliases[i].alias) == 0)
+          o->dt = (int)dt_aliases[i].dt;
       if (o->dt == -2)
         return "unknown datatype (-d)";
       break;

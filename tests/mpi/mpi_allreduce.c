@@ -1,7 +1,7 @@
 /*
  * mpi_allreduce.c - duet_allreduce against MPI_Allreduce (or a serial
- * reference for float16/bfloat16/float8), every datatype x op, several
- * counts, in place and out of place.
+ * reference for float16/bfloat16/float8 and 8-bit integers), every datatype x
+ * op, several counts, in place and out of place.
  *
  *   mpirun -np 4 tests/mpi/mpi_allreduce [-a ring|rd|auto] [-q] [-t types] [-o ops]
  *                                        [-c counts] [-v]

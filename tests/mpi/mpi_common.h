@@ -6,7 +6,8 @@
  * it to every rank, and each rank joins with duet_comm_init_rank. Results are
  * checked against MPI_Allreduce for the types MPI knows, and against a serial
  * reduction of every rank's input (gathered with MPI_Allgather) for float16,
- * bfloat16 and the two float8 types, which MPI lacks.
+ * bfloat16 and the two float8 types, which MPI lacks, and for 8-bit integers
+ * (Open MPI 4.1 saturates their sums instead of wrapping, see mt_reference).
  *
  * Inputs are chosen so that every partial result is exact in the type: any
  * summation order (ring, recursive doubling, MPI's own) gives the same bits,
