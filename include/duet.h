@@ -155,8 +155,18 @@ duet_status_t duet_allgather(const void *sendbuf, void *recvbuf, size_t sendcoun
                              duet_datatype_t dt, duet_comm_t *comm);
 duet_status_t duet_reduce_scatter(const void *sendbuf, void *recvbuf, size_t recvcount,
                                   duet_datatype_t dt, duet_op_t op, duet_comm_t *comm);
-/* On the root, sendbuf is the data; elsewhere sendbuf is ignored. recvbuf
- * receives count elements on every rank (the root may pass recvbuf == sendbuf). */
+/* allgather: sendbuf holds sendcount elements; recvbuf receives nranks blocks
+ * of sendcount, block r from rank r. In place: sendbuf == recvbuf (MPI_IN_PLACE:
+ * this rank's block is already at recvbuf + rank*sendcount) or sendbuf ==
+ * recvbuf + rank*sendcount (NCCL's form).
+ * reduce_scatter: sendbuf holds nranks blocks of recvcount; recvbuf receives
+ * block `rank` reduced over all ranks. In place: recvbuf == sendbuf (the result
+ * lands at the start, as MPI) or recvbuf == sendbuf + rank*recvcount (NCCL).
+ * reduce: the result lands in the root's recvbuf; elsewhere recvbuf is
+ * ignored (may be NULL).
+ * broadcast: on the root, sendbuf is the data; elsewhere sendbuf is ignored.
+ * recvbuf receives count elements on every rank (the root may pass
+ * recvbuf == sendbuf). */
 duet_status_t duet_broadcast(const void *sendbuf, void *recvbuf, size_t count,
                              duet_datatype_t dt, int root, duet_comm_t *comm);
 duet_status_t duet_reduce(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,

@@ -11,8 +11,9 @@
 #include "tune/tune.h"
 
 const char *duet__coll_name(int coll) {
-  static const char *names[DUET_COLL_COUNT] = {"duet_allreduce", "duet_broadcast",
-                                               "duet_barrier", "duet_send", "duet_recv"};
+  static const char *names[DUET_COLL_COUNT] = {
+      "duet_allreduce", "duet_broadcast", "duet_barrier",        "duet_send",   "duet_recv",
+      "duet_allgather", "duet_reduce_scatter", "duet_reduce", "duet_alltoall", "duet_alltoallv"};
   return coll >= 0 && coll < DUET_COLL_COUNT ? names[coll] : "duet_?";
 }
 

@@ -7,14 +7,7 @@
 
 #include "coll/schedule.h"
 
-enum {
-  DUET_COLL_ALLREDUCE,
-  DUET_COLL_BROADCAST,
-  DUET_COLL_BARRIER,
-  DUET_COLL_SEND,
-  DUET_COLL_RECV,
-  DUET_COLL_COUNT
-};
+#include "core/algo.h"
 
 typedef struct duet__coll_args {
   int coll;          /* DUET_COLL_* */

@@ -22,7 +22,7 @@ const duet__config_row_t duet__config_table[] = {
     {"DUET_HPN_IFACE", "", "interface (libfabric domain) of the HPN; default lo when the job is on one host"},
     {"DUET_SUPERNODE", "", "super-node id of this rank (default: its host name)"},
     {"DUET_PROGRESS_THREAD", "0", "1: a progress thread (not yet supported); 0: progress inside calls"},
-    {"DUET_ALGO", "", "force algorithms, e.g. allreduce=ring|rd,broadcast=binomial,barrier=dissem"},
+    {"DUET_ALGO", "", "force algorithms per collective, e.g. allreduce=hier,allgather=ring"},
     {"DUET_CHUNK_BYTES", "262144", "pipelining chunk of large collectives, bytes"},
     {"DUET_RD_MAX_BYTES", "16384", "allreduce uses recursive doubling up to this size, ring above"},
     {"DUET_DEBUG", "WARN", "log level: NONE, WARN, INFO, TRACE"},
@@ -86,45 +86,42 @@ int duet__config_parse_bool(const char *name, const char *text, int *out, char *
 /* DUET_ALGO: comma list of collective=algorithm. */
 int duet__config_parse_algo(const char *text, duet__algo_force_t *out, char *errbuf,
                             size_t errlen) {
-  static const struct {
-    const char *coll, *algo;
-    size_t field;
-    int value;
-  } rows[] = {
-      {"allreduce", "ring", offsetof(duet__algo_force_t, allreduce), DUET_ALGO_RING},
-      {"allreduce", "rd", offsetof(duet__algo_force_t, allreduce), DUET_ALGO_RD},
-      {"allreduce", "auto", offsetof(duet__algo_force_t, allreduce), DUET_ALGO_AUTO},
-      {"broadcast", "binomial", offsetof(duet__algo_force_t, broadcast), DUET_ALGO_BINOMIAL},
-      {"broadcast", "auto", offsetof(duet__algo_force_t, broadcast), DUET_ALGO_AUTO},
-      {"barrier", "dissem", offsetof(duet__algo_force_t, barrier), DUET_ALGO_DISSEM},
-      {"barrier", "auto", offsetof(duet__algo_force_t, barrier), DUET_ALGO_AUTO},
-  };
-  duet__algo_force_t f = {0};
+  duet__algo_force_t f;
   const char *p = text;
 
+  memset(&f, 0, sizeof(f));
   while (*p) {
-    size_t n = strcspn(p, ",");
+    size_t n = strcspn(p, ","), cl, al;
     const char *eq = memchr(p, '=', n);
-    size_t i;
+    int coll, algo;
     if (eq == NULL) {
       snprintf(errbuf, errlen, "DUET_ALGO='%s': '%.*s' is not collective=algorithm", text,
                (int)n, p);
       return -1;
     }
-    for (i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
-      size_t cl = (size_t)(eq - p), al = n - cl - 1;
-      if (strlen(rows[i].coll) == cl && strncmp(p, rows[i].coll, cl) == 0 &&
-          strlen(rows[i].algo) == al && strncmp(eq + 1, rows[i].algo, al) == 0)
+    cl = (size_t)(eq - p);
+    al = n - cl - 1;
+    for (coll = 0; coll < DUET_COLL_COUNT; coll++)
+      if (strlen(duet__coll_short_name(coll)) == cl &&
+          strncmp(p, duet__coll_short_name(coll), cl) == 0)
         break;
-    }
-    if (i == sizeof(rows) / sizeof(rows[0])) {
-      snprintf(errbuf, errlen,
-               "DUET_ALGO='%s': unknown '%.*s' (known: allreduce=ring|rd|auto, "
-               "broadcast=binomial|auto, barrier=dissem|auto)",
-               text, (int)n, p);
+    for (algo = 0; algo < DUET_ALGO_COUNT; algo++)
+      if (strlen(duet__algo_name(algo)) == al && strncmp(eq + 1, duet__algo_name(algo), al) == 0)
+        break;
+    if (coll == DUET_COLL_COUNT || algo == DUET_ALGO_COUNT || !duet__algo_valid(coll, algo)) {
+      char known[256] = "";
+      size_t k = 0;
+      if (coll < DUET_COLL_COUNT)
+        for (int a = 0; a < DUET_ALGO_COUNT && k < sizeof(known); a++)
+          if (duet__algo_valid(coll, a))
+            k += (size_t)snprintf(known + k, sizeof(known) - k, "%s%s", k ? "|" : "",
+                                  duet__algo_name(a));
+      snprintf(errbuf, errlen, "DUET_ALGO='%s': unknown '%.*s'%s%s%s", text, (int)n, p,
+               coll < DUET_COLL_COUNT ? " (known: " : " (not a collective)",
+               coll < DUET_COLL_COUNT ? known : "", coll < DUET_COLL_COUNT ? ")" : "");
       return -1;
     }
-    *(int *)((char *)&f + rows[i].field) = rows[i].value;
+    f.coll[coll] = algo;
     p += n;
     if (*p == ',')
       p++;

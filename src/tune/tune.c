@@ -3,7 +3,7 @@
 #include "core/log.h"
 
 duet__coll_build_fn duet__tune_allreduce(const duet_comm_t *comm, size_t bytes) {
-  int algo = comm->cfg.algo.allreduce;
+  int algo = comm->cfg.algo.coll[DUET_COLL_ALLREDUCE];
   if (algo == DUET_ALGO_AUTO)
     algo = bytes <= comm->cfg.rd_max_bytes ? DUET_ALGO_RD : DUET_ALGO_RING;
   DUET_TRACE(DUET_SUB_TUNE, "allreduce %zu bytes on %d ranks: %s", bytes, comm->nranks,

@@ -20,7 +20,7 @@ Test(config, defaults) {
   cr_assert_str_eq(cfg.upn_provider, "");
   cr_assert_str_eq(cfg.hpn_provider, "tcp");
   cr_assert_eq(cfg.chunk_bytes, 262144);
-  cr_assert_eq(cfg.algo.allreduce, DUET_ALGO_AUTO);
+  cr_assert_eq(cfg.algo.coll[DUET_COLL_ALLREDUCE], DUET_ALGO_AUTO);
   cr_assert_str_eq(cfg.src[0], "default");
 }
 
@@ -38,8 +38,8 @@ Test(config, env_then_field) {
   cr_assert_str_eq(cfg.src[0], "env");
   cr_assert_str_eq(cfg.upn_provider, "tcp");
   cr_assert_str_eq(cfg.supernode, "sn7");
-  cr_assert_eq(cfg.algo.allreduce, DUET_ALGO_RD);
-  cr_assert_eq(cfg.algo.barrier, DUET_ALGO_DISSEM);
+  cr_assert_eq(cfg.algo.coll[DUET_COLL_ALLREDUCE], DUET_ALGO_RD);
+  cr_assert_eq(cfg.algo.coll[DUET_COLL_BARRIER], DUET_ALGO_DISSEM);
   /* An explicit field beats the environment. */
   c.timeout_ms = 99;
   c.upn_provider = "shm";
@@ -72,6 +72,7 @@ Test(config, bad_values_are_errors) {
   expect_bad("DUET_ALGO", "allreduce");
   expect_bad("DUET_ALGO", "allreduce=fast");
   expect_bad("DUET_ALGO", "sort=ring");
+  expect_bad("DUET_ALGO", "barrier=ring");
   expect_bad("DUET_DEBUG", "LOUD");
   expect_bad("DUET_DEBUG_SUBSYS", "INIT,DISK");
 }
