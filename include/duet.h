@@ -123,6 +123,12 @@ duet_status_t duet_comm_init_rank(duet_comm_t **comm, int nranks, duet_unique_id
  * MASTER_ADDR, MASTER_PORT + 1). Rank 0 hosts the root. DUET_SECRET (32 hex
  * digits) authenticates the rendezvous. */
 duet_status_t duet_comm_init_env(duet_comm_t **comm, const duet_config_t *config);
+/* Collective over comm: ranks passing the same color form a new communicator,
+ * ranked by key (ties: by rank in comm). DUET_SPLIT_NOCOLOR: this rank joins
+ * none and gets *newcomm = NULL. The new communicator shares comm's
+ * connections but has its own ranks, super-node layout and statistics; free
+ * it with duet_comm_destroy (in any order relative to comm). */
+#define DUET_SPLIT_NOCOLOR (-1)
 duet_status_t duet_comm_split(duet_comm_t *comm, int color, int key, duet_comm_t **newcomm);
 /* Collective and graceful: waits for pending operations, frees everything. */
 duet_status_t duet_comm_destroy(duet_comm_t *comm);

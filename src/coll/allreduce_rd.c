@@ -28,22 +28,22 @@ duet_status_t duet__allreduce_rd_build(const duet__coll_args_t *a, duet__sched_t
   uint32_t last = DUET_STEP_NONE, slot_reader[2] = {DUET_STEP_NONE, DUET_STEP_NONE};
 
   if (bytes == 0)
-    return duet__sched_finalize(s);
+    return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
   if (p == 1) {
     duet__sched_copy(s, recvb, cur, bytes, NULL, 0);
-    return duet__sched_finalize(s);
+    return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
   }
   while (p2 * 2 <= p)
     p2 *= 2;
   rem = p - p2;
-  s->scratch_bytes = 2 * bytes;
+  duet__sched_need_scratch(s, 2 * bytes);
 
   if (r < 2 * rem && r % 2 == 0) {
     /* Folded out: hand the vector over, then receive the result (in place,
      * only after the send has finished reading it). */
     uint32_t sd = duet__sched_send(s, r + 1, RD_MSG_FOLD, cur, bytes, NULL, 0);
     duet__sched_recv(s, r + 1, RD_MSG_UNFOLD, recvb, bytes, &sd, 1);
-    return duet__sched_finalize(s);
+    return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
   }
   if (r < 2 * rem) {
     duet__ref_t in = duet__ref(DUET_BUF_SCRATCH, 0);
@@ -71,5 +71,5 @@ duet_status_t duet__allreduce_rd_build(const duet__coll_args_t *a, duet__sched_t
     last = duet__sched_avg(s, recvb, bytes, &last, 1);
   if (r < 2 * rem)
     duet__sched_send(s, r - 1, RD_MSG_UNFOLD, recvb, bytes, &last, 1);
-  return duet__sched_finalize(s);
+  return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
 }

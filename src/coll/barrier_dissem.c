@@ -16,5 +16,5 @@ duet_status_t duet__barrier_dissem_build(const duet__coll_args_t *a, duet__sched
     deps[0] = duet__sched_token(s, DUET_STEP_SEND, (r + d) % p, (uint32_t)k, deps, 2);
     deps[1] = duet__sched_token(s, DUET_STEP_RECV, (r - d + p) % p, (uint32_t)k, NULL, 0);
   }
-  return duet__sched_finalize(s);
+  return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
 }

@@ -17,7 +17,7 @@ duet_status_t duet__broadcast_binomial_build(const duet__coll_args_t *a, duet__s
   int lowbit = 1;
 
   if (a->count == 0)
-    return duet__sched_finalize(s);
+    return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
   chunk_elems = a->chunk_bytes / es ? a->chunk_bytes / es : 1;
   nch = (a->count + chunk_elems - 1) / chunk_elems;
   if (v == 0) {
@@ -48,5 +48,5 @@ duet_status_t duet__broadcast_binomial_build(const duet__coll_args_t *a, duet__s
         duet__sched_send(s, (v + m + a->root) % p, (uint32_t)c, src, len, &have, 1);
     }
   }
-  return duet__sched_finalize(s);
+  return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
 }

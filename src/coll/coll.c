@@ -8,6 +8,7 @@
 
 #include "core/comm.h"
 #include "reduce/reduce.h"
+#include "core/log.h"
 #include "tune/tune.h"
 
 const char *duet__coll_name(int coll) {
@@ -30,7 +31,41 @@ static duet_status_t duet__wait_and_free(duet_request_t *req) {
   return rc;
 }
 
-/* --- allreduce --- */
+/* --- collectives: check, tune, build, post --- */
+
+/* Fill the arguments every collective shares. */
+static void duet__args_init(duet__coll_args_t *a, duet_comm_t *comm, int coll, size_t count,
+                            duet_datatype_t dt, duet_op_t op, int root) {
+  memset(a, 0, sizeof(*a));
+  a->coll = coll;
+  a->rank = comm->rank;
+  a->nranks = comm->nranks;
+  a->root = root;
+  a->count = count;
+  a->dt = dt;
+  a->op = op;
+  a->dtsize = duet__dt_size(dt);
+  a->chunk_bytes = comm->cfg.chunk_bytes;
+  a->rd_max_bytes = comm->cfg.rd_max_bytes;
+  a->layout = &comm->layout;
+}
+
+/* Ask the tuner (or DUET_ALGO) for the algorithm, then post its schedule.
+ * bytes: the size the cost model weighs (the whole vector, or the gathered
+ * result). */
+static duet_status_t duet__coll_post(duet_comm_t *comm, duet__coll_args_t *a, size_t bytes,
+                                     const void *sendbuf, void *recvbuf, duet_request_t **req) {
+  duet__tune_choice_t ch = duet__tune_pick(&comm->shape, a->coll, bytes, &comm->cfg.algo);
+  duet__coll_build_fn build = duet__coll_builder(a->coll, ch.algo);
+  if (build == NULL)
+    return duet__set_error(comm, DUET_ERR_INTERNAL, "%s: no builder for algorithm %s",
+                           duet__coll_name(a->coll), duet__algo_name(ch.algo));
+  if (ch.chunk_bytes > 0 && !comm->cfg.chunk_forced)
+    a->chunk_bytes = ch.chunk_bytes;
+  DUET_TRACE(DUET_SUB_TUNE, "%s of %zu bytes: %s, chunk %zu", duet__coll_name(a->coll), bytes,
+             duet__algo_name(ch.algo), a->chunk_bytes);
+  return duet__request_post(comm, a->coll, a, build, sendbuf, recvbuf, req);
+}
 
 static duet_status_t duet__allreduce_post(const char *fn, const void *sendbuf, void *recvbuf,
                                           size_t count, duet_datatype_t dt, duet_op_t op,
@@ -45,17 +80,8 @@ static duet_status_t duet__allreduce_post(const char *fn, const void *sendbuf, v
   TRY(duet__check_buffer(comm, fn, "sendbuf", sendbuf, count));
   TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, count));
   TRY(duet__check_overlap(comm, fn, sendbuf, bytes, recvbuf, bytes));
-  memset(&a, 0, sizeof(a));
-  a.coll = DUET_COLL_ALLREDUCE;
-  a.rank = comm->rank;
-  a.nranks = comm->nranks;
-  a.count = count;
-  a.dt = dt;
-  a.op = op;
-  a.dtsize = duet__dt_size(dt);
-  a.chunk_bytes = comm->cfg.chunk_bytes;
-  return duet__request_post(comm, DUET_COLL_ALLREDUCE, &a, duet__tune_allreduce(comm, bytes),
-                            sendbuf, recvbuf, req);
+  duet__args_init(&a, comm, DUET_COLL_ALLREDUCE, count, dt, op, 0);
+  return duet__coll_post(comm, &a, bytes, sendbuf, recvbuf, req);
 }
 
 duet_status_t duet_iallreduce(const void *sendbuf, void *recvbuf, size_t count,
@@ -88,17 +114,8 @@ static duet_status_t duet__broadcast_post(const char *fn, const void *sendbuf, v
     TRY(duet__check_overlap(comm, fn, sendbuf, bytes, recvbuf, bytes));
   }
   TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, count));
-  memset(&a, 0, sizeof(a));
-  a.coll = DUET_COLL_BROADCAST;
-  a.rank = comm->rank;
-  a.nranks = comm->nranks;
-  a.root = root;
-  a.count = count;
-  a.dt = dt;
-  a.dtsize = duet__dt_size(dt);
-  a.chunk_bytes = comm->cfg.chunk_bytes;
-  return duet__request_post(comm, DUET_COLL_BROADCAST, &a, duet__tune_broadcast(comm, bytes),
-                            sendbuf, recvbuf, req);
+  duet__args_init(&a, comm, DUET_COLL_BROADCAST, count, dt, DUET_SUM, root);
+  return duet__coll_post(comm, &a, bytes, sendbuf, recvbuf, req);
 }
 
 duet_status_t duet_ibroadcast(const void *sendbuf, void *recvbuf, size_t count,
@@ -114,20 +131,133 @@ duet_status_t duet_broadcast(const void *sendbuf, void *recvbuf, size_t count,
   return duet__wait_and_free(req);
 }
 
+/* --- reduce --- */
+
+static duet_status_t duet__reduce_post(const char *fn, const void *sendbuf, void *recvbuf,
+                                       size_t count, duet_datatype_t dt, duet_op_t op, int root,
+                                       duet_comm_t *comm, duet_request_t **req) {
+  duet__coll_args_t a;
+  size_t bytes;
+  TRY(duet__check_comm(comm, fn));
+  TRY(duet__check_req_out(comm, fn, req));
+  TRY(duet__check_dt(comm, fn, dt));
+  TRY(duet__check_op(comm, fn, op));
+  TRY(duet__check_rank(comm, fn, "root", root));
+  TRY(duet__check_count(comm, fn, count, dt, &bytes));
+  TRY(duet__check_buffer(comm, fn, "sendbuf", sendbuf, count));
+  if (comm->rank == root) {
+    TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, count));
+    TRY(duet__check_overlap(comm, fn, sendbuf, bytes, recvbuf, bytes));
+  } else {
+    recvbuf = NULL; /* not ours to touch */
+  }
+  duet__args_init(&a, comm, DUET_COLL_REDUCE, count, dt, op, root);
+  return duet__coll_post(comm, &a, bytes, sendbuf, recvbuf, req);
+}
+
+duet_status_t duet_ireduce(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,
+                           duet_op_t op, int root, duet_comm_t *comm, duet_request_t **req) {
+  return duet__reduce_post("duet_ireduce", sendbuf, recvbuf, count, dt, op, root, comm, req);
+}
+
+duet_status_t duet_reduce(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,
+                          duet_op_t op, int root, duet_comm_t *comm) {
+  duet_request_t *req;
+  TRY(duet__reduce_post("duet_reduce", sendbuf, recvbuf, count, dt, op, root, comm, &req));
+  return duet__wait_and_free(req);
+}
+
+/* --- allgather --- */
+
+static duet_status_t duet__allgather_post(const char *fn, const void *sendbuf, void *recvbuf,
+                                          size_t sendcount, duet_datatype_t dt,
+                                          duet_comm_t *comm, duet_request_t **req) {
+  duet__coll_args_t a;
+  size_t bytes, total;
+  TRY(duet__check_comm(comm, fn));
+  TRY(duet__check_req_out(comm, fn, req));
+  TRY(duet__check_dt(comm, fn, dt));
+  TRY(duet__check_count(comm, fn, sendcount, dt, &bytes));
+  if (sendcount > SIZE_MAX / (size_t)comm->nranks)
+    return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT,
+                           "%s: sendcount %zu x %d ranks overflows", fn, sendcount, comm->nranks);
+  TRY(duet__check_count(comm, fn, sendcount * (size_t)comm->nranks, dt, &total));
+  TRY(duet__check_buffer(comm, fn, "sendbuf", sendbuf, sendcount));
+  TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, sendcount));
+  /* In place: MPI's form (sendbuf == recvbuf) means this rank's block is
+   * already in place; NCCL's form points sendbuf at it. */
+  if (sendbuf == recvbuf && bytes > 0)
+    sendbuf = (const char *)recvbuf + (size_t)comm->rank * bytes;
+  if (sendbuf != (const char *)recvbuf + (size_t)comm->rank * bytes)
+    TRY(duet__check_overlap(comm, fn, sendbuf, bytes, recvbuf, total));
+  duet__args_init(&a, comm, DUET_COLL_ALLGATHER, sendcount, dt, DUET_SUM, 0);
+  return duet__coll_post(comm, &a, total, sendbuf, recvbuf, req);
+}
+
+duet_status_t duet_iallgather(const void *sendbuf, void *recvbuf, size_t sendcount,
+                              duet_datatype_t dt, duet_comm_t *comm, duet_request_t **req) {
+  return duet__allgather_post("duet_iallgather", sendbuf, recvbuf, sendcount, dt, comm, req);
+}
+
+duet_status_t duet_allgather(const void *sendbuf, void *recvbuf, size_t sendcount,
+                             duet_datatype_t dt, duet_comm_t *comm) {
+  duet_request_t *req;
+  TRY(duet__allgather_post("duet_allgather", sendbuf, recvbuf, sendcount, dt, comm, &req));
+  return duet__wait_and_free(req);
+}
+
+/* --- reduce_scatter --- */
+
+static duet_status_t duet__reduce_scatter_post(const char *fn, const void *sendbuf,
+                                               void *recvbuf, size_t recvcount,
+                                               duet_datatype_t dt, duet_op_t op,
+                                               duet_comm_t *comm, duet_request_t **req) {
+  duet__coll_args_t a;
+  size_t bytes, total;
+  TRY(duet__check_comm(comm, fn));
+  TRY(duet__check_req_out(comm, fn, req));
+  TRY(duet__check_dt(comm, fn, dt));
+  TRY(duet__check_op(comm, fn, op));
+  TRY(duet__check_count(comm, fn, recvcount, dt, &bytes));
+  if (recvcount > SIZE_MAX / (size_t)comm->nranks)
+    return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT,
+                           "%s: recvcount %zu x %d ranks overflows", fn, recvcount, comm->nranks);
+  TRY(duet__check_count(comm, fn, recvcount * (size_t)comm->nranks, dt, &total));
+  TRY(duet__check_buffer(comm, fn, "sendbuf", sendbuf, recvcount));
+  TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, recvcount));
+  duet__args_init(&a, comm, DUET_COLL_REDUCE_SCATTER, recvcount, dt, op, 0);
+  /* In place: NCCL's form (recvbuf is this rank's block of sendbuf) needs
+   * nothing; MPI's form (recvbuf == sendbuf) makes the result in scratch. */
+  if (recvbuf == sendbuf && comm->rank != 0 && bytes > 0)
+    a.out_aliases_in = 1;
+  else if (recvbuf != (const char *)sendbuf + (size_t)comm->rank * bytes)
+    TRY(duet__check_overlap(comm, fn, sendbuf, total, recvbuf, bytes));
+  return duet__coll_post(comm, &a, total, sendbuf, recvbuf, req);
+}
+
+duet_status_t duet_ireduce_scatter(const void *sendbuf, void *recvbuf, size_t recvcount,
+                                   duet_datatype_t dt, duet_op_t op, duet_comm_t *comm,
+                                   duet_request_t **req) {
+  return duet__reduce_scatter_post("duet_ireduce_scatter", sendbuf, recvbuf, recvcount, dt, op,
+                                   comm, req);
+}
+
+duet_status_t duet_reduce_scatter(const void *sendbuf, void *recvbuf, size_t recvcount,
+                                  duet_datatype_t dt, duet_op_t op, duet_comm_t *comm) {
+  duet_request_t *req;
+  TRY(duet__reduce_scatter_post("duet_reduce_scatter", sendbuf, recvbuf, recvcount, dt, op, comm,
+                                &req));
+  return duet__wait_and_free(req);
+}
+
 /* --- barrier --- */
 
 static duet_status_t duet__barrier_post(const char *fn, duet_comm_t *comm, duet_request_t **req) {
   duet__coll_args_t a;
   TRY(duet__check_comm(comm, fn));
   TRY(duet__check_req_out(comm, fn, req));
-  memset(&a, 0, sizeof(a));
-  a.coll = DUET_COLL_BARRIER;
-  a.rank = comm->rank;
-  a.nranks = comm->nranks;
-  a.dt = DUET_UINT8;
-  a.dtsize = 1;
-  return duet__request_post(comm, DUET_COLL_BARRIER, &a, duet__tune_barrier(comm), NULL, NULL,
-                            req);
+  duet__args_init(&a, comm, DUET_COLL_BARRIER, 0, DUET_UINT8, DUET_SUM, 0);
+  return duet__coll_post(comm, &a, 0, NULL, NULL, req);
 }
 
 duet_status_t duet_ibarrier(duet_comm_t *comm, duet_request_t **req) {
@@ -298,38 +428,4 @@ duet_status_t duet_alltoallv(const void *sendbuf, const size_t *sendcounts, cons
       (void)dt;
   return duet__unsupported(comm, "duet_alltoallv");
 }
-duet_status_t duet_iallgather(const void *sendbuf, void *recvbuf, size_t sendcount,
-                              duet_datatype_t dt, duet_comm_t *comm, duet_request_t **req) {
-  (void)sendbuf, (void)recvbuf, (void)sendcount, (void)dt, (void)req;
-  return duet__unsupported(comm, "duet_iallgather");
-}
-duet_status_t duet_allgather(const void *sendbuf, void *recvbuf, size_t sendcount,
-                             duet_datatype_t dt, duet_comm_t *comm) {
-  (void)sendbuf, (void)recvbuf, (void)sendcount, (void)dt;
-  return duet__unsupported(comm, "duet_allgather");
-}
-duet_status_t duet_ireduce_scatter(const void *sendbuf, void *recvbuf, size_t recvcount,
-                                   duet_datatype_t dt, duet_op_t op, duet_comm_t *comm,
-                                   duet_request_t **req) {
-  (void)sendbuf, (void)recvbuf, (void)recvcount, (void)dt, (void)op, (void)req;
-  return duet__unsupported(comm, "duet_ireduce_scatter");
-}
-duet_status_t duet_reduce_scatter(const void *sendbuf, void *recvbuf, size_t recvcount,
-                                  duet_datatype_t dt, duet_op_t op, duet_comm_t *comm) {
-  (void)sendbuf, (void)recvbuf, (void)recvcount, (void)dt, (void)op;
-  return duet__unsupported(comm, "duet_reduce_scatter");
-}
-duet_status_t duet_ireduce(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,
-                           duet_op_t op, int root, duet_comm_t *comm, duet_request_t **req) {
-  (void)sendbuf, (void)recvbuf, (void)count, (void)dt, (void)op, (void)root, (void)req;
-  return duet__unsupported(comm, "duet_ireduce");
-}
-duet_status_t duet_reduce(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,
-                          duet_op_t op, int root, duet_comm_t *comm) {
-  (void)sendbuf, (void)recvbuf, (void)count, (void)dt, (void)op, (void)root;
-  return duet__unsupported(comm, "duet_reduce");
-}
-duet_status_t duet_comm_split(duet_comm_t *comm, int color, int key, duet_comm_t **newcomm) {
-  (void)color, (void)key, (void)newcomm;
-  return duet__unsupported(comm, "duet_comm_split");
-}
+

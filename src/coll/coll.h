@@ -9,6 +9,18 @@
 
 #include "core/algo.h"
 
+/* Where every rank of the communicator sits: super-nodes (UPN domains) and
+ * local indices; ranks with the same local index form a rail on the HPN. */
+typedef struct duet__layout {
+  int nranks, nsupernodes;
+  int uniform;               /* every super-node has the same size */
+  const int32_t *supernode;  /* per rank */
+  const int32_t *local_rank; /* per rank */
+  const int32_t *sn_size;    /* per super-node */
+  const int32_t *sn_first;   /* per super-node: its first entry in members */
+  const int32_t *members;    /* ranks grouped by super-node, rank order inside */
+} duet__layout_t;
+
 typedef struct duet__coll_args {
   int coll;          /* DUET_COLL_* */
   int rank, nranks;
@@ -19,17 +31,44 @@ typedef struct duet__coll_args {
   duet_op_t op;
   size_t dtsize;
   size_t chunk_bytes; /* pipelining unit */
+  size_t rd_max_bytes; /* inner allreduce phases: recursive doubling up to here */
+  int out_aliases_in;  /* reduce_scatter in place with recvbuf == sendbuf */
+  const duet__layout_t *layout; /* hierarchical algorithms; NULL: one super-node */
 } duet__coll_args_t;
 
+/* A builder appends its steps to s (seen through s->view, so it can be a
+ * phase of a larger schedule) and does not finalize it. */
 typedef duet_status_t (*duet__coll_build_fn)(const duet__coll_args_t *args, duet__sched_t *s);
 
 duet_status_t duet__allreduce_ring_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__allreduce_rd_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__broadcast_binomial_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__barrier_dissem_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__allreduce_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__allreduce_rabenseifner_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__broadcast_chain_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__broadcast_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__barrier_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__allgather_ring_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__allgather_rd_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__allgather_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__reduce_scatter_ring_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__reduce_scatter_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__reduce_binomial_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__reduce_chain_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__reduce_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__send_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__recv_build(const duet__coll_args_t *args, duet__sched_t *s);
 
 const char *duet__coll_name(int coll);
+
+/* The builder of (collective, algorithm); NULL when there is none. */
+duet__coll_build_fn duet__coll_builder(int coll, int algo);
+
+/* Fill a layout from each rank's super-node index (0..nsupernodes-1,
+ * numbered by lowest rank); the arrays are allocated into *storage, freed
+ * with free(). */
+duet_status_t duet__layout_build(duet__layout_t *l, int nranks, const int32_t *supernode,
+                                 int32_t **storage);
 
 #endif /* DUET_COLL_H */

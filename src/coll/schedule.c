@@ -7,7 +7,67 @@
 
 #include "coll/schedule.h"
 
-void duet__sched_init(duet__sched_t *s) { memset(s, 0, sizeof(*s)); }
+void duet__view_identity(duet__view_t *v) {
+  memset(v, 0, sizeof(*v));
+  v->send.buf = DUET_BUF_SEND;
+  v->recv.buf = DUET_BUF_RECV;
+  v->gate = DUET_STEP_NONE;
+}
+
+void duet__sched_init(duet__sched_t *s) {
+  memset(s, 0, sizeof(*s));
+  duet__view_identity(&s->view);
+}
+
+void duet__sched_need_scratch(duet__sched_t *s, uint64_t bytes) {
+  uint64_t end = s->view.scratch_off + bytes;
+  if (end > s->scratch_bytes)
+    s->scratch_bytes = end;
+}
+
+void duet__sched_phase(duet__sched_t *s, const duet__view_t *v) {
+  uint32_t join = DUET_STEP_NONE;
+  duet__view_t id;
+  if (s->nsteps > 0) {
+    /* A join of every step so far: one NOP, in the identity view. */
+    duet__step_t st;
+    uint32_t n = s->nsteps, *deps = malloc(sizeof(*deps) * n);
+    if (deps == NULL) {
+      s->oom = 1;
+      return;
+    }
+    for (uint32_t i = 0; i < n; i++)
+      deps[i] = i;
+    memset(&st, 0, sizeof(st));
+    st.kind = DUET_STEP_NOP;
+    duet__view_identity(&id);
+    s->view = id;
+    join = duet__sched_add(s, &st, deps, n);
+    free(deps);
+  }
+  s->view = *v;
+  s->view.gate = join;
+  s->phase_first = s->nsteps;
+}
+
+static duet__ref_t duet__xlate(const duet__sched_t *s, duet__ref_t r) {
+  switch (r.buf) {
+  case DUET_BUF_SEND:
+    r.buf = s->view.send.buf;
+    r.off += s->view.send.off;
+    break;
+  case DUET_BUF_RECV:
+    r.buf = s->view.recv.buf;
+    r.off += s->view.recv.off;
+    break;
+  case DUET_BUF_SCRATCH:
+    r.off += s->view.scratch_off;
+    break;
+  default:
+    break;
+  }
+  return r;
+}
 
 void duet__sched_fini(duet__sched_t *s) {
   free(s->steps);
@@ -44,13 +104,27 @@ uint32_t duet__sched_add(duet__sched_t *s, const duet__step_t *st, const uint32_
     s->oom = 1;
     return DUET_STEP_NONE;
   }
+  if (duet__grow((void **)&s->deps, &s->deps_cap, s->ndeps + ndeps + 1, sizeof(*s->deps))) {
+    s->oom = 1;
+    return DUET_STEP_NONE;
+  }
   idx = s->nsteps++;
   dst = &s->steps[idx];
   *dst = *st;
+  dst->dst = duet__xlate(s, st->dst);
+  dst->a = duet__xlate(s, st->a);
+  dst->b = duet__xlate(s, st->b);
+  if ((dst->kind == DUET_STEP_SEND || dst->kind == DUET_STEP_RECV)) {
+    if (s->view.ranks != NULL)
+      dst->peer = s->view.ranks[st->peer];
+    dst->msg = st->msg + s->view.msg_base;
+  }
   dst->dep_first = s->ndeps;
   for (i = 0; i < ndeps; i++)
     if (deps[i] != DUET_STEP_NONE)
       s->deps[s->ndeps + n++] = deps[i];
+  if (s->view.gate != DUET_STEP_NONE)
+    s->deps[s->ndeps + n++] = s->view.gate;
   dst->ndeps = n;
   dst->out_first = dst->nout = 0;
   s->ndeps += n;
@@ -97,7 +171,8 @@ uint32_t duet__sched_reduce(duet__sched_t *s, duet__ref_t dst, duet__ref_t a, du
 
 uint32_t duet__sched_copy(duet__sched_t *s, duet__ref_t dst, duet__ref_t a, uint64_t len,
                           const uint32_t *deps, uint32_t ndeps) {
-  if (dst.buf == a.buf && dst.off == a.off)
+  duet__ref_t xd = duet__xlate(s, dst), xa = duet__xlate(s, a);
+  if (xd.buf == xa.buf && xd.off == xa.off)
     return DUET_STEP_NONE; /* in place: nothing to copy */
   return duet__sched_data(s, DUET_STEP_COPY, -1, 0, dst, a, duet__noref, len, deps, ndeps);
 }

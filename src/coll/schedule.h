@@ -26,9 +26,12 @@ enum {
   DUET_STEP_REDUCE = 2, /* dst = a op b, len bytes */
   DUET_STEP_COPY = 3,   /* dst = a, len bytes */
   DUET_STEP_AVG = 4,    /* dst /= nranks (DUET_AVG's single division) */
+  DUET_STEP_NOP = 5,    /* nothing: joins the phases of a composed schedule */
 };
 
-#define DUET_STEP_NONE UINT32_MAX /* "no step": a dependency on it is dropped */
+#define DUET_STEP_NONE UINT32_MAX
+#define DUET_PHASE_MSGS (1u << 19) /* message ids one phase of a flat builder may use */
+#define DUET_HIER_MSGS (1u << 21)  /* message ids of one phase of a hierarchical builder */ /* "no step": a dependency on it is dropped */
 
 typedef struct duet__ref {
   uint8_t buf;  /* DUET_BUF_* */
@@ -46,6 +49,22 @@ typedef struct duet__step {
   uint32_t out_first, nout;  /* steps waiting for this one: outs[out_first .. +nout] */
 } duet__step_t;
 
+/*
+ * A view lets one algorithm's builder run as a phase of a larger schedule
+ * (the hierarchy composes flat algorithms this way): the builder speaks of
+ * its own ranks 0..n-1, its own send/recv/scratch at offset 0 and message ids
+ * from 0; the view maps them to communicator ranks, to regions of the real
+ * buffers, and to a fresh range of message ids, and makes every step of the
+ * phase wait for the gate (the end of the phase before).
+ */
+typedef struct duet__view {
+  duet__ref_t send, recv; /* where the builder's SEND and RECV start */
+  uint64_t scratch_off;   /* where the builder's scratch starts */
+  const int32_t *ranks;   /* builder rank -> communicator rank; NULL: identity */
+  uint32_t msg_base;      /* added to every message id */
+  uint32_t gate;          /* every step also waits for this step */
+} duet__view_t;
+
 typedef struct duet__sched {
   duet__step_t *steps;
   uint32_t nsteps, steps_cap;
@@ -55,6 +74,8 @@ typedef struct duet__sched {
   uint64_t scratch_bytes;
   uint32_t max_msg; /* largest msg id used + 1 */
   int oom;          /* an add failed: the schedule is unusable */
+  duet__view_t view; /* applied to every step added */
+  uint32_t phase_first; /* first step of the current phase */
 } duet__sched_t;
 
 void duet__sched_init(duet__sched_t *s);
@@ -79,6 +100,20 @@ uint32_t duet__sched_avg(duet__sched_t *s, duet__ref_t dst, uint64_t len, const 
 /* Zero-length messages (barrier tokens) are created by this call only. */
 uint32_t duet__sched_token(duet__sched_t *s, int kind, int peer, uint32_t msg,
                            const uint32_t *deps, uint32_t ndeps);
+
+/* The builder needs bytes of scratch (relative to the view). */
+void duet__sched_need_scratch(duet__sched_t *s, uint64_t bytes);
+
+/* Start a new phase seen through view v (its gate is filled in): every step
+ * added from now on waits for all steps added before. v->msg_base must give
+ * the phase message ids no other phase between the same ranks uses, and must
+ * be the same on every rank of the phase: a builder's own phases add
+ * DUET_PHASE_MSGS to the view's base; the hierarchy gives its phases
+ * DUET_HIER_MSGS * k. A flat builder's messages stay below DUET_PHASE_MSGS. */
+void duet__sched_phase(duet__sched_t *s, const duet__view_t *v);
+
+/* The identity view (the whole call's buffers, communicator ranks). */
+void duet__view_identity(duet__view_t *v);
 
 /* Build the dependents lists. DUET_SUCCESS or DUET_ERR_NO_MEMORY. */
 duet_status_t duet__sched_finalize(duet__sched_t *s);

@@ -10,7 +10,7 @@ duet_status_t duet__send_build(const duet__coll_args_t *a, duet__sched_t *s) {
     duet__sched_token(s, DUET_STEP_SEND, a->peer, 0, NULL, 0);
   else
     duet__sched_send(s, a->peer, 0, duet__ref(DUET_BUF_SEND, 0), bytes, NULL, 0);
-  return duet__sched_finalize(s);
+  return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
 }
 
 duet_status_t duet__recv_build(const duet__coll_args_t *a, duet__sched_t *s) {
@@ -19,5 +19,5 @@ duet_status_t duet__recv_build(const duet__coll_args_t *a, duet__sched_t *s) {
     duet__sched_token(s, DUET_STEP_RECV, a->peer, 0, NULL, 0);
   else
     duet__sched_recv(s, a->peer, 0, duet__ref(DUET_BUF_RECV, 0), bytes, NULL, 0);
-  return duet__sched_finalize(s);
+  return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
 }

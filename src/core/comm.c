@@ -26,7 +26,7 @@ static pthread_mutex_t duet__registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static const duet_comm_t **duet__registry;
 static size_t duet__registry_len, duet__registry_cap;
 
-static int duet__registry_add(const duet_comm_t *comm) {
+int duet__registry_add(const duet_comm_t *comm) {
   int rc = 0;
   pthread_mutex_lock(&duet__registry_lock);
   if (duet__registry_len == duet__registry_cap) {
@@ -75,6 +75,22 @@ uint64_t duet__now_ns(void) {
 
 /* --- init --- */
 
+/* Ranks pin nothing, but say where they run (DUET_DEBUG=INFO, TOPO). */
+static void duet__report_locality(int rank) {
+  char err[DUET_TOPO_ERRLEN];
+  duet__topo_t t;
+  const duet__topo_nic_t *nic;
+  if (!DUET_LOG_ON(DUET_LOG_INFO, DUET_SUB_TOPO))
+    return;
+  if (duet__topo_discover(&t, NULL, err) != DUET_SUCCESS)
+    return; /* discover logged why */
+  nic = duet__topo_nic_near(&t, t.numa);
+  DUET_INFO(DUET_SUB_TOPO, "rank %d on %s: cpus %s, numa %s%d, nearest NIC %s", rank, t.hostname,
+            t.cpuset ? t.cpuset : "?", t.bound ? "" : "unbound/", t.numa,
+            nic ? nic->name : "none");
+  duet__topo_free(&t);
+}
+
 typedef struct duet__addr_msg { /* bootstrap round 2 and 3 */
   int32_t ok;
   uint32_t len[DUET_NET_COUNT];
@@ -82,12 +98,22 @@ typedef struct duet__addr_msg { /* bootstrap round 2 and 3 */
   char error[192];
 } duet__addr_msg_t;
 
-static void duet__close_nets(duet_comm_t *comm) {
+void duet__comm_shape(duet_comm_t *comm);
+
+/* Let go of the endpoints; the last communicator using them closes them,
+ * then frees the requests that were still waiting for transfers. */
+void duet__nets_release(duet_comm_t *comm) {
+  duet__netset_t *nets = comm->nets;
+  comm->nets = NULL;
+  if (nets == NULL || --nets->refs > 0)
+    return;
   for (int n = DUET_NET_COUNT - 1; n >= 0; n--)
-    if (comm->net[n].ep != NULL) {
-      comm->net[n].ops->close(comm->net[n].ep);
-      comm->net[n].ep = NULL;
+    if (nets->net[n].ep != NULL) {
+      nets->net[n].ops->close(nets->net[n].ep);
+      nets->net[n].ep = NULL;
     }
+  duet__request_release_all(nets);
+  free(nets);
 }
 
 static duet_status_t duet__open_net(duet_comm_t *comm, int n, const duet__tp_ops_t *ops,
@@ -95,12 +121,12 @@ static duet_status_t duet__open_net(duet_comm_t *comm, int n, const duet__tp_ops
   duet__tp_params_t params = {provider[0] ? provider : NULL, iface[0] ? iface : NULL,
                               comm->yield};
   duet_status_t rc;
-  comm->net[n].ops = ops;
-  snprintf(comm->net[n].provider, sizeof(comm->net[n].provider), "%s", provider);
-  snprintf(comm->net[n].iface, sizeof(comm->net[n].iface), "%s", iface);
-  rc = ops->open(&params, &comm->net[n].ep, errbuf);
+  comm->nets->net[n].ops = ops;
+  snprintf(comm->nets->net[n].provider, sizeof(comm->nets->net[n].provider), "%s", provider);
+  snprintf(comm->nets->net[n].iface, sizeof(comm->nets->net[n].iface), "%s", iface);
+  rc = ops->open(&params, &comm->nets->net[n].ep, errbuf);
   if (rc != DUET_SUCCESS)
-    comm->net[n].ep = NULL;
+    comm->nets->net[n].ep = NULL;
   return rc;
 }
 
@@ -138,14 +164,49 @@ static duet_status_t duet__open_endpoints(duet_comm_t *comm, const duet__domains
     if (rc != DUET_SUCCESS)
       return rc;
   }
+  duet__comm_shape(comm);
   DUET_INFO(DUET_SUB_INIT, "rank %d: super-node %d of %d, local %d of %d, UPN %s/%s, HPN %s/%s%s",
             comm->rank, comm->supernode, comm->nsupernodes, comm->local_rank, comm->local_size,
-            comm->net[DUET_NET_UPN].ep ? comm->net[DUET_NET_UPN].provider : "-",
-            comm->net[DUET_NET_UPN].iface[0] ? comm->net[DUET_NET_UPN].iface : "-",
-            comm->net[DUET_NET_HPN].ep ? comm->net[DUET_NET_HPN].provider : "-",
-            comm->net[DUET_NET_HPN].iface[0] ? comm->net[DUET_NET_HPN].iface : "-",
+            comm->nets->net[DUET_NET_UPN].ep ? comm->nets->net[DUET_NET_UPN].provider : "-",
+            comm->nets->net[DUET_NET_UPN].iface[0] ? comm->nets->net[DUET_NET_UPN].iface : "-",
+            comm->nets->net[DUET_NET_HPN].ep ? comm->nets->net[DUET_NET_HPN].provider : "-",
+            comm->nets->net[DUET_NET_HPN].iface[0] ? comm->nets->net[DUET_NET_HPN].iface : "-",
             comm->yield ? ", yielding (more ranks than cores)" : "");
   return DUET_SUCCESS;
+}
+
+/* The layout the hierarchical algorithms read, from each rank's super-node. */
+duet_status_t duet__comm_layout(duet_comm_t *comm, const int32_t *supernode) {
+  comm->layout_sn = malloc(sizeof(int32_t) * (size_t)comm->nranks);
+  if (comm->layout_sn == NULL)
+    return DUET_ERR_NO_MEMORY;
+  memcpy(comm->layout_sn, supernode, sizeof(int32_t) * (size_t)comm->nranks);
+  return duet__layout_build(&comm->layout, comm->nranks, comm->layout_sn, &comm->layout_mem);
+}
+
+/* The tuner's view of this communicator: its shape and, per network, the
+ * latency and bandwidth of the chosen provider (or DUET_*_LAT_US/BW_GBPS). */
+void duet__comm_shape(duet_comm_t *comm) {
+  duet__tune_shape_t *sh = &comm->shape;
+  const char *upn = comm->nets->net[DUET_NET_UPN].ep ? comm->nets->net[DUET_NET_UPN].provider : "shm";
+  const char *hpn = comm->nets->net[DUET_NET_HPN].ep ? comm->nets->net[DUET_NET_HPN].provider : "tcp";
+  sh->nranks = comm->nranks;
+  sh->nsupernodes = comm->layout.nsupernodes;
+  sh->uniform = comm->layout.uniform;
+  sh->local_size = 0;
+  for (int k = 0; k < comm->layout.nsupernodes; k++)
+    if (comm->layout.sn_size[k] > sh->local_size)
+      sh->local_size = comm->layout.sn_size[k];
+  duet__tune_net_defaults(upn, &sh->upn_lat_us, &sh->upn_bw_gbps);
+  duet__tune_net_defaults(hpn, &sh->hpn_lat_us, &sh->hpn_bw_gbps);
+  if (comm->cfg.upn_lat_us > 0)
+    sh->upn_lat_us = comm->cfg.upn_lat_us;
+  if (comm->cfg.upn_bw_gbps > 0)
+    sh->upn_bw_gbps = comm->cfg.upn_bw_gbps;
+  if (comm->cfg.hpn_lat_us > 0)
+    sh->hpn_lat_us = comm->cfg.hpn_lat_us;
+  if (comm->cfg.hpn_bw_gbps > 0)
+    sh->hpn_bw_gbps = comm->cfg.hpn_bw_gbps;
 }
 
 /* Tell every endpoint its peers, in rank order, and number them. */
@@ -172,7 +233,7 @@ static duet_status_t duet__insert_peers(duet_comm_t *comm, const duet__addr_msg_
   }
   for (int n = 0; n < DUET_NET_COUNT; n++) {
     int k = 0;
-    if (comm->net[n].ep == NULL)
+    if (comm->nets->net[n].ep == NULL)
       continue;
     for (int r = 0; r < comm->nranks; r++) {
       if (comm->peers[r].net != n)
@@ -180,7 +241,7 @@ static duet_status_t duet__insert_peers(duet_comm_t *comm, const duet__addr_msg_
       memcpy(blobs + (size_t)k * DUET_TP_ADDR_MAX, all[r].addr[n], all[r].len[n]);
       lens[k++] = all[r].len[n];
     }
-    rc = comm->net[n].ops->insert_peers(comm->net[n].ep, k, blobs, DUET_TP_ADDR_MAX, lens,
+    rc = comm->nets->net[n].ops->insert_peers(comm->nets->net[n].ep, k, blobs, DUET_TP_ADDR_MAX, lens,
                                         errbuf);
     if (rc != DUET_SUCCESS)
       goto out_free;
@@ -228,6 +289,12 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
   comm->magic = DUET_COMM_MAGIC;
   comm->rank = rank;
   comm->nranks = nranks;
+  comm->nets = calloc(1, sizeof(*comm->nets));
+  if (comm->nets == NULL) {
+    free(comm);
+    return duet__set_error(NULL, DUET_ERR_NO_MEMORY, "duet_comm_init: out of memory");
+  }
+  comm->nets->refs = 1;
   rc = duet__config_resolve(config, &comm->cfg, err, sizeof(err));
   if (rc != DUET_SUCCESS) {
     duet__set_error(NULL, rc, "duet_comm_init: %s", err);
@@ -279,15 +346,20 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
     comm->peers[r].supernode = dom.supernode[r];
     comm->peers[r].local_rank = dom.local_rank[r];
   }
+  rc = duet__comm_layout(comm, dom.supernode);
+  if (rc != DUET_SUCCESS) {
+    duet__set_error(NULL, rc, "duet_comm_init: out of memory for the super-node layout");
+    goto out_close_boot;
+  }
 
   /* Round 2: endpoint addresses (or why this rank has none). */
   amine->ok = 1;
   rc = duet__open_endpoints(comm, &dom, tperr);
   for (int n = 0; rc == DUET_SUCCESS && n < DUET_NET_COUNT; n++) {
     size_t len = DUET_TP_ADDR_MAX;
-    if (comm->net[n].ep == NULL)
+    if (comm->nets->net[n].ep == NULL)
       continue;
-    rc = comm->net[n].ops->get_addr(comm->net[n].ep, amine->addr[n], &len, tperr);
+    rc = comm->nets->net[n].ops->get_addr(comm->nets->net[n].ep, amine->addr[n], &len, tperr);
     amine->len[n] = (uint32_t)len;
   }
   if (rc != DUET_SUCCESS) {
@@ -313,6 +385,7 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
   }
   DUET_INFO(DUET_SUB_INIT, "rank %d of %d ready: %d super-node(s), %d rank(s) on this host",
             rank, nranks, comm->nsupernodes, comm->host_ranks);
+  duet__report_locality(rank);
   duet__boot_close(boot);
   duet__domains_free(&dom);
   free(info);
@@ -325,7 +398,7 @@ out_set_thread_error:
   /* The message went to comm->last_error; the caller reads the thread's. */
   duet__set_error(NULL, rc, "%s", comm->last_error);
 out_close_nets:
-  duet__close_nets(comm);
+  duet__nets_release(comm);
 out_close_boot:
   duet__boot_close(boot);
   duet__domains_free(&dom);
@@ -334,6 +407,9 @@ out_free_comm:
   free(amine);
   free(aall);
   free(comm->peers);
+  free(comm->layout_sn);
+  free(comm->layout_mem);
+  duet__nets_release(comm);
   free(comm);
   return rc;
 }
@@ -399,12 +475,13 @@ duet_status_t duet_comm_init_env(duet_comm_t **comm, const duet_config_t *config
 
 /* --- teardown --- */
 
-static void duet__comm_free(duet_comm_t *comm) {
+void duet__comm_free(duet_comm_t *comm) {
   duet__registry_remove(comm);
-  duet__close_nets(comm);
-  duet__request_release_all(comm);
+  duet__nets_release(comm);
   free(comm->scratch);
   free(comm->peers);
+  free(comm->layout_sn);
+  free(comm->layout_mem);
   comm->magic = 0;
   free(comm);
 }

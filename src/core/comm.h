@@ -10,6 +10,7 @@
 #include "core/config.h"
 #include "duet.h"
 #include "transport.h"
+#include "tune/tune.h"
 
 #define DUET_ERRLEN 512
 #define DUET_HOSTLEN 64
@@ -41,22 +42,35 @@ typedef struct duet__net {
   char iface[64];
 } duet__net_t;
 
+/* A communicator's endpoints, shared with the communicators split from it
+ * (they tell their messages apart by the comm id in every tag). The last
+ * communicator to let go closes them. */
+typedef struct duet__netset {
+  int refs;
+  duet__net_t net[DUET_NET_COUNT];
+  struct duet_request *zombies; /* failed with transfers possibly in flight */
+} duet__netset_t;
+
 struct duet_comm {
   uint32_t magic;
   int rank, nranks;
   uint32_t id;  /* comm id in tags */
   uint32_t seq; /* next collective sequence number */
+  uint32_t split_seq; /* duet_comm_split calls so far */
   duet__cfg_t cfg;
   int supernode, nsupernodes, local_rank, local_size;
   int host_ranks;  /* ranks of this comm on this host */
   int one_host;    /* the whole comm is on one host */
   int yield;       /* more ranks than cores on this host: progress yields */
   duet__peer_t *peers;
-  duet__net_t net[DUET_NET_COUNT];
+  duet__layout_t layout;    /* super-nodes and rails, for the hierarchy */
+  int32_t *layout_sn;       /* per rank super-node index (layout.supernode) */
+  int32_t *layout_mem;      /* the layout's other arrays */
+  duet__tune_shape_t shape; /* what the tuner weighs */
+  duet__netset_t *nets;
   duet_stats_t stats;
   duet_status_t failed;   /* sticky failure (timeout, transport error, abort) */
   struct duet_request *active_head, *active_tail; /* posted, not yet completed */
-  struct duet_request *zombies; /* failed with transfers possibly in flight */
   void *scratch;          /* reused scratch for one request at a time */
   size_t scratch_size;
   int scratch_busy;
@@ -98,6 +112,11 @@ void duet__clear_error(duet_comm_t *comm);
 
 /* comm.c */
 int duet__comm_is_live(const duet_comm_t *comm);
+int duet__registry_add(const duet_comm_t *comm);
+void duet__comm_free(duet_comm_t *comm);
+void duet__nets_release(duet_comm_t *comm);
+duet_status_t duet__comm_layout(duet_comm_t *comm, const int32_t *supernode);
+void duet__comm_shape(duet_comm_t *comm);
 uint64_t duet__now_ns(void);
 
 /* progress.c */
@@ -108,7 +127,7 @@ duet_status_t duet__progress(duet_comm_t *comm);
 duet_status_t duet__request_wait(duet_request_t *req);
 void duet__request_free(duet_request_t *req);
 void duet__comm_fail_pending(duet_comm_t *comm, duet_status_t status);
-void duet__request_release_all(duet_comm_t *comm);
+void duet__request_release_all(duet__netset_t *nets);
 
 /* check.c: argument checks at the API boundary; on failure they record a
  * message naming the argument and return a negative status. */

@@ -25,6 +25,10 @@ const duet__config_row_t duet__config_table[] = {
     {"DUET_ALGO", "", "force algorithms per collective, e.g. allreduce=hier,allgather=ring"},
     {"DUET_CHUNK_BYTES", "262144", "pipelining chunk of large collectives, bytes"},
     {"DUET_RD_MAX_BYTES", "16384", "allreduce uses recursive doubling up to this size, ring above"},
+    {"DUET_UPN_LAT_US", "", "tuner: UPN latency per message, microseconds (default: by provider)"},
+    {"DUET_UPN_BW_GBPS", "", "tuner: UPN bandwidth per rank, GB/s (default: by provider)"},
+    {"DUET_HPN_LAT_US", "", "tuner: HPN latency per message, microseconds (default: by provider)"},
+    {"DUET_HPN_BW_GBPS", "", "tuner: HPN bandwidth per rank, GB/s (default: by provider)"},
     {"DUET_DEBUG", "WARN", "log level: NONE, WARN, INFO, TRACE"},
     {"DUET_DEBUG_SUBSYS", "ALL", "log subsystems: INIT,BOOT,TOPO,COLL,TUNE,NET or ALL; ^X excludes"},
     {"DUET_BOOT_IFACE", "lo", "interface whose address duet_get_unique_id's root listens on"},
@@ -63,6 +67,20 @@ int duet__config_parse_int(const char *name, const char *text, long min, long ma
   v = strtol(text, &end, 10);
   if (errno != 0 || end == text || *end != '\0' || v < min || v > max) {
     snprintf(errbuf, errlen, "%s='%s' is not an integer in [%ld, %ld]", name, text, min, max);
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+int duet__config_parse_double(const char *name, const char *text, double min, double max,
+                              double *out, char *errbuf, size_t errlen) {
+  char *end;
+  double v;
+  errno = 0;
+  v = strtod(text, &end);
+  if (errno != 0 || end == text || *end != '\0' || !(v >= min && v <= max)) {
+    snprintf(errbuf, errlen, "%s='%s' is not a number in [%g, %g]", name, text, min, max);
     return -1;
   }
   *out = v;
@@ -220,9 +238,21 @@ duet_status_t duet__config_resolve(const duet_config_t *config, duet__cfg_t *cfg
   if (duet__config_num(-1, "DUET_CHUNK_BYTES", 4096, 1L << 30, &n, &cfg->src[7], errbuf, errlen))
     return DUET_ERR_INVALID_ARGUMENT;
   cfg->chunk_bytes = (size_t)n;
+  cfg->chunk_forced = strcmp(cfg->src[7], "env") == 0;
   if (duet__config_num(-1, "DUET_RD_MAX_BYTES", 0, 1L << 30, &n, &cfg->src[8], errbuf, errlen))
     return DUET_ERR_INVALID_ARGUMENT;
   cfg->rd_max_bytes = (size_t)n;
+  {
+    static const char *names[4] = {"DUET_UPN_LAT_US", "DUET_UPN_BW_GBPS", "DUET_HPN_LAT_US",
+                                   "DUET_HPN_BW_GBPS"};
+    double *dst[4] = {&cfg->upn_lat_us, &cfg->upn_bw_gbps, &cfg->hpn_lat_us, &cfg->hpn_bw_gbps};
+    for (int i = 0; i < 4; i++) {
+      *dst[i] = 0; /* 0: the tuner's default for the provider */
+      v = duet__config_env(names[i]);
+      if (v != NULL && duet__config_parse_double(names[i], v, 1e-6, 1e9, dst[i], errbuf, errlen))
+        return DUET_ERR_INVALID_ARGUMENT;
+    }
+  }
   v = duet__config_env("DUET_ALGO");
   cfg->src[9] = v ? "env" : "default";
   if (v != NULL && duet__config_parse_algo(v, &cfg->algo, errbuf, errlen))

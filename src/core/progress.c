@@ -87,7 +87,7 @@ static duet_status_t duet__step_start(duet_request_t *req, uint32_t i) {
   switch (st->kind) {
   case DUET_STEP_SEND:
   case DUET_STEP_RECV: {
-    duet__net_t *net = &comm->net[st->net];
+    duet__net_t *net = &comm->nets->net[st->net];
     const duet__peer_t *peer = &comm->peers[st->peer];
     uint64_t tag = duet__step_tag(req, st);
     if (st->kind == DUET_STEP_SEND)
@@ -119,8 +119,13 @@ static duet_status_t duet__step_start(duet_request_t *req, uint32_t i) {
                  req->bufs[st->b.buf] + st->b.off, st->len / duet__dt_size(req->dt), req->dt,
                  req->op);
     break;
-  case DUET_STEP_COPY:
-    memcpy(req->bufs[st->dst.buf] + st->dst.off, req->bufs[st->a.buf] + st->a.off, st->len);
+  case DUET_STEP_COPY: {
+    uint8_t *d = req->bufs[st->dst.buf] + st->dst.off, *src = req->bufs[st->a.buf] + st->a.off;
+    if (d != src) /* the same memory when the caller worked in place */
+      memcpy(d, src, st->len);
+    break;
+  }
+  case DUET_STEP_NOP:
     break;
   case DUET_STEP_AVG:
     duet__reduce_avg_finish(req->bufs[st->dst.buf] + st->dst.off,
@@ -199,7 +204,7 @@ duet_status_t duet__progress(duet_comm_t *comm) {
   int moved = 0;
 
   for (int n = 0; n < DUET_NET_COUNT; n++) {
-    duet__net_t *net = &comm->net[n];
+    duet__net_t *net = &comm->nets->net[n];
     duet_status_t rc;
     if (net->ep == NULL)
       continue;
@@ -239,6 +244,8 @@ duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_a
   req->op = args->op;
   duet__sched_init(&req->sched);
   rc = build(args, &req->sched);
+  if (rc == DUET_SUCCESS)
+    rc = duet__sched_finalize(&req->sched);
   if (rc != DUET_SUCCESS) {
     duet__set_error(comm, rc, "%s: building the schedule failed: %s", duet__coll_name(coll),
                     duet_strerror(rc));
@@ -326,8 +333,16 @@ void duet__request_free(duet_request_t *req) {
   if (req == NULL)
     return;
   if (req->nposted > 0 && req->comm != NULL) {
-    req->next = req->comm->zombies;
-    req->comm->zombies = req;
+    if (req->uses_comm_scratch) {
+      /* A receive may still land in the scratch: it goes with the request. */
+      req->own_scratch = req->comm->scratch;
+      req->comm->scratch = NULL;
+      req->comm->scratch_size = 0;
+      req->comm->scratch_busy = 0;
+      req->uses_comm_scratch = 0;
+    }
+    req->next = req->comm->nets->zombies;
+    req->comm->nets->zombies = req;
     return;
   }
   if (req->uses_comm_scratch)
@@ -352,10 +367,10 @@ void duet__comm_fail_pending(duet_comm_t *comm, duet_status_t status) {
 }
 
 /* After the endpoints are closed: nothing can write into requests anymore. */
-void duet__request_release_all(duet_comm_t *comm) {
-  while (comm->zombies != NULL) {
-    duet_request_t *z = comm->zombies;
-    comm->zombies = z->next;
+void duet__request_release_all(duet__netset_t *nets) {
+  while (nets->zombies != NULL) {
+    duet_request_t *z = nets->zombies;
+    nets->zombies = z->next;
     z->nposted = 0;
     z->comm = NULL;
     z->uses_comm_scratch = 0;

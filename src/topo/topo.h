@@ -5,11 +5,64 @@
 #define DUET_TOPO_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "duet.h"
 
 /* Number of cores this process may run on (hwloc; falls back to sysconf). */
 int duet__topo_ncores(void);
+
+/* --- This host's topology: cores, NUMA nodes, network devices and where they
+ * sit. duet pins nothing; it reports locality so a rank (or duet_info) can
+ * see which NIC is near it, and later rail/NIC choice can use it. --- */
+
+#define DUET_TOPO_ERRLEN 256 /* size of duet__topo_discover's errbuf */
+
+enum { DUET_TOPO_NIC_NET = 0, DUET_TOPO_NIC_OPENFABRICS = 1 };
+
+/* One network device: an hwloc OS device of type network ("eth0", "ib0") or
+ * OpenFabrics ("mlx5_0"). */
+typedef struct duet__topo_nic {
+  char name[64];
+  int kind;     /* DUET_TOPO_NIC_NET or DUET_TOPO_NIC_OPENFABRICS */
+  int numa;     /* OS index of the one NUMA node it is local to; -1 when its
+                   locality spans several nodes (or none) */
+  char *cpuset; /* the cpus near it, as a list ("8-15"); owned */
+  char pci[16]; /* PCI bus id of its device ("0000:81:00.0"), "" if unknown */
+} duet__topo_nic_t;
+
+typedef struct duet__topo {
+  /* This host's name; for an XML topology, its HostName ("unknown" if none). */
+  char hostname[256];
+  /* The whole machine (the part this process is allowed to use). */
+  int npackages, nnuma, ncores, npus;
+  /* Where this process may run: its cpus and their NUMA nodes as lists
+   * ("0-15", "0-1"; owned); bound is 1 when that is less than the machine;
+   * numa is the NUMA node (OS index) it is bound to, -1 when it is unbound
+   * (printed "unbound") or bound across several nodes. */
+  char *cpuset, *nodeset;
+  int bound, numa;
+  /* Network devices in hwloc's (PCI) order; owned. */
+  int nnics;
+  duet__topo_nic_t *nics;
+} duet__topo_t;
+
+/* Discover this host (xml_path NULL; I/O devices included) or load an hwloc
+ * 2.x XML topology (a path; the process's binding is then not known and the
+ * whole machine is reported, unbound). Fills *t, which the caller frees with
+ * duet__topo_free, also after a failure (a cleared *t is safe to free).
+ * Errors: DUET_ERR_SYSTEM with hwloc's reason in errbuf (DUET_TOPO_ERRLEN
+ * bytes), DUET_ERR_NO_MEMORY, DUET_ERR_INVALID_ARGUMENT. Blocks while hwloc
+ * reads /sys; any thread may call it. */
+duet_status_t duet__topo_discover(duet__topo_t *t, const char *xml_path, char *errbuf);
+void duet__topo_free(duet__topo_t *t);
+
+/* The first NIC local to NUMA node numa (OS index), NULL when there is none.
+ * numa < 0 (an unbound process): the first NIC of all, NULL when none. */
+const duet__topo_nic_t *duet__topo_nic_near(const duet__topo_t *t, int numa);
+
+/* Human-readable summary, as duet_info prints it. */
+void duet__topo_print(const duet__topo_t *t, FILE *out);
 
 /* What each rank tells the others in the first bootstrap round. */
 typedef struct duet__rank_info {

@@ -1,23 +1,457 @@
+/*
+ * tune.c - the cost model that picks each call's algorithm and chunk size.
+ *
+ * An alpha-beta model per network: a message of b bytes costs lat + b / bw,
+ * where bw is the bandwidth of one rank (concurrent sends of one rank share
+ * it). Reducing algorithms also pay b / 24 GB/s per reduced vector; the
+ * algorithms that are pipelined in chunks (ring, chain, the pipelined binomial
+ * tree) overlap that reduction with the transfer of the next chunk and pay
+ * only the slower of the two plus one chunk of the faster.
+ *
+ * Flat algorithms pay the HPN's parameters whenever the communicator spans
+ * several super-nodes (some of their steps cross the HPN, and those steps set
+ * the pace), the UPN's otherwise. Hierarchical algorithms pay the UPN for
+ * their phases inside a super-node and the HPN for the phases on the rails.
+ *
+ * Everything here is a pure function of its arguments: no allocation, no
+ * locking, no environment (the caller puts DUET_*_LAT_US / DUET_*_BW_GBPS
+ * into the shape). The core calls duet__tune_pick once per collective call.
+ */
 #include "tune/tune.h"
+
+#include <math.h>
+#include <string.h>
 
 #include "core/log.h"
 
-duet__coll_build_fn duet__tune_allreduce(const duet_comm_t *comm, size_t bytes) {
-  int algo = comm->cfg.algo.coll[DUET_COLL_ALLREDUCE];
-  if (algo == DUET_ALGO_AUTO)
-    algo = bytes <= comm->cfg.rd_max_bytes ? DUET_ALGO_RD : DUET_ALGO_RING;
-  DUET_TRACE(DUET_SUB_TUNE, "allreduce %zu bytes on %d ranks: %s", bytes, comm->nranks,
-             algo == DUET_ALGO_RD ? "rd" : "ring");
-  return algo == DUET_ALGO_RD ? duet__allreduce_rd_build : duet__allreduce_ring_build;
+#define DUET_TUNE_HUGE 1e30        /* cost of an algorithm that does not apply */
+#define DUET_TUNE_REDUCE_GBPS 24.0 /* in-place reduction kernel, GB/s */
+#define DUET_TUNE_CHUNK_MAX 262144 /* default pipelining unit */
+#define DUET_TUNE_CHUNK_UPN 65536  /* for messages under 4 MiB on UPN-only shapes */
+#define DUET_TUNE_CHUNK_MIN 4096
+#define DUET_TUNE_SMALL_UPN (4u << 20)
+
+/*
+ * Default parameters per libfabric provider (the first component of the name:
+ * "tcp;ofi_rxm" is tcp), measured on the reference 2-core machine: latency by
+ * a ping-pong of 8 B messages (half the round trip), bandwidth by streaming
+ * 1 MiB messages one way. The last row is for anything else (real NICs:
+ * verbs, efa, ...). The performance issue recalibrates this table; the
+ * DUET_{UPN,HPN}_{LAT_US,BW_GBPS} variables override it per run.
+ */
+static const struct {
+  const char *provider; /* NULL: anything else */
+  double lat_us, bw_gbps;
+} duet__tune_net_table[] = {
+    {"shm", 1.1, 10.0},
+    {"tcp", 12.0, 2.5},
+    {NULL, 3.0, 12.0},
+};
+
+void duet__tune_net_defaults(const char *provider, double *lat_us, double *bw_gbps) {
+  const size_t rows = sizeof(duet__tune_net_table) / sizeof(duet__tune_net_table[0]);
+  size_t i = rows - 1;
+
+  if (provider) {
+    size_t n = strcspn(provider, ";");
+    for (i = 0; i < rows - 1; i++) {
+      if (strlen(duet__tune_net_table[i].provider) == n &&
+          strncmp(provider, duet__tune_net_table[i].provider, n) == 0)
+        break;
+    }
+  }
+  if (lat_us)
+    *lat_us = duet__tune_net_table[i].lat_us;
+  if (bw_gbps)
+    *bw_gbps = duet__tune_net_table[i].bw_gbps;
 }
 
-duet__coll_build_fn duet__tune_broadcast(const duet_comm_t *comm, size_t bytes) {
-  (void)comm;
-  (void)bytes;
-  return duet__broadcast_binomial_build;
+/* One network as the model sees it: latency (us) and time per byte (us). */
+typedef struct duet__tune_net {
+  double lat, upb;
+} duet__tune_net_t;
+
+/* Time per byte of the reduction kernel, us (GB/s = 1e3 bytes per us). */
+static const double duet__tune_red_upb = 1.0 / (DUET_TUNE_REDUCE_GBPS * 1e3);
+
+static int duet__tune_net_of(double lat_us, double bw_gbps, duet__tune_net_t *n) {
+  if (!(bw_gbps > 0.0) || !isfinite(bw_gbps) || !(lat_us >= 0.0) || !isfinite(lat_us))
+    return -1;
+  n->lat = lat_us;
+  n->upb = 1.0 / (bw_gbps * 1e3);
+  return 0;
 }
 
-duet__coll_build_fn duet__tune_barrier(const duet_comm_t *comm) {
-  (void)comm;
-  return duet__barrier_dissem_build;
+static double duet__tune_xfer(duet__tune_net_t n, double bytes) {
+  return n.lat + bytes * n.upb;
+}
+
+/* floor(log2 p) and ceil(log2 p), p >= 1. */
+static int duet__tune_flog2(int p) {
+  int k = 0;
+  while ((2L << k) <= p)
+    k++;
+  return k;
+}
+
+static int duet__tune_clog2(int p) {
+  int k = 0;
+  while ((1L << k) < p)
+    k++;
+  return k;
+}
+
+static double duet__tune_nchunks(double bytes, double chunk) {
+  double n = ceil(bytes / chunk);
+  return n < 1.0 ? 1.0 : n;
+}
+
+/* p-1 ring steps that each receive b bytes and reduce them, pipelined in
+ * chunks of c across steps: the slower of transfer and reduction sets the
+ * pace, and the pipeline's drain adds one chunk of the faster. */
+static double duet__rs_ring_steps(int p, double b, duet__tune_net_t n, double c) {
+  const double r = duet__tune_red_upb;
+  if (p <= 1)
+    return 0.0;
+  return (p - 1) * (n.lat + b * fmax(n.upb, r)) + fmin(b, c) * fmin(n.upb, r);
+}
+
+/* --- flat building blocks: p ranks on one network --------------------- */
+
+/* Allreduce ring: reduce-scatter then allgather, 2 (p-1) steps of S/p. */
+static double duet__ar_ring(int p, double S, duet__tune_net_t n, double c) {
+  if (p <= 1)
+    return 0.0;
+  return duet__rs_ring_steps(p, S / p, n, c) + (p - 1) * duet__tune_xfer(n, S / p);
+}
+
+/* Allreduce recursive doubling: log2(p2) exchanges of S (p2 the largest power
+ * of two <= p), plus a fold and an unfold of S when p is not a power of two. */
+static double duet__ar_rd(int p, double S, duet__tune_net_t n) {
+  int k = duet__tune_flog2(p);
+  double t;
+  if (p <= 1)
+    return 0.0;
+  t = k * (duet__tune_xfer(n, S) + S * duet__tune_red_upb);
+  if ((1 << k) != p)
+    t += 2 * duet__tune_xfer(n, S) + S * duet__tune_red_upb;
+  return t;
+}
+
+/* Allreduce Rabenseifner: recursive halving then doubling, 2 log2(p2) steps
+ * moving 2 S (p2-1)/p2, reducing S (p2-1)/p2; the same fold as rd. */
+static double duet__ar_rab(int p, double S, duet__tune_net_t n) {
+  int k = duet__tune_flog2(p);
+  double p2 = (double)(1 << k), t;
+  if (p <= 1)
+    return 0.0;
+  t = 2 * k * n.lat + 2 * S * (p2 - 1) / p2 * n.upb + S * (p2 - 1) / p2 * duet__tune_red_upb;
+  if ((1 << k) != p)
+    t += 2 * duet__tune_xfer(n, S) + S * duet__tune_red_upb;
+  return t;
+}
+
+/* Broadcast, binomial tree pipelined in chunks: the root sends every chunk to
+ * each of its ceil(log2 p) children, so it pushes S that many times through
+ * one rank's bandwidth; pipelining saves the store-and-forward wait below it,
+ * not the root's bytes. */
+static double duet__bc_binomial(int p, double S, duet__tune_net_t n, double c) {
+  if (p <= 1)
+    return 0.0;
+  return duet__tune_clog2(p) * (duet__tune_nchunks(S, c) * n.lat + S * n.upb);
+}
+
+/* Broadcast, pipelined chain: (p - 1 + nchunks - 1) chunk times, i.e. the
+ * first chunk's p - 2 hops to the last rank's parent, then the whole message
+ * (nchunks messages, the last one possibly short) over the last hop. */
+static double duet__bc_chain(int p, double S, duet__tune_net_t n, double c) {
+  if (p <= 1)
+    return 0.0;
+  return (p - 2) * duet__tune_xfer(n, fmin(c, S)) + duet__tune_nchunks(S, c) * n.lat + S * n.upb;
+}
+
+static double duet__bc_best(int p, double S, duet__tune_net_t n, double c) {
+  return fmin(duet__bc_binomial(p, S, n, c), duet__bc_chain(p, S, n, c));
+}
+
+/* Reduce: the broadcast trees run backwards, reducing as chunks arrive. */
+static double duet__rd_binomial(int p, double S, duet__tune_net_t n, double c) {
+  const double r = duet__tune_red_upb;
+  if (p <= 1)
+    return 0.0;
+  return duet__tune_clog2(p) * (duet__tune_nchunks(S, c) * n.lat + S * fmax(n.upb, r)) +
+         fmin(c, S) * fmin(n.upb, r);
+}
+
+static double duet__rd_chain(int p, double S, duet__tune_net_t n, double c) {
+  const double r = duet__tune_red_upb, cc = fmin(c, S);
+  if (p <= 1)
+    return 0.0;
+  return (p - 2) * (n.lat + cc * fmax(n.upb, r)) + duet__tune_nchunks(S, c) * n.lat +
+         S * fmax(n.upb, r) + cc * fmin(n.upb, r);
+}
+
+static double duet__rd_best(int p, double S, duet__tune_net_t n, double c) {
+  return fmin(duet__rd_binomial(p, S, n, c), duet__rd_chain(p, S, n, c));
+}
+
+/* Allgather of S bytes in total (S/p from each rank). */
+static double duet__ag_ring(int p, double S, duet__tune_net_t n) {
+  if (p <= 1)
+    return 0.0;
+  return (p - 1) * duet__tune_xfer(n, S / p);
+}
+
+/* Allgather recursive doubling: log2(p2) steps of doubling size; when p is
+ * not a power of two the extra ranks fold their block in first and get the
+ * whole result back at the end. */
+static double duet__ag_rd(int p, double S, duet__tune_net_t n) {
+  int k = duet__tune_flog2(p);
+  double p2 = (double)(1 << k), t;
+  if (p <= 1)
+    return 0.0;
+  t = k * n.lat + S * (p2 - 1) / p2 * n.upb;
+  if ((1 << k) != p)
+    t += duet__tune_xfer(n, S / p) + duet__tune_xfer(n, S);
+  return t;
+}
+
+/* Reduce-scatter ring of S bytes in total: p-1 reducing steps of S/p. */
+static double duet__rs_ring(int p, double S, duet__tune_net_t n, double c) {
+  return duet__rs_ring_steps(p, S / p, n, c);
+}
+
+/* --- the model --------------------------------------------------------- */
+
+/* The shape as the model uses it: sizes clamped to sane values. */
+typedef struct duet__tune_dims {
+  int p, N, L, uniform, multi;
+  duet__tune_net_t upn, hpn, flat;
+} duet__tune_dims_t;
+
+static int duet__tune_dims(const duet__tune_shape_t *sh, duet__tune_dims_t *d) {
+  if (!sh || duet__tune_net_of(sh->upn_lat_us, sh->upn_bw_gbps, &d->upn) ||
+      duet__tune_net_of(sh->hpn_lat_us, sh->hpn_bw_gbps, &d->hpn))
+    return -1;
+  d->p = sh->nranks > 1 ? sh->nranks : 1;
+  d->N = sh->nsupernodes > 1 ? sh->nsupernodes : 1;
+  d->L = sh->local_size > 1 ? sh->local_size : 1;
+  d->uniform = sh->uniform != 0;
+  d->multi = d->N > 1;
+  d->flat = d->multi ? d->hpn : d->upn;
+  return 0;
+}
+
+/* The chunk size of one call: 256 KiB, 64 KiB under 4 MiB on UPN-only shapes,
+ * for a pipelined chain at most a quarter of the message (rounded up, so the
+ * message makes at most 4 chunks), never below 4 KiB. */
+static size_t duet__tune_chunk(int nsupernodes, int algo, size_t bytes) {
+  size_t c = DUET_TUNE_CHUNK_MAX;
+  if (nsupernodes <= 1 && bytes < DUET_TUNE_SMALL_UPN)
+    c = DUET_TUNE_CHUNK_UPN;
+  if (algo == DUET_ALGO_CHAIN && c > bytes / 4 + (bytes % 4 != 0))
+    c = bytes / 4 + (bytes % 4 != 0);
+  return c < DUET_TUNE_CHUNK_MIN ? DUET_TUNE_CHUNK_MIN : c;
+}
+
+static double duet__tune_allreduce(const duet__tune_dims_t *d, int algo, double S, double c) {
+  const int p = d->p, N = d->N, L = d->L;
+  double t;
+
+  switch (algo) {
+  case DUET_ALGO_RING:
+    return duet__ar_ring(p, S, d->flat, c);
+  case DUET_ALGO_RD:
+    return duet__ar_rd(p, S, d->flat);
+  case DUET_ALGO_RABENSEIFNER:
+    return duet__ar_rab(p, S, d->flat);
+  case DUET_ALGO_HIER:
+    if (d->uniform) {
+      /* reduce-scatter on the UPN, allreduce of S/L on each rail, allgather */
+      double shard = S / L;
+      t = duet__rs_ring_steps(L, shard, d->upn, c);
+      t += fmin(duet__ar_ring(N, shard, d->hpn, c), duet__ar_rd(N, shard, d->hpn));
+      return t + (L - 1) * duet__tune_xfer(d->upn, shard);
+    }
+    /* unequal super-nodes: allreduce inside, leaders across, broadcast inside */
+    t = fmin(fmin(duet__ar_ring(L, S, d->upn, c), duet__ar_rd(L, S, d->upn)),
+             duet__ar_rab(L, S, d->upn));
+    t += fmin(duet__ar_ring(N, S, d->hpn, c), duet__ar_rd(N, S, d->hpn));
+    return t + duet__bc_best(L, S, d->upn, c);
+  }
+  return DUET_TUNE_HUGE;
+}
+
+static double duet__tune_broadcast(const duet__tune_dims_t *d, int algo, double S, double c) {
+  switch (algo) {
+  case DUET_ALGO_BINOMIAL:
+    return duet__bc_binomial(d->p, S, d->flat, c);
+  case DUET_ALGO_CHAIN:
+    return duet__bc_chain(d->p, S, d->flat, c);
+  case DUET_ALGO_HIER: /* the root's rail on the HPN, then inside each super-node */
+    return duet__bc_best(d->N, S, d->hpn, c) + duet__bc_best(d->L, S, d->upn, c);
+  }
+  return DUET_TUNE_HUGE;
+}
+
+static double duet__tune_barrier(const duet__tune_dims_t *d, int algo) {
+  switch (algo) {
+  case DUET_ALGO_DISSEM:
+    return duet__tune_clog2(d->p) * d->flat.lat;
+  case DUET_ALGO_HIER: /* arrive inside, leaders across, release inside */
+    return 2 * duet__tune_clog2(d->L) * d->upn.lat + duet__tune_clog2(d->N) * d->hpn.lat;
+  }
+  return DUET_TUNE_HUGE;
+}
+
+static double duet__tune_allgather(const duet__tune_dims_t *d, int algo, double S, double c) {
+  const int p = d->p, N = d->N, L = d->L;
+
+  switch (algo) {
+  case DUET_ALGO_RING:
+    return duet__ag_ring(p, S, d->flat);
+  case DUET_ALGO_RD:
+    return duet__ag_rd(p, S, d->flat);
+  case DUET_ALGO_HIER:
+    if (d->uniform) {
+      /* allgather inside, each rail allgathers its 1/L of the super-node's
+       * block across, then inside again the other super-nodes' pieces */
+      return (L - 1) * duet__tune_xfer(d->upn, S / p) + (N - 1) * duet__tune_xfer(d->hpn, S / p) +
+             (L - 1) * duet__tune_xfer(d->upn, (N - 1) * S / p);
+    }
+    /* gather to leaders, leaders allgather (largest block L S/p), broadcast */
+    return (L - 1) * duet__tune_xfer(d->upn, S / p) +
+           (N - 1) * duet__tune_xfer(d->hpn, fmin(S, L * S / p)) + duet__bc_best(L, S, d->upn, c);
+  }
+  return DUET_TUNE_HUGE;
+}
+
+static double duet__tune_reduce_scatter(const duet__tune_dims_t *d, int algo, double S, double c) {
+  const int p = d->p, N = d->N, L = d->L;
+
+  switch (algo) {
+  case DUET_ALGO_RING:
+    return duet__rs_ring(p, S, d->flat, c);
+  case DUET_ALGO_HIER:
+    if (d->uniform) /* reduce-scatter inside over L, then on the rails over N */
+      return duet__rs_ring(L, S, d->upn, c) + duet__rs_ring(N, S / L, d->hpn, c);
+    /* reduce to leaders, leaders reduce-scatter, scatter inside */
+    return duet__rd_best(L, S, d->upn, c) + duet__rs_ring(N, S, d->hpn, c) +
+           (L - 1) * duet__tune_xfer(d->upn, S / p);
+  }
+  return DUET_TUNE_HUGE;
+}
+
+static double duet__tune_reduce(const duet__tune_dims_t *d, int algo, double S, double c) {
+  const int p = d->p, N = d->N, L = d->L;
+
+  switch (algo) {
+  case DUET_ALGO_BINOMIAL:
+    return duet__rd_binomial(p, S, d->flat, c);
+  case DUET_ALGO_CHAIN:
+    return duet__rd_chain(p, S, d->flat, c);
+  case DUET_ALGO_HIER:
+    if (d->uniform) /* reduce-scatter inside, reduce S/L on the rails, gather */
+      return duet__rs_ring(L, S, d->upn, c) + duet__rd_best(N, S / L, d->hpn, c) +
+             (L - 1) * duet__tune_xfer(d->upn, S / L);
+    return duet__rd_best(L, S, d->upn, c) + duet__rd_best(N, S, d->hpn, c);
+  }
+  return DUET_TUNE_HUGE;
+}
+
+/* All-to-all, S the bytes each rank sends in total. */
+static double duet__tune_alltoall(const duet__tune_dims_t *d, int algo, double S) {
+  const int p = d->p, N = d->N, L = d->L;
+
+  switch (algo) {
+  case DUET_ALGO_PAIRWISE:
+    return (p - 1) * duet__tune_xfer(d->flat, S / p);
+  case DUET_ALGO_BRUCK:
+    return duet__tune_clog2(p) * duet__tune_xfer(d->flat, S / 2);
+  case DUET_ALGO_HIER: /* hand local rank j its blocks, then one message per peer domain */
+    return (L - 1) * duet__tune_xfer(d->upn, S / L) + (N - 1) * duet__tune_xfer(d->hpn, S / N);
+  }
+  return DUET_TUNE_HUGE;
+}
+
+static double duet__tune_cost_dims(const duet__tune_dims_t *d, int coll, int algo, size_t bytes) {
+  const double S = (double)bytes;
+  const double c = (double)duet__tune_chunk(d->N, algo, bytes);
+
+  if (algo == DUET_ALGO_AUTO || !duet__algo_valid(coll, algo))
+    return DUET_TUNE_HUGE;
+  /* hier on one super-node or one rank per super-node would be flat anyway */
+  if (algo == DUET_ALGO_HIER && (d->N <= 1 || d->L <= 1))
+    return DUET_TUNE_HUGE;
+  switch (coll) {
+  case DUET_COLL_ALLREDUCE:
+    return duet__tune_allreduce(d, algo, S, c);
+  case DUET_COLL_BROADCAST:
+    return duet__tune_broadcast(d, algo, S, c);
+  case DUET_COLL_BARRIER:
+    return duet__tune_barrier(d, algo);
+  case DUET_COLL_ALLGATHER:
+    return duet__tune_allgather(d, algo, S, c);
+  case DUET_COLL_REDUCE_SCATTER:
+    return duet__tune_reduce_scatter(d, algo, S, c);
+  case DUET_COLL_REDUCE:
+    return duet__tune_reduce(d, algo, S, c);
+  case DUET_COLL_ALLTOALL:
+  case DUET_COLL_ALLTOALLV:
+    return duet__tune_alltoall(d, algo, S);
+  }
+  return DUET_TUNE_HUGE;
+}
+
+double duet__tune_cost_us(const duet__tune_shape_t *shape, int coll, int algo, size_t bytes) {
+  duet__tune_dims_t d;
+  if (duet__tune_dims(shape, &d))
+    return DUET_TUNE_HUGE;
+  return duet__tune_cost_dims(&d, coll, algo, bytes);
+}
+
+duet__tune_choice_t duet__tune_pick(const duet__tune_shape_t *shape, int coll, size_t bytes,
+                                    const duet__algo_force_t *force) {
+  duet__tune_choice_t ch = {DUET_ALGO_AUTO, DUET_TUNE_CHUNK_MAX, DUET_TUNE_HUGE};
+  duet__tune_dims_t d;
+  const char *why = "model";
+  int ok = duet__tune_dims(shape, &d) == 0;
+  int nsn = ok ? d.N : 1;
+
+  if (coll < 0 || coll >= DUET_COLL_COUNT)
+    return ch;
+  if (force && force->coll[coll] != DUET_ALGO_AUTO && duet__algo_valid(coll, force->coll[coll])) {
+    ch.algo = force->coll[coll];
+    why = "DUET_ALGO";
+    if (ok)
+      ch.est_us = duet__tune_cost_dims(&d, coll, ch.algo, bytes);
+  } else if (coll == DUET_COLL_SEND || coll == DUET_COLL_RECV) {
+    why = "not tuned"; /* one message */
+    if (ok)
+      ch.est_us = duet__tune_xfer(d.flat, (double)bytes);
+  } else {
+    /* cheapest valid algorithm; ties (within rounding: equal models such as
+     * binomial and chain on 3 ranks) go to the earlier, simpler one */
+    for (int a = DUET_ALGO_AUTO + 1; a < DUET_ALGO_COUNT; a++) {
+      double t;
+      if (!duet__algo_valid(coll, a))
+        continue;
+      t = ok ? duet__tune_cost_dims(&d, coll, a, bytes) : DUET_TUNE_HUGE;
+      if (ch.algo == DUET_ALGO_AUTO || t < ch.est_us * (1.0 - 1e-9)) {
+        ch.algo = a;
+        ch.est_us = t;
+      }
+    }
+    if (!ok)
+      why = "bad shape, first algorithm";
+  }
+  ch.chunk_bytes = duet__tune_chunk(nsn, ch.algo, bytes);
+  DUET_TRACE(DUET_SUB_TUNE,
+             "%s %zu bytes on %d ranks (%d super-nodes of %d%s): %s (%s), chunk %zu, "
+             "est %.1f us",
+             duet__coll_short_name(coll), bytes, shape ? shape->nranks : 0,
+             shape ? shape->nsupernodes : 0, shape ? shape->local_size : 0,
+             shape && !shape->uniform ? ", unequal" : "", duet__algo_name(ch.algo), why,
+             ch.chunk_bytes, ch.est_us);
+  return ch;
 }

@@ -17,13 +17,14 @@ mpirun=${MPIRUN:-mpirun}
 limit=${DUET_TEST_TIMEOUT:-300}
 allreduce="$builddir/tests/mpi/mpi_allreduce"
 coll="$builddir/tests/mpi/mpi_coll"
+split="$builddir/tests/mpi/mpi_split"
 
 if ! command -v "$mpirun" >/dev/null 2>&1; then
   echo "mpi: $mpirun not found (configure found MPI; install openmpi-bin)"
   echo "mpi: 0 passed, 1 failed"
   exit 1
 fi
-for prog in "$allreduce" "$coll"; do
+for prog in "$allreduce" "$coll" "$split"; do
   if [ ! -x "$prog" ]; then
     echo "mpi: $prog not built (make check builds it)"
     echo "mpi: 0 passed, 1 failed"
@@ -91,6 +92,7 @@ for np in $nps; do
     else
       run $prov "$np" "$coll" -q
     fi
+    run $prov "$np" "$split"
   done
 done
 

@@ -148,10 +148,12 @@ int sim_run(sim_rank_t *ranks, int p, duet_datatype_t dt, duet_op_t op, unsigned
         ncomp = 2;
       }
     } else {
-      uint8_t *d = resolve(&ranks[r], stp->dst, stp->len, err, errlen, r, i);
-      uint8_t *a = NULL, *b = NULL;
-      if (d == NULL)
-        goto out;
+      uint8_t *d = NULL, *a = NULL, *b = NULL;
+      if (stp->kind != DUET_STEP_NOP) {
+        d = resolve(&ranks[r], stp->dst, stp->len, err, errlen, r, i);
+        if (d == NULL)
+          goto out;
+      }
       if (stp->kind == DUET_STEP_REDUCE || stp->kind == DUET_STEP_COPY) {
         a = resolve(&ranks[r], stp->a, stp->len, err, errlen, r, i);
         if (a == NULL)
@@ -164,6 +166,7 @@ int sim_run(sim_rank_t *ranks, int p, duet_datatype_t dt, duet_op_t op, unsigned
         duet__reduce(d, a, b, stp->len / duet__dt_size(dt), dt, op);
       } else if (stp->kind == DUET_STEP_COPY) {
         memmove(d, a, stp->len);
+      } else if (stp->kind == DUET_STEP_NOP) {
       } else if (stp->kind == DUET_STEP_AVG) {
         duet__reduce_avg_finish(d, stp->len / duet__dt_size(dt), dt, p);
       } else {

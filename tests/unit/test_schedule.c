@@ -40,6 +40,7 @@ static void run_allreduce(duet__coll_build_fn build, const char *name, int p, si
                            .dt = DUET_INT32, .op = op, .dtsize = 4, .chunk_bytes = chunk};
     duet__sched_init(&rk[r].sched);
     cr_assert_eq(build(&a, &rk[r].sched), DUET_SUCCESS, "%s build p=%d rank %d", name, p, r);
+    cr_assert_eq(duet__sched_finalize(&rk[r].sched), DUET_SUCCESS);
     rk[r].recv = malloc(count * 4 + 1);
     rk[r].send = in_place ? rk[r].recv : malloc(count * 4 + 1);
     rk[r].send_bytes = rk[r].recv_bytes = count * 4;
@@ -100,6 +101,7 @@ static void run_bcast(int p, int root, size_t count, size_t chunk, unsigned seed
                            .chunk_bytes = chunk};
     duet__sched_init(&rk[r].sched);
     cr_assert_eq(duet__broadcast_binomial_build(&a, &rk[r].sched), DUET_SUCCESS);
+    cr_assert_eq(duet__sched_finalize(&rk[r].sched), DUET_SUCCESS);
     rk[r].recv = malloc(count + 1);
     rk[r].send = (r == root && seed % 2) ? rk[r].recv : malloc(count + 1);
     rk[r].send_bytes = rk[r].recv_bytes = count;
@@ -141,6 +143,7 @@ Test(schedule, barrier_dissemination) {
         duet__coll_args_t a = {.coll = DUET_COLL_BARRIER, .rank = r, .nranks = p, .dtsize = 1};
         duet__sched_init(&rk[r].sched);
         cr_assert_eq(duet__barrier_dissem_build(&a, &rk[r].sched), DUET_SUCCESS);
+        cr_assert_eq(duet__sched_finalize(&rk[r].sched), DUET_SUCCESS);
       }
       cr_assert_eq(sim_run(rk, p, DUET_UINT8, DUET_SUM, seed, err, sizeof(err)), 0,
                    "barrier p=%d: %s", p, err);
@@ -197,4 +200,228 @@ Test(schedule, simulator_catches_errors) {
   cr_assert(strstr(err, "outside") != NULL, "%s", err);
   for (int r = 0; r < 2; r++)
     duet__sched_fini(&rk[r].sched);
+}
+
+/* ---- hierarchical algorithms over super-node layouts ---- */
+
+typedef struct layout_case {
+  const char *name;
+  int p;
+  int32_t sn[12];
+} layout_case_t;
+
+static const layout_case_t layouts[] = {
+    {"1x4", 4, {0, 0, 0, 0}},          {"2x2", 4, {0, 0, 1, 1}},
+    {"2x3", 6, {0, 0, 0, 1, 1, 1}},    {"3+1", 4, {0, 0, 0, 1}},
+    {"4x1", 4, {0, 1, 2, 3}},          {"3x1", 3, {0, 1, 2}},
+    {"2x4", 8, {0, 0, 0, 0, 1, 1, 1, 1}}, {"3+2+1", 6, {0, 0, 0, 1, 1, 2}},
+    {"2x3 interleaved", 6, {0, 1, 0, 1, 0, 1}}, {"1", 1, {0}},
+    {"3x3", 9, {0, 0, 0, 1, 1, 1, 2, 2, 2}},
+};
+#define NLAYOUTS (sizeof(layouts) / sizeof(layouts[0]))
+
+enum { K_ALLREDUCE, K_ALLGATHER, K_RS, K_RS_ALIAS, K_REDUCE, K_BCAST };
+
+/* Build, run and check one collective on one layout. count: elements per
+ * rank block (allgather / reduce_scatter) or of the vector. Returns the
+ * largest HPN byte count any rank sends, and checks HPN peers share the
+ * sender's local index when rail_only. */
+static uint64_t run_hier(const layout_case_t *lc, int kind, duet__coll_build_fn build,
+                         size_t count, duet_op_t op, int root, int in_place, size_t chunk,
+                         unsigned seed, int rail_only) {
+  const int p = lc->p;
+  duet__layout_t lay;
+  int32_t *mem;
+  sim_rank_t *rk = calloc((size_t)p, sizeof(*rk));
+  char err[512] = "";
+  uint64_t hpn_max = 0;
+  size_t sendn = kind == K_RS || kind == K_RS_ALIAS ? count * (size_t)p : count;
+  size_t recvn = kind == K_ALLGATHER ? count * (size_t)p : count;
+  uint8_t **own = calloc((size_t)p, sizeof(uint8_t *));
+
+  cr_assert_eq(duet__layout_build(&lay, p, lc->sn, &mem), DUET_SUCCESS);
+  for (int r = 0; r < p; r++) {
+    duet__coll_args_t a = {.rank = r, .nranks = p, .root = root, .count = count,
+                           .dt = DUET_INT32, .op = op, .dtsize = 4, .chunk_bytes = chunk,
+                           .rd_max_bytes = 64, .layout = &lay};
+    a.out_aliases_in = kind == K_RS_ALIAS && r != 0;
+    duet__sched_init(&rk[r].sched);
+    cr_assert_eq(build(&a, &rk[r].sched), DUET_SUCCESS, "%s: build rank %d", lc->name, r);
+    cr_assert_eq(duet__sched_finalize(&rk[r].sched), DUET_SUCCESS);
+    /* buffers: one allocation; in place shares it as the collective says */
+    own[r] = malloc((sendn + recvn) * 4 + 8);
+    rk[r].recv = own[r];
+    rk[r].recv_bytes = recvn * 4;
+    rk[r].send = own[r] + recvn * 4;
+    rk[r].send_bytes = sendn * 4;
+    if (in_place) {
+      if (kind == K_ALLGATHER)
+        rk[r].send = rk[r].recv + (size_t)r * count * 4;
+      else if (kind == K_RS_ALIAS)
+        rk[r].recv = rk[r].send;
+      else if (kind != K_REDUCE || r == root)
+        rk[r].send = rk[r].recv;
+    }
+    memset(rk[r].recv, 0x5a, recvn * 4);
+    for (size_t i = 0; i < sendn; i++) {
+      int32_t v = in_i32(r, i);
+      if (kind == K_BCAST)
+        v = r == root ? (int32_t)(i * 3 + 1) : -7;
+      memcpy(rk[r].send + 4 * i, &v, 4);
+    }
+    /* HPN traffic of this rank: sends to other super-nodes */
+    uint64_t hpn = 0;
+    for (uint32_t i = 0; i < rk[r].sched.nsteps; i++) {
+      duet__step_t *st = &rk[r].sched.steps[i];
+      if (st->kind != DUET_STEP_SEND || lc->sn[st->peer] == lc->sn[r])
+        continue;
+      hpn += st->len;
+      if (rail_only && lay.uniform) /* other layouts fall back to flat paths */
+        cr_assert_eq(lay.local_rank[st->peer], lay.local_rank[r],
+                     "%s: rank %d sends to rank %d on the HPN off its rail", lc->name, r,
+                     st->peer);
+    }
+    if (hpn > hpn_max)
+      hpn_max = hpn;
+  }
+  cr_assert_eq(sim_run(rk, p, DUET_INT32, op, seed, err, sizeof(err)), 0, "%s kind %d: %s",
+               lc->name, kind, err);
+  for (int r = 0; r < p; r++) {
+    for (size_t i = 0; i < recvn; i++) {
+      int32_t got, want;
+      memcpy(&got, rk[r].recv + 4 * i, 4);
+      switch (kind) {
+      case K_ALLREDUCE: want = ref_i32(p, i, op); break;
+      case K_ALLGATHER: want = in_i32((int)(i / count), i % count); break;
+      case K_RS:
+      case K_RS_ALIAS: want = ref_i32(p, (size_t)r * count + i, op); break;
+      case K_REDUCE:
+        if (r != root) {
+          uint32_t bits;
+          memcpy(&bits, &got, 4);
+          cr_assert_eq(bits, 0x5a5a5a5au, "%s reduce: non-root %d recvbuf written", lc->name, r);
+          continue;
+        }
+        want = ref_i32(p, i, op);
+        break;
+      default: want = (int32_t)(i * 3 + 1); break;
+      }
+      cr_assert_eq(got, want, "%s kind %d op %d root %d in_place %d count %zu: rank %d elem %zu",
+                   lc->name, kind, op, root, in_place, count, r, i);
+    }
+    free(own[r]);
+    duet__sched_fini(&rk[r].sched);
+  }
+  free(own);
+  free(rk);
+  free(mem);
+  return hpn_max;
+}
+
+Test(hier, allreduce_every_layout) {
+  for (size_t k = 0; k < NLAYOUTS; k++) {
+    const layout_case_t *lc = &layouts[k];
+    size_t counts[] = {0, 1, 7, 100, 1000};
+    for (size_t c = 0; c < 5; c++)
+      for (int ip = 0; ip < 2; ip++)
+        run_hier(lc, K_ALLREDUCE, duet__allreduce_hier_build, counts[c], c % 2 ? DUET_AVG : DUET_SUM,
+                 0, ip, c == 4 ? 64 : 1 << 20, (unsigned)(c + ip), 0);
+    run_hier(lc, K_ALLREDUCE, duet__allreduce_hier_build, 50, DUET_MAX, 0, 0, 16, 9, 0);
+  }
+}
+
+/* The mission's claim: with L ranks in each of N super-nodes, a hierarchical
+ * allreduce of S bytes sends at most 2 (S/L) (N-1)/N bytes per rank over the
+ * HPN (chunk rounding aside), only to the same local index, and none with one
+ * super-node. */
+Test(hier, allreduce_hpn_traffic) {
+  for (size_t k = 0; k < NLAYOUTS; k++) {
+    const layout_case_t *lc = &layouts[k];
+    int nsn = 0, L, size[12] = {0}, even = 1;
+    for (int r = 0; r < lc->p; r++) {
+      nsn = lc->sn[r] + 1 > nsn ? lc->sn[r] + 1 : nsn;
+      size[lc->sn[r]]++;
+    }
+    L = size[0];
+    for (int q = 1; q < nsn; q++)
+      even &= size[q] == L;
+    if (!even)
+      continue; /* uneven: the slower path makes no such promise */
+    size_t count = 4096 * (size_t)lc->p; /* S = 16 KiB x p */
+    uint64_t S = count * 4;
+    uint64_t hpn = run_hier(lc, K_ALLREDUCE, duet__allreduce_hier_build, count, DUET_SUM, 0, 0,
+                            1 << 20, 3, 1);
+    uint64_t bound = 2 * (S / (uint64_t)L) * (uint64_t)(nsn - 1) / (uint64_t)nsn;
+    cr_assert_leq(hpn, bound + 64, "%s: HPN bytes per rank %llu > bound %llu", lc->name,
+                  (unsigned long long)hpn, (unsigned long long)bound);
+    if (nsn == 1)
+      cr_assert_eq(hpn, 0);
+  }
+}
+
+Test(hier, allgather_and_reduce_scatter) {
+  for (size_t k = 0; k < NLAYOUTS; k++) {
+    const layout_case_t *lc = &layouts[k];
+    size_t counts[] = {0, 1, 5, 33};
+    for (size_t c = 0; c < 4; c++)
+      for (int ip = 0; ip < 2; ip++) {
+        run_hier(lc, K_ALLGATHER, duet__allgather_ring_build, counts[c], DUET_SUM, 0, ip, 8,
+                 (unsigned)c, 0);
+        run_hier(lc, K_ALLGATHER, duet__allgather_hier_build, counts[c], DUET_SUM, 0, ip, 8,
+                 (unsigned)c + 1, 1);
+        run_hier(lc, K_RS, duet__reduce_scatter_ring_build, counts[c], c % 2 ? DUET_AVG : DUET_SUM,
+                 0, 0, 8, (unsigned)c, 0);
+        run_hier(lc, K_RS, duet__reduce_scatter_hier_build, counts[c], DUET_SUM, 0, 0, 12,
+                 (unsigned)c + 2, 1);
+        run_hier(lc, K_RS_ALIAS, duet__reduce_scatter_ring_build, counts[c], DUET_SUM, 0, 1,
+                 1 << 20, (unsigned)c + 3, 0);
+        run_hier(lc, K_RS_ALIAS, duet__reduce_scatter_hier_build, counts[c], DUET_MIN, 0, 1, 8,
+                 (unsigned)c + 4, 1);
+      }
+  }
+}
+
+Test(hier, reduce_and_broadcast_every_root) {
+  for (size_t k = 0; k < NLAYOUTS; k++) {
+    const layout_case_t *lc = &layouts[k];
+    for (int root = 0; root < lc->p; root++)
+      for (int ip = 0; ip < 2; ip++) {
+        run_hier(lc, K_REDUCE, duet__reduce_binomial_build, 37, ip ? DUET_AVG : DUET_SUM, root,
+                 ip, 16, (unsigned)root, 0);
+        run_hier(lc, K_REDUCE, duet__reduce_hier_build, 37, DUET_SUM, root, ip, 16,
+                 (unsigned)root + 1, 0);
+        run_hier(lc, K_BCAST, duet__broadcast_binomial_build, 37, DUET_SUM, root, ip, 16,
+                 (unsigned)root, 0);
+        run_hier(lc, K_BCAST, duet__broadcast_hier_build, 37, DUET_SUM, root, ip, 16,
+                 (unsigned)root + 2, 0);
+      }
+  }
+}
+
+Test(hier, barrier_every_layout) {
+  for (size_t k = 0; k < NLAYOUTS; k++) {
+    const layout_case_t *lc = &layouts[k];
+    const int p = lc->p;
+    duet__layout_t lay;
+    int32_t *mem;
+    for (unsigned seed = 0; seed < 4; seed++) {
+      sim_rank_t *rk = calloc((size_t)p, sizeof(*rk));
+      char err[512] = "";
+      cr_assert_eq(duet__layout_build(&lay, p, lc->sn, &mem), DUET_SUCCESS);
+      for (int r = 0; r < p; r++) {
+        duet__coll_args_t a = {.rank = r, .nranks = p, .dtsize = 1, .layout = &lay};
+        duet__sched_init(&rk[r].sched);
+        cr_assert_eq(duet__barrier_hier_build(&a, &rk[r].sched), DUET_SUCCESS);
+        cr_assert_eq(duet__sched_finalize(&rk[r].sched), DUET_SUCCESS);
+      }
+      cr_assert_eq(sim_run(rk, p, DUET_UINT8, DUET_SUM, seed, err, sizeof(err)), 0, "%s: %s",
+                   lc->name, err);
+      for (int r = 0; r < p; r++) {
+        cr_assert_eq(rk[r].heard, (1ull << p) - 1, "%s: rank %d left early", lc->name, r);
+        duet__sched_fini(&rk[r].sched);
+      }
+      free(rk);
+      free(mem);
+    }
+  }
 }

@@ -1,0 +1,119 @@
+/*
+ * reduce_scatter.c - ring reduce-scatter, and the hierarchical one.
+ *
+ * Ring: p-1 steps; rank r ends with block r reduced over all ranks. Partial
+ * sums of other blocks live in scratch (p blocks), so the send buffer is
+ * never written. When recvbuf == sendbuf (in place, MPI's form) the result
+ * is made in scratch and copied out at the very end, after every read of the
+ * send buffer.
+ *
+ * Hierarchical (super-nodes of equal size L, N of them):
+ *   1. inside the super-node over the UPN: ring reduce-scatter where local
+ *      rank j's segment is the N blocks of the ranks with local index j;
+ *   2. on rail j over the HPN: ring reduce-scatter of those N blocks, each
+ *      rank keeping its own.
+ * HPN bytes per rank: (N-1) blocks. Other layouts run the flat ring.
+ */
+#include <stdlib.h>
+
+#include "coll/hier.h"
+#include "coll/ring.h"
+
+static uint64_t chunk_elems(const duet__coll_args_t *a) {
+  return a->chunk_bytes / a->dtsize ? a->chunk_bytes / a->dtsize : 1;
+}
+
+/* The final block goes to recvbuf, or through scratch when recvbuf aliases
+ * the start of sendbuf. total: elements of the whole send buffer. */
+static duet__place_t result_place(const duet__coll_args_t *a, uint64_t total) {
+  duet__place_t out = {DUET_BUF_RECV, 1, 0};
+  if (a->out_aliases_in) {
+    out.buf = DUET_BUF_SCRATCH;
+    out.off = total;
+  }
+  return out;
+}
+
+static void copy_out(const duet__coll_args_t *a, duet__sched_t *s, duet__place_t out) {
+  duet__view_t v;
+  if (!a->out_aliases_in)
+    return;
+  duet__sched_need_scratch(s, (out.off + a->count) * a->dtsize);
+  v = s->view;
+  v.msg_base = DUET_HIER_MSGS * 0;
+  duet__sched_phase(s, &v);
+  duet__sched_copy(s, duet__ref(DUET_BUF_RECV, 0),
+                   duet__ref(DUET_BUF_SCRATCH, out.off * a->dtsize), a->count * a->dtsize, NULL,
+                   0);
+}
+
+duet_status_t duet__reduce_scatter_ring_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  const uint64_t total = a->count * (uint64_t)a->nranks;
+  duet__place_t out = result_place(a, total);
+  duet__segs_t g;
+  if (a->count == 0)
+    return DUET_SUCCESS;
+  if (duet__segs_blocks(&g, a->count, a->nranks, NULL) != DUET_SUCCESS)
+    return DUET_ERR_NO_MEMORY;
+  duet__sched_need_scratch(s, (total + a->count) * a->dtsize);
+  duet__ring_rs_emit(s, a->rank, &g, a->dtsize, chunk_elems(a), DUET_BUF_SEND,
+                     DUET_BUF_SCRATCH, out, a->op == DUET_AVG, (total + a->count) * a->dtsize);
+  copy_out(a, s, out);
+  duet__segs_free(&g);
+  return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
+}
+
+duet_status_t duet__reduce_scatter_hier_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  const uint64_t total = a->count * (uint64_t)a->nranks;
+  const uint64_t slots = (total + a->count) * a->dtsize;
+  duet__place_t out = result_place(a, total), keep = {DUET_BUF_SCRATCH, 0, 0};
+  duet__segs_t rail, dom;
+  duet__hier_t h;
+  duet__view_t v;
+  duet_status_t rc;
+
+  if (a->count == 0)
+    return DUET_SUCCESS;
+  if (duet__hier_is_flat(a->layout) || !a->layout->uniform)
+    return duet__reduce_scatter_ring_build(a, s);
+  rc = duet__hier_init(&h, a, 0);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  dom.n = h.ls;
+  dom.per = h.nsn;
+  dom.off = malloc(sizeof(uint64_t) * (size_t)h.ls * (size_t)h.nsn);
+  dom.len = malloc(sizeof(uint64_t) * (size_t)h.ls * (size_t)h.nsn);
+  rail.off = rail.len = NULL;
+  if (dom.off == NULL || dom.len == NULL ||
+      duet__segs_blocks(&rail, a->count, h.nrail, h.rail) != DUET_SUCCESS) {
+    rc = DUET_ERR_NO_MEMORY;
+    goto out_free;
+  }
+  for (int j = 0; j < h.ls; j++)
+    for (int k = 0; k < h.nsn; k++) {
+      size_t i = (size_t)j * (size_t)h.nsn + (size_t)k;
+      dom.off[i] = (uint64_t)a->layout->members[a->layout->sn_first[k] + j] * a->count;
+      dom.len[i] = a->count;
+    }
+  duet__sched_need_scratch(s, slots);
+  /* 1. inside the super-node: partial sums of my rail's blocks, in scratch */
+  v = duet__hier_view(s, h.domain);
+  v.msg_base = DUET_HIER_MSGS * 0;
+  duet__sched_phase(s, &v);
+  duet__ring_rs_emit(s, h.lr, &dom, a->dtsize, chunk_elems(a), DUET_BUF_SEND,
+                     DUET_BUF_SCRATCH, keep, 0, slots);
+  /* 2. on the rail: those blocks, reduced across super-nodes */
+  v = duet__hier_view(s, h.rail);
+  v.msg_base = DUET_HIER_MSGS * 1;
+  duet__sched_phase(s, &v);
+  duet__ring_rs_emit(s, h.rail_me, &rail, a->dtsize, chunk_elems(a), DUET_BUF_SCRATCH,
+                     DUET_BUF_SCRATCH, out, a->op == DUET_AVG, slots);
+  copy_out(a, s, out);
+  rc = s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
+out_free:
+  free(dom.off);
+  free(dom.len);
+  duet__segs_free(&rail);
+  duet__hier_fini(&h);
+  return rc;
+}

@@ -1,0 +1,223 @@
+/* Topology discovery (src/topo/discover.c) on hand-made hwloc XML topologies,
+ * so no particular hardware is needed, and on this host.
+ *
+ * tests/unit/topo/ holds (made with `lstopo --input "<synthetic>" --of xml`,
+ * then a HostName and PCI bridges with OS devices added under chosen
+ * objects; `lstopo --input FILE` shows them):
+ *   two_socket.xml  "node-a": pack:2 numa:1 core:4 pu:2; eth0 (and an NVMe
+ *                   disk, not a NIC) near NUMA 0; ib0 + mlx5_0 (one card)
+ *                   near NUMA 1.
+ *   four_numa.xml   "node-b": pack:2 numa:2 core:2 pu:1; mlx5_0 near NUMA 1,
+ *                   mlx5_1 near NUMA 3, eno1 on the machine (no single node).
+ *   laptop.xml      "laptop": core:2 pu:1, no package level, no NIC.
+ */
+#include <criterion/criterion.h>
+#include <hwloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "topo/topo.h"
+
+#ifndef TOPO_XML_DIR
+#error "TOPO_XML_DIR (the absolute path of tests/unit/topo) must be defined by the build"
+#endif
+
+static void load(duet__topo_t *t, const char *file) {
+  char path[1024], err[DUET_TOPO_ERRLEN] = "";
+  snprintf(path, sizeof(path), "%s/%s", TOPO_XML_DIR, file);
+  cr_assert_eq(duet__topo_discover(t, path, err), DUET_SUCCESS, "%s: %s", path, err);
+}
+
+static void expect_nic(const duet__topo_t *t, int i, const char *name, int kind, int numa,
+                       const char *cpus, const char *pci) {
+  cr_assert_lt(i, t->nnics, "NIC %d missing (%d NICs)", i, t->nnics);
+  cr_expect_str_eq(t->nics[i].name, name, "NIC %d", i);
+  cr_expect_eq(t->nics[i].kind, kind, "%s kind", name);
+  cr_expect_eq(t->nics[i].numa, numa, "%s numa", name);
+  cr_expect_str_eq(t->nics[i].cpuset, cpus, "%s cpus", name);
+  cr_expect_str_eq(t->nics[i].pci, pci, "%s pci", name);
+}
+
+Test(topo, two_socket_counts_and_nics) {
+  duet__topo_t t;
+  load(&t, "two_socket.xml");
+  cr_expect_str_eq(t.hostname, "node-a");
+  cr_expect_eq(t.npackages, 2);
+  cr_expect_eq(t.nnuma, 2);
+  cr_expect_eq(t.ncores, 8);
+  cr_expect_eq(t.npus, 16);
+  /* An XML topology is another host: the whole machine, unbound. */
+  cr_expect_str_eq(t.cpuset, "0-15");
+  cr_expect_str_eq(t.nodeset, "0-1");
+  cr_expect_eq(t.bound, 0);
+  cr_expect_eq(t.numa, -1);
+  /* The NVMe block device is not a NIC. */
+  cr_assert_eq(t.nnics, 3);
+  expect_nic(&t, 0, "eth0", DUET_TOPO_NIC_NET, 0, "0-7", "0000:01:00.0");
+  expect_nic(&t, 1, "ib0", DUET_TOPO_NIC_NET, 1, "8-15", "0000:81:00.0");
+  expect_nic(&t, 2, "mlx5_0", DUET_TOPO_NIC_OPENFABRICS, 1, "8-15", "0000:81:00.0");
+  duet__topo_free(&t);
+  cr_expect_null(t.nics);
+  cr_expect_eq(t.nnics, 0);
+}
+
+Test(topo, two_socket_nic_near) {
+  duet__topo_t t;
+  load(&t, "two_socket.xml");
+  cr_assert_not_null(duet__topo_nic_near(&t, 0));
+  cr_expect_str_eq(duet__topo_nic_near(&t, 0)->name, "eth0");
+  cr_assert_not_null(duet__topo_nic_near(&t, 1));
+  cr_expect_str_eq(duet__topo_nic_near(&t, 1)->name, "ib0");
+  cr_expect_null(duet__topo_nic_near(&t, 2));
+  cr_assert_not_null(duet__topo_nic_near(&t, -1));
+  cr_expect_str_eq(duet__topo_nic_near(&t, -1)->name, "eth0");
+  duet__topo_free(&t);
+}
+
+Test(topo, four_numa_nodes_per_group) {
+  duet__topo_t t;
+  load(&t, "four_numa.xml");
+  cr_expect_str_eq(t.hostname, "node-b");
+  cr_expect_eq(t.npackages, 2);
+  cr_expect_eq(t.nnuma, 4);
+  cr_expect_eq(t.ncores, 8);
+  cr_expect_eq(t.npus, 8);
+  cr_assert_eq(t.nnics, 3);
+  expect_nic(&t, 0, "mlx5_0", DUET_TOPO_NIC_OPENFABRICS, 1, "2-3", "0000:41:00.0");
+  expect_nic(&t, 1, "mlx5_1", DUET_TOPO_NIC_OPENFABRICS, 3, "6-7", "0000:c1:00.0");
+  /* On the machine, near every node and so local to none. */
+  expect_nic(&t, 2, "eno1", DUET_TOPO_NIC_NET, -1, "0-7", "0000:02:00.0");
+  cr_expect_null(duet__topo_nic_near(&t, 0));
+  cr_assert_not_null(duet__topo_nic_near(&t, 1));
+  cr_expect_str_eq(duet__topo_nic_near(&t, 1)->name, "mlx5_0");
+  cr_expect_null(duet__topo_nic_near(&t, 2));
+  cr_assert_not_null(duet__topo_nic_near(&t, 3));
+  cr_expect_str_eq(duet__topo_nic_near(&t, 3)->name, "mlx5_1");
+  duet__topo_free(&t);
+}
+
+Test(topo, laptop_without_nics) {
+  duet__topo_t t;
+  load(&t, "laptop.xml");
+  cr_expect_str_eq(t.hostname, "laptop");
+  cr_expect_eq(t.npackages, 0);
+  cr_expect_eq(t.nnuma, 1);
+  cr_expect_eq(t.ncores, 2);
+  cr_expect_eq(t.npus, 2);
+  cr_expect_eq(t.nnics, 0);
+  cr_expect_null(duet__topo_nic_near(&t, 0));
+  cr_expect_null(duet__topo_nic_near(&t, -1));
+  duet__topo_free(&t);
+}
+
+Test(topo, print) {
+  duet__topo_t t;
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f;
+  load(&t, "two_socket.xml");
+  f = open_memstream(&text, &len);
+  cr_assert_not_null(f);
+  duet__topo_print(&t, f);
+  fclose(f);
+  cr_expect(strstr(text, "host node-a: 2 packages, 2 NUMA nodes, 8 cores, 16 PUs") != NULL, "%s",
+            text);
+  cr_expect(strstr(text, "cpus 0-15, numa unbound") != NULL, "%s", text);
+  cr_expect(strstr(text, "mlx5_0") != NULL && strstr(text, "openfabrics") != NULL, "%s", text);
+  cr_expect(strstr(text, "0000:81:00.0") != NULL, "%s", text);
+  free(text);
+  duet__topo_free(&t);
+}
+
+Test(topo, missing_file_is_a_clean_error) {
+  duet__topo_t t;
+  char err[DUET_TOPO_ERRLEN] = "";
+  const char *path = TOPO_XML_DIR "/no_such_topology.xml";
+  cr_expect_eq(duet__topo_discover(&t, path, err), DUET_ERR_SYSTEM);
+  cr_expect(strstr(err, "no_such_topology.xml") != NULL, "message does not name the file: %s", err);
+  cr_expect_eq(t.nnics, 0);
+  duet__topo_free(&t); /* safe after a failure */
+}
+
+static void expect_garbage_fails(const char *content) {
+  duet__topo_t t;
+  char err[DUET_TOPO_ERRLEN] = "";
+  char path[] = "/tmp/duet_topo_XXXXXX";
+  int fd = mkstemp(path);
+  cr_assert_geq(fd, 0);
+  cr_assert_eq(write(fd, content, strlen(content)), (ssize_t)strlen(content));
+  close(fd);
+  cr_expect_eq(duet__topo_discover(&t, path, err), DUET_ERR_SYSTEM, "'%s' accepted", content);
+  cr_expect_neq(err[0], '\0');
+  cr_expect(strstr(err, path) != NULL, "message does not name the file: %s", err);
+  duet__topo_free(&t);
+  unlink(path);
+}
+
+Test(topo, garbage_is_a_clean_error) {
+  expect_garbage_fails("this is not a topology\n");
+  expect_garbage_fails("");
+  expect_garbage_fails("<?xml version=\"1.0\"?>\n<html><body>hi</body></html>\n");
+}
+
+Test(topo, this_host) {
+  duet__topo_t t;
+  char err[DUET_TOPO_ERRLEN] = "", host[256] = "";
+  cr_assert_eq(duet__topo_discover(&t, NULL, err), DUET_SUCCESS, "%s", err);
+  cr_expect_geq(t.ncores, 1);
+  cr_expect_geq(t.npus, t.ncores);
+  cr_expect_geq(t.nnuma, 1);
+  cr_assert_not_null(t.cpuset);
+  cr_expect_neq(t.cpuset[0], '\0');
+  gethostname(host, sizeof(host) - 1);
+  cr_expect_str_eq(t.hostname, host);
+  for (int i = 0; i < t.nnics; i++)
+    cr_expect_neq(t.nics[i].name[0], '\0');
+  /* The core's count still works and never exceeds the machine. */
+  cr_expect_geq(duet__topo_ncores(), 1);
+  cr_expect_leq(duet__topo_ncores(), t.ncores);
+  duet__topo_free(&t);
+}
+
+/* Bound to one cpu (every thread; Criterion runs each test in its own
+ * process), this process reports that cpu and its NUMA node. */
+Test(topo, this_host_bound_to_one_cpu) {
+  duet__topo_t t;
+  char err[DUET_TOPO_ERRLEN] = "", want[32];
+  hwloc_topology_t topo;
+  hwloc_bitmap_t set = hwloc_bitmap_alloc();
+  hwloc_obj_t pu, node;
+  int cpu;
+
+  cr_assert_eq(hwloc_topology_init(&topo), 0);
+  cr_assert_eq(hwloc_topology_load(topo), 0);
+  cr_assert_eq(hwloc_get_cpubind(topo, set, HWLOC_CPUBIND_PROCESS), 0);
+  if (hwloc_bitmap_weight(set) < 2) {
+    hwloc_bitmap_free(set);
+    hwloc_topology_destroy(topo);
+    cr_skip_test("this process may use a single cpu; binding would change nothing");
+  }
+  cpu = hwloc_bitmap_last(set);
+  pu = hwloc_get_pu_obj_by_os_index(topo, (unsigned)cpu);
+  cr_assert_not_null(pu);
+  /* NUMA nodes hang beside the cpus in hwloc 2: the one whose cpus hold it. */
+  node = NULL;
+  while ((node = hwloc_get_next_obj_by_type(topo, HWLOC_OBJ_NUMANODE, node)) != NULL)
+    if (hwloc_bitmap_isset(node->cpuset, (unsigned)cpu))
+      break;
+  cr_assert_not_null(node);
+  hwloc_bitmap_only(set, (unsigned)cpu);
+  cr_assert_eq(hwloc_set_cpubind(topo, set, HWLOC_CPUBIND_PROCESS), 0);
+
+  cr_assert_eq(duet__topo_discover(&t, NULL, err), DUET_SUCCESS, "%s", err);
+  snprintf(want, sizeof(want), "%d", cpu);
+  cr_expect_str_eq(t.cpuset, want);
+  cr_expect_eq(t.bound, 1);
+  cr_expect_eq(t.numa, (int)node->os_index);
+  cr_expect_eq(duet__topo_ncores(), 1);
+  duet__topo_free(&t);
+  hwloc_bitmap_free(set);
+  hwloc_topology_destroy(topo);
+}
