@@ -396,36 +396,107 @@ duet_status_t duet_wait(duet_request_t *req) {
   return duet__wait_and_free(req);
 }
 
-/* --- collectives of later issues --- */
 
-static duet_status_t duet__unsupported(duet_comm_t *comm, const char *fn) {
+/* --- alltoall, alltoallv --- */
+
+static duet_status_t duet__alltoall_post(const char *fn, const void *sendbuf, void *recvbuf,
+                                         size_t count, duet_datatype_t dt, duet_comm_t *comm,
+                                         duet_request_t **req) {
+  duet__coll_args_t a;
+  size_t bytes, total;
   TRY(duet__check_comm(comm, fn));
-  return duet__set_error(comm, DUET_ERR_UNSUPPORTED, "%s is not implemented yet", fn);
+  TRY(duet__check_req_out(comm, fn, req));
+  TRY(duet__check_dt(comm, fn, dt));
+  TRY(duet__check_count(comm, fn, count, dt, &bytes));
+  if (count > SIZE_MAX / (size_t)comm->nranks)
+    return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT,
+                           "%s: count %zu x %d ranks overflows", fn, count, comm->nranks);
+  TRY(duet__check_count(comm, fn, count * (size_t)comm->nranks, dt, &total));
+  TRY(duet__check_buffer(comm, fn, "sendbuf", sendbuf, count));
+  TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, count));
+  TRY(duet__check_overlap(comm, fn, sendbuf, total, recvbuf, total));
+  duet__args_init(&a, comm, DUET_COLL_ALLTOALL, count, dt, DUET_SUM, 0);
+  a.in_place = sendbuf == recvbuf;
+  return duet__coll_post(comm, &a, total, sendbuf, recvbuf, req);
 }
 
 duet_status_t duet_ialltoall(const void *sendbuf, void *recvbuf, size_t count,
                              duet_datatype_t dt, duet_comm_t *comm, duet_request_t **req) {
-  (void)sendbuf, (void)recvbuf, (void)count, (void)dt, (void)req;
-  return duet__unsupported(comm, "duet_ialltoall");
+  return duet__alltoall_post("duet_ialltoall", sendbuf, recvbuf, count, dt, comm, req);
 }
+
 duet_status_t duet_alltoall(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,
                             duet_comm_t *comm) {
-  (void)sendbuf, (void)recvbuf, (void)count, (void)dt;
-  return duet__unsupported(comm, "duet_alltoall");
+  duet_request_t *req;
+  TRY(duet__alltoall_post("duet_alltoall", sendbuf, recvbuf, count, dt, comm, &req));
+  return duet__wait_and_free(req);
 }
+
+/* Every count and displacement must stay inside the address space, and a
+ * non-zero count needs a buffer. */
+static duet_status_t duet__check_v(duet_comm_t *comm, const char *fn, const char *what,
+                                   const void *buf, const size_t *counts, const size_t *displs,
+                                   duet_datatype_t dt, size_t *total) {
+  size_t es = duet__dt_size(dt), sum = 0;
+  if (counts == NULL || displs == NULL)
+    return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT, "%s: %s%s is NULL", fn, what,
+                           counts == NULL ? "counts" : "displs");
+  for (int q = 0; q < comm->nranks; q++) {
+    if (counts[q] > (size_t)PTRDIFF_MAX / es || displs[q] > (size_t)PTRDIFF_MAX / es - counts[q])
+      return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT,
+                             "%s: %scounts[%d] = %zu at %sdispls[%d] = %zu overflows", fn, what, q,
+                             counts[q], what, q, displs[q]);
+    sum += counts[q];
+  }
+  if (buf == NULL && sum > 0)
+    return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT, "%s: %sbuf is NULL with %zu elements",
+                           fn, what[0] == 's' ? "send" : "recv", sum);
+  *total = sum;
+  return DUET_SUCCESS;
+}
+
+static duet_status_t duet__alltoallv_post(const char *fn, const void *sendbuf,
+                                          const size_t *sendcounts, const size_t *sdispls,
+                                          void *recvbuf, const size_t *recvcounts,
+                                          const size_t *rdispls, duet_datatype_t dt,
+                                          duet_comm_t *comm, duet_request_t **req) {
+  duet__coll_args_t a;
+  size_t stotal, rtotal;
+  TRY(duet__check_comm(comm, fn));
+  TRY(duet__check_req_out(comm, fn, req));
+  TRY(duet__check_dt(comm, fn, dt));
+  TRY(duet__check_v(comm, fn, "send", sendbuf, sendcounts, sdispls, dt, &stotal));
+  TRY(duet__check_v(comm, fn, "recv", recvbuf, recvcounts, rdispls, dt, &rtotal));
+  if (sendbuf == recvbuf && sendbuf != NULL)
+    return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT,
+                           "%s: sendbuf == recvbuf: alltoallv does not work in place", fn);
+  if (sendcounts[comm->rank] != recvcounts[comm->rank])
+    return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT,
+                           "%s: sendcounts[%d] = %zu but recvcounts[%d] = %zu (to itself)", fn,
+                           comm->rank, sendcounts[comm->rank], comm->rank, recvcounts[comm->rank]);
+  duet__args_init(&a, comm, DUET_COLL_ALLTOALLV, 0, dt, DUET_SUM, 0);
+  a.scounts = sendcounts;
+  a.sdispls = sdispls;
+  a.rcounts = recvcounts;
+  a.rdispls = rdispls;
+  return duet__coll_post(comm, &a, (stotal > rtotal ? stotal : rtotal) * a.dtsize, sendbuf,
+                         recvbuf, req);
+}
+
 duet_status_t duet_ialltoallv(const void *sendbuf, const size_t *sendcounts,
                               const size_t *sdispls, void *recvbuf, const size_t *recvcounts,
                               const size_t *rdispls, duet_datatype_t dt, duet_comm_t *comm,
                               duet_request_t **req) {
-  (void)sendbuf, (void)sendcounts, (void)sdispls, (void)recvbuf, (void)recvcounts, (void)rdispls,
-      (void)dt, (void)req;
-  return duet__unsupported(comm, "duet_ialltoallv");
+  return duet__alltoallv_post("duet_ialltoallv", sendbuf, sendcounts, sdispls, recvbuf,
+                              recvcounts, rdispls, dt, comm, req);
 }
+
 duet_status_t duet_alltoallv(const void *sendbuf, const size_t *sendcounts, const size_t *sdispls,
                              void *recvbuf, const size_t *recvcounts, const size_t *rdispls,
                              duet_datatype_t dt, duet_comm_t *comm) {
-  (void)sendbuf, (void)sendcounts, (void)sdispls, (void)recvbuf, (void)recvcounts, (void)rdispls,
-      (void)dt;
-  return duet__unsupported(comm, "duet_alltoallv");
+  duet_request_t *req;
+  TRY(duet__alltoallv_post("duet_alltoallv", sendbuf, sendcounts, sdispls, recvbuf, recvcounts,
+                           rdispls, dt, comm, &req));
+  return duet__wait_and_free(req);
 }
 

@@ -33,6 +33,8 @@ typedef struct duet__coll_args {
   size_t chunk_bytes; /* pipelining unit */
   size_t rd_max_bytes; /* inner allreduce phases: recursive doubling up to here */
   int out_aliases_in;  /* reduce_scatter in place with recvbuf == sendbuf */
+  int in_place;        /* alltoall: sendbuf == recvbuf */
+  const size_t *scounts, *sdispls, *rcounts, *rdispls; /* alltoallv, elements */
   const duet__layout_t *layout; /* hierarchical algorithms; NULL: one super-node */
 } duet__coll_args_t;
 
@@ -57,6 +59,10 @@ duet_status_t duet__reduce_scatter_hier_build(const duet__coll_args_t *args, due
 duet_status_t duet__reduce_binomial_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__reduce_chain_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__reduce_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__alltoall_pairwise_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__alltoall_bruck_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__alltoall_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__alltoallv_pairwise_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__send_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__recv_build(const duet__coll_args_t *args, duet__sched_t *s);
 

@@ -70,6 +70,10 @@ duet__coll_build_fn duet__coll_builder(int coll, int algo) {
       {DUET_COLL_REDUCE, DUET_ALGO_BINOMIAL, duet__reduce_binomial_build},
       {DUET_COLL_REDUCE, DUET_ALGO_CHAIN, duet__reduce_chain_build},
       {DUET_COLL_REDUCE, DUET_ALGO_HIER, duet__reduce_hier_build},
+      {DUET_COLL_ALLTOALL, DUET_ALGO_PAIRWISE, duet__alltoall_pairwise_build},
+      {DUET_COLL_ALLTOALL, DUET_ALGO_BRUCK, duet__alltoall_bruck_build},
+      {DUET_COLL_ALLTOALL, DUET_ALGO_HIER, duet__alltoall_hier_build},
+      {DUET_COLL_ALLTOALLV, DUET_ALGO_PAIRWISE, duet__alltoallv_pairwise_build},
       {DUET_COLL_SEND, DUET_ALGO_AUTO, duet__send_build},
       {DUET_COLL_RECV, DUET_ALGO_AUTO, duet__recv_build},
   };

@@ -1,0 +1,241 @@
+/*
+ * alltoall.c - all-to-all: pairwise exchange, Bruck, hierarchical; and
+ * pairwise alltoallv.
+ *
+ * Pairwise: in step k rank r exchanges with q = (k - r) mod p, a pairing in
+ * which every pair meets exactly once and both directions move in the same
+ * step. At most DUET_A2A_WINDOW steps are in flight. Out of place, blocks go
+ * straight from sendbuf to recvbuf; in place, the incoming block waits in one
+ * of DUET_A2A_WINDOW scratch slots until the outgoing block it replaces has
+ * left. Extra memory: none out of place, WINDOW blocks in place.
+ *
+ * Bruck (small blocks): rotate, then in round k (k = 1, 2, 4, ...) send to
+ * r + k every block whose index has bit k set, packed in one message, and
+ * unrotate: ceil(log2 p) messages per rank instead of p - 1, at the price of
+ * about (log2 p)/2 times the bytes. Scratch: the rotated copy plus two pack
+ * buffers, about 2p blocks - it is meant for small blocks.
+ *
+ * Hierarchical (super-nodes of equal size L, N of them), DESIGN.md section 4:
+ * in round m this rank (local index j) serves destination super-node
+ * d = sn + m: every local rank i hands local rank j the block it has for the
+ * rank with local index j in d (UPN), and j sends the L blocks to that rank
+ * in one message over the HPN; from super-node sn - m it receives the L blocks
+ * bound for it and places them. Round 0 is the exchange inside the
+ * super-node. Each rank sends N-1 HPN messages per call, each carrying L
+ * blocks. Staging: two rounds of (gathered + received) L blocks, so memory is
+ * bounded by 4L blocks, not by p; in place, the send buffer is first copied
+ * to scratch (p blocks). Other layouts run pairwise.
+ */
+#include <stdlib.h>
+
+#include "coll/hier.h"
+
+#define DUET_A2A_WINDOW 8
+
+duet_status_t duet__alltoall_pairwise_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  const int p = a->nranks, r = a->rank;
+  const uint64_t blk = a->count * a->dtsize;
+  uint32_t done[DUET_A2A_WINDOW];
+
+  if (blk == 0)
+    return DUET_SUCCESS;
+  if (a->in_place)
+    duet__sched_need_scratch(s, (uint64_t)DUET_A2A_WINDOW * blk);
+  for (int k = 0; k < DUET_A2A_WINDOW; k++)
+    done[k] = DUET_STEP_NONE;
+  for (int k = 0; k < p; k++) {
+    int q = ((k - r) % p + p) % p, w = k % DUET_A2A_WINDOW;
+    uint32_t gate = done[w]; /* the step that used this window slot before */
+    duet__ref_t out = duet__ref(DUET_BUF_SEND, (uint64_t)q * blk);
+    duet__ref_t in = duet__ref(DUET_BUF_RECV, (uint64_t)q * blk);
+    if (q == r) {
+      done[w] = duet__sched_copy(s, in, out, blk, &gate, 1); /* nothing in place */
+      if (done[w] == DUET_STEP_NONE)
+        done[w] = gate;
+      continue;
+    }
+    if (!a->in_place) {
+      duet__sched_send(s, q, 0, out, blk, &gate, 1);
+      done[w] = duet__sched_recv(s, q, 0, in, blk, &gate, 1);
+    } else {
+      duet__ref_t slot = duet__ref(DUET_BUF_SCRATCH, (uint64_t)w * blk);
+      uint32_t sd = duet__sched_send(s, q, 0, out, blk, &gate, 1);
+      uint32_t rv = duet__sched_recv(s, q, 0, slot, blk, &gate, 1);
+      uint32_t deps[2] = {sd, rv};
+      done[w] = duet__sched_copy(s, in, slot, blk, deps, 2);
+    }
+  }
+  return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
+}
+
+duet_status_t duet__alltoallv_pairwise_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  const int p = a->nranks, r = a->rank;
+  const uint64_t es = a->dtsize;
+  uint32_t done[DUET_A2A_WINDOW];
+
+  for (int k = 0; k < DUET_A2A_WINDOW; k++)
+    done[k] = DUET_STEP_NONE;
+  for (int k = 0; k < p; k++) {
+    int q = ((k - r) % p + p) % p, w = k % DUET_A2A_WINDOW;
+    uint32_t gate = done[w];
+    duet__ref_t out = duet__ref(DUET_BUF_SEND, a->sdispls[q] * es);
+    duet__ref_t in = duet__ref(DUET_BUF_RECV, a->rdispls[q] * es);
+    if (q == r) {
+      uint32_t c = duet__sched_copy(s, in, out, a->scounts[q] * es, &gate, 1);
+      done[w] = c != DUET_STEP_NONE ? c : gate;
+      continue;
+    }
+    /* A zero count creates no step; both ends agree when the counts do. */
+    uint32_t sd = duet__sched_send(s, q, 0, out, a->scounts[q] * es, &gate, 1);
+    uint32_t rv = duet__sched_recv(s, q, 0, in, a->rcounts[q] * es, &gate, 1);
+    done[w] = rv != DUET_STEP_NONE ? rv : sd != DUET_STEP_NONE ? sd : gate;
+  }
+  return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
+}
+
+duet_status_t duet__alltoall_bruck_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  const int p = a->nranks, r = a->rank;
+  const uint64_t blk = a->count * a->dtsize;
+  const uint64_t tmp = 0, pack = (uint64_t)p * blk, unpack = pack + (uint64_t)(p / 2 + 1) * blk;
+  duet__view_t v;
+
+  if (blk == 0)
+    return DUET_SUCCESS;
+  duet__sched_need_scratch(s, unpack + (uint64_t)(p / 2 + 1) * blk);
+  /* rotate: tmp[i] = send[(r + i) mod p] */
+  for (int i = 0; i < p; i++)
+    duet__sched_copy(s, duet__ref(DUET_BUF_SCRATCH, tmp + (uint64_t)i * blk),
+                     duet__ref(DUET_BUF_SEND, (uint64_t)((r + i) % p) * blk), blk, NULL, 0);
+  for (int k = 1, round = 0; k < p; k <<= 1, round++) {
+    int n = 0;
+    uint32_t *copies;
+    v = s->view;
+    duet__sched_phase(s, &v); /* the previous round has landed everywhere */
+    copies = malloc(sizeof(*copies) * (size_t)p);
+    if (copies == NULL) {
+      s->oom = 1;
+      break;
+    }
+    for (int i = 1; i < p; i++) {
+      if (!(i & k))
+        continue;
+      copies[n] = duet__sched_copy(s, duet__ref(DUET_BUF_SCRATCH, pack + (uint64_t)n * blk),
+                                   duet__ref(DUET_BUF_SCRATCH, tmp + (uint64_t)i * blk), blk,
+                                   NULL, 0);
+      n++;
+    }
+    duet__sched_send(s, (r + k) % p, (uint32_t)round, duet__ref(DUET_BUF_SCRATCH, pack),
+                     (uint64_t)n * blk, copies, (uint32_t)n);
+    uint32_t rv = duet__sched_recv(s, (r - k + p) % p, (uint32_t)round,
+                                   duet__ref(DUET_BUF_SCRATCH, unpack), (uint64_t)n * blk, NULL, 0);
+    for (int i = 1, j = 0; i < p; i++)
+      if (i & k) {
+        /* tmp[i] was packed above, in this round, before it is replaced */
+        uint32_t deps[2] = {rv, copies[j]};
+        duet__sched_copy(s, duet__ref(DUET_BUF_SCRATCH, tmp + (uint64_t)i * blk),
+                         duet__ref(DUET_BUF_SCRATCH, unpack + (uint64_t)j * blk), blk, deps, 2);
+        j++;
+      }
+    free(copies);
+  }
+  v = s->view;
+  duet__sched_phase(s, &v);
+  /* unrotate: recv[(r - i) mod p] = tmp[i] */
+  for (int i = 0; i < p; i++)
+    duet__sched_copy(s, duet__ref(DUET_BUF_RECV, (uint64_t)((r - i + p) % p) * blk),
+                     duet__ref(DUET_BUF_SCRATCH, tmp + (uint64_t)i * blk), blk, NULL, 0);
+  return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
+}
+
+duet_status_t duet__alltoall_hier_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  const duet__layout_t *l = a->layout;
+  const uint64_t blk = a->count * a->dtsize;
+  duet__hier_t h;
+  duet_status_t rc;
+  uint8_t src = DUET_BUF_SEND;
+  uint64_t stage, L, gslot[2], hslot[2];
+  uint32_t gfree[2] = {DUET_STEP_NONE, DUET_STEP_NONE}; /* last HPN send of a gather slot */
+  uint32_t *hfree[2] = {NULL, NULL};                    /* placements of a receive slot */
+  uint32_t *got = NULL;
+
+  if (blk == 0)
+    return DUET_SUCCESS;
+  if (duet__hier_is_flat(l) || !l->uniform)
+    return duet__alltoall_pairwise_build(a, s);
+  rc = duet__hier_init(&h, a, 0);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  L = (uint64_t)h.ls;
+  stage = 0;
+  if (a->in_place) {
+    /* The send buffer is overwritten as blocks arrive: work from a copy. */
+    duet__sched_copy(s, duet__ref(DUET_BUF_SCRATCH, 0), duet__ref(DUET_BUF_SEND, 0),
+                     (uint64_t)a->nranks * blk, NULL, 0);
+    duet__view_t v = s->view;
+    duet__sched_phase(s, &v);
+    src = DUET_BUF_SCRATCH;
+    stage = (uint64_t)a->nranks * blk;
+  }
+  for (int w = 0; w < 2; w++) {
+    gslot[w] = stage + (uint64_t)w * 2 * L * blk;
+    hslot[w] = gslot[w] + L * blk;
+    hfree[w] = malloc(sizeof(uint32_t) * L);
+  }
+  got = malloc(sizeof(uint32_t) * L);
+  if (hfree[0] == NULL || hfree[1] == NULL || got == NULL) {
+    rc = DUET_ERR_NO_MEMORY;
+    goto out_free;
+  }
+  for (uint64_t i = 0; i < L; i++)
+    hfree[0][i] = hfree[1][i] = DUET_STEP_NONE;
+  duet__sched_need_scratch(s, stage + 4 * L * blk);
+
+  for (int m = 0; m < h.nsn; m++) {
+    int d = (h.sn + m) % h.nsn, from = (h.sn - m + h.nsn) % h.nsn, w = m % 2;
+    const int32_t *dst_dom = l->members + l->sn_first[d];
+    const int32_t *src_dom = l->members + l->sn_first[from];
+    /* UPN: hand local rank i the block for local index i of super-node d. */
+    for (int i = 0; i < h.ls; i++) {
+      duet__ref_t blkref = duet__ref(src, (uint64_t)dst_dom[i] * blk);
+      if (i != h.lr)
+        duet__sched_send(s, h.domain[i], (uint32_t)m, blkref, blk, NULL, 0);
+    }
+    if (m == 0) { /* inside the super-node: blocks land in place */
+      for (int i = 0; i < h.ls; i++) {
+        duet__ref_t to = duet__ref(DUET_BUF_RECV, (uint64_t)h.domain[i] * blk);
+        if (i == h.lr)
+          duet__sched_copy(s, to, duet__ref(src, (uint64_t)h.domain[i] * blk), blk, NULL, 0);
+        else
+          duet__sched_recv(s, h.domain[i], 0, to, blk, NULL, 0);
+      }
+      continue;
+    }
+    /* Gather the L blocks bound for rank (d, lr) into slot w. */
+    for (int i = 0; i < h.ls; i++) {
+      duet__ref_t to = duet__ref(DUET_BUF_SCRATCH, gslot[w] + (uint64_t)i * blk);
+      if (i == h.lr)
+        got[i] = duet__sched_copy(s, to, duet__ref(src, (uint64_t)dst_dom[h.lr] * blk), blk,
+                                  &gfree[w], 1);
+      else
+        got[i] = duet__sched_recv(s, h.domain[i], (uint32_t)m, to, blk, &gfree[w], 1);
+    }
+    /* HPN: one message to the same local index in super-node d ... */
+    gfree[w] = duet__sched_send(s, dst_dom[h.lr], (uint32_t)m,
+                                duet__ref(DUET_BUF_SCRATCH, gslot[w]), L * blk, got, (uint32_t)L);
+    /* ... and one from super-node `from`, placed block by block. */
+    uint32_t rv = duet__sched_recv(s, src_dom[h.lr], (uint32_t)m,
+                                   duet__ref(DUET_BUF_SCRATCH, hslot[w]), L * blk, hfree[w],
+                                   (uint32_t)L);
+    for (int i = 0; i < h.ls; i++)
+      hfree[w][i] = duet__sched_copy(s, duet__ref(DUET_BUF_RECV, (uint64_t)src_dom[i] * blk),
+                                     duet__ref(DUET_BUF_SCRATCH, hslot[w] + (uint64_t)i * blk),
+                                     blk, &rv, 1);
+  }
+  rc = s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
+out_free:
+  free(hfree[0]);
+  free(hfree[1]);
+  free(got);
+  duet__hier_fini(&h);
+  return rc;
+}
