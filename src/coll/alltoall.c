@@ -239,3 +239,114 @@ out_free:
   duet__hier_fini(&h);
   return rc;
 }
+
+/*
+ * Hierarchical alltoallv: the rounds of the hierarchical alltoall with blocks
+ * of any size. A rank gathering for its rail must know how much each rank of
+ * its super-node sends to each rank of the rail, so the caller first shares
+ * every rank's send counts (args->count_matrix, nranks x nranks); receivers
+ * size everything from their own recvcounts. Staging per round is sized by
+ * the largest round, two rounds in flight.
+ */
+duet_status_t duet__alltoallv_hier_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  const duet__layout_t *l = a->layout;
+  const uint64_t es = a->dtsize, p = (uint64_t)a->nranks;
+  const uint64_t *M = a->count_matrix; /* M[src * p + dst], elements */
+  duet__hier_t h;
+  duet_status_t rc;
+  uint64_t gmax = 0, hmax = 0, gslot[2], hslot[2];
+  uint32_t gfree[2] = {DUET_STEP_NONE, DUET_STEP_NONE};
+  uint32_t *hfree[2] = {NULL, NULL}, *got = NULL;
+
+  if (duet__hier_is_flat(l) || !l->uniform || M == NULL)
+    return duet__alltoallv_pairwise_build(a, s);
+  rc = duet__hier_init(&h, a, 0);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  for (int m = 1; m < h.nsn; m++) {
+    int d = (h.sn + m) % h.nsn, from = (h.sn - m + h.nsn) % h.nsn;
+    uint64_t g = 0, r = 0;
+    for (int i = 0; i < h.ls; i++) {
+      g += M[(uint64_t)h.domain[i] * p + (uint64_t)l->members[l->sn_first[d] + h.lr]];
+      r += a->rcounts[l->members[l->sn_first[from] + i]];
+    }
+    gmax = g > gmax ? g : gmax;
+    hmax = r > hmax ? r : hmax;
+  }
+  gslot[0] = 0;
+  gslot[1] = gmax * es;
+  hslot[0] = 2 * gmax * es;
+  hslot[1] = hslot[0] + hmax * es;
+  duet__sched_need_scratch(s, hslot[1] + hmax * es);
+  hfree[0] = malloc(sizeof(uint32_t) * (size_t)h.ls);
+  hfree[1] = malloc(sizeof(uint32_t) * (size_t)h.ls);
+  got = malloc(sizeof(uint32_t) * (size_t)h.ls);
+  if (hfree[0] == NULL || hfree[1] == NULL || got == NULL) {
+    rc = DUET_ERR_NO_MEMORY;
+    goto out_free;
+  }
+  for (int i = 0; i < h.ls; i++)
+    hfree[0][i] = hfree[1][i] = DUET_STEP_NONE;
+
+  for (int m = 0; m < h.nsn; m++) {
+    int d = (h.sn + m) % h.nsn, from = (h.sn - m + h.nsn) % h.nsn, w = m % 2;
+    const int32_t *dst_dom = l->members + l->sn_first[d];
+    const int32_t *src_dom = l->members + l->sn_first[from];
+    uint64_t off = 0;
+    for (int i = 0; i < h.ls; i++)
+      if (i != h.lr)
+        duet__sched_send(s, h.domain[i], (uint32_t)m,
+                         duet__ref(DUET_BUF_SEND, a->sdispls[dst_dom[i]] * es),
+                         a->scounts[dst_dom[i]] * es, NULL, 0);
+    if (m == 0) {
+      for (int i = 0; i < h.ls; i++) {
+        duet__ref_t to = duet__ref(DUET_BUF_RECV, a->rdispls[h.domain[i]] * es);
+        if (i == h.lr)
+          duet__sched_copy(s, to, duet__ref(DUET_BUF_SEND, a->sdispls[h.domain[i]] * es),
+                           a->scounts[h.domain[i]] * es, NULL, 0);
+        else
+          duet__sched_recv(s, h.domain[i], 0, to, a->rcounts[h.domain[i]] * es, NULL, 0);
+      }
+      continue;
+    }
+    /* Gather what the super-node sends to rank (d, lr), packed in rank order. */
+    for (int i = 0; i < h.ls; i++) {
+      uint64_t n = M[(uint64_t)h.domain[i] * p + (uint64_t)dst_dom[h.lr]];
+      duet__ref_t to = duet__ref(DUET_BUF_SCRATCH, gslot[w] + off * es);
+      if (i == h.lr)
+        got[i] = duet__sched_copy(s, to, duet__ref(DUET_BUF_SEND, a->sdispls[dst_dom[h.lr]] * es),
+                                  n * es, &gfree[w], 1);
+      else
+        got[i] = duet__sched_recv(s, h.domain[i], (uint32_t)m, to, n * es, &gfree[w], 1);
+      off += n;
+    }
+    uint32_t sd = duet__sched_send(s, dst_dom[h.lr], (uint32_t)m,
+                                   duet__ref(DUET_BUF_SCRATCH, gslot[w]), off * es, got,
+                                   (uint32_t)h.ls);
+    if (sd != DUET_STEP_NONE)
+      gfree[w] = sd;
+    /* Receive what super-node `from` sends this rank, and place it. */
+    uint64_t total = 0;
+    for (int i = 0; i < h.ls; i++)
+      total += a->rcounts[src_dom[i]];
+    uint32_t rv = duet__sched_recv(s, src_dom[h.lr], (uint32_t)m,
+                                   duet__ref(DUET_BUF_SCRATCH, hslot[w]), total * es, hfree[w],
+                                   (uint32_t)h.ls);
+    off = 0;
+    for (int i = 0; i < h.ls; i++) {
+      uint64_t n = a->rcounts[src_dom[i]];
+      uint32_t c = duet__sched_copy(s, duet__ref(DUET_BUF_RECV, a->rdispls[src_dom[i]] * es),
+                                    duet__ref(DUET_BUF_SCRATCH, hslot[w] + off * es), n * es,
+                                    &rv, 1);
+      hfree[w][i] = c != DUET_STEP_NONE ? c : rv;
+      off += n;
+    }
+  }
+  rc = s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
+out_free:
+  free(hfree[0]);
+  free(hfree[1]);
+  free(got);
+  duet__hier_fini(&h);
+  return rc;
+}

@@ -64,6 +64,28 @@ static duet_status_t duet__coll_post(duet_comm_t *comm, duet__coll_args_t *a, si
     a->chunk_bytes = ch.chunk_bytes;
   DUET_TRACE(DUET_SUB_TUNE, "%s of %zu bytes: %s, chunk %zu", duet__coll_name(a->coll), bytes,
              duet__algo_name(ch.algo), a->chunk_bytes);
+  if (a->coll == DUET_COLL_ALLTOALLV && ch.algo == DUET_ALGO_HIER) {
+    /* The gatherers of each rail must know every rank's send counts: share
+     * them first (a blocking allgather of nranks counts per rank). */
+    size_t p = (size_t)comm->nranks;
+    uint64_t *row = malloc(sizeof(uint64_t) * p), *matrix = malloc(sizeof(uint64_t) * p * p);
+    duet_status_t rc;
+    if (row == NULL || matrix == NULL) {
+      free(row);
+      free(matrix);
+      return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %zu x %zu counts",
+                             duet__coll_name(a->coll), p, p);
+    }
+    for (size_t q = 0; q < p; q++)
+      row[q] = a->scounts[q];
+    rc = duet_allgather(row, matrix, p, DUET_UINT64, comm);
+    a->count_matrix = matrix;
+    if (rc == DUET_SUCCESS)
+      rc = duet__request_post(comm, a->coll, a, build, sendbuf, recvbuf, req);
+    free(row);
+    free(matrix); /* the schedule is built: it holds sizes, not the matrix */
+    return rc;
+  }
   return duet__request_post(comm, a->coll, a, build, sendbuf, recvbuf, req);
 }
 
@@ -399,6 +421,8 @@ duet_status_t duet_wait(duet_request_t *req) {
 
 /* --- alltoall, alltoallv --- */
 
+#define DUET_A2AV_TUNE_BYTES ((size_t)1 << 20)
+
 static duet_status_t duet__alltoall_post(const char *fn, const void *sendbuf, void *recvbuf,
                                          size_t count, duet_datatype_t dt, duet_comm_t *comm,
                                          duet_request_t **req) {
@@ -479,8 +503,10 @@ static duet_status_t duet__alltoallv_post(const char *fn, const void *sendbuf,
   a.sdispls = sdispls;
   a.rcounts = recvcounts;
   a.rdispls = rdispls;
-  return duet__coll_post(comm, &a, (stotal > rtotal ? stotal : rtotal) * a.dtsize, sendbuf,
-                         recvbuf, req);
+  /* The tuner must choose alike on every rank, and counts differ between
+   * ranks: it weighs a fixed size for alltoallv. */
+  (void)stotal, (void)rtotal;
+  return duet__coll_post(comm, &a, DUET_A2AV_TUNE_BYTES, sendbuf, recvbuf, req);
 }
 
 duet_status_t duet_ialltoallv(const void *sendbuf, const size_t *sendcounts,

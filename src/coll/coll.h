@@ -35,6 +35,7 @@ typedef struct duet__coll_args {
   int out_aliases_in;  /* reduce_scatter in place with recvbuf == sendbuf */
   int in_place;        /* alltoall: sendbuf == recvbuf */
   const size_t *scounts, *sdispls, *rcounts, *rdispls; /* alltoallv, elements */
+  const uint64_t *count_matrix; /* hierarchical alltoallv: every rank's sendcounts */
   const duet__layout_t *layout; /* hierarchical algorithms; NULL: one super-node */
 } duet__coll_args_t;
 
@@ -63,6 +64,7 @@ duet_status_t duet__alltoall_pairwise_build(const duet__coll_args_t *args, duet_
 duet_status_t duet__alltoall_bruck_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__alltoall_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__alltoallv_pairwise_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__alltoallv_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__send_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__recv_build(const duet__coll_args_t *args, duet__sched_t *s);
 

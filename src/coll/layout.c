@@ -74,6 +74,7 @@ duet__coll_build_fn duet__coll_builder(int coll, int algo) {
       {DUET_COLL_ALLTOALL, DUET_ALGO_BRUCK, duet__alltoall_bruck_build},
       {DUET_COLL_ALLTOALL, DUET_ALGO_HIER, duet__alltoall_hier_build},
       {DUET_COLL_ALLTOALLV, DUET_ALGO_PAIRWISE, duet__alltoallv_pairwise_build},
+      {DUET_COLL_ALLTOALLV, DUET_ALGO_HIER, duet__alltoallv_hier_build},
       {DUET_COLL_SEND, DUET_ALGO_AUTO, duet__send_build},
       {DUET_COLL_RECV, DUET_ALGO_AUTO, duet__recv_build},
   };

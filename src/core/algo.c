@@ -22,7 +22,7 @@ static const unsigned duet__algo_valid_mask[DUET_COLL_COUNT] = {
     [DUET_COLL_REDUCE_SCATTER] = A(RING) | A(HIER),
     [DUET_COLL_REDUCE] = A(BINOMIAL) | A(CHAIN) | A(HIER),
     [DUET_COLL_ALLTOALL] = A(PAIRWISE) | A(BRUCK) | A(HIER),
-    [DUET_COLL_ALLTOALLV] = A(PAIRWISE),
+    [DUET_COLL_ALLTOALLV] = A(PAIRWISE) | A(HIER),
 };
 #undef A
 

@@ -445,6 +445,7 @@ static uint64_t run_a2a(const layout_case_t *lc, duet__coll_build_fn build, size
   char err[512] = "";
   uint64_t hpn_max = 0;
 
+  uint64_t *matrix = calloc((size_t)p * (size_t)p, sizeof(uint64_t));
   *hpn_msgs = 0;
   cr_assert_eq(duet__layout_build(&lay, p, lc->sn, &mem), DUET_SUCCESS);
   for (int r = 0; r < p; r++)
@@ -457,6 +458,7 @@ static uint64_t run_a2a(const layout_case_t *lc, duet__coll_build_fn build, size
       rc[(size_t)r * (size_t)p + (size_t)q] = cin;
       rd[(size_t)r * (size_t)p + (size_t)q] = rtot[r];
       rtot[r] += cin + (counts ? 1 : 0);
+      matrix[(size_t)r * (size_t)p + (size_t)q] = c;
     }
   for (int r = 0; r < p; r++) {
     duet__coll_args_t a = {.rank = r, .nranks = p, .count = count, .dt = DUET_INT32,
@@ -466,6 +468,7 @@ static uint64_t run_a2a(const layout_case_t *lc, duet__coll_build_fn build, size
     a.sdispls = sd + (size_t)r * (size_t)p;
     a.rcounts = rc + (size_t)r * (size_t)p;
     a.rdispls = rd + (size_t)r * (size_t)p;
+    a.count_matrix = matrix;
     duet__sched_init(&rk[r].sched);
     cr_assert_eq(build(&a, &rk[r].sched), DUET_SUCCESS);
     cr_assert_eq(duet__sched_finalize(&rk[r].sched), DUET_SUCCESS);
@@ -521,6 +524,7 @@ static uint64_t run_a2a(const layout_case_t *lc, duet__coll_build_fn build, size
   free(rd);
   free(stot);
   free(rtot);
+  free(matrix);
   free(mem);
   return hpn_max;
 }
@@ -572,10 +576,20 @@ Test(alltoall, alltoallv_random_and_skewed) {
       for (int i = 0; i < p * p; i++) /* random with zeros */
         counts[i] = (size_t)(rand() % 4 == 0 ? 0 : rand() % 9);
       run_a2a(lc, duet__alltoallv_pairwise_build, 0, counts, 0, seed, &msgs);
+      run_a2a(lc, duet__alltoallv_hier_build, 0, counts, 0, seed + 5, &msgs);
       for (int r = 0; r < p; r++) /* skewed: destination 0 gets most, the last nothing */
         for (int q = 0; q < p; q++)
           counts[(size_t)r * (size_t)p + (size_t)q] = q == 0 ? 40 : q == p - 1 ? 0 : (size_t)(q % 3);
       run_a2a(lc, duet__alltoallv_pairwise_build, 0, counts, 0, seed + 1, &msgs);
+      uint64_t bytes = run_a2a(lc, duet__alltoallv_hier_build, 0, counts, 0, seed + 2, &msgs);
+      (void)bytes;
+      duet__layout_t lay;
+      int32_t *mem;
+      cr_assert_eq(duet__layout_build(&lay, p, lc->sn, &mem), DUET_SUCCESS);
+      if (lay.uniform && lay.sn_size[0] > 1) /* N-1 HPN messages at most */
+        cr_assert_leq(msgs, (uint64_t)(lay.nsupernodes - 1), "%s alltoallv hier: %llu messages",
+                      lc->name, (unsigned long long)msgs);
+      free(mem);
     }
     free(counts);
   }
