@@ -477,6 +477,7 @@ duet_status_t duet_comm_init_env(duet_comm_t **comm, const duet_config_t *config
 
 void duet__comm_free(duet_comm_t *comm) {
   duet__registry_remove(comm);
+  duet__comm_release_requests(comm);
   duet__nets_release(comm);
   free(comm->scratch);
   free(comm->peers);

@@ -51,6 +51,24 @@ typedef struct duet__netset {
   struct duet_request *zombies; /* failed with transfers possibly in flight */
 } duet__netset_t;
 
+/* Schedules are cached per communicator: a collective called again with the
+ * same arguments reuses its schedule, so the hot path builds nothing. */
+#define DUET_SCHED_CACHE 16
+typedef struct duet__sched_key {
+  int coll, root, peer, in_place, out_alias;
+  duet__coll_build_fn build;
+  size_t count, chunk;
+  int dt, op;
+} duet__sched_key_t;
+
+typedef struct duet__cache_entry {
+  int valid;
+  uint32_t users; /* requests executing it now */
+  uint64_t last_use;
+  duet__sched_key_t key;
+  duet__sched_t sched;
+} duet__cache_entry_t;
+
 struct duet_comm {
   uint32_t magic;
   int rank, nranks;
@@ -71,6 +89,9 @@ struct duet_comm {
   duet_stats_t stats;
   duet_status_t failed;   /* sticky failure (timeout, transport error, abort) */
   struct duet_request *active_head, *active_tail; /* posted, not yet completed */
+  duet__cache_entry_t cache[DUET_SCHED_CACHE];
+  uint64_t cache_clock;
+  struct duet_request *free_reqs; /* finished requests, kept for reuse */
   void *scratch;          /* reused scratch for one request at a time */
   size_t scratch_size;
   int scratch_busy;
@@ -81,7 +102,10 @@ struct duet_request {
   duet_comm_t *comm;
   int coll;
   uint32_t seq;
-  duet__sched_t sched;
+  const duet__sched_t *sched; /* a cache entry's, or own_sched */
+  duet__sched_t own_sched;
+  int cache_slot;        /* index into comm->cache, or -1 */
+  uint32_t cap;          /* steps the arrays below can hold */
   uint8_t *bufs[4];      /* indexed by DUET_BUF_* */
   void *own_scratch;     /* when the comm's scratch was busy */
   int uses_comm_scratch;
@@ -126,6 +150,7 @@ duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_a
 duet_status_t duet__progress(duet_comm_t *comm);
 duet_status_t duet__request_wait(duet_request_t *req);
 void duet__request_free(duet_request_t *req);
+void duet__comm_release_requests(duet_comm_t *comm); /* the pool and the cache */
 void duet__comm_fail_pending(duet_comm_t *comm, duet_status_t status);
 void duet__request_release_all(duet__netset_t *nets);
 

@@ -46,7 +46,7 @@ static void duet__request_finish(duet_request_t *req, duet_status_t status) {
 
 /* Mark step i done and release the steps that waited for it. */
 static void duet__step_done(duet_request_t *req, uint32_t i) {
-  const duet__sched_t *s = &req->sched;
+  const duet__sched_t *s = req->sched;
   const duet__step_t *st = &s->steps[i];
   req->state[i] = 3;
   req->ndone++;
@@ -80,7 +80,7 @@ static duet_status_t duet__step_fail(duet_request_t *req, duet_status_t status, 
  * posted, DUET_IN_PROGRESS when the transport is busy (retry later). */
 static duet_status_t duet__step_start(duet_request_t *req, uint32_t i) {
   duet_comm_t *comm = req->comm;
-  const duet__step_t *st = &req->sched.steps[i];
+  const duet__step_t *st = &req->sched->steps[i];
   char errbuf[DUET_TP_ERRLEN] = "";
   duet_status_t rc;
 
@@ -90,6 +90,7 @@ static duet_status_t duet__step_start(duet_request_t *req, uint32_t i) {
     duet__net_t *net = &comm->nets->net[st->net];
     const duet__peer_t *peer = &comm->peers[st->peer];
     uint64_t tag = duet__step_tag(req, st);
+    req->tpreq[i].done = 0;
     if (st->kind == DUET_STEP_SEND)
       rc = net->ops->isend(net->ep, peer->index, req->bufs[st->a.buf] + st->a.off, st->len, tag,
                            &req->tpreq[i], errbuf);
@@ -147,7 +148,7 @@ static int duet__request_advance(duet_request_t *req) {
   for (uint32_t k = 0; k < req->nposted;) {
     uint32_t i = req->posted[k];
     duet__tp_req_t *t = &req->tpreq[i];
-    const duet__step_t *st = &req->sched.steps[i];
+    const duet__step_t *st = &req->sched->steps[i];
     if (!t->done) {
       k++;
       continue;
@@ -192,7 +193,7 @@ static int duet__request_advance(duet_request_t *req) {
       return 1;
     }
   }
-  if (req->ndone == req->sched.nsteps)
+  if (req->ndone == req->sched->nsteps)
     duet__request_finish(req, DUET_SUCCESS);
   return moved;
 }
@@ -226,71 +227,175 @@ duet_status_t duet__progress(duet_comm_t *comm) {
   return DUET_SUCCESS;
 }
 
+/* The cached schedule for these arguments, or DUET_SCHED_CACHE. */
+static int duet__cache_find(duet_comm_t *comm, const duet__sched_key_t *k) {
+  for (int i = 0; i < DUET_SCHED_CACHE; i++)
+    if (comm->cache[i].valid && memcmp(&comm->cache[i].key, k, sizeof(*k)) == 0)
+      return i;
+  return DUET_SCHED_CACHE;
+}
+
+/* Keep a freshly built schedule in the least recently used free entry. */
+static int duet__cache_insert(duet_comm_t *comm, const duet__sched_key_t *k, duet__sched_t *s) {
+  int victim = -1;
+  for (int i = 0; i < DUET_SCHED_CACHE; i++) {
+    duet__cache_entry_t *e = &comm->cache[i];
+    if (e->users > 0)
+      continue;
+    if (!e->valid) {
+      victim = i;
+      break;
+    }
+    if (victim < 0 || e->last_use < comm->cache[victim].last_use)
+      victim = i;
+  }
+  if (victim < 0)
+    return -1;
+  if (comm->cache[victim].valid)
+    duet__sched_fini(&comm->cache[victim].sched);
+  comm->cache[victim].valid = 1;
+  comm->cache[victim].key = *k;
+  comm->cache[victim].sched = *s;
+  duet__sched_init(s);
+  return victim;
+}
+
+/* A request with room for n steps: from the pool, grown if needed. */
+static duet_request_t *duet__request_get(duet_comm_t *comm, uint32_t n) {
+  duet_request_t *req = comm->free_reqs;
+  if (req != NULL)
+    comm->free_reqs = req->next;
+  else if ((req = calloc(1, sizeof(*req))) == NULL)
+    return NULL;
+  if (req->cap < n + 1) {
+    uint32_t cap = n + 1 > 2 * req->cap ? n + 1 : 2 * req->cap;
+    void *l = realloc(req->left, cap * sizeof(*req->left));
+    if (l)
+      req->left = l;
+    void *st = realloc(req->state, cap);
+    if (st)
+      req->state = st;
+    void *t = realloc(req->tpreq, cap * sizeof(*req->tpreq));
+    if (t)
+      req->tpreq = t;
+    void *q = realloc(req->queue, cap * sizeof(*req->queue));
+    if (q)
+      req->queue = q;
+    void *po = realloc(req->posted, cap * sizeof(*req->posted));
+    if (po)
+      req->posted = po;
+    if (!l || !st || !t || !q || !po) {
+      req->next = comm->free_reqs; /* keep what it has; try again another time */
+      comm->free_reqs = req;
+      return NULL;
+    }
+    req->cap = cap;
+  }
+  return req;
+}
+
 duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_args_t *args,
                                  duet__coll_build_fn build, const void *sendbuf, void *recvbuf,
                                  duet_request_t **out) {
+  duet__sched_key_t key;
+  duet__sched_t fresh;
   duet_request_t *req;
   duet_status_t rc;
+  int slot;
   uint32_t n;
-  size_t extra;
 
-  req = calloc(1, sizeof(*req));
-  if (req == NULL)
-    return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for a request",
-                           duet__coll_name(coll));
+  memset(&key, 0, sizeof(key));
+  key.coll = coll;
+  key.root = args->root;
+  key.peer = args->peer;
+  key.in_place = args->in_place;
+  key.out_alias = args->out_aliases_in;
+  key.build = build;
+  key.count = args->count;
+  key.chunk = args->chunk_bytes;
+  key.dt = args->dt;
+  key.op = args->op;
+  /* alltoallv's schedule depends on its count arrays: never cached */
+  slot = coll == DUET_COLL_ALLTOALLV ? DUET_SCHED_CACHE : duet__cache_find(comm, &key);
+  duet__sched_init(&fresh);
+  if (slot == DUET_SCHED_CACHE) {
+    rc = build(args, &fresh);
+    if (rc == DUET_SUCCESS)
+      rc = duet__sched_finalize(&fresh);
+    if (rc != DUET_SUCCESS) {
+      duet__sched_fini(&fresh);
+      return duet__set_error(comm, rc, "%s: building the schedule failed: %s",
+                             duet__coll_name(coll), duet_strerror(rc));
+    }
+    for (uint32_t i = 0; i < fresh.nsteps; i++) {
+      duet__step_t *st = &fresh.steps[i];
+      if (st->kind == DUET_STEP_SEND || st->kind == DUET_STEP_RECV)
+        st->net = comm->peers[st->peer].net;
+    }
+    if (coll != DUET_COLL_ALLTOALLV) {
+      int ins = duet__cache_insert(comm, &key, &fresh);
+      slot = ins < 0 ? DUET_SCHED_CACHE : ins;
+    }
+  }
+  n = slot < DUET_SCHED_CACHE ? comm->cache[slot].sched.nsteps : fresh.nsteps;
+  req = duet__request_get(comm, n);
+  if (req == NULL) {
+    duet__sched_fini(&fresh);
+    return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for a request of %u steps",
+                           duet__coll_name(coll), n);
+  }
   req->comm = comm;
   req->coll = coll;
   req->dt = args->dt;
   req->op = args->op;
-  duet__sched_init(&req->sched);
-  rc = build(args, &req->sched);
-  if (rc == DUET_SUCCESS)
-    rc = duet__sched_finalize(&req->sched);
-  if (rc != DUET_SUCCESS) {
-    duet__set_error(comm, rc, "%s: building the schedule failed: %s", duet__coll_name(coll),
-                    duet_strerror(rc));
-    goto out_free_req;
+  req->cache_slot = slot < DUET_SCHED_CACHE ? slot : -1;
+  req->own_scratch = NULL;
+  req->uses_comm_scratch = 0;
+  req->qhead = req->qtail = req->nposted = req->ndone = 0;
+  req->status = DUET_SUCCESS;
+  req->complete = 0;
+  req->next = req->prev = NULL;
+  req->seq = 0;
+  req->p2p_seq = 0;
+  if (req->cache_slot >= 0) {
+    comm->cache[slot].users++;
+    comm->cache[slot].last_use = ++comm->cache_clock;
+    req->sched = &comm->cache[slot].sched;
+  } else {
+    req->own_sched = fresh; /* the request owns it */
+    req->sched = &req->own_sched;
   }
-  n = req->sched.nsteps;
-  extra = (size_t)n + 1;
-  req->left = malloc(extra * sizeof(*req->left));
-  req->state = calloc(extra, 1);
-  req->tpreq = calloc(extra, sizeof(*req->tpreq));
-  req->queue = malloc(extra * sizeof(*req->queue));
-  req->posted = malloc(extra * sizeof(*req->posted));
-  if (!req->left || !req->state || !req->tpreq || !req->queue || !req->posted) {
-    rc = duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %u steps",
-                         duet__coll_name(coll), n);
-    goto out_free_req;
-  }
-  if (req->sched.scratch_bytes > 0) {
+  if (req->sched->scratch_bytes > 0) {
+    uint64_t need = req->sched->scratch_bytes;
     if (!comm->scratch_busy) {
-      if (comm->scratch_size < req->sched.scratch_bytes) {
+      if (comm->scratch_size < need) {
         /* Grown rarely: the scratch lives with the communicator. */
-        void *ns = malloc(req->sched.scratch_bytes);
+        void *ns = malloc(need);
         if (ns == NULL) {
           rc = duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %llu bytes",
-                               duet__coll_name(coll),
-                               (unsigned long long)req->sched.scratch_bytes);
+                               duet__coll_name(coll), (unsigned long long)need);
           goto out_free_req;
         }
         free(comm->scratch);
         comm->scratch = ns;
-        comm->scratch_size = req->sched.scratch_bytes;
+        comm->scratch_size = need;
       }
       comm->scratch_busy = 1;
       req->uses_comm_scratch = 1;
       req->bufs[DUET_BUF_SCRATCH] = comm->scratch;
     } else {
-      req->own_scratch = malloc(req->sched.scratch_bytes);
+      req->own_scratch = malloc(need);
       if (req->own_scratch == NULL) {
         rc = duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %llu bytes",
-                             duet__coll_name(coll), (unsigned long long)req->sched.scratch_bytes);
+                             duet__coll_name(coll), (unsigned long long)need);
         goto out_free_req;
       }
       req->bufs[DUET_BUF_SCRATCH] = req->own_scratch;
     }
+  } else {
+    req->bufs[DUET_BUF_SCRATCH] = NULL;
   }
+  req->bufs[DUET_BUF_NONE] = NULL;
   req->bufs[DUET_BUF_SEND] = (uint8_t *)(uintptr_t)sendbuf;
   req->bufs[DUET_BUF_RECV] = recvbuf;
   if (coll == DUET_COLL_SEND)
@@ -299,10 +404,9 @@ duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_a
     req->p2p_seq = comm->peers[args->peer].p2p_recv_seq++;
   else
     req->seq = comm->seq++;
+  memset(req->state, 0, (size_t)n);
   for (uint32_t i = 0; i < n; i++) {
-    duet__step_t *st = &req->sched.steps[i];
-    if (st->kind == DUET_STEP_SEND || st->kind == DUET_STEP_RECV)
-      st->net = comm->peers[st->peer].net;
+    const duet__step_t *st = &req->sched->steps[i];
     req->left[i] = st->ndeps;
     if (st->ndeps == 0) {
       req->state[i] = 1;
@@ -316,8 +420,9 @@ duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_a
   else
     comm->active_head = req;
   comm->active_tail = req;
-  DUET_TRACE(DUET_SUB_COLL, "%s seq %u: %u steps, %llu scratch bytes", duet__coll_name(coll),
-             req->seq, n, (unsigned long long)req->sched.scratch_bytes);
+  DUET_TRACE(DUET_SUB_COLL, "%s seq %u: %u steps, %llu scratch bytes%s", duet__coll_name(coll),
+             req->seq, n, (unsigned long long)req->sched->scratch_bytes,
+             req->cache_slot >= 0 ? ", cached" : "");
   duet__request_advance(req);
   *out = req;
   return DUET_SUCCESS;
@@ -327,34 +432,67 @@ out_free_req:
   return rc;
 }
 
-/* Free a finished request. One that failed with transfers still posted keeps
- * its memory until the endpoints close (the transport may still write it). */
+/* Release a finished request: its schedule back to the cache, its memory to
+ * the communicator's pool. One that failed with transfers still posted is
+ * kept aside until the endpoints close (the transport may still write it). */
 void duet__request_free(duet_request_t *req) {
+  duet_comm_t *comm;
   if (req == NULL)
     return;
-  if (req->nposted > 0 && req->comm != NULL) {
+  comm = req->comm;
+  if (comm != NULL && req->cache_slot >= 0) {
+    comm->cache[req->cache_slot].users--;
+    req->cache_slot = -1;
+    req->sched = NULL;
+  }
+  if (req->nposted > 0 && comm != NULL) {
     if (req->uses_comm_scratch) {
       /* A receive may still land in the scratch: it goes with the request. */
-      req->own_scratch = req->comm->scratch;
-      req->comm->scratch = NULL;
-      req->comm->scratch_size = 0;
-      req->comm->scratch_busy = 0;
+      req->own_scratch = comm->scratch;
+      comm->scratch = NULL;
+      comm->scratch_size = 0;
+      comm->scratch_busy = 0;
       req->uses_comm_scratch = 0;
     }
-    req->next = req->comm->nets->zombies;
-    req->comm->nets->zombies = req;
+    req->next = comm->nets->zombies;
+    comm->nets->zombies = req;
     return;
   }
-  if (req->uses_comm_scratch)
-    req->comm->scratch_busy = 0;
-  duet__sched_fini(&req->sched);
+  if (req->uses_comm_scratch && comm != NULL)
+    comm->scratch_busy = 0;
+  req->uses_comm_scratch = 0;
+  if (req->sched == &req->own_sched)
+    duet__sched_fini(&req->own_sched);
+  req->sched = NULL;
+  free(req->own_scratch);
+  req->own_scratch = NULL;
+  if (comm != NULL) {
+    req->next = comm->free_reqs;
+    comm->free_reqs = req;
+    return;
+  }
   free(req->left);
   free(req->state);
   free(req->tpreq);
   free(req->queue);
   free(req->posted);
-  free(req->own_scratch);
   free(req);
+}
+
+/* At communicator teardown: the pooled requests and the cached schedules. */
+void duet__comm_release_requests(duet_comm_t *comm) {
+  while (comm->free_reqs != NULL) {
+    duet_request_t *r = comm->free_reqs;
+    comm->free_reqs = r->next;
+    r->comm = NULL;
+    r->nposted = 0;
+    duet__request_free(r);
+  }
+  for (int i = 0; i < DUET_SCHED_CACHE; i++)
+    if (comm->cache[i].valid) {
+      duet__sched_fini(&comm->cache[i].sched);
+      comm->cache[i].valid = 0;
+    }
 }
 
 /* Fail every pending request (timeout, network failure, abort); the comm
@@ -374,6 +512,9 @@ void duet__request_release_all(duet__netset_t *nets) {
     z->nposted = 0;
     z->comm = NULL;
     z->uses_comm_scratch = 0;
+    if (z->sched == &z->own_sched)
+      duet__sched_fini(&z->own_sched);
+    z->sched = NULL;
     duet__request_free(z);
   }
 }
@@ -382,7 +523,7 @@ static void duet__timeout_message(duet_request_t *req, uint64_t waited_ms) {
   duet_comm_t *comm = req->comm;
   const duet__step_t *st = NULL;
   for (uint32_t k = 0; k < req->nposted; k++) {
-    const duet__step_t *c = &req->sched.steps[req->posted[k]];
+    const duet__step_t *c = &req->sched->steps[req->posted[k]];
     if (st == NULL || (c->kind == DUET_STEP_RECV && st->kind != DUET_STEP_RECV))
       st = c;
   }
@@ -394,12 +535,12 @@ static void duet__timeout_message(duet_request_t *req, uint64_t waited_ms) {
                     (unsigned long long)waited_ms, st->kind == DUET_STEP_SEND ? "send" : "receive",
                     st->kind == DUET_STEP_SEND ? "to" : "from", st->peer, st->msg,
                     (unsigned long long)st->len, duet__net_name(st->net), req->ndone,
-                    req->sched.nsteps);
+                    req->sched->nsteps);
   else
     duet__set_error(comm, DUET_ERR_TIMEOUT,
                     "%s seq %u on rank %d: timed out after %llu ms; %u of %u steps done",
                     duet__coll_name(req->coll), req->seq, comm->rank,
-                    (unsigned long long)waited_ms, req->ndone, req->sched.nsteps);
+                    (unsigned long long)waited_ms, req->ndone, req->sched->nsteps);
   DUET_WARN(DUET_SUB_COLL, "%s", comm->last_error);
 }
 
