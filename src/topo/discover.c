@@ -22,9 +22,11 @@ int duet__topo_ncores(void) {
 
   if (hwloc_topology_init(&topo) == 0) {
     if (hwloc_topology_load(topo) == 0) {
-      set = hwloc_bitmap_alloc();
-      /* The cores this process is bound to (all when unbound). */
-      if (set != NULL && hwloc_get_cpubind(topo, set, HWLOC_CPUBIND_PROCESS) == 0) {
+      /* The cores this host lets the job use (a container's cpuset, not one
+       * process's binding: a launcher that binds each rank to its own core
+       * is not oversubscribing). */
+      set = hwloc_bitmap_dup(hwloc_topology_get_allowed_cpuset(topo));
+      if (set != NULL) {
         int cores = hwloc_get_nbobjs_inside_cpuset_by_type(topo, set, HWLOC_OBJ_CORE);
         int pus = hwloc_get_nbobjs_inside_cpuset_by_type(topo, set, HWLOC_OBJ_PU);
         n = cores > 0 ? cores : pus;

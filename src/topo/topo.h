@@ -10,6 +10,8 @@
 #include "duet.h"
 
 /* Number of cores this process may run on (hwloc; falls back to sysconf). */
+/* Cores the job may use on this host (the allowed cpuset; falls back to
+ * sysconf). Ranks beyond this count oversubscribe the host. */
 int duet__topo_ncores(void);
 
 /* --- This host's topology: cores, NUMA nodes, network devices and where they
