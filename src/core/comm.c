@@ -188,8 +188,13 @@ duet_status_t duet__comm_layout(duet_comm_t *comm, const int32_t *supernode) {
  * latency and bandwidth of the chosen provider (or DUET_*_LAT_US/BW_GBPS). */
 void duet__comm_shape(duet_comm_t *comm) {
   duet__tune_shape_t *sh = &comm->shape;
-  const char *upn = comm->nets->net[DUET_NET_UPN].ep ? comm->nets->net[DUET_NET_UPN].provider : "shm";
-  const char *hpn = comm->nets->net[DUET_NET_HPN].ep ? comm->nets->net[DUET_NET_HPN].provider : "tcp";
+  /* Every rank must see the same shape, or ranks pick different algorithms
+   * for one call: the model follows the configured providers and the
+   * layout, never whether this rank happens to have an endpoint. */
+  const char *upn = comm->cfg.upn_provider[0] ? comm->cfg.upn_provider
+                    : comm->domains_one_host  ? "shm"
+                                              : "tcp";
+  const char *hpn = comm->cfg.hpn_provider[0] ? comm->cfg.hpn_provider : "tcp";
   sh->nranks = comm->nranks;
   sh->nsupernodes = comm->layout.nsupernodes;
   sh->uniform = comm->layout.uniform;
@@ -341,6 +346,9 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
   comm->local_size = dom.local_size[rank];
   comm->host_ranks = dom.host_ranks[rank];
   comm->one_host = dom.one_host;
+  comm->domains_one_host = 1;
+  for (int k = 0; k < dom.nsupernodes; k++)
+    comm->domains_one_host &= dom.domain_one_host[k];
   comm->yield = comm->host_ranks > mine.ncores;
   for (int r = 0; r < nranks; r++) {
     comm->peers[r].supernode = dom.supernode[r];

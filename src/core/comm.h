@@ -79,6 +79,7 @@ struct duet_comm {
   int supernode, nsupernodes, local_rank, local_size;
   int host_ranks;  /* ranks of this comm on this host */
   int one_host;    /* the whole comm is on one host */
+  int domains_one_host; /* every super-node is on one host (UPN default shm) */
   int yield;       /* more ranks than cores on this host: progress yields */
   duet__peer_t *peers;
   duet__layout_t layout;    /* super-nodes and rails, for the hierarchy */

@@ -82,6 +82,7 @@ duet_status_t duet_comm_split(duet_comm_t *comm, int color, int key, duet_comm_t
     c->id = (c->id + 1) & 0x7fffu;
   c->cfg = comm->cfg;
   c->one_host = comm->one_host;
+  c->domains_one_host = comm->domains_one_host;
   c->yield = comm->yield;
   c->host_ranks = comm->host_ranks;
   c->peers = calloc((size_t)n, sizeof(*c->peers));
