@@ -11,6 +11,13 @@
  * nccl-tests' doc/PERFORMANCE.md. With -c 1 each size is then run once more on
  * a known input and #wrong counts elements differing from the exact expected
  * result, computed locally without communication.
+ *
+ * alltoall and alltoallv (-C alltoall|alltoallv, or -o alltoall|alltoallv):
+ * as nccl-tests, size is the bytes each rank sends in total (for alltoall
+ * nranks blocks of size/nranks, the size rounded down to a multiple of
+ * nranks elements) and busbw = algbw * (n-1)/n. alltoallv spreads each rank's
+ * size over the destinations by --skew (MoE token dispatch, formula in the
+ * help); it does not run in place, so its in-place columns read N/A.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -63,6 +70,7 @@ static const struct {
 static const char *const op_names[DUET_NUM_OPS] = {"sum", "prod", "min", "max", "avg"};
 
 /* ---- collectives: adding one is a row and a run function ---- */
+enum { KIND_REDUCE, KIND_ALLTOALL, KIND_ALLTOALLV };
 typedef struct {
   const char *name;
   int has_op, has_root;
@@ -72,6 +80,8 @@ typedef struct {
   size_t (*recv_elems)(size_t count, int nranks);
   duet_status_t (*run)(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,
                        duet_op_t op, int root, duet_comm_t *comm);
+  int kind;        /* how inputs are made and checked */
+  int in_place_ok; /* 0: the in-place columns read N/A */
 } coll_t;
 
 static double allreduce_factor(int n) {
@@ -87,8 +97,96 @@ static duet_status_t run_allreduce(const void *s, void *r, size_t count, duet_da
   return duet_allreduce(s, r, count, dt, op, comm);
 }
 
+/* alltoall: count is every element a rank sends, nranks blocks of count/nranks */
+static double alltoall_factor(int n) {
+  return n > 1 ? (double)(n - 1) / n : 0;
+}
+static size_t a2a_elems(size_t count, int n) {
+  return count < (size_t)n ? (size_t)n : count;
+}
+static duet_status_t run_alltoall(const void *s, void *r, size_t count, duet_datatype_t dt,
+                                  duet_op_t op, int root, duet_comm_t *comm) {
+  int n = 1;
+  (void)op, (void)root;
+  duet_comm_size(comm, &n);
+  return duet_alltoall(s, r, count / (size_t)n, dt, comm);
+}
+
+/* ---- alltoallv: per-destination counts skewed as in MoE token dispatch ----
+ * Every rank sends T elements (the size column / type size). Destination d
+ * has weight w_d = 1/(d+1)^F (F = --skew; 0: uniform), except that with
+ * F > 0 the last floor(n/4) ranks get weight 0 (experts nobody picks);
+ * count_d = floor(T*w_d/sum(w)) and rank 0, the hottest, also gets the
+ * remainder, so the counts sum to T. The same on every sender, so rank d
+ * receives n*count_d. Buffers are packed in rank order. */
+static double g_skew;
+static int g_rank, g_nranks;
+static size_t *v_sc, *v_sd, *v_rc, *v_rd, v_T = (size_t)-1;
+
+static void skew_counts(size_t T, int n, double F, size_t *cnt) {
+  int cold = F > 0 ? n / 4 : 0;
+  double wsum = 0;
+  size_t used = 0;
+  for (int d = 0; d < n - cold; d++)
+    wsum += pow(d + 1.0, -F);
+  for (int d = 0; d < n; d++) {
+    cnt[d] = d < n - cold ? (size_t)floor((double)T * pow(d + 1.0, -F) / wsum) : 0;
+    if (cnt[d] > T - used)
+      cnt[d] = T - used; /* rounding of the division: never more than T in all */
+    used += cnt[d];
+  }
+  cnt[0] += T - used;
+}
+
+static void v_plan(size_t T) {
+  size_t *cnt = malloc(sizeof(size_t) * (size_t)g_nranks);
+  if (!v_sc) {
+    v_sc = malloc(sizeof(size_t) * (size_t)g_nranks);
+    v_sd = malloc(sizeof(size_t) * (size_t)g_nranks);
+    v_rc = malloc(sizeof(size_t) * (size_t)g_nranks);
+    v_rd = malloc(sizeof(size_t) * (size_t)g_nranks);
+  }
+  if (!cnt || !v_sc || !v_sd || !v_rc || !v_rd) {
+    fprintf(stderr, "[rank %d] out of memory for the alltoallv counts\n", g_rank);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  skew_counts(T, g_nranks, g_skew, cnt);
+  size_t so = 0, ro = 0;
+  for (int k = 0; k < g_nranks; k++) {
+    v_sc[k] = cnt[k];
+    v_sd[k] = so;
+    so += cnt[k];
+    v_rc[k] = cnt[g_rank];
+    v_rd[k] = ro;
+    ro += cnt[g_rank];
+  }
+  v_T = T;
+  free(cnt);
+}
+
+static size_t a2av_recv_elems(size_t count, int n) { /* the most any rank receives */
+  size_t *cnt = malloc(sizeof(size_t) * (size_t)n), mx = 0;
+  if (!cnt)
+    return count * (size_t)n;
+  skew_counts(count, n, g_skew, cnt);
+  for (int d = 0; d < n; d++)
+    mx = cnt[d] > mx ? cnt[d] : mx;
+  free(cnt);
+  return mx * (size_t)n;
+}
+static duet_status_t run_alltoallv(const void *s, void *r, size_t count, duet_datatype_t dt,
+                                   duet_op_t op, int root, duet_comm_t *comm) {
+  (void)op, (void)root;
+  if (count != v_T)
+    v_plan(count);
+  return duet_alltoallv(s, v_sc, v_sd, r, v_rc, v_rd, dt, comm);
+}
+
 static const coll_t colls[] = {
-    {"allreduce", 1, 0, allreduce_factor, same_elems, same_elems, run_allreduce},
+    {"allreduce", 1, 0, allreduce_factor, same_elems, same_elems, run_allreduce, KIND_REDUCE, 1},
+    {"alltoall", 0, 0, alltoall_factor, a2a_elems, a2a_elems, run_alltoall, KIND_ALLTOALL, 1},
+    {"alltoallv", 0, 0, alltoall_factor, same_elems, a2av_recv_elems, run_alltoallv,
+     KIND_ALLTOALLV, 0},
 };
 #define NCOLLS (sizeof colls / sizeof colls[0])
 
@@ -274,6 +372,50 @@ static long count_wrong(const void *buf, size_t count, const dtype_t *t,
   return wrong;
 }
 
+/* alltoall(v): element i of the block src sends to dst is
+ * (7*src + 3*dst + i) mod M, M = 251 or the float type's exact-integer limit
+ * if smaller: exact in every type, so the expected block is known locally. */
+static void a2a_value(void *dst, const dtype_t *t, int src, int to, size_t i) {
+  uint64_t m = 251;
+  if (t->is_float && exact_limit(t) < (double)m)
+    m = (uint64_t)exact_limit(t);
+  uint64_t v = ((uint64_t)src * 7 + (uint64_t)to * 3 + i) % m;
+  if (t->is_float)
+    store_float(dst, t, (double)v);
+  else
+    store_int(dst, t, v);
+}
+
+/* Block k of buf (cnt[k] elements at displ[k]) for rank k, from `rank`. */
+static void a2a_fill(void *buf, const dtype_t *t, int rank, int n, const size_t *cnt,
+                     const size_t *displ) {
+  unsigned char *b = buf;
+  for (int k = 0; k < n; k++)
+    for (size_t i = 0; i < cnt[k]; i++)
+      a2a_value(b + (displ[k] + i) * t->size, t, rank, k, i);
+}
+
+static long a2a_wrong(const void *buf, const dtype_t *t, int rank, int n, const size_t *cnt,
+                      const size_t *displ) {
+  const unsigned char *b = buf;
+  unsigned char want[8];
+  long wrong = 0;
+  for (int k = 0; k < n; k++)
+    for (size_t i = 0; i < cnt[k]; i++) {
+      a2a_value(want, t, k, rank, i);
+      wrong += memcmp(b + (displ[k] + i) * t->size, want, t->size) != 0;
+    }
+  return wrong;
+}
+
+/* The blocks of an alltoall of `count` elements in all: equal, packed. */
+static void a2a_blocks(size_t count, int n, size_t *cnt, size_t *displ) {
+  for (int k = 0; k < n; k++) {
+    cnt[k] = count / (size_t)n;
+    displ[k] = (size_t)k * cnt[k];
+  }
+}
+
 /* ---- options ---- */
 typedef struct {
   size_t minbytes, maxbytes, stepbytes;
@@ -282,6 +424,7 @@ typedef struct {
   int dt; /* -1: all */
   int op; /* -1: all */
   const coll_t *coll;
+  double skew; /* alltoallv */
 } opts_t;
 
 static int parse_bytes(const char *s, size_t *out) {
@@ -320,7 +463,7 @@ static int parse_bytes(const char *s, size_t *out) {
 static void usage(const char *prog) {
   fprintf(stderr,
           "usage: %s [options]\n"
-          "  -C <coll>    collective: allreduce (default allreduce)\n"
+          "  -C <coll>    collective: allreduce alltoall alltoallv (default allreduce)\n"
           "  -b <bytes>   minimum size, K/M/G suffixes (default 8)\n"
           "  -e <bytes>   maximum size (default 32M)\n"
           "  -f <factor>  multiply the size by this each step (default 2)\n"
@@ -330,18 +473,39 @@ static void usage(const char *prog) {
           "  -c <0|1>     check results (default 1)\n"
           "  -d <type>    int8 uint8 int32 uint32 int64 uint64 float16 bfloat16 float32 float64\n"
           "               float8e4m3 float8e5m2 or all (default float32)\n"
-          "  -o <op>      sum prod min max avg or all (default sum)\n"
+          "  -o <op>      sum prod min max avg or all (default sum); a collective name\n"
+          "               (-o alltoall, -o alltoallv) selects the collective, as -C\n"
+          "  --skew <F>   alltoallv: skew of the per-destination counts, as in MoE token\n"
+          "               dispatch (default 0: uniform). Each of the n ranks sends\n"
+          "               T = size/typesize elements; destination d gets weight\n"
+          "               w_d = 1/(d+1)^F, except that with F > 0 the last floor(n/4)\n"
+          "               ranks get nothing; count_d = floor(T*w_d/sum(w)) and rank 0 also\n"
+          "               gets the remainder, so the counts sum to T. Every rank sends the\n"
+          "               same counts, so rank d receives n*count_d.\n"
           "  -h           this help\n"
           "Sizes not a multiple of the type size are rounded down to whole elements (at least "
-          "one).\n",
+          "one).\n"
+          "alltoall, alltoallv: size is the bytes each rank sends in total (as nccl-tests);\n"
+          "alltoall rounds it down to a multiple of n elements (at least n);\n"
+          "busbw = algbw * (n-1)/n. alltoallv has no in-place form (N/A columns).\n",
           prog);
 }
 
 static const char *parse_opts(int argc, char **argv, opts_t *o) {
   int opt;
-  *o = (opts_t){8, 32u << 20, 1u << 20, 2.0, 20, 5, 1, DUET_FLOAT32, DUET_SUM, &colls[0]};
-  while ((opt = getopt(argc, argv, "C:b:e:f:i:n:w:c:d:o:h")) != -1) {
+  static const struct option longopts[] = {{"skew", required_argument, NULL, 'S'},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {NULL, 0, NULL, 0}};
+  *o = (opts_t){8, 32u << 20, 1u << 20, 2.0, 20, 5, 1, DUET_FLOAT32, DUET_SUM, &colls[0], 0.0};
+  while ((opt = getopt_long(argc, argv, "C:b:e:f:i:n:w:c:d:o:h", longopts, NULL)) != -1) {
     switch (opt) {
+    case 'S': {
+      char *end;
+      o->skew = strtod(optarg, &end);
+      if (end == optarg || *end || !(o->skew >= 0) || o->skew > 1e6)
+        return "--skew must be a number >= 0";
+      break;
+    }
     case 'C': {
       o->coll = NULL;
       for (size_t i = 0; i < NCOLLS; i++)
@@ -395,14 +559,24 @@ static const char *parse_opts(int argc, char **argv, opts_t *o) {
       break;
     }
     case 'o': {
-      o->op = -2;
+      /* a collective's name selects the collective (users type -o alltoall) */
+      const coll_t *named = NULL;
+      for (size_t i = 0; i < NCOLLS; i++)
+        if (strcmp(optarg, colls[i].name) == 0)
+          named = &colls[i];
+      if (named) {
+        o->coll = named;
+        break;
+      }
+      int op = -2;
       if (strcmp(optarg, "all") == 0)
-        o->op = -1;
+        op = -1;
       for (int i = 0; i < DUET_NUM_OPS; i++)
         if (strcmp(optarg, op_names[i]) == 0)
-          o->op = i;
-      if (o->op == -2)
-        return "unknown op (-o)";
+          op = i;
+      if (op == -2)
+        return "unknown op or collective (-o)";
+      o->op = op;
       break;
     }
     case 'h':
@@ -433,8 +607,50 @@ static void die(bench_t *b, duet_status_t st, const char *what) {
   MPI_Abort(MPI_COMM_WORLD, 1);
 }
 
+/* The input of `count`: the reduction pattern, or the alltoall(v) blocks. */
+static void fill_input(bench_t *b, const dtype_t *t, size_t count, int in_place,
+                       const unsigned char *in) {
+  const coll_t *c = b->o->coll;
+  void *dst = in_place ? b->recv : b->send;
+  if (c->kind == KIND_REDUCE) {
+    fill_pattern(dst, c->send_elems(count, b->nranks), t, in);
+  } else if (c->kind == KIND_ALLTOALL) {
+    size_t *cnt = malloc(2 * sizeof(size_t) * (size_t)b->nranks);
+    if (!cnt)
+      MPI_Abort(MPI_COMM_WORLD, 1);
+    a2a_blocks(count, b->nranks, cnt, cnt + b->nranks);
+    a2a_fill(dst, t, b->rank, b->nranks, cnt, cnt + b->nranks);
+    free(cnt);
+  } else {
+    if (count != v_T)
+      v_plan(count);
+    a2a_fill(dst, t, b->rank, b->nranks, v_sc, v_sd);
+  }
+}
+
+/* Elements of recvbuf that differ from the expected result. */
+static long wrong_of(bench_t *b, const dtype_t *t, size_t count, const unsigned char *want) {
+  const coll_t *c = b->o->coll;
+  long wrong;
+  if (c->kind == KIND_REDUCE)
+    return count_wrong(b->recv, c->recv_elems(count, b->nranks), t, want);
+  if (c->kind == KIND_ALLTOALLV) {
+    if (count != v_T)
+      v_plan(count);
+    return a2a_wrong(b->recv, t, b->rank, b->nranks, v_rc, v_rd);
+  }
+  size_t *cnt = malloc(2 * sizeof(size_t) * (size_t)b->nranks);
+  if (!cnt)
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  a2a_blocks(count, b->nranks, cnt, cnt + b->nranks);
+  wrong = a2a_wrong(b->recv, t, b->rank, b->nranks, cnt, cnt + b->nranks);
+  free(cnt);
+  return wrong;
+}
+
 /* Time one placement; returns the rank-averaged seconds per iteration and
- * the job-wide number of wrong elements (or -1 without -c). */
+ * the job-wide number of wrong elements (or -1 without -c); -1 seconds when
+ * the collective has no in-place form. */
 static double time_one(bench_t *b, const dtype_t *t, duet_op_t op, size_t count, int in_place,
                        const unsigned char *in, const unsigned char *want, long *wrong) {
   const coll_t *c = b->o->coll;
@@ -442,7 +658,10 @@ static double time_one(bench_t *b, const dtype_t *t, duet_op_t op, size_t count,
   duet_status_t st;
   int root = 0;
 
-  fill_pattern(in_place ? b->recv : b->send, c->send_elems(count, b->nranks), t, in);
+  *wrong = -1;
+  if (in_place && !c->in_place_ok)
+    return -1;
+  fill_input(b, t, count, in_place, in);
   for (int i = 0; i < b->o->warmup; i++)
     if ((st = c->run(s, b->recv, count, t->dt, op, root, b->comm)) < 0)
       die(b, st, c->name);
@@ -455,15 +674,14 @@ static double time_one(bench_t *b, const dtype_t *t, duet_op_t op, size_t count,
   MPI_Allreduce(&sec, &avg, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
   avg /= b->nranks;
 
-  *wrong = -1;
   if (b->o->check) {
     long mine;
-    fill_pattern(in_place ? b->recv : b->send, c->send_elems(count, b->nranks), t, in);
+    fill_input(b, t, count, in_place, in);
     if (!in_place)
       memset(b->recv, 0, c->recv_elems(count, b->nranks) * t->size);
     if ((st = c->run(s, b->recv, count, t->dt, op, root, b->comm)) < 0)
       die(b, st, c->name);
-    mine = count_wrong(b->recv, c->recv_elems(count, b->nranks), t, want);
+    mine = wrong_of(b, t, count, want);
     MPI_Allreduce(&mine, wrong, 1, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
   }
   return avg;
@@ -477,6 +695,9 @@ static void bench_sweep(bench_t *b, const dtype_t *t, duet_op_t op) {
   size_t last_count = 0;
   for (size_t size = o->minbytes; size <= o->maxbytes;) {
     size_t count = size / t->size ? size / t->size : 1;
+    if (o->coll->kind == KIND_ALLTOALL) /* nranks equal blocks */
+      count = count < (size_t)b->nranks ? (size_t)b->nranks
+                                        : count / (size_t)b->nranks * (size_t)b->nranks;
     size_t bytes = count * t->size;
     if (count != last_count) { /* small sizes may round to the same count */
       long wrong[2];
@@ -489,6 +710,10 @@ static void bench_sweep(bench_t *b, const dtype_t *t, duet_op_t op) {
         if (o->coll->has_root)
           printf("  %4d", 0);
         for (int ip = 0; ip < 2; ip++) {
+          if (sec[ip] < 0) { /* no in-place form */
+            printf("  %9s  %7s  %7s  %6s", "N/A", "N/A", "N/A", "N/A");
+            continue;
+          }
           double algbw = (double)bytes / sec[ip] / 1e9;
           double busbw = algbw * o->coll->bus_factor(b->nranks);
           char nwrong[24] = "N/A";
@@ -534,6 +759,9 @@ int main(int argc, char **argv) {
     return *err ? 2 : 0;
   }
   b.o = &o;
+  g_rank = b.rank;
+  g_nranks = b.nranks;
+  g_skew = o.skew;
 
   /* rank 0 creates the rendezvous; MPI carries its id to everybody */
   memset(&id, 0, sizeof id);
@@ -582,6 +810,20 @@ int main(int argc, char **argv) {
     printf(" warmup iters: %d iters: %d validation: %d\n", o.warmup, o.iters, o.check);
     printf("#  DUET_UPN_PROVIDER=%s DUET_HPN_PROVIDER=%s DUET_ALGO=%s\n", upn ? upn : "(default)",
            hpn ? hpn : "(default)", algo ? algo : "(default)");
+    if (o.coll->kind == KIND_ALLTOALLV) {
+      size_t *w = malloc(sizeof(size_t) * (size_t)b.nranks);
+      int shown = b.nranks < 8 ? b.nranks : 8;
+      if (!w)
+        MPI_Abort(MPI_COMM_WORLD, 1);
+      skew_counts(1000000, b.nranks, o.skew, w);
+      printf("#  skew %g: weight of destination d = 1/(d+1)^%g%s; share per destination "
+             "(per mille):",
+             o.skew, o.skew, o.skew > 0 && b.nranks / 4 ? ", the last n/4 get nothing" : "");
+      for (int d = 0; d < shown; d++)
+        printf(" %zu", w[d] / 1000);
+      printf("%s; no in-place form\n", b.nranks > shown ? " ..." : "");
+      free(w);
+    }
     printf("#\n# Using ranks:\n");
     for (int r = 0; r < b.nranks; r++)
       printf("#  Rank %2d Pid %6d on %s\n", r, pids[r], hosts + 256 * (size_t)r);

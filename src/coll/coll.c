@@ -458,23 +458,24 @@ duet_status_t duet_alltoall(const void *sendbuf, void *recvbuf, size_t count, du
 
 /* Every count and displacement must stay inside the address space, and a
  * non-zero count needs a buffer. */
-static duet_status_t duet__check_v(duet_comm_t *comm, const char *fn, const char *what,
-                                   const void *buf, const size_t *counts, const size_t *displs,
-                                   duet_datatype_t dt, size_t *total) {
+static duet_status_t duet__check_v(duet_comm_t *comm, const char *fn, const char *bufname,
+                                   const char *cname, const char *dname, const void *buf,
+                                   const size_t *counts, const size_t *displs, duet_datatype_t dt,
+                                   size_t *total) {
   size_t es = duet__dt_size(dt), sum = 0;
   if (counts == NULL || displs == NULL)
-    return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT, "%s: %s%s is NULL", fn, what,
-                           counts == NULL ? "counts" : "displs");
+    return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT, "%s: %s is NULL", fn,
+                           counts == NULL ? cname : dname);
   for (int q = 0; q < comm->nranks; q++) {
     if (counts[q] > (size_t)PTRDIFF_MAX / es || displs[q] > (size_t)PTRDIFF_MAX / es - counts[q])
       return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT,
-                             "%s: %scounts[%d] = %zu at %sdispls[%d] = %zu overflows", fn, what, q,
-                             counts[q], what, q, displs[q]);
+                             "%s: %s[%d] = %zu at %s[%d] = %zu overflows", fn, cname, q,
+                             counts[q], dname, q, displs[q]);
     sum += counts[q];
   }
   if (buf == NULL && sum > 0)
-    return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT, "%s: %sbuf is NULL with %zu elements",
-                           fn, what[0] == 's' ? "send" : "recv", sum);
+    return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT, "%s: %s is NULL with %zu elements",
+                           fn, bufname, sum);
   *total = sum;
   return DUET_SUCCESS;
 }
@@ -489,8 +490,10 @@ static duet_status_t duet__alltoallv_post(const char *fn, const void *sendbuf,
   TRY(duet__check_comm(comm, fn));
   TRY(duet__check_req_out(comm, fn, req));
   TRY(duet__check_dt(comm, fn, dt));
-  TRY(duet__check_v(comm, fn, "send", sendbuf, sendcounts, sdispls, dt, &stotal));
-  TRY(duet__check_v(comm, fn, "recv", recvbuf, recvcounts, rdispls, dt, &rtotal));
+  TRY(duet__check_v(comm, fn, "sendbuf", "sendcounts", "sdispls", sendbuf, sendcounts, sdispls, dt,
+                    &stotal));
+  TRY(duet__check_v(comm, fn, "recvbuf", "recvcounts", "rdispls", recvbuf, recvcounts, rdispls,
+                    dt, &rtotal));
   if (sendbuf == recvbuf && sendbuf != NULL)
     return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT,
                            "%s: sendbuf == recvbuf: alltoallv does not work in place", fn);

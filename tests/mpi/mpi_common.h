@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "duet.h"
 
@@ -639,6 +640,88 @@ static inline int mt_parse_counts(const char *s, size_t *out, int max) {
   }
   free(copy);
   return n;
+}
+
+/* ---- emulated super-nodes (DUET_SUPERNODE, default the host name) ---- */
+
+/* The layout as a test works it out itself: every rank's super-node name is
+ * gathered with MPI and numbered in order of first appearance, as duet does.
+ * Free sn_sizes with free(). */
+typedef struct {
+  int sn, nsn, lr, ls, equal; /* this rank's super-node, count, local rank and size; equal sizes */
+  int *sn_sizes;              /* ranks per super-node */
+  char name[64];              /* "NxL" when equal, else "a+b+..." */
+} mt_layout_t;
+
+static inline void mt_layout_compute(mt_layout_t *l, int rank, int size) {
+  char name[256] = "";
+  const char *e = getenv("DUET_SUPERNODE");
+  if (e && *e)
+    snprintf(name, sizeof name, "%s", e);
+  else if (gethostname(name, sizeof name - 1) != 0)
+    snprintf(name, sizeof name, "?");
+  char *all = mt_xmalloc(sizeof name * (size_t)size);
+  int *of = mt_xmalloc(sizeof(int) * (size_t)size);
+  MPI_Allgather(name, (int)sizeof name, MPI_CHAR, all, (int)sizeof name, MPI_CHAR,
+                MPI_COMM_WORLD);
+  l->nsn = 0;
+  for (int r = 0; r < size; r++) {
+    of[r] = -1;
+    for (int q = 0; q < r && of[r] < 0; q++)
+      if (strcmp(all + sizeof name * (size_t)q, all + sizeof name * (size_t)r) == 0)
+        of[r] = of[q];
+    if (of[r] < 0)
+      of[r] = l->nsn++;
+  }
+  l->sn_sizes = mt_xmalloc(sizeof(int) * (size_t)l->nsn);
+  memset(l->sn_sizes, 0, sizeof(int) * (size_t)l->nsn);
+  l->lr = 0;
+  for (int r = 0; r < size; r++) {
+    if (r < rank && of[r] == of[rank])
+      l->lr++;
+    l->sn_sizes[of[r]]++;
+  }
+  l->sn = of[rank];
+  l->ls = l->sn_sizes[l->sn];
+  l->equal = 1;
+  for (int s = 0; s < l->nsn; s++)
+    l->equal &= l->sn_sizes[s] == l->sn_sizes[0];
+  if (l->equal) {
+    snprintf(l->name, sizeof l->name, "%dx%d", l->nsn, l->sn_sizes[0]);
+  } else {
+    size_t off = 0;
+    for (int s = 0; s < l->nsn && off < sizeof l->name; s++)
+      off += (size_t)snprintf(l->name + off, sizeof l->name - off, "%s%d", s ? "+" : "",
+                              l->sn_sizes[s]);
+  }
+  free(all);
+  free(of);
+}
+
+/* Counts 1 (and prints why) when duet_comm_supernode disagrees with l. */
+static inline int mt_layout_check(duet_comm_t *comm, const mt_layout_t *l, int rank) {
+  int sn = -1, nsn = -1, lr = -1, ls = -1;
+  MT_CHECK(comm, duet_comm_supernode(comm, &sn, &nsn, &lr, &ls));
+  if (sn == l->sn && nsn == l->nsn && lr == l->lr && ls == l->ls)
+    return 0;
+  fprintf(stderr,
+          "[rank %d] duet_comm_supernode gave super-node %d of %d, local %d of %d; want %d of %d, "
+          "local %d of %d (layout %s, DUET_SUPERNODE=%s)\n",
+          rank, sn, nsn, lr, ls, l->sn, l->nsn, l->lr, l->ls, l->name,
+          getenv("DUET_SUPERNODE") ? getenv("DUET_SUPERNODE") : "(unset)");
+  return 1;
+}
+
+/* d = after - before, in duet_stats_t field order: UPN bytes sent, received,
+ * messages sent; HPN bytes sent, received, messages sent. */
+static inline void mt_stats_delta(const duet_stats_t *before, const duet_stats_t *after,
+                                  uint64_t d[6]) {
+  d[0] = after->upn_bytes_sent - before->upn_bytes_sent;
+  d[1] = after->upn_bytes_recv - before->upn_bytes_recv;
+  d[2] = after->upn_msgs_sent - before->upn_msgs_sent;
+  d[3] = after->hpn_bytes_sent - before->hpn_bytes_sent;
+  d[4] = after->hpn_bytes_recv - before->hpn_bytes_recv;
+  d[5] = after->hpn_msgs_sent - before->hpn_msgs_sent;
 }
 
 #endif /* DUET_MPI_COMMON_H */
