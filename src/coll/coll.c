@@ -112,10 +112,48 @@ duet_status_t duet_iallreduce(const void *sendbuf, void *recvbuf, size_t count,
   return duet__allreduce_post("duet_iallreduce", sendbuf, recvbuf, count, dt, op, comm, req);
 }
 
+/* The UPN load/store path takes a blocking call when the communicator is one
+ * super-node on one host (every rank decides alike) and DUET_ALGO does not
+ * force a schedule. It needs no network progress, so pending non-blocking
+ * operations simply wait for the next duet call. */
+static int duet__mem_path(const duet_comm_t *comm, int coll) {
+  return comm->mem != NULL && comm->nsupernodes == 1 &&
+         comm->cfg.algo.coll[coll] == DUET_ALGO_AUTO;
+}
+
+static duet_status_t duet__mem_result(duet_comm_t *comm, const char *fn, duet_status_t rc,
+                                      const char *err) {
+  if (rc == DUET_SUCCESS)
+    return rc;
+  comm->failed = rc;
+  return duet__set_error(comm, rc, "%s seq %u on rank %d (shared-memory UPN): %s", fn, comm->seq,
+                         comm->rank, err);
+}
+
 duet_status_t duet_allreduce(const void *sendbuf, void *recvbuf, size_t count,
                              duet_datatype_t dt, duet_op_t op, duet_comm_t *comm) {
+  const char *fn = "duet_allreduce";
   duet_request_t *req;
-  TRY(duet__allreduce_post("duet_allreduce", sendbuf, recvbuf, count, dt, op, comm, &req));
+  if (comm != NULL && duet__comm_is_live(comm) && duet__mem_path(comm, DUET_COLL_ALLREDUCE)) {
+    char err[DUET_SHM_ERRLEN] = "";
+    size_t bytes;
+    TRY(duet__check_comm(comm, fn));
+    TRY(duet__check_dt(comm, fn, dt));
+    TRY(duet__check_op(comm, fn, op));
+    TRY(duet__check_count(comm, fn, count, dt, &bytes));
+    TRY(duet__check_buffer(comm, fn, "sendbuf", sendbuf, count));
+    TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, count));
+    TRY(duet__check_overlap(comm, fn, sendbuf, bytes, recvbuf, bytes));
+    duet_status_t rc = duet__shm_allreduce(comm->mem, sendbuf, recvbuf, count, dt, op,
+                                           comm->nranks, comm->yield, comm->cfg.timeout_ms, err);
+    if (rc == DUET_SUCCESS && comm->nranks > 1) {
+      uint64_t moved = (uint64_t)bytes * (uint64_t)(comm->nranks - 1) / (uint64_t)comm->nranks;
+      comm->stats.upn_bytes_sent += moved;
+      comm->stats.upn_bytes_recv += moved;
+    }
+    return duet__mem_result(comm, fn, rc, err);
+  }
+  TRY(duet__allreduce_post(fn, sendbuf, recvbuf, count, dt, op, comm, &req));
   return duet__wait_and_free(req);
 }
 
@@ -288,6 +326,13 @@ duet_status_t duet_ibarrier(duet_comm_t *comm, duet_request_t **req) {
 
 duet_status_t duet_barrier(duet_comm_t *comm) {
   duet_request_t *req;
+  if (comm != NULL && duet__comm_is_live(comm) && duet__mem_path(comm, DUET_COLL_BARRIER)) {
+    char err[DUET_SHM_ERRLEN] = "";
+    TRY(duet__check_comm(comm, "duet_barrier"));
+    return duet__mem_result(comm, "duet_barrier",
+                            duet__shm_barrier(comm->mem, comm->yield, comm->cfg.timeout_ms, err),
+                            err);
+  }
   TRY(duet__barrier_post("duet_barrier", comm, &req));
   return duet__wait_and_free(req);
 }

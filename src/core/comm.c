@@ -93,6 +93,7 @@ static void duet__report_locality(int rank) {
 
 typedef struct duet__addr_msg { /* bootstrap round 2 and 3 */
   int32_t ok;
+  int32_t mem_ok; /* round 2: this rank mapped its super-node's shared segment */
   uint32_t len[DUET_NET_COUNT];
   uint8_t addr[DUET_NET_COUNT][DUET_TP_ADDR_MAX];
   char error[192];
@@ -142,8 +143,11 @@ static duet_status_t duet__open_endpoints(duet_comm_t *comm, const duet__domains
   if (rc != DUET_SUCCESS)
     return rc;
   if (comm->local_size > 1) {
+    /* "mem" (the load/store path) carries allreduce and barrier; the other
+     * collectives still need a libfabric endpoint: shm. */
     snprintf(prov, sizeof(prov), "%s",
-             comm->cfg.upn_provider[0] ? comm->cfg.upn_provider
+             comm->cfg.upn_provider[0] && strcmp(comm->cfg.upn_provider, "mem") != 0
+                 ? comm->cfg.upn_provider
              : dom->domain_one_host[comm->supernode] ? "shm"
                                                       : "tcp");
     snprintf(iface, sizeof(iface), "%s",
@@ -212,6 +216,39 @@ void duet__comm_shape(duet_comm_t *comm) {
     sh->hpn_lat_us = comm->cfg.hpn_lat_us;
   if (comm->cfg.hpn_bw_gbps > 0)
     sh->hpn_bw_gbps = comm->cfg.hpn_bw_gbps;
+}
+
+/* The UPN load/store path: ranks of a super-node that sits on one host map
+ * one shared segment (DESIGN.md section 5). Default when DUET_UPN_PROVIDER is
+ * unset, or "mem"; DUET_UPN_PROVIDER=shm selects libfabric's shm instead.
+ * The segment's name is unique to this communicator's unique id and the
+ * super-node's first rank's pid. Returns 1 when mapped. */
+static int duet__open_mem(duet_comm_t *comm, const duet__domains_t *dom,
+                          const duet_unique_id_t *id, const duet__rank_info_t *info) {
+  char name[96], err[DUET_SHM_ERRLEN] = "";
+  uint64_t h = 1469598103934665603ull;
+  int first = -1;
+  if (comm->local_size < 2 || !dom->domain_one_host[comm->supernode])
+    return 0;
+  if (comm->cfg.upn_provider[0] && strcmp(comm->cfg.upn_provider, "mem") != 0)
+    return 0;
+  for (size_t i = 0; i < sizeof(id->bytes); i++)
+    h = (h ^ id->bytes[i]) * 1099511628211ull;
+  for (int r = 0; r < comm->nranks && first < 0; r++)
+    if (dom->supernode[r] == comm->supernode)
+      first = r;
+  snprintf(name, sizeof(name), "/duet-%016llx-%d-%d", (unsigned long long)h, (int)info[first].pid,
+           comm->supernode);
+  if (duet__shm_open(&comm->mem, name, comm->local_rank, comm->local_size,
+                     comm->cfg.timeout_ms < 30000 ? comm->cfg.timeout_ms : 30000, err) !=
+      DUET_SUCCESS) {
+    DUET_WARN(DUET_SUB_INIT, "rank %d: no shared-memory UPN path (%s); using libfabric",
+              comm->rank, err);
+    comm->mem = NULL;
+    return 0;
+  }
+  duet__shm_unlink(comm->mem);
+  return 1;
 }
 
 /* Tell every endpoint its peers, in rank order, and number them. */
@@ -362,6 +399,7 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
 
   /* Round 2: endpoint addresses (or why this rank has none). */
   amine->ok = 1;
+  amine->mem_ok = duet__open_mem(comm, &dom, id, info);
   rc = duet__open_endpoints(comm, &dom, tperr);
   for (int n = 0; rc == DUET_SUCCESS && n < DUET_NET_COUNT; n++) {
     size_t len = DUET_TP_ADDR_MAX;
@@ -377,6 +415,13 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
   rc = duet__exchange_status(comm, boot, amine, aall, "opening endpoints");
   if (rc != DUET_SUCCESS)
     goto out_set_thread_error;
+  if (comm->mem != NULL) /* every rank of the super-node must have it, or none uses it */
+    for (int r = 0; r < nranks; r++)
+      if (dom.supernode[r] == comm->supernode && !aall[r].mem_ok) {
+        duet__shm_close(comm->mem);
+        comm->mem = NULL;
+        break;
+      }
 
   /* Round 3: connect to the peers, then agree that everyone did. */
   rc = duet__insert_peers(comm, aall, tperr);
@@ -406,6 +451,8 @@ out_set_thread_error:
   /* The message went to comm->last_error; the caller reads the thread's. */
   duet__set_error(NULL, rc, "%s", comm->last_error);
 out_close_nets:
+  if (comm->mem != NULL)
+    duet__shm_close(comm->mem);
   duet__nets_release(comm);
 out_close_boot:
   duet__boot_close(boot);
@@ -486,6 +533,8 @@ duet_status_t duet_comm_init_env(duet_comm_t **comm, const duet_config_t *config
 void duet__comm_free(duet_comm_t *comm) {
   duet__registry_remove(comm);
   duet__comm_release_requests(comm);
+  if (comm->mem != NULL)
+    duet__shm_close(comm->mem);
   duet__nets_release(comm);
   free(comm->scratch);
   free(comm->peers);

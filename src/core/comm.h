@@ -10,6 +10,7 @@
 #include "core/config.h"
 #include "duet.h"
 #include "transport.h"
+#include "shm/shm.h"
 #include "tune/tune.h"
 
 #define DUET_ERRLEN 512
@@ -87,6 +88,7 @@ struct duet_comm {
   int32_t *layout_mem;      /* the layout's other arrays */
   duet__tune_shape_t shape; /* what the tuner weighs */
   duet__netset_t *nets;
+  duet__shm_t *mem;         /* the UPN load/store path (one-host super-node), or NULL */
   duet_stats_t stats;
   duet_status_t failed;   /* sticky failure (timeout, transport error, abort) */
   struct duet_request *active_head, *active_tail; /* posted, not yet completed */

@@ -81,7 +81,8 @@ run() {
 
 for np in $nps; do
   for prov in tcp shm; do
-    for algo in ring rd; do
+    # auto: on one host the default UPN is the shared-memory load/store path
+    for algo in ring rd auto; do
       if [ "$quick" != 1 ] && [ "$np" -le 4 ]; then
         run $prov "$np" "$allreduce" -a $algo -t $full_types
       fi

@@ -1,0 +1,64 @@
+/*
+ * shm.h - the UPN load/store path: allreduce and barrier among the ranks of
+ * one host through one shared-memory segment, with loads and stores only.
+ *
+ * Small messages go through flag-synchronised slots (each rank stores its
+ * data and a sequence number in its own slot, every rank reduces all slots in
+ * rank order); large ones through a chunked reduce-scatter/allgather in
+ * shared buffers, each rank reducing its slice of every chunk. The segment is
+ * created once, sized for the engine and pre-faulted; no call allocates or
+ * touches fresh pages, and no call makes a system call unless it waits with
+ * yield != 0 (sched_yield) or a wait runs long enough to read the clock.
+ *
+ * Threads: an engine is used by one thread of each rank at a time. All local
+ * ranks call the collectives of one engine in the same order with the same
+ * count, datatype, op and avg_n. Results are bitwise identical on all ranks.
+ */
+#ifndef DUET_SHM_H
+#define DUET_SHM_H
+
+#include <stddef.h>
+
+#include "duet.h"
+
+#define DUET_SHM_ERRLEN 256
+
+typedef struct duet__shm duet__shm_t;
+
+/* Collective over the local_size ranks of one host: local rank 0 creates the
+ * POSIX shared-memory segment `name` (O_CREAT|O_EXCL, mode 0600, sized for the
+ * engine's needs, pre-faulted), the others open it, retrying until timeout_ms.
+ * Returns when every rank has attached. DUET_ERR_SYSTEM / DUET_ERR_TIMEOUT /
+ * DUET_ERR_INVALID_ARGUMENT with the reason in errbuf (DUET_SHM_ERRLEN
+ * bytes). On success *shm belongs to the caller: free it with
+ * duet__shm_close. */
+duet_status_t duet__shm_open(duet__shm_t **shm, const char *name, int local_rank, int local_size,
+                             int timeout_ms, char *errbuf);
+/* Remove the name (call after every rank has opened it; the mapping stays).
+ * Any rank may call it; it is idempotent within one process. */
+void duet__shm_unlink(duet__shm_t *shm);
+/* Collective, blocking: allreduce of count elements over the local ranks;
+ * sendbuf == recvbuf means in place; AVG divides once by avg_n (the caller
+ * passes the number of ranks in the whole reduction). yield != 0: more ranks
+ * than cores, so waiting loops call sched_yield(). Every wait has the deadline
+ * timeout_ms: DUET_ERR_TIMEOUT naming which local rank did not arrive, for
+ * which call sequence number. After a timeout the engine is unusable (later
+ * calls return DUET_ERR_ABORTED); close it. */
+duet_status_t duet__shm_allreduce(duet__shm_t *shm, const void *sendbuf, void *recvbuf,
+                                  size_t count, duet_datatype_t dt, duet_op_t op, int avg_n,
+                                  int yield, int timeout_ms, char *errbuf);
+/* Collective, blocking: returns when every local rank has entered it. */
+duet_status_t duet__shm_barrier(duet__shm_t *shm, int yield, int timeout_ms, char *errbuf);
+/* Unmap and free; never blocks, never unlinks. NULL is allowed. */
+void duet__shm_close(duet__shm_t *shm);
+
+/* Tuning (and tests): out-of-place allreduces whose local_size x bytes is at
+ * least `bytes` copy results out with streaming (non-temporal) stores; 0
+ * means always. The default is the size of the last-level cache. Local: each
+ * rank may set its own. */
+void duet__shm_set_stream_min(duet__shm_t *shm, size_t bytes);
+
+/* Bytes of the segment an engine of local_size ranks maps. */
+size_t duet__shm_segment_size(int local_size);
+
+#endif /* DUET_SHM_H */

@@ -1,0 +1,516 @@
+/*
+ * test_shm.c - unit tests for src/shm (the UPN load/store path).
+ *
+ * Each test forks L processes that open one engine on a segment name unique
+ * to the test ("/duet-test-<pid>-<n>"). Children check their own results
+ * against a serial reference computed here, print what went wrong to stderr
+ * and report through their exit status; the parent waits with a deadline,
+ * kills stragglers, and checks that no segment is left in /dev/shm.
+ *
+ * Inputs are small integers chosen so that every partial result is exact in
+ * every datatype tested (int8, int32, bfloat16, float32, float64), so the
+ * reference does not depend on the order in which the engine reduces. AVG
+ * divides by avg_n = L + 1, not L, to prove the caller's count is used.
+ */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "reduce/reduce.h"
+#include "shm/shm.h"
+
+#define OPEN_TIMEOUT_MS 20000
+#define CALL_TIMEOUT_MS 20000
+#define GROUP_DEADLINE_S 240
+#define MAX_L 4
+#define BIG_COUNT 1048579u
+
+static int name_serial;
+
+static void make_name(char *buf, size_t len) {
+  snprintf(buf, len, "/duet-test-%d-%d", (int)getpid(), name_serial++);
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int segment_exists(const char *name) {
+  char path[128];
+  snprintf(path, sizeof(path), "/dev/shm%s", name);
+  return access(path, F_OK) == 0;
+}
+
+typedef int (*child_fn)(duet__shm_t *shm, int rank, int L, void *arg);
+
+/* Child: open, let rank 0 unlink after the collective open, run fn, close. */
+static void child_main(const char *name, int rank, int L, child_fn fn, void *arg) {
+  char err[DUET_SHM_ERRLEN];
+  duet__shm_t *shm = NULL;
+  duet_status_t rc = duet__shm_open(&shm, name, rank, L, OPEN_TIMEOUT_MS, err);
+  if (rc != DUET_SUCCESS) {
+    fprintf(stderr, "rank %d: open %s: %d %s\n", rank, name, (int)rc, err);
+    _exit(90);
+  }
+  if (rank == 0)
+    duet__shm_unlink(shm);
+  int res = fn(shm, rank, L, arg);
+  duet__shm_close(shm);
+  _exit(res);
+}
+
+/* Fork L ranks running fn; return how many did not exit with status 0. */
+static int run_group(int L, child_fn fn, void *arg) {
+  char name[64];
+  pid_t pids[MAX_L];
+  int status[MAX_L], done[MAX_L] = {0}, left = L, failed = 0;
+
+  make_name(name, sizeof(name));
+  fflush(NULL);
+  for (int r = 0; r < L; r++) {
+    pids[r] = fork();
+    cr_assert(pids[r] >= 0, "fork: %s", strerror(errno));
+    if (pids[r] == 0)
+      child_main(name, r, L, fn, arg);
+  }
+  double deadline = now_s() + GROUP_DEADLINE_S;
+  while (left > 0 && now_s() < deadline) {
+    for (int r = 0; r < L; r++) {
+      if (!done[r] && waitpid(pids[r], &status[r], WNOHANG) == pids[r]) {
+        done[r] = 1;
+        left--;
+      }
+    }
+    if (left > 0)
+      usleep(2000);
+  }
+  for (int r = 0; r < L; r++) {
+    if (!done[r]) {
+      fprintf(stderr, "rank %d of %d still running after %d s: killed\n", r, L, GROUP_DEADLINE_S);
+      kill(pids[r], SIGKILL);
+      waitpid(pids[r], &status[r], 0);
+      failed++;
+    } else if (!WIFEXITED(status[r]) || WEXITSTATUS(status[r]) != 0) {
+      fprintf(stderr, "rank %d of %d: %s %d\n", r, L,
+              WIFEXITED(status[r]) ? "exit status" : "signal",
+              WIFEXITED(status[r]) ? WEXITSTATUS(status[r]) : WTERMSIG(status[r]));
+      failed++;
+    }
+  }
+  int leaked = segment_exists(name);
+  shm_unlink(name); /* clean up even when a rank died before unlinking */
+  cr_expect(!leaked, "segment %s left in /dev/shm", name);
+  return failed + leaked;
+}
+
+/* ---- inputs and the serial reference ---- */
+
+static const duet_datatype_t test_dts[] = {DUET_INT32, DUET_FLOAT32, DUET_FLOAT64, DUET_BFLOAT16,
+                                           DUET_INT8};
+static const duet_op_t test_ops[] = {DUET_SUM, DUET_PROD, DUET_MIN, DUET_MAX, DUET_AVG};
+static const size_t test_counts[] = {0, 1, 7, 1023, BIG_COUNT};
+
+/* Exact small integers: sums within [-32, 32], products within [-16, 16],
+ * min/max operands within [-100, 100]; `salt` varies them between calls. */
+static int64_t input(duet_op_t op, int rank, size_t i, unsigned salt) {
+  size_t k = i + salt;
+  switch (op) {
+  case DUET_PROD:
+    switch ((k * 5 + (size_t)rank * 3) % 7) {
+    case 0:
+      return 2;
+    case 1:
+      return -1;
+    default:
+      return 1;
+    }
+  case DUET_MIN:
+  case DUET_MAX:
+    return (int64_t)((k * 31 + (size_t)rank * 17 + 5) % 201) - 100;
+  default:
+    return (int64_t)((k * 7 + (size_t)rank * 13 + 3) % 17) - 8;
+  }
+}
+
+/* float -> bfloat16, round to nearest even (no NaN occurs in these tests) */
+static uint16_t to_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* Store v (or, for AVG, v / avg_n as the datatype divides) at element i. */
+static void store(void *buf, size_t i, duet_datatype_t dt, int64_t v, int avg_n) {
+  switch (dt) {
+  case DUET_INT32:
+    ((int32_t *)buf)[i] = (int32_t)(avg_n ? v / avg_n : v);
+    break;
+  case DUET_INT8:
+    ((int8_t *)buf)[i] = (int8_t)(avg_n ? v / avg_n : v);
+    break;
+  case DUET_FLOAT32:
+    ((float *)buf)[i] = avg_n ? (float)v / (float)avg_n : (float)v;
+    break;
+  case DUET_FLOAT64:
+    ((double *)buf)[i] = avg_n ? (double)v / (double)avg_n : (double)v;
+    break;
+  case DUET_BFLOAT16:
+    ((uint16_t *)buf)[i] = to_bf16(avg_n ? (float)v / (float)avg_n : (float)v);
+    break;
+  default:
+    abort();
+  }
+}
+
+static void fill_input(void *buf, size_t count, duet_datatype_t dt, duet_op_t op, int rank,
+                       unsigned salt) {
+  for (size_t i = 0; i < count; i++)
+    store(buf, i, dt, input(op, rank, i, salt), 0);
+}
+
+static void fill_reference(void *buf, size_t count, duet_datatype_t dt, duet_op_t op, int L,
+                           int avg_n, unsigned salt) {
+  for (size_t i = 0; i < count; i++) {
+    int64_t acc = input(op, 0, i, salt);
+    for (int r = 1; r < L; r++) {
+      int64_t v = input(op, r, i, salt);
+      switch (op) {
+      case DUET_PROD:
+        acc *= v;
+        break;
+      case DUET_MIN:
+        acc = v < acc ? v : acc;
+        break;
+      case DUET_MAX:
+        acc = v > acc ? v : acc;
+        break;
+      default:
+        acc += v;
+      }
+    }
+    store(buf, i, dt, acc, op == DUET_AVG ? avg_n : 0);
+  }
+}
+
+/* Check one allreduce; prints the first mismatch. 0 on success. */
+static int check_one(duet__shm_t *shm, int rank, int L, duet_datatype_t dt, duet_op_t op,
+                     size_t count, int in_place, unsigned salt, char *send, char *recv, char *ref) {
+  char err[DUET_SHM_ERRLEN];
+  size_t esz = duet__dt_size(dt), bytes = count * esz;
+  int avg_n = L + 1;
+
+  fill_input(send, count, dt, op, rank, salt);
+  fill_reference(ref, count, dt, op, L, avg_n, salt);
+  memset(recv, 0xa5, bytes + 64);
+  if (in_place)
+    memcpy(recv, send, bytes);
+  duet_status_t rc = duet__shm_allreduce(shm, in_place ? recv : send, recv, count, dt, op, avg_n,
+                                         L > 2, CALL_TIMEOUT_MS, err);
+  if (rc != DUET_SUCCESS) {
+    fprintf(stderr, "rank %d/%d %s %s count %zu %s: status %d: %s\n", rank, L, duet__dt_name(dt),
+            duet__op_name(op), count, in_place ? "in place" : "out of place", (int)rc, err);
+    return 1;
+  }
+  if (memcmp(recv, ref, bytes) != 0) {
+    size_t i = 0;
+    while (memcmp(recv + i * esz, ref + i * esz, esz) == 0)
+      i++;
+    fprintf(stderr, "rank %d/%d %s %s count %zu %s: element %zu differs\n", rank, L,
+            duet__dt_name(dt), duet__op_name(op), count, in_place ? "in place" : "out of place", i);
+    return 1;
+  }
+  for (size_t b = bytes; b < bytes + 64; b++) {
+    if ((unsigned char)recv[b] != 0xa5) {
+      fprintf(stderr, "rank %d/%d %s count %zu: wrote past the end\n", rank, L, duet__dt_name(dt),
+              count);
+      return 1;
+    }
+  }
+  if (!in_place) {
+    fill_input(ref, count, dt, op, rank, salt);
+    if (memcmp(send, ref, bytes) != 0) {
+      fprintf(stderr, "rank %d/%d %s count %zu: sendbuf modified\n", rank, L, duet__dt_name(dt),
+              count);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+/* Every datatype x op x count, out of place and in place, then a barrier. */
+static int child_matrix(duet__shm_t *shm, int rank, int L, void *arg) {
+  (void)arg;
+  size_t cap = BIG_COUNT * 8 + 64;
+  char *send = malloc(cap), *recv = malloc(cap), *ref = malloc(cap);
+  char err[DUET_SHM_ERRLEN];
+  int bad = 0;
+  if (send == NULL || recv == NULL || ref == NULL)
+    _exit(91);
+  for (size_t d = 0; d < sizeof(test_dts) / sizeof(test_dts[0]); d++)
+    for (size_t o = 0; o < sizeof(test_ops) / sizeof(test_ops[0]); o++)
+      for (size_t c = 0; c < sizeof(test_counts) / sizeof(test_counts[0]); c++)
+        for (int in_place = 0; in_place < 2; in_place++)
+          bad |= check_one(shm, rank, L, test_dts[d], test_ops[o], test_counts[c], in_place,
+                           (unsigned)(d * 100 + o * 10 + c), send, recv, ref);
+  if (duet__shm_barrier(shm, L > 2, CALL_TIMEOUT_MS, err) != DUET_SUCCESS) {
+    fprintf(stderr, "rank %d/%d barrier: %s\n", rank, L, err);
+    bad = 1;
+  }
+  free(send);
+  free(recv);
+  free(ref);
+  return bad;
+}
+
+Test(shm, matrix_1_rank) {
+  cr_assert_eq(run_group(1, child_matrix, NULL), 0);
+}
+Test(shm, matrix_2_ranks) {
+  cr_assert_eq(run_group(2, child_matrix, NULL), 0);
+}
+Test(shm, matrix_3_ranks) {
+  cr_assert_eq(run_group(3, child_matrix, NULL), 0);
+}
+Test(shm, matrix_4_ranks) {
+  cr_assert_eq(run_group(4, child_matrix, NULL), 0);
+}
+
+/* Many calls in a row mixing eager, chunked, empty calls and barriers, so
+ * slots and chunk buffers are reused with both parities. */
+static int child_sequence(duet__shm_t *shm, int rank, int L, void *arg) {
+  (void)arg;
+  static const size_t counts[] = {1, 3000, 0, 5, 200000, 4096, 1, 0, 131072, 2};
+  size_t cap = 200000 * 4 + 64;
+  char *send = malloc(cap), *recv = malloc(cap), *ref = malloc(cap);
+  char err[DUET_SHM_ERRLEN];
+  int bad = 0;
+  if (send == NULL || recv == NULL || ref == NULL)
+    _exit(91);
+  for (unsigned it = 0; it < 60 && !bad; it++) {
+    size_t count = counts[it % 10];
+    duet_op_t op = test_ops[it % 5];
+    bad |= check_one(shm, rank, L, DUET_INT32, op, count, (int)(it & 1), it, send, recv, ref);
+    if (it % 7 == 3 && duet__shm_barrier(shm, L > 2, CALL_TIMEOUT_MS, err) != DUET_SUCCESS) {
+      fprintf(stderr, "rank %d/%d barrier: %s\n", rank, L, err);
+      bad = 1;
+    }
+  }
+  free(send);
+  free(recv);
+  free(ref);
+  return bad;
+}
+
+Test(shm, sequence_2_ranks) {
+  cr_assert_eq(run_group(2, child_sequence, NULL), 0);
+}
+Test(shm, sequence_4_ranks) {
+  cr_assert_eq(run_group(4, child_sequence, NULL), 0);
+}
+
+/* Buffers that are not 16-byte aligned, copied out both with streaming
+ * stores (forced for out-of-place calls) and, in place, without. */
+#define UNALIGNED_COUNT 2200001u
+
+static int child_unaligned(duet__shm_t *shm, int rank, int L, void *arg) {
+  (void)arg;
+  size_t cap = UNALIGNED_COUNT * 4 + 128;
+  char *send = malloc(cap), *recv = malloc(cap), *ref = malloc(cap);
+  int bad = 0;
+  if (send == NULL || recv == NULL || ref == NULL)
+    _exit(91);
+  duet__shm_set_stream_min(shm, 0);
+  bad |= check_one(shm, rank, L, DUET_FLOAT32, DUET_SUM, UNALIGNED_COUNT, 0, 1, send + 4, recv + 12,
+                   ref);
+  bad |= check_one(shm, rank, L, DUET_INT8, DUET_MAX, UNALIGNED_COUNT * 4, 0, 2, send + 3, recv + 1,
+                   ref);
+  bad |= check_one(shm, rank, L, DUET_INT32, DUET_SUM, UNALIGNED_COUNT, 1, 3, send, recv + 8, ref);
+  free(send);
+  free(recv);
+  free(ref);
+  return bad;
+}
+
+Test(shm, unaligned_large_2_ranks) {
+  cr_assert_eq(run_group(2, child_unaligned, NULL), 0);
+}
+Test(shm, unaligned_large_3_ranks) {
+  cr_assert_eq(run_group(3, child_unaligned, NULL), 0);
+}
+
+/* Non-exact float inputs: every rank must end with the same bytes. Ranks
+ * publish their results in memory shared by the parent. */
+#define IDENT_COUNT 300001u
+static const size_t ident_counts[] = {5, 3001, IDENT_COUNT};
+
+static int child_identical(duet__shm_t *shm, int rank, int L, void *arg) {
+  float *out = arg; /* MAX_L x 3 x IDENT_COUNT floats */
+  float *send = malloc(IDENT_COUNT * sizeof(float));
+  char err[DUET_SHM_ERRLEN];
+  if (send == NULL)
+    _exit(91);
+  for (int c = 0; c < 3; c++) {
+    size_t count = ident_counts[c];
+    unsigned seed = 12345u + (unsigned)rank * 7919u;
+    for (size_t i = 0; i < count; i++) {
+      seed = seed * 1103515245u + 12345u;
+      send[i] = (float)(seed >> 8) * 0x1p-17f - 64.0f; /* rounding happens when summed */
+    }
+    float *dst = out + ((size_t)rank * 3 + (size_t)c) * IDENT_COUNT;
+    if (duet__shm_allreduce(shm, send, dst, count, DUET_FLOAT32, DUET_AVG, 3, L > 2,
+                            CALL_TIMEOUT_MS, err) != DUET_SUCCESS) {
+      fprintf(stderr, "rank %d/%d: %s\n", rank, L, err);
+      return 1;
+    }
+  }
+  free(send);
+  return 0;
+}
+
+static void check_identical(int L) {
+  size_t bytes = (size_t)MAX_L * 3 * IDENT_COUNT * sizeof(float);
+  float *out = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  cr_assert(out != MAP_FAILED);
+  cr_assert_eq(run_group(L, child_identical, out), 0);
+  for (int c = 0; c < 3; c++)
+    for (int r = 1; r < L; r++)
+      cr_expect(memcmp(out + (size_t)c * IDENT_COUNT, out + ((size_t)r * 3 + c) * IDENT_COUNT,
+                       ident_counts[c] * sizeof(float)) == 0,
+                "count %zu: rank %d differs from rank 0", ident_counts[c], r);
+  munmap(out, bytes);
+}
+
+Test(shm, bitwise_identical_3_ranks) {
+  check_identical(3);
+}
+Test(shm, bitwise_identical_4_ranks) {
+  check_identical(4);
+}
+
+/* ---- timeouts ---- */
+
+#define SHORT_TIMEOUT_MS 500
+
+struct timeout_case {
+  size_t count; /* 0: barrier */
+};
+
+/* The last rank never calls; the others must time out, naming it. */
+static int child_timeout(duet__shm_t *shm, int rank, int L, void *arg) {
+  const struct timeout_case *tc = arg;
+  char err[DUET_SHM_ERRLEN], want[64];
+  static int32_t buf[1 << 20];
+  duet_status_t rc;
+  if (rank == L - 1) {
+    usleep(3 * SHORT_TIMEOUT_MS * 1000); /* outlive the others' deadline */
+    return 0;
+  }
+  double t0 = now_s();
+  if (tc->count == 0)
+    rc = duet__shm_barrier(shm, 1, SHORT_TIMEOUT_MS, err);
+  else
+    rc = duet__shm_allreduce(shm, buf, buf, tc->count, DUET_INT32, DUET_SUM, L, 1, SHORT_TIMEOUT_MS,
+                             err);
+  double ms = (now_s() - t0) * 1e3;
+  if (rc != DUET_ERR_TIMEOUT) {
+    fprintf(stderr, "rank %d: status %d, want DUET_ERR_TIMEOUT (%s)\n", rank, (int)rc, err);
+    return 1;
+  }
+  if (ms < SHORT_TIMEOUT_MS * 0.9 || ms > SHORT_TIMEOUT_MS + 1500) {
+    fprintf(stderr, "rank %d: timed out after %.0f ms, deadline %d ms\n", rank, ms,
+            SHORT_TIMEOUT_MS);
+    return 1;
+  }
+  snprintf(want, sizeof(want), "local rank %d did not arrive for call 1", L - 1);
+  if (strstr(err, want) == NULL) {
+    fprintf(stderr, "rank %d: message \"%s\" lacks \"%s\"\n", rank, err, want);
+    return 1;
+  }
+  rc = duet__shm_allreduce(shm, buf, buf, 1, DUET_INT32, DUET_SUM, L, 1, SHORT_TIMEOUT_MS, err);
+  if (rc != DUET_ERR_ABORTED) {
+    fprintf(stderr, "rank %d: call after a timeout: status %d, want DUET_ERR_ABORTED\n", rank,
+            (int)rc);
+    return 1;
+  }
+  return 0;
+}
+
+Test(shm, timeout_eager) {
+  struct timeout_case tc = {1};
+  cr_assert_eq(run_group(3, child_timeout, &tc), 0);
+}
+Test(shm, timeout_chunked) {
+  struct timeout_case tc = {1 << 20};
+  cr_assert_eq(run_group(2, child_timeout, &tc), 0);
+}
+Test(shm, timeout_barrier) {
+  struct timeout_case tc = {0};
+  cr_assert_eq(run_group(3, child_timeout, &tc), 0);
+}
+
+/* A rank whose local rank 0 never creates the segment gives up in time. */
+Test(shm, open_timeout) {
+  char name[64], err[DUET_SHM_ERRLEN];
+  duet__shm_t *shm = NULL;
+  make_name(name, sizeof(name));
+  double t0 = now_s();
+  duet_status_t rc = duet__shm_open(&shm, name, 1, 2, 200, err);
+  double ms = (now_s() - t0) * 1e3;
+  cr_assert_eq(rc, DUET_ERR_TIMEOUT, "status %d: %s", (int)rc, err);
+  cr_expect(ms >= 180 && ms < 2000, "gave up after %.0f ms", ms);
+  cr_expect(shm == NULL);
+  cr_expect(strstr(err, name) != NULL, "message \"%s\" lacks the name", err);
+  cr_expect(!segment_exists(name));
+}
+
+/* The creator alone times out when nobody else attaches, and cleans up. */
+Test(shm, open_alone_times_out) {
+  char name[64], err[DUET_SHM_ERRLEN];
+  duet__shm_t *shm = NULL;
+  make_name(name, sizeof(name));
+  duet_status_t rc = duet__shm_open(&shm, name, 0, 2, 200, err);
+  if (rc == DUET_SUCCESS) { /* wrong, but leave nothing behind */
+    duet__shm_unlink(shm);
+    duet__shm_close(shm);
+  }
+  cr_assert_eq(rc, DUET_ERR_TIMEOUT, "status %d: %s", (int)rc, err);
+  cr_expect(strstr(err, "local rank 1") != NULL, "message \"%s\"", err);
+  cr_expect(!segment_exists(name));
+}
+
+Test(shm, bad_arguments) {
+  char err[DUET_SHM_ERRLEN];
+  duet__shm_t *shm = NULL;
+  cr_expect_eq(duet__shm_open(&shm, "no-slash", 0, 1, 100, err), DUET_ERR_INVALID_ARGUMENT);
+  cr_expect_eq(duet__shm_open(&shm, "/x", 2, 2, 100, err), DUET_ERR_INVALID_ARGUMENT);
+  cr_expect_eq(duet__shm_open(&shm, "/x", 0, 0, 100, err), DUET_ERR_INVALID_ARGUMENT);
+
+  char name[64];
+  make_name(name, sizeof(name));
+  duet_status_t rc = duet__shm_open(&shm, name, 0, 1, 100, err);
+  shm_unlink(name);
+  cr_assert_eq(rc, DUET_SUCCESS, "%s", err);
+  duet__shm_unlink(shm);
+  int x = 1;
+  cr_expect_eq(duet__shm_allreduce(shm, &x, &x, 1, DUET_NUM_DATATYPES, DUET_SUM, 1, 0, 100, err),
+               DUET_ERR_INVALID_ARGUMENT);
+  cr_expect_eq(duet__shm_allreduce(shm, &x, &x, 1, DUET_INT32, DUET_NUM_OPS, 1, 0, 100, err),
+               DUET_ERR_INVALID_ARGUMENT);
+  cr_expect_eq(duet__shm_allreduce(shm, NULL, &x, 1, DUET_INT32, DUET_SUM, 1, 0, 100, err),
+               DUET_ERR_INVALID_ARGUMENT);
+  cr_expect_eq(duet__shm_allreduce(shm, NULL, NULL, 0, DUET_INT32, DUET_SUM, 1, 0, 100, err),
+               DUET_SUCCESS);
+  duet__shm_close(shm);
+  cr_expect(!segment_exists(name));
+}
