@@ -237,7 +237,7 @@ static size_t cnt_rand(int src, int dst, uint64_t seed, size_t maxc) {
  * A function of (src, dst, seed): every rank knows the matrix. */
 static size_t cnt_skew(int src, int dst, int n, uint64_t seed, size_t tokens, size_t hidden) {
   int hot1 = (int)(seed % (uint64_t)n), hot2 = n >= 4 ? (hot1 + n / 2) % n : -1;
-  uint64_t w[64], sum = 0;
+  uint64_t w[64] = {0}, sum = 0;
   for (int d = 0; d < n && d < 64; d++) {
     uint64_t h = mt_hash(seed ^ 0x5EEDull ^ ((uint64_t)d << 16));
     if (d == hot1)

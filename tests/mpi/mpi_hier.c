@@ -1298,7 +1298,7 @@ static int parse_spec(const char *spec, setting_t *s) {
   }
   if (strlen(spec) >= sizeof s->spec)
     return 0;
-  snprintf(s->spec, sizeof s->spec, "%s", spec);
+  memcpy(s->spec, spec, strlen(spec) + 1); /* fits: checked above */
   snprintf(s->label, sizeof s->label, "-a");
   char *copy = strdup(spec), *save = NULL;
   int ok = 1;
