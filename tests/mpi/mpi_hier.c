@@ -1031,15 +1031,6 @@ static long test_mixed(ctx_t *c) {
 
 /* ---- traffic: the hierarchy's claim, from the cumulative stats ---- */
 
-static void stats_delta(const duet_stats_t *a, const duet_stats_t *b, uint64_t d[6]) {
-  d[0] = b->upn_bytes_sent - a->upn_bytes_sent;
-  d[1] = b->upn_bytes_recv - a->upn_bytes_recv;
-  d[2] = b->upn_msgs_sent - a->upn_msgs_sent;
-  d[3] = b->hpn_bytes_sent - a->hpn_bytes_sent;
-  d[4] = b->hpn_bytes_recv - a->hpn_bytes_recv;
-  d[5] = b->hpn_msgs_sent - a->hpn_msgs_sent;
-}
-
 static long traffic(ctx_t *c, const char *algo) {
   const size_t count = TRAFFIC_COUNT;
   const double S = (double)(count * 4), p = c->size, L = c->ls, N = c->nsn;
@@ -1064,7 +1055,7 @@ static long traffic(ctx_t *c, const char *algo) {
   DCALL(c, duet_comm_get_stats(c->comm, &after));
   errs += (long)mt_compare(recv, ref, count, DUET_FLOAT32, c->rank, what);
   errs += mt_guard_check((char *)recv + count * 4, c->rank, what);
-  stats_delta(&before, &after, d);
+  mt_stats_delta(&before, &after, d);
 
   MPI_Allreduce(d, sum, 6, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
   MPI_Allreduce(d, mx, 6, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
@@ -1153,65 +1144,23 @@ out:
 
 /* ---- layout ---- */
 
+/* The expected layout (mpi_common.h) copied into the test's context. */
 static void compute_layout(ctx_t *c) {
-  char name[256] = "";
-  const char *e = getenv("DUET_SUPERNODE");
-  if (e && *e)
-    snprintf(name, sizeof name, "%s", e);
-  else if (gethostname(name, sizeof name - 1) != 0)
-    snprintf(name, sizeof name, "?");
-  char *all = mt_xmalloc(sizeof name * (size_t)c->size);
-  int *of = mt_xmalloc(sizeof(int) * (size_t)c->size);
-  MPI_Allgather(name, (int)sizeof name, MPI_CHAR, all, (int)sizeof name, MPI_CHAR,
-                MPI_COMM_WORLD);
-  c->nsn = 0;
-  for (int r = 0; r < c->size; r++) {
-    of[r] = -1;
-    for (int q = 0; q < r && of[r] < 0; q++)
-      if (strcmp(all + sizeof name * (size_t)q, all + sizeof name * (size_t)r) == 0)
-        of[r] = of[q];
-    if (of[r] < 0)
-      of[r] = c->nsn++;
-  }
-  c->sn_sizes = calloc((size_t)c->nsn, sizeof(int));
-  c->lr = 0;
-  for (int r = 0; r < c->size; r++) {
-    if (r < c->rank && of[r] == of[c->rank])
-      c->lr++;
-    c->sn_sizes[of[r]]++;
-  }
-  c->sn = of[c->rank];
-  c->ls = c->sn_sizes[c->sn];
-  c->equal = 1;
-  for (int s = 0; s < c->nsn; s++)
-    c->equal &= c->sn_sizes[s] == c->sn_sizes[0];
-  if (c->equal) {
-    snprintf(c->layout, sizeof c->layout, "%dx%d", c->nsn, c->sn_sizes[0]);
-  } else {
-    size_t off = 0;
-    for (int s = 0; s < c->nsn && off < sizeof c->layout; s++)
-      off += (size_t)snprintf(c->layout + off, sizeof c->layout - off, "%s%d", s ? "+" : "",
-                              c->sn_sizes[s]);
-  }
-  free(all);
-  free(of);
+  mt_layout_t l;
+  mt_layout_compute(&l, c->rank, c->size);
+  c->sn = l.sn;
+  c->nsn = l.nsn;
+  c->lr = l.lr;
+  c->ls = l.ls;
+  c->equal = l.equal;
+  c->sn_sizes = l.sn_sizes;
+  snprintf(c->layout, sizeof c->layout, "%s", l.name);
 }
 
 static long check_layout(ctx_t *c) {
-  int sn = -1, nsn = -1, lr = -1, ls = -1;
-  long errs = 0;
-  duet_status_t st = duet_comm_supernode(c->comm, &sn, &nsn, &lr, &ls);
-  if (st < 0)
-    die(c, st, "duet_comm_supernode", __LINE__);
-  if (sn != c->sn || nsn != c->nsn || lr != c->lr || ls != c->ls) {
-    fprintf(stderr,
-            "[rank %d] duet_comm_supernode gave super-node %d of %d, local %d of %d; want %d of "
-            "%d, local %d of %d (layout %s, DUET_SUPERNODE=%s)\n",
-            c->rank, sn, nsn, lr, ls, c->sn, c->nsn, c->lr, c->ls, c->layout,
-            getenv("DUET_SUPERNODE") ? getenv("DUET_SUPERNODE") : "(unset)");
-    errs++;
-  }
-  return errs;
+  mt_layout_t l = {c->sn, c->nsn, c->lr, c->ls, c->equal, c->sn_sizes, ""};
+  snprintf(l.name, sizeof l.name, "%s", c->layout);
+  return mt_layout_check(c->comm, &l, c->rank);
 }
 
 /* ---- driver ---- */
