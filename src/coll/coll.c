@@ -497,6 +497,29 @@ duet_status_t duet_ialltoall(const void *sendbuf, void *recvbuf, size_t count,
 duet_status_t duet_alltoall(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,
                             duet_comm_t *comm) {
   duet_request_t *req;
+  if (comm != NULL && duet__comm_is_live(comm) && duet__mem_path(comm, DUET_COLL_ALLTOALL)) {
+    const char *fn = "duet_alltoall";
+    char err[DUET_SHM_ERRLEN] = "";
+    size_t bytes, total;
+    TRY(duet__check_comm(comm, fn));
+    TRY(duet__check_dt(comm, fn, dt));
+    TRY(duet__check_count(comm, fn, count, dt, &bytes));
+    if (count > SIZE_MAX / (size_t)comm->nranks)
+      return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT, "%s: count %zu x %d ranks overflows",
+                             fn, count, comm->nranks);
+    TRY(duet__check_count(comm, fn, count * (size_t)comm->nranks, dt, &total));
+    TRY(duet__check_buffer(comm, fn, "sendbuf", sendbuf, count));
+    TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, count));
+    TRY(duet__check_overlap(comm, fn, sendbuf, total, recvbuf, total));
+    duet_status_t rc = duet__shm_alltoall(comm->mem, sendbuf, recvbuf, bytes, comm->yield,
+                                          comm->cfg.timeout_ms, err);
+    if (rc == DUET_SUCCESS) {
+      uint64_t moved = (uint64_t)bytes * (uint64_t)(comm->nranks - 1);
+      comm->stats.upn_bytes_sent += moved;
+      comm->stats.upn_bytes_recv += moved;
+    }
+    return duet__mem_result(comm, fn, rc, err);
+  }
   TRY(duet__alltoall_post("duet_alltoall", sendbuf, recvbuf, count, dt, comm, &req));
   return duet__wait_and_free(req);
 }

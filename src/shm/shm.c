@@ -637,3 +637,104 @@ duet_status_t duet__shm_allreduce(duet__shm_t *shm, const void *sendbuf, void *r
   return allreduce_chunked(shm, sendbuf, recvbuf, count, dt, op, avg_n, cpu, yield, timeout_ms,
                            errbuf);
 }
+
+/* ---- all-to-all ---- */
+
+/* Small: rank r stores its blocks for every peer in its slot (block d at
+ * d x bytes; its own block goes straight to recvbuf), then copies block r
+ * out of every peer's slot. In place is safe: every send block is stored in
+ * the slot before any receive block overwrites it. */
+static duet_status_t alltoall_eager(duet__shm_t *shm, const char *sb, char *rb, size_t bytes,
+                                    int cpu, int yield, int timeout_ms, char *errbuf) {
+  const int n = shm->nranks, r = shm->rank;
+  const uint64_t seq = shm->seq, par = seq & 1u;
+  char *mine = eager_slot(shm, par, r) + sizeof(uint64_t);
+
+  for (int d = 0; d < n; d++)
+    if (d != r)
+      memcpy(mine + (size_t)d * bytes, sb + (size_t)d * bytes, bytes);
+  __atomic_store_n((uint64_t *)eager_slot(shm, par, r), seq, __ATOMIC_RELEASE);
+  if (sb != rb)
+    memcpy(rb + (size_t)r * bytes, sb + (size_t)r * bytes, bytes);
+  for (int i = 1; i < n; i++) {
+    int p = (r + n - i) % n; /* the peer that wrote last is read last */
+    const char *slot = eager_slot(shm, par, p);
+    if (wait_ge(shm, (const uint64_t *)slot, seq, p, cpu, yield, timeout_ms) != 0)
+      return timed_out(shm, p, "alltoall", timeout_ms, errbuf);
+    memcpy(rb + (size_t)p * bytes, slot + sizeof(uint64_t) + (size_t)r * bytes, bytes);
+  }
+  return DUET_SUCCESS;
+}
+
+/* Large: per step, every block advances by one piece of `q` bytes; rank r
+ * stores its pieces for every peer in its chunk buffer (the piece for d at
+ * d x q), synchronises once, and copies its piece out of every peer's
+ * buffer. One sync per step is enough: a rank overwrites buffer b (step k)
+ * only after passing the sync of step k-1, which every peer enters after its
+ * copy-out of step k-2, the previous user of b. Each byte is copied in once
+ * and out once; the steps pipeline, since a rank's copy-in of step k+1
+ * overlaps its peers' copy-out of step k. */
+static duet_status_t alltoall_chunked(duet__shm_t *shm, const char *sb, char *rb, size_t bytes,
+                                      int cpu, int yield, int timeout_ms, char *errbuf) {
+  const int n = shm->nranks, r = shm->rank;
+  const size_t q = (DUET_SHM_CHUNK / (size_t)n) & ~(size_t)63;
+  const int nt = sb != rb && bytes * (size_t)n * (size_t)n >= shm->nt_min;
+  duet_status_t rc;
+
+  if (sb != rb) {
+    if (nt)
+      copy_nt(rb + (size_t)r * bytes, sb + (size_t)r * bytes, bytes);
+    else
+      memcpy(rb + (size_t)r * bytes, sb + (size_t)r * bytes, bytes);
+  }
+  for (size_t off = 0; off < bytes; off += q) {
+    size_t m = bytes - off < q ? bytes - off : q;
+    uint64_t par = shm->chunks++ & 1u;
+    char *mine = chunk_buf(shm, par, r);
+    for (int i = 1; i < n; i++) {
+      int d = (r + i) % n;
+      memcpy(mine + (size_t)d * q, sb + (size_t)d * bytes + off, m);
+    }
+    rc = sync_all(shm, "alltoall", cpu, yield, timeout_ms, errbuf);
+    if (rc != DUET_SUCCESS)
+      return rc;
+    for (int i = 1; i < n; i++) {
+      int p = (r + n - i) % n;
+      const char *src = chunk_buf(shm, par, p) + (size_t)r * q;
+      if (nt)
+        copy_nt(rb + (size_t)p * bytes + off, src, m);
+      else
+        memcpy(rb + (size_t)p * bytes + off, src, m);
+    }
+  }
+  if (nt)
+    copy_fence();
+  return DUET_SUCCESS;
+}
+
+duet_status_t duet__shm_alltoall(duet__shm_t *shm, const void *sendbuf, void *recvbuf, size_t bytes,
+                                 int yield, int timeout_ms, char *errbuf) {
+  if (errbuf != NULL)
+    errbuf[0] = '\0';
+  if (shm == NULL || (bytes > 0 && (sendbuf == NULL || recvbuf == NULL)) ||
+      (shm != NULL && bytes > SIZE_MAX / (size_t)shm->nranks)) {
+    shm_err(errbuf, "shm alltoall: bad argument (%zu bytes per block)", bytes);
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  if (shm->broken) {
+    shm_err(errbuf, "shm alltoall: engine %s timed out earlier; ranks are out of step", shm->name);
+    return DUET_ERR_ABORTED;
+  }
+  if (bytes == 0) /* no call: the slot parity must not advance */
+    return DUET_SUCCESS;
+  shm->seq++;
+  if (shm->nranks == 1) {
+    if (sendbuf != recvbuf)
+      memcpy(recvbuf, sendbuf, bytes);
+    return DUET_SUCCESS;
+  }
+  int cpu = publish_cpu(shm);
+  if (bytes * (size_t)shm->nranks <= DUET_SHM_EAGER_MAX)
+    return alltoall_eager(shm, sendbuf, recvbuf, bytes, cpu, yield, timeout_ms, errbuf);
+  return alltoall_chunked(shm, sendbuf, recvbuf, bytes, cpu, yield, timeout_ms, errbuf);
+}

@@ -1,6 +1,7 @@
 /*
- * shm.h - the UPN load/store path: allreduce and barrier among the ranks of
- * one host through one shared-memory segment, with loads and stores only.
+ * shm.h - the UPN load/store path: allreduce, all-to-all and barrier among
+ * the ranks of one host through one shared-memory segment, with loads and
+ * stores only.
  *
  * Small messages go through flag-synchronised slots (each rank stores its
  * data and a sequence number in its own slot, every rank reduces all slots in
@@ -47,6 +48,12 @@ void duet__shm_unlink(duet__shm_t *shm);
 duet_status_t duet__shm_allreduce(duet__shm_t *shm, const void *sendbuf, void *recvbuf,
                                   size_t count, duet_datatype_t dt, duet_op_t op, int avg_n,
                                   int yield, int timeout_ms, char *errbuf);
+/* Collective, blocking: all-to-all of `bytes` per block among the local
+ * ranks (block d of sendbuf goes to local rank d, block s of recvbuf comes
+ * from local rank s); sendbuf == recvbuf means in place. Waits, deadlines and
+ * errors as duet__shm_allreduce. */
+duet_status_t duet__shm_alltoall(duet__shm_t *shm, const void *sendbuf, void *recvbuf,
+                                 size_t bytes, int yield, int timeout_ms, char *errbuf);
 /* Collective, blocking: returns when every local rank has entered it. */
 duet_status_t duet__shm_barrier(duet__shm_t *shm, int yield, int timeout_ms, char *errbuf);
 /* Unmap and free; never blocks, never unlinks. NULL is allowed. */

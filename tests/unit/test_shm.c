@@ -398,12 +398,100 @@ Test(shm, bitwise_identical_4_ranks) {
   check_identical(4);
 }
 
+/* ---- all-to-all ---- */
+
+/* Byte j of the block rank `from` sends to rank `to`: depends on both ranks,
+ * the position and the call, so a block from the wrong peer, offset or call
+ * is caught. */
+static unsigned char a2a_byte(int from, int to, size_t j, unsigned salt) {
+  return (unsigned char)(from * 37 + to * 11 + (j * 7 + j / 251) + salt * 5);
+}
+
+/* Per-block byte counts: empty, one byte, odd sizes around the eager limit
+ * (8 KiB over all ranks) and the chunk piece, and several pieces. */
+static const size_t a2a_bytes[] = {0, 1, 3, 1000, 2048, 2049, 4099, 65536, 262147, 700001};
+
+static int check_alltoall(duet__shm_t *shm, int rank, int L, size_t bytes, int in_place,
+                          unsigned salt, unsigned char *send, unsigned char *recv) {
+  char err[DUET_SHM_ERRLEN];
+  unsigned char *out = in_place ? send : recv;
+  for (int d = 0; d < L; d++)
+    for (size_t j = 0; j < bytes; j++)
+      send[(size_t)d * bytes + j] = a2a_byte(rank, d, j, salt);
+  if (!in_place)
+    memset(recv, 0xEE, (size_t)L * bytes + 64);
+  duet_status_t rc = duet__shm_alltoall(shm, send, out, bytes, L > 2, CALL_TIMEOUT_MS, err);
+  if (rc != DUET_SUCCESS) {
+    fprintf(stderr, "rank %d/%d alltoall %zu B: %d %s\n", rank, L, bytes, (int)rc, err);
+    return 1;
+  }
+  for (int s = 0; s < L; s++)
+    for (size_t j = 0; j < bytes; j++)
+      if (out[(size_t)s * bytes + j] != a2a_byte(s, rank, j, salt)) {
+        fprintf(stderr, "rank %d/%d alltoall %zu B %s: byte %zu of block %d is %u, want %u\n", rank,
+                L, bytes, in_place ? "in place" : "out of place", j, s, out[(size_t)s * bytes + j],
+                a2a_byte(s, rank, j, salt));
+        return 1;
+      }
+  if (!in_place && recv[(size_t)L * bytes] != 0xEE) {
+    fprintf(stderr, "rank %d/%d alltoall %zu B: wrote past the end\n", rank, L, bytes);
+    return 1;
+  }
+  for (int d = 0; d < L && !in_place; d++)
+    for (size_t j = 0; j < bytes; j++)
+      if (send[(size_t)d * bytes + j] != a2a_byte(rank, d, j, salt)) {
+        fprintf(stderr, "rank %d/%d alltoall %zu B: sendbuf modified\n", rank, L, bytes);
+        return 1;
+      }
+  return 0;
+}
+
+/* Every size in and out of place, interleaved with allreduces so both
+ * share slot and chunk-buffer parities. */
+static int child_alltoall(duet__shm_t *shm, int rank, int L, void *arg) {
+  (void)arg;
+  size_t cap = 700001u * (size_t)(L > 2 ? L : 2) + 64; /* also 300000 int32 */
+  char *send = malloc(cap), *recv = malloc(cap), *ref = malloc(cap), *red = malloc(cap);
+  int bad = 0;
+  unsigned salt = 0;
+  if (send == NULL || recv == NULL || ref == NULL || red == NULL)
+    _exit(91);
+  for (size_t k = 0; k < sizeof(a2a_bytes) / sizeof(a2a_bytes[0]) && !bad; k++) {
+    for (int in_place = 0; in_place < 2 && !bad; in_place++) {
+      bad |= check_alltoall(shm, rank, L, a2a_bytes[k], in_place, salt++, (unsigned char *)send,
+                            (unsigned char *)recv);
+      if (!bad)
+        bad |= check_one(shm, rank, L, DUET_INT32, DUET_SUM, k % 2 ? 5 : 300000, 0, salt++, red,
+                         recv, ref);
+    }
+  }
+  free(send);
+  free(recv);
+  free(ref);
+  free(red);
+  return bad;
+}
+
+Test(shm, alltoall_1_rank) {
+  cr_assert_eq(run_group(1, child_alltoall, NULL), 0);
+}
+Test(shm, alltoall_2_ranks) {
+  cr_assert_eq(run_group(2, child_alltoall, NULL), 0);
+}
+Test(shm, alltoall_3_ranks) {
+  cr_assert_eq(run_group(3, child_alltoall, NULL), 0);
+}
+Test(shm, alltoall_4_ranks) {
+  cr_assert_eq(run_group(4, child_alltoall, NULL), 0);
+}
+
 /* ---- timeouts ---- */
 
 #define SHORT_TIMEOUT_MS 500
 
 struct timeout_case {
   size_t count; /* 0: barrier */
+  int alltoall; /* count is bytes per block of an all-to-all */
 };
 
 /* The last rank never calls; the others must time out, naming it. */
@@ -419,6 +507,8 @@ static int child_timeout(duet__shm_t *shm, int rank, int L, void *arg) {
   double t0 = now_s();
   if (tc->count == 0)
     rc = duet__shm_barrier(shm, 1, SHORT_TIMEOUT_MS, err);
+  else if (tc->alltoall)
+    rc = duet__shm_alltoall(shm, buf, buf, tc->count, 1, SHORT_TIMEOUT_MS, err);
   else
     rc = duet__shm_allreduce(shm, buf, buf, tc->count, DUET_INT32, DUET_SUM, L, 1, SHORT_TIMEOUT_MS,
                              err);
@@ -447,15 +537,23 @@ static int child_timeout(duet__shm_t *shm, int rank, int L, void *arg) {
 }
 
 Test(shm, timeout_eager) {
-  struct timeout_case tc = {1};
+  struct timeout_case tc = {1, 0};
   cr_assert_eq(run_group(3, child_timeout, &tc), 0);
 }
 Test(shm, timeout_chunked) {
-  struct timeout_case tc = {1 << 20};
+  struct timeout_case tc = {1 << 20, 0};
+  cr_assert_eq(run_group(2, child_timeout, &tc), 0);
+}
+Test(shm, timeout_alltoall_eager) {
+  struct timeout_case tc = {16, 1};
+  cr_assert_eq(run_group(3, child_timeout, &tc), 0);
+}
+Test(shm, timeout_alltoall_chunked) {
+  struct timeout_case tc = {1 << 20, 1};
   cr_assert_eq(run_group(2, child_timeout, &tc), 0);
 }
 Test(shm, timeout_barrier) {
-  struct timeout_case tc = {0};
+  struct timeout_case tc = {0, 0};
   cr_assert_eq(run_group(3, child_timeout, &tc), 0);
 }
 
@@ -511,6 +609,10 @@ Test(shm, bad_arguments) {
                DUET_ERR_INVALID_ARGUMENT);
   cr_expect_eq(duet__shm_allreduce(shm, NULL, NULL, 0, DUET_INT32, DUET_SUM, 1, 0, 100, err),
                DUET_SUCCESS);
+  cr_expect_eq(duet__shm_alltoall(shm, NULL, &x, 4, 0, 100, err), DUET_ERR_INVALID_ARGUMENT);
+  cr_expect(strstr(err, "alltoall") != NULL, "message \"%s\"", err);
+  cr_expect_eq(duet__shm_alltoall(NULL, &x, &x, 4, 0, 100, err), DUET_ERR_INVALID_ARGUMENT);
+  cr_expect_eq(duet__shm_alltoall(shm, NULL, NULL, 0, 0, 100, err), DUET_SUCCESS);
   duet__shm_close(shm);
   cr_expect(!segment_exists(name));
 }
