@@ -976,11 +976,10 @@ static void measure(bench_t *b, const call_t *c, const unsigned char *in,
     m->sec[lib] = -1, m->wrong[lib] = -1;
   if (c->in_place && !coll->in_place_ok)
     return;
+  fill_input(c, coll->kind, in); /* alltoallv: also plans the counts */
   /* every rank decides alike: the same options and sizes */
   use[LIB_MPI] = b->o->compare && (!coll->has_size || c->mdt != MPI_DATATYPE_NULL) &&
                  c->count <= INT_MAX && (coll->kind != K_ALLTOALLV || v_int_ok);
-
-  fill_input(c, coll->kind, in);
   for (int lib = 0; lib < NLIBS; lib++)
     for (int i = 0; use[lib] && i < b->o->warmup; i++)
       if ((rc = coll->run[lib](c)) != 0)
@@ -1310,7 +1309,7 @@ int main(int argc, char **argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &b.rank);
   MPI_Comm_size(MPI_COMM_WORLD, &b.nranks);
   const char *err = parse_opts(argc, argv, &o);
-  if (!err && o.coll->has_root && o.root >= b.nranks)
+  if (!err && o.root >= b.nranks)
     err = OPT_ERR("-r: root %d is out of range: %d ranks (0..%d)", o.root, b.nranks, b.nranks - 1);
   if (err) {
     if (b.rank == 0) {
