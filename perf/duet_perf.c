@@ -479,13 +479,23 @@ typedef struct {
   int blocks;      /* count is n blocks: rounded down to a multiple of n, at least n */
   int in_place_ok; /* 0: the in-place columns read N/A */
   int has_size;    /* 0: one row, time only (barrier) */
-  double bus_num, bus_off; /* bus factor (bus_num * (n - bus_off) / n), 0 with one rank */
+  double (*bus_factor)(int nranks);
   /* elements of sendbuf and of recvbuf (big enough for the in-place form) */
   size_t (*send_elems)(size_t count, int nranks);
   size_t (*recv_elems)(size_t count, int nranks);
-  int (*run[NLIBS])(const call_t *c);
+  int (*run[NLIBS])(const call_t *c); /* duet's call, MPI's equivalent */
 } coll_t;
 
+static double allreduce_factor(int n) {
+  return 2.0 * (n - 1) / n;
+}
+static double ring_factor(int n) { /* allgather, reduce_scatter, alltoall(v) */
+  return (double)(n - 1) / n;
+}
+static double one_factor(int n) { /* reduce, broadcast */
+  (void)n;
+  return 1;
+}
 static size_t same_elems(size_t count, int n) {
   (void)n;
   return count;
@@ -495,27 +505,30 @@ static size_t block_elems(size_t count, int n) {
 }
 
 static const coll_t colls[] = {
-    {"allreduce", K_ALLREDUCE, 1, 0, 0, 1, 1, 2, 1, same_elems, same_elems,
-     {duet_allreduce_run, mpi_allreduce_run}},
-    {"allgather", K_ALLGATHER, 0, 0, 1, 1, 1, 1, 1, block_elems, same_elems,
-     {duet_allgather_run, mpi_allgather_run}},
-    {"reduce_scatter", K_REDUCE_SCATTER, 1, 0, 1, 1, 1, 1, 1, same_elems, same_elems,
-     {duet_reduce_scatter_run, mpi_reduce_scatter_run}},
-    {"reduce", K_REDUCE, 1, 1, 0, 1, 1, 1, 0, same_elems, same_elems,
-     {duet_reduce_run, mpi_reduce_run}},
-    {"broadcast", K_BROADCAST, 0, 1, 0, 1, 1, 1, 0, same_elems, same_elems,
-     {duet_broadcast_run, mpi_broadcast_run}},
-    {"alltoall", K_ALLTOALL, 0, 0, 1, 1, 1, 1, 1, same_elems, same_elems,
-     {duet_alltoall_run, mpi_alltoall_run}},
-    {"alltoallv", K_ALLTOALLV, 0, 0, 0, 0, 1, 1, 1, same_elems, a2av_recv_elems,
-     {duet_alltoallv_run, mpi_alltoallv_run}},
-    {"barrier", K_BARRIER, 0, 0, 0, 0, 0, 0, 0, NULL, NULL, {duet_barrier_run, mpi_barrier_run}},
+    {.name = "allreduce", .kind = K_ALLREDUCE, .has_op = 1, .in_place_ok = 1, .has_size = 1,
+     .bus_factor = allreduce_factor, .send_elems = same_elems, .recv_elems = same_elems,
+     .run = {duet_allreduce_run, mpi_allreduce_run}},
+    {.name = "allgather", .kind = K_ALLGATHER, .blocks = 1, .in_place_ok = 1, .has_size = 1,
+     .bus_factor = ring_factor, .send_elems = block_elems, .recv_elems = same_elems,
+     .run = {duet_allgather_run, mpi_allgather_run}},
+    {.name = "reduce_scatter", .kind = K_REDUCE_SCATTER, .has_op = 1, .blocks = 1,
+     .in_place_ok = 1, .has_size = 1, .bus_factor = ring_factor, .send_elems = same_elems,
+     .recv_elems = same_elems, .run = {duet_reduce_scatter_run, mpi_reduce_scatter_run}},
+    {.name = "reduce", .kind = K_REDUCE, .has_op = 1, .has_root = 1, .in_place_ok = 1,
+     .has_size = 1, .bus_factor = one_factor, .send_elems = same_elems, .recv_elems = same_elems,
+     .run = {duet_reduce_run, mpi_reduce_run}},
+    {.name = "broadcast", .kind = K_BROADCAST, .has_root = 1, .in_place_ok = 1, .has_size = 1,
+     .bus_factor = one_factor, .send_elems = same_elems, .recv_elems = same_elems,
+     .run = {duet_broadcast_run, mpi_broadcast_run}},
+    {.name = "alltoall", .kind = K_ALLTOALL, .blocks = 1, .in_place_ok = 1, .has_size = 1,
+     .bus_factor = ring_factor, .send_elems = same_elems, .recv_elems = same_elems,
+     .run = {duet_alltoall_run, mpi_alltoall_run}},
+    {.name = "alltoallv", .kind = K_ALLTOALLV, .has_size = 1, .bus_factor = ring_factor,
+     .send_elems = same_elems, .recv_elems = a2av_recv_elems,
+     .run = {duet_alltoallv_run, mpi_alltoallv_run}},
+    {.name = "barrier", .kind = K_BARRIER, .run = {duet_barrier_run, mpi_barrier_run}},
 };
 #define NCOLLS (sizeof colls / sizeof colls[0])
-
-static double bus_factor(const coll_t *c, int n) {
-  return n > 1 ? c->bus_num * (n - c->bus_off) / n : 0;
-}
 
 /* Elements of the size column for `size` bytes of type t. */
 static size_t count_of(const coll_t *c, size_t size, const dtype_t *t, int n) {
@@ -1052,7 +1065,7 @@ static void row_fields(const bench_t *b, const row_t *r, field_t *f) {
       if (c->has_size) {
         double algbw = (double)r->bytes / sec / 1e9;
         fmt_num(d[1].val, sizeof d[1].val, algbw, 4);
-        fmt_num(d[2].val, sizeof d[2].val, algbw * bus_factor(c, b->nranks), 4);
+        fmt_num(d[2].val, sizeof d[2].val, algbw * c->bus_factor(b->nranks), 4);
       }
     }
     if (m->wrong[LIB_DUET] >= 0)
@@ -1123,7 +1136,7 @@ static void print_row(bench_t *b, const row_t *r) {
         if (c->has_size) {
           double bw = (double)r->bytes / sec / 1e9;
           snprintf(algbw, sizeof algbw, "%.2f", bw);
-          snprintf(busbw, sizeof busbw, "%.2f", bw * bus_factor(c, b->nranks));
+          snprintf(busbw, sizeof busbw, "%.2f", bw * c->bus_factor(b->nranks));
         }
         if (m->wrong[LIB_DUET] >= 0)
           snprintf(nwrong, sizeof nwrong, "%ld", m->wrong[LIB_DUET]);
@@ -1146,9 +1159,16 @@ static void bench_sweep(bench_t *b, const dtype_t *t, duet_op_t op) {
   const opts_t *o = b->o;
   const coll_t *c = o->coll;
   unsigned char in[PERIOD * 8], want[PERIOD * 8];
-  call_t call = {b->send, b->recv, 0,        t,           op,
-                 o->root, 0,      b->rank, b->nranks, b->comm,
-                 mpi_type(c, t), mpi_op(op)};
+  call_t call = {.send = b->send,
+                 .recv = b->recv,
+                 .t = t,
+                 .op = op,
+                 .root = o->root,
+                 .rank = b->rank,
+                 .nranks = b->nranks,
+                 .comm = b->comm,
+                 .mdt = mpi_type(c, t),
+                 .mop = mpi_op(op)};
   make_pattern(t, op, b->rank, b->nranks, in, want);
 
   size_t last_count = (size_t)-1;
@@ -1168,7 +1188,7 @@ static void bench_sweep(bench_t *b, const dtype_t *t, duet_op_t op) {
           if (r.m[ip].wrong[lib] > 0)
             b->wrong_total[lib] += r.m[ip].wrong[lib];
         if (b->rank == 0 && c->has_size && r.m[ip].sec[LIB_DUET] > 0) {
-          b->bw_sum += (double)r.bytes / r.m[ip].sec[LIB_DUET] / 1e9 * bus_factor(c, b->nranks);
+          b->bw_sum += (double)r.bytes / r.m[ip].sec[LIB_DUET] / 1e9 * c->bus_factor(b->nranks);
           b->bw_count++;
         }
       }
