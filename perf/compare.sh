@@ -124,7 +124,8 @@ fi
 # ---- output parsing ----
 # to_csv LOG LIB COLL NP NET [mpi]: the data rows of LOG as CSV rows. busbw is
 # recomputed from size and time, which are printed with more digits. With
-# "mpi", the row's MPI columns (duet_perf --compare mpi) instead of duet's.
+# "mpi", the row's out-of-place mpi_time column (duet_perf --compare mpi adds
+# "mpi_time ratio" after each group's #wrong) instead of duet's; N/A is empty.
 to_csv() {
   awk -v lib="$2" -v coll="$3" -v np="$4" -v net="$5" -v which="${6:-}" '
     function bus(b, t) {
@@ -136,7 +137,7 @@ to_csv() {
       sub(/^#/, "")
       nt = nw = 0
       for (i = 1; i <= NF; i++) {
-        if ($i ~ /^mpi_time/) mcol = i
+        if ($i ~ /^mpi_time/) { if (!mcol) mcol = i }   # the first: out of place
         else if ($i == "time") tcol[++nt] = i
         else if ($i == "#wrong") wcol[++nw] = i
       }
@@ -146,7 +147,8 @@ to_csv() {
     {
       if (which == "mpi") {
         c = mcol ? mcol : NF - 2
-        printf "%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,,,\n", lib, coll, np, net, $1, $2, $3, $4, $c, bus($1, $c)
+        mt = $c == "N/A" ? "" : $c
+        printf "%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,,,\n", lib, coll, np, net, $1, $2, $3, $4, mt, bus($1, mt)
       } else {
         t1 = nt >= 1 ? tcol[1] : 5; w1 = nw >= 1 ? wcol[1] : 8   # out of place
         t2 = nt >= 2 ? tcol[2] : 9; w2 = nw >= 2 ? wcol[2] : 12  # in place
@@ -285,7 +287,9 @@ COMMIT=$(git -C "$SRCDIR" rev-parse --short HEAD 2>/dev/null || echo unknown)
   if [ "$HAVE_GLOO" = 1 ]; then echo "- Gloo: $GLOO_PERF ($(dpkg-query -W -f '${Package} ${Version}' libgloo-dev 2>/dev/null || echo 'libgloo'), TCP on 127.0.0.1)"; fi
   echo "- command: $CMDLINE (COLLS=\"$COLLS\" NPS=\"$NPS\" NETS=\"$NETS\";" \
     "-n $SMALL_ITERS -w $SMALL_WARMUP below 512 KiB, -n $LARGE_ITERS -w $LARGE_WARMUP from 512 KiB; RUN_TIMEOUT=$RUN_TIMEOUT)"
-  echo "- float32 sum; time = average per call over the timed loop, averaged over ranks;" \
+  TIME_DEF="average per call over the timed loop, averaged over ranks"
+  [ "$HAVE_COMPARE" = 1 ] && TIME_DEF="$TIME_DEF (duet and MPI: median of duet_perf's 3 interleaved rounds)"
+  echo "- float32 sum; time = $TIME_DEF;" \
     "busbw = size/time x 2(n-1)/n (allreduce) or (n-1)/n (alltoall);" \
     "duet/X = X time / duet time = duet busbw / X busbw (> 1: duet faster)."
   echo "- network default: duet's default providers, Open MPI's default BTLs;" \

@@ -1,29 +1,54 @@
 /*
- * duet_perf.c - nccl-tests style benchmark of duet collectives.
+ * duet_perf.c - nccl-tests style benchmark of every duet collective.
  *
- *   mpirun -np 4 perf/duet_perf -b 8 -e 64M -f 2 -d float32 -o sum
+ *   mpirun -np 4 perf/duet_perf -C allreduce -b 8 -e 64M -f 2 -d float32 -o sum
  *
- * MPI only launches the ranks, hands out the duet unique id and gathers the
- * timings and error counts for the report; the timed work is pure duet.
- * Columns, out of place then in place: time is the average per iteration
- * over the timed loop (averaged over ranks), algbw = size / time and
- * busbw = algbw * the collective's bus factor (2(n-1)/n for allreduce), as in
- * nccl-tests' doc/PERFORMANCE.md. With -c 1 each size is then run once more on
- * a known input and #wrong counts elements differing from the exact expected
+ * MPI launches the ranks, hands out the duet unique id and gathers the
+ * timings and error counts for the report; the timed work is pure duet
+ * (and, with --compare mpi, MPI's own collective, timed separately).
+ *
+ * Columns, out of place then in place: time is the mean time per iteration
+ * of the timed loop (-n calls after -w warmup calls and a barrier), averaged
+ * over ranks; with --rounds R > 1 the loop runs R times and time is the
+ * median of the R loop means. algbw = size / time and busbw = algbw * the
+ * collective's bus factor, as in nccl-tests' doc/PERFORMANCE.md:
+ *
+ *   collective      size column (bytes)                   bus factor
+ *   allreduce       the buffer                            2(n-1)/n
+ *   allgather       the gathered buffer: n x per-rank     (n-1)/n
+ *   reduce_scatter  the input buffer: n x per-rank        (n-1)/n
+ *   reduce          the buffer                            1
+ *   broadcast       the buffer                            1
+ *   alltoall(v)     what each rank sends in total         (n-1)/n
+ *   barrier         none (one row, time only)             -
+ *
+ * allgather, reduce_scatter and alltoall round the element count down to a
+ * multiple of n (at least n). In place follows NCCL: allgather sends from
+ * this rank's block of recvbuf, reduce_scatter leaves its block at
+ * recvbuf + rank*recvcount, the others pass sendbuf == recvbuf; alltoallv
+ * and barrier have no in-place form (N/A columns).
+ *
+ * With -c 1 each size is then run once more on a known input and #wrong
+ * counts the elements, over all ranks, that differ from the exact expected
  * result, computed locally without communication.
  *
- * alltoall and alltoallv (-C alltoall|alltoallv, or -o alltoall|alltoallv):
- * as nccl-tests, size is the bytes each rank sends in total (for alltoall
- * nranks blocks of size/nranks, the size rounded down to a multiple of
- * nranks elements) and busbw = algbw * (n-1)/n. alltoallv spreads each rank's
- * size over the destinations by --skew (MoE token dispatch, formula in the
- * help); it does not run in place, so its in-place columns read N/A.
+ * --compare mpi: for each size and placement, the same buffers are timed
+ * with duet's call and with MPI's equivalent (MPI_Allreduce, MPI_Allgather,
+ * MPI_Reduce_scatter_block, MPI_Reduce, MPI_Bcast, MPI_Alltoall,
+ * MPI_Alltoallv, MPI_Barrier; MPI_IN_PLACE in place), interleaved: each of
+ * the --rounds rounds (default 3 here) times one duet loop, then one MPI
+ * loop, and each library's time is the median of its round means.
+ * mpi_time and ratio = mpi_time / time (> 1: duet faster) are added.
+ *
+ * --format csv|json prints the same numbers for programs (rank 0 only).
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 
+#include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdint.h>
@@ -68,127 +93,6 @@ static const struct {
     {"fp8_e5m2", DUET_FLOAT8_E5M2}, {"e5m2", DUET_FLOAT8_E5M2},
 };
 static const char *const op_names[DUET_NUM_OPS] = {"sum", "prod", "min", "max", "avg"};
-
-/* ---- collectives: adding one is a row and a run function ---- */
-enum { KIND_REDUCE, KIND_ALLTOALL, KIND_ALLTOALLV };
-typedef struct {
-  const char *name;
-  int has_op, has_root;
-  double (*bus_factor)(int nranks);
-  /* elements in sendbuf and recvbuf for `count` (the size column / type size) */
-  size_t (*send_elems)(size_t count, int nranks);
-  size_t (*recv_elems)(size_t count, int nranks);
-  duet_status_t (*run)(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,
-                       duet_op_t op, int root, duet_comm_t *comm);
-  int kind;        /* how inputs are made and checked */
-  int in_place_ok; /* 0: the in-place columns read N/A */
-} coll_t;
-
-static double allreduce_factor(int n) {
-  return n > 1 ? 2.0 * (n - 1) / n : 0;
-}
-static size_t same_elems(size_t count, int n) {
-  (void)n;
-  return count;
-}
-static duet_status_t run_allreduce(const void *s, void *r, size_t count, duet_datatype_t dt,
-                                   duet_op_t op, int root, duet_comm_t *comm) {
-  (void)root;
-  return duet_allreduce(s, r, count, dt, op, comm);
-}
-
-/* alltoall: count is every element a rank sends, nranks blocks of count/nranks */
-static double alltoall_factor(int n) {
-  return n > 1 ? (double)(n - 1) / n : 0;
-}
-static size_t a2a_elems(size_t count, int n) {
-  return count < (size_t)n ? (size_t)n : count;
-}
-static duet_status_t run_alltoall(const void *s, void *r, size_t count, duet_datatype_t dt,
-                                  duet_op_t op, int root, duet_comm_t *comm) {
-  int n = 1;
-  (void)op, (void)root;
-  duet_comm_size(comm, &n);
-  return duet_alltoall(s, r, count / (size_t)n, dt, comm);
-}
-
-/* ---- alltoallv: per-destination counts skewed as in MoE token dispatch ----
- * Every rank sends T elements (the size column / type size). Destination d
- * has weight w_d = 1/(d+1)^F (F = --skew; 0: uniform), except that with
- * F > 0 the last floor(n/4) ranks get weight 0 (experts nobody picks);
- * count_d = floor(T*w_d/sum(w)) and rank 0, the hottest, also gets the
- * remainder, so the counts sum to T. The same on every sender, so rank d
- * receives n*count_d. Buffers are packed in rank order. */
-static double g_skew;
-static int g_rank, g_nranks;
-static size_t *v_sc, *v_sd, *v_rc, *v_rd, v_T = (size_t)-1;
-
-static void skew_counts(size_t T, int n, double F, size_t *cnt) {
-  int cold = F > 0 ? n / 4 : 0;
-  double wsum = 0;
-  size_t used = 0;
-  for (int d = 0; d < n - cold; d++)
-    wsum += pow(d + 1.0, -F);
-  for (int d = 0; d < n; d++) {
-    cnt[d] = d < n - cold ? (size_t)floor((double)T * pow(d + 1.0, -F) / wsum) : 0;
-    if (cnt[d] > T - used)
-      cnt[d] = T - used; /* rounding of the division: never more than T in all */
-    used += cnt[d];
-  }
-  cnt[0] += T - used;
-}
-
-static void v_plan(size_t T) {
-  size_t *cnt = malloc(sizeof(size_t) * (size_t)g_nranks);
-  if (!v_sc) {
-    v_sc = malloc(sizeof(size_t) * (size_t)g_nranks);
-    v_sd = malloc(sizeof(size_t) * (size_t)g_nranks);
-    v_rc = malloc(sizeof(size_t) * (size_t)g_nranks);
-    v_rd = malloc(sizeof(size_t) * (size_t)g_nranks);
-  }
-  if (!cnt || !v_sc || !v_sd || !v_rc || !v_rd) {
-    fprintf(stderr, "[rank %d] out of memory for the alltoallv counts\n", g_rank);
-    MPI_Abort(MPI_COMM_WORLD, 1);
-  }
-  skew_counts(T, g_nranks, g_skew, cnt);
-  size_t so = 0, ro = 0;
-  for (int k = 0; k < g_nranks; k++) {
-    v_sc[k] = cnt[k];
-    v_sd[k] = so;
-    so += cnt[k];
-    v_rc[k] = cnt[g_rank];
-    v_rd[k] = ro;
-    ro += cnt[g_rank];
-  }
-  v_T = T;
-  free(cnt);
-}
-
-static size_t a2av_recv_elems(size_t count, int n) { /* the most any rank receives */
-  size_t *cnt = malloc(sizeof(size_t) * (size_t)n), mx = 0;
-  if (!cnt)
-    return count * (size_t)n;
-  skew_counts(count, n, g_skew, cnt);
-  for (int d = 0; d < n; d++)
-    mx = cnt[d] > mx ? cnt[d] : mx;
-  free(cnt);
-  return mx * (size_t)n;
-}
-static duet_status_t run_alltoallv(const void *s, void *r, size_t count, duet_datatype_t dt,
-                                   duet_op_t op, int root, duet_comm_t *comm) {
-  (void)op, (void)root;
-  if (count != v_T)
-    v_plan(count);
-  return duet_alltoallv(s, v_sc, v_sd, r, v_rc, v_rd, dt, comm);
-}
-
-static const coll_t colls[] = {
-    {"allreduce", 1, 0, allreduce_factor, same_elems, same_elems, run_allreduce, KIND_REDUCE, 1},
-    {"alltoall", 0, 0, alltoall_factor, a2a_elems, a2a_elems, run_alltoall, KIND_ALLTOALL, 1},
-    {"alltoallv", 0, 0, alltoall_factor, same_elems, a2av_recv_elems, run_alltoallv,
-     KIND_ALLTOALLV, 0},
-};
-#define NCOLLS (sizeof colls / sizeof colls[0])
 
 /* ---- exact inputs and expected results ----
  * Rank r's element i depends on i only through i % PERIOD, so the expected
@@ -363,19 +267,23 @@ static void fill_pattern(void *buf, size_t count, const dtype_t *t, const unsign
     memcpy(b + i * t->size, in + (i % PERIOD) * t->size, t->size);
 }
 
-static long count_wrong(const void *buf, size_t count, const dtype_t *t,
+/* Elements of buf (count, the first being element `first` of the reduced
+ * vector) that differ from the expected result. */
+static long count_wrong(const void *buf, size_t first, size_t count, const dtype_t *t,
                         const unsigned char *want) {
   const unsigned char *b = buf;
   long wrong = 0;
   for (size_t i = 0; i < count; i++)
-    wrong += memcmp(b + i * t->size, want + (i % PERIOD) * t->size, t->size) != 0;
+    wrong += memcmp(b + i * t->size, want + ((first + i) % PERIOD) * t->size, t->size) != 0;
   return wrong;
 }
 
-/* alltoall(v): element i of the block src sends to dst is
- * (7*src + 3*dst + i) mod M, M = 251 or the float type's exact-integer limit
- * if smaller: exact in every type, so the expected block is known locally. */
-static void a2a_value(void *dst, const dtype_t *t, int src, int to, size_t i) {
+/* Data that is moved, not reduced (allgather, broadcast, alltoall(v)):
+ * element i of the block src sends to dst is (7*src + 3*dst + i) mod M,
+ * M = 251 or the float type's exact-integer limit if smaller: exact in every
+ * type, so the expected block is known locally. allgather and broadcast send
+ * the same block to everybody and use dst = 0. */
+static void block_value(void *dst, const dtype_t *t, int src, int to, size_t i) {
   uint64_t m = 251;
   if (t->is_float && exact_limit(t) < (double)m)
     m = (uint64_t)exact_limit(t);
@@ -386,37 +294,289 @@ static void a2a_value(void *dst, const dtype_t *t, int src, int to, size_t i) {
     store_int(dst, t, v);
 }
 
-/* Block k of buf (cnt[k] elements at displ[k]) for rank k, from `rank`. */
-static void a2a_fill(void *buf, const dtype_t *t, int rank, int n, const size_t *cnt,
-                     const size_t *displ) {
+static void block_fill(void *buf, const dtype_t *t, int src, int to, size_t count) {
   unsigned char *b = buf;
-  for (int k = 0; k < n; k++)
-    for (size_t i = 0; i < cnt[k]; i++)
-      a2a_value(b + (displ[k] + i) * t->size, t, rank, k, i);
+  for (size_t i = 0; i < count; i++)
+    block_value(b + i * t->size, t, src, to, i);
 }
 
-static long a2a_wrong(const void *buf, const dtype_t *t, int rank, int n, const size_t *cnt,
-                      const size_t *displ) {
+static long block_wrong(const void *buf, const dtype_t *t, int src, int to, size_t count) {
   const unsigned char *b = buf;
   unsigned char want[8];
   long wrong = 0;
-  for (int k = 0; k < n; k++)
-    for (size_t i = 0; i < cnt[k]; i++) {
-      a2a_value(want, t, k, rank, i);
-      wrong += memcmp(b + (displ[k] + i) * t->size, want, t->size) != 0;
-    }
+  for (size_t i = 0; i < count; i++) {
+    block_value(want, t, src, to, i);
+    wrong += memcmp(b + i * t->size, want, t->size) != 0;
+  }
   return wrong;
 }
 
-/* The blocks of an alltoall of `count` elements in all: equal, packed. */
-static void a2a_blocks(size_t count, int n, size_t *cnt, size_t *displ) {
-  for (int k = 0; k < n; k++) {
-    cnt[k] = count / (size_t)n;
-    displ[k] = (size_t)k * cnt[k];
+/* ---- alltoallv: per-destination counts skewed as in MoE token dispatch ----
+ * Every rank sends T elements (the size column / type size). Destination d
+ * has weight w_d = 1/(d+1)^F (F = --skew; 0: uniform), except that with
+ * F > 0 the last floor(n/4) ranks get weight 0 (experts nobody picks);
+ * count_d = floor(T*w_d/sum(w)) and rank 0, the hottest, also gets the
+ * remainder, so the counts sum to T. The same on every sender, so rank d
+ * receives n*count_d. Buffers are packed in rank order. */
+static double g_skew;
+static int g_rank, g_nranks;
+static size_t *v_sc, *v_sd, *v_rc, *v_rd, v_T = (size_t)-1;
+static int *v_isc, *v_isd, *v_irc, *v_ird, v_int_ok; /* the same for MPI, if they fit */
+
+static void skew_counts(size_t T, int n, double F, size_t *cnt) {
+  int cold = F > 0 ? n / 4 : 0;
+  double wsum = 0;
+  size_t used = 0;
+  for (int d = 0; d < n - cold; d++)
+    wsum += pow(d + 1.0, -F);
+  for (int d = 0; d < n; d++) {
+    cnt[d] = d < n - cold ? (size_t)floor((double)T * pow(d + 1.0, -F) / wsum) : 0;
+    if (cnt[d] > T - used)
+      cnt[d] = T - used; /* rounding of the division: never more than T in all */
+    used += cnt[d];
   }
+  cnt[0] += T - used;
+}
+
+static void v_plan(size_t T) {
+  size_t n = (size_t)g_nranks, *cnt = malloc(sizeof(size_t) * n);
+  if (!v_sc) {
+    v_sc = malloc(sizeof(size_t) * 4 * n);
+    v_isc = malloc(sizeof(int) * 4 * n);
+    if (v_sc && v_isc) {
+      v_sd = v_sc + n, v_rc = v_sc + 2 * n, v_rd = v_sc + 3 * n;
+      v_isd = v_isc + n, v_irc = v_isc + 2 * n, v_ird = v_isc + 3 * n;
+    }
+  }
+  if (!cnt || !v_sc || !v_isc) {
+    fprintf(stderr, "[rank %d] out of memory for the alltoallv counts\n", g_rank);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  skew_counts(T, g_nranks, g_skew, cnt);
+  size_t so = 0, ro = 0;
+  for (size_t k = 0; k < n; k++) {
+    v_sc[k] = cnt[k];
+    v_sd[k] = so;
+    so += cnt[k];
+    v_rc[k] = cnt[g_rank];
+    v_rd[k] = ro;
+    ro += cnt[g_rank];
+  }
+  v_int_ok = so <= INT_MAX && ro <= INT_MAX;
+  for (size_t k = 0; k < 4 * n && v_int_ok; k++)
+    v_isc[k] = (int)v_sc[k];
+  v_T = T;
+  free(cnt);
+}
+
+static size_t a2av_recv_elems(size_t count, int n) { /* the most any rank receives */
+  size_t *cnt = malloc(sizeof(size_t) * (size_t)n), mx = 0;
+  if (!cnt)
+    return count * (size_t)n;
+  skew_counts(count, n, g_skew, cnt);
+  for (int d = 0; d < n; d++)
+    mx = cnt[d] > mx ? cnt[d] : mx;
+  free(cnt);
+  return mx * (size_t)n;
+}
+
+/* ---- one call of a collective, by duet or by MPI ---- */
+enum { LIB_DUET, LIB_MPI, NLIBS };
+
+typedef struct {
+  unsigned char *send, *recv;
+  size_t count; /* elements of the size column */
+  const dtype_t *t;
+  duet_op_t op;
+  int root, in_place, rank, nranks;
+  duet_comm_t *comm;
+  MPI_Datatype mdt; /* MPI's equivalents */
+  MPI_Op mop;
+} call_t;
+
+static const void *src_of(const call_t *c) {
+  return c->in_place ? c->recv : c->send;
+}
+static size_t block_of(const call_t *c) { /* per-rank block of the n-block collectives */
+  return c->count / (size_t)c->nranks;
+}
+static unsigned char *own_block(const call_t *c) { /* this rank's block of recvbuf */
+  return c->recv + (size_t)c->rank * block_of(c) * c->t->size;
+}
+
+static int duet_allreduce_run(const call_t *c) {
+  return duet_allreduce(src_of(c), c->recv, c->count, c->t->dt, c->op, c->comm);
+}
+static int duet_allgather_run(const call_t *c) {
+  return duet_allgather(c->in_place ? own_block(c) : c->send, c->recv, block_of(c), c->t->dt,
+                        c->comm);
+}
+static int duet_reduce_scatter_run(const call_t *c) {
+  return duet_reduce_scatter(src_of(c), c->in_place ? own_block(c) : c->recv, block_of(c),
+                             c->t->dt, c->op, c->comm);
+}
+static int duet_reduce_run(const call_t *c) {
+  return duet_reduce(src_of(c), c->recv, c->count, c->t->dt, c->op, c->root, c->comm);
+}
+static int duet_broadcast_run(const call_t *c) {
+  return duet_broadcast(src_of(c), c->recv, c->count, c->t->dt, c->root, c->comm);
+}
+static int duet_alltoall_run(const call_t *c) {
+  return duet_alltoall(src_of(c), c->recv, block_of(c), c->t->dt, c->comm);
+}
+static int duet_alltoallv_run(const call_t *c) {
+  if (c->count != v_T)
+    v_plan(c->count);
+  return duet_alltoallv(c->send, v_sc, v_sd, c->recv, v_rc, v_rd, c->t->dt, c->comm);
+}
+static int duet_barrier_run(const call_t *c) {
+  return duet_barrier(c->comm);
+}
+
+#define MPI_SRC(c) ((c)->in_place ? MPI_IN_PLACE : (const void *)(c)->send)
+static int mpi_allreduce_run(const call_t *c) {
+  return MPI_Allreduce(MPI_SRC(c), c->recv, (int)c->count, c->mdt, c->mop, MPI_COMM_WORLD);
+}
+static int mpi_allgather_run(const call_t *c) {
+  return MPI_Allgather(MPI_SRC(c), (int)block_of(c), c->mdt, c->recv, (int)block_of(c), c->mdt,
+                       MPI_COMM_WORLD);
+}
+static int mpi_reduce_scatter_run(const call_t *c) { /* in place: the result at recvbuf */
+  return MPI_Reduce_scatter_block(MPI_SRC(c), c->recv, (int)block_of(c), c->mdt, c->mop,
+                                  MPI_COMM_WORLD);
+}
+static int mpi_reduce_run(const call_t *c) {
+  const void *s = !c->in_place ? c->send : c->rank == c->root ? MPI_IN_PLACE : c->recv;
+  return MPI_Reduce(s, c->recv, (int)c->count, c->mdt, c->mop, c->root, MPI_COMM_WORLD);
+}
+static int mpi_broadcast_run(const call_t *c) { /* out of place: the root sends its sendbuf */
+  void *buf = c->rank == c->root && !c->in_place ? c->send : c->recv;
+  return MPI_Bcast(buf, (int)c->count, c->mdt, c->root, MPI_COMM_WORLD);
+}
+static int mpi_alltoall_run(const call_t *c) {
+  return MPI_Alltoall(MPI_SRC(c), (int)block_of(c), c->mdt, c->recv, (int)block_of(c), c->mdt,
+                      MPI_COMM_WORLD);
+}
+static int mpi_alltoallv_run(const call_t *c) {
+  if (c->count != v_T)
+    v_plan(c->count);
+  return MPI_Alltoallv(c->send, v_isc, v_isd, c->mdt, c->recv, v_irc, v_ird, c->mdt,
+                       MPI_COMM_WORLD);
+}
+static int mpi_barrier_run(const call_t *c) {
+  (void)c;
+  return MPI_Barrier(MPI_COMM_WORLD);
+}
+
+/* ---- collectives: adding one is a row, its run functions and its case in
+ * fill_input and wrong_of ---- */
+enum { K_ALLREDUCE, K_ALLGATHER, K_REDUCE_SCATTER, K_REDUCE, K_BROADCAST, K_ALLTOALL, K_ALLTOALLV,
+       K_BARRIER };
+typedef struct {
+  const char *name;
+  int kind;
+  int has_op, has_root;
+  int blocks;      /* count is n blocks: rounded down to a multiple of n, at least n */
+  int in_place_ok; /* 0: the in-place columns read N/A */
+  int has_size;    /* 0: one row, time only (barrier) */
+  double (*bus_factor)(int nranks);
+  /* elements of sendbuf and of recvbuf (big enough for the in-place form) */
+  size_t (*send_elems)(size_t count, int nranks);
+  size_t (*recv_elems)(size_t count, int nranks);
+  int (*run[NLIBS])(const call_t *c); /* duet's call, MPI's equivalent */
+} coll_t;
+
+static double allreduce_factor(int n) {
+  return 2.0 * (n - 1) / n;
+}
+static double ring_factor(int n) { /* allgather, reduce_scatter, alltoall(v) */
+  return (double)(n - 1) / n;
+}
+static double one_factor(int n) { /* reduce, broadcast */
+  (void)n;
+  return 1;
+}
+static size_t same_elems(size_t count, int n) {
+  (void)n;
+  return count;
+}
+static size_t block_elems(size_t count, int n) {
+  return count / (size_t)n;
+}
+
+static const coll_t colls[] = {
+    {.name = "allreduce", .kind = K_ALLREDUCE, .has_op = 1, .in_place_ok = 1, .has_size = 1,
+     .bus_factor = allreduce_factor, .send_elems = same_elems, .recv_elems = same_elems,
+     .run = {duet_allreduce_run, mpi_allreduce_run}},
+    {.name = "allgather", .kind = K_ALLGATHER, .blocks = 1, .in_place_ok = 1, .has_size = 1,
+     .bus_factor = ring_factor, .send_elems = block_elems, .recv_elems = same_elems,
+     .run = {duet_allgather_run, mpi_allgather_run}},
+    {.name = "reduce_scatter", .kind = K_REDUCE_SCATTER, .has_op = 1, .blocks = 1,
+     .in_place_ok = 1, .has_size = 1, .bus_factor = ring_factor, .send_elems = same_elems,
+     .recv_elems = same_elems, .run = {duet_reduce_scatter_run, mpi_reduce_scatter_run}},
+    {.name = "reduce", .kind = K_REDUCE, .has_op = 1, .has_root = 1, .in_place_ok = 1,
+     .has_size = 1, .bus_factor = one_factor, .send_elems = same_elems, .recv_elems = same_elems,
+     .run = {duet_reduce_run, mpi_reduce_run}},
+    {.name = "broadcast", .kind = K_BROADCAST, .has_root = 1, .in_place_ok = 1, .has_size = 1,
+     .bus_factor = one_factor, .send_elems = same_elems, .recv_elems = same_elems,
+     .run = {duet_broadcast_run, mpi_broadcast_run}},
+    {.name = "alltoall", .kind = K_ALLTOALL, .blocks = 1, .in_place_ok = 1, .has_size = 1,
+     .bus_factor = ring_factor, .send_elems = same_elems, .recv_elems = same_elems,
+     .run = {duet_alltoall_run, mpi_alltoall_run}},
+    {.name = "alltoallv", .kind = K_ALLTOALLV, .has_size = 1, .bus_factor = ring_factor,
+     .send_elems = same_elems, .recv_elems = a2av_recv_elems,
+     .run = {duet_alltoallv_run, mpi_alltoallv_run}},
+    {.name = "barrier", .kind = K_BARRIER, .run = {duet_barrier_run, mpi_barrier_run}},
+};
+#define NCOLLS (sizeof colls / sizeof colls[0])
+
+/* Elements of the size column for `size` bytes of type t. */
+static size_t count_of(const coll_t *c, size_t size, const dtype_t *t, int n) {
+  size_t count = size / t->size ? size / t->size : 1;
+  if (!c->has_size)
+    return 0;
+  if (c->blocks)
+    count = count < (size_t)n ? (size_t)n : count / (size_t)n * (size_t)n;
+  return count;
+}
+
+/* MPI's datatype for t, MPI_DATATYPE_NULL if it has none: MPI has no 16- or
+ * 8-bit floats, but collectives that only move data move them as unsigned
+ * integers of the same width. */
+static MPI_Datatype mpi_type(const coll_t *c, const dtype_t *t) {
+  switch (t->dt) {
+  case DUET_INT8:
+    return MPI_INT8_T;
+  case DUET_UINT8:
+    return MPI_UINT8_T;
+  case DUET_INT32:
+    return MPI_INT32_T;
+  case DUET_UINT32:
+    return MPI_UINT32_T;
+  case DUET_INT64:
+    return MPI_INT64_T;
+  case DUET_UINT64:
+    return MPI_UINT64_T;
+  case DUET_FLOAT32:
+    return MPI_FLOAT;
+  case DUET_FLOAT64:
+    return MPI_DOUBLE;
+  default:
+    if (c->has_op)
+      return MPI_DATATYPE_NULL;
+    return t->size == 2 ? MPI_UINT16_T : MPI_UINT8_T;
+  }
+}
+/* avg has no MPI op: MPI sums, and only its time is reported */
+static MPI_Op mpi_op(duet_op_t op) {
+  return op == DUET_PROD ? MPI_PROD : op == DUET_MIN ? MPI_MIN : op == DUET_MAX ? MPI_MAX : MPI_SUM;
 }
 
 /* ---- options ---- */
+enum { FMT_TABLE, FMT_CSV, FMT_JSON };
+static const char *const fmt_names[] = {"table", "csv", "json"};
+#define MAX_ROUNDS 100
+
 typedef struct {
   size_t minbytes, maxbytes, stepbytes;
   double stepfactor;
@@ -425,13 +585,17 @@ typedef struct {
   int op; /* -1: all */
   const coll_t *coll;
   double skew; /* alltoallv */
+  int root;
+  int compare; /* also time MPI's collective */
+  int rounds;  /* 0: the default, 1 (3 with --compare) */
+  int format;
 } opts_t;
 
 static int parse_bytes(const char *s, size_t *out) {
   char *end;
   double v = strtod(s, &end);
   double mul = 1;
-  if (end == s || v < 0)
+  if (end == s || !(v >= 0) || !isfinite(v))
     return -1;
   switch (*end) {
   case 'K':
@@ -454,27 +618,39 @@ static int parse_bytes(const char *s, size_t *out) {
   }
   if (*end == 'B' || *end == 'b')
     end++;
-  if (*end)
+  if (*end || v * mul >= 0x1p50)
     return -1;
   *out = (size_t)(v * mul);
   return 0;
 }
 
-static void usage(const char *prog) {
-  fprintf(stderr,
-          "usage: %s [options]\n"
-          "  -C <coll>    collective: allreduce alltoall alltoallv (default allreduce)\n"
+static int parse_int(const char *s, long lo, long hi, int *out) {
+  char *end;
+  errno = 0;
+  long v = strtol(s, &end, 10);
+  if (end == s || *end || errno || v < lo || v > hi)
+    return -1;
+  *out = (int)v;
+  return 0;
+}
+
+static void usage(FILE *f, const char *prog) {
+  fprintf(f,
+          "usage: %s [options]   (under mpirun; rank 0 prints)\n"
+          "  -C <coll>    allreduce allgather reduce_scatter reduce broadcast alltoall alltoallv\n"
+          "               barrier (default allreduce)\n"
           "  -b <bytes>   minimum size, K/M/G suffixes (default 8)\n"
           "  -e <bytes>   maximum size (default 32M)\n"
           "  -f <factor>  multiply the size by this each step (default 2)\n"
-          "  -i <bytes>   add this to the size each step instead (when -f is 1)\n"
+          "  -i <bytes>   add this to the size each step instead (sets -f 1)\n"
           "  -n <iters>   timed iterations per size (default 20)\n"
           "  -w <iters>   warmup iterations (default 5)\n"
           "  -c <0|1>     check results (default 1)\n"
           "  -d <type>    int8 uint8 int32 uint32 int64 uint64 float16 bfloat16 float32 float64\n"
           "               float8e4m3 float8e5m2 or all (default float32)\n"
           "  -o <op>      sum prod min max avg or all (default sum); a collective name\n"
-          "               (-o alltoall, -o alltoallv) selects the collective, as -C\n"
+          "               (-o alltoall, -o reduce, ...) selects the collective, as -C\n"
+          "  -r <root>    root of reduce and broadcast (default 0; the others ignore it)\n"
           "  --skew <F>   alltoallv: skew of the per-destination counts, as in MoE token\n"
           "               dispatch (default 0: uniform). Each of the n ranks sends\n"
           "               T = size/typesize elements; destination d gets weight\n"
@@ -482,67 +658,138 @@ static void usage(const char *prog) {
           "               ranks get nothing; count_d = floor(T*w_d/sum(w)) and rank 0 also\n"
           "               gets the remainder, so the counts sum to T. Every rank sends the\n"
           "               same counts, so rank d receives n*count_d.\n"
-          "  -h           this help\n"
+          "  --compare mpi  also time MPI's equivalent collective (MPI_Allreduce,\n"
+          "               MPI_Allgather, MPI_Reduce_scatter_block, MPI_Reduce, MPI_Bcast,\n"
+          "               MPI_Alltoall, MPI_Alltoallv, MPI_Barrier; MPI_IN_PLACE in place)\n"
+          "               on the same buffers, interleaved with duet's: each round times\n"
+          "               -n duet calls, then -n MPI calls. Adds the columns mpi_time (us)\n"
+          "               and ratio = mpi_time / time (> 1: duet is faster), out of place\n"
+          "               and in place. N/A where MPI has no equivalent: reductions of\n"
+          "               float16, bfloat16 and fp8 (collectives that only move data move\n"
+          "               them as same-width unsigned integers). avg is timed as MPI_SUM\n"
+          "               and its MPI result is not checked. With -c 1 the MPI result is\n"
+          "               checked too (mpi_wrong in csv/json, a summary line in the table).\n"
+          "  --rounds <R> timed rounds per size and placement (1..%d; default 1, 3 with\n"
+          "               --compare): time is the median over rounds of the loop's mean\n"
+          "               per-iteration time, averaged over ranks\n"
+          "  --format <table|csv|json>  output on stdout (default table):\n"
+          "               csv: one header row, then one row per size with the columns\n"
+          "                 collective,nranks,size,count,type,op,root,\n"
+          "                 time_oop,algbw_oop,busbw_oop,wrong_oop,\n"
+          "                 time_ip,algbw_ip,busbw_ip,wrong_ip,\n"
+          "                 mpi_time_oop,ratio_oop,mpi_wrong_oop,\n"
+          "                 mpi_time_ip,ratio_ip,mpi_wrong_ip\n"
+          "                 (size in B, times in us, bandwidths in GB/s; an empty field\n"
+          "                 is N/A: no in-place form, no -c, no --compare, ...)\n"
+          "               json: one object with the run's parameters (collective, nranks,\n"
+          "                 datatype, op, root, sizes, iterations, rounds, check, compare,\n"
+          "                 version, commit from $DUET_COMMIT, providers), \"rows\": an\n"
+          "                 array of objects with the csv columns as keys (null: N/A),\n"
+          "                 and the totals wrong, mpi_wrong and avg_busbw\n"
+          "  -h, --help   this help\n"
           "Sizes not a multiple of the type size are rounded down to whole elements (at least "
           "one).\n"
-          "alltoall, alltoallv: size is the bytes each rank sends in total (as nccl-tests);\n"
-          "alltoall rounds it down to a multiple of n elements (at least n);\n"
-          "busbw = algbw * (n-1)/n. alltoallv has no in-place form (N/A columns).\n",
-          prog);
+          "size column and busbw, as nccl-tests: allreduce: the buffer, busbw = algbw*2(n-1)/n;\n"
+          "allgather, reduce_scatter: the whole buffer (n x the per-rank block), rounded down\n"
+          "to a multiple of n elements (at least n), busbw = algbw*(n-1)/n; reduce, broadcast:\n"
+          "the buffer, busbw = algbw; alltoall, alltoallv: the bytes each rank sends in total\n"
+          "(alltoall: a multiple of n elements, at least n), busbw = algbw*(n-1)/n; barrier:\n"
+          "one row, size 0, time only.\n"
+          "In place as NCCL: allgather sends from its block of recvbuf, reduce_scatter\n"
+          "leaves its result at recvbuf + rank*recvcount, the others pass sendbuf == recvbuf.\n"
+          "alltoallv and barrier have no in-place form (N/A columns).\n"
+          "Exit status: 0, 1 if a check found wrong elements, 2 for bad arguments.\n",
+          prog, MAX_ROUNDS);
 }
 
+static char opt_err[256];
+#define OPT_ERR(...) (snprintf(opt_err, sizeof opt_err, __VA_ARGS__), opt_err)
+
+static const coll_t *coll_named(const char *name) {
+  for (size_t i = 0; i < NCOLLS; i++)
+    if (strcmp(name, colls[i].name) == 0)
+      return &colls[i];
+  return NULL;
+}
+
+/* NULL: go; "": help asked; else the message. */
 static const char *parse_opts(int argc, char **argv, opts_t *o) {
   int opt;
   static const struct option longopts[] = {{"skew", required_argument, NULL, 'S'},
+                                           {"compare", required_argument, NULL, 'M'},
+                                           {"rounds", required_argument, NULL, 'R'},
+                                           {"format", required_argument, NULL, 'F'},
                                            {"help", no_argument, NULL, 'h'},
                                            {NULL, 0, NULL, 0}};
-  *o = (opts_t){8, 32u << 20, 1u << 20, 2.0, 20, 5, 1, DUET_FLOAT32, DUET_SUM, &colls[0], 0.0};
-  while ((opt = getopt_long(argc, argv, "C:b:e:f:i:n:w:c:d:o:h", longopts, NULL)) != -1) {
+  *o = (opts_t){8,   32u << 20, 1u << 20, 2.0, 20, 5, 1, DUET_FLOAT32, DUET_SUM, &colls[0],
+                0.0, 0,         0,        0,   FMT_TABLE};
+  opterr = 0; /* our messages, on rank 0 only */
+  while ((opt = getopt_long(argc, argv, ":C:b:e:f:i:n:w:c:d:o:r:h", longopts, NULL)) != -1) {
     switch (opt) {
     case 'S': {
       char *end;
       o->skew = strtod(optarg, &end);
       if (end == optarg || *end || !(o->skew >= 0) || o->skew > 1e6)
-        return "--skew must be a number >= 0";
+        return OPT_ERR("--skew: '%s' is not a number >= 0", optarg);
       break;
     }
-    case 'C': {
-      o->coll = NULL;
-      for (size_t i = 0; i < NCOLLS; i++)
-        if (strcmp(optarg, colls[i].name) == 0)
-          o->coll = &colls[i];
-      if (!o->coll)
-        return "unknown collective (-C)";
+    case 'M':
+      if (strcmp(optarg, "mpi") != 0)
+        return OPT_ERR("--compare: unknown library '%s' (known: mpi)", optarg);
+      o->compare = 1;
+      break;
+    case 'R':
+      if (parse_int(optarg, 1, MAX_ROUNDS, &o->rounds))
+        return OPT_ERR("--rounds: '%s' is not a whole number from 1 to %d", optarg, MAX_ROUNDS);
+      break;
+    case 'F': {
+      o->format = -1;
+      for (int i = 0; i < (int)(sizeof fmt_names / sizeof fmt_names[0]); i++)
+        if (strcmp(optarg, fmt_names[i]) == 0)
+          o->format = i;
+      if (o->format < 0)
+        return OPT_ERR("--format: unknown format '%s' (known: table csv json)", optarg);
       break;
     }
+    case 'C':
+      if (!(o->coll = coll_named(optarg)))
+        return OPT_ERR("-C: unknown collective '%s'", optarg);
+      break;
     case 'b':
       if (parse_bytes(optarg, &o->minbytes))
-        return "bad -b size";
+        return OPT_ERR("-b: bad size '%s'", optarg);
       break;
     case 'e':
       if (parse_bytes(optarg, &o->maxbytes))
-        return "bad -e size";
+        return OPT_ERR("-e: bad size '%s'", optarg);
       break;
     case 'i':
       if (parse_bytes(optarg, &o->stepbytes) || o->stepbytes == 0)
-        return "bad -i size";
+        return OPT_ERR("-i: bad step '%s' (a size > 0)", optarg);
       o->stepfactor = 1;
       break;
-    case 'f':
-      o->stepfactor = atof(optarg);
-      if (o->stepfactor < 1)
-        return "-f must be >= 1";
+    case 'f': {
+      char *end;
+      o->stepfactor = strtod(optarg, &end);
+      if (end == optarg || *end || !(o->stepfactor >= 1) || o->stepfactor > 1e6)
+        return OPT_ERR("-f: '%s' is not a number >= 1", optarg);
       break;
+    }
     case 'n':
-      if ((o->iters = atoi(optarg)) < 1)
-        return "-n must be >= 1";
+      if (parse_int(optarg, 1, INT_MAX, &o->iters))
+        return OPT_ERR("-n: '%s' is not a whole number >= 1", optarg);
       break;
     case 'w':
-      if ((o->warmup = atoi(optarg)) < 0)
-        return "-w must be >= 0";
+      if (parse_int(optarg, 0, INT_MAX, &o->warmup))
+        return OPT_ERR("-w: '%s' is not a whole number >= 0", optarg);
       break;
     case 'c':
-      o->check = atoi(optarg) != 0;
+      if (parse_int(optarg, 0, 1, &o->check))
+        return OPT_ERR("-c: '%s' is not 0 or 1", optarg);
+      break;
+    case 'r':
+      if (parse_int(optarg, 0, INT_MAX, &o->root))
+        return OPT_ERR("-r: '%s' is not a rank (a whole number >= 0)", optarg);
       break;
     case 'd': {
       o->dt = -2;
@@ -555,15 +802,12 @@ static const char *parse_opts(int argc, char **argv, opts_t *o) {
         if (strcmp(optarg, dt_aliases[i].alias) == 0)
           o->dt = (int)dt_aliases[i].dt;
       if (o->dt == -2)
-        return "unknown datatype (-d)";
+        return OPT_ERR("-d: unknown datatype '%s'", optarg);
       break;
     }
     case 'o': {
       /* a collective's name selects the collective (users type -o alltoall) */
-      const coll_t *named = NULL;
-      for (size_t i = 0; i < NCOLLS; i++)
-        if (strcmp(optarg, colls[i].name) == 0)
-          named = &colls[i];
+      const coll_t *named = coll_named(optarg);
       if (named) {
         o->coll = named;
         break;
@@ -575,18 +819,26 @@ static const char *parse_opts(int argc, char **argv, opts_t *o) {
         if (strcmp(optarg, op_names[i]) == 0)
           op = i;
       if (op == -2)
-        return "unknown op or collective (-o)";
+        return OPT_ERR("-o: unknown op or collective '%s'", optarg);
       o->op = op;
       break;
     }
     case 'h':
       return "";
+    case ':':
+      return OPT_ERR("option '%s' needs a value", argv[optind - 1]);
     default:
-      return "unknown option";
+      if (optopt)
+        return OPT_ERR("unknown option '-%c'", optopt);
+      return OPT_ERR("unknown option '%s'", argv[optind - 1]);
     }
   }
+  if (optind < argc)
+    return OPT_ERR("unexpected argument '%s'", argv[optind]);
   if (o->minbytes > o->maxbytes)
-    return "-b is larger than -e";
+    return OPT_ERR("-b %zu is larger than -e %zu", o->minbytes, o->maxbytes);
+  if (o->rounds == 0)
+    o->rounds = o->compare ? 3 : 1;
   return NULL;
 }
 
@@ -596,146 +848,474 @@ typedef struct {
   duet_comm_t *comm;
   const opts_t *o;
   unsigned char *send, *recv;
+  size_t recv_bytes;
   double bw_sum;
-  long bw_count, wrong_total;
+  long bw_count, rows;
+  long wrong_total[NLIBS];
 } bench_t;
 
-static void die(bench_t *b, duet_status_t st, const char *what) {
-  fprintf(stderr, "[rank %d] %s: %s: %s\n", b->rank, what, duet_strerror(st),
-          duet_last_error(b->comm));
+/* One size and placement: seconds per iteration and wrong elements per
+ * library, -1 for N/A. */
+typedef struct {
+  double sec[NLIBS];
+  long wrong[NLIBS];
+} meas_t;
+
+typedef struct {
+  size_t bytes, count;
+  const char *type, *op;
+  int root;     /* -1: the collective has none */
+  meas_t m[2]; /* out of place, in place */
+} row_t;
+
+static void die(bench_t *b, int lib, int rc, const char *what) {
+  if (lib == LIB_DUET) {
+    fprintf(stderr, "[rank %d] %s: %s: %s\n", b->rank, what, duet_strerror((duet_status_t)rc),
+            duet_last_error(b->comm));
+  } else {
+    char msg[MPI_MAX_ERROR_STRING] = "";
+    int len = 0;
+    MPI_Error_string(rc, msg, &len);
+    fprintf(stderr, "[rank %d] MPI equivalent of %s: %s\n", b->rank, what, msg);
+  }
   fflush(stderr);
   MPI_Abort(MPI_COMM_WORLD, 1);
 }
 
-/* The input of `count`: the reduction pattern, or the alltoall(v) blocks. */
-static void fill_input(bench_t *b, const dtype_t *t, size_t count, int in_place,
-                       const unsigned char *in) {
-  const coll_t *c = b->o->coll;
-  void *dst = in_place ? b->recv : b->send;
-  if (c->kind == KIND_REDUCE) {
-    fill_pattern(dst, c->send_elems(count, b->nranks), t, in);
-  } else if (c->kind == KIND_ALLTOALL) {
-    size_t *cnt = malloc(2 * sizeof(size_t) * (size_t)b->nranks);
-    if (!cnt)
-      MPI_Abort(MPI_COMM_WORLD, 1);
-    a2a_blocks(count, b->nranks, cnt, cnt + b->nranks);
-    a2a_fill(dst, t, b->rank, b->nranks, cnt, cnt + b->nranks);
-    free(cnt);
-  } else {
-    if (count != v_T)
-      v_plan(count);
-    a2a_fill(dst, t, b->rank, b->nranks, v_sc, v_sd);
+/* The input: the reduction pattern, or the blocks to move. In place it goes
+ * where the in-place call reads it: recvbuf (allgather: this rank's block). */
+static void fill_input(const call_t *c, int kind, const unsigned char *in) {
+  const dtype_t *t = c->t;
+  unsigned char *dst = c->in_place ? c->recv : c->send;
+  int n = c->nranks;
+  switch (kind) {
+  case K_ALLREDUCE:
+  case K_REDUCE_SCATTER:
+  case K_REDUCE:
+    fill_pattern(dst, c->count, t, in);
+    break;
+  case K_ALLGATHER:
+    block_fill(c->in_place ? own_block(c) : c->send, t, c->rank, 0, block_of(c));
+    break;
+  case K_BROADCAST:
+    if (c->rank == c->root)
+      block_fill(dst, t, c->root, 0, c->count);
+    break;
+  case K_ALLTOALL:
+    for (int k = 0; k < n; k++)
+      block_fill(dst + (size_t)k * block_of(c) * t->size, t, c->rank, k, block_of(c));
+    break;
+  case K_ALLTOALLV:
+    if (c->count != v_T)
+      v_plan(c->count);
+    for (int k = 0; k < n; k++)
+      block_fill(dst + v_sd[k] * t->size, t, c->rank, k, v_sc[k]);
+    break;
+  default: /* barrier: no data */
+    break;
   }
 }
 
-/* Elements of recvbuf that differ from the expected result. */
-static long wrong_of(bench_t *b, const dtype_t *t, size_t count, const unsigned char *want) {
-  const coll_t *c = b->o->coll;
-  long wrong;
-  if (c->kind == KIND_REDUCE)
-    return count_wrong(b->recv, c->recv_elems(count, b->nranks), t, want);
-  if (c->kind == KIND_ALLTOALLV) {
-    if (count != v_T)
-      v_plan(count);
-    return a2a_wrong(b->recv, t, b->rank, b->nranks, v_rc, v_rd);
-  }
-  size_t *cnt = malloc(2 * sizeof(size_t) * (size_t)b->nranks);
-  if (!cnt)
-    MPI_Abort(MPI_COMM_WORLD, 1);
-  a2a_blocks(count, b->nranks, cnt, cnt + b->nranks);
-  wrong = a2a_wrong(b->recv, t, b->rank, b->nranks, cnt, cnt + b->nranks);
-  free(cnt);
-  return wrong;
-}
-
-/* Time one placement; returns the rank-averaged seconds per iteration and
- * the job-wide number of wrong elements (or -1 without -c); -1 seconds when
- * the collective has no in-place form. */
-static double time_one(bench_t *b, const dtype_t *t, duet_op_t op, size_t count, int in_place,
-                       const unsigned char *in, const unsigned char *want, long *wrong) {
-  const coll_t *c = b->o->coll;
-  const void *s = in_place ? b->recv : b->send;
-  duet_status_t st;
-  int root = 0;
-
-  *wrong = -1;
-  if (in_place && !c->in_place_ok)
+/* Elements of this rank's result that differ from the expected one, after
+ * `lib` ran the call (-1: nothing to check). */
+static long wrong_of(const call_t *c, int kind, int lib, const unsigned char *want) {
+  const dtype_t *t = c->t;
+  size_t blk = block_of(c);
+  long wrong = 0;
+  int n = c->nranks;
+  switch (kind) {
+  case K_ALLREDUCE:
+    return count_wrong(c->recv, 0, c->count, t, want);
+  case K_REDUCE: /* the result is the root's only */
+    return c->rank == c->root ? count_wrong(c->recv, 0, c->count, t, want) : 0;
+  case K_REDUCE_SCATTER: /* block `rank` of the reduced vector; in place, MPI's lands at the
+                            start of recvbuf, duet's (NCCL's form) at its block */
+    return count_wrong(c->in_place && lib == LIB_DUET ? own_block(c) : c->recv,
+                       (size_t)c->rank * blk, blk, t, want);
+  case K_ALLGATHER:
+    for (int k = 0; k < n; k++)
+      wrong += block_wrong(c->recv + (size_t)k * blk * t->size, t, k, 0, blk);
+    return wrong;
+  case K_BROADCAST: /* MPI_Bcast out of place leaves the root's data in its sendbuf */
+    return block_wrong(lib == LIB_MPI && !c->in_place && c->rank == c->root ? c->send : c->recv,
+                       t, c->root, 0, c->count);
+  case K_ALLTOALL:
+    for (int k = 0; k < n; k++)
+      wrong += block_wrong(c->recv + (size_t)k * blk * t->size, t, k, c->rank, blk);
+    return wrong;
+  case K_ALLTOALLV:
+    if (c->count != v_T)
+      v_plan(c->count);
+    for (int k = 0; k < n; k++)
+      wrong += block_wrong(c->recv + v_rd[k] * t->size, t, k, c->rank, v_rc[k]);
+    return wrong;
+  default:
     return -1;
-  fill_input(b, t, count, in_place, in);
-  for (int i = 0; i < b->o->warmup; i++)
-    if ((st = c->run(s, b->recv, count, t->dt, op, root, b->comm)) < 0)
-      die(b, st, c->name);
+  }
+}
+
+/* Seconds per call of `iters` calls, averaged over ranks. */
+static double time_loop(bench_t *b, int lib, const call_t *c) {
+  const coll_t *coll = b->o->coll;
+  int rc;
   MPI_Barrier(MPI_COMM_WORLD);
   double t0 = MPI_Wtime();
   for (int i = 0; i < b->o->iters; i++)
-    if ((st = c->run(s, b->recv, count, t->dt, op, root, b->comm)) < 0)
-      die(b, st, c->name);
-  double sec = (MPI_Wtime() - t0) / b->o->iters, avg = 0;
-  MPI_Allreduce(&sec, &avg, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
-  avg /= b->nranks;
+    if ((rc = coll->run[lib](c)) != 0)
+      die(b, lib, rc, coll->name);
+  double sec = (MPI_Wtime() - t0) / b->o->iters, sum = 0;
+  MPI_Allreduce(&sec, &sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+  return sum / b->nranks;
+}
 
-  if (b->o->check) {
-    long mine;
-    fill_input(b, t, count, in_place, in);
-    if (!in_place)
-      memset(b->recv, 0, c->recv_elems(count, b->nranks) * t->size);
-    if ((st = c->run(s, b->recv, count, t->dt, op, root, b->comm)) < 0)
-      die(b, st, c->name);
-    mine = wrong_of(b, t, count, want);
-    MPI_Allreduce(&mine, wrong, 1, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
+static double median(double *v, int n) {
+  for (int i = 1; i < n; i++) /* insertion sort: n is small */
+    for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
+      double x = v[j];
+      v[j] = v[j - 1];
+      v[j - 1] = x;
+    }
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* Time one size and placement with duet (and MPI), then check. */
+static void measure(bench_t *b, const call_t *c, const unsigned char *in,
+                    const unsigned char *want, meas_t *m) {
+  const coll_t *coll = b->o->coll;
+  double times[NLIBS][MAX_ROUNDS];
+  int use[NLIBS] = {1, 0}, rc;
+
+  for (int lib = 0; lib < NLIBS; lib++)
+    m->sec[lib] = -1, m->wrong[lib] = -1;
+  if (c->in_place && !coll->in_place_ok)
+    return;
+  fill_input(c, coll->kind, in); /* alltoallv: also plans the counts */
+  /* every rank decides alike: the same options and sizes */
+  use[LIB_MPI] = b->o->compare && (!coll->has_size || c->mdt != MPI_DATATYPE_NULL) &&
+                 c->count <= INT_MAX && (coll->kind != K_ALLTOALLV || v_int_ok);
+  for (int lib = 0; lib < NLIBS; lib++)
+    for (int i = 0; use[lib] && i < b->o->warmup; i++)
+      if ((rc = coll->run[lib](c)) != 0)
+        die(b, lib, rc, coll->name);
+  for (int r = 0; r < b->o->rounds; r++)
+    for (int lib = 0; lib < NLIBS; lib++)
+      if (use[lib]) {
+        fill_input(c, coll->kind, in); /* in place, the last loop changed it */
+        times[lib][r] = time_loop(b, lib, c);
+      }
+  for (int lib = 0; lib < NLIBS; lib++)
+    if (use[lib])
+      m->sec[lib] = median(times[lib], b->o->rounds);
+
+  if (!b->o->check || coll->kind == K_BARRIER)
+    return;
+  for (int lib = 0; lib < NLIBS; lib++) {
+    if (!use[lib] || (lib == LIB_MPI && c->op == DUET_AVG))
+      continue;
+    memset(c->recv, 0xA5, b->recv_bytes); /* no expected value is all 0xA5 bytes */
+    fill_input(c, coll->kind, in);
+    if ((rc = coll->run[lib](c)) != 0)
+      die(b, lib, rc, coll->name);
+    long mine = wrong_of(c, coll->kind, lib, want);
+    MPI_Allreduce(&mine, &m->wrong[lib], 1, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
   }
-  return avg;
+}
+
+/* ---- output: the table, csv or json, on rank 0 ---- */
+static void fmt_num(char *buf, size_t len, double v, int prec) {
+  if (isfinite(v))
+    snprintf(buf, len, "%.*f", prec, v);
+  else
+    buf[0] = 0;
+}
+
+/* The row's columns for csv and json: name, value ("" = N/A), quoted. */
+#define NFIELDS 21
+typedef struct {
+  const char *name;
+  char val[48];
+  int str;
+} field_t;
+
+static void row_fields(const bench_t *b, const row_t *r, field_t *f) {
+  const coll_t *c = b->o->coll;
+  static const char *const names[NFIELDS] = {
+      "collective", "nranks",       "size",       "count",         "type",        "op",
+      "root",       "time_oop",     "algbw_oop",  "busbw_oop",     "wrong_oop",   "time_ip",
+      "algbw_ip",   "busbw_ip",     "wrong_ip",   "mpi_time_oop",  "ratio_oop",   "mpi_wrong_oop",
+      "mpi_time_ip", "ratio_ip",    "mpi_wrong_ip"};
+  for (int i = 0; i < NFIELDS; i++)
+    f[i].name = names[i], f[i].val[0] = 0, f[i].str = i == 0 || i == 4 || i == 5;
+  if (!r)
+    return;
+  snprintf(f[0].val, sizeof f[0].val, "%s", c->name);
+  snprintf(f[1].val, sizeof f[1].val, "%d", b->nranks);
+  snprintf(f[2].val, sizeof f[2].val, "%zu", r->bytes);
+  snprintf(f[3].val, sizeof f[3].val, "%zu", r->count);
+  snprintf(f[4].val, sizeof f[4].val, "%s", r->type);
+  snprintf(f[5].val, sizeof f[5].val, "%s", r->op);
+  if (r->root >= 0)
+    snprintf(f[6].val, sizeof f[6].val, "%d", r->root);
+  for (int ip = 0; ip < 2; ip++) {
+    const meas_t *m = &r->m[ip];
+    field_t *d = f + 7 + 4 * ip, *x = f + 15 + 3 * ip;
+    double sec = m->sec[LIB_DUET];
+    if (sec >= 0) {
+      fmt_num(d[0].val, sizeof d[0].val, sec * 1e6, 3);
+      if (c->has_size) {
+        double algbw = (double)r->bytes / sec / 1e9;
+        fmt_num(d[1].val, sizeof d[1].val, algbw, 4);
+        fmt_num(d[2].val, sizeof d[2].val, algbw * c->bus_factor(b->nranks), 4);
+      }
+    }
+    if (m->wrong[LIB_DUET] >= 0)
+      snprintf(d[3].val, sizeof d[3].val, "%ld", m->wrong[LIB_DUET]);
+    if (m->sec[LIB_MPI] >= 0) {
+      fmt_num(x[0].val, sizeof x[0].val, m->sec[LIB_MPI] * 1e6, 3);
+      if (sec > 0)
+        fmt_num(x[1].val, sizeof x[1].val, m->sec[LIB_MPI] / sec, 3);
+    }
+    if (m->wrong[LIB_MPI] >= 0)
+      snprintf(x[2].val, sizeof x[2].val, "%ld", m->wrong[LIB_MPI]);
+  }
+}
+
+/* A JSON string: the characters JSON needs escaped are escaped. */
+static void json_str(const char *s) {
+  putchar('"');
+  for (; s && *s; s++) {
+    unsigned char ch = (unsigned char)*s;
+    if (ch == '"' || ch == '\\')
+      printf("\\%c", ch);
+    else if (ch < 0x20)
+      printf("\\u%04x", ch);
+    else
+      putchar(ch);
+  }
+  putchar('"');
+}
+static void json_str_or_null(const char *s) {
+  if (s)
+    json_str(s);
+  else
+    printf("null");
+}
+
+static void print_row(bench_t *b, const row_t *r) {
+  const coll_t *c = b->o->coll;
+  field_t f[NFIELDS];
+  if (b->o->format != FMT_TABLE) {
+    row_fields(b, r, f);
+    if (b->o->format == FMT_JSON)
+      printf("%s\n    {", b->rows ? "," : "");
+    for (int i = 0; i < NFIELDS; i++) {
+      if (b->o->format == FMT_CSV) {
+        printf("%s%s", i ? "," : "", f[i].val);
+        continue;
+      }
+      printf("%s\"%s\": ", i ? ", " : "", f[i].name);
+      if (!f[i].val[0])
+        printf("null");
+      else if (f[i].str)
+        json_str(f[i].val);
+      else
+        printf("%s", f[i].val);
+    }
+    printf(b->o->format == FMT_JSON ? "}" : "\n");
+  } else {
+    printf("%12zu  %12zu  %10s  %6s", r->bytes, r->count, r->type, r->op);
+    if (c->has_root)
+      printf("  %4d", r->root);
+    for (int ip = 0; ip < 2; ip++) {
+      const meas_t *m = &r->m[ip];
+      double sec = m->sec[LIB_DUET];
+      char nwrong[24] = "N/A", algbw[24] = "N/A", busbw[24] = "N/A";
+      if (sec < 0) { /* no in-place form */
+        printf("  %9s  %7s  %7s  %6s", "N/A", "N/A", "N/A", "N/A");
+      } else {
+        if (c->has_size) {
+          double bw = (double)r->bytes / sec / 1e9;
+          snprintf(algbw, sizeof algbw, "%.2f", bw);
+          snprintf(busbw, sizeof busbw, "%.2f", bw * c->bus_factor(b->nranks));
+        }
+        if (m->wrong[LIB_DUET] >= 0)
+          snprintf(nwrong, sizeof nwrong, "%ld", m->wrong[LIB_DUET]);
+        printf("  %9.2f  %7s  %7s  %6s", sec * 1e6, algbw, busbw, nwrong);
+      }
+      if (b->o->compare) {
+        if (m->sec[LIB_MPI] >= 0 && sec > 0)
+          printf("  %9.2f  %6.2f", m->sec[LIB_MPI] * 1e6, m->sec[LIB_MPI] / sec);
+        else
+          printf("  %9s  %6s", "N/A", "N/A");
+      }
+    }
+    printf("\n");
+  }
+  fflush(stdout);
+  b->rows++;
 }
 
 static void bench_sweep(bench_t *b, const dtype_t *t, duet_op_t op) {
   const opts_t *o = b->o;
+  const coll_t *c = o->coll;
   unsigned char in[PERIOD * 8], want[PERIOD * 8];
+  call_t call = {.send = b->send,
+                 .recv = b->recv,
+                 .t = t,
+                 .op = op,
+                 .root = o->root,
+                 .rank = b->rank,
+                 .nranks = b->nranks,
+                 .comm = b->comm,
+                 .mdt = mpi_type(c, t),
+                 .mop = mpi_op(op)};
   make_pattern(t, op, b->rank, b->nranks, in, want);
 
-  size_t last_count = 0;
+  size_t last_count = (size_t)-1;
   for (size_t size = o->minbytes; size <= o->maxbytes;) {
-    size_t count = size / t->size ? size / t->size : 1;
-    if (o->coll->kind == KIND_ALLTOALL) /* nranks equal blocks */
-      count = count < (size_t)b->nranks ? (size_t)b->nranks
-                                        : count / (size_t)b->nranks * (size_t)b->nranks;
-    size_t bytes = count * t->size;
+    size_t count = count_of(c, size, t, b->nranks);
     if (count != last_count) { /* small sizes may round to the same count */
-      long wrong[2];
-      double sec[2];
-      for (int ip = 0; ip < 2; ip++)
-        sec[ip] = time_one(b, t, op, count, ip, in, want, &wrong[ip]);
-      if (b->rank == 0) {
-        printf("%12zu  %12zu  %10s  %6s", bytes, count, t->name,
-               o->coll->has_op ? op_names[op] : "none");
-        if (o->coll->has_root)
-          printf("  %4d", 0);
-        for (int ip = 0; ip < 2; ip++) {
-          if (sec[ip] < 0) { /* no in-place form */
-            printf("  %9s  %7s  %7s  %6s", "N/A", "N/A", "N/A", "N/A");
-            continue;
-          }
-          double algbw = (double)bytes / sec[ip] / 1e9;
-          double busbw = algbw * o->coll->bus_factor(b->nranks);
-          char nwrong[24] = "N/A";
-          if (wrong[ip] >= 0)
-            snprintf(nwrong, sizeof nwrong, "%ld", wrong[ip]);
-          printf("  %9.2f  %7.2f  %7.2f  %6s", sec[ip] * 1e6, algbw, busbw, nwrong);
-          b->bw_sum += busbw;
+      row_t r = {.bytes = count * t->size,
+                 .count = count,
+                 .type = c->has_size ? t->name : "none",
+                 .op = c->has_op ? op_names[op] : "none",
+                 .root = c->has_root ? o->root : -1};
+      call.count = count;
+      for (int ip = 0; ip < 2; ip++) {
+        call.in_place = ip;
+        measure(b, &call, in, want, &r.m[ip]);
+        for (int lib = 0; lib < NLIBS; lib++)
+          if (r.m[ip].wrong[lib] > 0)
+            b->wrong_total[lib] += r.m[ip].wrong[lib];
+        if (b->rank == 0 && c->has_size && r.m[ip].sec[LIB_DUET] > 0) {
+          b->bw_sum += (double)r.bytes / r.m[ip].sec[LIB_DUET] / 1e9 * c->bus_factor(b->nranks);
           b->bw_count++;
         }
-        printf("\n");
-        fflush(stdout);
       }
-      for (int ip = 0; ip < 2; ip++)
-        if (wrong[ip] > 0)
-          b->wrong_total += wrong[ip];
+      if (b->rank == 0)
+        print_row(b, &r);
       last_count = count;
     }
+    if (!c->has_size)
+      break; /* one row */
     size_t next = o->stepfactor > 1 ? (size_t)((double)size * o->stepfactor) : size + o->stepbytes;
     if (next <= size)
       break; /* overflow or a factor too close to 1 */
     size = next;
   }
+}
+
+static void print_header(bench_t *b, int version) {
+  const opts_t *o = b->o;
+  const coll_t *c = o->coll;
+  const char *upn = getenv("DUET_UPN_PROVIDER"), *hpn = getenv("DUET_HPN_PROVIDER");
+  const char *algo = getenv("DUET_ALGO");
+  char mpiver[MPI_MAX_LIBRARY_VERSION_STRING] = "";
+  int len = 0;
+  MPI_Get_library_version(mpiver, &len);
+  mpiver[strcspn(mpiver, ",\n")] = 0; /* the first words: name and version */
+
+  if (o->format == FMT_CSV) {
+    field_t f[NFIELDS];
+    row_fields(b, NULL, f);
+    for (int i = 0; i < NFIELDS; i++)
+      printf("%s%s", i ? "," : "", f[i].name);
+    printf("\n");
+    return;
+  }
+  if (o->format == FMT_JSON) {
+    char ver[32];
+    snprintf(ver, sizeof ver, "%d.%d.%d", version / 10000, version / 100 % 100, version % 100);
+    printf("{\n  \"benchmark\": \"duet_perf\",\n  \"collective\": \"%s\",\n  \"nranks\": %d,\n",
+           c->name, b->nranks);
+    printf("  \"datatype\": \"%s\",\n", o->dt < 0 ? "all" : dtypes[o->dt].name);
+    printf("  \"op\": \"%s\",\n", !c->has_op ? "none" : o->op < 0 ? "all" : op_names[o->op]);
+    if (c->has_root)
+      printf("  \"root\": %d,\n", o->root);
+    else
+      printf("  \"root\": null,\n");
+    printf("  \"min_bytes\": %zu,\n  \"max_bytes\": %zu,\n", o->minbytes, o->maxbytes);
+    if (o->stepfactor > 1)
+      printf("  \"step_factor\": %g,\n  \"step_bytes\": null,\n", o->stepfactor);
+    else
+      printf("  \"step_factor\": null,\n  \"step_bytes\": %zu,\n", o->stepbytes);
+    printf("  \"iterations\": %d,\n  \"warmup\": %d,\n  \"rounds\": %d,\n  \"check\": %d,\n",
+           o->iters, o->warmup, o->rounds, o->check);
+    printf("  \"time\": \"us, median over rounds of the mean per iteration, averaged over "
+           "ranks\",\n");
+    printf("  \"compare\": %s,\n", o->compare ? "\"mpi\"" : "null");
+    printf("  \"mpi_library\": ");
+    json_str(mpiver);
+    if (c->kind == K_ALLTOALLV)
+      printf(",\n  \"skew\": %g", o->skew);
+    printf(",\n  \"version\": \"%s\",\n  \"library_version\": %d,\n  \"commit\": ", ver, version);
+    json_str_or_null(getenv("DUET_COMMIT"));
+    printf(",\n  \"env\": {\"DUET_UPN_PROVIDER\": ");
+    json_str_or_null(upn);
+    printf(", \"DUET_HPN_PROVIDER\": ");
+    json_str_or_null(hpn);
+    printf(", \"DUET_ALGO\": ");
+    json_str_or_null(algo);
+    printf("},\n  \"rows\": [");
+    return;
+  }
+
+  printf("# duet_perf: %s, %d ranks, duet %d.%d.%d (library %d)\n", c->name, b->nranks,
+         DUET_VERSION_MAJOR, DUET_VERSION_MINOR, DUET_VERSION_PATCH, version);
+  printf("#  minBytes %zu maxBytes %zu step: ", o->minbytes, o->maxbytes);
+  if (o->stepfactor > 1)
+    printf("%g(factor)", o->stepfactor);
+  else
+    printf("%zu(bytes)", o->stepbytes);
+  printf(" warmup iters: %d iters: %d validation: %d\n", o->warmup, o->iters, o->check);
+  printf("#  DUET_UPN_PROVIDER=%s DUET_HPN_PROVIDER=%s DUET_ALGO=%s\n", upn ? upn : "(default)",
+         hpn ? hpn : "(default)", algo ? algo : "(default)");
+  if (o->rounds > 1 || o->compare)
+    printf("#  rounds: %d; time is the median over rounds of the loop's mean per iteration\n",
+           o->rounds);
+  if (o->compare)
+    printf("#  compare: %s, on the same buffers; each round times duet's loop, then MPI's;\n"
+           "#  mpi_time = MPI's time, ratio = mpi_time / time (> 1: duet is faster)\n",
+           mpiver);
+  if (c->kind == K_ALLTOALLV) {
+    size_t *w = malloc(sizeof(size_t) * (size_t)b->nranks);
+    int shown = b->nranks < 8 ? b->nranks : 8;
+    if (!w)
+      MPI_Abort(MPI_COMM_WORLD, 1);
+    skew_counts(1000000, b->nranks, o->skew, w);
+    printf("#  skew %g: weight of destination d = 1/(d+1)^%g%s; share per destination "
+           "(per mille):",
+           o->skew, o->skew, o->skew > 0 && b->nranks / 4 ? ", the last n/4 get nothing" : "");
+    for (int d = 0; d < shown; d++)
+      printf(" %zu", w[d] / 1000);
+    printf("%s; no in-place form\n", b->nranks > shown ? " ..." : "");
+    free(w);
+  }
+}
+
+static void print_columns(const bench_t *b) {
+  const coll_t *c = b->o->coll;
+  int cmp = b->o->compare, width = cmp ? 54 : 35;
+  const char *root = c->has_root ? "      " : "";
+  printf("# %10s  %12s  %10s  %6s%s", "", "", "", "", root);
+  for (int ip = 0; ip < 2; ip++) { /* the group's name centred over its columns */
+    int pad = cmp ? 21 : 12;
+    printf("  %*s%-*s", pad, "", width - pad, ip ? "  in-place" : "out-of-place");
+  }
+  printf("\n# %10s  %12s  %10s  %6s%s", "size", "count", "type", "redop",
+         c->has_root ? "  root" : "");
+  for (int ip = 0; ip < 2; ip++) {
+    printf("  %9s  %7s  %7s  %6s", "time", "algbw", "busbw", "#wrong");
+    if (cmp)
+      printf("  %9s  %6s", "mpi_time", "ratio");
+  }
+  printf("\n# %10s  %12s  %10s  %6s%s", "(B)", "(elements)", "", "", root);
+  for (int ip = 0; ip < 2; ip++) {
+    printf("  %9s  %7s  %7s  %6s", "(us)", "(GB/s)", "(GB/s)", "");
+    if (cmp)
+      printf("  %9s  %6s", "(us)", "");
+  }
+  printf("\n");
 }
 
 int main(int argc, char **argv) {
@@ -749,11 +1329,14 @@ int main(int argc, char **argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &b.rank);
   MPI_Comm_size(MPI_COMM_WORLD, &b.nranks);
   const char *err = parse_opts(argc, argv, &o);
+  if (!err && o.root >= b.nranks)
+    err = OPT_ERR("-r: root %d is out of range: %d ranks (0..%d)", o.root, b.nranks, b.nranks - 1);
   if (err) {
     if (b.rank == 0) {
       if (*err)
-        fprintf(stderr, "duet_perf: %s\n", err);
-      usage(argv[0]);
+        fprintf(stderr, "duet_perf: %s (-h for help)\n", err);
+      else
+        usage(stdout, argv[0]);
     }
     MPI_Finalize();
     return *err ? 2 : 0;
@@ -766,16 +1349,16 @@ int main(int argc, char **argv) {
   /* rank 0 creates the rendezvous; MPI carries its id to everybody */
   memset(&id, 0, sizeof id);
   if (b.rank == 0 && (st = duet_get_unique_id(&id)) < 0)
-    die(&b, st, "duet_get_unique_id");
+    die(&b, LIB_DUET, st, "duet_get_unique_id");
   MPI_Bcast(&id, (int)sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD);
   if ((st = duet_comm_init_rank(&b.comm, b.nranks, id, b.rank, NULL)) < 0)
-    die(&b, st, "duet_comm_init_rank");
+    die(&b, LIB_DUET, st, "duet_comm_init_rank");
   duet_get_version(&version);
 
   /* one allocation for the largest size of the widest type, touched now */
   size_t sbytes = 0, rbytes = 0;
-  for (int d = 0; d < DUET_NUM_DATATYPES; d++) {
-    size_t sz = dtypes[d].size, count = o.maxbytes / sz ? o.maxbytes / sz : 1;
+  for (int d = 0; d < DUET_NUM_DATATYPES && o.coll->has_size; d++) {
+    size_t sz = dtypes[d].size, count = count_of(o.coll, o.maxbytes, &dtypes[d], b.nranks);
     size_t sb = o.coll->send_elems(count, b.nranks) * sz,
            rb = o.coll->recv_elems(count, b.nranks) * sz;
     sbytes = sb > sbytes ? sb : sbytes;
@@ -783,6 +1366,7 @@ int main(int argc, char **argv) {
   }
   b.send = malloc(sbytes + 8);
   b.recv = malloc(rbytes + 8);
+  b.recv_bytes = rbytes;
   if (!b.send || !b.recv) {
     fprintf(stderr, "[rank %d] cannot allocate %zu + %zu bytes\n", b.rank, sbytes, rbytes);
     MPI_Abort(MPI_COMM_WORLD, 1);
@@ -798,56 +1382,21 @@ int main(int argc, char **argv) {
   MPI_Gather(host, 256, MPI_CHAR, hosts, 256, MPI_CHAR, 0, MPI_COMM_WORLD);
   MPI_Gather(&pid, 1, MPI_INT, pids, 1, MPI_INT, 0, MPI_COMM_WORLD);
   if (b.rank == 0) {
-    const char *upn = getenv("DUET_UPN_PROVIDER"), *hpn = getenv("DUET_HPN_PROVIDER");
-    const char *algo = getenv("DUET_ALGO");
-    printf("# duet_perf: %s, %d ranks, duet %d.%d.%d (library %d)\n", o.coll->name, b.nranks,
-           DUET_VERSION_MAJOR, DUET_VERSION_MINOR, DUET_VERSION_PATCH, version);
-    printf("#  minBytes %zu maxBytes %zu step: ", o.minbytes, o.maxbytes);
-    if (o.stepfactor > 1)
-      printf("%g(factor)", o.stepfactor);
-    else
-      printf("%zu(bytes)", o.stepbytes);
-    printf(" warmup iters: %d iters: %d validation: %d\n", o.warmup, o.iters, o.check);
-    printf("#  DUET_UPN_PROVIDER=%s DUET_HPN_PROVIDER=%s DUET_ALGO=%s\n", upn ? upn : "(default)",
-           hpn ? hpn : "(default)", algo ? algo : "(default)");
-    if (o.coll->kind == KIND_ALLTOALLV) {
-      size_t *w = malloc(sizeof(size_t) * (size_t)b.nranks);
-      int shown = b.nranks < 8 ? b.nranks : 8;
-      if (!w)
-        MPI_Abort(MPI_COMM_WORLD, 1);
-      skew_counts(1000000, b.nranks, o.skew, w);
-      printf("#  skew %g: weight of destination d = 1/(d+1)^%g%s; share per destination "
-             "(per mille):",
-             o.skew, o.skew, o.skew > 0 && b.nranks / 4 ? ", the last n/4 get nothing" : "");
-      for (int d = 0; d < shown; d++)
-        printf(" %zu", w[d] / 1000);
-      printf("%s; no in-place form\n", b.nranks > shown ? " ..." : "");
-      free(w);
+    print_header(&b, version);
+    if (o.format == FMT_TABLE) {
+      printf("#\n# Using ranks:\n");
+      for (int r = 0; r < b.nranks; r++)
+        printf("#  Rank %2d Pid %6d on %s\n", r, pids[r], hosts + 256 * (size_t)r);
+      printf("#\n");
+      print_columns(&b);
     }
-    printf("#\n# Using ranks:\n");
-    for (int r = 0; r < b.nranks; r++)
-      printf("#  Rank %2d Pid %6d on %s\n", r, pids[r], hosts + 256 * (size_t)r);
-    printf("#\n");
-    printf("# %10s  %12s  %10s  %6s%s", "", "", "", "", o.coll->has_root ? "      " : "");
-    for (int ip = 0; ip < 2; ip++) /* centred over the group's 35 columns */
-      printf("  %*s%-*s", 12, "", 23, ip ? "  in-place" : "out-of-place");
-    printf("\n");
-    printf("# %10s  %12s  %10s  %6s%s", "size", "count", "type", "redop",
-           o.coll->has_root ? "  root" : "");
-    for (int ip = 0; ip < 2; ip++)
-      printf("  %9s  %7s  %7s  %6s", "time", "algbw", "busbw", "#wrong");
-    printf("\n# %10s  %12s  %10s  %6s%s", "(B)", "(elements)", "", "",
-           o.coll->has_root ? "      " : "");
-    for (int ip = 0; ip < 2; ip++)
-      printf("  %9s  %7s  %7s  %6s", "(us)", "(GB/s)", "(GB/s)", "");
-    printf("\n");
     fflush(stdout);
   }
   free(hosts);
   free(pids);
 
   for (int d = 0; d < DUET_NUM_DATATYPES; d++) {
-    if (o.dt >= 0 && d != o.dt)
+    if (o.coll->has_size ? (o.dt >= 0 && d != o.dt) : d != (o.dt >= 0 ? o.dt : 0))
       continue;
     for (int op = 0; op < DUET_NUM_OPS; op++) {
       if (o.coll->has_op ? (o.op >= 0 && op != o.op) : op > 0)
@@ -857,14 +1406,35 @@ int main(int argc, char **argv) {
   }
 
   if ((st = duet_comm_destroy(b.comm)) < 0)
-    die(&b, st, "duet_comm_destroy");
+    die(&b, LIB_DUET, st, "duet_comm_destroy");
   free(b.send);
   free(b.recv);
   if (b.rank == 0) {
-    printf("# Out of bounds values : %ld %s\n", b.wrong_total, b.wrong_total ? "FAILED" : "OK");
-    printf("# Avg bus bandwidth : %g\n", b.bw_count ? b.bw_sum / (double)b.bw_count : 0.0);
-    printf("#\n");
+    double avg = b.bw_count ? b.bw_sum / (double)b.bw_count : 0.0;
+    int mpi_checked = o.compare && o.check && o.coll->kind != K_BARRIER;
+    if (o.format == FMT_TABLE) {
+      printf("# Out of bounds values : %ld %s\n", b.wrong_total[LIB_DUET],
+             b.wrong_total[LIB_DUET] ? "FAILED" : "OK");
+      if (mpi_checked)
+        printf("# MPI out of bounds values : %ld %s\n", b.wrong_total[LIB_MPI],
+               b.wrong_total[LIB_MPI] ? "FAILED" : "OK");
+      printf("# Avg bus bandwidth : %g\n", avg);
+      printf("#\n");
+    } else if (o.format == FMT_JSON) {
+      printf("\n  ],\n  \"wrong\": ");
+      if (o.check && o.coll->kind != K_BARRIER)
+        printf("%ld", b.wrong_total[LIB_DUET]);
+      else
+        printf("null");
+      printf(",\n  \"mpi_wrong\": ");
+      if (mpi_checked)
+        printf("%ld", b.wrong_total[LIB_MPI]);
+      else
+        printf("null");
+      printf(",\n  \"avg_busbw\": %.4f\n}\n", avg);
+    }
+    fflush(stdout);
   }
   MPI_Finalize();
-  return b.wrong_total ? 1 : 0;
+  return b.wrong_total[LIB_DUET] || b.wrong_total[LIB_MPI] ? 1 : 0;
 }
