@@ -60,6 +60,14 @@ typedef struct duet__tp_ops {
   duet_status_t (*progress)(duet__tp_ep_t *ep, char *errbuf);
   /* Close; outstanding requests are abandoned (never completed). */
   void (*close)(duet__tp_ep_t *ep);
+  /* Optional (NULL: the endpoint cannot block). Ask whether the caller may
+   * sleep until the network has work: DUET_SUCCESS with *fd set to a
+   * descriptor that polls readable when it has (nothing is pending that only
+   * progress() would find), or to -1 when nothing can arrive from outside
+   * (no descriptor needed); DUET_IN_PROGRESS when progress() must run first;
+   * DUET_ERR_UNSUPPORTED when this endpoint has no such descriptor. Used only
+   * when params->yield is set (more ranks than cores). */
+  duet_status_t (*wait_fd)(duet__tp_ep_t *ep, int *fd, char *errbuf);
 } duet__tp_ops_t;
 
 extern const duet__tp_ops_t duet__tp_ofi;

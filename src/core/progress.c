@@ -8,6 +8,7 @@
  * call does what it can and returns. Blocking calls are post + wait, and
  * every wait has the communicator's deadline.
  */
+#include <poll.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,12 @@
 #include "core/comm.h"
 #include "core/log.h"
 #include "reduce/reduce.h"
+
+/* An oversubscribed rank waiting for a request sleeps on its networks' wait
+ * descriptors after this many polls in a row found nothing to do, for at
+ * most DUET_IDLE_SLEEP_MS at a time (so it still checks its deadline). */
+#define DUET_IDLE_POLLS 4
+#define DUET_IDLE_SLEEP_MS 20
 
 static const char *duet__net_name(int net) {
   return net == DUET_NET_UPN ? "UPN" : net == DUET_NET_HPN ? "HPN" : "self";
@@ -198,12 +205,13 @@ static int duet__request_advance(duet_request_t *req) {
   return moved;
 }
 
-/* Drive every network, then every active request. Returns a negative status
- * only when the communicator itself failed. */
-duet_status_t duet__progress(duet_comm_t *comm) {
+/* Drive every network, then every active request; *moved says whether any
+ * request advanced. Returns a negative status only when the communicator
+ * itself failed. */
+static duet_status_t duet__progress_once(duet_comm_t *comm, int *moved) {
   char errbuf[DUET_TP_ERRLEN] = "";
-  int moved = 0;
 
+  *moved = 0;
   for (int n = 0; n < DUET_NET_COUNT; n++) {
     duet__net_t *net = &comm->nets->net[n];
     duet_status_t rc;
@@ -220,11 +228,55 @@ duet_status_t duet__progress(duet_comm_t *comm) {
   }
   for (duet_request_t *req = comm->active_head, *next; req != NULL; req = next) {
     next = req->next;
-    moved |= duet__request_advance(req);
+    *moved |= duet__request_advance(req);
   }
-  if (!moved && comm->yield)
-    sched_yield();
   return DUET_SUCCESS;
+}
+
+duet_status_t duet__progress(duet_comm_t *comm) {
+  int moved;
+  duet_status_t rc = duet__progress_once(comm, &moved);
+  if (rc == DUET_SUCCESS && !moved && comm->yield)
+    sched_yield();
+  return rc;
+}
+
+/* An oversubscribed rank with nothing to do sleeps until one of its networks
+ * has work, at most max_ms: spinning, even with sched_yield, takes CPU time
+ * from the ranks it waits for. It polls the networks' wait descriptors when
+ * every network has one and says blocking is safe; otherwise it yields. */
+static void duet__idle_sleep(duet_comm_t *comm, int max_ms) {
+  struct pollfd fds[DUET_NET_COUNT];
+  int nfds = 0;
+
+  for (int n = 0; n < DUET_NET_COUNT; n++) {
+    duet__net_t *net = &comm->nets->net[n];
+    char errbuf[DUET_TP_ERRLEN];
+    int fd = -1;
+    duet_status_t rc;
+    if (net->ep == NULL)
+      continue;
+    if (net->ops->wait_fd == NULL) {
+      sched_yield();
+      return;
+    }
+    rc = net->ops->wait_fd(net->ep, &fd, errbuf);
+    if (rc != DUET_SUCCESS) { /* work is waiting, or no descriptor */
+      sched_yield();
+      return;
+    }
+    if (fd >= 0) {
+      fds[nfds].fd = fd;
+      fds[nfds].events = POLLIN;
+      fds[nfds].revents = 0;
+      nfds++;
+    }
+  }
+  if (nfds == 0 || max_ms <= 0) {
+    sched_yield();
+    return;
+  }
+  (void)poll(fds, (nfds_t)nfds, max_ms);
 }
 
 /* The cached schedule for these arguments, or DUET_SCHED_CACHE. */
@@ -548,22 +600,30 @@ static void duet__timeout_message(duet_request_t *req, uint64_t waited_ms) {
 duet_status_t duet__request_wait(duet_request_t *req) {
   duet_comm_t *comm = req->comm;
   const uint64_t limit_ns = (uint64_t)comm->cfg.timeout_ms * 1000000ull;
-  unsigned spins = 0;
+  unsigned spins = 0, idle = 0;
 
   while (!req->complete) {
-    duet_status_t rc = duet__progress(comm);
-    if (rc < 0)
+    int moved;
+    duet_status_t rc = duet__progress_once(comm, &moved);
+    if (rc < 0 || req->complete)
       break;
-    if (req->complete)
-      break;
-    if ((++spins & 255) == 0) {
+    idle = moved ? 0 : idle + 1;
+    /* check the deadline every 256 polls, and before every sleep */
+    if ((++spins & 255) == 0 || (comm->yield && idle >= DUET_IDLE_POLLS)) {
       uint64_t waited = duet__now_ns() - req->start_ns;
       if (waited > limit_ns) {
         duet__timeout_message(req, waited / 1000000ull);
         duet__comm_fail_pending(comm, DUET_ERR_TIMEOUT);
         break;
       }
+      if (comm->yield && idle >= DUET_IDLE_POLLS) {
+        uint64_t left_ms = (limit_ns - waited) / 1000000ull + 1;
+        duet__idle_sleep(comm, left_ms < DUET_IDLE_SLEEP_MS ? (int)left_ms : DUET_IDLE_SLEEP_MS);
+        continue;
+      }
     }
+    if (!moved && comm->yield)
+      sched_yield();
   }
   return req->status;
 }

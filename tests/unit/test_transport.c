@@ -366,9 +366,45 @@ static int many_buffers(pair_t *p) {
   return 0;
 }
 
+/* Oversubscribed endpoints (yield = 1) offer a wait descriptor: rank 1 posts
+ * a receive, progresses until fi_trywait says it may sleep, lets rank 0 send
+ * and sleeps in poll(); the descriptor must wake it when the message comes
+ * (well before the 5 s poll timeout), and the receive must then complete. */
+static int sleep_and_wake(pair_t *p) {
+  static unsigned char buf[64];
+  duet__tp_req_t req;
+  char go = 'g';
+  int fd = -1;
+  if (p->rank == 0) {
+    CHECK(p, pipe_io(p->rfd, &go, 1, 0) == 0, "wait for go");
+    memset(buf, 0x3c, sizeof buf);
+    CHECK(p, pair_post(p, 0, p->other, buf, sizeof buf, 77, &req) == DUET_SUCCESS, "isend");
+    CHECK(p, pair_wait(p, &req) == 0 && req.status == DUET_SUCCESS, "send");
+    return 0;
+  }
+  memset(buf, 0, sizeof buf);
+  CHECK(p, pair_post(p, 1, p->other, buf, sizeof buf, 77, &req) == DUET_SUCCESS, "irecv");
+  duet_status_t st = DUET_IN_PROGRESS;
+  double deadline = now() + WAIT_SEC;
+  while (st == DUET_IN_PROGRESS && now() < deadline) {
+    CHECK(p, p->tp->progress(p->ep, p->err) >= 0, "progress");
+    st = p->tp->wait_fd(p->ep, &fd, p->err);
+  }
+  CHECK(p, st == DUET_SUCCESS && fd >= 0, "wait_fd: status %d, fd %d", (int)st, fd);
+  CHECK(p, pipe_io(p->wfd, &go, 1, 1) == 0, "send go");
+  struct pollfd pfd = {.fd = fd, .events = POLLIN};
+  double t0 = now();
+  int n = poll(&pfd, 1, 5000);
+  double waited = now() - t0;
+  CHECK(p, n == 1 && waited < 4.0, "poll on the wait descriptor: %d after %.3f s", n, waited);
+  CHECK(p, pair_wait(p, &req) == 0 && req.status == DUET_SUCCESS, "recv after the wake-up");
+  CHECK(p, req.len == sizeof buf && buf[0] == 0x3c && buf[sizeof buf - 1] == 0x3c, "payload");
+  return 0;
+}
+
 /* One side of the pair test: open, exchange addresses, run everything. */
-static int pair_side(pair_t *p, const char *prov, const char *iface) {
-  duet__tp_params_t params = {.provider = prov, .iface = iface, .yield = 0};
+static int pair_side(pair_t *p, const char *prov, const char *iface, int yield) {
+  duet__tp_params_t params = {.provider = prov, .iface = iface, .yield = yield};
   unsigned char addrs[2][DUET_TP_ADDR_MAX];
   size_t addrlens[2];
   char bye = 'b';
@@ -393,7 +429,8 @@ static int pair_side(pair_t *p, const char *prov, const char *iface) {
         "insert_peers");
 
   ret = pingpong(p, 8, 1) || pingpong(p, BIG, 2) || many_tags(p) || zero_and_truncated(p) ||
-        pingpong(p, 8, 5) || many_buffers(p) || to_self_and_reserved(p);
+        pingpong(p, 8, 5) || many_buffers(p) || to_self_and_reserved(p) ||
+        (yield && sleep_and_wake(p));
   if (ret)
     return ret;
   /* both sides done before either closes */
@@ -403,7 +440,7 @@ static int pair_side(pair_t *p, const char *prov, const char *iface) {
   return 0;
 }
 
-static void run_pair(const char *prov, const char *iface) {
+static void run_pair(const char *prov, const char *iface, int yield) {
   int p2c[2], c2p[2], status = 0, ret;
   pair_t parent = {.rank = 0};
   pid_t pid, w;
@@ -418,7 +455,7 @@ static void run_pair(const char *prov, const char *iface) {
     pair_t child = {.rank = 1, .rfd = p2c[0], .wfd = c2p[1]};
     close(p2c[1]);
     close(c2p[0]);
-    ret = pair_side(&child, prov, iface);
+    ret = pair_side(&child, prov, iface, yield);
     fflush(NULL);
     _exit(ret);
   }
@@ -426,7 +463,7 @@ static void run_pair(const char *prov, const char *iface) {
   close(c2p[1]);
   parent.rfd = c2p[0];
   parent.wfd = p2c[1];
-  ret = pair_side(&parent, prov, iface);
+  ret = pair_side(&parent, prov, iface, yield);
   if (ret) /* the child may be waiting for us */
     kill(pid, SIGKILL);
 
@@ -448,11 +485,15 @@ static void run_pair(const char *prov, const char *iface) {
 }
 
 Test(transport_ofi, tcp_loopback, .timeout = 120) {
-  run_pair("tcp", "lo");
+  run_pair("tcp", "lo", 0);
+}
+
+Test(transport_ofi, tcp_oversubscribed_sleeps, .timeout = 120) {
+  run_pair("tcp", "lo", 1);
 }
 
 Test(transport_ofi, shm, .timeout = 120) {
-  run_pair("shm", NULL);
+  run_pair("shm", NULL, 0);
 }
 
 /* tcp and shm need no registration; force it to run the registration cache */
@@ -460,12 +501,12 @@ extern int duet__ofi_test_force_mr;
 
 Test(transport_ofi, tcp_registered, .timeout = 120) {
   duet__ofi_test_force_mr = 1;
-  run_pair("tcp", "lo");
+  run_pair("tcp", "lo", 0);
 }
 
 Test(transport_ofi, shm_registered, .timeout = 120) {
   duet__ofi_test_force_mr = 1;
-  run_pair("shm", NULL);
+  run_pair("shm", NULL, 0);
 }
 
 Test(transport_ofi, nonexistent_provider) {

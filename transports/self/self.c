@@ -171,6 +171,14 @@ static duet_status_t self_progress(duet__tp_ep_t *ep, char *errbuf) {
   return DUET_SUCCESS;
 }
 
+/* Nothing arrives from outside: every message completes inside a post. */
+static duet_status_t self_wait_fd(duet__tp_ep_t *ep, int *fd, char *errbuf) {
+  (void)ep;
+  (void)errbuf;
+  *fd = -1;
+  return DUET_SUCCESS;
+}
+
 static duet_status_t self_open(const duet__tp_params_t *params, duet__tp_ep_t **out, char *errbuf) {
   self_ep_t *e;
   (void)params;
@@ -239,4 +247,5 @@ const duet__tp_ops_t duet__tp_self = {
     .irecv = self_irecv,
     .progress = self_progress,
     .close = self_close,
+    .wait_fd = self_wait_fd,
 };
