@@ -206,6 +206,9 @@ void duet__comm_shape(duet_comm_t *comm) {
   for (int k = 0; k < comm->layout.nsupernodes; k++)
     if (comm->layout.sn_size[k] > sh->local_size)
       sh->local_size = comm->layout.sn_size[k];
+  sh->one_host = comm->one_host;
+  sh->oversubscribed = comm->yield;
+  snprintf(sh->upn_provider, sizeof(sh->upn_provider), "%s", upn);
   duet__tune_net_defaults(upn, &sh->upn_lat_us, &sh->upn_bw_gbps);
   duet__tune_net_defaults(hpn, &sh->hpn_lat_us, &sh->hpn_bw_gbps);
   if (comm->cfg.upn_lat_us > 0)

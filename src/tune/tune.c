@@ -20,6 +20,7 @@
 #include "tune/tune.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "core/log.h"
@@ -403,6 +404,85 @@ static double duet__tune_cost_dims(const duet__tune_dims_t *d, int coll, int alg
   return DUET_TUNE_HUGE;
 }
 
+/*
+ * The calibration table: measured crossovers for communicators whose ranks
+ * all sit on one host and form one super-node, where the model misses what
+ * dominates there. With more ranks than cores every step of an algorithm
+ * waits for the scheduler to run its peer, so algorithms with fewer steps
+ * win far beyond where the model moves to the ring (at 4 ranks on 2 cores
+ * over tcp, Rabenseifner beats the ring by 1.3x at 2 MiB); and over
+ * libfabric's shm the exchange of whole buffers (recursive doubling) stays
+ * ahead at 2 ranks up to megabytes.
+ *
+ * Measured on the 2-core reference machine with
+ *   DUET_UPN_PROVIDER=<tcp|shm> DUET_ALGO=<coll>=<algo> mpirun -np <2|4>
+ *     perf/duet_perf -o <coll> -b 8 -e 16M -f 4 -n 20 -w 5 --rounds 3
+ * for every algorithm, the median of three such sweeps; a row ends where
+ * another algorithm became faster. np 2 is not oversubscribed, np 4 is; the
+ * np 4 rows are used for 3 to 8 oversubscribed ranks. Where two algorithms
+ * were within 10%, the row keeps the one the neighbouring sizes chose.
+ * Medians (us), tcp = tcp;ofi_rxm with duet's rxm defaults:
+ *   allreduce tcp np2: 32K rd 12.4 / rab 20.7; 128K rab 38.4 / ring 40.0 /
+ *     rd 55.1; 512K rd 131 / rab 139; 2M ring 595 / rab 665; 8M ring 2616
+ *   allreduce tcp np4: 32K rd 67 / rab 86; 128K rab 138 / rd 286; 512K ring
+ *     565 / rab 606; 2M rab 2093 / ring 2713; 8M rab 9455 / ring 11182
+ *   alltoall tcp np4: 8K bruck 41 / pairwise 47; 32K pairwise 52 / bruck 68
+ *   allreduce shm np2: 2K rd 1.8 / rab 2.3; 8K ring 3.0 / rab 3.1 / rd 7.3;
+ *     2M rd 289 / rab 385; 8M rab 1690 / rd 1708
+ *   allreduce shm np4: 2K rd 8.0 / rab 9.4; 8K rab 11.1 / ring 14.3 / rd 27;
+ *     2M rab 848 / ring 1347
+ *   alltoall shm np4: 128 B bruck 8.8 / pairwise 9.2; 512 B pairwise 5.4 /
+ *     bruck 8.7; alltoall np2 (both): pairwise, or within 12%
+ * The table applies only when nothing forces the algorithm; other shapes (and
+ * other providers) use the model.
+ */
+static const struct duet__tune_calib {
+  const char *provider; /* the UPN provider's first component */
+  int oversubscribed;
+  int pmin, pmax; /* rank counts */
+  int coll;
+  size_t max_bytes; /* this row's algorithm up to here */
+  int algo;
+} duet__tune_calib_table[] = {
+    {"tcp", 0, 2, 2, DUET_COLL_ALLREDUCE, 64u << 10, DUET_ALGO_RD},
+    {"tcp", 0, 2, 2, DUET_COLL_ALLREDUCE, 256u << 10, DUET_ALGO_RABENSEIFNER},
+    {"tcp", 0, 2, 2, DUET_COLL_ALLREDUCE, 1u << 20, DUET_ALGO_RD},
+    {"tcp", 0, 2, 2, DUET_COLL_ALLREDUCE, SIZE_MAX, DUET_ALGO_RING},
+    {"tcp", 0, 2, 2, DUET_COLL_ALLTOALL, SIZE_MAX, DUET_ALGO_PAIRWISE},
+    {"tcp", 1, 3, 8, DUET_COLL_ALLREDUCE, 64u << 10, DUET_ALGO_RD},
+    {"tcp", 1, 3, 8, DUET_COLL_ALLREDUCE, SIZE_MAX, DUET_ALGO_RABENSEIFNER},
+    {"tcp", 1, 3, 8, DUET_COLL_ALLTOALL, 16u << 10, DUET_ALGO_BRUCK},
+    {"tcp", 1, 3, 8, DUET_COLL_ALLTOALL, SIZE_MAX, DUET_ALGO_PAIRWISE},
+    {"shm", 0, 2, 2, DUET_COLL_ALLREDUCE, 4u << 10, DUET_ALGO_RD},
+    {"shm", 0, 2, 2, DUET_COLL_ALLREDUCE, 16u << 10, DUET_ALGO_RABENSEIFNER},
+    {"shm", 0, 2, 2, DUET_COLL_ALLREDUCE, 4u << 20, DUET_ALGO_RD},
+    {"shm", 0, 2, 2, DUET_COLL_ALLREDUCE, SIZE_MAX, DUET_ALGO_RABENSEIFNER},
+    {"shm", 0, 2, 2, DUET_COLL_ALLTOALL, SIZE_MAX, DUET_ALGO_PAIRWISE},
+    {"shm", 1, 3, 8, DUET_COLL_ALLREDUCE, 4u << 10, DUET_ALGO_RD},
+    {"shm", 1, 3, 8, DUET_COLL_ALLREDUCE, SIZE_MAX, DUET_ALGO_RABENSEIFNER},
+    {"shm", 1, 3, 8, DUET_COLL_ALLTOALL, 256, DUET_ALGO_BRUCK},
+    {"shm", 1, 3, 8, DUET_COLL_ALLTOALL, SIZE_MAX, DUET_ALGO_PAIRWISE},
+};
+
+/* The table's algorithm for this call, or DUET_ALGO_AUTO (no row: use the
+ * model). Every rank of the communicator sees the same shape, so every rank
+ * gets the same answer. */
+static int duet__tune_calibrated(const duet__tune_shape_t *sh, int coll, size_t bytes) {
+  const size_t rows = sizeof(duet__tune_calib_table) / sizeof(duet__tune_calib_table[0]);
+  size_t n = strcspn(sh->upn_provider, ";");
+
+  if (!sh->one_host || sh->nsupernodes > 1)
+    return DUET_ALGO_AUTO;
+  for (size_t i = 0; i < rows; i++) {
+    const struct duet__tune_calib *r = &duet__tune_calib_table[i];
+    if (r->coll == coll && r->oversubscribed == (sh->oversubscribed != 0) &&
+        sh->nranks >= r->pmin && sh->nranks <= r->pmax && strlen(r->provider) == n &&
+        strncmp(sh->upn_provider, r->provider, n) == 0 && bytes <= r->max_bytes)
+      return r->algo;
+  }
+  return DUET_ALGO_AUTO;
+}
+
 double duet__tune_cost_us(const duet__tune_shape_t *shape, int coll, int algo, size_t bytes) {
   duet__tune_dims_t d;
   if (duet__tune_dims(shape, &d))
@@ -429,6 +509,9 @@ duet__tune_choice_t duet__tune_pick(const duet__tune_shape_t *shape, int coll, s
     why = "not tuned"; /* one message */
     if (ok)
       ch.est_us = duet__tune_xfer(d.flat, (double)bytes);
+  } else if (ok && (ch.algo = duet__tune_calibrated(shape, coll, bytes)) != DUET_ALGO_AUTO) {
+    why = "calibration table";
+    ch.est_us = duet__tune_cost_dims(&d, coll, ch.algo, bytes);
   } else {
     /* cheapest valid algorithm; ties (within rounding: equal models such as
      * binomial and chain on 3 ranks) go to the earlier, simpler one */

@@ -1,7 +1,8 @@
 /*
  * tune.h - pick the algorithm and chunk size of a call from an alpha-beta
  * cost model per network (latency per message, bandwidth per rank), the
- * collective, the size, the rank count and the super-node shape. DUET_ALGO
+ * collective, the size, the rank count and the super-node shape, or, for
+ * the shapes it covers, from a table of measured crossovers. DUET_ALGO
  * forces a choice.
  */
 #ifndef DUET_TUNE_H
@@ -18,6 +19,10 @@ typedef struct duet__tune_shape {
   int uniform;    /* every super-node has local_size ranks */
   double upn_lat_us, upn_bw_gbps; /* the model's parameters for each network */
   double hpn_lat_us, hpn_bw_gbps;
+  /* For the calibration table (measured on one host): every rank on one
+   * host, more ranks than cores there, and the UPN's provider. */
+  int one_host, oversubscribed;
+  char upn_provider[64];
 } duet__tune_shape_t;
 
 typedef struct duet__tune_choice {

@@ -4,6 +4,8 @@
  * not apply. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
+#include <string.h>
 
 #include "core/log.h"
 #include "tune/tune.h"
@@ -356,4 +358,76 @@ Test(tune, trace_each_pick) {
   cr_assert_eq(duet__tune_pick(NULL, DUET_COLL_ALLREDUCE, 8, NULL).algo, DUET_ALGO_RING);
   duet__log_level = DUET_LOG_WARN;
   duet__log_subsys = DUET_SUB_ALL;
+}
+
+/* One host, one super-node of p ranks over `prov`: the calibration table's
+ * shapes. */
+static duet__tune_shape_t host_shape(const char *prov, int p, int oversubscribed) {
+  duet__tune_shape_t s = {0};
+  s.nranks = p;
+  s.nsupernodes = 1;
+  s.local_size = p;
+  s.uniform = 1;
+  s.one_host = 1;
+  s.oversubscribed = oversubscribed;
+  snprintf(s.upn_provider, sizeof(s.upn_provider), "%s", prov);
+  duet__tune_net_defaults(prov, &s.upn_lat_us, &s.upn_bw_gbps);
+  duet__tune_net_defaults("tcp", &s.hpn_lat_us, &s.hpn_bw_gbps);
+  return s;
+}
+
+/* The measured crossovers replace the model on one host, and only there. */
+Test(tune, calibration_table_on_one_host) {
+  duet__tune_shape_t s = host_shape("tcp;ofi_rxm", 4, 1);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 8), DUET_ALGO_RD);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 32 * KiB), DUET_ALGO_RD);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 2 * MiB), DUET_ALGO_RABENSEIFNER);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 64 * MiB), DUET_ALGO_RABENSEIFNER);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLTOALL, 8 * KiB), DUET_ALGO_BRUCK);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLTOALL, 32 * KiB), DUET_ALGO_PAIRWISE);
+  /* the model alone picks the ring for 8 MiB over tcp on 4 ranks */
+  s.one_host = 0;
+  cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 8 * MiB), DUET_ALGO_RING);
+  s = host_shape("tcp", 4, 0); /* not oversubscribed: no row, the model */
+  cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 8 * MiB), DUET_ALGO_RING);
+  s = host_shape("tcp", 2, 0);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 128 * KiB), DUET_ALGO_RABENSEIFNER);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 8 * MiB), DUET_ALGO_RING);
+  s = host_shape("shm", 4, 1);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 2 * MiB), DUET_ALGO_RABENSEIFNER);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLTOALL, 128), DUET_ALGO_BRUCK);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLTOALL, 512), DUET_ALGO_PAIRWISE);
+  s = host_shape("verbs", 4, 1); /* a provider the table does not know */
+  cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 8 * MiB), DUET_ALGO_RING);
+  s = host_shape("tcp", 16, 1); /* more ranks than the table was measured for */
+  cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 64 * MiB), DUET_ALGO_RING);
+
+  /* DUET_ALGO still wins */
+  duet__algo_force_t force;
+  memset(&force, 0, sizeof(force));
+  force.coll[DUET_COLL_ALLREDUCE] = DUET_ALGO_RING;
+  s = host_shape("tcp", 4, 1);
+  cr_assert_eq(duet__tune_pick(&s, DUET_COLL_ALLREDUCE, 2 * MiB, &force).algo, DUET_ALGO_RING);
+
+  /* a multi-super-node shape on one host (emulated super-nodes) uses the model */
+  s = host_shape("tcp", 4, 1);
+  s.nsupernodes = 2;
+  s.local_size = 2;
+  cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 64 * MiB), DUET_ALGO_HIER);
+}
+
+/* Every pick the table makes is valid for its collective, at every size. */
+Test(tune, calibration_table_picks_are_valid) {
+  static const char *const provs[] = {"tcp", "shm"};
+  for (int pi = 0; pi < 2; pi++)
+    for (int p = 2; p <= 8; p++)
+      for (int o = 0; o < 2; o++) {
+        duet__tune_shape_t s = host_shape(provs[pi], p, o);
+        for (size_t k = 0; k < NTUNED; k++)
+          for (double b = 1; b <= (double)GiB; b *= 1.5) {
+            int a = pick(&s, tuned_colls[k], (size_t)b);
+            cr_assert(duet__algo_valid(tuned_colls[k], a), "%s %d ranks %s: %s at %zu B",
+                      provs[pi], p, o ? "oversubscribed" : "", duet__algo_name(a), (size_t)b);
+          }
+      }
 }
