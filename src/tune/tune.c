@@ -224,9 +224,15 @@ static double duet__rs_ring(int p, double S, duet__tune_net_t n, double c) {
 
 /* --- the model --------------------------------------------------------- */
 
+/* Whether the shape's UPN moves messages over TCP (tcp, tcp;ofi_rxm). */
+static int duet__tune_upn_tcp(const duet__tune_shape_t *sh) {
+  return sh && strncmp(sh->upn_provider, "tcp", 3) == 0 &&
+         (sh->upn_provider[3] == '\0' || sh->upn_provider[3] == ';');
+}
+
 /* The shape as the model uses it: sizes clamped to sane values. */
 typedef struct duet__tune_dims {
-  int p, N, L, uniform, multi;
+  int p, N, L, uniform, multi, upn_tcp;
   duet__tune_net_t upn, hpn, flat;
 } duet__tune_dims_t;
 
@@ -240,15 +246,18 @@ static int duet__tune_dims(const duet__tune_shape_t *sh, duet__tune_dims_t *d) {
   d->uniform = sh->uniform != 0;
   d->multi = d->N > 1;
   d->flat = d->multi ? d->hpn : d->upn;
+  d->upn_tcp = duet__tune_upn_tcp(sh);
   return 0;
 }
 
-/* The chunk size of one call: 256 KiB, 64 KiB under 4 MiB on UPN-only shapes,
- * for a pipelined chain at most a quarter of the message (rounded up, so the
- * message makes at most 4 chunks), never below 4 KiB. */
-static size_t duet__tune_chunk(int nsupernodes, int algo, size_t bytes) {
+/* The chunk size of one call: 256 KiB, 64 KiB under 4 MiB on UPN-only shapes
+ * unless the UPN is tcp (there each message costs more than its bytes: a
+ * 2 MiB ring allreduce on 2 ranks takes 506 us in 256 KiB chunks, 591 us in
+ * 64 KiB ones), for a pipelined chain at most a quarter of the message
+ * (rounded up, so the message makes at most 4 chunks), never below 4 KiB. */
+static size_t duet__tune_chunk(int nsupernodes, int upn_tcp, int algo, size_t bytes) {
   size_t c = DUET_TUNE_CHUNK_MAX;
-  if (nsupernodes <= 1 && bytes < DUET_TUNE_SMALL_UPN)
+  if (nsupernodes <= 1 && !upn_tcp && bytes < DUET_TUNE_SMALL_UPN)
     c = DUET_TUNE_CHUNK_UPN;
   if (algo == DUET_ALGO_CHAIN && c > bytes / 4 + (bytes % 4 != 0))
     c = bytes / 4 + (bytes % 4 != 0);
@@ -377,7 +386,7 @@ static double duet__tune_alltoall(const duet__tune_dims_t *d, int algo, double S
 
 static double duet__tune_cost_dims(const duet__tune_dims_t *d, int coll, int algo, size_t bytes) {
   const double S = (double)bytes;
-  const double c = (double)duet__tune_chunk(d->N, algo, bytes);
+  const double c = (double)duet__tune_chunk(d->N, d->upn_tcp, algo, bytes);
 
   if (algo == DUET_ALGO_AUTO || !duet__algo_valid(coll, algo))
     return DUET_TUNE_HUGE;
@@ -528,7 +537,7 @@ duet__tune_choice_t duet__tune_pick(const duet__tune_shape_t *shape, int coll, s
     if (!ok)
       why = "bad shape, first algorithm";
   }
-  ch.chunk_bytes = duet__tune_chunk(nsn, ch.algo, bytes);
+  ch.chunk_bytes = duet__tune_chunk(nsn, ok && d.upn_tcp, ch.algo, bytes);
   DUET_TRACE(DUET_SUB_TUNE,
              "%s %zu bytes on %d ranks (%d super-nodes of %d%s): %s (%s), chunk %zu, "
              "est %.1f us",

@@ -313,6 +313,12 @@ Test(tune, chunk_sizes) {
   cr_assert_eq(duet__tune_pick(&one, DUET_COLL_ALLREDUCE, 4 * MiB, NULL).chunk_bytes, 256 * KiB);
   cr_assert_eq(duet__tune_pick(&many, DUET_COLL_ALLREDUCE, MiB, NULL).chunk_bytes, 256 * KiB);
   cr_assert_eq(duet__tune_pick(&many, DUET_COLL_ALLREDUCE, 8, NULL).chunk_bytes, 256 * KiB);
+  /* a tcp UPN keeps 256 KiB chunks at every size */
+  duet__tune_shape_t tcp1 = one;
+  snprintf(tcp1.upn_provider, sizeof(tcp1.upn_provider), "tcp;ofi_rxm");
+  cr_assert_eq(duet__tune_pick(&tcp1, DUET_COLL_ALLREDUCE, MiB, NULL).chunk_bytes, 256 * KiB);
+  snprintf(tcp1.upn_provider, sizeof(tcp1.upn_provider), "tcpx");
+  cr_assert_eq(duet__tune_pick(&tcp1, DUET_COLL_ALLREDUCE, MiB, NULL).chunk_bytes, 64 * KiB);
   /* pipelined chains: at least 4 chunks, at least 4 KiB each */
   cr_assert_eq(duet__tune_pick(&one, DUET_COLL_BROADCAST, 64 * KiB, &chain).chunk_bytes, 16 * KiB);
   cr_assert_eq(duet__tune_pick(&many, DUET_COLL_REDUCE, 512 * KiB, &chain).chunk_bytes, 128 * KiB);
