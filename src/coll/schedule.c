@@ -118,6 +118,12 @@ uint32_t duet__sched_add(duet__sched_t *s, const duet__step_t *st, const uint32_
     if (s->view.ranks != NULL)
       dst->peer = s->view.ranks[st->peer];
     dst->msg = st->msg + s->view.msg_base;
+    /* a builder keeps below DUET_PHASE_MSGS per phase, and the whole call
+     * below what a tag holds; past either, messages of different steps
+     * would share a tag */
+    if ((st->msg >= DUET_PHASE_MSGS || dst->msg >= DUET_TAG_MSGS || dst->msg < st->msg) &&
+        s->bad_msg == 0)
+      s->bad_msg = st->msg + 1;
   }
   dst->dep_first = s->ndeps;
   for (i = 0; i < ndeps; i++)
@@ -198,6 +204,8 @@ duet_status_t duet__sched_finalize(duet__sched_t *s) {
 
   if (s->oom)
     return DUET_ERR_NO_MEMORY;
+  if (s->bad_msg)
+    return DUET_ERR_UNSUPPORTED;
   free(s->outs);
   s->outs = malloc(((size_t)s->ndeps + 1) * sizeof(*s->outs));
   fill = calloc((size_t)s->nsteps + 1, sizeof(*fill));

@@ -31,6 +31,7 @@ enum {
 
 #define DUET_STEP_NONE UINT32_MAX
 #define DUET_PHASE_MSGS (1u << 19) /* message ids one phase of a flat builder may use */
+#define DUET_TAG_MSGS (1u << 24)   /* message ids a tag holds (core/comm.h): one call's limit */
 #define DUET_HIER_MSGS (1u << 21)  /* message ids of one phase of a hierarchical builder */ /* "no step": a dependency on it is dropped */
 
 typedef struct duet__ref {
@@ -74,6 +75,7 @@ typedef struct duet__sched {
   uint64_t scratch_bytes;
   uint32_t max_msg; /* largest msg id used + 1 */
   int oom;          /* an add failed: the schedule is unusable */
+  uint32_t bad_msg; /* a builder's message id outside its range (0: none), see finalize */
   duet__view_t view; /* applied to every step added */
   uint32_t phase_first; /* first step of the current phase */
 } duet__sched_t;
@@ -109,7 +111,9 @@ void duet__sched_need_scratch(duet__sched_t *s, uint64_t bytes);
  * the phase message ids no other phase between the same ranks uses, and must
  * be the same on every rank of the phase: a builder's own phases add
  * DUET_PHASE_MSGS to the view's base; the hierarchy gives its phases
- * DUET_HIER_MSGS * k. A flat builder's messages stay below DUET_PHASE_MSGS. */
+ * DUET_HIER_MSGS * k. A flat builder's messages stay below DUET_PHASE_MSGS;
+ * duet__sched_add records the first id past that (or past DUET_TAG_MSGS) in
+ * bad_msg and duet__sched_finalize then fails with DUET_ERR_UNSUPPORTED. */
 void duet__sched_phase(duet__sched_t *s, const duet__view_t *v);
 
 /* The identity view (the whole call's buffers, communicator ranks). */

@@ -375,7 +375,15 @@ duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_a
     if (rc == DUET_SUCCESS)
       rc = duet__sched_finalize(&fresh);
     if (rc != DUET_SUCCESS) {
+      uint32_t bad = fresh.bad_msg;
       duet__sched_fini(&fresh);
+      if (bad)
+        return duet__set_error(comm, rc,
+                               "%s: the schedule needs message id %u in one phase (at most %u; "
+                               "%u per call): %zu elements on %d ranks in %zu-byte chunks; "
+                               "raise DUET_CHUNK_BYTES",
+                               duet__coll_name(coll), bad - 1, DUET_PHASE_MSGS - 1,
+                               DUET_TAG_MSGS, args->count, comm->nranks, args->chunk_bytes);
       return duet__set_error(comm, rc, "%s: building the schedule failed: %s",
                              duet__coll_name(coll), duet_strerror(rc));
     }

@@ -594,3 +594,41 @@ Test(alltoall, alltoallv_random_and_skewed) {
     free(counts);
   }
 }
+
+/* Message ids past a phase's range (or a tag's) would give two messages of
+ * one call the same tag: the schedule refuses to be built instead. */
+Test(schedule, message_ids_out_of_range_refused) {
+  const duet__ref_t at = {DUET_BUF_SEND, 0};
+  duet__sched_t s;
+  duet__view_t v;
+
+  /* the last id of a phase is fine, the next one is not */
+  duet__sched_init(&s);
+  duet__sched_send(&s, 1, DUET_PHASE_MSGS - 1, at, 4, NULL, 0);
+  cr_expect_eq(s.bad_msg, 0u);
+  duet__sched_send(&s, 1, DUET_PHASE_MSGS, at, 4, NULL, 0);
+  cr_expect_eq(s.bad_msg, DUET_PHASE_MSGS + 1);
+  cr_expect_eq(duet__sched_finalize(&s), DUET_ERR_UNSUPPORTED);
+  duet__sched_fini(&s);
+
+  /* a phase whose base puts an id past what a tag holds */
+  duet__sched_init(&s);
+  v = s.view;
+  v.msg_base = DUET_TAG_MSGS - 2;
+  duet__sched_phase(&s, &v);
+  duet__sched_recv(&s, 1, 1, at, 4, NULL, 0);
+  cr_expect_eq(s.bad_msg, 0u, "id %u is the tag's last", DUET_TAG_MSGS - 1);
+  duet__sched_recv(&s, 1, 2, at, 4, NULL, 0);
+  cr_expect_neq(s.bad_msg, 0u);
+  cr_expect_eq(duet__sched_finalize(&s), DUET_ERR_UNSUPPORTED);
+  duet__sched_fini(&s);
+
+  /* every builder stays in range at the sizes the simulator runs */
+  duet__coll_args_t a = {.coll = DUET_COLL_ALLREDUCE, .rank = 0, .nranks = 7, .count = 100000,
+                         .dt = DUET_INT32, .op = DUET_SUM, .dtsize = 4, .chunk_bytes = 4096};
+  duet__sched_init(&s);
+  cr_assert_eq(duet__allreduce_ring_build(&a, &s), DUET_SUCCESS);
+  cr_expect_eq(s.bad_msg, 0u);
+  cr_expect_eq(duet__sched_finalize(&s), DUET_SUCCESS);
+  duet__sched_fini(&s);
+}
