@@ -523,8 +523,8 @@ static unsigned char ag_byte(int s, size_t j, unsigned salt) {
 }
 
 /* mode 0: out of place; 1: sendbuf == recvbuf; 2: sendbuf = recvbuf + rank x bytes */
-static int check_allgather(duet__shm_t *shm, int rank, int L, size_t bytes, int mode,
-                           unsigned salt, unsigned char *send, unsigned char *recv) {
+static int check_allgather(duet__shm_t *shm, int rank, int L, size_t bytes, int mode, unsigned salt,
+                           unsigned char *send, unsigned char *recv) {
   char err[DUET_SHM_ERRLEN];
   size_t total = (size_t)L * bytes;
   unsigned char *own = mode == 0 ? send : recv + (size_t)rank * bytes;
@@ -555,8 +555,8 @@ static int check_allgather(duet__shm_t *shm, int rank, int L, size_t bytes, int 
   return 0;
 }
 
-static const size_t ag_bytes[] = {0, 1, 63, 1000, EAGER_MAX, EAGER_MAX + 1, 65599, CHUNK,
-                                  2 * CHUNK + 77};
+static const size_t ag_bytes[] = {
+    0, 1, 63, 1000, EAGER_MAX, EAGER_MAX + 1, 65599, CHUNK, 2 * CHUNK + 77};
 
 static int child_allgather(duet__shm_t *shm, int rank, int L, void *arg) {
   (void)arg;
@@ -603,8 +603,8 @@ static int check_broadcast(duet__shm_t *shm, int rank, int L, size_t bytes, int 
     send[j] = rank == root ? ag_byte(root, j, salt) : (unsigned char)(j * 3 + 1);
   if (rank == root && in_place)
     memcpy(recv, send, bytes);
-  const void *sb = rank == root ? (in_place ? (void *)recv : (void *)send)
-                                : (salt % 2 ? NULL : (void *)send);
+  const void *sb =
+      rank == root ? (in_place ? (void *)recv : (void *)send) : (salt % 2 ? NULL : (void *)send);
   duet_status_t rc = duet__shm_broadcast(shm, sb, recv, bytes, root, L > 2, CALL_TIMEOUT_MS, err);
   if (rc != DUET_SUCCESS) {
     fprintf(stderr, "rank %d/%d broadcast %zu B root %d: %d %s\n", rank, L, bytes, root, (int)rc,
@@ -641,8 +641,8 @@ static int child_broadcast(duet__shm_t *shm, int rank, int L, void *arg) {
   for (size_t k = 0; k < sizeof(bc_bytes) / sizeof(bc_bytes[0]) && !bad; k++)
     for (int v = 0; v < 4 && !bad; v++) {
       int root = v % 2 ? L - 1 : 0;
-      bad |= check_broadcast(shm, rank, L, bc_bytes[k], root, v / 2, salt++,
-                             (unsigned char *)send, (unsigned char *)recv);
+      bad |= check_broadcast(shm, rank, L, bc_bytes[k], root, v / 2, salt++, (unsigned char *)send,
+                             (unsigned char *)recv);
       if (!bad)
         bad |= interleave(shm, rank, L, salt++, red, recv, ref);
     }
@@ -676,9 +676,9 @@ static int first_diff(const char *a, const char *b, size_t count, size_t esz) {
 /* mode 0: out of place; 1: recvbuf == sendbuf (result at the start); 2:
  * recvbuf = sendbuf + rank x recvcount. Element i of block d of rank r's
  * sendbuf is input(op, r, d x recvcount + i). */
-static int check_reduce_scatter(duet__shm_t *shm, int rank, int L, duet_datatype_t dt,
-                                duet_op_t op, size_t count, int mode, unsigned salt, char *send,
-                                char *recv, char *ref) {
+static int check_reduce_scatter(duet__shm_t *shm, int rank, int L, duet_datatype_t dt, duet_op_t op,
+                                size_t count, int mode, unsigned salt, char *send, char *recv,
+                                char *ref) {
   char err[DUET_SHM_ERRLEN];
   size_t esz = duet__dt_size(dt), bytes = count * esz, total = (size_t)L * bytes;
   int avg_n = L + 1;
@@ -687,20 +687,21 @@ static int check_reduce_scatter(duet__shm_t *shm, int rank, int L, duet_datatype
   memset(recv, GUARD_BYTE, bytes + GUARD);
   fill_reference(ref, (size_t)L * count, dt, op, L, avg_n, salt);
   char *out = mode == 0 ? recv : mode == 1 ? send : send + (size_t)rank * bytes;
-  duet_status_t rc = duet__shm_reduce_scatter(shm, send, out, count, dt, op, avg_n, L > 2,
-                                              CALL_TIMEOUT_MS, err);
+  duet_status_t rc =
+      duet__shm_reduce_scatter(shm, send, out, count, dt, op, avg_n, L > 2, CALL_TIMEOUT_MS, err);
   if (rc != DUET_SUCCESS) {
     fprintf(stderr, "rank %d/%d reduce_scatter %s %s count %zu mode %d: %d %s\n", rank, L,
             duet__dt_name(dt), duet__op_name(op), count, mode, (int)rc, err);
     return 1;
   }
   if (memcmp(out, ref + (size_t)rank * bytes, bytes) != 0) {
-    fprintf(stderr, "rank %d/%d reduce_scatter %s %s count %zu mode %d: element %d differs\n",
-            rank, L, duet__dt_name(dt), duet__op_name(op), count, mode,
+    fprintf(stderr, "rank %d/%d reduce_scatter %s %s count %zu mode %d: element %d differs\n", rank,
+            L, duet__dt_name(dt), duet__op_name(op), count, mode,
             first_diff(out, ref + (size_t)rank * bytes, count, esz));
     return 1;
   }
-  if (guard_ok("reduce_scatter", rank, L, count, (unsigned char *)(mode ? send + total : recv + bytes)))
+  if (guard_ok("reduce_scatter", rank, L, count,
+               (unsigned char *)(mode ? send + total : recv + bytes)))
     return 1;
   /* Out of place nothing of sendbuf changes; in NCCL's form only this
    * rank's block does. */
@@ -721,9 +722,9 @@ static int check_reduce_scatter(duet__shm_t *shm, int rank, int L, duet_datatype
 static const struct {
   duet_datatype_t dt;
   duet_op_t op;
-} red_cases[] = {{DUET_INT32, DUET_SUM},     {DUET_FLOAT32, DUET_AVG}, {DUET_FLOAT64, DUET_PROD},
-                 {DUET_BFLOAT16, DUET_MIN},  {DUET_INT8, DUET_MAX},    {DUET_INT32, DUET_AVG},
-                 {DUET_BFLOAT16, DUET_AVG},  {DUET_FLOAT32, DUET_MAX}, {DUET_INT8, DUET_SUM},
+} red_cases[] = {{DUET_INT32, DUET_SUM},    {DUET_FLOAT32, DUET_AVG}, {DUET_FLOAT64, DUET_PROD},
+                 {DUET_BFLOAT16, DUET_MIN}, {DUET_INT8, DUET_MAX},    {DUET_INT32, DUET_AVG},
+                 {DUET_BFLOAT16, DUET_AVG}, {DUET_FLOAT32, DUET_MAX}, {DUET_INT8, DUET_SUM},
                  {DUET_FLOAT64, DUET_MIN}};
 #define N_RED_CASES (sizeof(red_cases) / sizeof(red_cases[0]))
 
@@ -770,8 +771,8 @@ Test(shm, reduce_scatter_4_ranks) {
 /* Root in place or not; non-roots pass NULL or a recvbuf that must stay
  * untouched. */
 static int check_reduce(duet__shm_t *shm, int rank, int L, duet_datatype_t dt, duet_op_t op,
-                        size_t count, int root, int in_place, unsigned salt, char *send,
-                        char *recv, char *ref) {
+                        size_t count, int root, int in_place, unsigned salt, char *send, char *recv,
+                        char *ref) {
   char err[DUET_SHM_ERRLEN];
   size_t esz = duet__dt_size(dt), bytes = count * esz;
   int avg_n = L + 1, me = rank == root;
@@ -827,8 +828,8 @@ static int child_reduce(duet__shm_t *shm, int rank, int L, void *arg) {
     for (size_t k = 0; k < sizeof(counts) / sizeof(counts[0]) && !bad; k++)
       for (int v = 0; v < 4 && !bad; v++) {
         int root = v % 2 ? L - 1 : 0;
-        bad |= check_reduce(shm, rank, L, dt, red_cases[c].op, counts[k], root, v / 2, salt++,
-                            send, recv, ref);
+        bad |= check_reduce(shm, rank, L, dt, red_cases[c].op, counts[k], root, v / 2, salt++, send,
+                            recv, ref);
         if (!bad && (k + (size_t)v) % 3 == 0)
           bad |= interleave(shm, rank, L, salt++, red, recv, ref);
       }
@@ -851,6 +852,67 @@ Test(shm, reduce_3_ranks) {
 }
 Test(shm, reduce_4_ranks) {
   cr_assert_eq(run_group(4, child_reduce, NULL), 0);
+}
+
+/* Back-to-back small rooted calls, no other synchronisation: first
+ * broadcasts from one root, then reduces to one root, then both with a
+ * moving root; empty calls in between. A rank that returned without waiting for every peer (a
+ * broadcast root, a reduce non-root) would run ahead and rewrite its slot
+ * while a slower peer still reads it two calls before. */
+static int child_rooted_stress(duet__shm_t *shm, int rank, int L, void *arg) {
+  (void)arg;
+  unsigned char send[256], recv[256 + GUARD];
+  int32_t in[64], out[64];
+  char err[DUET_SHM_ERRLEN];
+  for (unsigned it = 0; it < 6000; it++) {
+    int root = it < 2000 ? L - 1 : it < 4000 ? L - 2 : (int)(it % (unsigned)L);
+    if (it < 2000 || it >= 4000) {
+      size_t bytes = 1 + it % 256;
+      for (size_t j = 0; j < bytes; j++)
+        send[j] = ag_byte(root, j, it);
+      memset(recv, 0, sizeof(recv));
+      if (duet__shm_broadcast(shm, rank == root ? send : NULL, recv, bytes, root, L > 2,
+                              CALL_TIMEOUT_MS, err) != DUET_SUCCESS ||
+          memcmp(recv, send, bytes) != 0) {
+        fprintf(stderr, "rank %d/%d broadcast %u (%zu B, root %d): wrong %s\n", rank, L, it, bytes,
+                root, err);
+        return 1;
+      }
+    }
+    /* empty calls are no calls: they must not let a rank run ahead */
+    if (it % 2 && (duet__shm_broadcast(shm, NULL, NULL, 0, root, L > 2, CALL_TIMEOUT_MS, err) !=
+                       DUET_SUCCESS ||
+                   duet__shm_reduce(shm, NULL, NULL, 0, DUET_INT32, DUET_SUM, L, root, L > 2,
+                                    CALL_TIMEOUT_MS, err) != DUET_SUCCESS)) {
+      fprintf(stderr, "rank %d/%d empty call %u: %s\n", rank, L, it, err);
+      return 1;
+    }
+    if (it < 2000)
+      continue;
+    for (int j = 0; j < 64; j++)
+      in[j] = (int32_t)(it * 7 + (unsigned)j) * (rank + 1);
+    if (duet__shm_reduce(shm, in, out, 64, DUET_INT32, DUET_SUM, L, (root + 1) % L, L > 2,
+                         CALL_TIMEOUT_MS, err) != DUET_SUCCESS) {
+      fprintf(stderr, "rank %d/%d reduce %u: %s\n", rank, L, it, err);
+      return 1;
+    }
+    for (int j = 0; j < 64 && rank == (root + 1) % L; j++)
+      if (out[j] != (int32_t)(it * 7 + (unsigned)j) * (L * (L + 1) / 2)) {
+        fprintf(stderr, "rank %d/%d reduce %u: element %d is %d\n", rank, L, it, j, (int)out[j]);
+        return 1;
+      }
+  }
+  return 0;
+}
+
+Test(shm, rooted_stress_2_ranks) {
+  cr_assert_eq(run_group(2, child_rooted_stress, NULL), 0);
+}
+Test(shm, rooted_stress_3_ranks) {
+  cr_assert_eq(run_group(3, child_rooted_stress, NULL), 0);
+}
+Test(shm, rooted_stress_4_ranks) {
+  cr_assert_eq(run_group(4, child_rooted_stress, NULL), 0);
 }
 
 /* Non-exact float32 sums: reduce and reduce-scatter reduce in rank order,
@@ -939,8 +1001,8 @@ static int child_timeout(duet__shm_t *shm, int rank, int L, void *arg) {
     rc = duet__shm_reduce_scatter(shm, buf, buf, tc->count, DUET_INT32, DUET_SUM, L, 1,
                                   SHORT_TIMEOUT_MS, err);
   else if (tc->kind == TC_REDUCE)
-    rc = duet__shm_reduce(shm, buf, buf, tc->count, DUET_INT32, DUET_AVG, L, 0, 1,
-                          SHORT_TIMEOUT_MS, err);
+    rc = duet__shm_reduce(shm, buf, buf, tc->count, DUET_INT32, DUET_AVG, L, 0, 1, SHORT_TIMEOUT_MS,
+                          err);
   else
     rc = duet__shm_allreduce(shm, buf, buf, tc->count, DUET_INT32, DUET_SUM, L, 1, SHORT_TIMEOUT_MS,
                              err);
@@ -1084,9 +1146,8 @@ Test(shm, bad_arguments) {
   cr_expect(strstr(err, "root 1") != NULL, "message \"%s\"", err);
   cr_expect_eq(duet__shm_broadcast(shm, NULL, &x, 4, 0, 0, 100, err), DUET_ERR_INVALID_ARGUMENT);
   cr_expect(strstr(err, "sendbuf") != NULL, "message \"%s\"", err);
-  cr_expect_eq(
-      duet__shm_reduce_scatter(shm, &x, &x, 1, DUET_INT32, DUET_AVG, 0, 0, 100, err),
-      DUET_ERR_INVALID_ARGUMENT);
+  cr_expect_eq(duet__shm_reduce_scatter(shm, &x, &x, 1, DUET_INT32, DUET_AVG, 0, 0, 100, err),
+               DUET_ERR_INVALID_ARGUMENT);
   cr_expect(strstr(err, "avg_n") != NULL, "message \"%s\"", err);
   cr_expect_eq(
       duet__shm_reduce_scatter(shm, &x, &x, 1, DUET_NUM_DATATYPES, DUET_SUM, 1, 0, 100, err),
