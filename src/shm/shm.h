@@ -7,14 +7,15 @@
  * data and a sequence number in its own slot, every rank waits for every
  * peer's number and reads the slots it needs, reducing in rank order); large
  * ones through double-buffered chunk buffers, each rank reducing its slice of
- * every chunk. The segment is
- * created once, sized for the engine and pre-faulted; no call allocates or
- * touches fresh pages, and no call makes a system call unless it waits with
- * yield != 0 (sched_yield) or a wait runs long enough to read the clock.
+ * every chunk. The segment is created once, sized for the engine and
+ * pre-faulted; no call allocates or touches fresh pages, and no call makes a
+ * system call unless it waits with yield != 0 (sched_yield) or a wait runs
+ * long enough to read the clock.
  *
  * Threads: an engine is used by one thread of each rank at a time. All local
  * ranks call the collectives of one engine in the same order with the same
- * count, datatype, op and avg_n. Results are bitwise identical on all ranks.
+ * count, datatype, op, avg_n and root. Results are bitwise identical on all
+ * ranks; reduce and reduce-scatter reduce in rank order.
  */
 #ifndef DUET_SHM_H
 #define DUET_SHM_H
