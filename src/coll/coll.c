@@ -187,6 +187,29 @@ duet_status_t duet_ibroadcast(const void *sendbuf, void *recvbuf, size_t count,
 duet_status_t duet_broadcast(const void *sendbuf, void *recvbuf, size_t count,
                              duet_datatype_t dt, int root, duet_comm_t *comm) {
   duet_request_t *req;
+  if (comm != NULL && duet__comm_is_live(comm) && duet__mem_path(comm, DUET_COLL_BROADCAST)) {
+    const char *fn = "duet_broadcast";
+    char err[DUET_SHM_ERRLEN] = "";
+    size_t bytes;
+    TRY(duet__check_comm(comm, fn));
+    TRY(duet__check_dt(comm, fn, dt));
+    TRY(duet__check_rank(comm, fn, "root", root));
+    TRY(duet__check_count(comm, fn, count, dt, &bytes));
+    if (comm->rank == root) {
+      TRY(duet__check_buffer(comm, fn, "sendbuf", sendbuf, count));
+      TRY(duet__check_overlap(comm, fn, sendbuf, bytes, recvbuf, bytes));
+    }
+    TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, count));
+    duet_status_t rc = duet__shm_broadcast(comm->mem, sendbuf, recvbuf, bytes, root, comm->yield,
+                                           comm->cfg.timeout_ms, err);
+    if (rc == DUET_SUCCESS && comm->nranks > 1) {
+      if (comm->rank == root)
+        comm->stats.upn_bytes_sent += bytes;
+      else
+        comm->stats.upn_bytes_recv += bytes;
+    }
+    return duet__mem_result(comm, fn, rc, err);
+  }
   TRY(duet__broadcast_post("duet_broadcast", sendbuf, recvbuf, count, dt, root, comm, &req));
   return duet__wait_and_free(req);
 }
@@ -223,6 +246,32 @@ duet_status_t duet_ireduce(const void *sendbuf, void *recvbuf, size_t count, due
 duet_status_t duet_reduce(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,
                           duet_op_t op, int root, duet_comm_t *comm) {
   duet_request_t *req;
+  if (comm != NULL && duet__comm_is_live(comm) && duet__mem_path(comm, DUET_COLL_REDUCE)) {
+    const char *fn = "duet_reduce";
+    char err[DUET_SHM_ERRLEN] = "";
+    size_t bytes;
+    TRY(duet__check_comm(comm, fn));
+    TRY(duet__check_dt(comm, fn, dt));
+    TRY(duet__check_op(comm, fn, op));
+    TRY(duet__check_rank(comm, fn, "root", root));
+    TRY(duet__check_count(comm, fn, count, dt, &bytes));
+    TRY(duet__check_buffer(comm, fn, "sendbuf", sendbuf, count));
+    if (comm->rank == root) {
+      TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, count));
+      TRY(duet__check_overlap(comm, fn, sendbuf, bytes, recvbuf, bytes));
+    } else {
+      recvbuf = NULL; /* not ours to touch */
+    }
+    duet_status_t rc = duet__shm_reduce(comm->mem, sendbuf, recvbuf, count, dt, op, comm->nranks,
+                                        root, comm->yield, comm->cfg.timeout_ms, err);
+    if (rc == DUET_SUCCESS && comm->nranks > 1) {
+      if (comm->rank == root)
+        comm->stats.upn_bytes_recv += (uint64_t)bytes * (uint64_t)(comm->nranks - 1);
+      else
+        comm->stats.upn_bytes_sent += bytes;
+    }
+    return duet__mem_result(comm, fn, rc, err);
+  }
   TRY(duet__reduce_post("duet_reduce", sendbuf, recvbuf, count, dt, op, root, comm, &req));
   return duet__wait_and_free(req);
 }
@@ -262,6 +311,32 @@ duet_status_t duet_iallgather(const void *sendbuf, void *recvbuf, size_t sendcou
 duet_status_t duet_allgather(const void *sendbuf, void *recvbuf, size_t sendcount,
                              duet_datatype_t dt, duet_comm_t *comm) {
   duet_request_t *req;
+  if (comm != NULL && duet__comm_is_live(comm) && duet__mem_path(comm, DUET_COLL_ALLGATHER)) {
+    const char *fn = "duet_allgather";
+    char err[DUET_SHM_ERRLEN] = "";
+    size_t bytes, total;
+    TRY(duet__check_comm(comm, fn));
+    TRY(duet__check_dt(comm, fn, dt));
+    TRY(duet__check_count(comm, fn, sendcount, dt, &bytes));
+    if (sendcount > SIZE_MAX / (size_t)comm->nranks)
+      return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT,
+                             "%s: sendcount %zu x %d ranks overflows", fn, sendcount, comm->nranks);
+    TRY(duet__check_count(comm, fn, sendcount * (size_t)comm->nranks, dt, &total));
+    TRY(duet__check_buffer(comm, fn, "sendbuf", sendbuf, sendcount));
+    TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, sendcount));
+    /* In place as duet__allgather_post: sendbuf == recvbuf, or sendbuf is
+     * this rank's block of recvbuf. */
+    if (sendbuf != recvbuf && sendbuf != (const char *)recvbuf + (size_t)comm->rank * bytes)
+      TRY(duet__check_overlap(comm, fn, sendbuf, bytes, recvbuf, total));
+    duet_status_t rc = duet__shm_allgather(comm->mem, sendbuf, recvbuf, bytes, comm->yield,
+                                           comm->cfg.timeout_ms, err);
+    if (rc == DUET_SUCCESS) {
+      uint64_t moved = (uint64_t)bytes * (uint64_t)(comm->nranks - 1);
+      comm->stats.upn_bytes_sent += moved;
+      comm->stats.upn_bytes_recv += moved;
+    }
+    return duet__mem_result(comm, fn, rc, err);
+  }
   TRY(duet__allgather_post("duet_allgather", sendbuf, recvbuf, sendcount, dt, comm, &req));
   return duet__wait_and_free(req);
 }
@@ -305,6 +380,34 @@ duet_status_t duet_ireduce_scatter(const void *sendbuf, void *recvbuf, size_t re
 duet_status_t duet_reduce_scatter(const void *sendbuf, void *recvbuf, size_t recvcount,
                                   duet_datatype_t dt, duet_op_t op, duet_comm_t *comm) {
   duet_request_t *req;
+  if (comm != NULL && duet__comm_is_live(comm) && duet__mem_path(comm, DUET_COLL_REDUCE_SCATTER)) {
+    const char *fn = "duet_reduce_scatter";
+    char err[DUET_SHM_ERRLEN] = "";
+    size_t bytes, total;
+    TRY(duet__check_comm(comm, fn));
+    TRY(duet__check_dt(comm, fn, dt));
+    TRY(duet__check_op(comm, fn, op));
+    TRY(duet__check_count(comm, fn, recvcount, dt, &bytes));
+    if (recvcount > SIZE_MAX / (size_t)comm->nranks)
+      return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT,
+                             "%s: recvcount %zu x %d ranks overflows", fn, recvcount, comm->nranks);
+    TRY(duet__check_count(comm, fn, recvcount * (size_t)comm->nranks, dt, &total));
+    TRY(duet__check_buffer(comm, fn, "sendbuf", sendbuf, recvcount));
+    TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, recvcount));
+    /* In place as duet__reduce_scatter_post: recvbuf == sendbuf, or recvbuf
+     * is this rank's block of sendbuf. */
+    if (recvbuf != sendbuf && recvbuf != (const char *)sendbuf + (size_t)comm->rank * bytes)
+      TRY(duet__check_overlap(comm, fn, sendbuf, total, recvbuf, bytes));
+    duet_status_t rc =
+        duet__shm_reduce_scatter(comm->mem, sendbuf, recvbuf, recvcount, dt, op, comm->nranks,
+                                 comm->yield, comm->cfg.timeout_ms, err);
+    if (rc == DUET_SUCCESS) {
+      uint64_t moved = (uint64_t)bytes * (uint64_t)(comm->nranks - 1);
+      comm->stats.upn_bytes_sent += moved;
+      comm->stats.upn_bytes_recv += moved;
+    }
+    return duet__mem_result(comm, fn, rc, err);
+  }
   TRY(duet__reduce_scatter_post("duet_reduce_scatter", sendbuf, recvbuf, recvcount, dt, op, comm,
                                 &req));
   return duet__wait_and_free(req);

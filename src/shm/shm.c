@@ -32,6 +32,13 @@
  * chunk k-2, the previous user of b. No rank reads another's private
  * memory, so a call needs no trailing synchronisation.
  *
+ * The other collectives reuse both mechanisms (see the comments at
+ * allgather_run, broadcast_run, reduce_scatter_run and reduce_run): eager
+ * slots with the same every-rank-publishes-and-waits rule, chunk buffers
+ * with one sync per step (allgather, broadcast, reduce-scatter, all-to-all)
+ * or per chunk plus one (reduce), reductions in rank order on the rank that
+ * owns the slice or block.
+ *
  * Cross-memory attach (process_vm_readv) was measured as an alternative to
  * copy-in (reading the peer's user buffer directly): 2-3 GB/s on this class
  * of machine against 10-17 GB/s for memcpy, so it is not used.
@@ -737,4 +744,457 @@ duet_status_t duet__shm_alltoall(duet__shm_t *shm, const void *sendbuf, void *re
   if (bytes * (size_t)shm->nranks <= DUET_SHM_EAGER_MAX)
     return alltoall_eager(shm, sendbuf, recvbuf, bytes, cpu, yield, timeout_ms, errbuf);
   return alltoall_chunked(shm, sendbuf, recvbuf, bytes, cpu, yield, timeout_ms, errbuf);
+}
+
+/* ---- allgather, broadcast, reduce-scatter, reduce ----
+ *
+ * Eager calls keep the allreduce invariant: every rank stores the call's
+ * sequence number in its own slot, and waits for every peer's, before it
+ * returns, even a broadcast non-root or a reduce root that needs no peer's
+ * data. A rank rewrites its slot of parity p in call n+2 only after call n+1
+ * saw every peer's flag, which a peer stores only after finishing call n, the
+ * last reader of that slot. A rank that skipped a wait could race two calls
+ * ahead of a peer still reading.
+ *
+ * Chunked calls follow alltoall_chunked: a rank writes chunk buffers of
+ * parity p for step k only after passing the sync of step k-1, which every
+ * peer enters after its reads of step k-2, the previous users of parity p;
+ * the first step of a call writes only its own parity before its first sync,
+ * which is the parity the previous call's last reads did not use. */
+
+/* dst = src[0] op src[1] op ... op src[n-1], in this order (n >= 2). dst may
+ * equal one of the sources when acc (scratch of the same size, aliasing none
+ * of them) is given: every source but the last is consumed into acc first. */
+static void reduce_ordered(void *dst, void *acc, const char *const *src, int n, size_t m,
+                           duet_datatype_t dt, duet_op_t op) {
+  void *a = acc != NULL && n > 2 ? acc : dst;
+  duet__reduce(n > 2 ? a : dst, src[0], src[1], m, dt, op);
+  for (int p = 2; p < n; p++)
+    duet__reduce(p == n - 1 ? dst : a, a, src[p], m, dt, op);
+}
+
+static duet_status_t shm_check(duet__shm_t *shm, const char *what, char *errbuf) {
+  if (shm->broken) {
+    shm_err(errbuf, "shm %s: engine %s timed out earlier; ranks are out of step", what, shm->name);
+    return DUET_ERR_ABORTED;
+  }
+  return DUET_SUCCESS;
+}
+
+/* Store this call's sequence number in the slot, then wait for every peer's. */
+static duet_status_t eager_publish_wait(duet__shm_t *shm, const char *what, uint64_t seq,
+                                        uint64_t par, int cpu, int yield, int timeout_ms,
+                                        char *errbuf) {
+  const int n = shm->nranks;
+  __atomic_store_n((uint64_t *)eager_slot(shm, par, shm->rank), seq, __ATOMIC_RELEASE);
+  for (int i = 1; i < n; i++) {
+    int p = (shm->rank + n - i) % n;
+    if (wait_ge(shm, (const uint64_t *)eager_slot(shm, par, p), seq, p, cpu, yield, timeout_ms) !=
+        0)
+      return timed_out(shm, p, what, timeout_ms, errbuf);
+  }
+  return DUET_SUCCESS;
+}
+
+/* Allgather, small: rank r stores its block in its slot; every rank copies
+ * every peer's. Large: per step every block advances by one piece of up to
+ * a chunk; rank r stores its piece in its chunk buffer, synchronises once
+ * (see above) and copies every peer's piece out. Each byte is copied in once
+ * and out once per receiver. */
+static duet_status_t allgather_run(duet__shm_t *shm, const char *own, char *rb, size_t bytes,
+                                   int cpu, int yield, int timeout_ms, char *errbuf) {
+  const int n = shm->nranks, r = shm->rank;
+  char *mine_out = rb + (size_t)r * bytes;
+  duet_status_t rc;
+
+  if (bytes <= DUET_SHM_EAGER_MAX) {
+    const uint64_t seq = shm->seq, par = seq & 1u;
+    memcpy(eager_slot(shm, par, r) + sizeof(uint64_t), own, bytes);
+    __atomic_store_n((uint64_t *)eager_slot(shm, par, r), seq, __ATOMIC_RELEASE);
+    if (own != mine_out)
+      memcpy(mine_out, own, bytes);
+    for (int i = 1; i < n; i++) {
+      int p = (r + n - i) % n;
+      const char *slot = eager_slot(shm, par, p);
+      if (wait_ge(shm, (const uint64_t *)slot, seq, p, cpu, yield, timeout_ms) != 0)
+        return timed_out(shm, p, "allgather", timeout_ms, errbuf);
+      memcpy(rb + (size_t)p * bytes, slot + sizeof(uint64_t), bytes);
+    }
+    return DUET_SUCCESS;
+  }
+  const int nt = bytes * (size_t)n * (size_t)n >= shm->nt_min;
+  if (own != mine_out)
+    memcpy(mine_out, own, bytes);
+  for (size_t off = 0; off < bytes; off += DUET_SHM_CHUNK) {
+    size_t m = bytes - off < DUET_SHM_CHUNK ? bytes - off : DUET_SHM_CHUNK;
+    uint64_t par = shm->chunks++ & 1u;
+    memcpy(chunk_buf(shm, par, r), own + off, m);
+    rc = sync_all(shm, "allgather", cpu, yield, timeout_ms, errbuf);
+    if (rc != DUET_SUCCESS)
+      return rc;
+    for (int i = 1; i < n; i++) {
+      int p = (r + n - i) % n;
+      if (nt)
+        copy_nt(rb + (size_t)p * bytes + off, chunk_buf(shm, par, p), m);
+      else
+        memcpy(rb + (size_t)p * bytes + off, chunk_buf(shm, par, p), m);
+    }
+  }
+  if (nt)
+    copy_fence();
+  return DUET_SUCCESS;
+}
+
+duet_status_t duet__shm_allgather(duet__shm_t *shm, const void *sendbuf, void *recvbuf,
+                                  size_t bytes, int yield, int timeout_ms, char *errbuf) {
+  if (errbuf != NULL)
+    errbuf[0] = '\0';
+  if (shm == NULL) {
+    shm_err(errbuf, "shm allgather: engine is NULL");
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  if (bytes > 0 && (sendbuf == NULL || recvbuf == NULL)) {
+    shm_err(errbuf, "shm allgather: %s is NULL (%zu bytes per block)",
+            sendbuf == NULL ? "sendbuf" : "recvbuf", bytes);
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  if (bytes > SIZE_MAX / (size_t)shm->nranks) {
+    shm_err(errbuf, "shm allgather: bytes %zu x %d ranks overflows", bytes, shm->nranks);
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  duet_status_t rc = shm_check(shm, "allgather", errbuf);
+  if (rc != DUET_SUCCESS || bytes == 0) /* no call: the slot parity must not advance */
+    return rc;
+  /* In place: sendbuf == recvbuf (this rank's block is already in place) or
+   * sendbuf == recvbuf + rank x bytes. */
+  const char *own =
+      sendbuf == recvbuf ? (const char *)recvbuf + (size_t)shm->rank * bytes : sendbuf;
+  shm->seq++;
+  if (shm->nranks == 1) {
+    if (own != recvbuf)
+      memcpy(recvbuf, own, bytes);
+    return DUET_SUCCESS;
+  }
+  return allgather_run(shm, own, recvbuf, bytes, publish_cpu(shm), yield, timeout_ms, errbuf);
+}
+
+/* Broadcast, small: the root stores the data in its slot, every rank
+ * publishes (see above), non-roots copy the root's slot. Large: per step the
+ * root stores a chunk in its buffer, all synchronise once, the others copy
+ * it out while the root stores the next one. */
+static duet_status_t broadcast_run(duet__shm_t *shm, const char *sb, char *rb, size_t bytes,
+                                   int root, int cpu, int yield, int timeout_ms, char *errbuf) {
+  const int n = shm->nranks, r = shm->rank;
+  duet_status_t rc;
+
+  if (bytes <= DUET_SHM_EAGER_MAX) {
+    const uint64_t seq = shm->seq, par = seq & 1u;
+    if (r == root) {
+      memcpy(eager_slot(shm, par, r) + sizeof(uint64_t), sb, bytes);
+      rc = eager_publish_wait(shm, "broadcast", seq, par, cpu, yield, timeout_ms, errbuf);
+      if (rc == DUET_SUCCESS && sb != rb)
+        memcpy(rb, sb, bytes);
+      return rc;
+    }
+    rc = eager_publish_wait(shm, "broadcast", seq, par, cpu, yield, timeout_ms, errbuf);
+    if (rc == DUET_SUCCESS)
+      memcpy(rb, eager_slot(shm, par, root) + sizeof(uint64_t), bytes);
+    return rc;
+  }
+  const int nt = r != root && bytes * (size_t)n >= shm->nt_min;
+  for (size_t off = 0; off < bytes; off += DUET_SHM_CHUNK) {
+    size_t m = bytes - off < DUET_SHM_CHUNK ? bytes - off : DUET_SHM_CHUNK;
+    uint64_t par = shm->chunks++ & 1u;
+    if (r == root)
+      memcpy(chunk_buf(shm, par, root), sb + off, m);
+    rc = sync_all(shm, "broadcast", cpu, yield, timeout_ms, errbuf);
+    if (rc != DUET_SUCCESS)
+      return rc;
+    if (r == root) {
+      if (sb != rb)
+        memcpy(rb + off, sb + off, m);
+    } else if (nt) {
+      copy_nt(rb + off, chunk_buf(shm, par, root), m);
+    } else {
+      memcpy(rb + off, chunk_buf(shm, par, root), m);
+    }
+  }
+  if (nt)
+    copy_fence();
+  return DUET_SUCCESS;
+}
+
+duet_status_t duet__shm_broadcast(duet__shm_t *shm, const void *sendbuf, void *recvbuf,
+                                  size_t bytes, int root, int yield, int timeout_ms, char *errbuf) {
+  if (errbuf != NULL)
+    errbuf[0] = '\0';
+  if (shm == NULL) {
+    shm_err(errbuf, "shm broadcast: engine is NULL");
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  if (root < 0 || root >= shm->nranks) {
+    shm_err(errbuf, "shm broadcast: root %d is not a local rank (0..%d)", root, shm->nranks - 1);
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  if (bytes > 0 && (recvbuf == NULL || (shm->rank == root && sendbuf == NULL))) {
+    shm_err(errbuf, "shm broadcast: %s is NULL (%zu bytes)",
+            recvbuf == NULL ? "recvbuf" : "sendbuf", bytes);
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  duet_status_t rc = shm_check(shm, "broadcast", errbuf);
+  if (rc != DUET_SUCCESS || bytes == 0) /* no call: the slot parity must not advance */
+    return rc;
+  shm->seq++;
+  if (shm->nranks == 1) {
+    if (sendbuf != recvbuf)
+      memcpy(recvbuf, sendbuf, bytes);
+    return DUET_SUCCESS;
+  }
+  return broadcast_run(shm, sendbuf, recvbuf, bytes, root, publish_cpu(shm), yield, timeout_ms,
+                       errbuf);
+}
+
+/* Checks shared by the reducing calls. */
+static duet_status_t reduce_args(duet__shm_t *shm, const char *what, size_t count,
+                                 duet_datatype_t dt, duet_op_t op, int avg_n, char *errbuf) {
+  size_t esz = duet__dt_size(dt);
+  if (errbuf != NULL)
+    errbuf[0] = '\0';
+  if (shm == NULL) {
+    shm_err(errbuf, "shm %s: engine is NULL", what);
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  if (esz == 0) {
+    shm_err(errbuf, "shm %s: datatype %d unknown", what, (int)dt);
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  if ((unsigned)op >= (unsigned)DUET_NUM_OPS) {
+    shm_err(errbuf, "shm %s: op %d unknown", what, (int)op);
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  if (op == DUET_AVG && avg_n < 1) {
+    shm_err(errbuf, "shm %s: avg_n %d < 1", what, avg_n);
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  if (count > SIZE_MAX / esz / (size_t)shm->nranks) {
+    shm_err(errbuf, "shm %s: count %zu x %d ranks overflows", what, count, shm->nranks);
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  return DUET_SUCCESS;
+}
+
+/* Reduce-scatter, small: rank r stores the blocks d != r of its sendbuf in
+ * its slot (block d at d x bytes), waits for every peer and reduces block r
+ * of every slot, its own from sendbuf, in rank order. Large: per step every
+ * block advances by one piece of q bytes; rank r stores its pieces for the
+ * others in its chunk buffer (the piece for d at d x q), synchronises once
+ * (see above) and reduces its pieces in rank order straight into recvbuf.
+ * Each byte is copied in once and read once by its reducer. In place the
+ * result may overwrite this rank's own block while it is still a source:
+ * the reduction then accumulates in the unused part of this rank's slot or
+ * chunk buffer (offset r x bytes or r x q) and only the last step writes
+ * recvbuf. */
+static duet_status_t reduce_scatter_run(duet__shm_t *shm, const char *sb, char *rb, size_t count,
+                                        duet_datatype_t dt, duet_op_t op, int avg_n, int cpu,
+                                        int yield, int timeout_ms, char *errbuf) {
+  const int n = shm->nranks, r = shm->rank;
+  const size_t esz = duet__dt_size(dt), bytes = count * esz;
+  const int alias = rb == sb + (size_t)r * bytes;
+  const char *src[SHM_MAX_RANKS];
+  duet_status_t rc;
+
+  if (bytes * (size_t)n <= DUET_SHM_EAGER_MAX) {
+    const uint64_t seq = shm->seq, par = seq & 1u;
+    char *mine = eager_slot(shm, par, r) + sizeof(uint64_t);
+    for (int d = 0; d < n; d++)
+      if (d != r)
+        memcpy(mine + (size_t)d * bytes, sb + (size_t)d * bytes, bytes);
+    rc = eager_publish_wait(shm, "reduce_scatter", seq, par, cpu, yield, timeout_ms, errbuf);
+    if (rc != DUET_SUCCESS)
+      return rc;
+    for (int p = 0; p < n; p++)
+      src[p] = p == r ? sb + (size_t)r * bytes
+                      : eager_slot(shm, par, p) + sizeof(uint64_t) + (size_t)r * bytes;
+    reduce_ordered(rb, alias ? mine + (size_t)r * bytes : NULL, src, n, count, dt, op);
+    if (op == DUET_AVG)
+      duet__reduce_avg_finish(rb, count, dt, avg_n);
+    return DUET_SUCCESS;
+  }
+  const size_t q = (DUET_SHM_CHUNK / (size_t)n) & ~(size_t)63;
+  for (size_t off = 0; off < bytes; off += q) {
+    size_t m = bytes - off < q ? bytes - off : q;
+    uint64_t par = shm->chunks++ & 1u;
+    char *mine = chunk_buf(shm, par, r);
+    for (int i = 1; i < n; i++) {
+      int d = (r + i) % n;
+      memcpy(mine + (size_t)d * q, sb + (size_t)d * bytes + off, m);
+    }
+    rc = sync_all(shm, "reduce_scatter", cpu, yield, timeout_ms, errbuf);
+    if (rc != DUET_SUCCESS)
+      return rc;
+    for (int p = 0; p < n; p++)
+      src[p] = p == r ? sb + (size_t)r * bytes + off : chunk_buf(shm, par, p) + (size_t)r * q;
+    reduce_ordered(rb + off, alias ? mine + (size_t)r * q : NULL, src, n, m / esz, dt, op);
+    if (op == DUET_AVG)
+      duet__reduce_avg_finish(rb + off, m / esz, dt, avg_n);
+  }
+  return DUET_SUCCESS;
+}
+
+duet_status_t duet__shm_reduce_scatter(duet__shm_t *shm, const void *sendbuf, void *recvbuf,
+                                       size_t recvcount, duet_datatype_t dt, duet_op_t op,
+                                       int avg_n, int yield, int timeout_ms, char *errbuf) {
+  duet_status_t rc = reduce_args(shm, "reduce_scatter", recvcount, dt, op, avg_n, errbuf);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  if (recvcount > 0 && (sendbuf == NULL || recvbuf == NULL)) {
+    shm_err(errbuf, "shm reduce_scatter: %s is NULL (recvcount %zu)",
+            sendbuf == NULL ? "sendbuf" : "recvbuf", recvcount);
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  rc = shm_check(shm, "reduce_scatter", errbuf);
+  if (rc != DUET_SUCCESS || recvcount == 0) /* no call: the slot parity must not advance */
+    return rc;
+  shm->seq++;
+  if (shm->nranks == 1) {
+    if (sendbuf != recvbuf)
+      memcpy(recvbuf, sendbuf, recvcount * duet__dt_size(dt));
+    if (op == DUET_AVG)
+      duet__reduce_avg_finish(recvbuf, recvcount, dt, avg_n);
+    return DUET_SUCCESS;
+  }
+  return reduce_scatter_run(shm, sendbuf, recvbuf, recvcount, dt, op, avg_n, publish_cpu(shm),
+                            yield, timeout_ms, errbuf);
+}
+
+/* Reduce: elements per chunk, a multiple of 64 x local_size, so that every
+ * slice of any chunk (slice_range) fits in per / local_size elements. */
+static size_t reduce_per(const duet__shm_t *shm, size_t esz) {
+  return (DUET_SHM_CHUNK / esz / (size_t)shm->nranks & ~(size_t)63) * (size_t)shm->nranks;
+}
+
+/* Reduce: rank r stores the slices s != r of the chunk at element `off` in
+ * its chunk buffer of parity `par`, slice s at s x slot bytes whatever the
+ * chunk's length, so the slice-r slot is never written by a copy-in. */
+static void reduce_copy_in(duet__shm_t *shm, const char *sb, size_t count, size_t esz, size_t off,
+                           uint64_t par) {
+  const size_t per = reduce_per(shm, esz), slot = per / (size_t)shm->nranks * esz;
+  const size_t elems = count - off < per ? count - off : per;
+  char *mine = chunk_buf(shm, par, shm->rank);
+  size_t lo, hi;
+  for (int s = 0; s < shm->nranks; s++) {
+    if (s == shm->rank)
+      continue;
+    slice_range(elems, shm->nranks, s, &lo, &hi);
+    if (hi > lo)
+      memcpy(mine + (size_t)s * slot, sb + (off + lo) * esz, (hi - lo) * esz);
+  }
+}
+
+/* Reduce, small: the others store their data in their slots; the root
+ * reduces every slot, its own data from sendbuf, in rank order. Large: each
+ * chunk is split into slices as for allreduce; rank r stores the slices
+ * s != r in its chunk buffer, and after a sync reduces slice r in rank order
+ * into the slice-r part of its own buffer, which no copy-in writes (the root
+ * reduces its slice straight into recvbuf). Slice s sits at s x per/L
+ * elements in every chunk buffer, whatever the chunk's length (a shorter last
+ * chunk has shorter slices at other offsets, which must not reach into the
+ * slice-r results of two chunks before). The next sync both publishes those
+ * results and starts the next chunk: in step k a rank reduces chunk k
+ * and copies chunk k+1 in, then all synchronise, then the root copies the
+ * slices of chunk k out. So a call of K chunks makes K + 1 syncs, not 2K.
+ * This is safe: copy-in of chunk k+2 (same parity as k) happens in step k+1
+ * and writes only slices s != r, not the slice-r results the root is reading
+ * then; the reduction of chunk k+2 overwrites them only after the sync that
+ * ends step k+1, which the root enters after its copy-out of chunk k. Each
+ * byte is copied in once, and the result copied out once by the root. */
+static duet_status_t reduce_run(duet__shm_t *shm, const char *sb, char *rb, size_t count,
+                                duet_datatype_t dt, duet_op_t op, int avg_n, int root, int cpu,
+                                int yield, int timeout_ms, char *errbuf) {
+  const int n = shm->nranks, r = shm->rank;
+  const size_t esz = duet__dt_size(dt), bytes = count * esz;
+  const char *src[SHM_MAX_RANKS];
+  duet_status_t rc;
+
+  if (bytes <= DUET_SHM_EAGER_MAX) {
+    const uint64_t seq = shm->seq, par = seq & 1u;
+    char *mine = eager_slot(shm, par, r) + sizeof(uint64_t);
+    if (r != root)
+      memcpy(mine, sb, bytes);
+    rc = eager_publish_wait(shm, "reduce", seq, par, cpu, yield, timeout_ms, errbuf);
+    if (rc != DUET_SUCCESS || r != root)
+      return rc;
+    for (int p = 0; p < n; p++)
+      src[p] = p == r ? sb : eager_slot(shm, par, p) + sizeof(uint64_t);
+    reduce_ordered(rb, sb == rb ? mine : NULL, src, n, count, dt, op);
+    if (op == DUET_AVG)
+      duet__reduce_avg_finish(rb, count, dt, avg_n);
+    return DUET_SUCCESS;
+  }
+  const size_t per = reduce_per(shm, esz), slot = per / (size_t)n * esz;
+  size_t lo, hi;
+  uint64_t par = shm->chunks & 1u;
+  reduce_copy_in(shm, sb, count, esz, 0, par);
+  rc = sync_all(shm, "reduce", cpu, yield, timeout_ms, errbuf);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  for (size_t off = 0; off < count; off += per) {
+    size_t elems = count - off < per ? count - off : per;
+    par = shm->chunks++ & 1u;
+    /* reduce slice r of this chunk */
+    slice_range(elems, n, r, &lo, &hi);
+    if (hi > lo) {
+      char *own = chunk_buf(shm, par, r) + (size_t)r * slot;
+      for (int p = 0; p < n; p++)
+        src[p] = p == r ? sb + (off + lo) * esz : chunk_buf(shm, par, p) + (size_t)r * slot;
+      char *dst = r == root ? rb + (off + lo) * esz : own;
+      reduce_ordered(dst, r == root && sb == rb ? own : NULL, src, n, hi - lo, dt, op);
+      if (op == DUET_AVG)
+        duet__reduce_avg_finish(dst, hi - lo, dt, avg_n);
+    }
+    if (off + per < count)
+      reduce_copy_in(shm, sb, count, esz, off + per, par ^ 1u);
+    rc = sync_all(shm, "reduce", cpu, yield, timeout_ms, errbuf);
+    if (rc != DUET_SUCCESS)
+      return rc;
+    if (r != root)
+      continue;
+    for (int i = 1; i < n; i++) {
+      int s = (r + i) % n;
+      slice_range(elems, n, s, &lo, &hi);
+      if (hi > lo)
+        memcpy(rb + (off + lo) * esz, chunk_buf(shm, par, s) + (size_t)s * slot, (hi - lo) * esz);
+    }
+  }
+  return DUET_SUCCESS;
+}
+
+duet_status_t duet__shm_reduce(duet__shm_t *shm, const void *sendbuf, void *recvbuf, size_t count,
+                               duet_datatype_t dt, duet_op_t op, int avg_n, int root, int yield,
+                               int timeout_ms, char *errbuf) {
+  duet_status_t rc = reduce_args(shm, "reduce", count, dt, op, avg_n, errbuf);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  if (root < 0 || root >= shm->nranks) {
+    shm_err(errbuf, "shm reduce: root %d is not a local rank (0..%d)", root, shm->nranks - 1);
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  if (count > 0 && (sendbuf == NULL || (shm->rank == root && recvbuf == NULL))) {
+    shm_err(errbuf, "shm reduce: %s is NULL (count %zu)", sendbuf == NULL ? "sendbuf" : "recvbuf",
+            count);
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  rc = shm_check(shm, "reduce", errbuf);
+  if (rc != DUET_SUCCESS || count == 0) /* no call: the slot parity must not advance */
+    return rc;
+  shm->seq++;
+  if (shm->nranks == 1) {
+    if (sendbuf != recvbuf)
+      memcpy(recvbuf, sendbuf, count * duet__dt_size(dt));
+    if (op == DUET_AVG)
+      duet__reduce_avg_finish(recvbuf, count, dt, avg_n);
+    return DUET_SUCCESS;
+  }
+  return reduce_run(shm, sendbuf, shm->rank == root ? recvbuf : NULL, count, dt, op, avg_n, root,
+                    publish_cpu(shm), yield, timeout_ms, errbuf);
 }

@@ -1,19 +1,21 @@
 /*
- * shm.h - the UPN load/store path: allreduce, all-to-all and barrier among
- * the ranks of one host through one shared-memory segment, with loads and
- * stores only.
+ * shm.h - the UPN load/store path: allreduce, reduce, reduce-scatter,
+ * allgather, broadcast, all-to-all and barrier among the ranks of one host
+ * through one shared-memory segment, with loads and stores only.
  *
  * Small messages go through flag-synchronised slots (each rank stores its
- * data and a sequence number in its own slot, every rank reduces all slots in
- * rank order); large ones through a chunked reduce-scatter/allgather in
- * shared buffers, each rank reducing its slice of every chunk. The segment is
- * created once, sized for the engine and pre-faulted; no call allocates or
- * touches fresh pages, and no call makes a system call unless it waits with
- * yield != 0 (sched_yield) or a wait runs long enough to read the clock.
+ * data and a sequence number in its own slot, every rank waits for every
+ * peer's number and reads the slots it needs, reducing in rank order); large
+ * ones through double-buffered chunk buffers, each rank reducing its slice of
+ * every chunk. The segment is created once, sized for the engine and
+ * pre-faulted; no call allocates or touches fresh pages, and no call makes a
+ * system call unless it waits with yield != 0 (sched_yield) or a wait runs
+ * long enough to read the clock.
  *
  * Threads: an engine is used by one thread of each rank at a time. All local
  * ranks call the collectives of one engine in the same order with the same
- * count, datatype, op and avg_n. Results are bitwise identical on all ranks.
+ * count, datatype, op, avg_n and root. Results are bitwise identical on all
+ * ranks; reduce and reduce-scatter reduce in rank order.
  */
 #ifndef DUET_SHM_H
 #define DUET_SHM_H
@@ -54,6 +56,33 @@ duet_status_t duet__shm_allreduce(duet__shm_t *shm, const void *sendbuf, void *r
  * errors as duet__shm_allreduce. */
 duet_status_t duet__shm_alltoall(duet__shm_t *shm, const void *sendbuf, void *recvbuf,
                                  size_t bytes, int yield, int timeout_ms, char *errbuf);
+/* Collective, blocking: allgather of `bytes` per rank; block s of recvbuf
+ * comes from local rank s. In place: sendbuf == recvbuf (this rank's block is
+ * already at recvbuf + rank x bytes) or sendbuf == recvbuf + rank x bytes.
+ * Waits, deadlines and errors as duet__shm_allreduce. */
+duet_status_t duet__shm_allgather(duet__shm_t *shm, const void *sendbuf, void *recvbuf,
+                                  size_t bytes, int yield, int timeout_ms, char *errbuf);
+/* Collective, blocking: broadcast of `bytes` from local rank root's sendbuf
+ * to every rank's recvbuf (the root's too; sendbuf == recvbuf there means in
+ * place). sendbuf is read on the root only. Waits, deadlines and errors as
+ * duet__shm_allreduce. */
+duet_status_t duet__shm_broadcast(duet__shm_t *shm, const void *sendbuf, void *recvbuf,
+                                  size_t bytes, int root, int yield, int timeout_ms, char *errbuf);
+/* Collective, blocking: reduce-scatter; sendbuf holds local_size blocks of
+ * recvcount elements, recvbuf receives block `rank` reduced over the local
+ * ranks in rank order. In place: recvbuf == sendbuf (the result lands at the
+ * start) or recvbuf == sendbuf + rank x recvcount. AVG, waits, deadlines
+ * and errors as duet__shm_allreduce. */
+duet_status_t duet__shm_reduce_scatter(duet__shm_t *shm, const void *sendbuf, void *recvbuf,
+                                       size_t recvcount, duet_datatype_t dt, duet_op_t op,
+                                       int avg_n, int yield, int timeout_ms, char *errbuf);
+/* Collective, blocking: reduce of count elements, in rank order, into local
+ * rank root's recvbuf (sendbuf == recvbuf there means in place); recvbuf is
+ * not touched elsewhere. AVG, waits, deadlines and errors as
+ * duet__shm_allreduce. */
+duet_status_t duet__shm_reduce(duet__shm_t *shm, const void *sendbuf, void *recvbuf, size_t count,
+                               duet_datatype_t dt, duet_op_t op, int avg_n, int root, int yield,
+                               int timeout_ms, char *errbuf);
 /* Collective, blocking: returns when every local rank has entered it. */
 duet_status_t duet__shm_barrier(duet__shm_t *shm, int yield, int timeout_ms, char *errbuf);
 /* Unmap and free; never blocks, never unlinks. NULL is allowed. */

@@ -560,7 +560,7 @@ static long test_reduce(ctx_t *c, int ai, const char *algo) {
     int unsup = 0, roots[NB];
     for (int i = 0; i < NB; i++) {
       size_t bytes = nb[i].count * mt_dtype(nb[i].dt)->size;
-      roots[i] = (c->size - 1 - i + pass) % c->size;
+      roots[i] = ((c->size - 1 - i + pass) % c->size + c->size) % c->size; /* np < 3 */
       s[i] = mt_xmalloc(bytes);
       r[i] = mt_xmalloc(bytes + MT_GUARD);
       w[i] = mt_xmalloc(bytes);

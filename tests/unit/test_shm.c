@@ -485,13 +485,497 @@ Test(shm, alltoall_4_ranks) {
   cr_assert_eq(run_group(4, child_alltoall, NULL), 0);
 }
 
+/* ---- allgather, broadcast, reduce-scatter, reduce ----
+ *
+ * Each check fills its buffers, surrounds recvbuf with a guard, calls the
+ * engine and checks the result, the guard and (out of place) sendbuf. Every
+ * call is followed by an allreduce or an all-to-all of alternating size, so
+ * the new collectives share slot and chunk-buffer parities with the old. */
+
+#define GUARD 64
+#define GUARD_BYTE 0xa5
+
+/* The engine's limits as this test assumes them (shm.c). */
+#define EAGER_MAX (8u << 10)
+#define CHUNK (1u << 20)
+
+static int guard_ok(const char *what, int rank, int L, size_t n, const unsigned char *end) {
+  for (size_t b = 0; b < GUARD; b++)
+    if (end[b] != GUARD_BYTE) {
+      fprintf(stderr, "rank %d/%d %s %zu: wrote past the end\n", rank, L, what, n);
+      return 1;
+    }
+  return 0;
+}
+
+/* An allreduce or an all-to-all, eager or chunked, by k. */
+static int interleave(duet__shm_t *shm, int rank, int L, unsigned k, char *a, char *b, char *c) {
+  if (k % 3 == 2)
+    return check_alltoall(shm, rank, L, k % 2 ? 3 : 300001, (int)(k & 4) != 0, k,
+                          (unsigned char *)a, (unsigned char *)b);
+  return check_one(shm, rank, L, DUET_INT32, test_ops[k % 5], k % 2 ? 5 : 300000, (int)(k & 4) != 0,
+                   k, a, b, c);
+}
+
+/* Byte j of the block from rank s. */
+static unsigned char ag_byte(int s, size_t j, unsigned salt) {
+  return (unsigned char)(s * 53 + (j * 13 + j / 241) + salt * 7 + 1);
+}
+
+/* mode 0: out of place; 1: sendbuf == recvbuf; 2: sendbuf = recvbuf + rank x bytes */
+static int check_allgather(duet__shm_t *shm, int rank, int L, size_t bytes, int mode, unsigned salt,
+                           unsigned char *send, unsigned char *recv) {
+  char err[DUET_SHM_ERRLEN];
+  size_t total = (size_t)L * bytes;
+  unsigned char *own = mode == 0 ? send : recv + (size_t)rank * bytes;
+  memset(recv, GUARD_BYTE, total + GUARD);
+  for (size_t j = 0; j < bytes; j++)
+    own[j] = ag_byte(rank, j, salt);
+  const void *sb = mode == 0 ? (void *)send : mode == 1 ? (void *)recv : (void *)own;
+  duet_status_t rc = duet__shm_allgather(shm, sb, recv, bytes, L > 2, CALL_TIMEOUT_MS, err);
+  if (rc != DUET_SUCCESS) {
+    fprintf(stderr, "rank %d/%d allgather %zu B mode %d: %d %s\n", rank, L, bytes, mode, (int)rc,
+            err);
+    return 1;
+  }
+  for (int s = 0; s < L; s++)
+    for (size_t j = 0; j < bytes; j++)
+      if (recv[(size_t)s * bytes + j] != ag_byte(s, j, salt)) {
+        fprintf(stderr, "rank %d/%d allgather %zu B mode %d: byte %zu of block %d is %u, want %u\n",
+                rank, L, bytes, mode, j, s, recv[(size_t)s * bytes + j], ag_byte(s, j, salt));
+        return 1;
+      }
+  if (guard_ok("allgather", rank, L, bytes, recv + total) != 0)
+    return 1;
+  for (size_t j = 0; j < bytes && mode == 0; j++)
+    if (send[j] != ag_byte(rank, j, salt)) {
+      fprintf(stderr, "rank %d/%d allgather %zu B: sendbuf modified\n", rank, L, bytes);
+      return 1;
+    }
+  return 0;
+}
+
+static const size_t ag_bytes[] = {
+    0, 1, 63, 1000, EAGER_MAX, EAGER_MAX + 1, 65599, CHUNK, 2 * CHUNK + 77};
+
+static int child_allgather(duet__shm_t *shm, int rank, int L, void *arg) {
+  (void)arg;
+  size_t cap = (2 * CHUNK + 77) * (size_t)L + 300001u * 4 + GUARD;
+  char *send = malloc(cap), *recv = malloc(cap), *ref = malloc(cap), *red = malloc(cap);
+  int bad = 0;
+  unsigned salt = 0;
+  if (send == NULL || recv == NULL || ref == NULL || red == NULL)
+    _exit(91);
+  for (size_t k = 0; k < sizeof(ag_bytes) / sizeof(ag_bytes[0]) && !bad; k++)
+    for (int mode = 0; mode < 3 && !bad; mode++) {
+      bad |= check_allgather(shm, rank, L, ag_bytes[k], mode, salt++, (unsigned char *)send,
+                             (unsigned char *)recv);
+      if (!bad)
+        bad |= interleave(shm, rank, L, salt++, red, recv, ref);
+    }
+  free(send);
+  free(recv);
+  free(ref);
+  free(red);
+  return bad;
+}
+
+Test(shm, allgather_1_rank) {
+  cr_assert_eq(run_group(1, child_allgather, NULL), 0);
+}
+Test(shm, allgather_2_ranks) {
+  cr_assert_eq(run_group(2, child_allgather, NULL), 0);
+}
+Test(shm, allgather_3_ranks) {
+  cr_assert_eq(run_group(3, child_allgather, NULL), 0);
+}
+Test(shm, allgather_4_ranks) {
+  cr_assert_eq(run_group(4, child_allgather, NULL), 0);
+}
+
+/* Root in place (sendbuf == recvbuf) or not; non-roots pass NULL or a
+ * sendbuf that must stay unread and unmodified. */
+static int check_broadcast(duet__shm_t *shm, int rank, int L, size_t bytes, int root, int in_place,
+                           unsigned salt, unsigned char *send, unsigned char *recv) {
+  char err[DUET_SHM_ERRLEN];
+  memset(recv, GUARD_BYTE, bytes + GUARD);
+  for (size_t j = 0; j < bytes; j++)
+    send[j] = rank == root ? ag_byte(root, j, salt) : (unsigned char)(j * 3 + 1);
+  if (rank == root && in_place)
+    memcpy(recv, send, bytes);
+  const void *sb =
+      rank == root ? (in_place ? (void *)recv : (void *)send) : (salt % 2 ? NULL : (void *)send);
+  duet_status_t rc = duet__shm_broadcast(shm, sb, recv, bytes, root, L > 2, CALL_TIMEOUT_MS, err);
+  if (rc != DUET_SUCCESS) {
+    fprintf(stderr, "rank %d/%d broadcast %zu B root %d: %d %s\n", rank, L, bytes, root, (int)rc,
+            err);
+    return 1;
+  }
+  for (size_t j = 0; j < bytes; j++)
+    if (recv[j] != ag_byte(root, j, salt)) {
+      fprintf(stderr, "rank %d/%d broadcast %zu B root %d %s: byte %zu is %u, want %u\n", rank, L,
+              bytes, root, in_place ? "in place" : "out of place", j, recv[j],
+              ag_byte(root, j, salt));
+      return 1;
+    }
+  if (guard_ok("broadcast", rank, L, bytes, recv + bytes) != 0)
+    return 1;
+  for (size_t j = 0; j < bytes; j++)
+    if (send[j] != (rank == root ? ag_byte(root, j, salt) : (unsigned char)(j * 3 + 1))) {
+      fprintf(stderr, "rank %d/%d broadcast %zu B: sendbuf modified\n", rank, L, bytes);
+      return 1;
+    }
+  return 0;
+}
+
+static const size_t bc_bytes[] = {0, 1, 63, EAGER_MAX, EAGER_MAX + 1, CHUNK - 1, 3 * CHUNK + 5};
+
+static int child_broadcast(duet__shm_t *shm, int rank, int L, void *arg) {
+  (void)arg;
+  size_t cap = 3 * CHUNK + 5 + 300001u * (size_t)(L > 2 ? L : 2) + GUARD;
+  char *send = malloc(cap), *recv = malloc(cap), *ref = malloc(cap), *red = malloc(cap);
+  int bad = 0;
+  unsigned salt = 0;
+  if (send == NULL || recv == NULL || ref == NULL || red == NULL)
+    _exit(91);
+  for (size_t k = 0; k < sizeof(bc_bytes) / sizeof(bc_bytes[0]) && !bad; k++)
+    for (int v = 0; v < 4 && !bad; v++) {
+      int root = v % 2 ? L - 1 : 0;
+      bad |= check_broadcast(shm, rank, L, bc_bytes[k], root, v / 2, salt++, (unsigned char *)send,
+                             (unsigned char *)recv);
+      if (!bad)
+        bad |= interleave(shm, rank, L, salt++, red, recv, ref);
+    }
+  free(send);
+  free(recv);
+  free(ref);
+  free(red);
+  return bad;
+}
+
+Test(shm, broadcast_1_rank) {
+  cr_assert_eq(run_group(1, child_broadcast, NULL), 0);
+}
+Test(shm, broadcast_2_ranks) {
+  cr_assert_eq(run_group(2, child_broadcast, NULL), 0);
+}
+Test(shm, broadcast_3_ranks) {
+  cr_assert_eq(run_group(3, child_broadcast, NULL), 0);
+}
+Test(shm, broadcast_4_ranks) {
+  cr_assert_eq(run_group(4, child_broadcast, NULL), 0);
+}
+
+static int first_diff(const char *a, const char *b, size_t count, size_t esz) {
+  size_t i = 0;
+  while (i < count && memcmp(a + i * esz, b + i * esz, esz) == 0)
+    i++;
+  return (int)i;
+}
+
+/* mode 0: out of place; 1: recvbuf == sendbuf (result at the start); 2:
+ * recvbuf = sendbuf + rank x recvcount. Element i of block d of rank r's
+ * sendbuf is input(op, r, d x recvcount + i). */
+static int check_reduce_scatter(duet__shm_t *shm, int rank, int L, duet_datatype_t dt, duet_op_t op,
+                                size_t count, int mode, unsigned salt, char *send, char *recv,
+                                char *ref) {
+  char err[DUET_SHM_ERRLEN];
+  size_t esz = duet__dt_size(dt), bytes = count * esz, total = (size_t)L * bytes;
+  int avg_n = L + 1;
+  fill_input(send, (size_t)L * count, dt, op, rank, salt);
+  memset(send + total, GUARD_BYTE, GUARD);
+  memset(recv, GUARD_BYTE, bytes + GUARD);
+  fill_reference(ref, (size_t)L * count, dt, op, L, avg_n, salt);
+  char *out = mode == 0 ? recv : mode == 1 ? send : send + (size_t)rank * bytes;
+  duet_status_t rc =
+      duet__shm_reduce_scatter(shm, send, out, count, dt, op, avg_n, L > 2, CALL_TIMEOUT_MS, err);
+  if (rc != DUET_SUCCESS) {
+    fprintf(stderr, "rank %d/%d reduce_scatter %s %s count %zu mode %d: %d %s\n", rank, L,
+            duet__dt_name(dt), duet__op_name(op), count, mode, (int)rc, err);
+    return 1;
+  }
+  if (memcmp(out, ref + (size_t)rank * bytes, bytes) != 0) {
+    fprintf(stderr, "rank %d/%d reduce_scatter %s %s count %zu mode %d: element %d differs\n", rank,
+            L, duet__dt_name(dt), duet__op_name(op), count, mode,
+            first_diff(out, ref + (size_t)rank * bytes, count, esz));
+    return 1;
+  }
+  if (guard_ok("reduce_scatter", rank, L, count,
+               (unsigned char *)(mode ? send + total : recv + bytes)))
+    return 1;
+  /* Out of place nothing of sendbuf changes; in NCCL's form only this
+   * rank's block does. */
+  if (mode != 1) {
+    fill_input(ref, (size_t)L * count, dt, op, rank, salt);
+    for (int d = 0; d < L; d++)
+      if ((mode == 0 || d != rank) &&
+          memcmp(send + (size_t)d * bytes, ref + (size_t)d * bytes, bytes) != 0) {
+        fprintf(stderr, "rank %d/%d reduce_scatter count %zu mode %d: sendbuf block %d modified\n",
+                rank, L, count, mode, d);
+        return 1;
+      }
+  }
+  return 0;
+}
+
+/* (datatype, op) pairs covering every op on several datatypes. */
+static const struct {
+  duet_datatype_t dt;
+  duet_op_t op;
+} red_cases[] = {{DUET_INT32, DUET_SUM},    {DUET_FLOAT32, DUET_AVG}, {DUET_FLOAT64, DUET_PROD},
+                 {DUET_BFLOAT16, DUET_MIN}, {DUET_INT8, DUET_MAX},    {DUET_INT32, DUET_AVG},
+                 {DUET_BFLOAT16, DUET_AVG}, {DUET_FLOAT32, DUET_MAX}, {DUET_INT8, DUET_SUM},
+                 {DUET_FLOAT64, DUET_MIN}};
+#define N_RED_CASES (sizeof(red_cases) / sizeof(red_cases[0]))
+
+static int child_reduce_scatter(duet__shm_t *shm, int rank, int L, void *arg) {
+  (void)arg;
+  size_t cap = 300007u * 8 * (size_t)L + GUARD;
+  char *send = malloc(cap), *recv = malloc(cap), *ref = malloc(cap), *red = malloc(cap);
+  int bad = 0;
+  unsigned salt = 0;
+  if (send == NULL || recv == NULL || ref == NULL || red == NULL)
+    _exit(91);
+  for (size_t c = 0; c < N_RED_CASES && !bad; c++) {
+    duet_datatype_t dt = red_cases[c].dt;
+    size_t lim = EAGER_MAX / ((size_t)L * duet__dt_size(dt)); /* largest eager recvcount */
+    size_t counts[] = {0, 1, 7, lim, lim + 1, c < 4 ? 300007u : 70001u};
+    for (size_t k = 0; k < sizeof(counts) / sizeof(counts[0]) && !bad; k++)
+      for (int mode = 0; mode < 3 && !bad; mode++) {
+        bad |= check_reduce_scatter(shm, rank, L, dt, red_cases[c].op, counts[k], mode, salt++,
+                                    send, recv, ref);
+        if (!bad && (k + (size_t)mode) % 3 == 0)
+          bad |= interleave(shm, rank, L, salt++, red, recv, ref);
+      }
+  }
+  free(send);
+  free(recv);
+  free(ref);
+  free(red);
+  return bad;
+}
+
+Test(shm, reduce_scatter_1_rank) {
+  cr_assert_eq(run_group(1, child_reduce_scatter, NULL), 0);
+}
+Test(shm, reduce_scatter_2_ranks) {
+  cr_assert_eq(run_group(2, child_reduce_scatter, NULL), 0);
+}
+Test(shm, reduce_scatter_3_ranks) {
+  cr_assert_eq(run_group(3, child_reduce_scatter, NULL), 0);
+}
+Test(shm, reduce_scatter_4_ranks) {
+  cr_assert_eq(run_group(4, child_reduce_scatter, NULL), 0);
+}
+
+/* Root in place or not; non-roots pass NULL or a recvbuf that must stay
+ * untouched. */
+static int check_reduce(duet__shm_t *shm, int rank, int L, duet_datatype_t dt, duet_op_t op,
+                        size_t count, int root, int in_place, unsigned salt, char *send, char *recv,
+                        char *ref) {
+  char err[DUET_SHM_ERRLEN];
+  size_t esz = duet__dt_size(dt), bytes = count * esz;
+  int avg_n = L + 1, me = rank == root;
+  fill_input(send, count, dt, op, rank, salt);
+  fill_reference(ref, count, dt, op, L, avg_n, salt);
+  memset(recv, GUARD_BYTE, bytes + GUARD);
+  if (me && in_place)
+    memcpy(recv, send, bytes);
+  void *rb = me || salt % 2 ? recv : NULL;
+  duet_status_t rc = duet__shm_reduce(shm, me && in_place ? recv : send, rb, count, dt, op, avg_n,
+                                      root, L > 2, CALL_TIMEOUT_MS, err);
+  if (rc != DUET_SUCCESS) {
+    fprintf(stderr, "rank %d/%d reduce %s %s count %zu root %d: %d %s\n", rank, L,
+            duet__dt_name(dt), duet__op_name(op), count, root, (int)rc, err);
+    return 1;
+  }
+  if (me && memcmp(recv, ref, bytes) != 0) {
+    fprintf(stderr, "rank %d/%d reduce %s %s count %zu root %d %s: element %d differs\n", rank, L,
+            duet__dt_name(dt), duet__op_name(op), count, root,
+            in_place ? "in place" : "out of place", first_diff(recv, ref, count, esz));
+    return 1;
+  }
+  for (size_t b = 0; b < bytes && !me; b++)
+    if ((unsigned char)recv[b] != GUARD_BYTE) {
+      fprintf(stderr, "rank %d/%d reduce count %zu root %d: non-root recvbuf written\n", rank, L,
+              count, root);
+      return 1;
+    }
+  if (guard_ok("reduce", rank, L, count, (unsigned char *)recv + bytes))
+    return 1;
+  if (!(me && in_place)) {
+    fill_input(ref, count, dt, op, rank, salt);
+    if (memcmp(send, ref, bytes) != 0) {
+      fprintf(stderr, "rank %d/%d reduce count %zu: sendbuf modified\n", rank, L, count);
+      return 1;
+    }
+  }
+  return 0;
+}
+
+static int child_reduce(duet__shm_t *shm, int rank, int L, void *arg) {
+  (void)arg;
+  size_t cap = BIG_COUNT * 8 + 300001u * 4 * (size_t)L + GUARD;
+  char *send = malloc(cap), *recv = malloc(cap), *ref = malloc(cap), *red = malloc(cap);
+  int bad = 0;
+  unsigned salt = 0;
+  if (send == NULL || recv == NULL || ref == NULL || red == NULL)
+    _exit(91);
+  for (size_t c = 0; c < N_RED_CASES && !bad; c++) {
+    duet_datatype_t dt = red_cases[c].dt;
+    size_t lim = EAGER_MAX / duet__dt_size(dt); /* largest eager count */
+    size_t counts[] = {0, 1, 7, lim, lim + 1, c < 4 ? BIG_COUNT : 300001u};
+    for (size_t k = 0; k < sizeof(counts) / sizeof(counts[0]) && !bad; k++)
+      for (int v = 0; v < 4 && !bad; v++) {
+        int root = v % 2 ? L - 1 : 0;
+        bad |= check_reduce(shm, rank, L, dt, red_cases[c].op, counts[k], root, v / 2, salt++, send,
+                            recv, ref);
+        if (!bad && (k + (size_t)v) % 3 == 0)
+          bad |= interleave(shm, rank, L, salt++, red, recv, ref);
+      }
+  }
+  free(send);
+  free(recv);
+  free(ref);
+  free(red);
+  return bad;
+}
+
+Test(shm, reduce_1_rank) {
+  cr_assert_eq(run_group(1, child_reduce, NULL), 0);
+}
+Test(shm, reduce_2_ranks) {
+  cr_assert_eq(run_group(2, child_reduce, NULL), 0);
+}
+Test(shm, reduce_3_ranks) {
+  cr_assert_eq(run_group(3, child_reduce, NULL), 0);
+}
+Test(shm, reduce_4_ranks) {
+  cr_assert_eq(run_group(4, child_reduce, NULL), 0);
+}
+
+/* Back-to-back small rooted calls, no other synchronisation: first
+ * broadcasts from one root, then reduces to one root, then both with a
+ * moving root; empty calls in between. A rank that returned without waiting for every peer (a
+ * broadcast root, a reduce non-root) would run ahead and rewrite its slot
+ * while a slower peer still reads it two calls before. */
+static int child_rooted_stress(duet__shm_t *shm, int rank, int L, void *arg) {
+  (void)arg;
+  unsigned char send[256], recv[256 + GUARD];
+  int32_t in[64], out[64];
+  char err[DUET_SHM_ERRLEN];
+  for (unsigned it = 0; it < 6000; it++) {
+    int root = it < 2000 ? L - 1 : it < 4000 ? L - 2 : (int)(it % (unsigned)L);
+    if (it < 2000 || it >= 4000) {
+      size_t bytes = 1 + it % 256;
+      for (size_t j = 0; j < bytes; j++)
+        send[j] = ag_byte(root, j, it);
+      memset(recv, 0, sizeof(recv));
+      if (duet__shm_broadcast(shm, rank == root ? send : NULL, recv, bytes, root, L > 2,
+                              CALL_TIMEOUT_MS, err) != DUET_SUCCESS ||
+          memcmp(recv, send, bytes) != 0) {
+        fprintf(stderr, "rank %d/%d broadcast %u (%zu B, root %d): wrong %s\n", rank, L, it, bytes,
+                root, err);
+        return 1;
+      }
+    }
+    /* empty calls are no calls: they must not let a rank run ahead */
+    if (it % 2 && (duet__shm_broadcast(shm, NULL, NULL, 0, root, L > 2, CALL_TIMEOUT_MS, err) !=
+                       DUET_SUCCESS ||
+                   duet__shm_reduce(shm, NULL, NULL, 0, DUET_INT32, DUET_SUM, L, root, L > 2,
+                                    CALL_TIMEOUT_MS, err) != DUET_SUCCESS)) {
+      fprintf(stderr, "rank %d/%d empty call %u: %s\n", rank, L, it, err);
+      return 1;
+    }
+    if (it < 2000)
+      continue;
+    for (int j = 0; j < 64; j++)
+      in[j] = (int32_t)(it * 7 + (unsigned)j) * (rank + 1);
+    if (duet__shm_reduce(shm, in, out, 64, DUET_INT32, DUET_SUM, L, (root + 1) % L, L > 2,
+                         CALL_TIMEOUT_MS, err) != DUET_SUCCESS) {
+      fprintf(stderr, "rank %d/%d reduce %u: %s\n", rank, L, it, err);
+      return 1;
+    }
+    for (int j = 0; j < 64 && rank == (root + 1) % L; j++)
+      if (out[j] != (int32_t)(it * 7 + (unsigned)j) * (L * (L + 1) / 2)) {
+        fprintf(stderr, "rank %d/%d reduce %u: element %d is %d\n", rank, L, it, j, (int)out[j]);
+        return 1;
+      }
+  }
+  return 0;
+}
+
+Test(shm, rooted_stress_2_ranks) {
+  cr_assert_eq(run_group(2, child_rooted_stress, NULL), 0);
+}
+Test(shm, rooted_stress_3_ranks) {
+  cr_assert_eq(run_group(3, child_rooted_stress, NULL), 0);
+}
+Test(shm, rooted_stress_4_ranks) {
+  cr_assert_eq(run_group(4, child_rooted_stress, NULL), 0);
+}
+
+/* Non-exact float32 sums: reduce and reduce-scatter reduce in rank order,
+ * so their results equal a serial left-to-right sum bit for bit. */
+static float rank_float(int rank, size_t i) {
+  unsigned v = (unsigned)(i * 2654435761u) ^ (unsigned)(rank * 40503 + 7);
+  v = v * 1103515245u + 12345u;
+  return (float)(v >> 8) * 0x1p-13f - 1000.0f;
+}
+
+static int child_rank_order(duet__shm_t *shm, int rank, int L, void *arg) {
+  (void)arg;
+  static const size_t counts[] = {3, 500, 300001};
+  size_t cap = 300001u * (size_t)L;
+  float *send = malloc(cap * sizeof(float)), *recv = malloc(cap * sizeof(float));
+  float *ref = malloc(cap * sizeof(float));
+  char err[DUET_SHM_ERRLEN];
+  if (send == NULL || recv == NULL || ref == NULL)
+    _exit(91);
+  for (size_t k = 0; k < 3; k++) {
+    size_t n = counts[k] * (size_t)L;
+    for (size_t i = 0; i < n; i++) {
+      send[i] = rank_float(rank, i);
+      ref[i] = rank_float(0, i);
+      for (int p = 1; p < L; p++)
+        ref[i] += rank_float(p, i);
+    }
+    if (duet__shm_reduce_scatter(shm, send, recv, counts[k], DUET_FLOAT32, DUET_SUM, L, L > 2,
+                                 CALL_TIMEOUT_MS, err) != DUET_SUCCESS ||
+        memcmp(recv, ref + (size_t)rank * counts[k], counts[k] * sizeof(float)) != 0) {
+      fprintf(stderr, "rank %d/%d reduce_scatter %zu: not the rank-order sum %s\n", rank, L,
+              counts[k], err);
+      return 1;
+    }
+    if (duet__shm_reduce(shm, send, recv, n, DUET_FLOAT32, DUET_SUM, L, L - 1, L > 2,
+                         CALL_TIMEOUT_MS, err) != DUET_SUCCESS ||
+        (rank == L - 1 && memcmp(recv, ref, n * sizeof(float)) != 0)) {
+      fprintf(stderr, "rank %d/%d reduce %zu: not the rank-order sum %s\n", rank, L, n, err);
+      return 1;
+    }
+  }
+  free(send);
+  free(recv);
+  free(ref);
+  return 0;
+}
+
+Test(shm, rank_order_3_ranks) {
+  cr_assert_eq(run_group(3, child_rank_order, NULL), 0);
+}
+Test(shm, rank_order_4_ranks) {
+  cr_assert_eq(run_group(4, child_rank_order, NULL), 0);
+}
+
 /* ---- timeouts ---- */
 
 #define SHORT_TIMEOUT_MS 500
 
+enum { TC_ALLREDUCE, TC_ALLTOALL, TC_ALLGATHER, TC_BROADCAST, TC_REDUCE_SCATTER, TC_REDUCE };
+
 struct timeout_case {
   size_t count; /* 0: barrier */
-  int alltoall; /* count is bytes per block of an all-to-all */
+  int kind;     /* TC_*: count is elements (int32) or bytes per block */
 };
 
 /* The last rank never calls; the others must time out, naming it. */
@@ -507,8 +991,18 @@ static int child_timeout(duet__shm_t *shm, int rank, int L, void *arg) {
   double t0 = now_s();
   if (tc->count == 0)
     rc = duet__shm_barrier(shm, 1, SHORT_TIMEOUT_MS, err);
-  else if (tc->alltoall)
+  else if (tc->kind == TC_ALLTOALL)
     rc = duet__shm_alltoall(shm, buf, buf, tc->count, 1, SHORT_TIMEOUT_MS, err);
+  else if (tc->kind == TC_ALLGATHER)
+    rc = duet__shm_allgather(shm, buf, buf, tc->count, 1, SHORT_TIMEOUT_MS, err);
+  else if (tc->kind == TC_BROADCAST)
+    rc = duet__shm_broadcast(shm, buf, buf, tc->count, 0, 1, SHORT_TIMEOUT_MS, err);
+  else if (tc->kind == TC_REDUCE_SCATTER)
+    rc = duet__shm_reduce_scatter(shm, buf, buf, tc->count, DUET_INT32, DUET_SUM, L, 1,
+                                  SHORT_TIMEOUT_MS, err);
+  else if (tc->kind == TC_REDUCE)
+    rc = duet__shm_reduce(shm, buf, buf, tc->count, DUET_INT32, DUET_AVG, L, 0, 1, SHORT_TIMEOUT_MS,
+                          err);
   else
     rc = duet__shm_allreduce(shm, buf, buf, tc->count, DUET_INT32, DUET_SUM, L, 1, SHORT_TIMEOUT_MS,
                              err);
@@ -537,23 +1031,55 @@ static int child_timeout(duet__shm_t *shm, int rank, int L, void *arg) {
 }
 
 Test(shm, timeout_eager) {
-  struct timeout_case tc = {1, 0};
+  struct timeout_case tc = {1, TC_ALLREDUCE};
   cr_assert_eq(run_group(3, child_timeout, &tc), 0);
 }
 Test(shm, timeout_chunked) {
-  struct timeout_case tc = {1 << 20, 0};
+  struct timeout_case tc = {1 << 20, TC_ALLREDUCE};
   cr_assert_eq(run_group(2, child_timeout, &tc), 0);
 }
 Test(shm, timeout_alltoall_eager) {
-  struct timeout_case tc = {16, 1};
+  struct timeout_case tc = {16, TC_ALLTOALL};
   cr_assert_eq(run_group(3, child_timeout, &tc), 0);
 }
 Test(shm, timeout_alltoall_chunked) {
-  struct timeout_case tc = {1 << 20, 1};
+  struct timeout_case tc = {1 << 20, TC_ALLTOALL};
+  cr_assert_eq(run_group(2, child_timeout, &tc), 0);
+}
+Test(shm, timeout_allgather_eager) {
+  struct timeout_case tc = {100, TC_ALLGATHER};
+  cr_assert_eq(run_group(3, child_timeout, &tc), 0);
+}
+Test(shm, timeout_allgather_chunked) {
+  struct timeout_case tc = {1 << 20, TC_ALLGATHER};
+  cr_assert_eq(run_group(2, child_timeout, &tc), 0);
+}
+Test(shm, timeout_broadcast_eager) {
+  struct timeout_case tc = {100, TC_BROADCAST};
+  cr_assert_eq(run_group(3, child_timeout, &tc), 0);
+}
+Test(shm, timeout_broadcast_chunked) {
+  struct timeout_case tc = {3 << 20, TC_BROADCAST};
+  cr_assert_eq(run_group(2, child_timeout, &tc), 0);
+}
+Test(shm, timeout_reduce_scatter_eager) {
+  struct timeout_case tc = {10, TC_REDUCE_SCATTER};
+  cr_assert_eq(run_group(3, child_timeout, &tc), 0);
+}
+Test(shm, timeout_reduce_scatter_chunked) {
+  struct timeout_case tc = {1 << 18, TC_REDUCE_SCATTER};
+  cr_assert_eq(run_group(2, child_timeout, &tc), 0);
+}
+Test(shm, timeout_reduce_eager) {
+  struct timeout_case tc = {10, TC_REDUCE};
+  cr_assert_eq(run_group(3, child_timeout, &tc), 0);
+}
+Test(shm, timeout_reduce_chunked) {
+  struct timeout_case tc = {1 << 20, TC_REDUCE};
   cr_assert_eq(run_group(2, child_timeout, &tc), 0);
 }
 Test(shm, timeout_barrier) {
-  struct timeout_case tc = {0, 0};
+  struct timeout_case tc = {0, TC_ALLREDUCE};
   cr_assert_eq(run_group(3, child_timeout, &tc), 0);
 }
 
@@ -613,6 +1139,33 @@ Test(shm, bad_arguments) {
   cr_expect(strstr(err, "alltoall") != NULL, "message \"%s\"", err);
   cr_expect_eq(duet__shm_alltoall(NULL, &x, &x, 4, 0, 100, err), DUET_ERR_INVALID_ARGUMENT);
   cr_expect_eq(duet__shm_alltoall(shm, NULL, NULL, 0, 0, 100, err), DUET_SUCCESS);
+  cr_expect_eq(duet__shm_allgather(shm, &x, NULL, 4, 0, 100, err), DUET_ERR_INVALID_ARGUMENT);
+  cr_expect(strstr(err, "allgather: recvbuf") != NULL, "message \"%s\"", err);
+  cr_expect_eq(duet__shm_allgather(shm, NULL, NULL, 0, 0, 100, err), DUET_SUCCESS);
+  cr_expect_eq(duet__shm_broadcast(shm, &x, &x, 4, 1, 0, 100, err), DUET_ERR_INVALID_ARGUMENT);
+  cr_expect(strstr(err, "root 1") != NULL, "message \"%s\"", err);
+  cr_expect_eq(duet__shm_broadcast(shm, NULL, &x, 4, 0, 0, 100, err), DUET_ERR_INVALID_ARGUMENT);
+  cr_expect(strstr(err, "sendbuf") != NULL, "message \"%s\"", err);
+  cr_expect_eq(duet__shm_reduce_scatter(shm, &x, &x, 1, DUET_INT32, DUET_AVG, 0, 0, 100, err),
+               DUET_ERR_INVALID_ARGUMENT);
+  cr_expect(strstr(err, "avg_n") != NULL, "message \"%s\"", err);
+  cr_expect_eq(
+      duet__shm_reduce_scatter(shm, &x, &x, 1, DUET_NUM_DATATYPES, DUET_SUM, 1, 0, 100, err),
+      DUET_ERR_INVALID_ARGUMENT);
+  cr_expect(strstr(err, "datatype") != NULL, "message \"%s\"", err);
+  cr_expect_eq(duet__shm_reduce(shm, &x, NULL, 1, DUET_INT32, DUET_SUM, 1, 0, 0, 100, err),
+               DUET_ERR_INVALID_ARGUMENT);
+  cr_expect(strstr(err, "recvbuf") != NULL, "message \"%s\"", err);
+  cr_expect_eq(duet__shm_reduce(shm, &x, &x, 1, DUET_INT32, DUET_NUM_OPS, 1, 0, 0, 100, err),
+               DUET_ERR_INVALID_ARGUMENT);
+  cr_expect(strstr(err, "op") != NULL, "message \"%s\"", err);
+  cr_expect_eq(duet__shm_reduce(shm, &x, &x, 1, DUET_INT32, DUET_SUM, 1, -1, 0, 100, err),
+               DUET_ERR_INVALID_ARGUMENT);
+  cr_expect(strstr(err, "root -1") != NULL, "message \"%s\"", err);
+  cr_expect_eq(duet__shm_reduce(shm, &x, &x, 1, DUET_INT32, DUET_AVG, 1, 0, 0, 100, err),
+               DUET_SUCCESS);
+  cr_expect_eq(duet__shm_reduce(NULL, &x, &x, 1, DUET_INT32, DUET_SUM, 1, 0, 0, 100, err),
+               DUET_ERR_INVALID_ARGUMENT);
   duet__shm_close(shm);
   cr_expect(!segment_exists(name));
 }
