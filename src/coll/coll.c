@@ -25,7 +25,11 @@ const char *duet__coll_name(int coll) {
       return try_rc_;               \
   } while (0)
 
+/* Wait for a posted request and free it; NULL: the call already ran (the
+ * load/store path). */
 static duet_status_t duet__wait_and_free(duet_request_t *req) {
+  if (req == NULL)
+    return DUET_SUCCESS;
   duet_status_t rc = duet__request_wait(req);
   duet__request_free(req);
   return rc;
@@ -50,11 +54,90 @@ static void duet__args_init(duet__coll_args_t *a, duet_comm_t *comm, int coll, s
   a->layout = &comm->layout;
 }
 
-/* Ask the tuner (or DUET_ALGO) for the algorithm, then post its schedule.
- * bytes: the size the cost model weighs (the whole vector, or the gathered
- * result). */
+/* The UPN load/store path takes a blocking call of the collectives it has
+ * when the communicator is one super-node on one host (every rank decides
+ * alike) and DUET_ALGO does not force a schedule. It needs no network
+ * progress, so pending non-blocking operations simply wait for the next duet
+ * call. */
+static int duet__mem_path(const duet_comm_t *comm, int coll) {
+  switch (coll) {
+  case DUET_COLL_ALLREDUCE:
+  case DUET_COLL_BROADCAST:
+  case DUET_COLL_REDUCE:
+  case DUET_COLL_ALLGATHER:
+  case DUET_COLL_REDUCE_SCATTER:
+  case DUET_COLL_ALLTOALL:
+  case DUET_COLL_BARRIER:
+    return comm->mem != NULL && comm->nsupernodes == 1 &&
+           comm->cfg.algo.coll[coll] == DUET_ALGO_AUTO;
+  }
+  return 0;
+}
+
+/* Run a checked blocking call on the load/store path; count the bytes this
+ * rank moved as UPN traffic. */
+static duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a,
+                                   const void *sendbuf, void *recvbuf) {
+  const uint64_t bytes = (uint64_t)a->count * a->dtsize, peers = (uint64_t)(comm->nranks - 1);
+  const int yield = comm->yield, ms = comm->cfg.timeout_ms, n = comm->nranks;
+  const int root = comm->rank == a->root;
+  uint64_t sent = 0, recvd = 0;
+  char err[DUET_SHM_ERRLEN] = "";
+  duet_status_t rc = DUET_ERR_INTERNAL;
+
+  switch (a->coll) {
+  case DUET_COLL_ALLREDUCE:
+    rc =
+        duet__shm_allreduce(comm->mem, sendbuf, recvbuf, a->count, a->dt, a->op, n, yield, ms, err);
+    sent = recvd = bytes * peers / (uint64_t)n;
+    break;
+  case DUET_COLL_BROADCAST:
+    rc = duet__shm_broadcast(comm->mem, sendbuf, recvbuf, bytes, a->root, yield, ms, err);
+    sent = root && peers ? bytes : 0;
+    recvd = root ? 0 : bytes;
+    break;
+  case DUET_COLL_REDUCE:
+    rc = duet__shm_reduce(comm->mem, sendbuf, recvbuf, a->count, a->dt, a->op, n, a->root, yield,
+                          ms, err);
+    sent = root ? 0 : bytes;
+    recvd = root ? bytes * peers : 0;
+    break;
+  case DUET_COLL_ALLGATHER:
+    rc = duet__shm_allgather(comm->mem, sendbuf, recvbuf, bytes, yield, ms, err);
+    sent = recvd = bytes * peers;
+    break;
+  case DUET_COLL_REDUCE_SCATTER:
+    rc = duet__shm_reduce_scatter(comm->mem, sendbuf, recvbuf, a->count, a->dt, a->op, n, yield, ms,
+                                  err);
+    sent = recvd = bytes * peers;
+    break;
+  case DUET_COLL_ALLTOALL:
+    rc = duet__shm_alltoall(comm->mem, sendbuf, recvbuf, bytes, yield, ms, err);
+    sent = recvd = bytes * peers;
+    break;
+  case DUET_COLL_BARRIER:
+    rc = duet__shm_barrier(comm->mem, yield, ms, err);
+    break;
+  }
+  if (rc == DUET_SUCCESS) {
+    comm->stats.upn_bytes_sent += sent;
+    comm->stats.upn_bytes_recv += recvd;
+    return rc;
+  }
+  comm->failed = rc;
+  return duet__set_error(comm, rc, "%s seq %u on rank %d (shared-memory UPN): %s",
+                         duet__coll_name(a->coll), comm->seq, comm->rank, err);
+}
+
+/* Ask the tuner (or DUET_ALGO) for the algorithm, then post its schedule;
+ * or run a blocking call on the load/store path (*req = NULL). bytes: the
+ * size the cost model weighs (the whole vector, or the gathered result). */
 static duet_status_t duet__coll_post(duet_comm_t *comm, duet__coll_args_t *a, size_t bytes,
                                      const void *sendbuf, void *recvbuf, duet_request_t **req) {
+  if (a->blocking && duet__mem_path(comm, a->coll)) {
+    *req = NULL;
+    return duet__mem_run(comm, a, sendbuf, recvbuf);
+  }
   duet__tune_choice_t ch = duet__tune_pick(&comm->shape, a->coll, bytes, &comm->cfg.algo);
   duet__coll_build_fn build = duet__coll_builder(a->coll, ch.algo);
   if (build == NULL)
@@ -91,7 +174,7 @@ static duet_status_t duet__coll_post(duet_comm_t *comm, duet__coll_args_t *a, si
 
 static duet_status_t duet__allreduce_post(const char *fn, const void *sendbuf, void *recvbuf,
                                           size_t count, duet_datatype_t dt, duet_op_t op,
-                                          duet_comm_t *comm, duet_request_t **req) {
+                                          duet_comm_t *comm, int blocking, duet_request_t **req) {
   duet__coll_args_t a;
   size_t bytes;
   TRY(duet__check_comm(comm, fn));
@@ -103,57 +186,21 @@ static duet_status_t duet__allreduce_post(const char *fn, const void *sendbuf, v
   TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, count));
   TRY(duet__check_overlap(comm, fn, sendbuf, bytes, recvbuf, bytes));
   duet__args_init(&a, comm, DUET_COLL_ALLREDUCE, count, dt, op, 0);
+  a.blocking = blocking;
   return duet__coll_post(comm, &a, bytes, sendbuf, recvbuf, req);
 }
 
 duet_status_t duet_iallreduce(const void *sendbuf, void *recvbuf, size_t count,
                               duet_datatype_t dt, duet_op_t op, duet_comm_t *comm,
                               duet_request_t **req) {
-  return duet__allreduce_post("duet_iallreduce", sendbuf, recvbuf, count, dt, op, comm, req);
-}
-
-/* The UPN load/store path takes a blocking call when the communicator is one
- * super-node on one host (every rank decides alike) and DUET_ALGO does not
- * force a schedule. It needs no network progress, so pending non-blocking
- * operations simply wait for the next duet call. */
-static int duet__mem_path(const duet_comm_t *comm, int coll) {
-  return comm->mem != NULL && comm->nsupernodes == 1 &&
-         comm->cfg.algo.coll[coll] == DUET_ALGO_AUTO;
-}
-
-static duet_status_t duet__mem_result(duet_comm_t *comm, const char *fn, duet_status_t rc,
-                                      const char *err) {
-  if (rc == DUET_SUCCESS)
-    return rc;
-  comm->failed = rc;
-  return duet__set_error(comm, rc, "%s seq %u on rank %d (shared-memory UPN): %s", fn, comm->seq,
-                         comm->rank, err);
+  return duet__allreduce_post("duet_iallreduce", sendbuf, recvbuf, count, dt, op, comm, 0, req);
 }
 
 duet_status_t duet_allreduce(const void *sendbuf, void *recvbuf, size_t count,
                              duet_datatype_t dt, duet_op_t op, duet_comm_t *comm) {
   const char *fn = "duet_allreduce";
   duet_request_t *req;
-  if (comm != NULL && duet__comm_is_live(comm) && duet__mem_path(comm, DUET_COLL_ALLREDUCE)) {
-    char err[DUET_SHM_ERRLEN] = "";
-    size_t bytes;
-    TRY(duet__check_comm(comm, fn));
-    TRY(duet__check_dt(comm, fn, dt));
-    TRY(duet__check_op(comm, fn, op));
-    TRY(duet__check_count(comm, fn, count, dt, &bytes));
-    TRY(duet__check_buffer(comm, fn, "sendbuf", sendbuf, count));
-    TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, count));
-    TRY(duet__check_overlap(comm, fn, sendbuf, bytes, recvbuf, bytes));
-    duet_status_t rc = duet__shm_allreduce(comm->mem, sendbuf, recvbuf, count, dt, op,
-                                           comm->nranks, comm->yield, comm->cfg.timeout_ms, err);
-    if (rc == DUET_SUCCESS && comm->nranks > 1) {
-      uint64_t moved = (uint64_t)bytes * (uint64_t)(comm->nranks - 1) / (uint64_t)comm->nranks;
-      comm->stats.upn_bytes_sent += moved;
-      comm->stats.upn_bytes_recv += moved;
-    }
-    return duet__mem_result(comm, fn, rc, err);
-  }
-  TRY(duet__allreduce_post(fn, sendbuf, recvbuf, count, dt, op, comm, &req));
+  TRY(duet__allreduce_post(fn, sendbuf, recvbuf, count, dt, op, comm, 1, &req));
   return duet__wait_and_free(req);
 }
 
@@ -161,7 +208,7 @@ duet_status_t duet_allreduce(const void *sendbuf, void *recvbuf, size_t count,
 
 static duet_status_t duet__broadcast_post(const char *fn, const void *sendbuf, void *recvbuf,
                                           size_t count, duet_datatype_t dt, int root,
-                                          duet_comm_t *comm, duet_request_t **req) {
+                                          duet_comm_t *comm, int blocking, duet_request_t **req) {
   duet__coll_args_t a;
   size_t bytes;
   TRY(duet__check_comm(comm, fn));
@@ -175,42 +222,20 @@ static duet_status_t duet__broadcast_post(const char *fn, const void *sendbuf, v
   }
   TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, count));
   duet__args_init(&a, comm, DUET_COLL_BROADCAST, count, dt, DUET_SUM, root);
+  a.blocking = blocking;
   return duet__coll_post(comm, &a, bytes, sendbuf, recvbuf, req);
 }
 
 duet_status_t duet_ibroadcast(const void *sendbuf, void *recvbuf, size_t count,
                               duet_datatype_t dt, int root, duet_comm_t *comm,
                               duet_request_t **req) {
-  return duet__broadcast_post("duet_ibroadcast", sendbuf, recvbuf, count, dt, root, comm, req);
+  return duet__broadcast_post("duet_ibroadcast", sendbuf, recvbuf, count, dt, root, comm, 0, req);
 }
 
 duet_status_t duet_broadcast(const void *sendbuf, void *recvbuf, size_t count,
                              duet_datatype_t dt, int root, duet_comm_t *comm) {
   duet_request_t *req;
-  if (comm != NULL && duet__comm_is_live(comm) && duet__mem_path(comm, DUET_COLL_BROADCAST)) {
-    const char *fn = "duet_broadcast";
-    char err[DUET_SHM_ERRLEN] = "";
-    size_t bytes;
-    TRY(duet__check_comm(comm, fn));
-    TRY(duet__check_dt(comm, fn, dt));
-    TRY(duet__check_rank(comm, fn, "root", root));
-    TRY(duet__check_count(comm, fn, count, dt, &bytes));
-    if (comm->rank == root) {
-      TRY(duet__check_buffer(comm, fn, "sendbuf", sendbuf, count));
-      TRY(duet__check_overlap(comm, fn, sendbuf, bytes, recvbuf, bytes));
-    }
-    TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, count));
-    duet_status_t rc = duet__shm_broadcast(comm->mem, sendbuf, recvbuf, bytes, root, comm->yield,
-                                           comm->cfg.timeout_ms, err);
-    if (rc == DUET_SUCCESS && comm->nranks > 1) {
-      if (comm->rank == root)
-        comm->stats.upn_bytes_sent += bytes;
-      else
-        comm->stats.upn_bytes_recv += bytes;
-    }
-    return duet__mem_result(comm, fn, rc, err);
-  }
-  TRY(duet__broadcast_post("duet_broadcast", sendbuf, recvbuf, count, dt, root, comm, &req));
+  TRY(duet__broadcast_post("duet_broadcast", sendbuf, recvbuf, count, dt, root, comm, 1, &req));
   return duet__wait_and_free(req);
 }
 
@@ -218,7 +243,7 @@ duet_status_t duet_broadcast(const void *sendbuf, void *recvbuf, size_t count,
 
 static duet_status_t duet__reduce_post(const char *fn, const void *sendbuf, void *recvbuf,
                                        size_t count, duet_datatype_t dt, duet_op_t op, int root,
-                                       duet_comm_t *comm, duet_request_t **req) {
+                                       duet_comm_t *comm, int blocking, duet_request_t **req) {
   duet__coll_args_t a;
   size_t bytes;
   TRY(duet__check_comm(comm, fn));
@@ -235,52 +260,27 @@ static duet_status_t duet__reduce_post(const char *fn, const void *sendbuf, void
     recvbuf = NULL; /* not ours to touch */
   }
   duet__args_init(&a, comm, DUET_COLL_REDUCE, count, dt, op, root);
+  a.blocking = blocking;
   return duet__coll_post(comm, &a, bytes, sendbuf, recvbuf, req);
 }
 
 duet_status_t duet_ireduce(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,
                            duet_op_t op, int root, duet_comm_t *comm, duet_request_t **req) {
-  return duet__reduce_post("duet_ireduce", sendbuf, recvbuf, count, dt, op, root, comm, req);
+  return duet__reduce_post("duet_ireduce", sendbuf, recvbuf, count, dt, op, root, comm, 0, req);
 }
 
 duet_status_t duet_reduce(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,
                           duet_op_t op, int root, duet_comm_t *comm) {
   duet_request_t *req;
-  if (comm != NULL && duet__comm_is_live(comm) && duet__mem_path(comm, DUET_COLL_REDUCE)) {
-    const char *fn = "duet_reduce";
-    char err[DUET_SHM_ERRLEN] = "";
-    size_t bytes;
-    TRY(duet__check_comm(comm, fn));
-    TRY(duet__check_dt(comm, fn, dt));
-    TRY(duet__check_op(comm, fn, op));
-    TRY(duet__check_rank(comm, fn, "root", root));
-    TRY(duet__check_count(comm, fn, count, dt, &bytes));
-    TRY(duet__check_buffer(comm, fn, "sendbuf", sendbuf, count));
-    if (comm->rank == root) {
-      TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, count));
-      TRY(duet__check_overlap(comm, fn, sendbuf, bytes, recvbuf, bytes));
-    } else {
-      recvbuf = NULL; /* not ours to touch */
-    }
-    duet_status_t rc = duet__shm_reduce(comm->mem, sendbuf, recvbuf, count, dt, op, comm->nranks,
-                                        root, comm->yield, comm->cfg.timeout_ms, err);
-    if (rc == DUET_SUCCESS && comm->nranks > 1) {
-      if (comm->rank == root)
-        comm->stats.upn_bytes_recv += (uint64_t)bytes * (uint64_t)(comm->nranks - 1);
-      else
-        comm->stats.upn_bytes_sent += bytes;
-    }
-    return duet__mem_result(comm, fn, rc, err);
-  }
-  TRY(duet__reduce_post("duet_reduce", sendbuf, recvbuf, count, dt, op, root, comm, &req));
+  TRY(duet__reduce_post("duet_reduce", sendbuf, recvbuf, count, dt, op, root, comm, 1, &req));
   return duet__wait_and_free(req);
 }
 
 /* --- allgather --- */
 
 static duet_status_t duet__allgather_post(const char *fn, const void *sendbuf, void *recvbuf,
-                                          size_t sendcount, duet_datatype_t dt,
-                                          duet_comm_t *comm, duet_request_t **req) {
+                                          size_t sendcount, duet_datatype_t dt, duet_comm_t *comm,
+                                          int blocking, duet_request_t **req) {
   duet__coll_args_t a;
   size_t bytes, total;
   TRY(duet__check_comm(comm, fn));
@@ -300,53 +300,28 @@ static duet_status_t duet__allgather_post(const char *fn, const void *sendbuf, v
   if (sendbuf != (const char *)recvbuf + (size_t)comm->rank * bytes)
     TRY(duet__check_overlap(comm, fn, sendbuf, bytes, recvbuf, total));
   duet__args_init(&a, comm, DUET_COLL_ALLGATHER, sendcount, dt, DUET_SUM, 0);
+  a.blocking = blocking;
   return duet__coll_post(comm, &a, total, sendbuf, recvbuf, req);
 }
 
 duet_status_t duet_iallgather(const void *sendbuf, void *recvbuf, size_t sendcount,
                               duet_datatype_t dt, duet_comm_t *comm, duet_request_t **req) {
-  return duet__allgather_post("duet_iallgather", sendbuf, recvbuf, sendcount, dt, comm, req);
+  return duet__allgather_post("duet_iallgather", sendbuf, recvbuf, sendcount, dt, comm, 0, req);
 }
 
 duet_status_t duet_allgather(const void *sendbuf, void *recvbuf, size_t sendcount,
                              duet_datatype_t dt, duet_comm_t *comm) {
   duet_request_t *req;
-  if (comm != NULL && duet__comm_is_live(comm) && duet__mem_path(comm, DUET_COLL_ALLGATHER)) {
-    const char *fn = "duet_allgather";
-    char err[DUET_SHM_ERRLEN] = "";
-    size_t bytes, total;
-    TRY(duet__check_comm(comm, fn));
-    TRY(duet__check_dt(comm, fn, dt));
-    TRY(duet__check_count(comm, fn, sendcount, dt, &bytes));
-    if (sendcount > SIZE_MAX / (size_t)comm->nranks)
-      return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT,
-                             "%s: sendcount %zu x %d ranks overflows", fn, sendcount, comm->nranks);
-    TRY(duet__check_count(comm, fn, sendcount * (size_t)comm->nranks, dt, &total));
-    TRY(duet__check_buffer(comm, fn, "sendbuf", sendbuf, sendcount));
-    TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, sendcount));
-    /* In place as duet__allgather_post: sendbuf == recvbuf, or sendbuf is
-     * this rank's block of recvbuf. */
-    if (sendbuf != recvbuf && sendbuf != (const char *)recvbuf + (size_t)comm->rank * bytes)
-      TRY(duet__check_overlap(comm, fn, sendbuf, bytes, recvbuf, total));
-    duet_status_t rc = duet__shm_allgather(comm->mem, sendbuf, recvbuf, bytes, comm->yield,
-                                           comm->cfg.timeout_ms, err);
-    if (rc == DUET_SUCCESS) {
-      uint64_t moved = (uint64_t)bytes * (uint64_t)(comm->nranks - 1);
-      comm->stats.upn_bytes_sent += moved;
-      comm->stats.upn_bytes_recv += moved;
-    }
-    return duet__mem_result(comm, fn, rc, err);
-  }
-  TRY(duet__allgather_post("duet_allgather", sendbuf, recvbuf, sendcount, dt, comm, &req));
+  TRY(duet__allgather_post("duet_allgather", sendbuf, recvbuf, sendcount, dt, comm, 1, &req));
   return duet__wait_and_free(req);
 }
 
 /* --- reduce_scatter --- */
 
-static duet_status_t duet__reduce_scatter_post(const char *fn, const void *sendbuf,
-                                               void *recvbuf, size_t recvcount,
-                                               duet_datatype_t dt, duet_op_t op,
-                                               duet_comm_t *comm, duet_request_t **req) {
+static duet_status_t duet__reduce_scatter_post(const char *fn, const void *sendbuf, void *recvbuf,
+                                               size_t recvcount, duet_datatype_t dt, duet_op_t op,
+                                               duet_comm_t *comm, int blocking,
+                                               duet_request_t **req) {
   duet__coll_args_t a;
   size_t bytes, total;
   TRY(duet__check_comm(comm, fn));
@@ -361,6 +336,7 @@ static duet_status_t duet__reduce_scatter_post(const char *fn, const void *sendb
   TRY(duet__check_buffer(comm, fn, "sendbuf", sendbuf, recvcount));
   TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, recvcount));
   duet__args_init(&a, comm, DUET_COLL_REDUCE_SCATTER, recvcount, dt, op, 0);
+  a.blocking = blocking;
   /* In place: NCCL's form (recvbuf is this rank's block of sendbuf) needs
    * nothing; MPI's form (recvbuf == sendbuf) makes the result in scratch. */
   if (recvbuf == sendbuf && comm->rank != 0 && bytes > 0)
@@ -374,69 +350,36 @@ duet_status_t duet_ireduce_scatter(const void *sendbuf, void *recvbuf, size_t re
                                    duet_datatype_t dt, duet_op_t op, duet_comm_t *comm,
                                    duet_request_t **req) {
   return duet__reduce_scatter_post("duet_ireduce_scatter", sendbuf, recvbuf, recvcount, dt, op,
-                                   comm, req);
+                                   comm, 0, req);
 }
 
 duet_status_t duet_reduce_scatter(const void *sendbuf, void *recvbuf, size_t recvcount,
                                   duet_datatype_t dt, duet_op_t op, duet_comm_t *comm) {
   duet_request_t *req;
-  if (comm != NULL && duet__comm_is_live(comm) && duet__mem_path(comm, DUET_COLL_REDUCE_SCATTER)) {
-    const char *fn = "duet_reduce_scatter";
-    char err[DUET_SHM_ERRLEN] = "";
-    size_t bytes, total;
-    TRY(duet__check_comm(comm, fn));
-    TRY(duet__check_dt(comm, fn, dt));
-    TRY(duet__check_op(comm, fn, op));
-    TRY(duet__check_count(comm, fn, recvcount, dt, &bytes));
-    if (recvcount > SIZE_MAX / (size_t)comm->nranks)
-      return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT,
-                             "%s: recvcount %zu x %d ranks overflows", fn, recvcount, comm->nranks);
-    TRY(duet__check_count(comm, fn, recvcount * (size_t)comm->nranks, dt, &total));
-    TRY(duet__check_buffer(comm, fn, "sendbuf", sendbuf, recvcount));
-    TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, recvcount));
-    /* In place as duet__reduce_scatter_post: recvbuf == sendbuf, or recvbuf
-     * is this rank's block of sendbuf. */
-    if (recvbuf != sendbuf && recvbuf != (const char *)sendbuf + (size_t)comm->rank * bytes)
-      TRY(duet__check_overlap(comm, fn, sendbuf, total, recvbuf, bytes));
-    duet_status_t rc =
-        duet__shm_reduce_scatter(comm->mem, sendbuf, recvbuf, recvcount, dt, op, comm->nranks,
-                                 comm->yield, comm->cfg.timeout_ms, err);
-    if (rc == DUET_SUCCESS) {
-      uint64_t moved = (uint64_t)bytes * (uint64_t)(comm->nranks - 1);
-      comm->stats.upn_bytes_sent += moved;
-      comm->stats.upn_bytes_recv += moved;
-    }
-    return duet__mem_result(comm, fn, rc, err);
-  }
-  TRY(duet__reduce_scatter_post("duet_reduce_scatter", sendbuf, recvbuf, recvcount, dt, op, comm,
+  TRY(duet__reduce_scatter_post("duet_reduce_scatter", sendbuf, recvbuf, recvcount, dt, op, comm, 1,
                                 &req));
   return duet__wait_and_free(req);
 }
 
 /* --- barrier --- */
 
-static duet_status_t duet__barrier_post(const char *fn, duet_comm_t *comm, duet_request_t **req) {
+static duet_status_t duet__barrier_post(const char *fn, duet_comm_t *comm, int blocking,
+                                        duet_request_t **req) {
   duet__coll_args_t a;
   TRY(duet__check_comm(comm, fn));
   TRY(duet__check_req_out(comm, fn, req));
   duet__args_init(&a, comm, DUET_COLL_BARRIER, 0, DUET_UINT8, DUET_SUM, 0);
+  a.blocking = blocking;
   return duet__coll_post(comm, &a, 0, NULL, NULL, req);
 }
 
 duet_status_t duet_ibarrier(duet_comm_t *comm, duet_request_t **req) {
-  return duet__barrier_post("duet_ibarrier", comm, req);
+  return duet__barrier_post("duet_ibarrier", comm, 0, req);
 }
 
 duet_status_t duet_barrier(duet_comm_t *comm) {
   duet_request_t *req;
-  if (comm != NULL && duet__comm_is_live(comm) && duet__mem_path(comm, DUET_COLL_BARRIER)) {
-    char err[DUET_SHM_ERRLEN] = "";
-    TRY(duet__check_comm(comm, "duet_barrier"));
-    return duet__mem_result(comm, "duet_barrier",
-                            duet__shm_barrier(comm->mem, comm->yield, comm->cfg.timeout_ms, err),
-                            err);
-  }
-  TRY(duet__barrier_post("duet_barrier", comm, &req));
+  TRY(duet__barrier_post("duet_barrier", comm, 1, &req));
   return duet__wait_and_free(req);
 }
 
@@ -573,7 +516,7 @@ duet_status_t duet_wait(duet_request_t *req) {
 
 static duet_status_t duet__alltoall_post(const char *fn, const void *sendbuf, void *recvbuf,
                                          size_t count, duet_datatype_t dt, duet_comm_t *comm,
-                                         duet_request_t **req) {
+                                         int blocking, duet_request_t **req) {
   duet__coll_args_t a;
   size_t bytes, total;
   TRY(duet__check_comm(comm, fn));
@@ -588,42 +531,20 @@ static duet_status_t duet__alltoall_post(const char *fn, const void *sendbuf, vo
   TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, count));
   TRY(duet__check_overlap(comm, fn, sendbuf, total, recvbuf, total));
   duet__args_init(&a, comm, DUET_COLL_ALLTOALL, count, dt, DUET_SUM, 0);
+  a.blocking = blocking;
   a.in_place = sendbuf == recvbuf;
   return duet__coll_post(comm, &a, total, sendbuf, recvbuf, req);
 }
 
 duet_status_t duet_ialltoall(const void *sendbuf, void *recvbuf, size_t count,
                              duet_datatype_t dt, duet_comm_t *comm, duet_request_t **req) {
-  return duet__alltoall_post("duet_ialltoall", sendbuf, recvbuf, count, dt, comm, req);
+  return duet__alltoall_post("duet_ialltoall", sendbuf, recvbuf, count, dt, comm, 0, req);
 }
 
 duet_status_t duet_alltoall(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,
                             duet_comm_t *comm) {
   duet_request_t *req;
-  if (comm != NULL && duet__comm_is_live(comm) && duet__mem_path(comm, DUET_COLL_ALLTOALL)) {
-    const char *fn = "duet_alltoall";
-    char err[DUET_SHM_ERRLEN] = "";
-    size_t bytes, total;
-    TRY(duet__check_comm(comm, fn));
-    TRY(duet__check_dt(comm, fn, dt));
-    TRY(duet__check_count(comm, fn, count, dt, &bytes));
-    if (count > SIZE_MAX / (size_t)comm->nranks)
-      return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT, "%s: count %zu x %d ranks overflows",
-                             fn, count, comm->nranks);
-    TRY(duet__check_count(comm, fn, count * (size_t)comm->nranks, dt, &total));
-    TRY(duet__check_buffer(comm, fn, "sendbuf", sendbuf, count));
-    TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, count));
-    TRY(duet__check_overlap(comm, fn, sendbuf, total, recvbuf, total));
-    duet_status_t rc = duet__shm_alltoall(comm->mem, sendbuf, recvbuf, bytes, comm->yield,
-                                          comm->cfg.timeout_ms, err);
-    if (rc == DUET_SUCCESS) {
-      uint64_t moved = (uint64_t)bytes * (uint64_t)(comm->nranks - 1);
-      comm->stats.upn_bytes_sent += moved;
-      comm->stats.upn_bytes_recv += moved;
-    }
-    return duet__mem_result(comm, fn, rc, err);
-  }
-  TRY(duet__alltoall_post("duet_alltoall", sendbuf, recvbuf, count, dt, comm, &req));
+  TRY(duet__alltoall_post("duet_alltoall", sendbuf, recvbuf, count, dt, comm, 1, &req));
   return duet__wait_and_free(req);
 }
 
