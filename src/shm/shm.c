@@ -494,6 +494,16 @@ void duet__shm_set_stream_min(duet__shm_t *shm, size_t bytes) {
 
 /* ---- collectives ---- */
 
+/* A reduction over one rank: copy, and divide for AVG. */
+static duet_status_t reduce_alone(const void *sendbuf, void *recvbuf, size_t count,
+                                  duet_datatype_t dt, duet_op_t op, int avg_n) {
+  if (sendbuf != recvbuf)
+    memcpy(recvbuf, sendbuf, count * duet__dt_size(dt));
+  if (op == DUET_AVG)
+    duet__reduce_avg_finish(recvbuf, count, dt, avg_n);
+  return DUET_SUCCESS;
+}
+
 duet_status_t duet__shm_barrier(duet__shm_t *shm, int yield, int timeout_ms, char *errbuf) {
   if (errbuf != NULL)
     errbuf[0] = '\0';
@@ -630,13 +640,8 @@ duet_status_t duet__shm_allreduce(duet__shm_t *shm, const void *sendbuf, void *r
   if (count == 0)
     return DUET_SUCCESS;
   shm->seq++;
-  if (shm->nranks == 1) {
-    if (sendbuf != recvbuf)
-      memcpy(recvbuf, sendbuf, count * esz);
-    if (op == DUET_AVG)
-      duet__reduce_avg_finish(recvbuf, count, dt, avg_n);
-    return DUET_SUCCESS;
-  }
+  if (shm->nranks == 1)
+    return reduce_alone(sendbuf, recvbuf, count, dt, op, avg_n);
   int cpu = publish_cpu(shm);
   if (count * esz <= DUET_SHM_EAGER_MAX)
     return allreduce_eager(shm, sendbuf, recvbuf, count, dt, op, avg_n, cpu, yield, timeout_ms,
@@ -1056,13 +1061,8 @@ duet_status_t duet__shm_reduce_scatter(duet__shm_t *shm, const void *sendbuf, vo
   if (rc != DUET_SUCCESS || recvcount == 0) /* no call: the slot parity must not advance */
     return rc;
   shm->seq++;
-  if (shm->nranks == 1) {
-    if (sendbuf != recvbuf)
-      memcpy(recvbuf, sendbuf, recvcount * duet__dt_size(dt));
-    if (op == DUET_AVG)
-      duet__reduce_avg_finish(recvbuf, recvcount, dt, avg_n);
-    return DUET_SUCCESS;
-  }
+  if (shm->nranks == 1)
+    return reduce_alone(sendbuf, recvbuf, recvcount, dt, op, avg_n);
   return reduce_scatter_run(shm, sendbuf, recvbuf, recvcount, dt, op, avg_n, publish_cpu(shm),
                             yield, timeout_ms, errbuf);
 }
@@ -1188,13 +1188,8 @@ duet_status_t duet__shm_reduce(duet__shm_t *shm, const void *sendbuf, void *recv
   if (rc != DUET_SUCCESS || count == 0) /* no call: the slot parity must not advance */
     return rc;
   shm->seq++;
-  if (shm->nranks == 1) {
-    if (sendbuf != recvbuf)
-      memcpy(recvbuf, sendbuf, count * duet__dt_size(dt));
-    if (op == DUET_AVG)
-      duet__reduce_avg_finish(recvbuf, count, dt, avg_n);
-    return DUET_SUCCESS;
-  }
+  if (shm->nranks == 1)
+    return reduce_alone(sendbuf, recvbuf, count, dt, op, avg_n);
   return reduce_run(shm, sendbuf, shm->rank == root ? recvbuf : NULL, count, dt, op, avg_n, root,
                     publish_cpu(shm), yield, timeout_ms, errbuf);
 }
