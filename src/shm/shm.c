@@ -10,6 +10,10 @@
  *   eager[2][L]  slots for small messages, double-buffered by call parity:
  *              an 8-byte sequence number and then the data, so a message of
  *              up to 56 bytes shares one cache line with its flag
+ *   ring[L][D] per rank a ring of D slots (same form) for the rooted eager
+ *              calls, small broadcasts and reduces
+ *   done[L]    one 128-byte line per rank: how many rooted eager calls it
+ *              has completed
  *   chunk[2][L]  one chunk buffer per rank, double-buffered by chunk parity
  *
  * Small messages (eager): each rank copies its input into its slot and
@@ -34,7 +38,9 @@
  *
  * The other collectives reuse both mechanisms (see the comments at
  * allgather_run, broadcast_run, reduce_scatter_run and reduce_run): eager
- * slots with the same every-rank-publishes-and-waits rule, chunk buffers
+ * slots with the same every-rank-publishes-and-waits rule (except small
+ * broadcasts and reduces, which use the rings and wait only for the ranks
+ * whose data they need; see "rooted eager calls" below), chunk buffers
  * with one sync per step (allgather, broadcast, reduce-scatter, all-to-all)
  * or per chunk plus one (reduce), reductions in rank order on the rank that
  * owns the slice or block.
@@ -88,6 +94,11 @@
 #ifndef DUET_SHM_EAGER_MAX
 #define DUET_SHM_EAGER_MAX (8u << 10)
 #endif
+/* Slots in each rank's ring for the rooted eager calls (broadcast, reduce):
+ * how many such calls a rank may run ahead of the slowest reader. */
+#ifndef DUET_SHM_ROOTED_DEPTH
+#define DUET_SHM_ROOTED_DEPTH 8u
+#endif
 /* Bytes of the message handled per pipeline step (one chunk buffer per rank). */
 #ifndef DUET_SHM_CHUNK
 #define DUET_SHM_CHUNK (1u << 20)
@@ -131,8 +142,10 @@ struct duet__shm {
   uint64_t seq;    /* collective calls made (all ranks agree) */
   uint64_t sync;   /* sync points passed (all ranks agree) */
   uint64_t chunks; /* chunk steps made (all ranks agree) */
+  uint64_t rooted; /* rooted eager calls made (all ranks agree) */
   size_t sync_off; /* offsets into the segment */
   size_t eager_off, eager_stride;
+  size_t ring_off, done_off;
   size_t chunk_off;
   size_t nt_min; /* nranks x bytes from which copy-out streams */
   char name[NAME_MAX + 1];
@@ -156,12 +169,24 @@ static size_t eager_stride(void) {
   return round_up(sizeof(uint64_t) + DUET_SHM_EAGER_MAX, SHM_LINE);
 }
 
-size_t duet__shm_segment_size(int local_size) {
+/* Offsets of the regions (every rank computes the same) and the size. */
+static size_t shm_layout(int local_size, size_t *eager, size_t *ring, size_t *done, size_t *chunk) {
   size_t l = (size_t)local_size;
   size_t s = SHM_HEADER + round_up(l * SHM_LINE, SHM_LINE);
-  s = round_up(s, 4096) + 2 * l * eager_stride();
-  s = round_up(s, 4096) + 2 * l * (size_t)DUET_SHM_CHUNK;
+  *eager = s = round_up(s, 4096);
+  s += 2 * l * eager_stride();
+  *ring = s = round_up(s, 4096);
+  s += l * (size_t)DUET_SHM_ROOTED_DEPTH * eager_stride();
+  *done = s = round_up(s, 4096);
+  s += l * SHM_LINE;
+  *chunk = s = round_up(s, 4096);
+  s += 2 * l * (size_t)DUET_SHM_CHUNK;
   return round_up(s, 4096);
+}
+
+size_t duet__shm_segment_size(int local_size) {
+  size_t e, r, d, c;
+  return shm_layout(local_size, &e, &r, &d, &c);
 }
 
 static struct shm_flag *flag_line(const duet__shm_t *shm, int r) {
@@ -185,6 +210,19 @@ static int publish_cpu(duet__shm_t *shm) {
 static char *eager_slot(const duet__shm_t *shm, uint64_t parity, int r) {
   return shm->base + shm->eager_off +
          ((size_t)parity * (size_t)shm->nranks + (size_t)r) * shm->eager_stride;
+}
+
+/* Slot of rooted eager call k in rank r's ring: an 8-byte sequence number
+ * (k + 1 once the data of call k is in), then the data. */
+static char *ring_slot(const duet__shm_t *shm, int r, uint64_t k) {
+  return shm->base + shm->ring_off +
+         ((size_t)r * DUET_SHM_ROOTED_DEPTH + (size_t)(k % DUET_SHM_ROOTED_DEPTH)) *
+             shm->eager_stride;
+}
+
+/* Rooted eager calls rank r has completed (its own 128-byte line). */
+static uint64_t *done_flag(const duet__shm_t *shm, int r) {
+  return (uint64_t *)(void *)(shm->base + shm->done_off + (size_t)r * SHM_LINE);
 }
 
 static char *chunk_buf(const duet__shm_t *shm, uint64_t parity, int r) {
@@ -240,14 +278,22 @@ static int wait_ge(const duet__shm_t *shm, const uint64_t *flag, uint64_t want, 
   return 0;
 }
 
+/* A wait timed out: break the engine and name the peer and the call (`kind`
+ * says which counter numbers it: "call" for shm->seq, "rooted call" for the
+ * rooted eager calls). */
+static duet_status_t timed_out_at(duet__shm_t *shm, int peer, const char *what, const char *kind,
+                                  uint64_t call, int timeout_ms, char *errbuf) {
+  shm->broken = 1;
+  shm_err(errbuf, "shm %s: local rank %d did not arrive for %s %llu within %d ms (segment %s)",
+          what, peer, kind, (unsigned long long)call, timeout_ms, shm->name);
+  DUET_WARN(DUET_SUB_COLL, "shm %s: local rank %d did not arrive for %s %llu within %d ms", what,
+            peer, kind, (unsigned long long)call, timeout_ms);
+  return DUET_ERR_TIMEOUT;
+}
+
 static duet_status_t timed_out(duet__shm_t *shm, int peer, const char *what, int timeout_ms,
                                char *errbuf) {
-  shm->broken = 1;
-  shm_err(errbuf, "shm %s: local rank %d did not arrive for call %llu within %d ms (segment %s)",
-          what, peer, (unsigned long long)shm->seq, timeout_ms, shm->name);
-  DUET_WARN(DUET_SUB_COLL, "shm %s: local rank %d did not arrive for call %llu within %d ms", what,
-            peer, (unsigned long long)shm->seq, timeout_ms);
-  return DUET_ERR_TIMEOUT;
+  return timed_out_at(shm, peer, what, "call", shm->seq, timeout_ms, errbuf);
 }
 
 /* Store this rank's next sync value and wait for every peer to reach it. */
@@ -441,11 +487,10 @@ duet_status_t duet__shm_open(duet__shm_t **shmp, const char *name, int local_ran
   snprintf(shm->name, sizeof(shm->name), "%s", name);
   shm->rank = local_rank;
   shm->nranks = local_size;
-  shm->size = duet__shm_segment_size(local_size);
+  shm->size =
+      shm_layout(local_size, &shm->eager_off, &shm->ring_off, &shm->done_off, &shm->chunk_off);
   shm->sync_off = SHM_HEADER;
   shm->eager_stride = eager_stride();
-  shm->eager_off = round_up(SHM_HEADER + (size_t)local_size * SHM_LINE, 4096);
-  shm->chunk_off = round_up(shm->eager_off + 2 * (size_t)local_size * shm->eager_stride, 4096);
   shm->nt_min = llc_bytes();
 
   rc = local_rank == 0 ? shm_create(shm, errbuf) : shm_attach(shm, timeout_ms, errbuf);
@@ -753,13 +798,41 @@ duet_status_t duet__shm_alltoall(duet__shm_t *shm, const void *sendbuf, void *re
 
 /* ---- allgather, broadcast, reduce-scatter, reduce ----
  *
- * Eager calls keep the allreduce invariant: every rank stores the call's
- * sequence number in its own slot, and waits for every peer's, before it
- * returns, even a broadcast non-root or a reduce root that needs no peer's
- * data. A rank rewrites its slot of parity p in call n+2 only after call n+1
- * saw every peer's flag, which a peer stores only after finishing call n, the
- * last reader of that slot. A rank that skipped a wait could race two calls
- * ahead of a peer still reading.
+ * Eager allgathers and reduce-scatters keep the allreduce invariant: every
+ * rank stores the call's sequence number in its own slot, and waits for every
+ * peer's, before it returns. A rank rewrites its slot of parity p in call n+2
+ * only after call n+1 saw every peer's flag, which a peer stores only after
+ * finishing call n, the last reader of that slot. A rank that skipped a wait
+ * could race two calls ahead of a peer still reading.
+ *
+ * Rooted eager calls (broadcast and reduce of up to DUET_SHM_EAGER_MAX
+ * bytes) do not synchronise: only the writers store data (the broadcast
+ * root, the reduce non-roots), only the readers wait (broadcast non-roots
+ * for the root, the reduce root for every non-root), and a writer returns as
+ * soon as its data is in, so back-to-back calls pipeline. They are numbered
+ * by their own counter shm->rooted (k = 0, 1, ...; all ranks agree, since
+ * all make the same calls; empty calls are no calls and do not count) and
+ * call k uses slot k % D (D = DUET_SHM_ROOTED_DEPTH) of the writers' rings,
+ * with sequence k + 1. Every rank stores done = k + 1 when it completes call
+ * k, whatever its part in it, so one done counter covers broadcasts and
+ * reduces in one sequence. Reuse is safe: before writing slot k % D of its
+ * ring a writer waits until every peer's done >= k - D + 1, so every peer has
+ * completed call k - D and, calls completing in order, every earlier call,
+ * among them every earlier user of that slot. A rank running ahead thus stays
+ * at most D rooted calls ahead of the slowest, and never overwrites a slot
+ * still being read; a reader waits for exactly sequence k + 1, which the slot
+ * cannot pass before the reader's own done reaches k + 1.
+ *
+ * Mixing with the other calls is safe: rooted eager calls touch only the
+ * rings and done lines, which nothing else uses, and never shm->seq, the
+ * eager slot parity, the sync counter or the chunk buffers. The invariant
+ * above counts only the calls that advance shm->seq: a peer storing its flag
+ * for call n+1 has finished call n, and any rooted calls between, in program
+ * order, so a slot is still rewritten only after its last reader finished.
+ * No wait can deadlock: every wait, of either kind, is for something a peer
+ * does in an earlier or the same call of the one sequence all ranks follow.
+ * Large broadcasts and reduces advance shm->seq and use the chunk buffers as
+ * before.
  *
  * Chunked calls follow alltoall_chunked: a rank writes chunk buffers of
  * parity p for step k only after passing the sync of step k-1, which every
@@ -883,29 +956,60 @@ duet_status_t duet__shm_allgather(duet__shm_t *shm, const void *sendbuf, void *r
   return allgather_run(shm, own, recvbuf, bytes, publish_cpu(shm), yield, timeout_ms, errbuf);
 }
 
-/* Broadcast, small: the root stores the data in its slot, every rank
- * publishes (see above), non-roots copy the root's slot. Large: per step the
- * root stores a chunk in its buffer, all synchronise once, the others copy
- * it out while the root stores the next one. */
+/* Flow control of rooted eager call k: before a rank writes slot k % D of
+ * its ring, wait until every peer's done counter is at least k - D + 1, that
+ * is until every peer has completed call k - D and so every earlier call that
+ * used that slot. */
+static duet_status_t rooted_flow(duet__shm_t *shm, const char *what, uint64_t k, int cpu, int yield,
+                                 int timeout_ms, char *errbuf) {
+  const int n = shm->nranks;
+  if (k < DUET_SHM_ROOTED_DEPTH)
+    return DUET_SUCCESS;
+  const uint64_t want = k - DUET_SHM_ROOTED_DEPTH + 1;
+  for (int i = 1; i < n; i++) {
+    int p = (shm->rank + i) % n;
+    if (wait_ge(shm, done_flag(shm, p), want, p, cpu, yield, timeout_ms) != 0)
+      return timed_out_at(shm, p, what, "rooted call", k + 1, timeout_ms, errbuf);
+  }
+  return DUET_SUCCESS;
+}
+
+/* Broadcast, small (rooted call k, see "rooted eager calls" above): the
+ * root, after the flow-control wait, stores the data and then the sequence
+ * k + 1 in slot k % D of its ring and returns; a non-root waits for that
+ * sequence in the root's slot, copies the data out and stores done = k + 1,
+ * which lets the root reuse the slot D calls later. */
+static duet_status_t broadcast_eager(duet__shm_t *shm, const char *sb, char *rb, size_t bytes,
+                                     int root, int cpu, int yield, int timeout_ms, char *errbuf) {
+  const uint64_t k = shm->rooted++;
+  char *slot = ring_slot(shm, root, k);
+
+  if (shm->rank == root) {
+    duet_status_t rc = rooted_flow(shm, "broadcast", k, cpu, yield, timeout_ms, errbuf);
+    if (rc != DUET_SUCCESS)
+      return rc;
+    memcpy(slot + sizeof(uint64_t), sb, bytes);
+    __atomic_store_n((uint64_t *)(void *)slot, k + 1, __ATOMIC_RELEASE);
+    if (sb != rb)
+      memcpy(rb, sb, bytes);
+  } else {
+    if (wait_ge(shm, (const uint64_t *)(const void *)slot, k + 1, root, cpu, yield, timeout_ms) !=
+        0)
+      return timed_out_at(shm, root, "broadcast", "rooted call", k + 1, timeout_ms, errbuf);
+    memcpy(rb, slot + sizeof(uint64_t), bytes);
+  }
+  __atomic_store_n(done_flag(shm, shm->rank), k + 1, __ATOMIC_RELEASE);
+  return DUET_SUCCESS;
+}
+
+/* Broadcast, large: per step the root stores a chunk in its buffer, all
+ * synchronise once, the others copy it out while the root stores the next
+ * one. */
 static duet_status_t broadcast_run(duet__shm_t *shm, const char *sb, char *rb, size_t bytes,
                                    int root, int cpu, int yield, int timeout_ms, char *errbuf) {
   const int n = shm->nranks, r = shm->rank;
   duet_status_t rc;
 
-  if (bytes <= DUET_SHM_EAGER_MAX) {
-    const uint64_t seq = shm->seq, par = seq & 1u;
-    if (r == root) {
-      memcpy(eager_slot(shm, par, r) + sizeof(uint64_t), sb, bytes);
-      rc = eager_publish_wait(shm, "broadcast", seq, par, cpu, yield, timeout_ms, errbuf);
-      if (rc == DUET_SUCCESS && sb != rb)
-        memcpy(rb, sb, bytes);
-      return rc;
-    }
-    rc = eager_publish_wait(shm, "broadcast", seq, par, cpu, yield, timeout_ms, errbuf);
-    if (rc == DUET_SUCCESS)
-      memcpy(rb, eager_slot(shm, par, root) + sizeof(uint64_t), bytes);
-    return rc;
-  }
   const int nt = r != root && bytes * (size_t)n >= shm->nt_min;
   for (size_t off = 0; off < bytes; off += DUET_SHM_CHUNK) {
     size_t m = bytes - off < DUET_SHM_CHUNK ? bytes - off : DUET_SHM_CHUNK;
@@ -947,14 +1051,17 @@ duet_status_t duet__shm_broadcast(duet__shm_t *shm, const void *sendbuf, void *r
     return DUET_ERR_INVALID_ARGUMENT;
   }
   duet_status_t rc = shm_check(shm, "broadcast", errbuf);
-  if (rc != DUET_SUCCESS || bytes == 0) /* no call: the slot parity must not advance */
+  if (rc != DUET_SUCCESS || bytes == 0) /* no call: no counter may advance */
     return rc;
-  shm->seq++;
   if (shm->nranks == 1) {
     if (sendbuf != recvbuf)
       memcpy(recvbuf, sendbuf, bytes);
     return DUET_SUCCESS;
   }
+  if (bytes <= DUET_SHM_EAGER_MAX) /* rooted eager: shm->seq does not advance */
+    return broadcast_eager(shm, sendbuf, recvbuf, bytes, root, publish_cpu(shm), yield, timeout_ms,
+                           errbuf);
+  shm->seq++;
   return broadcast_run(shm, sendbuf, recvbuf, bytes, root, publish_cpu(shm), yield, timeout_ms,
                        errbuf);
 }
@@ -1091,8 +1198,50 @@ static void reduce_copy_in(duet__shm_t *shm, const char *sb, size_t count, size_
   }
 }
 
-/* Reduce, small: the others store their data in their slots; the root
- * reduces every slot, its own data from sendbuf, in rank order. Large: each
+/* Reduce, small (rooted call k, see "rooted eager calls" above): a
+ * non-root, after the flow-control wait, stores its data and then the
+ * sequence k + 1 in slot k % D of its own ring, stores done = k + 1 and
+ * returns; the root waits for every non-root's slot to hold k + 1 and reduces
+ * the slots, its own data from sendbuf, in rank order 0..L-1 (the same
+ * reduce_ordered as every reduction here, so the same bytes), then stores
+ * done = k + 1, which lets the non-roots reuse their slots D calls later.
+ * In place with L > 2 the root accumulates in slot k % D of its own ring:
+ * its previous readers ran calls k - D and earlier, and each non-root had
+ * completed those before it published call k, which the root has seen. */
+static duet_status_t reduce_eager(duet__shm_t *shm, const char *sb, char *rb, size_t count,
+                                  duet_datatype_t dt, duet_op_t op, int avg_n, int root, int cpu,
+                                  int yield, int timeout_ms, char *errbuf) {
+  const int n = shm->nranks, r = shm->rank;
+  const uint64_t k = shm->rooted++;
+  const char *src[SHM_MAX_RANKS];
+
+  if (r != root) {
+    duet_status_t rc = rooted_flow(shm, "reduce", k, cpu, yield, timeout_ms, errbuf);
+    if (rc != DUET_SUCCESS)
+      return rc;
+    char *slot = ring_slot(shm, r, k);
+    memcpy(slot + sizeof(uint64_t), sb, count * duet__dt_size(dt));
+    __atomic_store_n((uint64_t *)(void *)slot, k + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(done_flag(shm, r), k + 1, __ATOMIC_RELEASE);
+    return DUET_SUCCESS;
+  }
+  for (int i = 1; i < n; i++) {
+    int p = (r + n - i) % n;
+    const char *slot = ring_slot(shm, p, k);
+    if (wait_ge(shm, (const uint64_t *)(const void *)slot, k + 1, p, cpu, yield, timeout_ms) != 0)
+      return timed_out_at(shm, p, "reduce", "rooted call", k + 1, timeout_ms, errbuf);
+  }
+  for (int p = 0; p < n; p++)
+    src[p] = p == r ? sb : ring_slot(shm, p, k) + sizeof(uint64_t);
+  reduce_ordered(rb, sb == rb ? ring_slot(shm, r, k) + sizeof(uint64_t) : NULL, src, n, count, dt,
+                 op);
+  if (op == DUET_AVG)
+    duet__reduce_avg_finish(rb, count, dt, avg_n);
+  __atomic_store_n(done_flag(shm, r), k + 1, __ATOMIC_RELEASE);
+  return DUET_SUCCESS;
+}
+
+/* Reduce, large: each
  * chunk is split into slices as for allreduce; rank r stores the slices
  * s != r in its chunk buffer, and after a sync reduces slice r in rank order
  * into the slice-r part of its own buffer, which no copy-in writes (the root
@@ -1112,25 +1261,10 @@ static duet_status_t reduce_run(duet__shm_t *shm, const char *sb, char *rb, size
                                 duet_datatype_t dt, duet_op_t op, int avg_n, int root, int cpu,
                                 int yield, int timeout_ms, char *errbuf) {
   const int n = shm->nranks, r = shm->rank;
-  const size_t esz = duet__dt_size(dt), bytes = count * esz;
+  const size_t esz = duet__dt_size(dt);
   const char *src[SHM_MAX_RANKS];
   duet_status_t rc;
 
-  if (bytes <= DUET_SHM_EAGER_MAX) {
-    const uint64_t seq = shm->seq, par = seq & 1u;
-    char *mine = eager_slot(shm, par, r) + sizeof(uint64_t);
-    if (r != root)
-      memcpy(mine, sb, bytes);
-    rc = eager_publish_wait(shm, "reduce", seq, par, cpu, yield, timeout_ms, errbuf);
-    if (rc != DUET_SUCCESS || r != root)
-      return rc;
-    for (int p = 0; p < n; p++)
-      src[p] = p == r ? sb : eager_slot(shm, par, p) + sizeof(uint64_t);
-    reduce_ordered(rb, sb == rb ? mine : NULL, src, n, count, dt, op);
-    if (op == DUET_AVG)
-      duet__reduce_avg_finish(rb, count, dt, avg_n);
-    return DUET_SUCCESS;
-  }
   const size_t per = reduce_per(shm, esz), slot = per / (size_t)n * esz;
   size_t lo, hi;
   uint64_t par = shm->chunks & 1u;
@@ -1185,11 +1319,14 @@ duet_status_t duet__shm_reduce(duet__shm_t *shm, const void *sendbuf, void *recv
     return DUET_ERR_INVALID_ARGUMENT;
   }
   rc = shm_check(shm, "reduce", errbuf);
-  if (rc != DUET_SUCCESS || count == 0) /* no call: the slot parity must not advance */
+  if (rc != DUET_SUCCESS || count == 0) /* no call: no counter may advance */
     return rc;
-  shm->seq++;
   if (shm->nranks == 1)
     return reduce_alone(sendbuf, recvbuf, count, dt, op, avg_n);
+  if (count * duet__dt_size(dt) <= DUET_SHM_EAGER_MAX) /* rooted eager: shm->seq stays */
+    return reduce_eager(shm, sendbuf, shm->rank == root ? recvbuf : NULL, count, dt, op, avg_n,
+                        root, publish_cpu(shm), yield, timeout_ms, errbuf);
+  shm->seq++;
   return reduce_run(shm, sendbuf, shm->rank == root ? recvbuf : NULL, count, dt, op, avg_n, root,
                     publish_cpu(shm), yield, timeout_ms, errbuf);
 }

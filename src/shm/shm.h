@@ -7,10 +7,13 @@
  * data and a sequence number in its own slot, every rank waits for every
  * peer's number and reads the slots it needs, reducing in rank order); large
  * ones through double-buffered chunk buffers, each rank reducing its slice of
- * every chunk. The segment is created once, sized for the engine and
- * pre-faulted; no call allocates or touches fresh pages, and no call makes a
- * system call unless it waits with yield != 0 (sched_yield) or a wait runs
- * long enough to read the clock.
+ * every chunk. Small broadcasts and reduces are the exception among the small
+ * calls: they go through a per-rank ring of slots, only the ranks that need
+ * data wait (broadcast non-roots for the root, the reduce root for the
+ * others), and the ranks that only give data return at once, at most a ring's
+ * depth of such calls ahead of the slowest peer. The segment is created once, sized for the engine
+ * and pre-faulted; no call allocates or touches fresh pages, and no call makes a system call unless
+ * it waits with yield != 0 (sched_yield) or a wait runs long enough to read the clock.
  *
  * Threads: an engine is used by one thread of each rank at a time. All local
  * ranks call the collectives of one engine in the same order with the same
@@ -54,8 +57,8 @@ duet_status_t duet__shm_allreduce(duet__shm_t *shm, const void *sendbuf, void *r
  * ranks (block d of sendbuf goes to local rank d, block s of recvbuf comes
  * from local rank s); sendbuf == recvbuf means in place. Waits, deadlines and
  * errors as duet__shm_allreduce. */
-duet_status_t duet__shm_alltoall(duet__shm_t *shm, const void *sendbuf, void *recvbuf,
-                                 size_t bytes, int yield, int timeout_ms, char *errbuf);
+duet_status_t duet__shm_alltoall(duet__shm_t *shm, const void *sendbuf, void *recvbuf, size_t bytes,
+                                 int yield, int timeout_ms, char *errbuf);
 /* Collective, blocking: allgather of `bytes` per rank; block s of recvbuf
  * comes from local rank s. In place: sendbuf == recvbuf (this rank's block is
  * already at recvbuf + rank x bytes) or sendbuf == recvbuf + rank x bytes.
@@ -65,7 +68,9 @@ duet_status_t duet__shm_allgather(duet__shm_t *shm, const void *sendbuf, void *r
 /* Collective, blocking: broadcast of `bytes` from local rank root's sendbuf
  * to every rank's recvbuf (the root's too; sendbuf == recvbuf there means in
  * place). sendbuf is read on the root only. Waits, deadlines and errors as
- * duet__shm_allreduce. */
+ * duet__shm_allreduce (small messages: the root does not wait for the others
+ * unless it is a ring's depth of calls ahead; timeouts name the rooted call
+ * number). */
 duet_status_t duet__shm_broadcast(duet__shm_t *shm, const void *sendbuf, void *recvbuf,
                                   size_t bytes, int root, int yield, int timeout_ms, char *errbuf);
 /* Collective, blocking: reduce-scatter; sendbuf holds local_size blocks of
@@ -79,7 +84,9 @@ duet_status_t duet__shm_reduce_scatter(duet__shm_t *shm, const void *sendbuf, vo
 /* Collective, blocking: reduce of count elements, in rank order, into local
  * rank root's recvbuf (sendbuf == recvbuf there means in place); recvbuf is
  * not touched elsewhere. AVG, waits, deadlines and errors as
- * duet__shm_allreduce. */
+ * duet__shm_allreduce (small messages: non-roots do not wait for the root
+ * unless they are a ring's depth of calls ahead; timeouts name the rooted
+ * call number). */
 duet_status_t duet__shm_reduce(duet__shm_t *shm, const void *sendbuf, void *recvbuf, size_t count,
                                duet_datatype_t dt, duet_op_t op, int avg_n, int root, int yield,
                                int timeout_ms, char *errbuf);

@@ -498,6 +498,7 @@ Test(shm, alltoall_4_ranks) {
 /* The engine's limits as this test assumes them (shm.c). */
 #define EAGER_MAX (8u << 10)
 #define CHUNK (1u << 20)
+#define ROOTED_DEPTH 8u /* DUET_SHM_ROOTED_DEPTH */
 
 static int guard_ok(const char *what, int rank, int L, size_t n, const unsigned char *end) {
   for (size_t b = 0; b < GUARD; b++)
@@ -856,9 +857,9 @@ Test(shm, reduce_4_ranks) {
 
 /* Back-to-back small rooted calls, no other synchronisation: first
  * broadcasts from one root, then reduces to one root, then both with a
- * moving root; empty calls in between. A rank that returned without waiting for every peer (a
- * broadcast root, a reduce non-root) would run ahead and rewrite its slot
- * while a slower peer still reads it two calls before. */
+ * moving root; empty calls in between. A broadcast root or a reduce
+ * non-root returns without waiting for its peers: without the ring's flow
+ * control it would run ahead and rewrite a slot a slower peer still reads. */
 static int child_rooted_stress(duet__shm_t *shm, int rank, int L, void *arg) {
   (void)arg;
   unsigned char send[256], recv[256 + GUARD];
@@ -913,6 +914,67 @@ Test(shm, rooted_stress_3_ranks) {
 }
 Test(shm, rooted_stress_4_ranks) {
   cr_assert_eq(run_group(4, child_rooted_stress, NULL), 0);
+}
+
+/* Eager broadcasts and reduces alternating, with moving roots, while one
+ * rank sleeps every 50 calls. In the first 20 calls of each block of 50 the
+ * sleeper only reads (it is never the broadcast root and always the reduce
+ * root), so the others run ahead until the flow control stops them ROOTED_DEPTH
+ * calls ahead of it; a rank that rewrote a ring slot the sleeper has not
+ * read yet would give it another call's data. */
+static int child_rooted_ahead(duet__shm_t *shm, int rank, int L, void *arg) {
+  (void)arg;
+  unsigned char send[2048], recv[2048 + GUARD];
+  int32_t in[512], out[512 + 16];
+  char err[DUET_SHM_ERRLEN];
+  for (unsigned it = 0; it < 2000; it++) {
+    int sleeper = (int)(it / 50) % L, other = (sleeper + 1 + (int)(it / 2) % (L - 1)) % L;
+    int reader_only = it % 50 < 20;
+    if (rank == sleeper && it % 50 == 0)
+      usleep(200);
+    if (it % 2 == 0) {
+      int root = reader_only ? other : (int)(it / 2) % L;
+      size_t bytes = 1 + (it * 37u) % sizeof(send);
+      for (size_t j = 0; j < bytes; j++)
+        send[j] = ag_byte(root, j, it);
+      memset(recv, 0, sizeof(recv));
+      if (duet__shm_broadcast(shm, rank == root ? send : NULL, recv, bytes, root, L > 2,
+                              CALL_TIMEOUT_MS, err) != DUET_SUCCESS ||
+          memcmp(recv, send, bytes) != 0 || recv[bytes] != 0) {
+        fprintf(stderr, "rank %d/%d broadcast %u (%zu B, root %d): wrong %s\n", rank, L, it, bytes,
+                root, err);
+        return 1;
+      }
+    } else {
+      int root = reader_only ? sleeper : (int)(it / 2 + 1) % L;
+      size_t count = 1 + (it * 13u) % 512u;
+      for (size_t j = 0; j < count; j++)
+        in[j] = (int32_t)((it * 31u + (unsigned)j) % 100000u) * (rank + 1);
+      memset(out, 0, sizeof(out));
+      if (duet__shm_reduce(shm, in, out, count, DUET_INT32, DUET_SUM, L, root, L > 2,
+                           CALL_TIMEOUT_MS, err) != DUET_SUCCESS) {
+        fprintf(stderr, "rank %d/%d reduce %u: %s\n", rank, L, it, err);
+        return 1;
+      }
+      for (size_t j = 0; j < count && rank == root; j++)
+        if (out[j] != (int32_t)((it * 31u + (unsigned)j) % 100000u) * (L * (L + 1) / 2)) {
+          fprintf(stderr, "rank %d/%d reduce %u (root %d): element %zu is %d\n", rank, L, it, root,
+                  j, (int)out[j]);
+          return 1;
+        }
+    }
+  }
+  return 0;
+}
+
+Test(shm, rooted_ahead_2_ranks) {
+  cr_assert_eq(run_group(2, child_rooted_ahead, NULL), 0);
+}
+Test(shm, rooted_ahead_3_ranks) {
+  cr_assert_eq(run_group(3, child_rooted_ahead, NULL), 0);
+}
+Test(shm, rooted_ahead_4_ranks) {
+  cr_assert_eq(run_group(4, child_rooted_ahead, NULL), 0);
 }
 
 /* Non-exact float32 sums: reduce and reduce-scatter reduce in rank order,
@@ -978,18 +1040,40 @@ struct timeout_case {
   int kind;     /* TC_*: count is elements (int32) or bytes per block */
 };
 
-/* The last rank never calls; the others must time out, naming it. */
+/* The last rank never calls; the others must time out, naming it. Eager
+ * broadcasts and reduces are rooted calls that do not wait for every peer:
+ * there the absent rank is the root, and the others call until they time
+ * out: at once for a broadcast (waiting for the root's data), after
+ * ROOTED_DEPTH calls for a reduce (the flow control waits for the root to
+ * have read the oldest ring slot). */
 static int child_timeout(duet__shm_t *shm, int rank, int L, void *arg) {
   const struct timeout_case *tc = arg;
   char err[DUET_SHM_ERRLEN], want[64];
   static int32_t buf[1 << 20];
   duet_status_t rc;
+  int rooted = (tc->kind == TC_BROADCAST && tc->count <= EAGER_MAX) ||
+               (tc->kind == TC_REDUCE && tc->count * sizeof(int32_t) <= EAGER_MAX);
+  unsigned calls = 0;
   if (rank == L - 1) {
     usleep(3 * SHORT_TIMEOUT_MS * 1000); /* outlive the others' deadline */
     return 0;
   }
   double t0 = now_s();
-  if (tc->count == 0)
+  if (rooted) {
+    do {
+      calls++;
+      if (tc->kind == TC_BROADCAST)
+        rc = duet__shm_broadcast(shm, buf, buf, tc->count, L - 1, 1, SHORT_TIMEOUT_MS, err);
+      else
+        rc = duet__shm_reduce(shm, buf, NULL, tc->count, DUET_INT32, DUET_AVG, L, L - 1, 1,
+                              SHORT_TIMEOUT_MS, err);
+    } while (rc == DUET_SUCCESS && calls <= 4 * ROOTED_DEPTH);
+    unsigned expect = tc->kind == TC_BROADCAST ? 1u : ROOTED_DEPTH + 1u;
+    if (rc == DUET_ERR_TIMEOUT && calls != expect) {
+      fprintf(stderr, "rank %d: timed out in rooted call %u, want %u\n", rank, calls, expect);
+      return 1;
+    }
+  } else if (tc->count == 0)
     rc = duet__shm_barrier(shm, 1, SHORT_TIMEOUT_MS, err);
   else if (tc->kind == TC_ALLTOALL)
     rc = duet__shm_alltoall(shm, buf, buf, tc->count, 1, SHORT_TIMEOUT_MS, err);
@@ -1016,7 +1100,10 @@ static int child_timeout(duet__shm_t *shm, int rank, int L, void *arg) {
             SHORT_TIMEOUT_MS);
     return 1;
   }
-  snprintf(want, sizeof(want), "local rank %d did not arrive for call 1", L - 1);
+  if (rooted)
+    snprintf(want, sizeof(want), "local rank %d did not arrive for rooted call %u", L - 1, calls);
+  else
+    snprintf(want, sizeof(want), "local rank %d did not arrive for call 1", L - 1);
   if (strstr(err, want) == NULL) {
     fprintf(stderr, "rank %d: message \"%s\" lacks \"%s\"\n", rank, err, want);
     return 1;
