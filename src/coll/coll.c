@@ -80,7 +80,7 @@ static duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a
                                    const void *sendbuf, void *recvbuf) {
   const uint64_t bytes = (uint64_t)a->count * a->dtsize, peers = (uint64_t)(comm->nranks - 1);
   const int yield = comm->yield, ms = comm->cfg.timeout_ms, n = comm->nranks;
-  const int root = comm->rank == a->root;
+  const int is_root = comm->rank == a->root;
   uint64_t sent = 0, recvd = 0;
   char err[DUET_SHM_ERRLEN] = "";
   duet_status_t rc = DUET_ERR_INTERNAL;
@@ -93,14 +93,14 @@ static duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a
     break;
   case DUET_COLL_BROADCAST:
     rc = duet__shm_broadcast(comm->mem, sendbuf, recvbuf, bytes, a->root, yield, ms, err);
-    sent = root && peers ? bytes : 0;
-    recvd = root ? 0 : bytes;
+    sent = is_root && peers ? bytes : 0;
+    recvd = is_root ? 0 : bytes;
     break;
   case DUET_COLL_REDUCE:
     rc = duet__shm_reduce(comm->mem, sendbuf, recvbuf, a->count, a->dt, a->op, n, a->root, yield,
                           ms, err);
-    sent = root ? 0 : bytes;
-    recvd = root ? bytes * peers : 0;
+    sent = is_root ? 0 : bytes;
+    recvd = is_root ? bytes * peers : 0;
     break;
   case DUET_COLL_ALLGATHER:
     rc = duet__shm_allgather(comm->mem, sendbuf, recvbuf, bytes, yield, ms, err);

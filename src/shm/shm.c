@@ -723,6 +723,26 @@ static duet_status_t alltoall_eager(duet__shm_t *shm, const char *sb, char *rb, 
   return DUET_SUCCESS;
 }
 
+/* Piece size of a step that moves one piece of every block: the chunk
+ * buffer holds one piece per rank, whole cache lines each. */
+static size_t piece_bytes(const duet__shm_t *shm) {
+  return (DUET_SHM_CHUNK / (size_t)shm->nranks) & ~(size_t)63;
+}
+
+/* Copy-in of one step: store bytes [off, off + m) of each of sb's blocks
+ * (block d, `bytes` long, for rank d) other than this rank's own into this
+ * rank's chunk buffer `par`, the piece for d at d x q. Returns the buffer. */
+static char *stage_pieces(duet__shm_t *shm, uint64_t par, const char *sb, size_t bytes, size_t off,
+                          size_t m, size_t q) {
+  const int n = shm->nranks, r = shm->rank;
+  char *mine = chunk_buf(shm, par, r);
+  for (int i = 1; i < n; i++) {
+    int d = (r + i) % n;
+    memcpy(mine + (size_t)d * q, sb + (size_t)d * bytes + off, m);
+  }
+  return mine;
+}
+
 /* Large: per step, every block advances by one piece of `q` bytes; rank r
  * stores its pieces for every peer in its chunk buffer (the piece for d at
  * d x q), synchronises once, and copies its piece out of every peer's
@@ -734,7 +754,7 @@ static duet_status_t alltoall_eager(duet__shm_t *shm, const char *sb, char *rb, 
 static duet_status_t alltoall_chunked(duet__shm_t *shm, const char *sb, char *rb, size_t bytes,
                                       int cpu, int yield, int timeout_ms, char *errbuf) {
   const int n = shm->nranks, r = shm->rank;
-  const size_t q = (DUET_SHM_CHUNK / (size_t)n) & ~(size_t)63;
+  const size_t q = piece_bytes(shm);
   const int nt = sb != rb && bytes * (size_t)n * (size_t)n >= shm->nt_min;
   duet_status_t rc;
 
@@ -747,11 +767,7 @@ static duet_status_t alltoall_chunked(duet__shm_t *shm, const char *sb, char *rb
   for (size_t off = 0; off < bytes; off += q) {
     size_t m = bytes - off < q ? bytes - off : q;
     uint64_t par = shm->chunks++ & 1u;
-    char *mine = chunk_buf(shm, par, r);
-    for (int i = 1; i < n; i++) {
-      int d = (r + i) % n;
-      memcpy(mine + (size_t)d * q, sb + (size_t)d * bytes + off, m);
-    }
+    stage_pieces(shm, par, sb, bytes, off, m, q);
     rc = sync_all(shm, "alltoall", cpu, yield, timeout_ms, errbuf);
     if (rc != DUET_SUCCESS)
       return rc;
@@ -1132,15 +1148,11 @@ static duet_status_t reduce_scatter_run(duet__shm_t *shm, const char *sb, char *
       duet__reduce_avg_finish(rb, count, dt, avg_n);
     return DUET_SUCCESS;
   }
-  const size_t q = (DUET_SHM_CHUNK / (size_t)n) & ~(size_t)63;
+  const size_t q = piece_bytes(shm);
   for (size_t off = 0; off < bytes; off += q) {
     size_t m = bytes - off < q ? bytes - off : q;
     uint64_t par = shm->chunks++ & 1u;
-    char *mine = chunk_buf(shm, par, r);
-    for (int i = 1; i < n; i++) {
-      int d = (r + i) % n;
-      memcpy(mine + (size_t)d * q, sb + (size_t)d * bytes + off, m);
-    }
+    char *mine = stage_pieces(shm, par, sb, bytes, off, m, q);
     rc = sync_all(shm, "reduce_scatter", cpu, yield, timeout_ms, errbuf);
     if (rc != DUET_SUCCESS)
       return rc;
