@@ -18,29 +18,12 @@
 set -u
 
 builddir=${top_builddir:-.}
-mpirun=${MPIRUN:-mpirun}
-limit=${DUET_TEST_TIMEOUT:-120}
 prog="$builddir/perf/duet_perf"
 out=$(mktemp -d "${TMPDIR:-/tmp}/duet_perf_test.XXXXXX") || exit 1
 trap 'rm -rf "$out"' EXIT
-
-if ! command -v "$mpirun" >/dev/null 2>&1; then
-  echo "perf: $mpirun not found (configure found MPI; install openmpi-bin)"
-  echo "perf: 0 passed, 1 failed"
-  exit 1
-fi
-if [ ! -x "$prog" ]; then
-  echo "perf: $prog not built (make builds it when configure finds MPI)"
-  echo "perf: 0 passed, 1 failed"
-  exit 1
-fi
-
-# Loopback only, oversubscribed (this may run on a 2-core machine).
-mpiopts=(--allow-run-as-root --oversubscribe --mca btl self,vader,tcp
-         --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo)
 export DUET_TIMEOUT_MS=${DUET_TIMEOUT_MS:-60000}
-# Leak checks off under mpirun: see tests/mpi/run_mpi.sh.
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+. "$(dirname "$0")/mpi/mpirun_env.sh"
+mpi_test_setup perf 120 "$prog"
 
 passed=0
 failed=0

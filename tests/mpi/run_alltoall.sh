@@ -19,32 +19,9 @@
 set -u
 
 builddir=${top_builddir:-.}
-mpirun=${MPIRUN:-mpirun}
-limit=${DUET_TEST_TIMEOUT:-300}
 prog="$builddir/tests/mpi/mpi_alltoall"
-
-if ! command -v "$mpirun" >/dev/null 2>&1; then
-  echo "alltoall: $mpirun not found (configure found MPI; install openmpi-bin)"
-  echo "alltoall: 0 passed, 1 failed"
-  exit 1
-fi
-if [ ! -x "$prog" ]; then
-  echo "alltoall: $prog not built (make check builds it)"
-  echo "alltoall: 0 passed, 1 failed"
-  exit 1
-fi
-
-# Loopback only, oversubscribed (this may run on a 2-core machine).
-mpiopts=(--allow-run-as-root --oversubscribe --mca btl self,vader,tcp
-         --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo)
-# A failing rank should give up well before the mpirun timeout.
-export DUET_TIMEOUT_MS=${DUET_TIMEOUT_MS:-120000}
-# Sanitizer builds: LeakSanitizer cannot attribute Open MPI's allocations
-# (its components are dlopen'ed and unloaded at MPI_Finalize, so their frames
-# show as unknown modules), so leak checking is off for mpirun-launched
-# programs. duet's own leaks are checked by the unit tests, which create and
-# destroy communicators without MPI. ASan's other checks and UBSan stay on.
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+. "$(dirname "$0")/mpirun_env.sh"
+mpi_test_setup alltoall 300 "$prog"
 
 passed=0
 failed=0
