@@ -32,8 +32,9 @@ typedef struct duet__tp_req {
 } duet__tp_req_t;
 
 typedef struct duet__tp_params {
-  const char *provider; /* libfabric provider name ("tcp", "shm", ...); NULL: any */
-  const char *iface;    /* interface / libfabric domain name; NULL: provider's choice */
+  const char *provider; /* libfabric provider name ("tcp;ofi_rxm", "shm", ...); NULL: any */
+  const char *iface;    /* interface name (tcp: or IP address) / libfabric domain name;
+                           NULL: provider's choice */
   int yield;            /* progress should yield the CPU: more ranks than cores */
 } duet__tp_params_t;
 
@@ -72,5 +73,10 @@ typedef struct duet__tp_ops {
 
 extern const duet__tp_ops_t duet__tp_ofi;
 extern const duet__tp_ops_t duet__tp_self;
+extern const duet__tp_ops_t duet__tp_tcp; /* duet's own sockets: provider "tcp" */
+
+/* The transport that carries a provider name: "tcp" is duet's socket
+ * transport, every other name (including "tcp;ofi_rxm") libfabric's. */
+const duet__tp_ops_t *duet__tp_for_provider(const char *provider);
 
 #endif /* DUET_TRANSPORT_H */

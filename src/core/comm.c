@@ -154,7 +154,7 @@ static duet_status_t duet__open_endpoints(duet_comm_t *comm, const duet__domains
              comm->cfg.upn_iface[0]                            ? comm->cfg.upn_iface
              : (dom->domain_one_host[comm->supernode] && strcmp(prov, "shm") != 0) ? "lo"
                                                                                    : "");
-    rc = duet__open_net(comm, DUET_NET_UPN, &duet__tp_ofi, prov, iface, errbuf);
+    rc = duet__open_net(comm, DUET_NET_UPN, duet__tp_for_provider(prov), prov, iface, errbuf);
     if (rc != DUET_SUCCESS)
       return rc;
   }
@@ -164,7 +164,7 @@ static duet_status_t duet__open_endpoints(duet_comm_t *comm, const duet__domains
              comm->cfg.hpn_iface[0]                         ? comm->cfg.hpn_iface
              : (comm->one_host && strcmp(prov, "shm") != 0) ? "lo"
                                                             : "");
-    rc = duet__open_net(comm, DUET_NET_HPN, &duet__tp_ofi, prov, iface, errbuf);
+    rc = duet__open_net(comm, DUET_NET_HPN, duet__tp_for_provider(prov), prov, iface, errbuf);
     if (rc != DUET_SUCCESS)
       return rc;
   }

@@ -2,7 +2,8 @@
 # run_mpi.sh - the mpirun-launched duet tests, run by `make check`.
 #
 # mpi_allreduce (ring and recursive doubling) and mpi_coll for np = 1 2 3 4 5 8,
-# each over the tcp provider and over the default (shm inside a host). Every
+# each over duet's tcp transport and over the default (shm inside a host), and a
+# quick pass over libfabric's tcp;ofi_rxm for np <= 4. Every
 # datatype x op is covered at the quick counts for every np; the full count
 # list (up to 1048579 elements) runs for np <= 4 on int32, float32, bfloat16,
 # uint64 and float8e4m3 (DUET_TEST_FULL_TYPES=all for every type). DUET_TEST_QUICK=1
@@ -38,6 +39,8 @@ run() {
   local envs=()
   if [ "$prov" = tcp ]; then
     envs=(env DUET_UPN_PROVIDER=tcp DUET_HPN_PROVIDER=tcp)
+  elif [ "$prov" = ofi-tcp ]; then # libfabric's tcp, not duet's sockets
+    envs=(env "DUET_UPN_PROVIDER=tcp;ofi_rxm" "DUET_HPN_PROVIDER=tcp;ofi_rxm")
   else
     envs=(env -u DUET_UPN_PROVIDER -u DUET_HPN_PROVIDER)
   fi
@@ -70,6 +73,11 @@ for np in $nps; do
     fi
     run $prov "$np" "$split"
   done
+  # libfabric's tcp;ofi_rxm stays selectable: a quick pass over it
+  if [ "$np" -le 4 ]; then
+    run ofi-tcp "$np" "$allreduce" -a auto -q
+    run ofi-tcp "$np" "$coll" -q
+  fi
 done
 
 for f in "${failures[@]+"${failures[@]}"}"; do

@@ -1,7 +1,8 @@
 /*
  * No allocation on the hot path: after warm-up, 1,000 calls of each
  * collective allocate nothing in duet's own code. Two ranks run as threads of
- * this process over libfabric tcp on loopback; malloc, calloc and realloc
+ * this process on loopback, over duet's tcp transport and over libfabric's
+ * tcp;ofi_rxm; malloc, calloc and realloc
  * calls from duet's objects (linked statically here) are counted through the
  * linker's --wrap.
  */
@@ -40,6 +41,7 @@ enum { N = 1 << 18 };
 
 typedef struct rank_arg {
   duet_unique_id_t id;
+  const char *provider;
   int rank;
   pthread_barrier_t *bar;
   int failed;
@@ -68,7 +70,7 @@ static void *rank_main(void *p) {
   duet_config_t cfg = DUET_CONFIG_INIT;
   duet_comm_t *c = NULL;
   float *a = malloc(sizeof(float) * N), *b = malloc(sizeof(float) * N);
-  cfg.upn_provider = "tcp";
+  cfg.upn_provider = ra->provider;
   cfg.timeout_ms = 60000;
   for (int i = 0; i < N; i++)
     a[i] = (float)(i % 7);
@@ -96,7 +98,7 @@ out:
   return NULL;
 }
 
-Test(alloc, steady_state_calls_allocate_nothing, .timeout = 240) {
+static void steady_state(const char *provider) {
   pthread_t t[2];
   pthread_barrier_t bar;
   rank_arg_t ra[2];
@@ -105,6 +107,7 @@ Test(alloc, steady_state_calls_allocate_nothing, .timeout = 240) {
   pthread_barrier_init(&bar, NULL, 2);
   for (int r = 0; r < 2; r++) {
     ra[r].id = id;
+    ra[r].provider = provider;
     ra[r].rank = r;
     ra[r].bar = &bar;
     pthread_create(&t[r], NULL, rank_main, &ra[r]);
@@ -113,8 +116,16 @@ Test(alloc, steady_state_calls_allocate_nothing, .timeout = 240) {
     pthread_join(t[r], NULL);
   pthread_barrier_destroy(&bar);
   cr_assert_eq(ra[0].failed + ra[1].failed, 0, "a rank failed: %s", duet_last_error(NULL));
-  cr_assert_eq(atomic_load(&allocs), 0, "%ld allocations in %d x 9 steady-state calls",
-               atomic_load(&allocs), CALLS);
+  cr_assert_eq(atomic_load(&allocs), 0, "%ld allocations in %d x 9 steady-state calls over %s",
+               atomic_load(&allocs), CALLS, provider);
+}
+
+Test(alloc, steady_state_calls_allocate_nothing, .timeout = 240) {
+  steady_state("tcp");
+}
+
+Test(alloc, steady_state_calls_allocate_nothing_ofi_tcp, .timeout = 240) {
+  steady_state("tcp;ofi_rxm");
 }
 
 /* The counter sees duet's allocations: creating a unique id allocates (the
