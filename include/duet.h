@@ -86,8 +86,9 @@ struct duet_config {
   size_t size;          /* sizeof(duet_config_t) of the caller's build */
   unsigned int version; /* DUET_CONFIG_VERSION */
   int timeout_ms;       /* DUET_TIMEOUT_MS, every wait's deadline; default 300000 */
-  const char *upn_provider; /* DUET_UPN_PROVIDER: libfabric provider inside a super-node */
-  const char *hpn_provider; /* DUET_HPN_PROVIDER: libfabric provider across super-nodes */
+  const char *upn_provider; /* DUET_UPN_PROVIDER: "tcp" (duet's sockets), "mem" (load/store)
+                               or a libfabric provider ("shm", "tcp;ofi_rxm", ...) */
+  const char *hpn_provider; /* DUET_HPN_PROVIDER: "tcp" or a libfabric provider */
   const char *upn_iface;    /* DUET_UPN_IFACE: interface (libfabric domain) for the UPN */
   const char *hpn_iface;    /* DUET_HPN_IFACE: interface for the HPN */
   const char *supernode;    /* DUET_SUPERNODE: super-node id; default: the host name */

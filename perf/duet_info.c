@@ -134,6 +134,8 @@ static void show_fabric(void) {
   int ret;
 
   section(NULL);
+  printf("transports: tcp (duet's own sockets), mem (load/store inside a host), self; "
+         "any other provider name goes to libfabric\n");
   printf("libfabric %u.%u (built against %d.%d, API %d.%d)\n", FI_MAJOR(v), FI_MINOR(v),
          FI_MAJOR_VERSION, FI_MINOR_VERSION, FI_MAJOR(INFO_API_VERSION),
          FI_MINOR(INFO_API_VERSION));

@@ -63,6 +63,10 @@ has '^ +tcp(;[a-z_]+)? +' && ok=0
 result "the tcp provider is listed" $ok
 
 ok=1
+has "^transports: tcp \\(duet's own sockets\\)" && ok=0
+result "duet's transports are listed" $ok
+
+ok=1
 has '^topology:' && has '^host .*: [0-9]+ packages, [0-9]+ NUMA nodes, [1-9][0-9]* cores' &&
   has 'this process: cpus ' && ok=0
 result "topology section" $ok

@@ -18,9 +18,12 @@
 #include "coll/hier.h"
 #include "coll/ring.h"
 
+/* An allreduce over a view of the call's buffers; in_place: the view reads
+ * and writes the same memory. */
 static duet_status_t inner_allreduce(const duet__coll_args_t *a, int rank, int n, size_t count,
-                                     duet_op_t op, duet__sched_t *s) {
+                                     duet_op_t op, int in_place, duet__sched_t *s) {
   duet__coll_args_t sub = *a;
+  sub.in_place = in_place;
   sub.rank = rank;
   sub.nranks = n;
   sub.count = count;
@@ -40,7 +43,7 @@ duet_status_t duet__allreduce_hier_build(const duet__coll_args_t *a, duet__sched
   if (a->count == 0)
     return DUET_SUCCESS;
   if (duet__hier_is_flat(a->layout))
-    return inner_allreduce(a, a->rank, a->nranks, a->count, a->op, s);
+    return inner_allreduce(a, a->rank, a->nranks, a->count, a->op, a->in_place, s);
   rc = duet__hier_init(&h, a, 0);
   if (rc != DUET_SUCCESS)
     return rc;
@@ -56,14 +59,15 @@ duet_status_t duet__allreduce_hier_build(const duet__coll_args_t *a, duet__sched
     v = duet__hier_view(s, h.domain);
     v.msg_base = DUET_HIER_MSGS * 0;
     duet__sched_phase(s, &v);
-    duet__ring_rs_emit(s, h.lr, &g, es, ce, DUET_BUF_SEND, DUET_BUF_RECV, own, 0, 0);
+    duet__ring_rs_emit(s, h.lr, &g, es, ce, DUET_BUF_SEND, DUET_BUF_RECV, own, 0, 0,
+                       !a->in_place);
     /* 2. allreduce of this rank's segment on its rail, in place */
     if (g.len[h.lr] > 0) {
       v = duet__hier_view(s, h.rail);
       v.send = v.recv = duet__ref(DUET_BUF_RECV, g.off[h.lr] * es);
       v.msg_base = DUET_HIER_MSGS * 1;
       duet__sched_phase(s, &v);
-      rc = inner_allreduce(a, h.rail_me, h.nrail, g.len[h.lr], a->op, s);
+      rc = inner_allreduce(a, h.rail_me, h.nrail, g.len[h.lr], a->op, 1, s);
     }
     /* 3. allgather inside the super-node */
     if (rc == DUET_SUCCESS) {
@@ -82,14 +86,14 @@ duet_status_t duet__allreduce_hier_build(const duet__coll_args_t *a, duet__sched
     v = duet__hier_view(s, h.domain);
     v.msg_base = DUET_HIER_MSGS * 3;
     duet__sched_phase(s, &v);
-    rc = inner_allreduce(a, h.lr, h.ls, a->count, inner_op, s);
+    rc = inner_allreduce(a, h.lr, h.ls, a->count, inner_op, a->in_place, s);
     /* 2. leaders, in place */
     if (rc == DUET_SUCCESS && h.reps_me >= 0) {
       v = duet__hier_view(s, h.reps);
       v.send = v.recv;
       v.msg_base = DUET_HIER_MSGS * 4;
       duet__sched_phase(s, &v);
-      rc = inner_allreduce(a, h.reps_me, h.nreps, a->count, a->op, s);
+      rc = inner_allreduce(a, h.reps_me, h.nreps, a->count, a->op, 1, s);
     }
     /* 3. broadcast from the leader, in place */
     if (rc == DUET_SUCCESS) {

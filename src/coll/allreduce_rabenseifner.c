@@ -15,7 +15,9 @@
  * (newrank ^ mask) the upper. Each sends the half it gives away (from SEND at
  * the first step, from RECV after) and receives the partner's partial sums
  * of the half it keeps into a scratch slot, then RECV[keep] = cur[keep] op
- * slot. After log2(p2) steps newrank k holds part k reduced over all ranks
+ * slot; out of place, the first step receives straight into RECV[keep]
+ * (RECV[keep] = SEND[keep] op RECV[keep]: no slot, and the bytes are still
+ * in cache). After log2(p2) steps newrank k holds part k reduced over all ranks
  * and, for DUET_AVG, divides that part once. The allgather replays the steps
  * backwards: send the window held so far, receive the partner's half into
  * RECV. Folded odd ranks finally send the whole result to their even
@@ -53,7 +55,7 @@ duet_status_t duet__allreduce_rabenseifner_build(const duet__coll_args_t *a, due
   const int p = a->nranks, r = a->rank;
   const uint64_t bytes = a->count * a->dtsize;
   const duet__ref_t recvb = duet__ref(DUET_BUF_RECV, 0);
-  int p2 = 1, rem, newrank, nsteps = 0;
+  int p2 = 1, rem, newrank, nsteps = 0, direct;
   duet__ref_t cur = duet__ref(DUET_BUF_SEND, 0);
   uint64_t keep_lo[RAB_MAX_STEPS], keep_hi[RAB_MAX_STEPS]; /* parts of step j */
   uint64_t give_lo[RAB_MAX_STEPS], give_hi[RAB_MAX_STEPS];
@@ -82,6 +84,10 @@ duet_status_t duet__allreduce_rabenseifner_build(const duet__coll_args_t *a, due
     return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
   }
   newrank = r < 2 * rem ? r / 2 : r - rem;
+  /* Out of place, step 0 (the largest) receives straight into RECV and
+   * reduces there: RECV[keep] = SEND[keep] op RECV[keep]. Later steps hold
+   * this rank's partial sums in RECV, so they need a slot. */
+  direct = !a->in_place && r >= 2 * rem;
 
   /* The windows of the reduce-scatter, and the slot sizes they need. */
   for (uint64_t l = 0, h = (uint64_t)p2, mask = (uint64_t)p2 >> 1; mask >= 1;
@@ -95,7 +101,7 @@ duet_status_t duet__allreduce_rabenseifner_build(const duet__coll_args_t *a, due
     }
     peer[j] = duet__rab_real(newrank ^ (int)mask, rem);
     duet__rab_range(a, (uint64_t)p2, keep_lo[j], keep_hi[j], &off, &len);
-    if (len > slot_bytes[j % 2])
+    if (!(j == 0 && direct) && len > slot_bytes[j % 2])
       slot_bytes[j % 2] = len;
     l = keep_lo[j];
     h = keep_hi[j];
@@ -122,15 +128,19 @@ duet_status_t duet__allreduce_rabenseifner_build(const duet__coll_args_t *a, due
     uint32_t rv, red, deps[2];
     duet__rab_range(a, (uint64_t)p2, keep_lo[j], keep_hi[j], &koff, &klen);
     duet__rab_range(a, (uint64_t)p2, give_lo[j], give_hi[j], &goff, &glen);
+    if (j == 0 && direct)
+      slot = duet__ref(DUET_BUF_RECV, koff);
     /* The given half was last written by the previous step's reduce. */
     rs_send[j] = duet__sched_send(s, peer[j], RAB_MSG_RS + (uint32_t)j,
                                   duet__ref(cur.buf, cur.off + goff), glen, &last, 1);
-    rv = duet__sched_recv(s, peer[j], RAB_MSG_RS + (uint32_t)j, slot, klen, &slot_reader[j % 2], 1);
+    rv = duet__sched_recv(s, peer[j], RAB_MSG_RS + (uint32_t)j, slot, klen,
+                          j == 0 && direct ? NULL : &slot_reader[j % 2], !(j == 0 && direct));
     deps[0] = rv;
     deps[1] = last; /* cur[keep] was written by the previous reduce */
     red = duet__sched_reduce(s, duet__ref(DUET_BUF_RECV, koff), duet__ref(cur.buf, cur.off + koff),
                              slot, klen, deps, 2);
-    slot_reader[j % 2] = red;
+    if (!(j == 0 && direct))
+      slot_reader[j % 2] = red;
     last = red;
     cur = recvb;
   }

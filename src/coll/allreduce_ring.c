@@ -4,7 +4,8 @@
  * count; bandwidth-optimal (each rank sends 2 (p-1)/p of the data). Rank r
  * owns segment r after the reduce-scatter and divides it once for AVG.
  *
- * Scratch: two receive slots per chunk of a segment.
+ * Scratch: two receive slots per chunk of a segment, in place only; out of
+ * place the partial sums arrive straight in recvbuf and are reduced there.
  */
 #include "coll/ring.h"
 
@@ -19,7 +20,7 @@ duet_status_t duet__allreduce_ring_build(const duet__coll_args_t *a, duet__sched
   if (duet__segs_even(&g, a->count, a->nranks) != DUET_SUCCESS)
     return DUET_ERR_NO_MEMORY;
   duet__ring_rs_emit(s, a->rank, &g, a->dtsize, ce, DUET_BUF_SEND, DUET_BUF_RECV, own,
-                     a->op == DUET_AVG, 0);
+                     a->op == DUET_AVG, 0, !a->in_place);
   if (a->nranks > 1) {
     v = s->view;
     v.msg_base += DUET_PHASE_MSGS;

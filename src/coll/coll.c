@@ -187,6 +187,7 @@ static duet_status_t duet__allreduce_post(const char *fn, const void *sendbuf, v
   TRY(duet__check_overlap(comm, fn, sendbuf, bytes, recvbuf, bytes));
   duet__args_init(&a, comm, DUET_COLL_ALLREDUCE, count, dt, op, 0);
   a.blocking = blocking;
+  a.in_place = sendbuf == recvbuf;
   return duet__coll_post(comm, &a, bytes, sendbuf, recvbuf, req);
 }
 

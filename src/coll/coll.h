@@ -33,7 +33,7 @@ typedef struct duet__coll_args {
   size_t chunk_bytes; /* pipelining unit */
   size_t rd_max_bytes; /* inner allreduce phases: recursive doubling up to here */
   int out_aliases_in;  /* reduce_scatter in place with recvbuf == sendbuf */
-  int in_place;        /* alltoall: sendbuf == recvbuf */
+  int in_place;        /* alltoall, allreduce: sendbuf == recvbuf */
   int blocking;        /* a blocking call: the load/store path may run it */
   const size_t *scounts, *sdispls, *rcounts, *rdispls; /* alltoallv, elements */
   const uint64_t *count_matrix; /* hierarchical alltoallv: every rank's sendcounts */

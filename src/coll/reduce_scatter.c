@@ -57,7 +57,7 @@ duet_status_t duet__reduce_scatter_ring_build(const duet__coll_args_t *a, duet__
     return DUET_ERR_NO_MEMORY;
   duet__sched_need_scratch(s, (total + a->count) * a->dtsize);
   duet__ring_rs_emit(s, a->rank, &g, a->dtsize, chunk_elems(a), DUET_BUF_SEND,
-                     DUET_BUF_SCRATCH, out, a->op == DUET_AVG, (total + a->count) * a->dtsize);
+                     DUET_BUF_SCRATCH, out, a->op == DUET_AVG, (total + a->count) * a->dtsize, 0);
   copy_out(a, s, out);
   duet__segs_free(&g);
   return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
@@ -101,13 +101,13 @@ duet_status_t duet__reduce_scatter_hier_build(const duet__coll_args_t *a, duet__
   v.msg_base = DUET_HIER_MSGS * 0;
   duet__sched_phase(s, &v);
   duet__ring_rs_emit(s, h.lr, &dom, a->dtsize, chunk_elems(a), DUET_BUF_SEND,
-                     DUET_BUF_SCRATCH, keep, 0, slots);
+                     DUET_BUF_SCRATCH, keep, 0, slots, 0);
   /* 2. on the rail: those blocks, reduced across super-nodes */
   v = duet__hier_view(s, h.rail);
   v.msg_base = DUET_HIER_MSGS * 1;
   duet__sched_phase(s, &v);
   duet__ring_rs_emit(s, h.rail_me, &rail, a->dtsize, chunk_elems(a), DUET_BUF_SCRATCH,
-                     DUET_BUF_SCRATCH, out, a->op == DUET_AVG, slots);
+                     DUET_BUF_SCRATCH, out, a->op == DUET_AVG, slots, 0);
   copy_out(a, s, out);
   rc = s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
 out_free:

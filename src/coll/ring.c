@@ -98,7 +98,7 @@ static uint64_t out_off(duet__place_t p, const chunk_t *c) {
 
 void duet__ring_rs_emit(duet__sched_t *s, int me, const duet__segs_t *g, size_t es,
                         uint64_t ce, uint8_t in, uint8_t work, duet__place_t out, int avg,
-                        uint64_t slots_off) {
+                        uint64_t slots_off, int direct) {
   const int n = g->n, right = (me + 1) % n, left = (me - 1 + n) % n;
   uint64_t M, slot_bytes = 0;
   chunk_t *ch = NULL;
@@ -142,7 +142,8 @@ void duet__ring_rs_emit(duet__sched_t *s, int me, const duet__segs_t *g, size_t 
       if (ch[i].len * es > slot_bytes)
         slot_bytes = ch[i].len * es;
   }
-  duet__sched_need_scratch(s, slots_off + 2 * M * slot_bytes);
+  if (!direct)
+    duet__sched_need_scratch(s, slots_off + 2 * M * slot_bytes);
 
   for (int t = 0; t < n - 1; t++) {
     int ss = ((me - t - 1) % n + n) % n, rs = ((me - t - 2) % n + n) % n;
@@ -155,12 +156,13 @@ void duet__ring_rs_emit(duet__sched_t *s, int me, const duet__segs_t *g, size_t 
     uint64_t nrecv = seg_chunks(g, rs, ce, ch);
     for (uint64_t i = 0; i < nrecv; i++) {
       uint64_t sl = (uint64_t)(t % 2) * M + i;
-      duet__ref_t slot = duet__ref(DUET_BUF_SCRATCH, slots_off + sl * slot_bytes);
-      uint32_t rv = duet__sched_recv(s, left, (uint32_t)((uint64_t)t * M + i), slot,
-                                     ch[i].len * es, &slot_reader[sl], 1);
       int last = t == n - 2; /* rs == me: this rank's own segment */
       duet__ref_t dst = last ? duet__ref(out.buf, out_off(out, &ch[i]) * es)
                              : duet__ref(work, ch[i].off * es);
+      /* direct: nothing else touches dst before this step's reduce */
+      duet__ref_t slot = direct ? dst : duet__ref(DUET_BUF_SCRATCH, slots_off + sl * slot_bytes);
+      uint32_t rv = duet__sched_recv(s, left, (uint32_t)((uint64_t)t * M + i), slot,
+                                     ch[i].len * es, direct ? NULL : &slot_reader[sl], !direct);
       uint32_t red = duet__sched_reduce(s, dst, duet__ref(in, ch[i].off * es), slot,
                                         ch[i].len * es, &rv, 1);
       if (red != DUET_STEP_NONE)

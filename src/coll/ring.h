@@ -41,10 +41,13 @@ typedef struct duet__place {
  * from in at the pieces' offsets, partial sums of other segments go to work
  * at the pieces' offsets, and this rank's segment, reduced over all, goes to
  * out (divided once by the communicator size when avg). Scratch: two
- * receive slots per chunk of a segment, from scratch offset slots_off. */
+ * receive slots per chunk of a segment, from scratch offset slots_off.
+ * direct: in is other memory than work and out (an out-of-place call), so
+ * partial sums arrive straight where they are reduced (dst op= in, no slots,
+ * no scratch, and the received bytes are still in cache when reduced). */
 void duet__ring_rs_emit(duet__sched_t *s, int me, const duet__segs_t *g, size_t dtsize,
                         uint64_t chunk_elems, uint8_t in, uint8_t work, duet__place_t out,
-                        int avg, uint64_t slots_off);
+                        int avg, uint64_t slots_off, int direct);
 
 /* Ring allgather among ranks 0..n-1: this rank's segment is read from src
  * (placed as described), every segment is written to dst at the pieces'

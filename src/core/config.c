@@ -16,10 +16,10 @@
 
 const duet__config_row_t duet__config_table[] = {
     {"DUET_TIMEOUT_MS", "300000", "deadline of every wait, in milliseconds"},
-    {"DUET_UPN_PROVIDER", "", "libfabric provider inside a super-node (default shm on one host, else tcp)"},
-    {"DUET_HPN_PROVIDER", "tcp", "libfabric provider across super-nodes"},
-    {"DUET_UPN_IFACE", "", "interface (libfabric domain) of the UPN; default lo when the job is on one host"},
-    {"DUET_HPN_IFACE", "", "interface (libfabric domain) of the HPN; default lo when the job is on one host"},
+    {"DUET_UPN_PROVIDER", "", "transport inside a super-node: tcp (duet's sockets), mem (load/store) or a libfabric provider such as shm or tcp;ofi_rxm (default: load/store and shm on one host, else tcp)"},
+    {"DUET_HPN_PROVIDER", "tcp", "transport across super-nodes: tcp (duet's sockets) or a libfabric provider"},
+    {"DUET_UPN_IFACE", "", "interface (libfabric domain; for tcp also an IP address) of the UPN; default lo when the job is on one host"},
+    {"DUET_HPN_IFACE", "", "interface (libfabric domain; for tcp also an IP address) of the HPN; default lo when the job is on one host"},
     {"DUET_SUPERNODE", "", "super-node id of this rank (default: its host name)"},
     {"DUET_PROGRESS_THREAD", "0", "1: a progress thread (not yet supported); 0: progress inside calls"},
     {"DUET_ALGO", "", "force algorithms per collective, e.g. allreduce=hier,allgather=ring"},

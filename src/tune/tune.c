@@ -30,6 +30,7 @@
 #define DUET_TUNE_CHUNK_MAX 262144 /* default pipelining unit */
 #define DUET_TUNE_CHUNK_UPN 65536  /* for messages under 4 MiB on UPN-only shapes */
 #define DUET_TUNE_CHUNK_MIN 4096
+#define DUET_TUNE_CHUNK_SOCK_MAX (1u << 20) /* largest chunk over duet's tcp transport */
 #define DUET_TUNE_SMALL_UPN (4u << 20)
 
 /*
@@ -232,7 +233,7 @@ static int duet__tune_upn_tcp(const duet__tune_shape_t *sh) {
 
 /* The shape as the model uses it: sizes clamped to sane values. */
 typedef struct duet__tune_dims {
-  int p, N, L, uniform, multi, upn_tcp;
+  int p, N, L, uniform, multi, upn_tcp, upn_sock; /* sock: duet's own tcp transport */
   duet__tune_net_t upn, hpn, flat;
 } duet__tune_dims_t;
 
@@ -247,18 +248,29 @@ static int duet__tune_dims(const duet__tune_shape_t *sh, duet__tune_dims_t *d) {
   d->multi = d->N > 1;
   d->flat = d->multi ? d->hpn : d->upn;
   d->upn_tcp = duet__tune_upn_tcp(sh);
+  d->upn_sock = strcmp(sh->upn_provider, "tcp") == 0;
   return 0;
 }
 
 /* The chunk size of one call: 256 KiB, 64 KiB under 4 MiB on UPN-only shapes
  * unless the UPN is tcp (there each message costs more than its bytes: a
  * 2 MiB ring allreduce on 2 ranks takes 506 us in 256 KiB chunks, 591 us in
- * 64 KiB ones), for a pipelined chain at most a quarter of the message
- * (rounded up, so the message makes at most 4 chunks), never below 4 KiB. */
-static size_t duet__tune_chunk(int nsupernodes, int upn_tcp, int algo, size_t bytes) {
+ * 64 KiB ones). On a UPN-only shape over duet's tcp transport it grows with
+ * the message, to an eighth of it, up to 1 MiB: a streamed chunk costs a
+ * header and a wake-up, and the kernel's socket buffers hold megabytes
+ * (2-rank ring allreduce, median of 2 sweeps of 3 rounds: 8 MiB 2.69 ms in
+ * 256 KiB chunks, 2.41 ms in 512 KiB, 2.45 ms in 1 MiB; 16 MiB 5.54, 5.07,
+ * 4.75 ms; 2 MiB best at 256 KiB). For a pipelined chain the chunk is at
+ * most a quarter of the message (rounded up, so the message makes at most 4
+ * chunks); never below 4 KiB. */
+static size_t duet__tune_chunk(int nsupernodes, int upn_tcp, int upn_sock, int algo,
+                               size_t bytes) {
   size_t c = DUET_TUNE_CHUNK_MAX;
   if (nsupernodes <= 1 && !upn_tcp && bytes < DUET_TUNE_SMALL_UPN)
     c = DUET_TUNE_CHUNK_UPN;
+  if (nsupernodes <= 1 && upn_sock)
+    while (c < DUET_TUNE_CHUNK_SOCK_MAX && c * 8 < bytes)
+      c *= 2;
   if (algo == DUET_ALGO_CHAIN && c > bytes / 4 + (bytes % 4 != 0))
     c = bytes / 4 + (bytes % 4 != 0);
   return c < DUET_TUNE_CHUNK_MIN ? DUET_TUNE_CHUNK_MIN : c;
@@ -386,7 +398,7 @@ static double duet__tune_alltoall(const duet__tune_dims_t *d, int algo, double S
 
 static double duet__tune_cost_dims(const duet__tune_dims_t *d, int coll, int algo, size_t bytes) {
   const double S = (double)bytes;
-  const double c = (double)duet__tune_chunk(d->N, d->upn_tcp, algo, bytes);
+  const double c = (double)duet__tune_chunk(d->N, d->upn_tcp, d->upn_sock, algo, bytes);
 
   if (algo == DUET_ALGO_AUTO || !duet__algo_valid(coll, algo))
     return DUET_TUNE_HUGE;
@@ -430,7 +442,17 @@ static double duet__tune_cost_dims(const duet__tune_dims_t *d, int coll, int alg
  * another algorithm became faster. np 2 is not oversubscribed, np 4 is; the
  * np 4 rows are used for 3 to 8 oversubscribed ranks. Where two algorithms
  * were within 10%, the row keeps the one the neighbouring sizes chose.
- * Medians (us), tcp = tcp;ofi_rxm with duet's rxm defaults:
+ * Medians (us), tcp = duet's tcp transport (sweep with -n 40, commit after
+ * f64ff5b, chunks as duet__tune_chunk gives them):
+ *   allreduce tcp np2: 128K rd 30.5 / rab 31.9 / ring 33.2; 512K rab 88.8 /
+ *     rd 93.9 / ring 94.3; 1M ring 160 / rd 200 (-n 50, 5 launches); 2M ring
+ *     333 / rab 367; 8M ring 2445 / rab 2767
+ *   alltoall tcp np2: pairwise at every size (8 B 6.6 / bruck 7.0)
+ *   allreduce tcp np4: 32K rd 48.5 / rab 71.5; 128K rab 102 / ring 125 /
+ *     rd 144; 2M rab 1446 / ring 2295; 8M rab 8529 / ring 8539
+ *   alltoall tcp np4: 2K bruck 30.7 / pairwise 37.3; 8K pairwise 37.9 /
+ *     bruck 42.7; 2M pairwise 429 / bruck 1523
+ * tcp;ofi_rxm with duet's rxm defaults:
  *   allreduce tcp np2: 32K rd 12.4 / rab 20.7; 128K rab 38.4 / ring 40.0 /
  *     rd 55.1; 512K rd 131 / rab 139; 2M ring 595 / rab 665; 8M ring 2616
  *   allreduce tcp np4: 32K rd 67 / rab 86; 128K rab 138 / rd 286; 512K ring
@@ -446,22 +468,29 @@ static double duet__tune_cost_dims(const duet__tune_dims_t *d, int coll, int alg
  * other providers) use the model.
  */
 static const struct duet__tune_calib {
-  const char *provider; /* the UPN provider's first component */
+  const char *provider; /* the UPN provider, as named ("tcp": duet's transport) */
   int oversubscribed;
   int pmin, pmax; /* rank counts */
   int coll;
   size_t max_bytes; /* this row's algorithm up to here */
   int algo;
 } duet__tune_calib_table[] = {
-    {"tcp", 0, 2, 2, DUET_COLL_ALLREDUCE, 64u << 10, DUET_ALGO_RD},
-    {"tcp", 0, 2, 2, DUET_COLL_ALLREDUCE, 256u << 10, DUET_ALGO_RABENSEIFNER},
-    {"tcp", 0, 2, 2, DUET_COLL_ALLREDUCE, 1u << 20, DUET_ALGO_RD},
+    {"tcp", 0, 2, 2, DUET_COLL_ALLREDUCE, 256u << 10, DUET_ALGO_RD},
     {"tcp", 0, 2, 2, DUET_COLL_ALLREDUCE, SIZE_MAX, DUET_ALGO_RING},
     {"tcp", 0, 2, 2, DUET_COLL_ALLTOALL, SIZE_MAX, DUET_ALGO_PAIRWISE},
     {"tcp", 1, 3, 8, DUET_COLL_ALLREDUCE, 64u << 10, DUET_ALGO_RD},
     {"tcp", 1, 3, 8, DUET_COLL_ALLREDUCE, SIZE_MAX, DUET_ALGO_RABENSEIFNER},
-    {"tcp", 1, 3, 8, DUET_COLL_ALLTOALL, 16u << 10, DUET_ALGO_BRUCK},
+    {"tcp", 1, 3, 8, DUET_COLL_ALLTOALL, 4u << 10, DUET_ALGO_BRUCK},
     {"tcp", 1, 3, 8, DUET_COLL_ALLTOALL, SIZE_MAX, DUET_ALGO_PAIRWISE},
+    {"tcp;ofi_rxm", 0, 2, 2, DUET_COLL_ALLREDUCE, 64u << 10, DUET_ALGO_RD},
+    {"tcp;ofi_rxm", 0, 2, 2, DUET_COLL_ALLREDUCE, 256u << 10, DUET_ALGO_RABENSEIFNER},
+    {"tcp;ofi_rxm", 0, 2, 2, DUET_COLL_ALLREDUCE, 1u << 20, DUET_ALGO_RD},
+    {"tcp;ofi_rxm", 0, 2, 2, DUET_COLL_ALLREDUCE, SIZE_MAX, DUET_ALGO_RING},
+    {"tcp;ofi_rxm", 0, 2, 2, DUET_COLL_ALLTOALL, SIZE_MAX, DUET_ALGO_PAIRWISE},
+    {"tcp;ofi_rxm", 1, 3, 8, DUET_COLL_ALLREDUCE, 64u << 10, DUET_ALGO_RD},
+    {"tcp;ofi_rxm", 1, 3, 8, DUET_COLL_ALLREDUCE, SIZE_MAX, DUET_ALGO_RABENSEIFNER},
+    {"tcp;ofi_rxm", 1, 3, 8, DUET_COLL_ALLTOALL, 16u << 10, DUET_ALGO_BRUCK},
+    {"tcp;ofi_rxm", 1, 3, 8, DUET_COLL_ALLTOALL, SIZE_MAX, DUET_ALGO_PAIRWISE},
     {"shm", 0, 2, 2, DUET_COLL_ALLREDUCE, 4u << 10, DUET_ALGO_RD},
     {"shm", 0, 2, 2, DUET_COLL_ALLREDUCE, 16u << 10, DUET_ALGO_RABENSEIFNER},
     {"shm", 0, 2, 2, DUET_COLL_ALLREDUCE, 4u << 20, DUET_ALGO_RD},
@@ -478,15 +507,14 @@ static const struct duet__tune_calib {
  * gets the same answer. */
 static int duet__tune_calibrated(const duet__tune_shape_t *sh, int coll, size_t bytes) {
   const size_t rows = sizeof(duet__tune_calib_table) / sizeof(duet__tune_calib_table[0]);
-  size_t n = strcspn(sh->upn_provider, ";");
 
   if (!sh->one_host || sh->nsupernodes > 1)
     return DUET_ALGO_AUTO;
   for (size_t i = 0; i < rows; i++) {
     const struct duet__tune_calib *r = &duet__tune_calib_table[i];
     if (r->coll == coll && r->oversubscribed == (sh->oversubscribed != 0) &&
-        sh->nranks >= r->pmin && sh->nranks <= r->pmax && strlen(r->provider) == n &&
-        strncmp(sh->upn_provider, r->provider, n) == 0 && bytes <= r->max_bytes)
+        sh->nranks >= r->pmin && sh->nranks <= r->pmax &&
+        strcmp(sh->upn_provider, r->provider) == 0 && bytes <= r->max_bytes)
       return r->algo;
   }
   return DUET_ALGO_AUTO;
@@ -537,7 +565,7 @@ duet__tune_choice_t duet__tune_pick(const duet__tune_shape_t *shape, int coll, s
     if (!ok)
       why = "bad shape, first algorithm";
   }
-  ch.chunk_bytes = duet__tune_chunk(nsn, ok && d.upn_tcp, ch.algo, bytes);
+  ch.chunk_bytes = duet__tune_chunk(nsn, ok && d.upn_tcp, ok && d.upn_sock, ch.algo, bytes);
   DUET_TRACE(DUET_SUB_TUNE,
              "%s %zu bytes on %d ranks (%d super-nodes of %d%s): %s (%s), chunk %zu, "
              "est %.1f us",

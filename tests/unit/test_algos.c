@@ -128,6 +128,7 @@ static void run(const run_t *t) {
     /* Whether this rank works in place: the root only for bcast/reduce. */
     int ip = t->in_place && (t->kind == K_ALLREDUCE || t->kind == K_ALLGATHER || r == t->root);
     uint8_t *recv, *send;
+    a.in_place = ip && t->kind == K_ALLREDUCE; /* as duet_allreduce sets it */
     duet__sched_init(&rk[r].sched);
     if (t->shifted) {
       /* The builder's buffers start PAD bytes in, its scratch too. */

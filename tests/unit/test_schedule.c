@@ -37,7 +37,8 @@ static void run_allreduce(duet__coll_build_fn build, const char *name, int p, si
   char err[512] = "";
   for (int r = 0; r < p; r++) {
     duet__coll_args_t a = {.coll = DUET_COLL_ALLREDUCE, .rank = r, .nranks = p, .count = count,
-                           .dt = DUET_INT32, .op = op, .dtsize = 4, .chunk_bytes = chunk};
+                           .dt = DUET_INT32, .op = op, .dtsize = 4, .chunk_bytes = chunk,
+                           .in_place = in_place};
     duet__sched_init(&rk[r].sched);
     cr_assert_eq(build(&a, &rk[r].sched), DUET_SUCCESS, "%s build p=%d rank %d", name, p, r);
     cr_assert_eq(duet__sched_finalize(&rk[r].sched), DUET_SUCCESS);
@@ -245,6 +246,7 @@ static uint64_t run_hier(const layout_case_t *lc, int kind, duet__coll_build_fn 
                            .dt = DUET_INT32, .op = op, .dtsize = 4, .chunk_bytes = chunk,
                            .rd_max_bytes = 64, .layout = &lay};
     a.out_aliases_in = kind == K_RS_ALIAS && r != 0;
+    a.in_place = in_place && kind == K_ALLREDUCE; /* as duet_allreduce sets it */
     duet__sched_init(&rk[r].sched);
     cr_assert_eq(build(&a, &rk[r].sched), DUET_SUCCESS, "%s: build rank %d", lc->name, r);
     cr_assert_eq(duet__sched_finalize(&rk[r].sched), DUET_SUCCESS);

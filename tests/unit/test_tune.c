@@ -319,6 +319,16 @@ Test(tune, chunk_sizes) {
   cr_assert_eq(duet__tune_pick(&tcp1, DUET_COLL_ALLREDUCE, MiB, NULL).chunk_bytes, 256 * KiB);
   snprintf(tcp1.upn_provider, sizeof(tcp1.upn_provider), "tcpx");
   cr_assert_eq(duet__tune_pick(&tcp1, DUET_COLL_ALLREDUCE, MiB, NULL).chunk_bytes, 64 * KiB);
+  /* over duet's tcp transport the chunk grows to an eighth of the message,
+   * up to 1 MiB, on UPN-only shapes */
+  snprintf(tcp1.upn_provider, sizeof(tcp1.upn_provider), "tcp");
+  cr_assert_eq(duet__tune_pick(&tcp1, DUET_COLL_ALLREDUCE, 2 * MiB, NULL).chunk_bytes, 256 * KiB);
+  cr_assert_eq(duet__tune_pick(&tcp1, DUET_COLL_ALLREDUCE, 4 * MiB, NULL).chunk_bytes, 512 * KiB);
+  cr_assert_eq(duet__tune_pick(&tcp1, DUET_COLL_ALLREDUCE, 8 * MiB, NULL).chunk_bytes, MiB);
+  cr_assert_eq(duet__tune_pick(&tcp1, DUET_COLL_ALLREDUCE, GiB, NULL).chunk_bytes, MiB);
+  duet__tune_shape_t tcp_many = many;
+  snprintf(tcp_many.upn_provider, sizeof(tcp_many.upn_provider), "tcp");
+  cr_assert_eq(duet__tune_pick(&tcp_many, DUET_COLL_ALLREDUCE, GiB, NULL).chunk_bytes, 256 * KiB);
   /* pipelined chains: at least 4 chunks, at least 4 KiB each */
   cr_assert_eq(duet__tune_pick(&one, DUET_COLL_BROADCAST, 64 * KiB, &chain).chunk_bytes, 16 * KiB);
   cr_assert_eq(duet__tune_pick(&many, DUET_COLL_REDUCE, 512 * KiB, &chain).chunk_bytes, 128 * KiB);
@@ -396,9 +406,19 @@ Test(tune, calibration_table_on_one_host) {
   cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 8 * MiB), DUET_ALGO_RING);
   s = host_shape("tcp", 4, 0); /* not oversubscribed: no row, the model */
   cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 8 * MiB), DUET_ALGO_RING);
-  s = host_shape("tcp", 2, 0);
+  s = host_shape("tcp;ofi_rxm", 2, 0);
   cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 128 * KiB), DUET_ALGO_RABENSEIFNER);
   cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 8 * MiB), DUET_ALGO_RING);
+  /* duet's own tcp transport has rows of its own */
+  s = host_shape("tcp", 2, 0);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 128 * KiB), DUET_ALGO_RD);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 1 * MiB), DUET_ALGO_RING);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLTOALL, 8), DUET_ALGO_PAIRWISE);
+  s = host_shape("tcp", 4, 1);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 32 * KiB), DUET_ALGO_RD);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 128 * KiB), DUET_ALGO_RABENSEIFNER);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLTOALL, 2 * KiB), DUET_ALGO_BRUCK);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLTOALL, 8 * KiB), DUET_ALGO_PAIRWISE);
   s = host_shape("shm", 4, 1);
   cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 2 * MiB), DUET_ALGO_RABENSEIFNER);
   cr_assert_eq(pick(&s, DUET_COLL_ALLTOALL, 128), DUET_ALGO_BRUCK);
@@ -424,8 +444,8 @@ Test(tune, calibration_table_on_one_host) {
 
 /* Every pick the table makes is valid for its collective, at every size. */
 Test(tune, calibration_table_picks_are_valid) {
-  static const char *const provs[] = {"tcp", "shm"};
-  for (int pi = 0; pi < 2; pi++)
+  static const char *const provs[] = {"tcp", "tcp;ofi_rxm", "shm"};
+  for (int pi = 0; pi < 3; pi++)
     for (int p = 2; p <= 8; p++)
       for (int o = 0; o < 2; o++) {
         duet__tune_shape_t s = host_shape(provs[pi], p, o);

@@ -11,11 +11,13 @@
  *
  * Connections: every endpoint listens on the interface the caller names (an
  * interface name or an IP address; none: the first non-loopback IPv4
- * interface that is up, else loopback). insert_peers connects once to every
- * peer, itself included, and accepts one connection from each: a rank sends
- * on the connection it opened and receives on the one it accepted, so there
- * is no tie to break. The connector's first 40 bytes are a hello holding the
- * listener's 128-bit random token (learned from the address blob, which came
+ * interface that is up, else loopback). insert_peers makes one connection
+ * per pair, used in both directions (so the kernel's acknowledgements ride
+ * on data going the other way instead of travelling alone): of two
+ * endpoints the one with the lower random token dials. An endpoint reaches
+ * itself through two sockets, sending on the one it dialled and receiving on
+ * the one it accepted. The dialler's first 40 bytes are a hello holding the
+ * listener's 128-bit token (learned from the address blob, which came
  * through the authenticated bootstrap) and its own; a connection that does
  * not present them is closed and logged. insert_peers is collective over the
  * inserted peers and fails after TCP_CONNECT_SEC naming the peer it lacks.
@@ -128,10 +130,10 @@ typedef struct tcp_ux {
 } tcp_ux_t;
 
 typedef struct tcp_conn {
-  /* sending side: the connection this rank opened */
+  /* sending side (the same socket as rfd but for the endpoint itself) */
   int sfd;
   tcp_op_t *sq_head, **sq_tail; /* queued sends, in order */
-  /* receiving side: the connection the peer opened */
+  /* receiving side */
   int rfd;
   tcp_op_t *rq_head, **rq_tail; /* posted receives without a message */
   tcp_ux_t *ux_head, **ux_tail; /* unexpected messages, in arrival order */
@@ -142,8 +144,8 @@ typedef struct tcp_conn {
   tcp_ux_t *cur_ux; /* ... or an unexpected buffer */
   size_t body_len, body_got, body_keep; /* keep: bytes that fit the target */
   duet_status_t dead; /* DUET_SUCCESS, or why the connection is unusable */
-  uint32_t ev;        /* epoll events registered for rfd / sfd */
-  uint32_t sev;
+  uint32_t ev;        /* epoll events registered for rfd (and sfd when it is rfd) */
+  uint32_t sev;       /* ... for sfd when it is another socket */
   uint64_t token[2]; /* the peer's */
 } tcp_conn_t;
 
@@ -670,8 +672,10 @@ static duet_status_t tcp_wait_fd(duet__tp_ep_t *ep, int *fd, char *errbuf) {
     int rd = tcp_wants_read(c), wr = !c->dead && c->sq_head != NULL;
     if (rd && c->s_end > c->s_beg)
       return DUET_IN_PROGRESS; /* staged bytes to parse */
-    if (tcp_epoll_set(e, c->rfd, &c->ev, rd ? EPOLLIN : 0) != 0 ||
-        tcp_epoll_set(e, c->sfd, &c->sev, wr ? EPOLLOUT : 0) != 0) {
+    uint32_t in = rd ? EPOLLIN : 0, out = wr ? EPOLLOUT : 0;
+    if (c->sfd == c->rfd ? tcp_epoll_set(e, c->rfd, &c->ev, in | out) != 0
+                         : tcp_epoll_set(e, c->rfd, &c->ev, in) != 0 ||
+                               tcp_epoll_set(e, c->sfd, &c->sev, out) != 0) {
       tcp_seterr(errbuf, "epoll_ctl(peer %d): %s", k, strerror(errno));
       return DUET_ERR_UNSUPPORTED;
     }
@@ -803,6 +807,17 @@ static duet_status_t tcp_get_addr(duet__tp_ep_t *ep, void *addr, size_t *addrlen
   return DUET_SUCCESS;
 }
 
+/* Who makes the connection to peer k: 1 this endpoint (its token is lower),
+ * -1 the peer, 0 both (peer k is this endpoint). */
+static int tcp_dials(const tcp_ep_t *e, int k) {
+  const uint64_t *mine = e->addr.token, *theirs = e->conns[k].token;
+  if (mine[0] != theirs[0])
+    return mine[0] < theirs[0] ? 1 : -1;
+  if (mine[1] != theirs[1])
+    return mine[1] < theirs[1] ? 1 : -1;
+  return 0;
+}
+
 /* A connection accepted but not yet identified by its hello. */
 typedef struct tcp_pending {
   int fd;
@@ -868,11 +883,15 @@ static int tcp_hello_in(tcp_ep_t *e, tcp_pending_t *p, int *nin) {
   for (k = 0; k < e->npeers; k++)
     if (e->conns[k].token[0] == p->hello.from[0] && e->conns[k].token[1] == p->hello.from[1])
       break;
-  if (k == e->npeers || e->conns[k].rfd >= 0) {
-    why = k == e->npeers ? "a hello from no inserted peer" : "a second connection from a peer";
+  if (k == e->npeers || e->conns[k].rfd >= 0 || tcp_dials(e, k) > 0) {
+    why = k == e->npeers        ? "a hello from no inserted peer"
+          : tcp_dials(e, k) > 0 ? "a connection from a peer this endpoint dials"
+                                : "a second connection from a peer";
     goto out_reject;
   }
   e->conns[k].rfd = p->fd;
+  if (tcp_dials(e, k) < 0) /* not itself: one socket for both directions */
+    e->conns[k].sfd = p->fd;
   tcp_nodelay(p->fd);
   (*nin)++;
   return 1;
@@ -889,7 +908,7 @@ static duet_status_t tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void 
   double t0 = tcp_now(), deadline = t0 + TCP_CONNECT_SEC;
   tcp_pending_t *pend = NULL;
   struct pollfd *pfd = NULL;
-  int npend = 0, maxpend, nin = 0, nout = 0;
+  int npend = 0, maxpend, nin = 0, nout = 0, want_in = 0, want_out = 0;
   char *sent = NULL; /* hello written on conns[k].sfd */
   duet_status_t st = DUET_SUCCESS;
 
@@ -941,16 +960,23 @@ static duet_status_t tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void 
       st = DUET_ERR_NO_MEMORY;
       goto out;
     }
+    want_in += tcp_dials(e, k) <= 0;
+    if (tcp_dials(e, k) < 0) {
+      sent[k] = 1; /* the peer dials */
+      continue;
+    }
+    want_out++;
     st = tcp_connect_start(e, k, &a, errbuf);
     if (st != DUET_SUCCESS)
       goto out;
   }
   /* Finish our connects (hello once writable), accept and identify theirs. */
-  while (nout < npeers || nin < npeers) {
+  while (nout < want_out || nin < want_in) {
     int n = 0, ready;
     if (tcp_now() > deadline) {
       int k = 0;
-      while (k < npeers && sent[k] && e->conns[k].rfd >= 0)
+      while (k < npeers && (tcp_dials(e, k) < 0 ? e->conns[k].rfd >= 0 : sent[k]) &&
+             (tcp_dials(e, k) != 0 || e->conns[k].rfd >= 0))
         k++;
       tcp_seterr(errbuf, "insert_peers: no %s peer %d within %d s (it did not open its endpoint?)",
                  k < npeers && !sent[k] ? "connection to" : "connection from", k, TCP_CONNECT_SEC);
@@ -995,6 +1021,8 @@ static duet_status_t tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void 
       }
       sent[k] = 1;
       nout++;
+      if (tcp_dials(e, k) > 0) /* not itself: one socket for both directions */
+        e->conns[k].rfd = e->conns[k].sfd;
     }
     for (int i = 0; i < npend;) /* hellos of accepted connections */
       if (tcp_hello_in(e, &pend[i], &nin))
@@ -1029,7 +1057,7 @@ static void tcp_close(duet__tp_ep_t *ep) {
     tcp_conn_t *c = &e->conns[k];
     if (c->sfd >= 0)
       close(c->sfd);
-    if (c->rfd >= 0)
+    if (c->rfd >= 0 && c->rfd != c->sfd)
       close(c->rfd);
     free(c->stage);
     for (tcp_ux_t *u = c->ux_head, *next; u; u = next) {
