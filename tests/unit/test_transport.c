@@ -350,8 +350,12 @@ static int unexpected_large(pair_t *p) {
   duet__tp_req_t s[3], r;
   CHECK(p, big && small, "malloc");
   if (p->rank == 0) {
+    duet__tp_req_t z;
     for (size_t i = 0; i < BIG; i++)
       big[i] = (unsigned char)(i * 13 + 1);
+    /* an empty message that will be unexpected, for a receive with no buffer */
+    CHECK(p, pair_post(p, 0, p->other, NULL, 0, 29, &z) == DUET_SUCCESS, "isend 29");
+    CHECK(p, pair_wait(p, &z) == 0 && z.status == DUET_SUCCESS, "send 29");
     CHECK(p, pair_post(p, 0, p->other, big, BIG, 30, &s[0]) == DUET_SUCCESS, "isend 30");
     CHECK(p, pair_post(p, 0, p->other, &word, sizeof word, 31, &s[1]) == DUET_SUCCESS, "isend 31");
     CHECK(p, pair_post(p, 0, p->other, big, BIG, 32, &s[2]) == DUET_SUCCESS, "isend 32");
@@ -375,6 +379,8 @@ static int unexpected_large(pair_t *p) {
     for (size_t i = 0; i < BIG / 2; i++)
       bad += small[i] != (unsigned char)(i * 13 + 1);
     CHECK(p, !bad, "truncated receive: %d of its %u bytes wrong", bad, BIG / 2);
+    CHECK(p, pair_post(p, 1, p->other, NULL, 0, 29, &r) == DUET_SUCCESS, "irecv 29");
+    CHECK(p, pair_wait(p, &r) == 0 && r.status == DUET_SUCCESS && r.len == 0, "recv 29");
   }
   free(big);
   free(small);

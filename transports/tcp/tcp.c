@@ -316,7 +316,8 @@ static void tcp_body_done(tcp_ep_t *e, tcp_conn_t *c) {
     /* a receive shorter than this message took it: deliver what fits */
     tcp_ux_t *u = c->cur_ux, **pp = &c->ux_head;
     tcp_op_t *op = u->waiter;
-    memcpy(op->buf, u->data, op->len);
+    if (op->len > 0)
+      memcpy(op->buf, u->data, op->len);
     tcp_complete(op, DUET_ERR_MISMATCH, op->len);
     tcp_seterr(e->errbuf, "peer %d sent %zu bytes with tag %#llx, receive holds %zu",
                (int)(c - e->conns), u->len, (unsigned long long)op->tag, op->len);
@@ -613,7 +614,8 @@ static duet_status_t tcp_irecv(duet__tp_ep_t *ep, int peer, void *buf, size_t le
       tcp_conn_read(e, c);
       return DUET_SUCCESS;
     }
-    memcpy(op->buf, u->data, u->len < len ? u->len : len);
+    if (len > 0 && u->len > 0) /* an empty buffer may be NULL */
+      memcpy(op->buf, u->data, u->len < len ? u->len : len);
     if (u->len > len) {
       tcp_seterr(errbuf, "irecv: peer %d sent %zu bytes with tag %#llx, receive holds %zu", peer,
                  u->len, (unsigned long long)tag, len);
@@ -623,7 +625,8 @@ static duet_status_t tcp_irecv(duet__tp_ep_t *ep, int peer, void *buf, size_t le
     }
     tcp_op_put(e, op);
   } else { /* still arriving and it fits: the rest goes straight into place */
-    memcpy(op->buf, u->data, u->got);
+    if (u->got > 0)
+      memcpy(op->buf, u->data, u->got);
     c->cur = op;
     c->cur_ux = NULL;
     c->body_keep = c->body_len;
