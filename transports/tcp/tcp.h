@@ -1,0 +1,113 @@
+/*
+ * tcp.h - the types duet's TCP transport shares between its two files:
+ * tcp.c (messages: posting, matching, reading, writing, waiting) and
+ * endpoint.c (addresses, connections, teardown).
+ */
+#ifndef DUET_TCP_H
+#define DUET_TCP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "transport.h"
+
+#define TCP_MAGIC 0x64756574u       /* "duet" */
+#define TCP_HELLO_MAGIC 0x64754831u /* hello of a new connection */
+#define TCP_STAGE (64 * 1024)       /* staging buffer per incoming connection */
+#define TCP_DIRECT 4096             /* payload left to read straight into place */
+#define TCP_CONNECT_SEC 60          /* deadline of insert_peers */
+#define TCP_OPS_CHUNK 64            /* operations allocated at a time */
+#define TCP_PENDING_EXTRA 16        /* accepted connections beyond npeers awaiting a hello */
+#define TCP_MAX_LEN (UINT64_C(1) << 48)
+#define TCP_UX_CLASSES 40 /* unexpected buffers: power-of-two size classes */
+
+/* The address blob. */
+typedef struct tcp_addr {
+  uint32_t magic;
+  uint16_t family; /* AF_INET or AF_INET6 */
+  uint16_t port;   /* network order */
+  uint8_t ip[16];
+  uint64_t token[2]; /* random; a connector must present it */
+} tcp_addr_t;
+
+typedef struct tcp_hello {
+  uint32_t magic;
+  uint32_t zero;
+  uint64_t to[2];   /* the listener's token */
+  uint64_t from[2]; /* the connector's token */
+} tcp_hello_t;
+
+typedef struct tcp_hdr {
+  uint32_t magic;
+  uint32_t zero;
+  uint64_t tag;
+  uint64_t len;
+} tcp_hdr_t;
+
+/* A posted send or receive. */
+typedef struct tcp_op {
+  struct tcp_op *next;
+  duet__tp_req_t *req;
+  uint8_t *buf;
+  size_t len;
+  uint64_t tag;
+  size_t off;    /* send: bytes of header and payload written */
+  tcp_hdr_t hdr; /* send: the header */
+} tcp_op_t;
+
+/* A message that arrived before its receive was posted. */
+typedef struct tcp_ux {
+  struct tcp_ux *next;
+  uint8_t *data;
+  size_t cap; /* 1 << cls, or 0 for an empty message without a buffer */
+  int cls;
+  uint64_t tag;
+  size_t len, got;  /* length, bytes arrived so far */
+  tcp_op_t *waiter; /* a receive shorter than the message, waiting for its end */
+} tcp_ux_t;
+
+typedef struct tcp_conn {
+  /* sending side (the same socket as rfd but for the endpoint itself) */
+  int sfd;
+  tcp_op_t *sq_head, **sq_tail; /* queued sends, in order */
+  /* receiving side */
+  int rfd;
+  tcp_op_t *rq_head, **rq_tail; /* posted receives without a message */
+  tcp_ux_t *ux_head, **ux_tail; /* unexpected messages, in arrival order */
+  uint8_t *stage;
+  size_t s_beg, s_end;
+  int in_body;                          /* reading a payload (else a header) */
+  tcp_op_t *cur;                        /* payload target: a receive ... */
+  tcp_ux_t *cur_ux;                     /* ... or an unexpected buffer */
+  size_t body_len, body_got, body_keep; /* keep: bytes that fit the target */
+  duet_status_t dead;                   /* DUET_SUCCESS, or why the connection is unusable */
+  uint32_t ev;       /* epoll events registered for rfd (and sfd when it is rfd) */
+  uint32_t sev;      /* ... for sfd when it is another socket */
+  uint64_t token[2]; /* the peer's */
+} tcp_conn_t;
+
+typedef struct tcp_ep {
+  int lfd;
+  tcp_addr_t addr;
+  int yield;
+  int epfd;
+  int npeers;
+  tcp_conn_t *conns;
+  tcp_op_t *free_ops;
+  void **chunks; /* operation chunks, freed at close */
+  int nchunks;
+  tcp_ux_t *free_ux[TCP_UX_CLASSES + 1]; /* by class; [TCP_UX_CLASSES]: empty ones */
+  int nsend_queued;                      /* connections with queued sends */
+  char *errbuf; /* the current call's errbuf: a receive's error is written there */
+} tcp_ep_t;
+
+void duet__tcp_seterr(char *errbuf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* endpoint.c: the transport's open, get_addr, insert_peers and close. */
+duet_status_t duet__tcp_open(const duet__tp_params_t *params, duet__tp_ep_t **out, char *errbuf);
+duet_status_t duet__tcp_get_addr(duet__tp_ep_t *ep, void *addr, size_t *addrlen, char *errbuf);
+duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *addrs,
+                                     size_t stride, const size_t *addrlens, char *errbuf);
+void duet__tcp_close(duet__tp_ep_t *ep);
+
+#endif /* DUET_TCP_H */
