@@ -4,17 +4,19 @@
  *
  * Connections: every endpoint listens on the interface the caller names (an
  * interface name or an IP address; none: the first non-loopback IPv4
- * interface that is up, else loopback). insert_peers makes one connection
- * per pair, used in both directions (so the kernel's acknowledgements ride
- * on data going the other way instead of travelling alone): of two
- * endpoints the one with the lower random token dials. An endpoint reaches
- * itself through two sockets, sending on the one it dialled and receiving on
- * the one it accepted. The dialler's first 40 bytes are a hello holding the
+ * interface that is up, else loopback). insert_peers makes, per pair of
+ * endpoints, a main connection used in both directions (small messages; the
+ * kernel's acknowledgements ride on data going the other way), dialled by
+ * the endpoint with the lower random token, and one bulk connection per
+ * direction (messages of 64 KiB or more), dialled by the sender, so that
+ * two large transfers in opposite directions do not contend for one
+ * socket. An endpoint reaches itself only through a main lane of two
+ * sockets (it sends on the one it dialled and receives on the one it
+ * accepted). The dialler's first 40 bytes are a hello holding the lane, the
  * listener's 128-bit token (learned from the address blob, which came
  * through the authenticated bootstrap) and its own; a connection that does
  * not present them is closed and logged. insert_peers is collective over the
  * inserted peers and fails after TCP_CONNECT_SEC naming the peer it lacks.
- *
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* accept4 */
@@ -185,7 +187,8 @@ typedef struct tcp_pending {
 } tcp_pending_t;
 
 /* Start a non-blocking connect to peer k's listener. */
-static duet_status_t tcp_connect_start(tcp_ep_t *e, int k, const tcp_addr_t *a, char *errbuf) {
+static duet_status_t tcp_connect_start(tcp_ep_t *e, int k, int lane, const tcp_addr_t *a,
+                                       char *errbuf) {
   struct sockaddr_storage ss;
   socklen_t sslen;
   int fd;
@@ -214,7 +217,7 @@ static duet_status_t tcp_connect_start(tcp_ep_t *e, int k, const tcp_addr_t *a, 
     close(fd);
     return DUET_ERR_REMOTE;
   }
-  e->conns[k].sfd = fd;
+  e->conns[k].tx[lane].fd = fd;
   return DUET_SUCCESS;
 }
 
@@ -224,6 +227,7 @@ static duet_status_t tcp_connect_start(tcp_ep_t *e, int k, const tcp_addr_t *a, 
 static int tcp_hello_in(tcp_ep_t *e, tcp_pending_t *p, int *nin) {
   ssize_t n = recv(p->fd, (uint8_t *)&p->hello + p->got, sizeof p->hello - p->got, MSG_DONTWAIT);
   const char *why = NULL;
+  uint32_t lane;
   int k;
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
     return 0;
@@ -242,15 +246,24 @@ static int tcp_hello_in(tcp_ep_t *e, tcp_pending_t *p, int *nin) {
   for (k = 0; k < e->npeers; k++)
     if (e->conns[k].token[0] == p->hello.from[0] && e->conns[k].token[1] == p->hello.from[1])
       break;
-  if (k == e->npeers || e->conns[k].rfd >= 0 || tcp_dials(e, k) > 0) {
-    why = k == e->npeers        ? "a hello from no inserted peer"
-          : tcp_dials(e, k) > 0 ? "a connection from a peer this endpoint dials"
-                                : "a second connection from a peer";
+  if (k == e->npeers) {
+    why = "a hello from no inserted peer";
     goto out_reject;
   }
-  e->conns[k].rfd = p->fd;
-  if (tcp_dials(e, k) < 0) /* not itself: one socket for both directions */
-    e->conns[k].sfd = p->fd;
+  lane = p->hello.lane;
+  if (lane != TCP_MAIN && lane != TCP_BULK) {
+    why = "a hello for no lane";
+    goto out_reject;
+  }
+  if (e->conns[k].rx[lane].fd >= 0 ||
+      (lane == TCP_MAIN ? tcp_dials(e, k) > 0 : tcp_dials(e, k) == 0)) {
+    why = e->conns[k].rx[lane].fd >= 0 ? "a second connection from a peer"
+                                       : "a connection this endpoint should have dialled";
+    goto out_reject;
+  }
+  e->conns[k].rx[lane].fd = p->fd;
+  if (lane == TCP_MAIN && tcp_dials(e, k) < 0) /* not itself: both directions */
+    e->conns[k].tx[TCP_MAIN].fd = p->fd;
   tcp_nodelay(p->fd);
   (*nin)++;
   return 1;
@@ -261,6 +274,12 @@ out_reject:
   return 1;
 }
 
+/* Whether peer k's lane still lacks the connection the peer dials. */
+static int tcp_in_missing(const tcp_ep_t *e, int k, int lane) {
+  int expected = lane == TCP_MAIN ? tcp_dials(e, k) <= 0 : tcp_dials(e, k) != 0;
+  return expected && e->conns[k].rx[lane].fd < 0;
+}
+
 duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *addrs,
                                      size_t stride, const size_t *addrlens, char *errbuf) {
   tcp_ep_t *e = (tcp_ep_t *)ep;
@@ -268,7 +287,7 @@ duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *
   tcp_pending_t *pend = NULL;
   struct pollfd *pfd = NULL;
   int npend = 0, maxpend, nin = 0, nout = 0, want_in = 0, want_out = 0;
-  char *sent = NULL; /* hello written on conns[k].sfd */
+  char *sent = NULL; /* [2k + lane]: hello written (or nothing to dial) */
   duet_status_t st = DUET_SUCCESS;
 
   if (e->conns) {
@@ -280,10 +299,10 @@ duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *
     return DUET_ERR_INVALID_ARGUMENT;
   }
   e->conns = calloc((size_t)npeers, sizeof *e->conns);
-  maxpend = npeers + TCP_PENDING_EXTRA;
+  maxpend = 2 * npeers + TCP_PENDING_EXTRA;
   pend = calloc((size_t)maxpend, sizeof *pend);
-  pfd = calloc((size_t)npeers + (size_t)maxpend + 1, sizeof *pfd);
-  sent = calloc((size_t)npeers, 1);
+  pfd = calloc(2 * (size_t)npeers + (size_t)maxpend + 1, sizeof *pfd);
+  sent = calloc(2 * (size_t)npeers, 1);
   if (!e->conns || !pend || !pfd || !sent) {
     duet__tcp_seterr(errbuf, "insert_peers: out of memory for %d peers", npeers);
     st = DUET_ERR_NO_MEMORY;
@@ -292,12 +311,15 @@ duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *
   e->npeers = npeers;
   for (int k = 0; k < npeers; k++) {
     tcp_conn_t *c = &e->conns[k];
-    c->sfd = c->rfd = -1;
-    c->sq_tail = &c->sq_head;
+    for (int l = 0; l < TCP_LANES; l++) {
+      c->tx[l].fd = c->rx[l].fd = -1;
+      c->tx[l].tail = &c->tx[l].head;
+    }
     c->rq_tail = &c->rq_head;
     c->ux_tail = &c->ux_head;
   }
   for (int k = 0; k < npeers; k++) {
+    tcp_conn_t *c = &e->conns[k];
     tcp_addr_t a;
     if (addrlens[k] != sizeof a) {
       duet__tcp_seterr(errbuf, "insert_peers: peer %d's address has %zu bytes, want %zu", k,
@@ -311,42 +333,53 @@ duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *
       st = DUET_ERR_INVALID_ARGUMENT;
       goto out;
     }
-    e->conns[k].token[0] = a.token[0];
-    e->conns[k].token[1] = a.token[1];
-    e->conns[k].stage = malloc(TCP_STAGE);
-    if (!e->conns[k].stage) {
-      duet__tcp_seterr(errbuf, "insert_peers: out of memory for staging buffers");
-      st = DUET_ERR_NO_MEMORY;
-      goto out;
+    c->token[0] = a.token[0];
+    c->token[1] = a.token[1];
+    for (int l = 0; l < TCP_LANES; l++) {
+      /* main: dialled by the lower token (by both ends when it is itself);
+       * bulk: by each end for its own sends (none to itself) */
+      int dial = l == TCP_MAIN ? tcp_dials(e, k) >= 0 : tcp_dials(e, k) != 0;
+      if (l == TCP_BULK && tcp_dials(e, k) == 0) {
+        sent[2 * k + l] = 1;
+        continue;
+      }
+      want_in += tcp_in_missing(e, k, l);
+      c->rx[l].stage = malloc(TCP_STAGE);
+      if (!c->rx[l].stage) {
+        duet__tcp_seterr(errbuf, "insert_peers: out of memory for staging buffers");
+        st = DUET_ERR_NO_MEMORY;
+        goto out;
+      }
+      if (!dial) {
+        sent[2 * k + l] = 1; /* the peer dials */
+        continue;
+      }
+      want_out++;
+      st = tcp_connect_start(e, k, l, &a, errbuf);
+      if (st != DUET_SUCCESS)
+        goto out;
     }
-    want_in += tcp_dials(e, k) <= 0;
-    if (tcp_dials(e, k) < 0) {
-      sent[k] = 1; /* the peer dials */
-      continue;
-    }
-    want_out++;
-    st = tcp_connect_start(e, k, &a, errbuf);
-    if (st != DUET_SUCCESS)
-      goto out;
   }
   /* Finish our connects (hello once writable), accept and identify theirs. */
   while (nout < want_out || nin < want_in) {
     int n = 0, ready;
     if (tcp_now() > deadline) {
-      int k = 0;
-      while (k < npeers && (tcp_dials(e, k) < 0 ? e->conns[k].rfd >= 0 : sent[k]) &&
-             (tcp_dials(e, k) != 0 || e->conns[k].rfd >= 0))
-        k++;
-      duet__tcp_seterr(
-          errbuf, "insert_peers: no %s peer %d within %d s (it did not open its endpoint?)",
-          k < npeers && !sent[k] ? "connection to" : "connection from", k, TCP_CONNECT_SEC);
+      int k = 0, out_missing = 0;
+      for (; k < npeers; k++) {
+        out_missing = !sent[2 * k] || !sent[2 * k + 1];
+        if (out_missing || tcp_in_missing(e, k, TCP_MAIN) || tcp_in_missing(e, k, TCP_BULK))
+          break;
+      }
+      duet__tcp_seterr(errbuf,
+                       "insert_peers: no %s peer %d within %d s (it did not open its endpoint?)",
+                       out_missing ? "connection to" : "connection from", k, TCP_CONNECT_SEC);
       st = DUET_ERR_TIMEOUT;
       goto out;
     }
     pfd[n++] = (struct pollfd){.fd = e->lfd, .events = POLLIN};
-    for (int k = 0; k < npeers; k++)
-      if (!sent[k])
-        pfd[n++] = (struct pollfd){.fd = e->conns[k].sfd, .events = POLLOUT};
+    for (int i = 0; i < 2 * npeers; i++)
+      if (!sent[i])
+        pfd[n++] = (struct pollfd){.fd = e->conns[i / 2].tx[i % 2].fd, .events = POLLOUT};
     for (int i = 0; i < npend; i++)
       pfd[n++] = (struct pollfd){.fd = pend[i].fd, .events = POLLIN};
     ready = poll(pfd, (nfds_t)n, 100);
@@ -357,16 +390,14 @@ duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *
     }
     if (ready <= 0)
       continue;
-    for (int k = 0; k < npeers; k++) { /* connects that finished */
-      int err = 0;
+    for (int i = 0; i < 2 * npeers; i++) { /* connects that finished */
+      int k = i / 2, l = i % 2, fd = e->conns[k].tx[l].fd, err = 0;
       socklen_t len = sizeof err;
-      tcp_hello_t h = {.magic = TCP_HELLO_MAGIC};
-      if (sent[k])
+      tcp_hello_t h = {.magic = TCP_HELLO_MAGIC, .lane = (uint32_t)l};
+      struct pollfd q = {.fd = fd, .events = POLLOUT};
+      if (sent[i] || poll(&q, 1, 0) != 1)
         continue;
-      struct pollfd q = {.fd = e->conns[k].sfd, .events = POLLOUT};
-      if (poll(&q, 1, 0) != 1)
-        continue;
-      (void)getsockopt(e->conns[k].sfd, SOL_SOCKET, SO_ERROR, &err, &len);
+      (void)getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
       if (err != 0) {
         duet__tcp_seterr(errbuf, "insert_peers: connect to peer %d: %s", k, strerror(err));
         st = DUET_ERR_REMOTE;
@@ -374,15 +405,15 @@ duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *
       }
       memcpy(h.to, e->conns[k].token, sizeof h.to);
       memcpy(h.from, e->addr.token, sizeof h.from);
-      if (send(e->conns[k].sfd, &h, sizeof h, MSG_NOSIGNAL) != (ssize_t)sizeof h) {
+      if (send(fd, &h, sizeof h, MSG_NOSIGNAL) != (ssize_t)sizeof h) {
         duet__tcp_seterr(errbuf, "insert_peers: hello to peer %d: %s", k, strerror(errno));
         st = DUET_ERR_REMOTE;
         goto out;
       }
-      sent[k] = 1;
+      sent[i] = 1;
       nout++;
-      if (tcp_dials(e, k) > 0) /* not itself: one socket for both directions */
-        e->conns[k].rfd = e->conns[k].sfd;
+      if (l == TCP_MAIN && tcp_dials(e, k) > 0) /* not itself: both directions */
+        e->conns[k].rx[TCP_MAIN].fd = fd;
     }
     for (int i = 0; i < npend;) /* hellos of accepted connections */
       if (tcp_hello_in(e, &pend[i], &nin))
@@ -415,11 +446,13 @@ void duet__tcp_close(duet__tp_ep_t *ep) {
     return;
   for (int k = 0; e->conns && k < e->npeers; k++) {
     tcp_conn_t *c = &e->conns[k];
-    if (c->sfd >= 0)
-      close(c->sfd);
-    if (c->rfd >= 0 && c->rfd != c->sfd)
-      close(c->rfd);
-    free(c->stage);
+    for (int l = 0; l < TCP_LANES; l++) {
+      if (c->tx[l].fd >= 0)
+        close(c->tx[l].fd);
+      if (c->rx[l].fd >= 0 && c->rx[l].fd != c->tx[l].fd)
+        close(c->rx[l].fd);
+      free(c->rx[l].stage);
+    }
     for (tcp_ux_t *u = c->ux_head, *next; u; u = next) {
       next = u->next;
       free(u->data);

@@ -10,29 +10,37 @@
  * Gloo's socket transports do.
  *
  * Connections, addresses and teardown: endpoint.c; the shared types: tcp.h.
+ * A pair of endpoints talks over two lanes (tcp.h): a main connection for
+ * messages under 64 KiB and a bulk connection per direction for larger ones.
  *
- * Wire format: a 24-byte header (magic, tag, length) then the payload, in
- * host byte order (duet's ranks share one architecture).
+ * Wire format: a 24-byte header (magic, sequence number, tag, length) then
+ * the payload, in host byte order (duet's ranks share one architecture). The
+ * sequence number counts a pair's messages in one direction over both lanes:
+ * a header that arrives before the other lane has delivered the ones sent
+ * earlier is parked until they have, so messages match in send order.
  *
- * Receives: a connection is read only while it has a posted receive, so a
- * message nobody waits for yet stays in the kernel's socket buffer (flow
- * control for free). Reads go through a per-connection staging buffer, which
+ * Receives: a lane is read only while a posted receive expects a message of
+ * its size class (or a parked header waits for it), so a message nobody
+ * waits for yet stays in the kernel's socket buffer (flow control for free).
+ * A receive shorter than a message of the other class waits for its
+ * deadline instead of failing at once. Reads go through a per-lane staging
+ * buffer, which
  * takes small messages (header and payload in one recv) and never reads past
  * the message expected next; a payload with at least TCP_DIRECT bytes still
  * to come is read straight into its destination.
  * A message whose receive is not posted but that sits in front of one that
  * is ("unexpected") is kept in a pooled buffer; a receive posted while such
  * a message is still arriving takes over the rest of it directly.
- * Matching: per connection, the oldest posted receive with the message's
- * tag; messages of one tag arrive in order (one stream per direction).
+ * Matching: per pair, the oldest posted receive with the message's tag, in
+ * send order.
  *
- * Sends: a send to a connection with nothing queued is written at once and
+ * Sends: a send to a lane with nothing queued is written at once and
  * usually completes inside isend; the rest is queued and written by
  * progress. Nothing is copied: the caller keeps the buffer until done.
  *
  * Waiting (oversubscribed ranks): wait_fd returns an epoll descriptor holding
- * the connections that have posted receives (readable) or queued sends
- * (writable); the interest set is brought up to date only there.
+ * the lanes that must be read (readable) or have queued sends (writable);
+ * the interest set is brought up to date only there.
  *
  * Memory: operations and unexpected buffers come from free lists that grow
  * and are kept until close; steady state allocates nothing.
@@ -133,7 +141,7 @@ static void tcp_ux_put(tcp_ep_t *e, tcp_ux_t *u) {
 
 /* ---- receiving ----------------------------------------------------------- */
 
-/* The connection failed: fail its receives and sends, remember why. */
+/* The pair failed: fail its receives and sends, remember why. */
 static void tcp_conn_fail(tcp_ep_t *e, tcp_conn_t *c, duet_status_t st, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -147,11 +155,23 @@ static void tcp_conn_fail(tcp_ep_t *e, tcp_conn_t *c, duet_status_t st, const ch
   va_end(ap);
   duet__tcp_seterr(e->errbuf, "peer %d: %s", (int)(c - e->conns), msg);
   c->dead = st;
-  if (c->in_body && c->cur) {
-    tcp_complete(c->cur, st, 0);
-    tcp_op_put(e, c->cur);
+  for (int l = 0; l < TCP_LANES; l++) {
+    tcp_rx_t *rx = &c->rx[l];
+    tcp_tx_t *tx = &c->tx[l];
+    if (rx->in_body && rx->cur) {
+      tcp_complete(rx->cur, st, 0);
+      tcp_op_put(e, rx->cur);
+    }
+    rx->cur = NULL;
+    rx->parked = 0;
+    for (tcp_op_t *op = tx->head, *next; op; op = next) {
+      next = op->next;
+      tcp_complete(op, st, 0);
+      tcp_op_put(e, op);
+    }
+    tx->head = NULL;
+    tx->tail = &tx->head;
   }
-  c->cur = NULL;
   for (tcp_op_t *op = c->rq_head, *next; op; op = next) {
     next = op->next;
     tcp_complete(op, st, 0);
@@ -165,33 +185,24 @@ static void tcp_conn_fail(tcp_ep_t *e, tcp_conn_t *c, duet_status_t st, const ch
       tcp_op_put(e, u->waiter);
       u->waiter = NULL;
     }
-  if (c->sq_head)
-    e->nsend_queued--;
-  for (tcp_op_t *op = c->sq_head, *next; op; op = next) {
-    next = op->next;
-    tcp_complete(op, st, 0);
-    tcp_op_put(e, op);
-  }
-  c->sq_head = NULL;
-  c->sq_tail = &c->sq_head;
 }
 
-/* The payload in progress is complete: hand it to its receive or leave it
- * queued as unexpected. */
-static void tcp_body_done(tcp_ep_t *e, tcp_conn_t *c) {
-  if (c->cur) {
-    tcp_op_t *op = c->cur;
-    if (c->body_len > op->len)
+/* The payload in progress on rx is complete: hand it to its receive or leave
+ * it queued as unexpected. */
+static void tcp_body_done(tcp_ep_t *e, tcp_conn_t *c, tcp_rx_t *rx) {
+  if (rx->cur) {
+    tcp_op_t *op = rx->cur;
+    if (rx->body_len > op->len) {
       tcp_complete(op, DUET_ERR_MISMATCH, op->len);
-    else
-      tcp_complete(op, DUET_SUCCESS, c->body_len);
-    if (c->body_len > op->len)
       duet__tcp_seterr(e->errbuf, "peer %d sent %zu bytes with tag %#llx, receive holds %zu",
-                       (int)(c - e->conns), c->body_len, (unsigned long long)op->tag, op->len);
+                       (int)(c - e->conns), rx->body_len, (unsigned long long)op->tag, op->len);
+    } else {
+      tcp_complete(op, DUET_SUCCESS, rx->body_len);
+    }
     tcp_op_put(e, op);
-  } else if (c->cur_ux && c->cur_ux->waiter) {
+  } else if (rx->cur_ux && rx->cur_ux->waiter) {
     /* a receive shorter than this message took it: deliver what fits */
-    tcp_ux_t *u = c->cur_ux, **pp = &c->ux_head;
+    tcp_ux_t *u = rx->cur_ux, **pp = &c->ux_head;
     tcp_op_t *op = u->waiter;
     if (op->len > 0)
       memcpy(op->buf, u->data, op->len);
@@ -206,161 +217,224 @@ static void tcp_body_done(tcp_ep_t *e, tcp_conn_t *c) {
       c->ux_tail = pp;
     tcp_ux_put(e, u);
   }
-  c->in_body = 0;
-  c->cur = NULL;
-  c->cur_ux = NULL;
+  rx->in_body = 0;
+  rx->cur = NULL;
+  rx->cur_ux = NULL;
 }
 
-/* A header arrived: find its receive, or keep it as unexpected. */
-static void tcp_hdr_in(tcp_ep_t *e, tcp_conn_t *c, const tcp_hdr_t *h) {
+/* The header whose turn it is: find its receive, or keep the message as
+ * unexpected. */
+static void tcp_hdr_in(tcp_ep_t *e, tcp_conn_t *c, tcp_rx_t *rx, const tcp_hdr_t *h) {
   tcp_op_t **pp = &c->rq_head;
 
-  if (h->magic != TCP_MAGIC || h->zero != 0 || h->len > TCP_MAX_LEN) {
-    tcp_conn_fail(e, c, DUET_ERR_PROTOCOL, "bad message header (magic %#x, length %llu)", h->magic,
-                  (unsigned long long)h->len);
-    return;
-  }
-  c->in_body = 1;
-  c->body_len = (size_t)h->len;
-  c->body_got = 0;
-  c->cur = NULL;
-  c->cur_ux = NULL;
+  c->rseq++;
+  rx->in_body = 1;
+  rx->body_len = (size_t)h->len;
+  rx->body_got = 0;
+  rx->cur = NULL;
+  rx->cur_ux = NULL;
   while (*pp && (*pp)->tag != h->tag)
     pp = &(*pp)->next;
   if (*pp) {
-    c->cur = *pp;
-    *pp = c->cur->next;
+    rx->cur = *pp;
+    *pp = rx->cur->next;
     if (!*pp)
       c->rq_tail = pp;
-    c->cur->next = NULL;
-    c->body_keep = c->body_len < c->cur->len ? c->body_len : c->cur->len;
+    rx->cur->next = NULL;
+    rx->body_keep = rx->body_len < rx->cur->len ? rx->body_len : rx->cur->len;
   } else {
-    tcp_ux_t *u = tcp_ux_get(e, c->body_len);
+    tcp_ux_t *u = tcp_ux_get(e, rx->body_len);
     if (!u) {
       tcp_conn_fail(e, c, DUET_ERR_NO_MEMORY, "out of memory for an unexpected %zu-byte message",
-                    c->body_len);
+                    rx->body_len);
       return;
     }
     u->tag = h->tag;
     *c->ux_tail = u;
     c->ux_tail = &u->next;
-    c->cur_ux = u;
-    c->body_keep = c->body_len;
+    rx->cur_ux = u;
+    rx->body_keep = rx->body_len;
   }
-  if (c->body_len == 0)
-    tcp_body_done(e, c);
+  if (rx->body_len == 0)
+    tcp_body_done(e, c, rx);
+}
+
+/* A header arrived on rx. Messages match in the order they were sent, over
+ * both lanes: one that is early waits (parked) until the other lane has
+ * delivered the headers before it. */
+static void tcp_hdr_arrive(tcp_ep_t *e, tcp_conn_t *c, tcp_rx_t *rx, const tcp_hdr_t *h) {
+  if (h->magic != TCP_MAGIC || h->len > TCP_MAX_LEN) {
+    tcp_conn_fail(e, c, DUET_ERR_PROTOCOL, "bad message header (magic %#x, length %llu)", h->magic,
+                  (unsigned long long)h->len);
+    return;
+  }
+  if (h->seq != c->rseq) {
+    rx->parked = 1;
+    rx->hdr = *h;
+    return;
+  }
+  tcp_hdr_in(e, c, rx, h);
+  for (int l = 0; l < TCP_LANES && !c->dead; l++) { /* a parked header's turn may have come */
+    tcp_rx_t *o = &c->rx[l];
+    if (o->parked && !o->in_body && o->hdr.seq == c->rseq) {
+      o->parked = 0;
+      tcp_hdr_in(e, c, o, &o->hdr);
+      l = -1; /* and the next one's */
+    }
+  }
 }
 
 /* Where the next payload bytes go (NULL: past what the receive holds). */
-static uint8_t *tcp_body_dst(tcp_conn_t *c) {
-  if (c->body_got >= c->body_keep)
+static uint8_t *tcp_body_dst(tcp_rx_t *rx) {
+  if (rx->body_got >= rx->body_keep)
     return NULL;
-  return (c->cur ? c->cur->buf : c->cur_ux->data) + c->body_got;
+  return (rx->cur ? rx->cur->buf : rx->cur_ux->data) + rx->body_got;
 }
 
-static void tcp_body_in(tcp_ep_t *e, tcp_conn_t *c, size_t n) {
-  c->body_got += n;
-  if (c->cur_ux)
-    c->cur_ux->got = c->body_got;
-  if (c->body_got == c->body_len)
-    tcp_body_done(e, c);
+static void tcp_body_in(tcp_ep_t *e, tcp_conn_t *c, tcp_rx_t *rx, size_t n) {
+  rx->body_got += n;
+  if (rx->cur_ux)
+    rx->cur_ux->got = rx->body_got;
+  if (rx->body_got == rx->body_len)
+    tcp_body_done(e, c, rx);
 }
 
-/* Consume what the staging buffer holds. */
-static void tcp_stage_parse(tcp_ep_t *e, tcp_conn_t *c) {
-  while (c->s_end > c->s_beg && !c->dead) {
-    size_t have = c->s_end - c->s_beg;
-    if (!c->in_body) {
+/* Consume what rx's staging buffer holds; returns whether anything was. */
+static int tcp_stage_parse(tcp_ep_t *e, tcp_conn_t *c, tcp_rx_t *rx) {
+  int moved = 0;
+  while (rx->s_end > rx->s_beg && !c->dead && !rx->parked) {
+    size_t have = rx->s_end - rx->s_beg;
+    if (!rx->in_body) {
       tcp_hdr_t h;
       if (have < sizeof h) {
-        if (c->s_beg > 0) { /* keep the partial header at the front */
-          memmove(c->stage, c->stage + c->s_beg, have);
-          c->s_beg = 0;
-          c->s_end = have;
+        if (rx->s_beg > 0) { /* keep the partial header at the front */
+          memmove(rx->stage, rx->stage + rx->s_beg, have);
+          rx->s_beg = 0;
+          rx->s_end = have;
         }
-        return;
+        return moved;
       }
-      memcpy(&h, c->stage + c->s_beg, sizeof h);
-      c->s_beg += sizeof h;
-      tcp_hdr_in(e, c, &h);
+      memcpy(&h, rx->stage + rx->s_beg, sizeof h);
+      rx->s_beg += sizeof h;
+      tcp_hdr_arrive(e, c, rx, &h);
     } else {
-      size_t n = c->body_len - c->body_got;
-      uint8_t *dst = tcp_body_dst(c);
+      size_t n = rx->body_len - rx->body_got;
+      uint8_t *dst = tcp_body_dst(rx);
       if (n > have)
         n = have;
       if (dst) {
-        size_t k = c->body_keep - c->body_got;
-        memcpy(dst, c->stage + c->s_beg, k < n ? k : n);
+        size_t k = rx->body_keep - rx->body_got;
+        memcpy(dst, rx->stage + rx->s_beg, k < n ? k : n);
       }
-      c->s_beg += n;
-      tcp_body_in(e, c, n);
+      rx->s_beg += n;
+      tcp_body_in(e, c, rx, n);
     }
+    moved = 1;
   }
-  if (c->s_beg == c->s_end)
-    c->s_beg = c->s_end = 0;
+  if (rx->s_beg == rx->s_end)
+    rx->s_beg = rx->s_end = 0;
+  return moved;
 }
 
-/* Whether this connection must be read now: a receive waits for it. */
+/* Whether a receive waits for what rx is reading now. */
+static int tcp_rx_has_target(const tcp_rx_t *rx) {
+  return rx->in_body && (rx->cur || (rx->cur_ux && rx->cur_ux->waiter));
+}
+
+/* Whether lane l must be read now: a posted receive expects a message of
+ * its size class there (senders pick the lane by length), a receive waits
+ * for the payload it is reading, or the other lane holds a header back until
+ * this one delivers earlier messages. Reading a lane that nobody waits on
+ * would pull later messages into unexpected buffers. */
+static int tcp_lane_wanted(const tcp_conn_t *c, int l) {
+  const tcp_rx_t *rx = &c->rx[l], *o = &c->rx[1 - l];
+  if (c->dead || rx->fd < 0 || rx->parked)
+    return 0;
+  if (tcp_rx_has_target(rx) || (o->fd >= 0 && o->parked))
+    return 1;
+  for (const tcp_op_t *op = c->rq_head; op; op = op->next)
+    if (o->fd < 0 || (op->len >= TCP_BULK_MIN) == (l == TCP_BULK))
+      return 1;
+  return 0;
+}
+
+/* Whether the pair must be read now. */
 static int tcp_wants_read(const tcp_conn_t *c) {
-  return !c->dead && (c->rq_head || (c->in_body && (c->cur || (c->cur_ux && c->cur_ux->waiter))));
+  return tcp_lane_wanted(c, TCP_MAIN) || tcp_lane_wanted(c, TCP_BULK);
 }
 
-/* How many bytes to read into the staging buffer: no further than the
+/* How many bytes to read into rx's staging buffer: no further than the
  * message we expect, so that a later message (the next call's, say) stays in
  * the kernel until its receive is posted instead of landing in an unexpected
- * buffer. Expecting a header: the header, plus the first posted receive's
- * payload when it is small (one recv per small message). In a payload: its
- * rest. */
-static size_t tcp_read_size(const tcp_conn_t *c) {
-  size_t room = TCP_STAGE - c->s_end, want;
-  if (c->in_body) {
-    want = c->body_len - c->body_got;
+ * buffer. Expecting a header: the header, plus, on the main lane, the first
+ * posted receive's payload when it is small (one recv per small message). In
+ * a payload: its rest. */
+static size_t tcp_read_size(const tcp_conn_t *c, const tcp_rx_t *rx) {
+  size_t room = TCP_STAGE - rx->s_end, want;
+  if (rx->in_body) {
+    want = rx->body_len - rx->body_got;
   } else {
-    want = sizeof(tcp_hdr_t) - (c->s_end - c->s_beg); /* parse left less than a header */
-    if (c->rq_head && c->rq_head->len < TCP_DIRECT)
-      want += c->rq_head->len;
+    const tcp_op_t *op = c->rq_head;
+    want = sizeof(tcp_hdr_t) - (rx->s_end - rx->s_beg); /* parse left less than a header */
+    while (op && op->len >= TCP_BULK_MIN)               /* the first receive for this lane */
+      op = op->next;
+    if (rx == &c->rx[TCP_MAIN] && op && op->len < TCP_DIRECT)
+      want += op->len;
   }
   return want < room ? want : room;
 }
 
-/* Read what the connection has while a receive waits for it. */
-static void tcp_conn_read(tcp_ep_t *e, tcp_conn_t *c) {
-  tcp_stage_parse(e, c);
-  while (tcp_wants_read(c)) {
-    ssize_t got;
-    uint8_t *dst = c->in_body ? tcp_body_dst(c) : NULL;
-    size_t left = c->in_body ? c->body_keep - c->body_got : 0;
-    if (dst && left >= TCP_DIRECT) { /* large payload: straight into place */
-      got = recv(c->rfd, dst, left, MSG_DONTWAIT);
-      if (got > 0) {
-        tcp_body_in(e, c, (size_t)got);
-        continue;
-      }
+/* One recv on rx; returns whether bytes came. */
+static int tcp_rx_read(tcp_ep_t *e, tcp_conn_t *c, tcp_rx_t *rx) {
+  uint8_t *dst = rx->in_body ? tcp_body_dst(rx) : NULL;
+  size_t left = rx->in_body ? rx->body_keep - rx->body_got : 0;
+  ssize_t got;
+  for (;;) {
+    if (dst && left >= TCP_DIRECT) /* large payload: straight into place */
+      got = recv(rx->fd, dst, left, MSG_DONTWAIT);
+    else
+      got = recv(rx->fd, rx->stage + rx->s_end, tcp_read_size(c, rx), MSG_DONTWAIT);
+    if (got >= 0 || errno != EINTR)
+      break;
+  }
+  if (got > 0) {
+    if (dst && left >= TCP_DIRECT) {
+      tcp_body_in(e, c, rx, (size_t)got);
     } else {
-      got = recv(c->rfd, c->stage + c->s_end, tcp_read_size(c), MSG_DONTWAIT);
-      if (got > 0) {
-        c->s_end += (size_t)got;
-        tcp_stage_parse(e, c);
-        continue;
-      }
+      rx->s_end += (size_t)got;
+      tcp_stage_parse(e, c, rx);
     }
-    if (got == 0) {
-      tcp_conn_fail(e, c, DUET_ERR_REMOTE, "connection closed by the peer");
-    } else if (errno == EINTR) {
-      continue;
-    } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
-      tcp_conn_fail(e, c, DUET_ERR_REMOTE, "recv: %s", strerror(errno));
-    }
-    return;
+    return 1;
+  }
+  if (got == 0)
+    tcp_conn_fail(e, c, DUET_ERR_REMOTE, "connection closed by the peer");
+  else if (errno != EAGAIN && errno != EWOULDBLOCK)
+    tcp_conn_fail(e, c, DUET_ERR_REMOTE, "recv: %s", strerror(errno));
+  return 0;
+}
+
+/* Read what the pair's lanes have while a receive waits for it. */
+static void tcp_conn_read(tcp_ep_t *e, tcp_conn_t *c) {
+  int moved = 1;
+  while (moved) {
+    moved = 0;
+    for (int l = 0; l < TCP_LANES; l++)
+      if (c->rx[l].fd >= 0)
+        moved |= tcp_stage_parse(e, c, &c->rx[l]);
+    for (int l = 0; l < TCP_LANES; l++)
+      if (tcp_lane_wanted(c, l))
+        moved |= tcp_rx_read(e, c, &c->rx[l]);
+    if (!tcp_wants_read(c))
+      return;
   }
 }
 
 /* ---- sending ------------------------------------------------------------- */
 
-/* Write queued sends until the socket is full. */
-static void tcp_conn_write(tcp_ep_t *e, tcp_conn_t *c) {
-  while (c->sq_head) {
-    tcp_op_t *op = c->sq_head;
+/* Write a lane's queued sends until its socket is full. */
+static void tcp_conn_write(tcp_ep_t *e, tcp_conn_t *c, tcp_tx_t *tx) {
+  while (tx->head) {
+    tcp_op_t *op = tx->head;
     struct iovec iov[2];
     struct msghdr mh = {.msg_iov = iov};
     size_t hlen = sizeof op->hdr;
@@ -376,7 +450,7 @@ static void tcp_conn_write(tcp_ep_t *e, tcp_conn_t *c) {
       iov[0].iov_len = op->len - (op->off - hlen);
       mh.msg_iovlen = 1;
     }
-    n = sendmsg(c->sfd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+    n = sendmsg(tx->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n < 0) {
       if (errno == EINTR)
         continue;
@@ -387,11 +461,9 @@ static void tcp_conn_write(tcp_ep_t *e, tcp_conn_t *c) {
     op->off += (size_t)n;
     if (op->off < hlen + op->len)
       return; /* the socket is full */
-    c->sq_head = op->next;
-    if (!c->sq_head) {
-      c->sq_tail = &c->sq_head;
-      e->nsend_queued--;
-    }
+    tx->head = op->next;
+    if (!tx->head)
+      tx->tail = &tx->head;
     tcp_complete(op, DUET_SUCCESS, op->len);
     tcp_op_put(e, op);
   }
@@ -428,9 +500,10 @@ static duet_status_t tcp_isend(duet__tp_ep_t *ep, int peer, const void *buf, siz
                                uint64_t tag, duet__tp_req_t *req, char *errbuf) {
   tcp_ep_t *e = (tcp_ep_t *)ep;
   duet_status_t st = tcp_check(e, "isend", peer, buf, len, req, errbuf);
-  e->errbuf = errbuf;
   tcp_conn_t *c;
+  tcp_tx_t *tx;
   tcp_op_t *op;
+  e->errbuf = errbuf;
   if (st != DUET_SUCCESS)
     return st;
   c = &e->conns[peer];
@@ -439,19 +512,18 @@ static duet_status_t tcp_isend(duet__tp_ep_t *ep, int peer, const void *buf, siz
     duet__tcp_seterr(errbuf, "isend: out of memory for an operation");
     return DUET_ERR_NO_MEMORY;
   }
+  tx = &c->tx[len >= TCP_BULK_MIN && c->tx[TCP_BULK].fd >= 0 ? TCP_BULK : TCP_MAIN];
   op->req = req;
   op->buf = (uint8_t *)buf;
   op->len = len;
   op->tag = tag;
   op->off = 0;
-  op->hdr = (tcp_hdr_t){.magic = TCP_MAGIC, .tag = tag, .len = len};
+  op->hdr = (tcp_hdr_t){.magic = TCP_MAGIC, .seq = c->sseq++, .tag = tag, .len = len};
   req->done = 0;
-  if (!c->sq_head)
-    e->nsend_queued++;
-  *c->sq_tail = op;
-  c->sq_tail = &op->next;
-  if (c->sq_head == op)
-    tcp_conn_write(e, c);
+  *tx->tail = op;
+  tx->tail = &op->next;
+  if (tx->head == op)
+    tcp_conn_write(e, c, tx);
   return DUET_SUCCESS;
 }
 
@@ -459,10 +531,10 @@ static duet_status_t tcp_irecv(duet__tp_ep_t *ep, int peer, void *buf, size_t le
                                duet__tp_req_t *req, char *errbuf) {
   tcp_ep_t *e = (tcp_ep_t *)ep;
   duet_status_t st = tcp_check(e, "irecv", peer, buf, len, req, errbuf);
-  e->errbuf = errbuf;
   tcp_conn_t *c;
-  tcp_ux_t **pp;
+  tcp_ux_t **pp, *u;
   tcp_op_t *op;
+  e->errbuf = errbuf;
   if (st != DUET_SUCCESS)
     return st;
   c = &e->conns[peer];
@@ -484,13 +556,13 @@ static duet_status_t tcp_irecv(duet__tp_ep_t *ep, int peer, void *buf, size_t le
     tcp_conn_read(e, c);
     return DUET_SUCCESS;
   }
-  tcp_ux_t *u = *pp;
-  if (u->got == u->len || u->len > len) {
-    if (u->got < u->len) { /* truncated and still arriving: wait for its end */
-      u->waiter = op;
-      tcp_conn_read(e, c);
-      return DUET_SUCCESS;
-    }
+  u = *pp;
+  if (u->got < u->len && u->len > len) { /* truncated and still arriving: wait for its end */
+    u->waiter = op;
+    tcp_conn_read(e, c);
+    return DUET_SUCCESS;
+  }
+  if (u->got == u->len) {
     if (len > 0 && u->len > 0) /* an empty buffer may be NULL */
       memcpy(op->buf, u->data, u->len < len ? u->len : len);
     if (u->len > len) {
@@ -501,18 +573,20 @@ static duet_status_t tcp_irecv(duet__tp_ep_t *ep, int peer, void *buf, size_t le
       tcp_complete(op, DUET_SUCCESS, u->len);
     }
     tcp_op_put(e, op);
-  } else { /* still arriving and it fits: the rest goes straight into place */
+    op = NULL;
+  } else { /* still arriving on one lane and it fits: the rest goes straight into place */
+    tcp_rx_t *rx = c->rx[TCP_MAIN].cur_ux == u ? &c->rx[TCP_MAIN] : &c->rx[TCP_BULK];
     if (u->got > 0)
       memcpy(op->buf, u->data, u->got);
-    c->cur = op;
-    c->cur_ux = NULL;
-    c->body_keep = c->body_len;
+    rx->cur = op;
+    rx->cur_ux = NULL;
+    rx->body_keep = rx->body_len;
   }
   *pp = u->next;
   if (c->ux_tail == &u->next)
     c->ux_tail = pp;
   tcp_ux_put(e, u);
-  if (c->cur == op)
+  if (op)
     tcp_conn_read(e, c);
   return DUET_SUCCESS;
 }
@@ -522,8 +596,9 @@ static duet_status_t tcp_progress(duet__tp_ep_t *ep, char *errbuf) {
   e->errbuf = errbuf;
   for (int k = 0; k < e->npeers; k++) {
     tcp_conn_t *c = &e->conns[k];
-    if (c->sq_head)
-      tcp_conn_write(e, c);
+    for (int l = 0; l < TCP_LANES; l++)
+      if (c->tx[l].head)
+        tcp_conn_write(e, c, &c->tx[l]);
     if (tcp_wants_read(c))
       tcp_conn_read(e, c);
   }
@@ -549,17 +624,30 @@ static duet_status_t tcp_wait_fd(duet__tp_ep_t *ep, int *fd, char *errbuf) {
     return DUET_ERR_UNSUPPORTED;
   for (int k = 0; k < e->npeers; k++) {
     tcp_conn_t *c = &e->conns[k];
-    int rd = tcp_wants_read(c), wr = !c->dead && c->sq_head != NULL;
-    if (rd && c->s_end > c->s_beg)
-      return DUET_IN_PROGRESS; /* staged bytes to parse */
-    uint32_t in = rd ? EPOLLIN : 0, out = wr ? EPOLLOUT : 0;
-    if (c->sfd == c->rfd ? tcp_epoll_set(e, c->rfd, &c->ev, in | out) != 0
-                         : tcp_epoll_set(e, c->rfd, &c->ev, in) != 0 ||
-                               tcp_epoll_set(e, c->sfd, &c->sev, out) != 0) {
-      duet__tcp_seterr(errbuf, "epoll_ctl(peer %d): %s", k, strerror(errno));
-      return DUET_ERR_UNSUPPORTED;
+    /* the sockets: rx main, rx bulk, tx main (unless it is rx main), tx bulk */
+    int fds[4] = {c->rx[TCP_MAIN].fd, c->rx[TCP_BULK].fd,
+                  c->tx[TCP_MAIN].fd != c->rx[TCP_MAIN].fd ? c->tx[TCP_MAIN].fd : -1,
+                  c->tx[TCP_BULK].fd};
+    uint32_t want[4] = {0, 0, 0, 0};
+    for (int l = 0; l < TCP_LANES; l++) {
+      const tcp_rx_t *rx = &c->rx[l];
+      int lane_rd = tcp_lane_wanted(c, l);
+      if (lane_rd && rx->s_end > rx->s_beg)
+        return DUET_IN_PROGRESS; /* staged bytes to parse */
+      if (lane_rd)
+        want[l] |= EPOLLIN;
+      if (!c->dead && c->tx[l].head)
+        want[l == TCP_MAIN && fds[2] < 0 ? 0 : 2 + l] |= EPOLLOUT;
     }
-    watched += rd + wr;
+    for (int i = 0; i < 4; i++) {
+      if (fds[i] < 0)
+        continue;
+      if (tcp_epoll_set(e, fds[i], &c->ev[i], want[i]) != 0) {
+        duet__tcp_seterr(errbuf, "epoll_ctl(peer %d): %s", k, strerror(errno));
+        return DUET_ERR_UNSUPPORTED;
+      }
+      watched += want[i] != 0;
+    }
   }
   *fd = watched ? e->epfd : -1;
   return DUET_SUCCESS;

@@ -19,7 +19,8 @@
 #define TCP_OPS_CHUNK 64            /* operations allocated at a time */
 #define TCP_PENDING_EXTRA 16        /* accepted connections beyond npeers awaiting a hello */
 #define TCP_MAX_LEN (UINT64_C(1) << 48)
-#define TCP_UX_CLASSES 40 /* unexpected buffers: power-of-two size classes */
+#define TCP_BULK_MIN (64 * 1024) /* messages from here on take the bulk lane */
+#define TCP_UX_CLASSES 40        /* unexpected buffers: power-of-two size classes */
 
 /* The address blob. */
 typedef struct tcp_addr {
@@ -32,14 +33,14 @@ typedef struct tcp_addr {
 
 typedef struct tcp_hello {
   uint32_t magic;
-  uint32_t zero;
+  uint32_t lane;    /* TCP_MAIN or TCP_BULK */
   uint64_t to[2];   /* the listener's token */
   uint64_t from[2]; /* the connector's token */
 } tcp_hello_t;
 
 typedef struct tcp_hdr {
   uint32_t magic;
-  uint32_t zero;
+  uint32_t seq; /* per pair and direction, over both lanes: restores the send order */
   uint64_t tag;
   uint64_t len;
 } tcp_hdr_t;
@@ -66,24 +67,41 @@ typedef struct tcp_ux {
   tcp_op_t *waiter; /* a receive shorter than the message, waiting for its end */
 } tcp_ux_t;
 
-typedef struct tcp_conn {
-  /* sending side (the same socket as rfd but for the endpoint itself) */
-  int sfd;
-  tcp_op_t *sq_head, **sq_tail; /* queued sends, in order */
-  /* receiving side */
-  int rfd;
-  tcp_op_t *rq_head, **rq_tail; /* posted receives without a message */
-  tcp_ux_t *ux_head, **ux_tail; /* unexpected messages, in arrival order */
+/* Lanes of a pair: small messages go on the main connection, which carries
+ * both directions (acknowledgements ride on data); messages of TCP_BULK_MIN
+ * bytes or more on a bulk connection per direction, so that two large
+ * transfers in opposite directions do not contend for one socket. An
+ * endpoint's connection to itself has only the main lane. */
+enum { TCP_MAIN = 0, TCP_BULK = 1, TCP_LANES = 2 };
+
+/* One outgoing lane. */
+typedef struct tcp_tx {
+  int fd;                 /* -1: no such lane */
+  tcp_op_t *head, **tail; /* queued sends, in order */
+} tcp_tx_t;
+
+/* One incoming lane: a byte stream of headers and payloads. */
+typedef struct tcp_rx {
+  int fd; /* -1: no such lane */
   uint8_t *stage;
   size_t s_beg, s_end;
   int in_body;                          /* reading a payload (else a header) */
   tcp_op_t *cur;                        /* payload target: a receive ... */
   tcp_ux_t *cur_ux;                     /* ... or an unexpected buffer */
   size_t body_len, body_got, body_keep; /* keep: bytes that fit the target */
-  duet_status_t dead;                   /* DUET_SUCCESS, or why the connection is unusable */
-  uint32_t ev;       /* epoll events registered for rfd (and sfd when it is rfd) */
-  uint32_t sev;      /* ... for sfd when it is another socket */
-  uint64_t token[2]; /* the peer's */
+  int parked;    /* hdr arrived before an earlier message on the other lane */
+  tcp_hdr_t hdr; /* the parked header */
+} tcp_rx_t;
+
+typedef struct tcp_conn {
+  tcp_tx_t tx[TCP_LANES];       /* main: the pair's socket (itself: the one it dialled) */
+  tcp_rx_t rx[TCP_LANES];       /* main: the pair's socket (itself: the one it accepted) */
+  uint32_t sseq, rseq;          /* next sequence number to send / to match */
+  tcp_op_t *rq_head, **rq_tail; /* posted receives without a message */
+  tcp_ux_t *ux_head, **ux_tail; /* unexpected messages, in send order */
+  duet_status_t dead;           /* DUET_SUCCESS, or why the pair is unusable */
+  uint32_t ev[4];               /* epoll events registered: rx[0], rx[1], tx[0], tx[1] fds */
+  uint64_t token[2];            /* the peer's */
 } tcp_conn_t;
 
 typedef struct tcp_ep {
@@ -97,7 +115,6 @@ typedef struct tcp_ep {
   void **chunks; /* operation chunks, freed at close */
   int nchunks;
   tcp_ux_t *free_ux[TCP_UX_CLASSES + 1]; /* by class; [TCP_UX_CLASSES]: empty ones */
-  int nsend_queued;                      /* connections with queued sends */
   char *errbuf; /* the current call's errbuf: a receive's error is written there */
 } tcp_ep_t;
 
