@@ -71,6 +71,14 @@ typedef struct duet__tp_ops {
   duet_status_t (*wait_fd)(duet__tp_ep_t *ep, int *fd, char *errbuf);
 } duet__tp_ops_t;
 
+/* Write the message into errbuf (if any) and log it once as a warning,
+ * prefixed with who ("ofi", "tcp", "self"). */
+void duet__tp_seterr(char *errbuf, const char *who, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Complete a request: status, then len, then done (release). */
+void duet__tp_complete(duet__tp_req_t *req, duet_status_t status, size_t len);
+
 extern const duet__tp_ops_t duet__tp_ofi;
 extern const duet__tp_ops_t duet__tp_self;
 extern const duet__tp_ops_t duet__tp_tcp; /* duet's own sockets: provider "tcp" */

@@ -112,20 +112,6 @@ typedef struct ofi_ep {
   duet__tp_req_t *warm; /* warm-up requests; freed at close (a late completion may touch them) */
 } ofi_ep_t;
 
-static void ofi_seterr(char *errbuf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-/* Write the message into errbuf (if any) and log it once as a warning. */
-static void ofi_seterr(char *errbuf, const char *fmt, ...) {
-  char tmp[DUET_TP_ERRLEN];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(tmp, sizeof tmp, fmt, ap);
-  va_end(ap);
-  if (errbuf)
-    memcpy(errbuf, tmp, sizeof tmp);
-  DUET_WARN(DUET_SUB_NET, "ofi: %s", tmp);
-}
-
 static double ofi_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -206,8 +192,8 @@ static duet_status_t ofi_mr_get(ofi_ep_t *e, const void *buf, size_t len, ofi_ct
   ret = fi_mr_reg(e->domain, (void *)base, end - base, FI_SEND | FI_RECV, 0, ++e->mr_key, 0, &mr,
                   NULL);
   if (ret) {
-    ofi_seterr(errbuf, "fi_mr_reg(%p, %zu bytes): %s", (void *)base, (size_t)(end - base),
-               fi_strerror(-ret));
+    duet__tp_seterr(errbuf, "ofi", "fi_mr_reg(%p, %zu bytes): %s", (void *)base,
+                    (size_t)(end - base), fi_strerror(-ret));
     return DUET_ERR_TRANSPORT;
   }
   if (e->mr_mode & FI_MR_ENDPOINT) {
@@ -215,8 +201,8 @@ static duet_status_t ofi_mr_get(ofi_ep_t *e, const void *buf, size_t len, ofi_ct
     if (!ret)
       ret = fi_mr_enable(mr);
     if (ret) {
-      ofi_seterr(errbuf, "fi_mr_bind/fi_mr_enable(%p, %zu bytes): %s", (void *)base,
-                 (size_t)(end - base), fi_strerror(-ret));
+      duet__tp_seterr(errbuf, "ofi", "fi_mr_bind/fi_mr_enable(%p, %zu bytes): %s", (void *)base,
+                      (size_t)(end - base), fi_strerror(-ret));
       ofi_close_fid(&mr->fid, "mr");
       return DUET_ERR_TRANSPORT;
     }
@@ -244,10 +230,7 @@ static duet_status_t ofi_mr_get(ofi_ep_t *e, const void *buf, size_t len, ofi_ct
 /* ---- progress ---------------------------------------------------------- */
 
 static void ofi_complete(ofi_ep_t *e, ofi_ctx_t *c, size_t len, duet_status_t status) {
-  duet__tp_req_t *req = c->req;
-  req->status = status;
-  req->len = len;
-  __atomic_store_n(&req->done, 1, __ATOMIC_RELEASE);
+  duet__tp_complete(c->req, status, len);
   ofi_ctx_put(e, c);
 }
 
@@ -265,7 +248,7 @@ static duet_status_t ofi_cq_error(ofi_ep_t *e, char *errbuf) {
   if (ret == -FI_EAGAIN)
     return DUET_IN_PROGRESS; /* nothing there after all */
   if (ret < 0) {
-    ofi_seterr(errbuf, "fi_cq_readerr: %s", fi_strerror((int)-ret));
+    duet__tp_seterr(errbuf, "ofi", "fi_cq_readerr: %s", fi_strerror((int)-ret));
     return DUET_ERR_TRANSPORT;
   }
   if (err.err < 0) /* some providers (shm 1.17) store a negative code */
@@ -273,8 +256,8 @@ static duet_status_t ofi_cq_error(ofi_ep_t *e, char *errbuf) {
   provtxt = fi_cq_strerror(e->cq, err.prov_errno, err.err_data, provbuf, sizeof provbuf);
   c = err.op_context;
   if (!c || !c->req) {
-    ofi_seterr(errbuf, "fi_cq_readerr: error without a request: %s (%s)", fi_strerror(err.err),
-               provtxt ? provtxt : "");
+    duet__tp_seterr(errbuf, "ofi", "fi_cq_readerr: error without a request: %s (%s)",
+                    fi_strerror(err.err), provtxt ? provtxt : "");
     return DUET_ERR_TRANSPORT;
   }
   if (err.err == FI_ETRUNC) {
@@ -282,15 +265,15 @@ static duet_status_t ofi_cq_error(ofi_ep_t *e, char *errbuf) {
     char over[48] = "";
     if (err.olen) /* not every provider says by how much */
       snprintf(over, sizeof over, " (%zu bytes over)", err.olen);
-    ofi_seterr(errbuf,
-               "recv from peer %d tag 0x%" PRIx64
-               ": message longer than the posted %zu bytes%s: %s",
-               c->peer, c->tag, c->len, over, fi_strerror(err.err));
+    duet__tp_seterr(errbuf, "ofi",
+                    "recv from peer %d tag 0x%" PRIx64
+                    ": message longer than the posted %zu bytes%s: %s",
+                    c->peer, c->tag, c->len, over, fi_strerror(err.err));
   } else {
     st = DUET_ERR_TRANSPORT;
-    ofi_seterr(errbuf, "%s peer %d tag 0x%" PRIx64 " (%zu bytes) failed: %s (%s)",
-               c->is_recv ? "recv from" : "send to", c->peer, c->tag, c->len, fi_strerror(err.err),
-               provtxt ? provtxt : "");
+    duet__tp_seterr(errbuf, "ofi", "%s peer %d tag 0x%" PRIx64 " (%zu bytes) failed: %s (%s)",
+                    c->is_recv ? "recv from" : "send to", c->peer, c->tag, c->len,
+                    fi_strerror(err.err), provtxt ? provtxt : "");
   }
   ofi_complete(e, c, c->is_recv ? err.len : 0, st);
   return DUET_SUCCESS;
@@ -317,7 +300,7 @@ static duet_status_t ofi_progress_ep(ofi_ep_t *e, char *errbuf) {
       if (st == DUET_IN_PROGRESS)
         break;
     } else {
-      ofi_seterr(errbuf, "fi_cq_read: %s", fi_strerror((int)-n));
+      duet__tp_seterr(errbuf, "ofi", "fi_cq_read: %s", fi_strerror((int)-n));
       return DUET_ERR_TRANSPORT;
     }
   }
@@ -357,21 +340,21 @@ static duet_status_t ofi_post(ofi_ep_t *e, int is_recv, int peer, void *buf, siz
   duet_status_t st;
 
   if (peer < 0 || peer >= e->npeers) {
-    ofi_seterr(errbuf, "%s: peer %d out of range (%d peers)", call, peer, e->npeers);
+    duet__tp_seterr(errbuf, "ofi", "%s: peer %d out of range (%d peers)", call, peer, e->npeers);
     return DUET_ERR_INVALID_ARGUMENT;
   }
   if (len > e->max_msg) {
-    ofi_seterr(errbuf, "%s: %zu bytes exceed the provider's max_msg_size %zu", call, len,
-               e->max_msg);
+    duet__tp_seterr(errbuf, "ofi", "%s: %zu bytes exceed the provider's max_msg_size %zu", call,
+                    len, e->max_msg);
     return DUET_ERR_INVALID_ARGUMENT;
   }
   if (len && !buf) {
-    ofi_seterr(errbuf, "%s: NULL buffer of %zu bytes", call, len);
+    duet__tp_seterr(errbuf, "ofi", "%s: NULL buffer of %zu bytes", call, len);
     return DUET_ERR_INVALID_ARGUMENT;
   }
   c = ofi_ctx_get(e);
   if (!c) {
-    ofi_seterr(errbuf, "%s: out of memory for a request context", call);
+    duet__tp_seterr(errbuf, "ofi", "%s: out of memory for a request context", call);
     return DUET_ERR_NO_MEMORY;
   }
   if (e->need_desc && len) {
@@ -401,15 +384,16 @@ static duet_status_t ofi_post(ofi_ep_t *e, int is_recv, int peer, void *buf, siz
     st = ofi_progress_ep(e, errbuf);
     return st < 0 ? st : DUET_IN_PROGRESS;
   }
-  ofi_seterr(errbuf, "%s(peer %d, %zu bytes, tag 0x%" PRIx64 "): %s", call, peer, len, tag,
-             fi_strerror((int)-ret));
+  duet__tp_seterr(errbuf, "ofi", "%s(peer %d, %zu bytes, tag 0x%" PRIx64 "): %s", call, peer, len,
+                  tag, fi_strerror((int)-ret));
   return DUET_ERR_TRANSPORT;
 }
 
 static int ofi_tag_ok(uint64_t tag, const char *call, char *errbuf) {
   if ((tag & OFI_TAG_RESERVED) != OFI_TAG_RESERVED)
     return 1;
-  ofi_seterr(errbuf, "%s: tag 0x%" PRIx64 " is reserved (bits 63 and 62 both set)", call, tag);
+  duet__tp_seterr(errbuf, "ofi", "%s: tag 0x%" PRIx64 " is reserved (bits 63 and 62 both set)",
+                  call, tag);
   return 0;
 }
 
@@ -547,7 +531,7 @@ static duet_status_t ofi_open(const duet__tp_params_t *params, duet__tp_ep_t **o
   *out = NULL;
   e = calloc(1, sizeof *e);
   if (!e) {
-    ofi_seterr(errbuf, "open: out of memory");
+    duet__tp_seterr(errbuf, "ofi", "open: out of memory");
     return DUET_ERR_NO_MEMORY;
   }
   page = sysconf(_SC_PAGESIZE);
@@ -557,8 +541,8 @@ static duet_status_t ofi_open(const duet__tp_params_t *params, duet__tp_ep_t **o
   ofi_set_env_defaults();
   ret = ofi_getinfo(prov, iface, &e->info);
   if (ret) {
-    ofi_seterr(errbuf, "fi_getinfo(prov=%s, iface=%s): %s", prov ? prov : "any",
-               iface ? iface : "any", fi_strerror(-ret));
+    duet__tp_seterr(errbuf, "ofi", "fi_getinfo(prov=%s, iface=%s): %s", prov ? prov : "any",
+                    iface ? iface : "any", fi_strerror(-ret));
     st = ret == -FI_ENODATA  ? DUET_ERR_UNSUPPORTED
          : ret == -FI_ENOMEM ? DUET_ERR_NO_MEMORY
                              : DUET_ERR_TRANSPORT;
@@ -582,19 +566,21 @@ static duet_status_t ofi_open(const duet__tp_params_t *params, duet__tp_ep_t **o
 
   ret = fi_fabric(e->info->fabric_attr, &e->fabric, NULL);
   if (ret) {
-    ofi_seterr(errbuf, "fi_fabric(%s): %s", e->info->fabric_attr->name, fi_strerror(-ret));
+    duet__tp_seterr(errbuf, "ofi", "fi_fabric(%s): %s", e->info->fabric_attr->name,
+                    fi_strerror(-ret));
     goto out_free_info;
   }
   ret = fi_domain(e->fabric, e->info, &e->domain, NULL);
   if (ret) {
-    ofi_seterr(errbuf, "fi_domain(%s): %s", e->info->domain_attr->name, fi_strerror(-ret));
+    duet__tp_seterr(errbuf, "ofi", "fi_domain(%s): %s", e->info->domain_attr->name,
+                    fi_strerror(-ret));
     goto out_close_fabric;
   }
   memset(&av_attr, 0, sizeof av_attr);
   av_attr.type = FI_AV_TABLE;
   ret = fi_av_open(e->domain, &av_attr, &e->av, NULL);
   if (ret) {
-    ofi_seterr(errbuf, "fi_av_open: %s", fi_strerror(-ret));
+    duet__tp_seterr(errbuf, "ofi", "fi_av_open: %s", fi_strerror(-ret));
     goto out_close_domain;
   }
   /* Oversubscribed ranks sleep on the CQ's descriptor instead of spinning
@@ -614,27 +600,27 @@ static duet_status_t ofi_open(const duet__tp_params_t *params, duet__tp_ep_t **o
     ret = fi_cq_open(e->domain, &cq_attr, &e->cq, NULL);
   }
   if (ret) {
-    ofi_seterr(errbuf, "fi_cq_open: %s", fi_strerror(-ret));
+    duet__tp_seterr(errbuf, "ofi", "fi_cq_open: %s", fi_strerror(-ret));
     goto out_close_av;
   }
   ret = fi_endpoint(e->domain, e->info, &e->ep, NULL);
   if (ret) {
-    ofi_seterr(errbuf, "fi_endpoint: %s", fi_strerror(-ret));
+    duet__tp_seterr(errbuf, "ofi", "fi_endpoint: %s", fi_strerror(-ret));
     goto out_close_cq;
   }
   ret = fi_ep_bind(e->ep, &e->av->fid, 0);
   if (ret) {
-    ofi_seterr(errbuf, "fi_ep_bind(av): %s", fi_strerror(-ret));
+    duet__tp_seterr(errbuf, "ofi", "fi_ep_bind(av): %s", fi_strerror(-ret));
     goto out_close_endpoint;
   }
   ret = fi_ep_bind(e->ep, &e->cq->fid, FI_TRANSMIT | FI_RECV);
   if (ret) {
-    ofi_seterr(errbuf, "fi_ep_bind(cq): %s", fi_strerror(-ret));
+    duet__tp_seterr(errbuf, "ofi", "fi_ep_bind(cq): %s", fi_strerror(-ret));
     goto out_close_endpoint;
   }
   ret = fi_enable(e->ep);
   if (ret) {
-    ofi_seterr(errbuf, "fi_enable: %s", fi_strerror(-ret));
+    duet__tp_seterr(errbuf, "ofi", "fi_enable: %s", fi_strerror(-ret));
     goto out_close_endpoint;
   }
   *out = (duet__tp_ep_t *)e;
@@ -662,8 +648,8 @@ static duet_status_t ofi_get_addr(duet__tp_ep_t *ep, void *addr, size_t *addrlen
   size_t len = DUET_TP_ADDR_MAX;
   int ret = fi_getname(&e->ep->fid, addr, &len);
   if (ret) {
-    ofi_seterr(errbuf, "fi_getname: %s (address of %zu bytes, room for %d)", fi_strerror(-ret), len,
-               DUET_TP_ADDR_MAX);
+    duet__tp_seterr(errbuf, "ofi", "fi_getname: %s (address of %zu bytes, room for %d)",
+                    fi_strerror(-ret), len, DUET_TP_ADDR_MAX);
     return DUET_ERR_TRANSPORT;
   }
   *addrlen = len;
@@ -679,7 +665,7 @@ static duet_status_t ofi_warmup(ofi_ep_t *e, char *errbuf) {
 
   e->warm = calloc(2 * (size_t)n, sizeof *e->warm);
   if (!e->warm) {
-    ofi_seterr(errbuf, "insert_peers: out of memory for %d warm-up requests", 2 * n);
+    duet__tp_seterr(errbuf, "ofi", "insert_peers: out of memory for %d warm-up requests", 2 * n);
     return DUET_ERR_NO_MEMORY;
   }
   /* receives first, then sends; each post retries while the provider is busy */
@@ -689,8 +675,8 @@ static duet_status_t ofi_warmup(ofi_ep_t *e, char *errbuf) {
     while ((st = ofi_post(e, is_recv, peer, NULL, 0, OFI_TAG_WARMUP, req, errbuf)) ==
            DUET_IN_PROGRESS) {
       if (ofi_now() > deadline) {
-        ofi_seterr(errbuf, "warm-up: could not post a %s for peer %d within %d s",
-                   is_recv ? "receive" : "send", peer, OFI_WARMUP_SEC);
+        duet__tp_seterr(errbuf, "ofi", "warm-up: could not post a %s for peer %d within %d s",
+                        is_recv ? "receive" : "send", peer, OFI_WARMUP_SEC);
         return DUET_ERR_TIMEOUT;
       }
     }
@@ -700,8 +686,9 @@ static duet_status_t ofi_warmup(ofi_ep_t *e, char *errbuf) {
   for (int next = 0;;) {
     while (next < 2 * n && e->warm[next].done) {
       if (e->warm[next].status != DUET_SUCCESS) {
-        ofi_seterr(errbuf, "warm-up %s peer %d failed: %s", next % 2 ? "send to" : "recv from",
-                   next / 2, errbuf ? errbuf : "see the log");
+        duet__tp_seterr(errbuf, "ofi", "warm-up %s peer %d failed: %s",
+                        next % 2 ? "send to" : "recv from", next / 2,
+                        errbuf ? errbuf : "see the log");
         return e->warm[next].status;
       }
       next++;
@@ -709,8 +696,8 @@ static duet_status_t ofi_warmup(ofi_ep_t *e, char *errbuf) {
     if (next == 2 * n)
       break;
     if (ofi_now() > deadline) {
-      ofi_seterr(errbuf, "warm-up: peer %d did not %s within %d s", next / 2,
-                 next % 2 ? "accept our message" : "send its message", OFI_WARMUP_SEC);
+      duet__tp_seterr(errbuf, "ofi", "warm-up: peer %d did not %s within %d s", next / 2,
+                      next % 2 ? "accept our message" : "send its message", OFI_WARMUP_SEC);
       return DUET_ERR_TIMEOUT;
     }
     st = ofi_progress_ep(e, errbuf);
@@ -727,24 +714,24 @@ static duet_status_t ofi_insert_peers(duet__tp_ep_t *ep, int npeers, const void 
   (void)addrlens; /* the provider knows its address format */
 
   if (e->peers) {
-    ofi_seterr(errbuf, "insert_peers: called twice");
+    duet__tp_seterr(errbuf, "ofi", "insert_peers: called twice");
     return DUET_ERR_INVALID_ARGUMENT;
   }
   if (npeers <= 0) {
-    ofi_seterr(errbuf, "insert_peers: npeers %d", npeers);
+    duet__tp_seterr(errbuf, "ofi", "insert_peers: npeers %d", npeers);
     return DUET_ERR_INVALID_ARGUMENT;
   }
   e->peers = calloc((size_t)npeers, sizeof *e->peers);
   if (!e->peers) {
-    ofi_seterr(errbuf, "insert_peers: out of memory for %d peers", npeers);
+    duet__tp_seterr(errbuf, "ofi", "insert_peers: out of memory for %d peers", npeers);
     return DUET_ERR_NO_MEMORY;
   }
   for (int k = 0; k < npeers; k++) {
     int ret =
         fi_av_insert(e->av, (const char *)addrs + (size_t)k * stride, 1, &e->peers[k], 0, NULL);
     if (ret != 1) {
-      ofi_seterr(errbuf, "fi_av_insert(peer %d): %s", k,
-                 ret < 0 ? fi_strerror(-ret) : "address rejected");
+      duet__tp_seterr(errbuf, "ofi", "fi_av_insert(peer %d): %s", k,
+                      ret < 0 ? fi_strerror(-ret) : "address rejected");
       return DUET_ERR_TRANSPORT;
     }
   }

@@ -45,25 +45,6 @@ typedef struct self_ep {
   int npeers;
 } self_ep_t;
 
-static void self_seterr(char *errbuf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void self_seterr(char *errbuf, const char *fmt, ...) {
-  char tmp[DUET_TP_ERRLEN];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(tmp, sizeof tmp, fmt, ap);
-  va_end(ap);
-  if (errbuf)
-    memcpy(errbuf, tmp, sizeof tmp);
-  DUET_WARN(DUET_SUB_NET, "self: %s", tmp);
-}
-
-static void self_complete(duet__tp_req_t *req, size_t len, duet_status_t status) {
-  req->status = status;
-  req->len = len;
-  __atomic_store_n(&req->done, 1, __ATOMIC_RELEASE);
-}
-
 /* Remove and return the oldest entry of q with tag, or NULL. */
 static self_op_t *self_take(self_queue_t *q, uint64_t tag) {
   for (self_op_t **pp = &q->head; *pp; pp = &(*pp)->next) {
@@ -84,7 +65,7 @@ static duet_status_t self_enqueue(self_ep_t *e, self_queue_t *q, duet__tp_req_t 
   if (op) {
     e->free_ops = op->next;
   } else if (!(op = malloc(sizeof *op))) {
-    self_seterr(errbuf, "out of memory queueing a message of %zu bytes", len);
+    duet__tp_seterr(errbuf, "self", "out of memory queueing a message of %zu bytes", len);
     return DUET_ERR_NO_MEMORY;
   }
   op->next = NULL;
@@ -109,19 +90,19 @@ static void self_deliver(duet__tp_req_t *sreq, const void *sbuf, size_t slen, du
               "self: message of %zu bytes, tag 0x%llx, longer than the receive "
               "buffer of %zu bytes",
               slen, (unsigned long long)tag, rlen);
-  self_complete(sreq, slen, st);
-  self_complete(rreq, n, st);
+  duet__tp_complete(sreq, st, slen);
+  duet__tp_complete(rreq, st, n);
 }
 
 static duet_status_t self_check(self_ep_t *e, int peer, const void *buf, size_t len,
                                 const char *call, char *errbuf) {
   if (peer != 0 || e->npeers != 1) {
-    self_seterr(errbuf, "%s: peer %d invalid (the only peer is 0%s)", call, peer,
-                e->npeers ? "" : ", and insert_peers was not called");
+    duet__tp_seterr(errbuf, "self", "%s: peer %d invalid (the only peer is 0%s)", call, peer,
+                    e->npeers ? "" : ", and insert_peers was not called");
     return DUET_ERR_INVALID_ARGUMENT;
   }
   if (len && !buf) {
-    self_seterr(errbuf, "%s: NULL buffer of %zu bytes", call, len);
+    duet__tp_seterr(errbuf, "self", "%s: NULL buffer of %zu bytes", call, len);
     return DUET_ERR_INVALID_ARGUMENT;
   }
   return DUET_SUCCESS;
@@ -185,7 +166,7 @@ static duet_status_t self_open(const duet__tp_params_t *params, duet__tp_ep_t **
   *out = NULL;
   e = calloc(1, sizeof *e);
   if (!e) {
-    self_seterr(errbuf, "open: out of memory");
+    duet__tp_seterr(errbuf, "self", "open: out of memory");
     return DUET_ERR_NO_MEMORY;
   }
   e->sends.tail = &e->sends.head;
@@ -207,11 +188,12 @@ static duet_status_t self_insert_peers(duet__tp_ep_t *ep, int npeers, const void
   self_ep_t *e = (self_ep_t *)ep;
   (void)stride;
   if (npeers != 1) {
-    self_seterr(errbuf, "insert_peers: %d peers; the self transport has exactly one", npeers);
+    duet__tp_seterr(errbuf, "self", "insert_peers: %d peers; the self transport has exactly one",
+                    npeers);
     return DUET_ERR_INVALID_ARGUMENT;
   }
   if ((addrlens && addrlens[0] != 1) || *(const unsigned char *)addrs != SELF_ADDR_BYTE) {
-    self_seterr(errbuf, "insert_peers: address is not a self-transport address");
+    duet__tp_seterr(errbuf, "self", "insert_peers: address is not a self-transport address");
     return DUET_ERR_INVALID_ARGUMENT;
   }
   e->npeers = 1;

@@ -68,7 +68,7 @@ static duet_status_t tcp_pick_addr(const char *iface, struct sockaddr_storage *s
     return DUET_SUCCESS;
   }
   if (getifaddrs(&ifs) != 0) {
-    duet__tcp_seterr(errbuf, "getifaddrs: %s", strerror(errno));
+    duet__tp_seterr(errbuf, "tcp", "getifaddrs: %s", strerror(errno));
     return DUET_ERR_SYSTEM;
   }
   for (int pass = 0; pass < 2 && !pick; pass++) /* IPv4 first, then IPv6 */
@@ -89,10 +89,10 @@ static duet_status_t tcp_pick_addr(const char *iface, struct sockaddr_storage *s
   }
   freeifaddrs(ifs);
   if (!pick && iface) {
-    duet__tcp_seterr(errbuf,
-                     "interface '%s' has no IP address that is up (DUET_UPN_IFACE / "
-                     "DUET_HPN_IFACE name an interface or an address)",
-                     iface);
+    duet__tp_seterr(errbuf, "tcp",
+                    "interface '%s' has no IP address that is up (DUET_UPN_IFACE / "
+                    "DUET_HPN_IFACE name an interface or an address)",
+                    iface);
     return DUET_ERR_INVALID_ARGUMENT;
   }
   return DUET_SUCCESS;
@@ -113,7 +113,7 @@ duet_status_t duet__tcp_open(const duet__tp_params_t *params, duet__tp_ep_t **ou
   *out = NULL;
   e = calloc(1, sizeof *e);
   if (!e) {
-    duet__tcp_seterr(errbuf, "open: out of memory");
+    duet__tp_seterr(errbuf, "tcp", "open: out of memory");
     return DUET_ERR_NO_MEMORY;
   }
   e->epfd = -1;
@@ -122,21 +122,21 @@ duet_status_t duet__tcp_open(const duet__tp_params_t *params, duet__tp_ep_t **ou
   if (st != DUET_SUCCESS)
     goto out_free;
   if (getrandom(e->addr.token, sizeof e->addr.token, 0) != (ssize_t)sizeof e->addr.token) {
-    duet__tcp_seterr(errbuf, "getrandom: %s", strerror(errno));
+    duet__tp_seterr(errbuf, "tcp", "getrandom: %s", strerror(errno));
     st = DUET_ERR_SYSTEM;
     goto out_free;
   }
   e->lfd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (e->lfd < 0) {
-    duet__tcp_seterr(errbuf, "socket: %s", strerror(errno));
+    duet__tp_seterr(errbuf, "tcp", "socket: %s", strerror(errno));
     st = DUET_ERR_SYSTEM;
     goto out_free;
   }
   (void)setsockopt(e->lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
   if (bind(e->lfd, (struct sockaddr *)&ss, sslen) != 0 || listen(e->lfd, SOMAXCONN) != 0 ||
       getsockname(e->lfd, (struct sockaddr *)&ss, &sslen) != 0) {
-    duet__tcp_seterr(errbuf, "listen on %s: %s",
-                     params && params->iface ? params->iface : "default", strerror(errno));
+    duet__tp_seterr(errbuf, "tcp", "listen on %s: %s",
+                    params && params->iface ? params->iface : "default", strerror(errno));
     st = DUET_ERR_SYSTEM;
     goto out_close_listen;
   }
@@ -208,12 +208,12 @@ static duet_status_t tcp_connect_start(tcp_ep_t *e, int k, int lane, const tcp_a
   }
   fd = socket(a->family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) {
-    duet__tcp_seterr(errbuf, "socket for peer %d: %s", k, strerror(errno));
+    duet__tp_seterr(errbuf, "tcp", "socket for peer %d: %s", k, strerror(errno));
     return DUET_ERR_SYSTEM;
   }
   tcp_nodelay(fd);
   if (connect(fd, (struct sockaddr *)&ss, sslen) != 0 && errno != EINPROGRESS) {
-    duet__tcp_seterr(errbuf, "connect to peer %d: %s", k, strerror(errno));
+    duet__tp_seterr(errbuf, "tcp", "connect to peer %d: %s", k, strerror(errno));
     close(fd);
     return DUET_ERR_REMOTE;
   }
@@ -291,11 +291,11 @@ duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *
   duet_status_t st = DUET_SUCCESS;
 
   if (e->conns) {
-    duet__tcp_seterr(errbuf, "insert_peers: called twice");
+    duet__tp_seterr(errbuf, "tcp", "insert_peers: called twice");
     return DUET_ERR_INVALID_ARGUMENT;
   }
   if (npeers <= 0) {
-    duet__tcp_seterr(errbuf, "insert_peers: npeers %d", npeers);
+    duet__tp_seterr(errbuf, "tcp", "insert_peers: npeers %d", npeers);
     return DUET_ERR_INVALID_ARGUMENT;
   }
   e->conns = calloc((size_t)npeers, sizeof *e->conns);
@@ -304,7 +304,7 @@ duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *
   pfd = calloc(2 * (size_t)npeers + (size_t)maxpend + 1, sizeof *pfd);
   sent = calloc(2 * (size_t)npeers, 1);
   if (!e->conns || !pend || !pfd || !sent) {
-    duet__tcp_seterr(errbuf, "insert_peers: out of memory for %d peers", npeers);
+    duet__tp_seterr(errbuf, "tcp", "insert_peers: out of memory for %d peers", npeers);
     st = DUET_ERR_NO_MEMORY;
     goto out;
   }
@@ -322,14 +322,14 @@ duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *
     tcp_conn_t *c = &e->conns[k];
     tcp_addr_t a;
     if (addrlens[k] != sizeof a) {
-      duet__tcp_seterr(errbuf, "insert_peers: peer %d's address has %zu bytes, want %zu", k,
-                       addrlens[k], sizeof a);
+      duet__tp_seterr(errbuf, "tcp", "insert_peers: peer %d's address has %zu bytes, want %zu", k,
+                      addrlens[k], sizeof a);
       st = DUET_ERR_INVALID_ARGUMENT;
       goto out;
     }
     memcpy(&a, (const char *)addrs + (size_t)k * stride, sizeof a);
     if (a.magic != TCP_MAGIC || (a.family != AF_INET && a.family != AF_INET6)) {
-      duet__tcp_seterr(errbuf, "insert_peers: peer %d's address is not a tcp address", k);
+      duet__tp_seterr(errbuf, "tcp", "insert_peers: peer %d's address is not a tcp address", k);
       st = DUET_ERR_INVALID_ARGUMENT;
       goto out;
     }
@@ -346,7 +346,7 @@ duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *
       want_in += tcp_in_missing(e, k, l);
       c->rx[l].stage = malloc(TCP_STAGE);
       if (!c->rx[l].stage) {
-        duet__tcp_seterr(errbuf, "insert_peers: out of memory for staging buffers");
+        duet__tp_seterr(errbuf, "tcp", "insert_peers: out of memory for staging buffers");
         st = DUET_ERR_NO_MEMORY;
         goto out;
       }
@@ -370,9 +370,9 @@ duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *
         if (out_missing || tcp_in_missing(e, k, TCP_MAIN) || tcp_in_missing(e, k, TCP_BULK))
           break;
       }
-      duet__tcp_seterr(errbuf,
-                       "insert_peers: no %s peer %d within %d s (it did not open its endpoint?)",
-                       out_missing ? "connection to" : "connection from", k, TCP_CONNECT_SEC);
+      duet__tp_seterr(errbuf, "tcp",
+                      "insert_peers: no %s peer %d within %d s (it did not open its endpoint?)",
+                      out_missing ? "connection to" : "connection from", k, TCP_CONNECT_SEC);
       st = DUET_ERR_TIMEOUT;
       goto out;
     }
@@ -384,7 +384,7 @@ duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *
       pfd[n++] = (struct pollfd){.fd = pend[i].fd, .events = POLLIN};
     ready = poll(pfd, (nfds_t)n, 100);
     if (ready < 0 && errno != EINTR) {
-      duet__tcp_seterr(errbuf, "insert_peers: poll: %s", strerror(errno));
+      duet__tp_seterr(errbuf, "tcp", "insert_peers: poll: %s", strerror(errno));
       st = DUET_ERR_SYSTEM;
       goto out;
     }
@@ -399,14 +399,14 @@ duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *
         continue;
       (void)getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
       if (err != 0) {
-        duet__tcp_seterr(errbuf, "insert_peers: connect to peer %d: %s", k, strerror(err));
+        duet__tp_seterr(errbuf, "tcp", "insert_peers: connect to peer %d: %s", k, strerror(err));
         st = DUET_ERR_REMOTE;
         goto out;
       }
       memcpy(h.to, e->conns[k].token, sizeof h.to);
       memcpy(h.from, e->addr.token, sizeof h.from);
       if (send(fd, &h, sizeof h, MSG_NOSIGNAL) != (ssize_t)sizeof h) {
-        duet__tcp_seterr(errbuf, "insert_peers: hello to peer %d: %s", k, strerror(errno));
+        duet__tp_seterr(errbuf, "tcp", "insert_peers: hello to peer %d: %s", k, strerror(errno));
         st = DUET_ERR_REMOTE;
         goto out;
       }

@@ -58,22 +58,6 @@
 #include "core/log.h"
 #include "tcp.h"
 
-void duet__tcp_seterr(char *errbuf, const char *fmt, ...) {
-  char tmp[DUET_TP_ERRLEN];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(tmp, sizeof tmp, fmt, ap);
-  va_end(ap);
-  if (errbuf)
-    memcpy(errbuf, tmp, sizeof tmp);
-  DUET_WARN(DUET_SUB_NET, "tcp: %s", tmp);
-}
-
-static void tcp_complete(tcp_op_t *op, duet_status_t st, size_t len) {
-  op->req->status = st;
-  op->req->len = len;
-  __atomic_store_n(&op->req->done, 1, __ATOMIC_RELEASE);
-}
 /* ---- free lists ---------------------------------------------------------- */
 
 static tcp_op_t *tcp_op_get(tcp_ep_t *e) {
@@ -153,20 +137,20 @@ static void tcp_conn_fail(tcp_ep_t *e, tcp_conn_t *c, duet_status_t st, const ch
   va_start(ap, fmt);
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  duet__tcp_seterr(e->errbuf, "peer %d: %s", (int)(c - e->conns), msg);
+  duet__tp_seterr(e->errbuf, "tcp", "peer %d: %s", (int)(c - e->conns), msg);
   c->dead = st;
   for (int l = 0; l < TCP_LANES; l++) {
     tcp_rx_t *rx = &c->rx[l];
     tcp_tx_t *tx = &c->tx[l];
     if (rx->in_body && rx->cur) {
-      tcp_complete(rx->cur, st, 0);
+      duet__tp_complete(rx->cur->req, st, 0);
       tcp_op_put(e, rx->cur);
     }
     rx->cur = NULL;
     rx->parked = 0;
     for (tcp_op_t *op = tx->head, *next; op; op = next) {
       next = op->next;
-      tcp_complete(op, st, 0);
+      duet__tp_complete(op->req, st, 0);
       tcp_op_put(e, op);
     }
     tx->head = NULL;
@@ -174,14 +158,14 @@ static void tcp_conn_fail(tcp_ep_t *e, tcp_conn_t *c, duet_status_t st, const ch
   }
   for (tcp_op_t *op = c->rq_head, *next; op; op = next) {
     next = op->next;
-    tcp_complete(op, st, 0);
+    duet__tp_complete(op->req, st, 0);
     tcp_op_put(e, op);
   }
   c->rq_head = NULL;
   c->rq_tail = &c->rq_head;
   for (tcp_ux_t *u = c->ux_head; u; u = u->next)
     if (u->waiter) {
-      tcp_complete(u->waiter, st, 0);
+      duet__tp_complete(u->waiter->req, st, 0);
       tcp_op_put(e, u->waiter);
       u->waiter = NULL;
     }
@@ -193,11 +177,11 @@ static void tcp_body_done(tcp_ep_t *e, tcp_conn_t *c, tcp_rx_t *rx) {
   if (rx->cur) {
     tcp_op_t *op = rx->cur;
     if (rx->body_len > op->len) {
-      tcp_complete(op, DUET_ERR_MISMATCH, op->len);
-      duet__tcp_seterr(e->errbuf, "peer %d sent %zu bytes with tag %#llx, receive holds %zu",
-                       (int)(c - e->conns), rx->body_len, (unsigned long long)op->tag, op->len);
+      duet__tp_complete(op->req, DUET_ERR_MISMATCH, op->len);
+      duet__tp_seterr(e->errbuf, "tcp", "peer %d sent %zu bytes with tag %#llx, receive holds %zu",
+                      (int)(c - e->conns), rx->body_len, (unsigned long long)op->tag, op->len);
     } else {
-      tcp_complete(op, DUET_SUCCESS, rx->body_len);
+      duet__tp_complete(op->req, DUET_SUCCESS, rx->body_len);
     }
     tcp_op_put(e, op);
   } else if (rx->cur_ux && rx->cur_ux->waiter) {
@@ -206,9 +190,9 @@ static void tcp_body_done(tcp_ep_t *e, tcp_conn_t *c, tcp_rx_t *rx) {
     tcp_op_t *op = u->waiter;
     if (op->len > 0)
       memcpy(op->buf, u->data, op->len);
-    tcp_complete(op, DUET_ERR_MISMATCH, op->len);
-    duet__tcp_seterr(e->errbuf, "peer %d sent %zu bytes with tag %#llx, receive holds %zu",
-                     (int)(c - e->conns), u->len, (unsigned long long)op->tag, op->len);
+    duet__tp_complete(op->req, DUET_ERR_MISMATCH, op->len);
+    duet__tp_seterr(e->errbuf, "tcp", "peer %d sent %zu bytes with tag %#llx, receive holds %zu",
+                    (int)(c - e->conns), u->len, (unsigned long long)op->tag, op->len);
     tcp_op_put(e, op);
     while (*pp != u)
       pp = &(*pp)->next;
@@ -464,7 +448,7 @@ static void tcp_conn_write(tcp_ep_t *e, tcp_conn_t *c, tcp_tx_t *tx) {
     tx->head = op->next;
     if (!tx->head)
       tx->tail = &tx->head;
-    tcp_complete(op, DUET_SUCCESS, op->len);
+    duet__tp_complete(op->req, DUET_SUCCESS, op->len);
     tcp_op_put(e, op);
   }
 }
@@ -474,52 +458,63 @@ static void tcp_conn_write(tcp_ep_t *e, tcp_conn_t *c, tcp_tx_t *tx) {
 static duet_status_t tcp_check(tcp_ep_t *e, const char *call, int peer, const void *buf, size_t len,
                                duet__tp_req_t *req, char *errbuf) {
   if (!req) {
-    duet__tcp_seterr(errbuf, "%s: req is NULL", call);
+    duet__tp_seterr(errbuf, "tcp", "%s: req is NULL", call);
     return DUET_ERR_INVALID_ARGUMENT;
   }
   if (peer < 0 || peer >= e->npeers) {
-    duet__tcp_seterr(errbuf, "%s: peer %d out of range (%d peers)", call, peer, e->npeers);
+    duet__tp_seterr(errbuf, "tcp", "%s: peer %d out of range (%d peers)", call, peer, e->npeers);
     return DUET_ERR_INVALID_ARGUMENT;
   }
   if (!buf && len > 0) {
-    duet__tcp_seterr(errbuf, "%s: buf is NULL with len %zu", call, len);
+    duet__tp_seterr(errbuf, "tcp", "%s: buf is NULL with len %zu", call, len);
     return DUET_ERR_INVALID_ARGUMENT;
   }
   if ((uint64_t)len > TCP_MAX_LEN) {
-    duet__tcp_seterr(errbuf, "%s: len %zu exceeds 2^48", call, len);
+    duet__tp_seterr(errbuf, "tcp", "%s: len %zu exceeds 2^48", call, len);
     return DUET_ERR_INVALID_ARGUMENT;
   }
   if (e->conns[peer].dead) {
-    duet__tcp_seterr(errbuf, "%s: the connection to peer %d failed earlier", call, peer);
+    duet__tp_seterr(errbuf, "tcp", "%s: the connection to peer %d failed earlier", call, peer);
     return e->conns[peer].dead;
   }
+  return DUET_SUCCESS;
+}
+
+/* Check a send or receive and take an operation for it. */
+static duet_status_t tcp_post(tcp_ep_t *e, const char *call, int peer, void *buf, size_t len,
+                              uint64_t tag, duet__tp_req_t *req, char *errbuf, tcp_op_t **out) {
+  duet_status_t st = tcp_check(e, call, peer, buf, len, req, errbuf);
+  tcp_op_t *op;
+  e->errbuf = errbuf;
+  if (st != DUET_SUCCESS)
+    return st;
+  op = tcp_op_get(e);
+  if (!op) {
+    duet__tp_seterr(errbuf, "tcp", "%s: out of memory for an operation", call);
+    return DUET_ERR_NO_MEMORY;
+  }
+  op->req = req;
+  op->buf = buf;
+  op->len = len;
+  op->tag = tag;
+  req->done = 0;
+  *out = op;
   return DUET_SUCCESS;
 }
 
 static duet_status_t tcp_isend(duet__tp_ep_t *ep, int peer, const void *buf, size_t len,
                                uint64_t tag, duet__tp_req_t *req, char *errbuf) {
   tcp_ep_t *e = (tcp_ep_t *)ep;
-  duet_status_t st = tcp_check(e, "isend", peer, buf, len, req, errbuf);
   tcp_conn_t *c;
   tcp_tx_t *tx;
   tcp_op_t *op;
-  e->errbuf = errbuf;
+  duet_status_t st = tcp_post(e, "isend", peer, (void *)buf, len, tag, req, errbuf, &op);
   if (st != DUET_SUCCESS)
     return st;
   c = &e->conns[peer];
-  op = tcp_op_get(e);
-  if (!op) {
-    duet__tcp_seterr(errbuf, "isend: out of memory for an operation");
-    return DUET_ERR_NO_MEMORY;
-  }
   tx = &c->tx[len >= TCP_BULK_MIN && c->tx[TCP_BULK].fd >= 0 ? TCP_BULK : TCP_MAIN];
-  op->req = req;
-  op->buf = (uint8_t *)buf;
-  op->len = len;
-  op->tag = tag;
   op->off = 0;
   op->hdr = (tcp_hdr_t){.magic = TCP_MAGIC, .seq = c->sseq++, .tag = tag, .len = len};
-  req->done = 0;
   *tx->tail = op;
   tx->tail = &op->next;
   if (tx->head == op)
@@ -530,24 +525,13 @@ static duet_status_t tcp_isend(duet__tp_ep_t *ep, int peer, const void *buf, siz
 static duet_status_t tcp_irecv(duet__tp_ep_t *ep, int peer, void *buf, size_t len, uint64_t tag,
                                duet__tp_req_t *req, char *errbuf) {
   tcp_ep_t *e = (tcp_ep_t *)ep;
-  duet_status_t st = tcp_check(e, "irecv", peer, buf, len, req, errbuf);
   tcp_conn_t *c;
   tcp_ux_t **pp, *u;
   tcp_op_t *op;
-  e->errbuf = errbuf;
+  duet_status_t st = tcp_post(e, "irecv", peer, buf, len, tag, req, errbuf, &op);
   if (st != DUET_SUCCESS)
     return st;
   c = &e->conns[peer];
-  op = tcp_op_get(e);
-  if (!op) {
-    duet__tcp_seterr(errbuf, "irecv: out of memory for an operation");
-    return DUET_ERR_NO_MEMORY;
-  }
-  op->req = req;
-  op->buf = buf;
-  op->len = len;
-  op->tag = tag;
-  req->done = 0;
   for (pp = &c->ux_head; *pp && ((*pp)->tag != tag || (*pp)->waiter); pp = &(*pp)->next)
     ;
   if (!*pp) { /* not here yet */
@@ -566,11 +550,12 @@ static duet_status_t tcp_irecv(duet__tp_ep_t *ep, int peer, void *buf, size_t le
     if (len > 0 && u->len > 0) /* an empty buffer may be NULL */
       memcpy(op->buf, u->data, u->len < len ? u->len : len);
     if (u->len > len) {
-      duet__tcp_seterr(errbuf, "irecv: peer %d sent %zu bytes with tag %#llx, receive holds %zu",
-                       peer, u->len, (unsigned long long)tag, len);
-      tcp_complete(op, DUET_ERR_MISMATCH, len);
+      duet__tp_seterr(errbuf, "tcp",
+                      "irecv: peer %d sent %zu bytes with tag %#llx, receive holds %zu", peer,
+                      u->len, (unsigned long long)tag, len);
+      duet__tp_complete(op->req, DUET_ERR_MISMATCH, len);
     } else {
-      tcp_complete(op, DUET_SUCCESS, u->len);
+      duet__tp_complete(op->req, DUET_SUCCESS, u->len);
     }
     tcp_op_put(e, op);
     op = NULL;
@@ -643,7 +628,7 @@ static duet_status_t tcp_wait_fd(duet__tp_ep_t *ep, int *fd, char *errbuf) {
       if (fds[i] < 0)
         continue;
       if (tcp_epoll_set(e, fds[i], &c->ev[i], want[i]) != 0) {
-        duet__tcp_seterr(errbuf, "epoll_ctl(peer %d): %s", k, strerror(errno));
+        duet__tp_seterr(errbuf, "tcp", "epoll_ctl(peer %d): %s", k, strerror(errno));
         return DUET_ERR_UNSUPPORTED;
       }
       watched += want[i] != 0;

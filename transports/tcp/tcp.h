@@ -118,8 +118,6 @@ typedef struct tcp_ep {
   char *errbuf; /* the current call's errbuf: a receive's error is written there */
 } tcp_ep_t;
 
-void duet__tcp_seterr(char *errbuf, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
 /* endpoint.c: the transport's open, get_addr, insert_peers and close. */
 duet_status_t duet__tcp_open(const duet__tp_params_t *params, duet__tp_ep_t **out, char *errbuf);
 duet_status_t duet__tcp_get_addr(duet__tp_ep_t *ep, void *addr, size_t *addrlen, char *errbuf);

@@ -1,0 +1,27 @@
+/*
+ * transport.c - what every transport shares: reporting an error, completing
+ * a request.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "transport.h"
+
+void duet__tp_seterr(char *errbuf, const char *who, const char *fmt, ...) {
+  char tmp[DUET_TP_ERRLEN];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(tmp, sizeof tmp, fmt, ap);
+  va_end(ap);
+  if (errbuf)
+    memcpy(errbuf, tmp, sizeof tmp);
+  DUET_WARN(DUET_SUB_NET, "%s: %s", who, tmp);
+}
+
+void duet__tp_complete(duet__tp_req_t *req, duet_status_t status, size_t len) {
+  req->status = status;
+  req->len = len;
+  __atomic_store_n(&req->done, 1, __ATOMIC_RELEASE);
+}
