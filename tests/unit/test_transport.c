@@ -21,6 +21,8 @@
 #include <string.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -605,6 +607,23 @@ Test(transport_ofi, tcp_registered, .timeout = 120) {
 Test(transport_ofi, shm_registered, .timeout = 120) {
   duet__ofi_test_force_mr = 1;
   run_pair(&duet__tp_ofi, "shm", NULL, 0);
+}
+
+/* A killed process leaves its shm region ("<pid>:0:0") behind; a later
+ * process with the same id must still open shm endpoints. */
+Test(transport_ofi, shm_despite_stale_region) {
+  duet__tp_params_t params = {.provider = "shm", .iface = NULL, .yield = 0};
+  duet__tp_ep_t *ep = NULL;
+  char err[DUET_TP_ERRLEN] = "", name[64];
+  int fd;
+  snprintf(name, sizeof name, "/%d:0:0", (int)getpid());
+  fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+  cr_assert_geq(fd, 0, "shm_open(%s): %s", name, strerror(errno));
+  close(fd);
+  duet_status_t st = duet__tp_ofi.open(&params, &ep, err);
+  shm_unlink(name);
+  cr_assert_eq(st, DUET_SUCCESS, "open(shm) beside a stale %s: %s", name, err);
+  duet__tp_ofi.close(ep);
 }
 
 Test(transport_ofi, nonexistent_provider) {

@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -454,6 +455,29 @@ static void ofi_set_env_defaults(void) {
     }
 }
 
+/*
+ * shm names an endpoint's shared-memory region after the process id
+ * ("<pid>:<n>:0" under /dev/shm) and creates it exclusively. A process that
+ * was killed leaves its region behind, and a later process that gets the
+ * same id then fails in fi_enable with "Device or resource busy". A random
+ * name of our own avoids that; the address exchange carries whatever name
+ * the endpoint has. Other providers keep their own names.
+ */
+static void ofi_unique_name(ofi_ep_t *e) {
+  uint64_t r = 0;
+  char name[64];
+  int ret;
+  if (strcmp(e->info->fabric_attr->prov_name, "shm") != 0)
+    return;
+  if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+    r = (uint64_t)ofi_now() * 1000003u ^ (uint64_t)getpid();
+  snprintf(name, sizeof name, "duet_%d_%016" PRIx64, (int)getpid(), r);
+  ret = fi_setname(&e->ep->fid, name, strlen(name) + 1);
+  if (ret)
+    DUET_INFO(DUET_SUB_NET, "ofi: shm keeps its own endpoint name (fi_setname: %s)",
+              fi_strerror(-ret));
+}
+
 /* fi_getinfo for the wanted provider; returns the matching entry (a copy) or
  * a negative libfabric code.
  *
@@ -618,6 +642,7 @@ static duet_status_t ofi_open(const duet__tp_params_t *params, duet__tp_ep_t **o
     duet__tp_seterr(errbuf, "ofi", "fi_ep_bind(cq): %s", fi_strerror(-ret));
     goto out_close_endpoint;
   }
+  ofi_unique_name(e);
   ret = fi_enable(e->ep);
   if (ret) {
     duet__tp_seterr(errbuf, "ofi", "fi_enable: %s", fi_strerror(-ret));
