@@ -36,6 +36,7 @@ typedef struct duet__tp_params {
   const char *iface;    /* interface name (tcp: or IP address) / libfabric domain name;
                            NULL: provider's choice */
   int yield;            /* progress should yield the CPU: more ranks than cores */
+  int tcp_sndbuf;       /* duet's tcp: SO_SNDBUF of bulk connections; 0: kernel's autotuning */
 } duet__tp_params_t;
 
 typedef struct duet__tp_ep duet__tp_ep_t; /* one transport's endpoint */

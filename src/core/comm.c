@@ -119,8 +119,10 @@ void duet__nets_release(duet_comm_t *comm) {
 
 static duet_status_t duet__open_net(duet_comm_t *comm, int n, const duet__tp_ops_t *ops,
                                     const char *provider, const char *iface, char *errbuf) {
-  duet__tp_params_t params = {provider[0] ? provider : NULL, iface[0] ? iface : NULL,
-                              comm->yield};
+  duet__tp_params_t params = {.provider = provider[0] ? provider : NULL,
+                              .iface = iface[0] ? iface : NULL,
+                              .yield = comm->yield,
+                              .tcp_sndbuf = comm->cfg.tcp_sndbuf};
   duet_status_t rc;
   comm->nets->net[n].ops = ops;
   snprintf(comm->nets->net[n].provider, sizeof(comm->nets->net[n].provider), "%s", provider);

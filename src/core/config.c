@@ -25,6 +25,7 @@ const duet__config_row_t duet__config_table[] = {
     {"DUET_ALGO", "", "force algorithms per collective, e.g. allreduce=hier,allgather=ring"},
     {"DUET_CHUNK_BYTES", "262144", "pipelining chunk of large collectives, bytes"},
     {"DUET_RD_MAX_BYTES", "16384", "allreduce uses recursive doubling up to this size, ring above"},
+    {"DUET_TCP_SNDBUF", "262144", "tcp: send buffer (SO_SNDBUF) of each connection for messages of 64 KiB or more, bytes; 0: the kernel's autotuning"},
     {"DUET_UPN_LAT_US", "", "tuner: UPN latency per message, microseconds (default: by provider)"},
     {"DUET_UPN_BW_GBPS", "", "tuner: UPN bandwidth per rank, GB/s (default: by provider)"},
     {"DUET_HPN_LAT_US", "", "tuner: HPN latency per message, microseconds (default: by provider)"},
@@ -242,6 +243,9 @@ duet_status_t duet__config_resolve(const duet_config_t *config, duet__cfg_t *cfg
   if (duet__config_num(-1, "DUET_RD_MAX_BYTES", 0, 1L << 30, &n, &cfg->src[8], errbuf, errlen))
     return DUET_ERR_INVALID_ARGUMENT;
   cfg->rd_max_bytes = (size_t)n;
+  if (duet__config_num(-1, "DUET_TCP_SNDBUF", 0, 1L << 30, &n, &cfg->src[10], errbuf, errlen))
+    return DUET_ERR_INVALID_ARGUMENT;
+  cfg->tcp_sndbuf = (int)n;
   {
     static const char *names[4] = {"DUET_UPN_LAT_US", "DUET_UPN_BW_GBPS", "DUET_HPN_LAT_US",
                                    "DUET_HPN_BW_GBPS"};

@@ -20,6 +20,7 @@ Test(config, defaults) {
   cr_assert_str_eq(cfg.upn_provider, "");
   cr_assert_str_eq(cfg.hpn_provider, "tcp");
   cr_assert_eq(cfg.chunk_bytes, 262144);
+  cr_assert_eq(cfg.tcp_sndbuf, 262144);
   cr_assert_eq(cfg.algo.coll[DUET_COLL_ALLREDUCE], DUET_ALGO_AUTO);
   cr_assert_str_eq(cfg.src[0], "default");
 }
@@ -33,7 +34,9 @@ Test(config, env_then_field) {
   setenv("DUET_UPN_PROVIDER", "tcp", 1);
   setenv("DUET_SUPERNODE", "sn7", 1);
   setenv("DUET_ALGO", "allreduce=rd,barrier=dissem", 1);
+  setenv("DUET_TCP_SNDBUF", "0", 1);
   cr_assert_eq(duet__config_resolve(NULL, &cfg, err, sizeof(err)), DUET_SUCCESS, "%s", err);
+  cr_assert_eq(cfg.tcp_sndbuf, 0);
   cr_assert_eq(cfg.timeout_ms, 1234);
   cr_assert_str_eq(cfg.src[0], "env");
   cr_assert_str_eq(cfg.upn_provider, "tcp");
@@ -68,6 +71,8 @@ Test(config, bad_values_are_errors) {
   expect_bad("DUET_TIMEOUT_MS", "12x");
   expect_bad("DUET_TIMEOUT_MS", "99999999999999");
   expect_bad("DUET_CHUNK_BYTES", "-5");
+  expect_bad("DUET_TCP_SNDBUF", "-1");
+  expect_bad("DUET_TCP_SNDBUF", "4k");
   expect_bad("DUET_PROGRESS_THREAD", "2");
   expect_bad("DUET_ALGO", "allreduce");
   expect_bad("DUET_ALGO", "allreduce=fast");

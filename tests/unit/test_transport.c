@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "transport.h"
+#include "tcp/tcp.h"
 
 #define WAIT_SEC 20.0 /* deadline of every wait */
 #define BIG (4u << 20)
@@ -422,6 +423,25 @@ static int order_across_lanes(pair_t *p) {
   return 0;
 }
 
+/* duet's tcp bounds the send buffer of the bulk lane it dials to the
+ * tcp_sndbuf it was opened with (Linux reports twice the value set), and
+ * leaves the main lane to the kernel's autotuning. */
+#define PAIR_SNDBUF (96 * 1024)
+static int bulk_sndbuf_bounded(pair_t *p) {
+  const tcp_ep_t *e = (const tcp_ep_t *)p->ep;
+  int bulk = 0, main = 0;
+  socklen_t len = sizeof bulk;
+  CHECK(p, getsockopt(e->conns[p->other].tx[TCP_BULK].fd, SOL_SOCKET, SO_SNDBUF, &bulk, &len) == 0,
+        "getsockopt(bulk): %s", strerror(errno));
+  len = sizeof main;
+  CHECK(p, getsockopt(e->conns[p->other].tx[TCP_MAIN].fd, SOL_SOCKET, SO_SNDBUF, &main, &len) == 0,
+        "getsockopt(main): %s", strerror(errno));
+  CHECK(p, bulk >= PAIR_SNDBUF && bulk <= 2 * PAIR_SNDBUF, "bulk lane SO_SNDBUF %d, want %d",
+        bulk, PAIR_SNDBUF);
+  CHECK(p, main != bulk, "main lane SO_SNDBUF %d was set too", main);
+  return 0;
+}
+
 /* NBUF messages at once from NBUF separate page-aligned buffers (more than
  * the ofi registration cache holds), then the same one by one. */
 static int many_buffers(pair_t *p) {
@@ -496,7 +516,8 @@ static int sleep_and_wake(pair_t *p) {
 /* One side of the pair test: open, exchange addresses, run everything. */
 static int pair_side(pair_t *p, const duet__tp_ops_t *tp, const char *prov, const char *iface,
                      int yield) {
-  duet__tp_params_t params = {.provider = prov, .iface = iface, .yield = yield};
+  duet__tp_params_t params = {
+      .provider = prov, .iface = iface, .yield = yield, .tcp_sndbuf = PAIR_SNDBUF};
   unsigned char addrs[2][DUET_TP_ADDR_MAX];
   size_t addrlens[2];
   char bye = 'b';
@@ -528,7 +549,8 @@ static int pair_side(pair_t *p, const duet__tp_ops_t *tp, const char *prov, cons
 
   ret = pingpong(p, 8, 1) || pingpong(p, BIG, 2) || many_tags(p) || zero_and_truncated(p) ||
         pingpong(p, 8, 5) || (overtaking && unexpected_large(p)) ||
-        (tp == &duet__tp_tcp && order_across_lanes(p)) || many_buffers(p) ||
+        (tp == &duet__tp_tcp && (order_across_lanes(p) || bulk_sndbuf_bounded(p))) ||
+        many_buffers(p) ||
         to_self_and_reserved(p) ||
         (yield && sleep_and_wake(p));
   if (ret)

@@ -108,6 +108,7 @@ typedef struct tcp_ep {
   int lfd;
   tcp_addr_t addr;
   int yield;
+  int sndbuf; /* SO_SNDBUF of the bulk lanes we dial (our sends); 0: autotuning */
   int epfd;
   int npeers;
   tcp_conn_t *conns;
