@@ -452,6 +452,14 @@ static double duet__tune_cost_dims(const duet__tune_dims_t *d, int coll, int alg
  *     rd 144; 2M rab 1446 / ring 2295; 8M rab 8529 / ring 8539
  *   alltoall tcp np4: 2K bruck 30.7 / pairwise 37.3; 8K pairwise 37.9 /
  *     bruck 42.7; 2M pairwise 429 / bruck 1523
+ * Re-measured after bulk lanes got a bounded send buffer (DUET_TCP_SNDBUF,
+ * 95c91bb; median of 3 sweeps, -n 20/40/40); the rows still hold:
+ *   allreduce np2: 128K rab 31.2 / rd 31.3; 512K rab 85.7 / ring 86.5 / rd
+ *     112; 2M ring 382 / rab 395; 8M ring 1656 / rab 1673
+ *   allreduce np4: 32K rd 40.5 / rab 68.7; 128K rab 109 / rd 121; 2M rab
+ *     1155 / ring 1179; 8M ring 5319 / rab 5765 (within 10%: rab kept)
+ *   alltoall np4: 8K bruck 33.8 / pairwise 37.2; 128K pairwise 57.7 /
+ *     bruck 71.5; 8M pairwise 2647 / bruck 8978
  * tcp;ofi_rxm with duet's rxm defaults:
  *   allreduce tcp np2: 32K rd 12.4 / rab 20.7; 128K rab 38.4 / ring 40.0 /
  *     rd 55.1; 512K rd 131 / rab 139; 2M ring 595 / rab 665; 8M ring 2616
