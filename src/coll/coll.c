@@ -67,6 +67,7 @@ static int duet__mem_path(const duet_comm_t *comm, int coll) {
   case DUET_COLL_ALLGATHER:
   case DUET_COLL_REDUCE_SCATTER:
   case DUET_COLL_ALLTOALL:
+  case DUET_COLL_ALLTOALLV:
   case DUET_COLL_BARRIER:
     return comm->mem != NULL && comm->nsupernodes == 1 &&
            comm->cfg.algo.coll[coll] == DUET_ALGO_AUTO;
@@ -114,6 +115,15 @@ static duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a
   case DUET_COLL_ALLTOALL:
     rc = duet__shm_alltoall(comm->mem, sendbuf, recvbuf, bytes, yield, ms, err);
     sent = recvd = bytes * peers;
+    break;
+  case DUET_COLL_ALLTOALLV:
+    rc = duet__shm_alltoallv(comm->mem, sendbuf, a->scounts, a->sdispls, recvbuf, a->rcounts,
+                             a->rdispls, a->dtsize, yield, ms, err);
+    for (int d = 0; d < n; d++)
+      if (d != comm->rank) {
+        sent += a->scounts[d] * a->dtsize;
+        recvd += a->rcounts[d] * a->dtsize;
+      }
     break;
   case DUET_COLL_BARRIER:
     rc = duet__shm_barrier(comm->mem, yield, ms, err);
@@ -577,7 +587,7 @@ static duet_status_t duet__alltoallv_post(const char *fn, const void *sendbuf,
                                           const size_t *sendcounts, const size_t *sdispls,
                                           void *recvbuf, const size_t *recvcounts,
                                           const size_t *rdispls, duet_datatype_t dt,
-                                          duet_comm_t *comm, duet_request_t **req) {
+                                          duet_comm_t *comm, int blocking, duet_request_t **req) {
   duet__coll_args_t a;
   size_t stotal, rtotal;
   TRY(duet__check_comm(comm, fn));
@@ -595,6 +605,7 @@ static duet_status_t duet__alltoallv_post(const char *fn, const void *sendbuf,
                            "%s: sendcounts[%d] = %zu but recvcounts[%d] = %zu (to itself)", fn,
                            comm->rank, sendcounts[comm->rank], comm->rank, recvcounts[comm->rank]);
   duet__args_init(&a, comm, DUET_COLL_ALLTOALLV, 0, dt, DUET_SUM, 0);
+  a.blocking = blocking;
   a.scounts = sendcounts;
   a.sdispls = sdispls;
   a.rcounts = recvcounts;
@@ -610,7 +621,7 @@ duet_status_t duet_ialltoallv(const void *sendbuf, const size_t *sendcounts,
                               const size_t *rdispls, duet_datatype_t dt, duet_comm_t *comm,
                               duet_request_t **req) {
   return duet__alltoallv_post("duet_ialltoallv", sendbuf, sendcounts, sdispls, recvbuf,
-                              recvcounts, rdispls, dt, comm, req);
+                              recvcounts, rdispls, dt, comm, 0, req);
 }
 
 duet_status_t duet_alltoallv(const void *sendbuf, const size_t *sendcounts, const size_t *sdispls,
@@ -618,7 +629,7 @@ duet_status_t duet_alltoallv(const void *sendbuf, const size_t *sendcounts, cons
                              duet_datatype_t dt, duet_comm_t *comm) {
   duet_request_t *req;
   TRY(duet__alltoallv_post("duet_alltoallv", sendbuf, sendcounts, sdispls, recvbuf, recvcounts,
-                           rdispls, dt, comm, &req));
+                           rdispls, dt, comm, 1, &req));
   return duet__wait_and_free(req);
 }
 

@@ -145,8 +145,8 @@ static duet_status_t duet__open_endpoints(duet_comm_t *comm, const duet__domains
   if (rc != DUET_SUCCESS)
     return rc;
   if (comm->local_size > 1) {
-    /* "mem" (the load/store path) carries allreduce and barrier; the other
-     * collectives still need a libfabric endpoint: shm. */
+    /* "mem" (the load/store path) carries the blocking collectives; the
+     * non-blocking ones, send/recv and groups still need an endpoint: shm. */
     snprintf(prov, sizeof(prov), "%s",
              comm->cfg.upn_provider[0] && strcmp(comm->cfg.upn_provider, "mem") != 0
                  ? comm->cfg.upn_provider

@@ -129,8 +129,9 @@ struct shm_header {
 };
 
 struct shm_flag {
-  uint64_t value; /* sync points passed */
-  int32_t cpu;    /* CPU the rank last ran on, a hint for waiters */
+  uint64_t value;   /* sync points passed */
+  int32_t cpu;      /* CPU the rank last ran on, a hint for waiters */
+  uint64_t vmax[2]; /* alltoallv: the rank's largest block, by sync parity */
 };
 
 struct duet__shm {
@@ -779,6 +780,114 @@ static duet_status_t alltoall_chunked(duet__shm_t *shm, const char *sb, char *rb
       else
         memcpy(rb + (size_t)p * bytes + off, src, m);
     }
+  }
+  if (nt)
+    copy_fence();
+  return DUET_SUCCESS;
+}
+
+/* alltoallv: counts differ per pair and only the two ends of a pair know
+ * theirs, but every rank must run the same number of steps. A rank stores
+ * its largest block (sent or received) in its flag line, under the parity
+ * of the sync value it is about to store, copies in the first piece of
+ * every block it sends, and passes that sync (v); the largest of all ranks'
+ * values then gives the step count. So the agreement costs no extra
+ * synchronisation: every call has that first sync, even when every count is
+ * 0. The parity of v (not of the call: rooted eager calls do not
+ * synchronise) keeps it safe: a rank writes that entry again only before
+ * sync v+2, after passing sync v+1, which no peer enters before it has read
+ * the values of sync v. Steps follow alltoall_chunked: piece k of the block for d (if the
+ * block has one) at d x q in this rank's chunk buffer, one sync, piece k of
+ * block r from every peer's buffer. */
+static void stage_pieces_v(duet__shm_t *shm, uint64_t par, const char *sb, const size_t *scounts,
+                           const size_t *sdispls, size_t es, size_t off, size_t q) {
+  const int n = shm->nranks, r = shm->rank;
+  char *mine = chunk_buf(shm, par, r);
+  for (int i = 1; i < n; i++) {
+    int d = (r + i) % n;
+    size_t len = scounts[d] * es;
+    if (off < len)
+      memcpy(mine + (size_t)d * q, sb + sdispls[d] * es + off, len - off < q ? len - off : q);
+  }
+}
+
+duet_status_t duet__shm_alltoallv(duet__shm_t *shm, const void *sendbuf, const size_t *scounts,
+                                  const size_t *sdispls, void *recvbuf, const size_t *rcounts,
+                                  const size_t *rdispls, size_t es, int yield, int timeout_ms,
+                                  char *errbuf) {
+  const char *sb = sendbuf;
+  char *rb = recvbuf;
+  size_t q, mine = 0, most = 0, total = 0;
+  int n, r, cpu, nt;
+  uint64_t par;
+  duet_status_t rc;
+
+  if (errbuf != NULL)
+    errbuf[0] = '\0';
+  if (shm == NULL || scounts == NULL || sdispls == NULL || rcounts == NULL || rdispls == NULL ||
+      es == 0) {
+    shm_err(errbuf, "shm alltoallv: bad argument (NULL engine, counts or displacements)");
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  if (shm->broken) {
+    shm_err(errbuf, "shm alltoallv: engine %s timed out earlier; ranks are out of step", shm->name);
+    return DUET_ERR_ABORTED;
+  }
+  n = shm->nranks;
+  r = shm->rank;
+  if (scounts[r] != rcounts[r]) {
+    shm_err(errbuf, "shm alltoallv: bad argument (%zu elements to itself, %zu expected)",
+            scounts[r], rcounts[r]);
+    return DUET_ERR_INVALID_ARGUMENT;
+  }
+  for (int d = 0; d < n; d++) {
+    if ((scounts[d] > 0 && sb == NULL) || (rcounts[d] > 0 && rb == NULL)) {
+      shm_err(errbuf, "shm alltoallv: bad argument (NULL buffer with elements for rank %d)", d);
+      return DUET_ERR_INVALID_ARGUMENT;
+    }
+    if (d == r)
+      continue;
+    mine = scounts[d] > mine ? scounts[d] : mine;
+    mine = rcounts[d] > mine ? rcounts[d] : mine;
+    total += rcounts[d];
+  }
+  mine *= es;
+  total *= es;
+  shm->seq++;
+  if (scounts[r] > 0)
+    memcpy(rb + rdispls[r] * es, sb + sdispls[r] * es, scounts[r] * es);
+  if (n == 1)
+    return DUET_SUCCESS;
+  cpu = publish_cpu(shm);
+  q = piece_bytes(shm);
+  nt = total * (size_t)n >= shm->nt_min;
+  par = (shm->sync + 1) & 1u; /* the value sync_all stores next */
+  __atomic_store_n(&flag_line(shm, r)->vmax[par], (uint64_t)mine, __ATOMIC_RELAXED);
+  for (size_t off = 0;; off += q) {
+    uint64_t cpar = shm->chunks++ & 1u;
+    stage_pieces_v(shm, cpar, sb, scounts, sdispls, es, off, q);
+    rc = sync_all(shm, "alltoallv", cpu, yield, timeout_ms, errbuf);
+    if (rc != DUET_SUCCESS)
+      return rc;
+    if (off == 0) /* every peer stored its value before this sync */
+      for (int p = 0; p < n; p++) {
+        uint64_t v = __atomic_load_n(&flag_line(shm, p)->vmax[par], __ATOMIC_RELAXED);
+        most = v > most ? (size_t)v : most;
+      }
+    for (int i = 1; i < n; i++) {
+      int p = (r + n - i) % n;
+      const char *src = chunk_buf(shm, cpar, p) + (size_t)r * q;
+      size_t len = rcounts[p] * es, m;
+      if (off >= len)
+        continue;
+      m = len - off < q ? len - off : q;
+      if (nt)
+        copy_nt(rb + rdispls[p] * es + off, src, m);
+      else
+        memcpy(rb + rdispls[p] * es + off, src, m);
+    }
+    if (most <= off + q)
+      break;
   }
   if (nt)
     copy_fence();

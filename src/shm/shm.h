@@ -59,6 +59,17 @@ duet_status_t duet__shm_allreduce(duet__shm_t *shm, const void *sendbuf, void *r
  * errors as duet__shm_allreduce. */
 duet_status_t duet__shm_alltoall(duet__shm_t *shm, const void *sendbuf, void *recvbuf, size_t bytes,
                                  int yield, int timeout_ms, char *errbuf);
+/* Collective, blocking: all-to-all with a count and displacement per local
+ * rank, in elements of es bytes: scounts[d] elements from sendbuf +
+ * sdispls[d] go to local rank d, rcounts[s] elements from local rank s land
+ * at recvbuf + rdispls[s]. Not in place; scounts[rank] must equal
+ * rcounts[rank]. Every call synchronises at least once; the ranks agree on
+ * the number of steps through their flag lines. Waits, deadlines and errors
+ * as duet__shm_allreduce. */
+duet_status_t duet__shm_alltoallv(duet__shm_t *shm, const void *sendbuf, const size_t *scounts,
+                                  const size_t *sdispls, void *recvbuf, const size_t *rcounts,
+                                  const size_t *rdispls, size_t es, int yield, int timeout_ms,
+                                  char *errbuf);
 /* Collective, blocking: allgather of `bytes` per rank; block s of recvbuf
  * comes from local rank s. In place: sendbuf == recvbuf (this rank's block is
  * already at recvbuf + rank x bytes) or sendbuf == recvbuf + rank x bytes.

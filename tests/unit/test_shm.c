@@ -629,6 +629,148 @@ static int check_broadcast(duet__shm_t *shm, int rank, int L, size_t bytes, int 
   return 0;
 }
 
+/* ---- alltoallv ----
+ * Counts (elements) a rank sends to another, by pattern: all empty; only
+ * 0 -> L-1 non-empty, several pieces long (the others must run its steps
+ * too); MoE-like skew, hottest destination 0; sizes from a hash, some
+ * empty, some several pieces. Displacements leave a gap of d + 1 elements
+ * before block d, and the gaps must stay untouched. */
+enum { V_EMPTY, V_ONE_PAIR, V_SKEW, V_HASH, V_PATTERNS };
+
+static size_t v_count(int pat, int from, int to, int L) {
+  unsigned h = (unsigned)(from * 7919 + to * 104729 + pat * 31);
+  switch (pat) {
+  case V_EMPTY:
+    return 0;
+  case V_ONE_PAIR:
+    return from == 0 && to == L - 1 ? 3 * CHUNK / 4 / 2 + 17 : from == to ? 5 : 0;
+  case V_SKEW:
+    return to == 0 ? 200003 : 70001 / (size_t)(to + 1);
+  default:
+    h ^= h >> 13;
+    h *= 0x5bd1e995u;
+    return h % 5 == 0 ? 0 : (h % 3 == 0 ? 300007 + h % 1000 : h % 3000);
+  }
+}
+
+static void v_layout(int pat, int rank, int L, int sending, size_t *cnt, size_t *disp,
+                     size_t *total) {
+  size_t at = 0;
+  for (int d = 0; d < L; d++) {
+    at += (size_t)d + 1; /* the gap */
+    cnt[d] = sending ? v_count(pat, rank, d, L) : v_count(pat, d, rank, L);
+    disp[d] = at;
+    at += cnt[d];
+  }
+  *total = at + 1;
+}
+
+/* One call with element size es; the reference is the byte function. */
+static int check_alltoallv(duet__shm_t *shm, int rank, int L, int pat, size_t es, unsigned salt,
+                           unsigned char *send, unsigned char *recv) {
+  char err[DUET_SHM_ERRLEN];
+  size_t sc[MAX_L] = {0}, sd[MAX_L] = {0}, rc_[MAX_L] = {0}, rd[MAX_L] = {0}, stot, rtot;
+  v_layout(pat, rank, L, 1, sc, sd, &stot);
+  v_layout(pat, rank, L, 0, rc_, rd, &rtot);
+  memset(send, 0x33, stot * es);
+  memset(recv, GUARD_BYTE, rtot * es);
+  for (int d = 0; d < L; d++)
+    for (size_t j = 0; j < sc[d] * es; j++)
+      send[sd[d] * es + j] = a2a_byte(rank, d, j, salt);
+  duet_status_t rc =
+      duet__shm_alltoallv(shm, send, sc, sd, recv, rc_, rd, es, L > 2, CALL_TIMEOUT_MS, err);
+  if (rc != DUET_SUCCESS) {
+    fprintf(stderr, "rank %d/%d alltoallv pattern %d: %d %s\n", rank, L, pat, (int)rc, err);
+    return 1;
+  }
+  for (int s = 0, next = 0; s < L; s++) {
+    for (size_t j = (size_t)next; j < rd[s] * es; j++)
+      if (recv[j] != GUARD_BYTE) {
+        fprintf(stderr, "rank %d/%d alltoallv pattern %d: gap byte %zu written\n", rank, L, pat, j);
+        return 1;
+      }
+    for (size_t j = 0; j < rc_[s] * es; j++)
+      if (recv[rd[s] * es + j] != a2a_byte(s, rank, j, salt)) {
+        fprintf(stderr, "rank %d/%d alltoallv pattern %d es %zu: byte %zu of block %d is %u, want %u\n",
+                rank, L, pat, es, j, s, recv[rd[s] * es + j], a2a_byte(s, rank, j, salt));
+        return 1;
+      }
+    next = (int)((rd[s] + rc_[s]) * es);
+  }
+  if (recv[(rtot - 1) * es] != GUARD_BYTE) {
+    fprintf(stderr, "rank %d/%d alltoallv pattern %d: wrote past the end\n", rank, L, pat);
+    return 1;
+  }
+  for (int d = 0; d < L; d++)
+    for (size_t j = 0; j < sc[d] * es; j++)
+      if (send[sd[d] * es + j] != a2a_byte(rank, d, j, salt)) {
+        fprintf(stderr, "rank %d/%d alltoallv: sendbuf modified\n", rank, L);
+        return 1;
+      }
+  return 0;
+}
+
+/* Every pattern with 1-, 4- and 8-byte elements; after each call a small
+ * broadcast from a rotating root (rooted eager calls do not synchronise, so
+ * a rank can run ahead into the next alltoallv while a peer still reads the
+ * step count of the last) or an all-to-all. */
+static int child_alltoallv(duet__shm_t *shm, int rank, int L, void *arg) {
+  (void)arg;
+  size_t cap = 8 * (3 * CHUNK + 300007u * 2 * MAX_L + 16 * MAX_L) + GUARD;
+  unsigned char *send = malloc(cap), *recv = malloc(cap);
+  static const size_t es[] = {1, 4, 8};
+  int bad = 0;
+  unsigned salt = 0;
+  if (send == NULL || recv == NULL)
+    _exit(91);
+  for (int rep = 0; rep < 3 && !bad; rep++)
+    for (int pat = 0; pat < V_PATTERNS && !bad; pat++)
+      for (size_t e = 0; e < sizeof es / sizeof es[0] && !bad; e++) {
+        bad |= check_alltoallv(shm, rank, L, pat, es[e], salt++, send, recv);
+        if (!bad && salt % 4 == 3)
+          bad |= check_alltoall(shm, rank, L, salt % 8 == 3 ? 5 : 300001, 0, salt, send, recv);
+        else if (!bad)
+          bad |= check_broadcast(shm, rank, L, 40, (int)(salt % (unsigned)L), 0, salt, send, recv);
+        salt++;
+      }
+  free(send);
+  free(recv);
+  return bad;
+}
+
+Test(shm, alltoallv_1_rank) {
+  cr_assert_eq(run_group(1, child_alltoallv, NULL), 0);
+}
+Test(shm, alltoallv_2_ranks) {
+  cr_assert_eq(run_group(2, child_alltoallv, NULL), 0);
+}
+Test(shm, alltoallv_3_ranks) {
+  cr_assert_eq(run_group(3, child_alltoallv, NULL), 0);
+}
+Test(shm, alltoallv_4_ranks) {
+  cr_assert_eq(run_group(4, child_alltoallv, NULL), 0);
+}
+
+Test(shm, alltoallv_bad_arguments) {
+  char name[64], err[DUET_SHM_ERRLEN];
+  duet__shm_t *shm;
+  size_t one[1] = {1}, two[1] = {2}, zero[1] = {0};
+  char buf[8];
+  make_name(name, sizeof(name));
+  cr_assert_eq(duet__shm_open(&shm, name, 0, 1, 1000, err), DUET_SUCCESS, "%s", err);
+  cr_assert_eq(duet__shm_alltoallv(shm, buf, one, zero, buf + 4, two, zero, 1, 0, 1000, err),
+               DUET_ERR_INVALID_ARGUMENT);
+  cr_assert(strstr(err, "itself") != NULL, "%s", err);
+  cr_assert_eq(duet__shm_alltoallv(shm, NULL, one, zero, buf, one, zero, 1, 0, 1000, err),
+               DUET_ERR_INVALID_ARGUMENT);
+  cr_assert_eq(duet__shm_alltoallv(shm, buf, NULL, zero, buf, one, zero, 1, 0, 1000, err),
+               DUET_ERR_INVALID_ARGUMENT);
+  cr_assert_eq(duet__shm_alltoallv(shm, buf, one, zero, buf + 4, one, zero, 1, 0, 1000, err),
+               DUET_SUCCESS, "%s", err);
+  duet__shm_unlink(shm);
+  duet__shm_close(shm);
+}
+
 static const size_t bc_bytes[] = {0, 1, 63, EAGER_MAX, EAGER_MAX + 1, CHUNK - 1, 3 * CHUNK + 5};
 
 static int child_broadcast(duet__shm_t *shm, int rank, int L, void *arg) {
