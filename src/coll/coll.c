@@ -161,22 +161,22 @@ static duet_status_t duet__coll_post(duet_comm_t *comm, duet__coll_args_t *a, si
     /* The gatherers of each rail must know every rank's send counts: share
      * them first (a blocking allgather of nranks counts per rank). */
     size_t p = (size_t)comm->nranks;
-    uint64_t *row = malloc(sizeof(uint64_t) * p), *matrix = malloc(sizeof(uint64_t) * p * p);
+    uint64_t *row, *matrix;
     duet_status_t rc;
-    if (row == NULL || matrix == NULL) {
-      free(row);
-      free(matrix);
-      return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %zu x %zu counts",
-                             duet__coll_name(a->coll), p, p);
+    if (comm->a2av_counts == NULL) { /* once per communicator */
+      comm->a2av_counts = malloc(sizeof(uint64_t) * (p + p * p));
+      if (comm->a2av_counts == NULL)
+        return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %zu x %zu counts",
+                               duet__coll_name(a->coll), p, p);
     }
+    row = comm->a2av_counts;
+    matrix = row + p;
     for (size_t q = 0; q < p; q++)
       row[q] = a->scounts[q];
     rc = duet_allgather(row, matrix, p, DUET_UINT64, comm);
-    a->count_matrix = matrix;
+    a->count_matrix = matrix; /* read while building; the schedule holds sizes */
     if (rc == DUET_SUCCESS)
       rc = duet__request_post(comm, a->coll, a, build, sendbuf, recvbuf, req);
-    free(row);
-    free(matrix); /* the schedule is built: it holds sizes, not the matrix */
     return rc;
   }
   return duet__request_post(comm, a->coll, a, build, sendbuf, recvbuf, req);

@@ -25,25 +25,26 @@ void duet__sched_need_scratch(duet__sched_t *s, uint64_t bytes) {
     s->scratch_bytes = end;
 }
 
+static int duet__grow(void **p, uint32_t *cap, uint32_t need, size_t elem);
+
 void duet__sched_phase(duet__sched_t *s, const duet__view_t *v) {
   uint32_t join = DUET_STEP_NONE;
   duet__view_t id;
   if (s->nsteps > 0) {
     /* A join of every step so far: one NOP, in the identity view. */
     duet__step_t st;
-    uint32_t n = s->nsteps, *deps = malloc(sizeof(*deps) * n);
-    if (deps == NULL) {
+    uint32_t n = s->nsteps;
+    if (duet__grow((void **)&s->fill, &s->fill_cap, n, sizeof(*s->fill))) {
       s->oom = 1;
       return;
     }
     for (uint32_t i = 0; i < n; i++)
-      deps[i] = i;
+      s->fill[i] = i;
     memset(&st, 0, sizeof(st));
     st.kind = DUET_STEP_NOP;
     duet__view_identity(&id);
     s->view = id;
-    join = duet__sched_add(s, &st, deps, n);
-    free(deps);
+    join = duet__sched_add(s, &st, s->fill, n);
   }
   s->view = *v;
   s->view.gate = join;
@@ -73,7 +74,21 @@ void duet__sched_fini(duet__sched_t *s) {
   free(s->steps);
   free(s->deps);
   free(s->outs);
+  free(s->fill);
   memset(s, 0, sizeof(*s));
+}
+
+void duet__sched_reset(duet__sched_t *s) {
+  duet__sched_t keep = *s;
+  duet__sched_init(s);
+  s->steps = keep.steps;
+  s->steps_cap = keep.steps_cap;
+  s->deps = keep.deps;
+  s->deps_cap = keep.deps_cap;
+  s->outs = keep.outs;
+  s->outs_cap = keep.outs_cap;
+  s->fill = keep.fill;
+  s->fill_cap = keep.fill_cap;
 }
 
 static int duet__grow(void **p, uint32_t *cap, uint32_t need, size_t elem) {
@@ -206,14 +221,13 @@ duet_status_t duet__sched_finalize(duet__sched_t *s) {
     return DUET_ERR_NO_MEMORY;
   if (s->bad_msg)
     return DUET_ERR_UNSUPPORTED;
-  free(s->outs);
-  s->outs = malloc(((size_t)s->ndeps + 1) * sizeof(*s->outs));
-  fill = calloc((size_t)s->nsteps + 1, sizeof(*fill));
-  if (s->outs == NULL || fill == NULL) {
-    free(fill);
+  if (duet__grow((void **)&s->outs, &s->outs_cap, s->ndeps + 1, sizeof(*s->outs)) ||
+      duet__grow((void **)&s->fill, &s->fill_cap, s->nsteps + 1, sizeof(*s->fill))) {
     s->oom = 1;
     return DUET_ERR_NO_MEMORY;
   }
+  fill = s->fill;
+  memset(fill, 0, ((size_t)s->nsteps + 1) * sizeof(*fill));
   for (i = 0; i < s->nsteps; i++)
     s->steps[i].nout = 0;
   for (i = 0; i < s->nsteps; i++)
@@ -228,6 +242,5 @@ duet_status_t duet__sched_finalize(duet__sched_t *s) {
       uint32_t from = s->deps[s->steps[i].dep_first + d];
       s->outs[s->steps[from].out_first + fill[from]++] = i;
     }
-  free(fill);
   return DUET_SUCCESS;
 }

@@ -72,6 +72,9 @@ typedef struct duet__sched {
   uint32_t *deps;
   uint32_t ndeps, deps_cap;
   uint32_t *outs; /* built by duet__sched_finalize */
+  uint32_t outs_cap;
+  uint32_t *fill; /* working array of finalize and phase joins */
+  uint32_t fill_cap;
   uint64_t scratch_bytes;
   uint32_t max_msg; /* largest msg id used + 1 */
   int oom;          /* an add failed: the schedule is unusable */
@@ -82,6 +85,9 @@ typedef struct duet__sched {
 
 void duet__sched_init(duet__sched_t *s);
 void duet__sched_fini(duet__sched_t *s);
+/* Empty s for another build, keeping its arrays: a schedule rebuilt for
+ * every call (alltoallv) allocates only when it outgrows the last one. */
+void duet__sched_reset(duet__sched_t *s);
 
 /* Append a step waiting for deps (DUET_STEP_NONE entries are skipped).
  * Returns its index, or DUET_STEP_NONE when out of memory (s->oom set) or

@@ -542,6 +542,7 @@ void duet__comm_free(duet_comm_t *comm) {
     duet__shm_close(comm->mem);
   duet__nets_release(comm);
   free(comm->scratch);
+  free(comm->a2av_counts);
   free(comm->peers);
   free(comm->layout_sn);
   free(comm->layout_mem);

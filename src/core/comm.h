@@ -95,6 +95,8 @@ struct duet_comm {
   duet__cache_entry_t cache[DUET_SCHED_CACHE];
   uint64_t cache_clock;
   struct duet_request *free_reqs; /* finished requests, kept for reuse */
+  duet__sched_t spare_sched; /* arrays of a freed uncached schedule, for the next build */
+  uint64_t *a2av_counts;     /* hierarchical alltoallv: nranks + nranks^2 counts, or NULL */
   void *scratch;          /* reused scratch for one request at a time */
   size_t scratch_size;
   int scratch_busy;

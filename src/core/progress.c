@@ -371,6 +371,14 @@ duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_a
   slot = coll == DUET_COLL_ALLTOALLV ? DUET_SCHED_CACHE : duet__cache_find(comm, &key);
   duet__sched_init(&fresh);
   if (slot == DUET_SCHED_CACHE) {
+    /* Build into the arrays the last uncached schedule left (see
+     * duet__request_free), so that rebuilding every call allocates nothing
+     * once they are large enough. */
+    if (comm->spare_sched.steps != NULL) {
+      fresh = comm->spare_sched;
+      duet__sched_init(&comm->spare_sched);
+      duet__sched_reset(&fresh);
+    }
     rc = build(args, &fresh);
     if (rc == DUET_SUCCESS)
       rc = duet__sched_finalize(&fresh);
@@ -521,8 +529,14 @@ void duet__request_free(duet_request_t *req) {
   if (req->uses_comm_scratch && comm != NULL)
     comm->scratch_busy = 0;
   req->uses_comm_scratch = 0;
-  if (req->sched == &req->own_sched)
-    duet__sched_fini(&req->own_sched);
+  if (req->sched == &req->own_sched) {
+    if (comm != NULL && comm->spare_sched.steps == NULL) {
+      comm->spare_sched = req->own_sched; /* kept for the next uncached build */
+      duet__sched_init(&req->own_sched);
+    } else {
+      duet__sched_fini(&req->own_sched);
+    }
+  }
   req->sched = NULL;
   free(req->own_scratch);
   req->own_scratch = NULL;
@@ -553,6 +567,7 @@ void duet__comm_release_requests(duet_comm_t *comm) {
       duet__sched_fini(&comm->cache[i].sched);
       comm->cache[i].valid = 0;
     }
+  duet__sched_fini(&comm->spare_sched);
 }
 
 /* Fail every pending request (timeout, network failure, abort); the comm

@@ -1,8 +1,8 @@
 /*
  * No allocation on the hot path: after warm-up, 1,000 calls of each
  * collective allocate nothing in duet's own code. Two ranks run as threads of
- * this process on loopback, over duet's tcp transport and over libfabric's
- * tcp;ofi_rxm; malloc, calloc and realloc
+ * this process on loopback, over duet's tcp transport, over libfabric's
+ * tcp;ofi_rxm and on the load/store path; malloc, calloc and realloc
  * calls from duet's objects (linked statically here) are counted through the
  * linker's --wrap.
  */
@@ -48,6 +48,9 @@ typedef struct rank_arg {
 } rank_arg_t;
 
 static int run_all(duet_comm_t *c, int rank, float *a, float *b, int iters) {
+  /* alltoallv: 0 -> 1 700 elements, 1 -> 0 60, to itself 5 (rank 0) or 40 */
+  const size_t vc[2] = {rank ? 60 : 5, rank ? 40 : 700}, rc[2] = {rank ? 700 : 5, rank ? 40 : 60};
+  const size_t disp[2] = {0, 1000};
   for (int i = 0; i < iters; i++) {
     if (duet_allreduce(a, b, 2, DUET_FLOAT32, DUET_SUM, c) ||      /* recursive doubling */
         duet_allreduce(a, b, N, DUET_FLOAT32, DUET_SUM, c) ||      /* ring, scratch */
@@ -55,7 +58,8 @@ static int run_all(duet_comm_t *c, int rank, float *a, float *b, int iters) {
         duet_broadcast(a, b, 4096, DUET_FLOAT32, 1, c) || duet_barrier(c) ||
         duet_allgather(a, b, 100, DUET_FLOAT32, c) ||
         duet_reduce_scatter(a, b, 100, DUET_FLOAT32, DUET_MAX, c) ||
-        duet_alltoall(a, b, 300, DUET_FLOAT32, c))
+        duet_alltoall(a, b, 300, DUET_FLOAT32, c) ||
+        duet_alltoallv(a, vc, disp, b, rc, disp, DUET_FLOAT32, c))
       return -1;
     duet_request_t *r1, *r2;
     if (duet_isend(a, 64, DUET_FLOAT32, 1 - rank, c, &r1) ||
@@ -116,7 +120,7 @@ static void steady_state(const char *provider) {
     pthread_join(t[r], NULL);
   pthread_barrier_destroy(&bar);
   cr_assert_eq(ra[0].failed + ra[1].failed, 0, "a rank failed: %s", duet_last_error(NULL));
-  cr_assert_eq(atomic_load(&allocs), 0, "%ld allocations in %d x 9 steady-state calls over %s",
+  cr_assert_eq(atomic_load(&allocs), 0, "%ld allocations in %d x 10 steady-state calls over %s",
                atomic_load(&allocs), CALLS, provider);
 }
 
@@ -126,6 +130,11 @@ Test(alloc, steady_state_calls_allocate_nothing, .timeout = 240) {
 
 Test(alloc, steady_state_calls_allocate_nothing_ofi_tcp, .timeout = 240) {
   steady_state("tcp;ofi_rxm");
+}
+
+/* The load/store path for the blocking calls (shm for the rest). */
+Test(alloc, steady_state_calls_allocate_nothing_mem, .timeout = 240) {
+  steady_state("mem");
 }
 
 /* The counter sees duet's allocations: creating a unique id allocates (the
