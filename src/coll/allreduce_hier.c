@@ -14,6 +14,11 @@
  * rank 0) per super-node, broadcast from the leader inside the super-node.
  *
  * The inner phases reuse the flat algorithms through views.
+ *
+ * When every super-node has the load/store UPN (coll.c), a blocking call
+ * runs phases 1 and 3 on the shared segment instead (an allreduce inside
+ * the super-node, then an allgather of equal segments) and only phase 2 as
+ * a schedule: duet__allreduce_hier_rail_build.
  */
 #include "coll/hier.h"
 #include "coll/ring.h"
@@ -31,6 +36,34 @@ static duet_status_t inner_allreduce(const duet__coll_args_t *a, int rank, int n
   sub.layout = NULL;
   return count * a->dtsize <= a->rd_max_bytes ? duet__allreduce_rd_build(&sub, s)
                                               : duet__allreduce_ring_build(&sub, s);
+}
+
+duet_status_t duet__allreduce_hier_rail_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  const uint64_t es = a->dtsize;
+  uint64_t b, off, len;
+  duet__hier_t h;
+  duet__view_t v;
+  duet_status_t rc;
+
+  if (a->count == 0 || duet__hier_is_flat(a->layout) || !a->layout->uniform)
+    return a->count == 0 ? DUET_SUCCESS : DUET_ERR_INTERNAL;
+  rc = duet__hier_init(&h, a, 0);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  b = a->count / (uint64_t)h.ls;
+  off = (uint64_t)h.lr * b;
+  len = h.lr == h.ls - 1 ? a->count - off : b;
+  if (len > 0 && h.nrail > 1) {
+    v = duet__hier_view(s, h.rail);
+    v.send = v.recv = duet__ref(DUET_BUF_RECV, off * es);
+    v.msg_base = DUET_HIER_MSGS * 1;
+    duet__sched_phase(s, &v);
+    rc = inner_allreduce(a, h.rail_me, h.nrail, len, a->op, 1, s);
+  }
+  duet__hier_fini(&h);
+  if (rc == DUET_SUCCESS && s->oom)
+    rc = DUET_ERR_NO_MEMORY;
+  return rc;
 }
 
 duet_status_t duet__allreduce_hier_build(const duet__coll_args_t *a, duet__sched_t *s) {

@@ -139,6 +139,66 @@ static duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a
                          duet__coll_name(a->coll), comm->seq, comm->rank, err);
 }
 
+/* The hierarchical allreduce with the load/store UPN: taken by a blocking
+ * call the tuner sends to the hierarchy when every super-node has the
+ * shared segment and the same size (every rank decides alike). */
+static int duet__mem_hier_ok(const duet_comm_t *comm) {
+  return comm->mem != NULL && comm->mem_everywhere && comm->nsupernodes > 1 &&
+         comm->layout.uniform && comm->cfg.algo.coll[DUET_COLL_ALLREDUCE] == DUET_ALGO_AUTO &&
+         comm->local_rank == comm->layout.local_rank[comm->rank];
+}
+
+/* 1. the super-node's sum into every local rank's recvbuf (shared segment);
+ * 2. segment j (duet__allreduce_hier_rail_build) on rail j over the HPN;
+ * 3. the segments to every local rank (shared segment: an allgather of the
+ *    equal segments, and a broadcast of the count % L left at the end from
+ *    the last local rank, which reduced them). AVG sums and divides once. */
+static duet_status_t duet__mem_hier_allreduce(duet_comm_t *comm, duet__coll_args_t *a,
+                                              const void *sendbuf, void *recvbuf) {
+  const int L = comm->local_size, j = comm->local_rank, yield = comm->yield;
+  const int ms = comm->cfg.timeout_ms;
+  const size_t es = a->dtsize, b = a->count / (size_t)L, tail = a->count - b * (size_t)L;
+  const duet_op_t user_op = a->op;
+  char *rb = recvbuf, err[DUET_SHM_ERRLEN] = "";
+  const char *phase = "allreduce inside the super-node";
+  duet_request_t *req = NULL;
+  duet_status_t rc;
+
+  a->op = user_op == DUET_AVG ? DUET_SUM : user_op;
+  rc = duet__shm_allreduce(comm->mem, sendbuf, recvbuf, a->count, a->dt, a->op, L, yield, ms, err);
+  if (rc != DUET_SUCCESS)
+    goto shm_failed;
+  a->in_place = 1;
+  rc = duet__request_post(comm, DUET_COLL_ALLREDUCE, a, duet__allreduce_hier_rail_build, recvbuf,
+                          recvbuf, &req);
+  if (rc == DUET_SUCCESS)
+    rc = duet__wait_and_free(req);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  phase = "allgather inside the super-node";
+  if (b > 0)
+    rc = duet__shm_allgather(comm->mem, rb + (size_t)j * b * es, rb, b * es, yield, ms, err);
+  if (rc == DUET_SUCCESS && tail > 0)
+    rc = duet__shm_broadcast(comm->mem, j == L - 1 ? rb + (size_t)L * b * es : NULL,
+                             rb + (size_t)L * b * es, tail * es, L - 1, yield, ms, err);
+  if (rc != DUET_SUCCESS)
+    goto shm_failed;
+  if (user_op == DUET_AVG)
+    duet__reduce_avg_finish(recvbuf, a->count, a->dt, comm->nranks);
+  { /* as mem_run counts an allreduce and an allgather */
+    const uint64_t upn = (uint64_t)(a->count * es) * (uint64_t)(L - 1) / (uint64_t)L +
+                         (uint64_t)(b * es) * (uint64_t)(L - 1);
+    comm->stats.upn_bytes_sent += upn;
+    comm->stats.upn_bytes_recv += upn;
+  }
+  return DUET_SUCCESS;
+
+shm_failed:
+  comm->failed = rc;
+  return duet__set_error(comm, rc, "%s seq %u on rank %d (shared-memory UPN, %s): %s",
+                         duet__coll_name(a->coll), comm->seq, comm->rank, phase, err);
+}
+
 /* Ask the tuner (or DUET_ALGO) for the algorithm, then post its schedule;
  * or run a blocking call on the load/store path (*req = NULL). bytes: the
  * size the cost model weighs (the whole vector, or the gathered result). */
@@ -157,6 +217,11 @@ static duet_status_t duet__coll_post(duet_comm_t *comm, duet__coll_args_t *a, si
     a->chunk_bytes = ch.chunk_bytes;
   DUET_TRACE(DUET_SUB_TUNE, "%s of %zu bytes: %s, chunk %zu", duet__coll_name(a->coll), bytes,
              duet__algo_name(ch.algo), a->chunk_bytes);
+  if (a->coll == DUET_COLL_ALLREDUCE && ch.algo == DUET_ALGO_HIER && a->blocking &&
+      duet__mem_hier_ok(comm)) {
+    *req = NULL; /* done when this returns */
+    return duet__mem_hier_allreduce(comm, a, sendbuf, recvbuf);
+  }
   if (a->coll == DUET_COLL_ALLTOALLV && ch.algo == DUET_ALGO_HIER) {
     /* The gatherers of each rail must know every rank's send counts: share
      * them first (a blocking allgather of nranks counts per rank). */

@@ -49,6 +49,11 @@ duet_status_t duet__allreduce_rd_build(const duet__coll_args_t *args, duet__sche
 duet_status_t duet__broadcast_binomial_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__barrier_dissem_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__allreduce_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
+/* Phase 2 of the hierarchical allreduce alone (coll.c runs phases 1 and 3
+ * on the load/store UPN): recvbuf's segment of this rank's local index j
+ * allreduced on its rail, in place. Segments are count / L elements; the
+ * last local rank's also holds the count % L after them. Uniform layouts. */
+duet_status_t duet__allreduce_hier_rail_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__allreduce_rabenseifner_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__broadcast_chain_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__broadcast_hier_build(const duet__coll_args_t *args, duet__sched_t *s);

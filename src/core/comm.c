@@ -427,6 +427,9 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
         comm->mem = NULL;
         break;
       }
+  comm->mem_everywhere = comm->mem != NULL;
+  for (int r = 0; r < nranks; r++)
+    comm->mem_everywhere &= aall[r].mem_ok != 0;
 
   /* Round 3: connect to the peers, then agree that everyone did. */
   rc = duet__insert_peers(comm, aall, tperr);

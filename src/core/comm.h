@@ -89,6 +89,7 @@ struct duet_comm {
   duet__tune_shape_t shape; /* what the tuner weighs */
   duet__netset_t *nets;
   duet__shm_t *mem;         /* the UPN load/store path (one-host super-node), or NULL */
+  int mem_everywhere;       /* every super-node has one (every rank mapped its segment) */
   duet_stats_t stats;
   duet_status_t failed;   /* sticky failure (timeout, transport error, abort) */
   struct duet_request *active_head, *active_tail; /* posted, not yet completed */
