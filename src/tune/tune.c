@@ -459,7 +459,9 @@ static double duet__tune_cost_dims(const duet__tune_dims_t *d, int coll, int alg
  *   allreduce np4: 32K rd 40.5 / rab 68.7; 128K rab 109 / rd 121; 2M rab
  *     1155 / ring 1179; 8M ring 5319 / rab 5765 (within 10%: rab kept)
  *   alltoall np4: 8K bruck 33.8 / pairwise 37.2; 128K pairwise 57.7 /
- *     bruck 71.5; 8M pairwise 2647 / bruck 8978
+ *     bruck 71.5; 8M pairwise 2647 / bruck 8978. Bruck now ends at 8 KiB,
+ *     not 4 (3 more launches, -n 100, against Open MPI in the same run:
+ *     8K bruck 1.17-1.45 / pairwise 0.98-1.17; 16K and 32K mixed)
  * tcp;ofi_rxm with duet's rxm defaults:
  *   allreduce tcp np2: 32K rd 12.4 / rab 20.7; 128K rab 38.4 / ring 40.0 /
  *     rd 55.1; 512K rd 131 / rab 139; 2M ring 595 / rab 665; 8M ring 2616
@@ -488,7 +490,7 @@ static const struct duet__tune_calib {
     {"tcp", 0, 2, 2, DUET_COLL_ALLTOALL, SIZE_MAX, DUET_ALGO_PAIRWISE},
     {"tcp", 1, 3, 8, DUET_COLL_ALLREDUCE, 64u << 10, DUET_ALGO_RD},
     {"tcp", 1, 3, 8, DUET_COLL_ALLREDUCE, SIZE_MAX, DUET_ALGO_RABENSEIFNER},
-    {"tcp", 1, 3, 8, DUET_COLL_ALLTOALL, 4u << 10, DUET_ALGO_BRUCK},
+    {"tcp", 1, 3, 8, DUET_COLL_ALLTOALL, 8u << 10, DUET_ALGO_BRUCK},
     {"tcp", 1, 3, 8, DUET_COLL_ALLTOALL, SIZE_MAX, DUET_ALGO_PAIRWISE},
     {"tcp;ofi_rxm", 0, 2, 2, DUET_COLL_ALLREDUCE, 64u << 10, DUET_ALGO_RD},
     {"tcp;ofi_rxm", 0, 2, 2, DUET_COLL_ALLREDUCE, 256u << 10, DUET_ALGO_RABENSEIFNER},
