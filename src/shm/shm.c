@@ -345,6 +345,14 @@ static void copy_fence(void) {
 #endif
 }
 
+/* A copy to recvbuf: streaming stores when nt (see copy_nt), else memcpy. */
+static void copy_out(int nt, void *dst, const void *src, size_t n) {
+  if (nt)
+    copy_nt(dst, src, n);
+  else
+    memcpy(dst, src, n);
+}
+
 /* Bytes of the last-level cache cpu0 shares, from sysfs ("32768K"). */
 static size_t llc_bytes(void) {
   FILE *f = fopen("/sys/devices/system/cpu/cpu0/cache/index3/size", "r");
@@ -652,10 +660,7 @@ static duet_status_t allreduce_chunked(duet__shm_t *shm, const void *sendbuf, vo
       slice_range(elems, n, s, &lo, &hi);
       if (hi <= lo)
         continue;
-      if (nt)
-        copy_nt(dst + lo * esz, chunk_buf(shm, par, (s + 1) % n) + lo * esz, (hi - lo) * esz);
-      else
-        memcpy(dst + lo * esz, chunk_buf(shm, par, (s + 1) % n) + lo * esz, (hi - lo) * esz);
+      copy_out(nt, dst + lo * esz, chunk_buf(shm, par, (s + 1) % n) + lo * esz, (hi - lo) * esz);
     }
   }
   if (nt)
@@ -760,10 +765,7 @@ static duet_status_t alltoall_chunked(duet__shm_t *shm, const char *sb, char *rb
   duet_status_t rc;
 
   if (sb != rb) {
-    if (nt)
-      copy_nt(rb + (size_t)r * bytes, sb + (size_t)r * bytes, bytes);
-    else
-      memcpy(rb + (size_t)r * bytes, sb + (size_t)r * bytes, bytes);
+    copy_out(nt, rb + (size_t)r * bytes, sb + (size_t)r * bytes, bytes);
   }
   for (size_t off = 0; off < bytes; off += q) {
     size_t m = bytes - off < q ? bytes - off : q;
@@ -775,10 +777,7 @@ static duet_status_t alltoall_chunked(duet__shm_t *shm, const char *sb, char *rb
     for (int i = 1; i < n; i++) {
       int p = (r + n - i) % n;
       const char *src = chunk_buf(shm, par, p) + (size_t)r * q;
-      if (nt)
-        copy_nt(rb + (size_t)p * bytes + off, src, m);
-      else
-        memcpy(rb + (size_t)p * bytes + off, src, m);
+      copy_out(nt, rb + (size_t)p * bytes + off, src, m);
     }
   }
   if (nt)
@@ -881,10 +880,7 @@ duet_status_t duet__shm_alltoallv(duet__shm_t *shm, const void *sendbuf, const s
       if (off >= len)
         continue;
       m = len - off < q ? len - off : q;
-      if (nt)
-        copy_nt(rb + rdispls[p] * es + off, src, m);
-      else
-        memcpy(rb + rdispls[p] * es + off, src, m);
+      copy_out(nt, rb + rdispls[p] * es + off, src, m);
     }
     if (most <= off + q)
       break;
@@ -1037,10 +1033,7 @@ static duet_status_t allgather_run(duet__shm_t *shm, const char *own, char *rb, 
       return rc;
     for (int i = 1; i < n; i++) {
       int p = (r + n - i) % n;
-      if (nt)
-        copy_nt(rb + (size_t)p * bytes + off, chunk_buf(shm, par, p), m);
-      else
-        memcpy(rb + (size_t)p * bytes + off, chunk_buf(shm, par, p), m);
+      copy_out(nt, rb + (size_t)p * bytes + off, chunk_buf(shm, par, p), m);
     }
   }
   if (nt)
@@ -1147,10 +1140,8 @@ static duet_status_t broadcast_run(duet__shm_t *shm, const char *sb, char *rb, s
     if (r == root) {
       if (sb != rb)
         memcpy(rb + off, sb + off, m);
-    } else if (nt) {
-      copy_nt(rb + off, chunk_buf(shm, par, root), m);
     } else {
-      memcpy(rb + off, chunk_buf(shm, par, root), m);
+      copy_out(nt, rb + off, chunk_buf(shm, par, root), m);
     }
   }
   if (nt)

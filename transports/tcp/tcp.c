@@ -125,6 +125,15 @@ static void tcp_ux_put(tcp_ep_t *e, tcp_ux_t *u) {
 
 /* ---- receiving ----------------------------------------------------------- */
 
+/* Complete every operation of a list with st and return it to the pool. */
+static void tcp_ops_fail(tcp_ep_t *e, tcp_op_t *head, duet_status_t st) {
+  for (tcp_op_t *op = head, *next; op; op = next) {
+    next = op->next;
+    duet__tp_complete(op->req, st, 0);
+    tcp_op_put(e, op);
+  }
+}
+
 /* The pair failed: fail its receives and sends, remember why. */
 static void tcp_conn_fail(tcp_ep_t *e, tcp_conn_t *c, duet_status_t st, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -148,19 +157,11 @@ static void tcp_conn_fail(tcp_ep_t *e, tcp_conn_t *c, duet_status_t st, const ch
     }
     rx->cur = NULL;
     rx->parked = 0;
-    for (tcp_op_t *op = tx->head, *next; op; op = next) {
-      next = op->next;
-      duet__tp_complete(op->req, st, 0);
-      tcp_op_put(e, op);
-    }
+    tcp_ops_fail(e, tx->head, st);
     tx->head = NULL;
     tx->tail = &tx->head;
   }
-  for (tcp_op_t *op = c->rq_head, *next; op; op = next) {
-    next = op->next;
-    duet__tp_complete(op->req, st, 0);
-    tcp_op_put(e, op);
-  }
+  tcp_ops_fail(e, c->rq_head, st);
   c->rq_head = NULL;
   c->rq_tail = &c->rq_head;
   for (tcp_ux_t *u = c->ux_head; u; u = u->next)
