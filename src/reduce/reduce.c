@@ -237,7 +237,9 @@ uint8_t duet__float_to_e5m2(float f) {
 /* NaN-propagating: y wins if it is smaller (larger) or NaN; otherwise x, which
  * is NaN if x is. Commutative, so every rank gets the same bits whatever the
  * order of reduction: a tie of +0 and -0 gives -0 for min and +0 for max
- * (IEEE 754-2019 minimum/maximum), computed as sums so the loops vectorise. */
+ * (IEEE 754-2019 minimum/maximum), computed as sums so the loops vectorise
+ * (as selects, given -fno-trapping-math: see VEC_CFLAGS in configure.ac, and
+ * tests/vectorized.sh, which checks that every kernel family is packed). */
 #define OP_FZTIE(x, y) (((x) == (y)) & ((x) == 0))
 #define OP_FMIN(T, U, x, y) \
   (((y) < (x)) | ((y) != (y)) ? (y) : OP_FZTIE(x, y) ? -((-(x)) + (-(y))) : (x))
