@@ -66,6 +66,12 @@ check k_sum_i64 '[[:space:]]v?paddq[[:space:]]'
 check k_max_f32 '[[:space:]]v?(cmp[a-z]*ps|blendvps|andn?ps)[[:space:]]'
 check k_min_f64 '[[:space:]]v?(cmp[a-z]*pd|blendvpd|andn?pd)[[:space:]]'
 check k_min_i8 '[[:space:]]v?(pminsb|pcmpgtb|pand|pandn|por|pblendvb)[[:space:]]'
+# 8- and 16-bit floats: the word loops (kw_*, built for AVX2 and the base ISA
+# where the toolchain has target_clones) widen, reduce and narrow in lanes.
+check kw_sum_bf16 '[[:space:]]v?addps[[:space:]]'
+check kw_max_f16 '[[:space:]]v?(cmp[a-z]*ps|blendvps|andn?ps)[[:space:]]'
+check kw_prod_e4m3 '[[:space:]]v?mulps[[:space:]]'
+check kw_sum_e5m2 '[[:space:]]v?addps[[:space:]]'
 
 echo "vectorized: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

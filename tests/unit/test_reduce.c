@@ -410,11 +410,16 @@ static const char *const ALIAS_NAME[] = {"dst!=a,b", "dst==a", "dst==b", "dst==a
 
 #define GUARD 16 /* guard elements after each buffer, to catch overruns */
 
-static void check_reduce(duet_datatype_t dt, duet_op_t op, size_t n, int alias) {
+/* off: the three buffers start off elements past a malloc'd (16-byte
+ * aligned) address, so the kernels also see starts that are not aligned to
+ * the words or vectors they load. */
+static void check_reduce_at(duet_datatype_t dt, duet_op_t op, size_t n, int alias, size_t off) {
   size_t sz = TI[dt].size, total = (n + GUARD) * sz;
-  unsigned char *a = malloc(total), *b = malloc(total), *d = malloc(total);
+  unsigned char *ab = malloc(total + off * sz), *bb = malloc(total + off * sz);
+  unsigned char *db = malloc(total + off * sz);
+  unsigned char *a = ab + off * sz, *b = bb + off * sz, *d = db + off * sz;
   unsigned char *a0 = malloc(total), *b0 = malloc(total);
-  cr_assert(a && b && d && a0 && b0);
+  cr_assert(ab && bb && db && a0 && b0);
   memset(a, 0x5a, total);
   memset(b, 0x5a, total);
   memset(d, 0xa5, total);
@@ -448,9 +453,9 @@ static void check_reduce(duet_datatype_t dt, duet_op_t op, size_t n, int alias) 
     uint64_t x = get_el(a0, i, sz), y = get_el(b0, i, sz);
     uint64_t want = ref_op(dt, op, x, y), got = get_el(d, i, sz);
     if (!same_value(dt, got, want))
-      fail_note("%s %s n=%zu %s [%zu]: a=0x%llx b=0x%llx got 0x%llx want 0x%llx", TI[dt].name,
-                OPNAME[op], n, ALIAS_NAME[alias], i, (unsigned long long)x, (unsigned long long)y,
-                (unsigned long long)got, (unsigned long long)want);
+      fail_note("%s %s n=%zu off=%zu %s [%zu]: a=0x%llx b=0x%llx got 0x%llx want 0x%llx",
+                TI[dt].name, OPNAME[op], n, off, ALIAS_NAME[alias], i, (unsigned long long)x,
+                (unsigned long long)y, (unsigned long long)got, (unsigned long long)want);
   }
   for (size_t i = n * sz; i < total; i++)
     if (d[i] != 0xa5) {
@@ -461,11 +466,15 @@ static void check_reduce(duet_datatype_t dt, duet_op_t op, size_t n, int alias) 
   if (memcmp(a, a0, total) || memcmp(b, b0, total))
     fail_note("%s %s n=%zu %s: an input buffer was modified", TI[dt].name, OPNAME[op], n,
               ALIAS_NAME[alias]);
-  free(a);
-  free(b);
-  free(d);
+  free(ab);
+  free(bb);
+  free(db);
   free(a0);
   free(b0);
+}
+
+static void check_reduce(duet_datatype_t dt, duet_op_t op, size_t n, int alias) {
+  check_reduce_at(dt, op, n, alias, 0);
 }
 
 static void check_all_ops(duet_datatype_t dt) {
@@ -513,6 +522,24 @@ Test(reduce_all, float8e4m3) {
 }
 Test(reduce_all, float8e5m2) {
   check_all_ops(DUET_FLOAT8_E5M2);
+}
+
+/* The 8- and 16-bit float kernels work on 32-bit words (two or four
+ * elements) and finish the elements after the last whole word one by one;
+ * the others are vector loops with scalar ends. Every type, op and aliasing
+ * at counts that leave every remainder, from starts 1-3 elements past an
+ * aligned address. */
+Test(reduce_all, unaligned_starts_and_tails) {
+  static const size_t counts[] = {1, 2, 3, 4, 5, 6, 7, 9, 33, 130, 1027};
+  for (int dt = 0; dt < DUET_NUM_DATATYPES; dt++) {
+    rng_state = 0x9e37 + (uint64_t)dt;
+    for (int op = 0; op < DUET_NUM_OPS; op++)
+      for (size_t c = 0; c < sizeof counts / sizeof counts[0]; c++)
+        for (size_t off = 1; off <= 3; off++)
+          for (int alias = 0; alias < 4; alias++)
+            check_reduce_at((duet_datatype_t)dt, (duet_op_t)op, counts[c], alias, off);
+  }
+  ASSERT_NO_FAILURES();
 }
 
 /* ---- hand-computed cases: {dt, op, a, b, want}; NAN_ANY accepts any NaN ---- */
