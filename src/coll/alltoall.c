@@ -48,12 +48,8 @@ duet_status_t duet__alltoall_pairwise_build(const duet__coll_args_t *a, duet__sc
     uint32_t gate = done[w]; /* the step that used this window slot before */
     duet__ref_t out = duet__ref(DUET_BUF_SEND, (uint64_t)q * blk);
     duet__ref_t in = duet__ref(DUET_BUF_RECV, (uint64_t)q * blk);
-    if (q == r) {
-      done[w] = duet__sched_copy(s, in, out, blk, &gate, 1); /* nothing in place */
-      if (done[w] == DUET_STEP_NONE)
-        done[w] = gate;
+    if (q == r) /* the local block is copied last, below */
       continue;
-    }
     if (!a->in_place) {
       duet__sched_send(s, q, 0, out, blk, &gate, 1);
       done[w] = duet__sched_recv(s, q, 0, in, blk, &gate, 1);
@@ -65,6 +61,10 @@ duet_status_t duet__alltoall_pairwise_build(const duet__coll_args_t *a, duet__sc
       done[w] = duet__sched_copy(s, in, slot, blk, deps, 2);
     }
   }
+  /* After every exchange is posted, so that the copy overlaps the transfers
+   * instead of delaying them (in place there is nothing to copy). */
+  duet__sched_copy(s, duet__ref(DUET_BUF_RECV, (uint64_t)r * blk),
+                   duet__ref(DUET_BUF_SEND, (uint64_t)r * blk), blk, NULL, 0);
   return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
 }
 
