@@ -431,7 +431,7 @@ static double duet__tune_cost_dims(const duet__tune_dims_t *d, int coll, int alg
  * dominates there. With more ranks than cores every step of an algorithm
  * waits for the scheduler to run its peer, so algorithms with fewer steps
  * win far beyond where the model moves to the ring (at 4 ranks on 2 cores
- * over tcp, Rabenseifner beats the ring by 1.3x at 2 MiB); and over
+ * over tcp, Rabenseifner beats the ring by 1.4x at 512 KiB); and over
  * libfabric's shm the exchange of whole buffers (recursive doubling) stays
  * ahead at 2 ranks up to megabytes.
  *
@@ -462,6 +462,12 @@ static double duet__tune_cost_dims(const duet__tune_dims_t *d, int coll, int alg
  *     bruck 71.5; 8M pairwise 2647 / bruck 8978. Bruck now ends at 8 KiB,
  *     not 4 (3 more launches, -n 100, against Open MPI in the same run:
  *     8K bruck 1.17-1.45 / pairwise 0.98-1.17; 16K and 32K mixed)
+ * Re-measured after the reduction kernels were vectorised (fcb1b59; 3
+ * launches, -n 30, medians of out-of-place times): the ring overtakes
+ * Rabenseifner above 2 MiB at np 4 (512K rab 270 / ring 391; 2M ring 1116 /
+ * rab 1123; 4M ring 2352 / rab 2689; 16M ring 10997 / rab 12576; in place
+ * alike), and at np 3 and 8 too (one launch: np 8 16M ring 25340 / rab
+ * 28707; np 3 16M ring 9633 / rab 11481). The ring row starts at 2 MiB + 1.
  * tcp;ofi_rxm with duet's rxm defaults:
  *   allreduce tcp np2: 32K rd 12.4 / rab 20.7; 128K rab 38.4 / ring 40.0 /
  *     rd 55.1; 512K rd 131 / rab 139; 2M ring 595 / rab 665; 8M ring 2616
@@ -489,7 +495,8 @@ static const struct duet__tune_calib {
     {"tcp", 0, 2, 2, DUET_COLL_ALLREDUCE, SIZE_MAX, DUET_ALGO_RING},
     {"tcp", 0, 2, 2, DUET_COLL_ALLTOALL, SIZE_MAX, DUET_ALGO_PAIRWISE},
     {"tcp", 1, 3, 8, DUET_COLL_ALLREDUCE, 64u << 10, DUET_ALGO_RD},
-    {"tcp", 1, 3, 8, DUET_COLL_ALLREDUCE, SIZE_MAX, DUET_ALGO_RABENSEIFNER},
+    {"tcp", 1, 3, 8, DUET_COLL_ALLREDUCE, 2u << 20, DUET_ALGO_RABENSEIFNER},
+    {"tcp", 1, 3, 8, DUET_COLL_ALLREDUCE, SIZE_MAX, DUET_ALGO_RING},
     {"tcp", 1, 3, 8, DUET_COLL_ALLTOALL, 8u << 10, DUET_ALGO_BRUCK},
     {"tcp", 1, 3, 8, DUET_COLL_ALLTOALL, SIZE_MAX, DUET_ALGO_PAIRWISE},
     {"tcp;ofi_rxm", 0, 2, 2, DUET_COLL_ALLREDUCE, 64u << 10, DUET_ALGO_RD},

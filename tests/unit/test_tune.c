@@ -417,6 +417,9 @@ Test(tune, calibration_table_on_one_host) {
   s = host_shape("tcp", 4, 1);
   cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 32 * KiB), DUET_ALGO_RD);
   cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 128 * KiB), DUET_ALGO_RABENSEIFNER);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 2 * MiB), DUET_ALGO_RABENSEIFNER);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 4 * MiB), DUET_ALGO_RING);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 64 * MiB), DUET_ALGO_RING);
   cr_assert_eq(pick(&s, DUET_COLL_ALLTOALL, 8 * KiB), DUET_ALGO_BRUCK);
   cr_assert_eq(pick(&s, DUET_COLL_ALLTOALL, 16 * KiB), DUET_ALGO_PAIRWISE);
   s = host_shape("shm", 4, 1);
