@@ -252,10 +252,25 @@ uint8_t duet__float_to_e5m2(float f) {
   (((y) < (x)) | ((y) != (y)) ? (y) : OP_FZTIE(x, y) ? -((-(x)) + (-(y))) : (x))
 #define OP_FMAX(T, U, x, y) (((y) > (x)) | ((y) != (y)) ? (y) : OP_FZTIE(x, y) ? (x) + (y) : (x))
 
+/* Kernels that do many operations per element (the 8- and 16-bit float
+ * conversions below, NaN- and zero-aware float min/max) are bound by the
+ * width of the vectors, not by memory: where the toolchain can, their loops
+ * are built twice, for AVX2 and for the base ISA, and the loader picks one
+ * for the CPU (an ifunc). bf16 sums run 2.3x faster with AVX2 than with
+ * SSE2. */
+#if defined(__x86_64__) && defined(__GLIBC__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#endif
+#endif
+#ifndef SIMD_CLONES
+#define SIMD_CLONES
+#endif
+
 /*
  * One (type, op) kernel in four aliasing variants; the dispatcher picks the
  * one that matches, so restrict is always true of the pointers it qualifies.
- * AT: attributes of the five functions (LOWP_CLONES below), or nothing.
+ * AT: attributes of the five functions (SIMD_CLONES below), or nothing.
  */
 #define DEFINE_KERNEL(NAME, T, U, OP) DEFINE_KERNEL_AT(NAME, T, U, OP, )
 #define DEFINE_KERNEL_AT(NAME, T, U, OP, AT)                                                       \
@@ -315,8 +330,8 @@ uint8_t duet__float_to_e5m2(float f) {
 #define DEFINE_FLOAT_KERNELS(S, T, U)                                                              \
   DEFINE_KERNEL(k_sum_##S, T, U, OP_FSUM)                                                          \
   DEFINE_KERNEL(k_prod_##S, T, U, OP_FPROD)                                                        \
-  DEFINE_KERNEL(k_min_##S, T, U, OP_FMIN)                                                          \
-  DEFINE_KERNEL(k_max_##S, T, U, OP_FMAX)
+  DEFINE_KERNEL_AT(k_min_##S, T, U, OP_FMIN, SIMD_CLONES)                                          \
+  DEFINE_KERNEL_AT(k_max_##S, T, U, OP_FMAX, SIMD_CLONES)
 
 DUET_INT_TYPES(DEFINE_INT_KERNELS)
 DUET_FLOAT_TYPES(DEFINE_FLOAT_KERNELS)
@@ -334,20 +349,6 @@ DUET_FLOAT_TYPES(DEFINE_FLOAT_KERNELS)
  * elements after the last whole word go through the same word function,
  * one at a time.
  */
-
-/* The conversions are integer and float arithmetic in 32-bit lanes, so
- * these loops are bound by the width of the vectors, not by memory: where
- * the toolchain can, each word loop is built twice, for AVX2 and for the
- * base ISA, and the loader picks one for the CPU (an ifunc). bf16 sums run
- * 2.3x faster with AVX2 than with SSE2. */
-#if defined(__x86_64__) && defined(__GLIBC__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define LOWP_CLONES __attribute__((target_clones("avx2", "default")))
-#endif
-#endif
-#ifndef LOWP_CLONES
-#define LOWP_CLONES
-#endif
 
 /* A 32-bit word that may sit at any address and alias the element type. */
 typedef uint32_t word_t __attribute__((aligned(1), may_alias));
@@ -371,7 +372,7 @@ typedef uint32_t word_t __attribute__((aligned(1), may_alias));
   static inline ALWAYS_INLINE uint32_t w_##OPN##_##S(uint32_t x, uint32_t y) {                     \
     return LANES(TO_F, FROM_F, FOP, x, y);                                                         \
   }                                                                                                \
-  DEFINE_KERNEL_AT(kw_##OPN##_##S, word_t, w_##OPN##_##S, OP_WORD, LOWP_CLONES)                    \
+  DEFINE_KERNEL_AT(kw_##OPN##_##S, word_t, w_##OPN##_##S, OP_WORD, SIMD_CLONES)                    \
   static void k_##OPN##_##S(void *d, const void *a, const void *b, size_t n) {                     \
     size_t words = n / PER;                                                                        \
     T *pd = d;                                                                                     \
