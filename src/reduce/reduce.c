@@ -247,10 +247,13 @@ uint8_t duet__float_to_e5m2(float f) {
  * (IEEE 754-2019 minimum/maximum), computed as sums so the loops vectorise
  * (as selects, given -fno-trapping-math: see VEC_CFLAGS in configure.ac, and
  * tests/vectorized.sh, which checks that every kernel family is packed). */
-#define OP_FZTIE(x, y) (((x) == (y)) & ((x) == 0))
+/* The comparisons are combined with & and | on ints (no short circuit, so
+ * no branch). */
+#define OP_FZTIE(x, y) ((int)((x) == (y)) & (int)((x) == 0))
+#define OP_FYWINS(cmp, x, y) ((int)(cmp) | (int)((y) != (y)))
 #define OP_FMIN(T, U, x, y)                                                                        \
-  (((y) < (x)) | ((y) != (y)) ? (y) : OP_FZTIE(x, y) ? -((-(x)) + (-(y))) : (x))
-#define OP_FMAX(T, U, x, y) (((y) > (x)) | ((y) != (y)) ? (y) : OP_FZTIE(x, y) ? (x) + (y) : (x))
+  (OP_FYWINS((y) < (x), x, y) ? (y) : OP_FZTIE(x, y) ? -((-(x)) + (-(y))) : (x))
+#define OP_FMAX(T, U, x, y) (OP_FYWINS((y) > (x), x, y) ? (y) : OP_FZTIE(x, y) ? (x) + (y) : (x))
 
 /* Kernels that do many operations per element (the 8- and 16-bit float
  * conversions below, NaN- and zero-aware float min/max) are bound by the
