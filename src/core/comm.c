@@ -86,8 +86,7 @@ static void duet__report_locality(int rank) {
     return; /* discover logged why */
   nic = duet__topo_nic_near(&t, t.numa);
   DUET_INFO(DUET_SUB_TOPO, "rank %d on %s: cpus %s, numa %s%d, nearest NIC %s", rank, t.hostname,
-            t.cpuset ? t.cpuset : "?", t.bound ? "" : "unbound/", t.numa,
-            nic ? nic->name : "none");
+            t.cpuset ? t.cpuset : "?", t.bound ? "" : "unbound/", t.numa, nic ? nic->name : "none");
   duet__topo_free(&t);
 }
 
@@ -151,9 +150,9 @@ static duet_status_t duet__open_endpoints(duet_comm_t *comm, const duet__domains
              comm->cfg.upn_provider[0] && strcmp(comm->cfg.upn_provider, "mem") != 0
                  ? comm->cfg.upn_provider
              : dom->domain_one_host[comm->supernode] ? "shm"
-                                                      : "tcp");
+                                                     : "tcp");
     snprintf(iface, sizeof(iface), "%s",
-             comm->cfg.upn_iface[0]                            ? comm->cfg.upn_iface
+             comm->cfg.upn_iface[0] ? comm->cfg.upn_iface
              : (dom->domain_one_host[comm->supernode] && strcmp(prov, "shm") != 0) ? "lo"
                                                                                    : "");
     rc = duet__open_net(comm, DUET_NET_UPN, duet__tp_for_provider(prov), prov, iface, errbuf);
@@ -228,8 +227,8 @@ void duet__comm_shape(duet_comm_t *comm) {
  * unset, or "mem"; DUET_UPN_PROVIDER=shm selects libfabric's shm instead.
  * The segment's name is unique to this communicator's unique id and the
  * super-node's first rank's pid. Returns 1 when mapped. */
-static int duet__open_mem(duet_comm_t *comm, const duet__domains_t *dom,
-                          const duet_unique_id_t *id, const duet__rank_info_t *info) {
+static int duet__open_mem(duet_comm_t *comm, const duet__domains_t *dom, const duet_unique_id_t *id,
+                          const duet__rank_info_t *info) {
   char name[96], err[DUET_SHM_ERRLEN] = "";
   uint64_t h = 1469598103934665603ull;
   int first = -1;
@@ -245,10 +244,10 @@ static int duet__open_mem(duet_comm_t *comm, const duet__domains_t *dom,
   snprintf(name, sizeof(name), "/duet-%016llx-%d-%d", (unsigned long long)h, (int)info[first].pid,
            comm->supernode);
   if (duet__shm_open(&comm->mem, name, comm->local_rank, comm->local_size,
-                     comm->cfg.timeout_ms < 30000 ? comm->cfg.timeout_ms : 30000, err) !=
-      DUET_SUCCESS) {
-    DUET_WARN(DUET_SUB_INIT, "rank %d: no shared-memory UPN path (%s); using libfabric",
-              comm->rank, err);
+                     comm->cfg.timeout_ms < 30000 ? comm->cfg.timeout_ms : 30000,
+                     err) != DUET_SUCCESS) {
+    DUET_WARN(DUET_SUB_INIT, "rank %d: no shared-memory UPN path (%s); using libfabric", comm->rank,
+              err);
     comm->mem = NULL;
     return 0;
   }
@@ -266,7 +265,7 @@ static duet_status_t duet__insert_peers(duet_comm_t *comm, const duet__addr_msg_
 
   for (int r = 0; r < comm->nranks; r++) {
     duet__peer_t *p = &comm->peers[r];
-    p->net = r == comm->rank                          ? DUET_NET_SELF
+    p->net = r == comm->rank                   ? DUET_NET_SELF
              : p->supernode == comm->supernode ? DUET_NET_UPN
                                                : DUET_NET_HPN;
     p->index = counts[p->net]++;
@@ -288,8 +287,8 @@ static duet_status_t duet__insert_peers(duet_comm_t *comm, const duet__addr_msg_
       memcpy(blobs + (size_t)k * DUET_TP_ADDR_MAX, all[r].addr[n], all[r].len[n]);
       lens[k++] = all[r].len[n];
     }
-    rc = comm->nets->net[n].ops->insert_peers(comm->nets->net[n].ep, k, blobs, DUET_TP_ADDR_MAX, lens,
-                                        errbuf);
+    rc = comm->nets->net[n].ops->insert_peers(comm->nets->net[n].ep, k, blobs, DUET_TP_ADDR_MAX,
+                                              lens, errbuf);
     if (rc != DUET_SUCCESS)
       goto out_free;
   }
@@ -297,6 +296,53 @@ out_free:
   free(blobs);
   free(lens);
   return rc;
+}
+
+/*
+ * Settings that decide which algorithm, chunk size and path a call takes.
+ * Ranks that resolved them differently (an environment variable exported to
+ * some ranks only) would run different schedules for the same call and wait
+ * for each other until the deadline: init compares them instead.
+ */
+static const char *const duet__agree_names[DUET_AGREE_COUNT] = {
+    "DUET_ALGO",         "DUET_CHUNK_BYTES",  "DUET_RD_MAX_BYTES",
+    "DUET_UPN_PROVIDER", "DUET_HPN_PROVIDER", "DUET_UPN_LAT_US",
+    "DUET_UPN_BW_GBPS",  "DUET_HPN_LAT_US",   "DUET_HPN_BW_GBPS"};
+
+/* FNV-1a over n bytes. */
+static uint64_t duet__hash(const void *p, size_t n) {
+  const unsigned char *b = p;
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < n; i++)
+    h = (h ^ b[i]) * 1099511628211ull;
+  return h;
+}
+
+static void duet__agree_fill(const duet__cfg_t *cfg, uint64_t agree[DUET_AGREE_COUNT]) {
+  const size_t chunk[2] = {cfg->chunk_bytes, (size_t)cfg->chunk_forced};
+  agree[0] = duet__hash(cfg->algo.coll, sizeof(cfg->algo.coll));
+  agree[1] = duet__hash(chunk, sizeof(chunk));
+  agree[2] = duet__hash(&cfg->rd_max_bytes, sizeof(cfg->rd_max_bytes));
+  agree[3] = duet__hash(cfg->upn_provider, strlen(cfg->upn_provider));
+  agree[4] = duet__hash(cfg->hpn_provider, strlen(cfg->hpn_provider));
+  agree[5] = duet__hash(&cfg->upn_lat_us, sizeof(cfg->upn_lat_us));
+  agree[6] = duet__hash(&cfg->upn_bw_gbps, sizeof(cfg->upn_bw_gbps));
+  agree[7] = duet__hash(&cfg->hpn_lat_us, sizeof(cfg->hpn_lat_us));
+  agree[8] = duet__hash(&cfg->hpn_bw_gbps, sizeof(cfg->hpn_bw_gbps));
+}
+
+/* Every rank sees every rank's hashes, so all of them fail alike, naming the
+ * first setting and the first rank that differs from rank 0. */
+static duet_status_t duet__agree_check(const duet__rank_info_t *info, int nranks, int rank) {
+  for (int k = 0; k < DUET_AGREE_COUNT; k++)
+    for (int r = 1; r < nranks; r++)
+      if (info[r].agree[k] != info[0].agree[k])
+        return duet__set_error(NULL, DUET_ERR_MISMATCH,
+                               "duet_comm_init: rank %d: %s differs between rank 0 and rank %d; "
+                               "it decides each call's algorithm, so every rank must have the "
+                               "same value (set it in the environment of every rank, or of none)",
+                               rank, duet__agree_names[k], r);
+  return DUET_SUCCESS;
 }
 
 /* Round 2/3 helper: share ok/error; if another rank failed, say which. */
@@ -309,13 +355,12 @@ static duet_status_t duet__exchange_status(duet_comm_t *comm, duet__boot_t *boot
     return duet__set_error(comm, rc, "duet_comm_init: rank %d: rendezvous (%s) failed: %s",
                            comm->rank, what, berr);
   if (!mine->ok)
-    return duet__set_error(comm, DUET_ERR_TRANSPORT, "duet_comm_init: rank %d: %s: %s",
-                           comm->rank, what, mine->error);
+    return duet__set_error(comm, DUET_ERR_TRANSPORT, "duet_comm_init: rank %d: %s: %s", comm->rank,
+                           what, mine->error);
   for (int r = 0; r < comm->nranks; r++)
     if (!all[r].ok)
-      return duet__set_error(comm, DUET_ERR_REMOTE,
-                             "duet_comm_init: rank %d failed (%s): %.*s", r, what,
-                             (int)sizeof(all[r].error), all[r].error);
+      return duet__set_error(comm, DUET_ERR_REMOTE, "duet_comm_init: rank %d failed (%s): %.*s", r,
+                             what, (int)sizeof(all[r].error), all[r].error);
   return DUET_SUCCESS;
 }
 
@@ -363,6 +408,7 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
            comm->cfg.supernode[0] ? comm->cfg.supernode : mine.host);
   mine.ncores = duet__topo_ncores();
   mine.pid = (int32_t)getpid();
+  duet__agree_fill(&comm->cfg, mine.agree);
   info = calloc((size_t)nranks, sizeof(*info));
   amine = calloc(1, sizeof(*amine));
   aall = calloc((size_t)nranks, sizeof(*aall));
@@ -377,6 +423,9 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
     duet__set_error(NULL, rc, "duet_comm_init: rank %d: rendezvous failed: %s", rank, berr);
     goto out_close_boot;
   }
+  rc = duet__agree_check(info, nranks, rank);
+  if (rc != DUET_SUCCESS)
+    goto out_close_boot;
   rc = duet__domains_build(info, nranks, &dom);
   if (rc != DUET_SUCCESS) {
     duet__set_error(NULL, rc, "duet_comm_init: out of memory for the super-node layout");
@@ -444,8 +493,8 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
     rc = duet__set_error(NULL, DUET_ERR_NO_MEMORY, "duet_comm_init: out of memory");
     goto out_close_nets;
   }
-  DUET_INFO(DUET_SUB_INIT, "rank %d of %d ready: %d super-node(s), %d rank(s) on this host",
-            rank, nranks, comm->nsupernodes, comm->host_ranks);
+  DUET_INFO(DUET_SUB_INIT, "rank %d of %d ready: %d super-node(s), %d rank(s) on this host", rank,
+            nranks, comm->nsupernodes, comm->host_ranks);
   duet__report_locality(rank);
   duet__boot_close(boot);
   duet__domains_free(&dom);
@@ -528,11 +577,10 @@ duet_status_t duet_comm_init_env(duet_comm_t **comm, const duet_config_t *config
   rc = duet__boot_env_read(&env, berr);
   if (rc != DUET_SUCCESS)
     return duet__set_error(NULL, rc, "duet_comm_init_env: %s", berr);
-  rc = duet__boot_root_at(&id, env.host, env.port, env.secret, env.rank == 0, cfg.timeout_ms,
-                          berr);
+  rc = duet__boot_root_at(&id, env.host, env.port, env.secret, env.rank == 0, cfg.timeout_ms, berr);
   if (rc != DUET_SUCCESS)
-    return duet__set_error(NULL, rc, "duet_comm_init_env: rank %d (%s): %s", env.rank,
-                           env.source, berr);
+    return duet__set_error(NULL, rc, "duet_comm_init_env: rank %d (%s): %s", env.rank, env.source,
+                           berr);
   return duet__comm_init(comm, env.size, &id, env.rank, config);
 }
 
@@ -602,14 +650,14 @@ duet_status_t duet_comm_get_async_error(duet_comm_t *comm, duet_status_t *async_
   return DUET_SUCCESS;
 }
 
-#define DUET_QUERY_CHECK(fn, out)                                                             \
-  do {                                                                                        \
-    if (comm == NULL || !duet__comm_is_live(comm))                                            \
-      return duet__set_error(NULL, DUET_ERR_INVALID_ARGUMENT,                                 \
-                             fn ": comm is NULL or was destroyed");                           \
-    if ((out) == NULL)                                                                        \
-      return duet__set_error((duet_comm_t *)comm, DUET_ERR_INVALID_ARGUMENT,                  \
-                             fn ": " #out " is NULL");                                        \
+#define DUET_QUERY_CHECK(fn, out)                                                                  \
+  do {                                                                                             \
+    if (comm == NULL || !duet__comm_is_live(comm))                                                 \
+      return duet__set_error(NULL, DUET_ERR_INVALID_ARGUMENT,                                      \
+                             fn ": comm is NULL or was destroyed");                                \
+    if ((out) == NULL)                                                                             \
+      return duet__set_error((duet_comm_t *)comm, DUET_ERR_INVALID_ARGUMENT,                       \
+                             fn ": " #out " is NULL");                                             \
   } while (0)
 
 duet_status_t duet_comm_rank(const duet_comm_t *comm, int *rank) {

@@ -67,11 +67,16 @@ const duet__topo_nic_t *duet__topo_nic_near(const duet__topo_t *t, int numa);
 void duet__topo_print(const duet__topo_t *t, FILE *out);
 
 /* What each rank tells the others in the first bootstrap round. */
+/* Settings every rank must share (they decide each call's algorithm and
+ * schedule), in the order of duet__agree_names in comm.c. */
+#define DUET_AGREE_COUNT 9
+
 typedef struct duet__rank_info {
   char host[64];
   char supernode[128];
   int32_t ncores;
   int32_t pid;
+  uint64_t agree[DUET_AGREE_COUNT]; /* a hash of each such setting */
 } duet__rank_info_t;
 
 /* The super-node layout derived from every rank's info. */

@@ -7,7 +7,8 @@
 # datatype x op is covered at the quick counts for every np; the full count
 # list (up to 1048579 elements) runs for np <= 4 on int32, float32, bfloat16,
 # uint64 and float8e4m3 (DUET_TEST_FULL_TYPES=all for every type). DUET_TEST_QUICK=1
-# (sanitizer builds) runs np 2 and 3 quick.
+# (sanitizer builds) runs np 2 and 3 quick. Last, DUET_ALGO set on one rank
+# only must fail every rank's init with a message naming it.
 #
 # Env: top_builddir (default .), MPIRUN (default mpirun), DUET_TEST_TIMEOUT
 # (seconds per mpirun, default 300), DUET_TEST_NP (override the np list).
@@ -79,6 +80,29 @@ for np in $nps; do
     run ofi-tcp "$np" "$coll" -q
   fi
 done
+
+# Settings that decide the algorithm must agree: DUET_ALGO exported to one
+# app context only makes every rank's init fail at once with MISMATCH, naming
+# it (before, the two ranks ran different schedules and waited for each other
+# until DUET_TIMEOUT_MS).
+differ() {
+  local out rc start=$SECONDS
+  echo "+ env -u DUET_ALGO timeout $limit $mpirun ${mpiopts[*]} -np 1 -x DUET_ALGO=allreduce=ring $allreduce -q : -np 1 $allreduce -q"
+  out=$(env -u DUET_ALGO DUET_TIMEOUT_MS=60000 timeout "$limit" "$mpirun" "${mpiopts[@]}" \
+    -np 1 -x DUET_ALGO=allreduce=ring "$allreduce" -q : -np 1 "$allreduce" -q 2>&1)
+  rc=$?
+  echo "$out" | grep -E "^\[rank" | head -2
+  if [ $rc -ne 0 ] && [ "$(echo "$out" | grep -c "DUET_ALGO differs between rank 0 and rank 1")" -eq 2 ] &&
+    [ $((SECONDS - start)) -lt 30 ]; then
+    passed=$((passed + 1))
+    echo "# passed in $((SECONDS - start)) s: both ranks refused, naming DUET_ALGO"
+  else
+    failed=$((failed + 1))
+    failures+=("[settings differ rc=$rc after $((SECONDS - start)) s] DUET_ALGO on one rank only")
+    echo "# FAILED (exit $rc) after $((SECONDS - start)) s"
+  fi
+}
+differ
 
 for f in "${failures[@]+"${failures[@]}"}"; do
   echo "# failed: $f"

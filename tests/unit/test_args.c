@@ -1,10 +1,13 @@
 /*
  * Bad input at the API boundary on a one-rank communicator: every call gets a
  * negative status and a duet_last_error message naming the argument, and
- * nothing is written. Also the one-rank collectives themselves.
+ * nothing is written. Also the one-rank collectives themselves, and init
+ * refusing ranks whose algorithm-deciding settings differ.
  */
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "duet.h"
@@ -24,12 +27,12 @@ static void teardown(void) {
     cr_assert_eq(duet_comm_destroy(comm), DUET_SUCCESS, "%s", duet_last_error(NULL));
 }
 
-#define EXPECT_BAD(call, c, word)                                                       \
-  do {                                                                                  \
-    duet_status_t rc_ = (call);                                                         \
-    cr_assert_eq(rc_, DUET_ERR_INVALID_ARGUMENT, "%s returned %d", #call, rc_);         \
-    cr_assert(strstr(duet_last_error(c), word) != NULL, "%s: message '%s' lacks '%s'", \
-              #call, duet_last_error(c), word);                                         \
+#define EXPECT_BAD(call, c, word)                                                                  \
+  do {                                                                                             \
+    duet_status_t rc_ = (call);                                                                    \
+    cr_assert_eq(rc_, DUET_ERR_INVALID_ARGUMENT, "%s returned %d", #call, rc_);                    \
+    cr_assert(strstr(duet_last_error(c), word) != NULL, "%s: message '%s' lacks '%s'", #call,      \
+              duet_last_error(c), word);                                                           \
   } while (0)
 
 TestSuite(args, .init = setup, .fini = teardown, .timeout = 60);
@@ -39,12 +42,9 @@ Test(args, allreduce) {
   memset(dst, 0x7b, sizeof(dst));
   EXPECT_BAD(duet_allreduce(NULL, dst, 8, DUET_FLOAT32, DUET_SUM, comm), comm, "sendbuf");
   EXPECT_BAD(duet_allreduce(src, NULL, 8, DUET_FLOAT32, DUET_SUM, comm), comm, "recvbuf");
-  EXPECT_BAD(duet_allreduce(src, dst, SIZE_MAX / 2, DUET_FLOAT32, DUET_SUM, comm), comm,
-             "count");
-  EXPECT_BAD(duet_allreduce(src, dst, 8, (duet_datatype_t)99, DUET_SUM, comm), comm,
-             "datatype");
-  EXPECT_BAD(duet_allreduce(src, dst, 8, (duet_datatype_t)-1, DUET_SUM, comm), comm,
-             "datatype");
+  EXPECT_BAD(duet_allreduce(src, dst, SIZE_MAX / 2, DUET_FLOAT32, DUET_SUM, comm), comm, "count");
+  EXPECT_BAD(duet_allreduce(src, dst, 8, (duet_datatype_t)99, DUET_SUM, comm), comm, "datatype");
+  EXPECT_BAD(duet_allreduce(src, dst, 8, (duet_datatype_t)-1, DUET_SUM, comm), comm, "datatype");
   EXPECT_BAD(duet_allreduce(src, dst, 8, DUET_FLOAT32, (duet_op_t)99, comm), comm, "op");
   EXPECT_BAD(duet_allreduce(src, src + 1, 4, DUET_FLOAT32, DUET_SUM, comm), comm, "overlap");
   EXPECT_BAD(duet_allreduce(src, dst, 8, DUET_FLOAT32, DUET_SUM, NULL), NULL, "comm");
@@ -136,4 +136,59 @@ Test(args, init_errors) {
   EXPECT_BAD(duet_comm_init_rank(&c, 1, id, 0, NULL), NULL, "DUET_TIMEOUT_MS");
   setenv("DUET_TIMEOUT_MS", "10000", 1);
   cr_assert_null(c, "comm must be NULL after a failed init");
+}
+
+/* ---- settings that decide the algorithm must agree across ranks ---- */
+
+typedef struct {
+  duet_unique_id_t id;
+  int rank;
+  const char *upn; /* this rank's DUET_UPN_PROVIDER, by config */
+  duet_status_t rc;
+  char err[512];
+} differ_arg_t;
+
+static void *differ_rank(void *p) {
+  differ_arg_t *d = p;
+  duet_config_t cfg = DUET_CONFIG_INIT;
+  duet_comm_t *c = NULL;
+  cfg.upn_provider = d->upn;
+  cfg.timeout_ms = 20000;
+  d->rc = duet_comm_init_rank(&c, 2, d->id, d->rank, &cfg);
+  snprintf(d->err, sizeof(d->err), "%s", duet_last_error(NULL));
+  if (c != NULL)
+    duet_comm_destroy(c);
+  return NULL;
+}
+
+/* Two ranks given different UPN providers (which also picks the tuner's
+ * calibration rows) would run different schedules and wait for each other
+ * until the deadline: init refuses on both ranks at once, naming the
+ * setting. The same providers on both still initialise. */
+Test(args, init_refuses_settings_that_differ_between_ranks, .timeout = 60) {
+  static const char *const pairs[2][2] = {{"tcp", "mem"}, {"tcp", "tcp"}};
+  for (int k = 0; k < 2; k++) {
+    differ_arg_t d[2];
+    pthread_t t[2];
+    duet_unique_id_t id;
+    cr_assert_eq(duet_get_unique_id(&id), DUET_SUCCESS, "%s", duet_last_error(NULL));
+    for (int r = 0; r < 2; r++) {
+      memset(&d[r], 0, sizeof(d[r]));
+      d[r].id = id;
+      d[r].rank = r;
+      d[r].upn = pairs[k][r];
+      cr_assert_eq(pthread_create(&t[r], NULL, differ_rank, &d[r]), 0);
+    }
+    for (int r = 0; r < 2; r++)
+      pthread_join(t[r], NULL);
+    for (int r = 0; r < 2; r++) {
+      if (k == 0) {
+        cr_assert_eq(d[r].rc, DUET_ERR_MISMATCH, "rank %d: %d (%s)", r, d[r].rc, d[r].err);
+        cr_assert(strstr(d[r].err, "DUET_UPN_PROVIDER differs between rank 0 and rank 1"),
+                  "rank %d: %s", r, d[r].err);
+      } else {
+        cr_assert_eq(d[r].rc, DUET_SUCCESS, "rank %d: %s", r, d[r].err);
+      }
+    }
+  }
 }
