@@ -222,6 +222,15 @@ void duet__comm_shape(duet_comm_t *comm) {
     sh->hpn_bw_gbps = comm->cfg.hpn_bw_gbps;
 }
 
+/* FNV-1a over n bytes. */
+static uint64_t duet__hash(const void *p, size_t n) {
+  const unsigned char *b = p;
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < n; i++)
+    h = (h ^ b[i]) * 1099511628211ull;
+  return h;
+}
+
 /* The UPN load/store path: ranks of a super-node that sits on one host map
  * one shared segment (DESIGN.md section 5). Default when DUET_UPN_PROVIDER is
  * unset, or "mem"; DUET_UPN_PROVIDER=shm selects libfabric's shm instead.
@@ -230,14 +239,12 @@ void duet__comm_shape(duet_comm_t *comm) {
 static int duet__open_mem(duet_comm_t *comm, const duet__domains_t *dom, const duet_unique_id_t *id,
                           const duet__rank_info_t *info) {
   char name[96], err[DUET_SHM_ERRLEN] = "";
-  uint64_t h = 1469598103934665603ull;
+  const uint64_t h = duet__hash(id->bytes, sizeof(id->bytes));
   int first = -1;
   if (comm->local_size < 2 || !dom->domain_one_host[comm->supernode])
     return 0;
   if (comm->cfg.upn_provider[0] && strcmp(comm->cfg.upn_provider, "mem") != 0)
     return 0;
-  for (size_t i = 0; i < sizeof(id->bytes); i++)
-    h = (h ^ id->bytes[i]) * 1099511628211ull;
   for (int r = 0; r < comm->nranks && first < 0; r++)
     if (dom->supernode[r] == comm->supernode)
       first = r;
@@ -308,15 +315,6 @@ static const char *const duet__agree_names[DUET_AGREE_COUNT] = {
     "DUET_ALGO",         "DUET_CHUNK_BYTES",  "DUET_RD_MAX_BYTES",
     "DUET_UPN_PROVIDER", "DUET_HPN_PROVIDER", "DUET_UPN_LAT_US",
     "DUET_UPN_BW_GBPS",  "DUET_HPN_LAT_US",   "DUET_HPN_BW_GBPS"};
-
-/* FNV-1a over n bytes. */
-static uint64_t duet__hash(const void *p, size_t n) {
-  const unsigned char *b = p;
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < n; i++)
-    h = (h ^ b[i]) * 1099511628211ull;
-  return h;
-}
 
 static void duet__agree_fill(const duet__cfg_t *cfg, uint64_t agree[DUET_AGREE_COUNT]) {
   const size_t chunk[2] = {cfg->chunk_bytes, (size_t)cfg->chunk_forced};

@@ -246,14 +246,13 @@ uint8_t duet__float_to_e5m2(float f) {
  * order of reduction: a tie of +0 and -0 gives -0 for min and +0 for max
  * (IEEE 754-2019 minimum/maximum), computed as sums so the loops vectorise
  * (as selects, given -fno-trapping-math: see VEC_CFLAGS in configure.ac, and
- * tests/vectorized.sh, which checks that every kernel family is packed). */
-/* The comparisons are combined with & and | on ints (no short circuit, so
- * no branch). */
+ * tests/vectorized.sh, which checks that every kernel family is packed). The
+ * comparisons are combined with & and | on ints: no short circuit, no branch. */
 #define OP_FZTIE(x, y) ((int)((x) == (y)) & (int)((x) == 0))
-#define OP_FYWINS(cmp, x, y) ((int)(cmp) | (int)((y) != (y)))
+#define OP_FYWINS(cmp, y) ((int)(cmp) | (int)((y) != (y)))
 #define OP_FMIN(T, U, x, y)                                                                        \
-  (OP_FYWINS((y) < (x), x, y) ? (y) : OP_FZTIE(x, y) ? -((-(x)) + (-(y))) : (x))
-#define OP_FMAX(T, U, x, y) (OP_FYWINS((y) > (x), x, y) ? (y) : OP_FZTIE(x, y) ? (x) + (y) : (x))
+  (OP_FYWINS((y) < (x), y) ? (y) : OP_FZTIE(x, y) ? -((-(x)) + (-(y))) : (x))
+#define OP_FMAX(T, U, x, y) (OP_FYWINS((y) > (x), y) ? (y) : OP_FZTIE(x, y) ? (x) + (y) : (x))
 
 /* Kernels that do many operations per element (the 8- and 16-bit float
  * conversions below, NaN- and zero-aware float min/max) are bound by the
@@ -273,7 +272,7 @@ uint8_t duet__float_to_e5m2(float f) {
 /*
  * One (type, op) kernel in four aliasing variants; the dispatcher picks the
  * one that matches, so restrict is always true of the pointers it qualifies.
- * AT: attributes of the five functions (SIMD_CLONES below), or nothing.
+ * AT: attributes of the five functions (SIMD_CLONES), or nothing.
  */
 #define DEFINE_KERNEL(NAME, T, U, OP) DEFINE_KERNEL_AT(NAME, T, U, OP, )
 #define DEFINE_KERNEL_AT(NAME, T, U, OP, AT)                                                       \
