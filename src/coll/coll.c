@@ -7,22 +7,22 @@
 #include <string.h>
 
 #include "core/comm.h"
-#include "reduce/reduce.h"
 #include "core/log.h"
+#include "reduce/reduce.h"
 #include "tune/tune.h"
 
 const char *duet__coll_name(int coll) {
   static const char *names[DUET_COLL_COUNT] = {
-      "duet_allreduce", "duet_broadcast", "duet_barrier",        "duet_send",   "duet_recv",
-      "duet_allgather", "duet_reduce_scatter", "duet_reduce", "duet_alltoall", "duet_alltoallv"};
+      "duet_allreduce", "duet_broadcast",      "duet_barrier", "duet_send",     "duet_recv",
+      "duet_allgather", "duet_reduce_scatter", "duet_reduce",  "duet_alltoall", "duet_alltoallv"};
   return coll >= 0 && coll < DUET_COLL_COUNT ? names[coll] : "duet_?";
 }
 
-#define TRY(call)                   \
-  do {                              \
-    duet_status_t try_rc_ = (call); \
-    if (try_rc_ != DUET_SUCCESS)    \
-      return try_rc_;               \
+#define TRY(call)                                                                                  \
+  do {                                                                                             \
+    duet_status_t try_rc_ = (call);                                                                \
+    if (try_rc_ != DUET_SUCCESS)                                                                   \
+      return try_rc_;                                                                              \
   } while (0)
 
 /* Wait for a posted request and free it; NULL: the call already ran (the
@@ -266,14 +266,13 @@ static duet_status_t duet__allreduce_post(const char *fn, const void *sendbuf, v
   return duet__coll_post(comm, &a, bytes, sendbuf, recvbuf, req);
 }
 
-duet_status_t duet_iallreduce(const void *sendbuf, void *recvbuf, size_t count,
-                              duet_datatype_t dt, duet_op_t op, duet_comm_t *comm,
-                              duet_request_t **req) {
+duet_status_t duet_iallreduce(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,
+                              duet_op_t op, duet_comm_t *comm, duet_request_t **req) {
   return duet__allreduce_post("duet_iallreduce", sendbuf, recvbuf, count, dt, op, comm, 0, req);
 }
 
-duet_status_t duet_allreduce(const void *sendbuf, void *recvbuf, size_t count,
-                             duet_datatype_t dt, duet_op_t op, duet_comm_t *comm) {
+duet_status_t duet_allreduce(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,
+                             duet_op_t op, duet_comm_t *comm) {
   const char *fn = "duet_allreduce";
   duet_request_t *req;
   TRY(duet__allreduce_post(fn, sendbuf, recvbuf, count, dt, op, comm, 1, &req));
@@ -302,14 +301,13 @@ static duet_status_t duet__broadcast_post(const char *fn, const void *sendbuf, v
   return duet__coll_post(comm, &a, bytes, sendbuf, recvbuf, req);
 }
 
-duet_status_t duet_ibroadcast(const void *sendbuf, void *recvbuf, size_t count,
-                              duet_datatype_t dt, int root, duet_comm_t *comm,
-                              duet_request_t **req) {
+duet_status_t duet_ibroadcast(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,
+                              int root, duet_comm_t *comm, duet_request_t **req) {
   return duet__broadcast_post("duet_ibroadcast", sendbuf, recvbuf, count, dt, root, comm, 0, req);
 }
 
-duet_status_t duet_broadcast(const void *sendbuf, void *recvbuf, size_t count,
-                             duet_datatype_t dt, int root, duet_comm_t *comm) {
+duet_status_t duet_broadcast(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,
+                             int root, duet_comm_t *comm) {
   duet_request_t *req;
   TRY(duet__broadcast_post("duet_broadcast", sendbuf, recvbuf, count, dt, root, comm, 1, &req));
   return duet__wait_and_free(req);
@@ -516,8 +514,7 @@ duet_status_t duet_send(const void *buf, size_t count, duet_datatype_t dt, int p
   return duet__p2p_blocking("duet_send", DUET_COLL_SEND, buf, NULL, count, dt, peer, comm);
 }
 
-duet_status_t duet_recv(void *buf, size_t count, duet_datatype_t dt, int peer,
-                        duet_comm_t *comm) {
+duet_status_t duet_recv(void *buf, size_t count, duet_datatype_t dt, int peer, duet_comm_t *comm) {
   return duet__p2p_blocking("duet_recv", DUET_COLL_RECV, NULL, buf, count, dt, peer, comm);
 }
 
@@ -526,8 +523,8 @@ duet_status_t duet_isend(const void *buf, size_t count, duet_datatype_t dt, int 
   return duet__p2p_post("duet_isend", DUET_COLL_SEND, buf, NULL, count, dt, peer, comm, req);
 }
 
-duet_status_t duet_irecv(void *buf, size_t count, duet_datatype_t dt, int peer,
-                         duet_comm_t *comm, duet_request_t **req) {
+duet_status_t duet_irecv(void *buf, size_t count, duet_datatype_t dt, int peer, duet_comm_t *comm,
+                         duet_request_t **req) {
   return duet__p2p_post("duet_irecv", DUET_COLL_RECV, NULL, buf, count, dt, peer, comm, req);
 }
 
@@ -585,7 +582,6 @@ duet_status_t duet_wait(duet_request_t *req) {
   return duet__wait_and_free(req);
 }
 
-
 /* --- alltoall, alltoallv --- */
 
 #define DUET_A2AV_TUNE_BYTES ((size_t)1 << 20)
@@ -600,8 +596,8 @@ static duet_status_t duet__alltoall_post(const char *fn, const void *sendbuf, vo
   TRY(duet__check_dt(comm, fn, dt));
   TRY(duet__check_count(comm, fn, count, dt, &bytes));
   if (count > SIZE_MAX / (size_t)comm->nranks)
-    return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT,
-                           "%s: count %zu x %d ranks overflows", fn, count, comm->nranks);
+    return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT, "%s: count %zu x %d ranks overflows",
+                           fn, count, comm->nranks);
   TRY(duet__check_count(comm, fn, count * (size_t)comm->nranks, dt, &total));
   TRY(duet__check_buffer(comm, fn, "sendbuf", sendbuf, count));
   TRY(duet__check_buffer(comm, fn, "recvbuf", recvbuf, count));
@@ -612,8 +608,8 @@ static duet_status_t duet__alltoall_post(const char *fn, const void *sendbuf, vo
   return duet__coll_post(comm, &a, total, sendbuf, recvbuf, req);
 }
 
-duet_status_t duet_ialltoall(const void *sendbuf, void *recvbuf, size_t count,
-                             duet_datatype_t dt, duet_comm_t *comm, duet_request_t **req) {
+duet_status_t duet_ialltoall(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,
+                             duet_comm_t *comm, duet_request_t **req) {
   return duet__alltoall_post("duet_ialltoall", sendbuf, recvbuf, count, dt, comm, 0, req);
 }
 
@@ -637,13 +633,13 @@ static duet_status_t duet__check_v(duet_comm_t *comm, const char *fn, const char
   for (int q = 0; q < comm->nranks; q++) {
     if (counts[q] > (size_t)PTRDIFF_MAX / es || displs[q] > (size_t)PTRDIFF_MAX / es - counts[q])
       return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT,
-                             "%s: %s[%d] = %zu at %s[%d] = %zu overflows", fn, cname, q,
-                             counts[q], dname, q, displs[q]);
+                             "%s: %s[%d] = %zu at %s[%d] = %zu overflows", fn, cname, q, counts[q],
+                             dname, q, displs[q]);
     sum += counts[q];
   }
   if (buf == NULL && sum > 0)
-    return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT, "%s: %s is NULL with %zu elements",
-                           fn, bufname, sum);
+    return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT, "%s: %s is NULL with %zu elements", fn,
+                           bufname, sum);
   *total = sum;
   return DUET_SUCCESS;
 }
@@ -660,8 +656,8 @@ static duet_status_t duet__alltoallv_post(const char *fn, const void *sendbuf,
   TRY(duet__check_dt(comm, fn, dt));
   TRY(duet__check_v(comm, fn, "sendbuf", "sendcounts", "sdispls", sendbuf, sendcounts, sdispls, dt,
                     &stotal));
-  TRY(duet__check_v(comm, fn, "recvbuf", "recvcounts", "rdispls", recvbuf, recvcounts, rdispls,
-                    dt, &rtotal));
+  TRY(duet__check_v(comm, fn, "recvbuf", "recvcounts", "rdispls", recvbuf, recvcounts, rdispls, dt,
+                    &rtotal));
   if (sendbuf == recvbuf && sendbuf != NULL)
     return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT,
                            "%s: sendbuf == recvbuf: alltoallv does not work in place", fn);
@@ -681,12 +677,11 @@ static duet_status_t duet__alltoallv_post(const char *fn, const void *sendbuf,
   return duet__coll_post(comm, &a, DUET_A2AV_TUNE_BYTES, sendbuf, recvbuf, req);
 }
 
-duet_status_t duet_ialltoallv(const void *sendbuf, const size_t *sendcounts,
-                              const size_t *sdispls, void *recvbuf, const size_t *recvcounts,
-                              const size_t *rdispls, duet_datatype_t dt, duet_comm_t *comm,
-                              duet_request_t **req) {
-  return duet__alltoallv_post("duet_ialltoallv", sendbuf, sendcounts, sdispls, recvbuf,
-                              recvcounts, rdispls, dt, comm, 0, req);
+duet_status_t duet_ialltoallv(const void *sendbuf, const size_t *sendcounts, const size_t *sdispls,
+                              void *recvbuf, const size_t *recvcounts, const size_t *rdispls,
+                              duet_datatype_t dt, duet_comm_t *comm, duet_request_t **req) {
+  return duet__alltoallv_post("duet_ialltoallv", sendbuf, sendcounts, sdispls, recvbuf, recvcounts,
+                              rdispls, dt, comm, 0, req);
 }
 
 duet_status_t duet_alltoallv(const void *sendbuf, const size_t *sendcounts, const size_t *sdispls,
@@ -697,4 +692,3 @@ duet_status_t duet_alltoallv(const void *sendbuf, const size_t *sendcounts, cons
                            rdispls, dt, comm, 1, &req));
   return duet__wait_and_free(req);
 }
-

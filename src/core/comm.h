@@ -9,8 +9,8 @@
 #include "coll/coll.h"
 #include "core/config.h"
 #include "duet.h"
-#include "transport.h"
 #include "shm/shm.h"
+#include "transport.h"
 #include "tune/tune.h"
 
 #define DUET_ERRLEN 512
@@ -73,32 +73,32 @@ typedef struct duet__cache_entry {
 struct duet_comm {
   uint32_t magic;
   int rank, nranks;
-  uint32_t id;  /* comm id in tags */
-  uint32_t seq; /* next collective sequence number */
+  uint32_t id;        /* comm id in tags */
+  uint32_t seq;       /* next collective sequence number */
   uint32_t split_seq; /* duet_comm_split calls so far */
   duet__cfg_t cfg;
   int supernode, nsupernodes, local_rank, local_size;
-  int host_ranks;  /* ranks of this comm on this host */
-  int one_host;    /* the whole comm is on one host */
+  int host_ranks;       /* ranks of this comm on this host */
+  int one_host;         /* the whole comm is on one host */
   int domains_one_host; /* every super-node is on one host (UPN default shm) */
-  int yield;       /* more ranks than cores on this host: progress yields */
+  int yield;            /* more ranks than cores on this host: progress yields */
   duet__peer_t *peers;
   duet__layout_t layout;    /* super-nodes and rails, for the hierarchy */
   int32_t *layout_sn;       /* per rank super-node index (layout.supernode) */
   int32_t *layout_mem;      /* the layout's other arrays */
   duet__tune_shape_t shape; /* what the tuner weighs */
   duet__netset_t *nets;
-  duet__shm_t *mem;         /* the UPN load/store path (one-host super-node), or NULL */
-  int mem_everywhere;       /* every super-node has one (every rank mapped its segment) */
+  duet__shm_t *mem;   /* the UPN load/store path (one-host super-node), or NULL */
+  int mem_everywhere; /* every super-node has one (every rank mapped its segment) */
   duet_stats_t stats;
-  duet_status_t failed;   /* sticky failure (timeout, transport error, abort) */
+  duet_status_t failed; /* sticky failure (timeout, transport error, abort) */
   struct duet_request *active_head, *active_tail; /* posted, not yet completed */
   duet__cache_entry_t cache[DUET_SCHED_CACHE];
   uint64_t cache_clock;
   struct duet_request *free_reqs; /* finished requests, kept for reuse */
-  duet__sched_t spare_sched; /* arrays of a freed uncached schedule, for the next build */
-  uint64_t *a2av_counts;     /* hierarchical alltoallv: nranks + nranks^2 counts, or NULL */
-  void *scratch;          /* reused scratch for one request at a time */
+  duet__sched_t spare_sched;      /* arrays of a freed uncached schedule, for the next build */
+  uint64_t *a2av_counts;          /* hierarchical alltoallv: nranks + nranks^2 counts, or NULL */
+  void *scratch;                  /* reused scratch for one request at a time */
   size_t scratch_size;
   int scratch_busy;
   char last_error[DUET_ERRLEN];
@@ -110,21 +110,21 @@ struct duet_request {
   uint32_t seq;
   const duet__sched_t *sched; /* a cache entry's, or own_sched */
   duet__sched_t own_sched;
-  int cache_slot;        /* index into comm->cache, or -1 */
-  uint32_t cap;          /* steps the arrays below can hold */
-  uint8_t *bufs[4];      /* indexed by DUET_BUF_* */
-  void *own_scratch;     /* when the comm's scratch was busy */
+  int cache_slot;    /* index into comm->cache, or -1 */
+  uint32_t cap;      /* steps the arrays below can hold */
+  uint8_t *bufs[4];  /* indexed by DUET_BUF_* */
+  void *own_scratch; /* when the comm's scratch was busy */
   int uses_comm_scratch;
   duet_datatype_t dt;
   duet_op_t op;
-  uint64_t p2p_seq;      /* point to point: the pair's sequence number */
+  uint64_t p2p_seq; /* point to point: the pair's sequence number */
   /* execution state, one entry per step */
   uint32_t *left;        /* unfinished dependencies */
   uint8_t *state;        /* 0 waiting, 1 ready, 2 posted, 3 done */
   duet__tp_req_t *tpreq; /* transport completions of posted sends/recvs */
   uint32_t *queue;       /* ready steps, FIFO */
   uint32_t qhead, qtail;
-  uint32_t *posted;      /* posted send/recv steps not yet seen complete */
+  uint32_t *posted; /* posted send/recv steps not yet seen complete */
   uint32_t nposted;
   uint32_t ndone;
   duet_status_t status;
@@ -165,13 +165,13 @@ void duet__request_release_all(duet__netset_t *nets);
 duet_status_t duet__check_comm(duet_comm_t *comm, const char *fn);
 duet_status_t duet__check_buffer(duet_comm_t *comm, const char *fn, const char *name,
                                  const void *buf, size_t count);
-duet_status_t duet__check_count(duet_comm_t *comm, const char *fn, size_t count,
-                                duet_datatype_t dt, size_t *bytes);
+duet_status_t duet__check_count(duet_comm_t *comm, const char *fn, size_t count, duet_datatype_t dt,
+                                size_t *bytes);
 duet_status_t duet__check_dt(duet_comm_t *comm, const char *fn, duet_datatype_t dt);
 duet_status_t duet__check_op(duet_comm_t *comm, const char *fn, duet_op_t op);
 duet_status_t duet__check_rank(duet_comm_t *comm, const char *fn, const char *name, int r);
-duet_status_t duet__check_overlap(duet_comm_t *comm, const char *fn, const void *a,
-                                  size_t abytes, const void *b, size_t bbytes);
+duet_status_t duet__check_overlap(duet_comm_t *comm, const char *fn, const void *a, size_t abytes,
+                                  const void *b, size_t bbytes);
 duet_status_t duet__check_req_out(duet_comm_t *comm, const char *fn, duet_request_t **req);
 
 #endif /* DUET_COMM_H */

@@ -102,13 +102,12 @@ static duet_status_t duet__step_start(duet_request_t *req, uint32_t i) {
       rc = net->ops->isend(net->ep, peer->index, req->bufs[st->a.buf] + st->a.off, st->len, tag,
                            &req->tpreq[i], errbuf);
     else
-      rc = net->ops->irecv(net->ep, peer->index, req->bufs[st->dst.buf] + st->dst.off, st->len,
-                           tag, &req->tpreq[i], errbuf);
+      rc = net->ops->irecv(net->ep, peer->index, req->bufs[st->dst.buf] + st->dst.off, st->len, tag,
+                           &req->tpreq[i], errbuf);
     if (rc == DUET_IN_PROGRESS)
       return rc;
     if (rc != DUET_SUCCESS)
-      return duet__step_fail(req, rc, st->kind == DUET_STEP_SEND ? "send" : "receive", st,
-                             errbuf);
+      return duet__step_fail(req, rc, st->kind == DUET_STEP_SEND ? "send" : "receive", st, errbuf);
     if (st->kind == DUET_STEP_SEND) {
       if (st->net == DUET_NET_UPN) {
         comm->stats.upn_bytes_sent += st->len;
@@ -136,8 +135,8 @@ static duet_status_t duet__step_start(duet_request_t *req, uint32_t i) {
   case DUET_STEP_NOP:
     break;
   case DUET_STEP_AVG:
-    duet__reduce_avg_finish(req->bufs[st->dst.buf] + st->dst.off,
-                            st->len / duet__dt_size(req->dt), req->dt, comm->nranks);
+    duet__reduce_avg_finish(req->bufs[st->dst.buf] + st->dst.off, st->len / duet__dt_size(req->dt),
+                            req->dt, comm->nranks);
     break;
   default:
     return duet__set_error(comm, DUET_ERR_INTERNAL, "step %u has unknown kind %d", i, st->kind);
@@ -390,8 +389,8 @@ duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_a
                                "%s: the schedule needs message id %u in one phase (at most %u; "
                                "%u per call): %zu elements on %d ranks in %zu-byte chunks; "
                                "raise DUET_CHUNK_BYTES",
-                               duet__coll_name(coll), bad - 1, DUET_PHASE_MSGS - 1,
-                               DUET_TAG_MSGS, args->count, comm->nranks, args->chunk_bytes);
+                               duet__coll_name(coll), bad - 1, DUET_PHASE_MSGS - 1, DUET_TAG_MSGS,
+                               args->count, comm->nranks, args->chunk_bytes);
       return duet__set_error(comm, rc, "%s: building the schedule failed: %s",
                              duet__coll_name(coll), duet_strerror(rc));
     }
@@ -606,16 +605,16 @@ static void duet__timeout_message(duet_request_t *req, uint64_t waited_ms) {
     duet__set_error(comm, DUET_ERR_TIMEOUT,
                     "%s seq %u on rank %d: timed out after %llu ms waiting for a %s %s rank %d "
                     "(msg %u, %llu bytes, %s); %u of %u steps done",
-                    duet__coll_name(req->coll), req->seq, comm->rank,
-                    (unsigned long long)waited_ms, st->kind == DUET_STEP_SEND ? "send" : "receive",
+                    duet__coll_name(req->coll), req->seq, comm->rank, (unsigned long long)waited_ms,
+                    st->kind == DUET_STEP_SEND ? "send" : "receive",
                     st->kind == DUET_STEP_SEND ? "to" : "from", st->peer, st->msg,
                     (unsigned long long)st->len, duet__net_name(st->net), req->ndone,
                     req->sched->nsteps);
   else
     duet__set_error(comm, DUET_ERR_TIMEOUT,
                     "%s seq %u on rank %d: timed out after %llu ms; %u of %u steps done",
-                    duet__coll_name(req->coll), req->seq, comm->rank,
-                    (unsigned long long)waited_ms, req->ndone, req->sched->nsteps);
+                    duet__coll_name(req->coll), req->seq, comm->rank, (unsigned long long)waited_ms,
+                    req->ndone, req->sched->nsteps);
   DUET_WARN(DUET_SUB_COLL, "%s", comm->last_error);
 }
 
