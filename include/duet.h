@@ -186,8 +186,9 @@ duet_status_t duet_recv(void *buf, size_t count, duet_datatype_t dt, int peer,
                         duet_comm_t *comm);
 
 /* Non-blocking forms: the same arguments and a trailing duet_request_t **req.
- * Buffers belong to the operation until it completes. Progress happens inside
- * any duet call on the communicator, duet_test and duet_wait. */
+ * Buffers belong to the operation until it completes (alltoallv's count and
+ * displacement arrays only during the call). Progress happens inside any duet
+ * call on the communicator, duet_test and duet_wait. */
 duet_status_t duet_iallreduce(const void *sendbuf, void *recvbuf, size_t count,
                               duet_datatype_t dt, duet_op_t op, duet_comm_t *comm,
                               duet_request_t **req);

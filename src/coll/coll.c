@@ -54,12 +54,12 @@ static void duet__args_init(duet__coll_args_t *a, duet_comm_t *comm, int coll, s
   a->layout = &comm->layout;
 }
 
-/* The UPN load/store path takes a blocking call of the collectives it has
- * when the communicator is one super-node on one host (every rank decides
- * alike) and DUET_ALGO does not force a schedule. It needs no network
- * progress, so pending non-blocking operations simply wait for the next duet
- * call. */
-static int duet__mem_path(const duet_comm_t *comm, int coll) {
+/* The UPN load/store path takes a call of the collectives it has when the
+ * communicator is one super-node on one host (every rank decides alike) and
+ * DUET_ALGO does not force a schedule. A blocking call runs at once and
+ * needs no network progress, so pending transfers simply wait for the next
+ * duet call; a non-blocking one is queued (core/mem_queue.c). */
+int duet__mem_path(const duet_comm_t *comm, int coll) {
   switch (coll) {
   case DUET_COLL_ALLREDUCE:
   case DUET_COLL_BROADCAST:
@@ -75,10 +75,11 @@ static int duet__mem_path(const duet_comm_t *comm, int coll) {
   return 0;
 }
 
-/* Run a checked blocking call on the load/store path; count the bytes this
- * rank moved as UPN traffic. */
-static duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a,
-                                   const void *sendbuf, void *recvbuf) {
+/* Run a checked call on the load/store path, blocking (a non-blocking call
+ * runs it as a task: mem_queue.c); count the bytes this rank moved as UPN
+ * traffic. */
+duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a, const void *sendbuf,
+                            void *recvbuf) {
   const uint64_t bytes = (uint64_t)a->count * a->dtsize, peers = (uint64_t)(comm->nranks - 1);
   const int yield = comm->yield, ms = comm->cfg.timeout_ms, n = comm->nranks;
   const int is_root = comm->rank == a->root;
@@ -204,9 +205,13 @@ shm_failed:
  * size the cost model weighs (the whole vector, or the gathered result). */
 static duet_status_t duet__coll_post(duet_comm_t *comm, duet__coll_args_t *a, size_t bytes,
                                      const void *sendbuf, void *recvbuf, duet_request_t **req) {
-  if (a->blocking && duet__mem_path(comm, a->coll)) {
+  if (duet__mem_path(comm, a->coll)) {
+    duet_status_t rc;
+    if (!a->blocking)
+      return duet__mem_post(comm, a, sendbuf, recvbuf, req);
     *req = NULL;
-    return duet__mem_run(comm, a, sendbuf, recvbuf);
+    rc = duet__mem_drain(comm); /* the segment runs calls in call order */
+    return rc != DUET_SUCCESS ? rc : duet__mem_run(comm, a, sendbuf, recvbuf);
   }
   duet__tune_choice_t ch = duet__tune_pick(&comm->shape, a->coll, bytes, &comm->cfg.algo);
   duet__coll_build_fn build = duet__coll_builder(a->coll, ch.algo);

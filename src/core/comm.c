@@ -589,6 +589,7 @@ void duet__comm_free(duet_comm_t *comm) {
   duet__comm_release_requests(comm);
   if (comm->mem != NULL)
     duet__shm_close(comm->mem);
+  duet__fiber_destroy(comm->fiber);
   duet__nets_release(comm);
   free(comm->scratch);
   free(comm->a2av_counts);
@@ -615,6 +616,8 @@ duet_status_t duet_comm_destroy(duet_comm_t *comm) {
       duet_request_t *head = comm->active_head;
       rc = duet__request_wait(head);
     }
+    if (rc == DUET_SUCCESS)
+      rc = duet__mem_drain(comm);
     if (rc == DUET_SUCCESS)
       rc = duet_barrier(comm);
     if (rc != DUET_SUCCESS)

@@ -8,6 +8,7 @@
 
 #include "coll/coll.h"
 #include "core/config.h"
+#include "core/fiber.h"
 #include "duet.h"
 #include "shm/shm.h"
 #include "transport.h"
@@ -88,8 +89,10 @@ struct duet_comm {
   int32_t *layout_mem;      /* the layout's other arrays */
   duet__tune_shape_t shape; /* what the tuner weighs */
   duet__netset_t *nets;
-  duet__shm_t *mem;   /* the UPN load/store path (one-host super-node), or NULL */
-  int mem_everywhere; /* every super-node has one (every rank mapped its segment) */
+  duet__shm_t *mem;     /* the UPN load/store path (one-host super-node), or NULL */
+  int mem_everywhere;   /* every super-node has one (every rank mapped its segment) */
+  duet__fiber_t *fiber; /* runs the load/store path's non-blocking calls, or NULL */
+  struct duet_request *mem_head, *mem_tail; /* those calls, posted and not complete, in order */
   duet_stats_t stats;
   duet_status_t failed; /* sticky failure (timeout, transport error, abort) */
   struct duet_request *active_head, *active_tail; /* posted, not yet completed */
@@ -131,6 +134,14 @@ struct duet_request {
   int complete;
   uint64_t start_ns;
   struct duet_request *next, *prev;
+  /* a call on the load/store path (mem_queue.c): no schedule, just the call */
+  int mem;
+  duet__coll_args_t margs;
+  const void *msend;
+  void *mrecv;
+  size_t *mcounts; /* alltoallv: copies of the four count arrays */
+  size_t mcounts_cap;
+  struct duet_request *mem_next;
 };
 
 #define DUET_COMM_MAGIC 0x64756574u /* "duet" */
@@ -149,7 +160,23 @@ duet_status_t duet__comm_layout(duet_comm_t *comm, const int32_t *supernode);
 void duet__comm_shape(duet_comm_t *comm);
 uint64_t duet__now_ns(void);
 
+/* coll.c: run one call on the load/store path, blocking */
+int duet__mem_path(const duet_comm_t *comm, int coll);
+duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a, const void *sendbuf,
+                            void *recvbuf);
+
+/* mem_queue.c: the load/store path's non-blocking calls (see there) */
+duet_status_t duet__mem_post(duet_comm_t *comm, const duet__coll_args_t *a, const void *sendbuf,
+                             void *recvbuf, duet_request_t **req);
+/* Run the queued calls as far as they go; spin != 0: let the engine wait for
+ * its peers as a blocking call does (nothing else needs progress), so each
+ * call runs to its end. Returns 1 when a call completed. */
+int duet__mem_progress(duet_comm_t *comm, int spin);
+duet_status_t duet__mem_drain(duet_comm_t *comm);
+void duet__mem_fail_all(duet_comm_t *comm, duet_status_t status);
+
 /* progress.c */
+duet_request_t *duet__request_get(duet_comm_t *comm, uint32_t nsteps);
 duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_args_t *args,
                                  duet__coll_build_fn build, const void *sendbuf, void *recvbuf,
                                  duet_request_t **req);

@@ -229,6 +229,8 @@ static duet_status_t duet__progress_once(duet_comm_t *comm, int *moved) {
     next = req->next;
     *moved |= duet__request_advance(req);
   }
+  if (comm->mem_head != NULL)
+    *moved |= duet__mem_progress(comm, 0);
   return DUET_SUCCESS;
 }
 
@@ -312,7 +314,7 @@ static int duet__cache_insert(duet_comm_t *comm, const duet__sched_key_t *k, due
 }
 
 /* A request with room for n steps: from the pool, grown if needed. */
-static duet_request_t *duet__request_get(duet_comm_t *comm, uint32_t n) {
+duet_request_t *duet__request_get(duet_comm_t *comm, uint32_t n) {
   duet_request_t *req = comm->free_reqs;
   if (req != NULL)
     comm->free_reqs = req->next;
@@ -424,6 +426,8 @@ duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_a
   req->next = req->prev = NULL;
   req->seq = 0;
   req->p2p_seq = 0;
+  req->mem = 0;
+  req->mem_next = NULL;
   if (req->cache_slot >= 0) {
     comm->cache[slot].users++;
     comm->cache[slot].last_use = ++comm->cache_clock;
@@ -549,6 +553,7 @@ void duet__request_free(duet_request_t *req) {
   free(req->tpreq);
   free(req->queue);
   free(req->posted);
+  free(req->mcounts);
   free(req);
 }
 
@@ -576,6 +581,7 @@ void duet__comm_fail_pending(duet_comm_t *comm, duet_status_t status) {
     comm->failed = status;
   while (comm->active_head != NULL)
     duet__request_finish(comm->active_head, status);
+  duet__mem_fail_all(comm, status);
 }
 
 /* After the endpoints are closed: nothing can write into requests anymore. */
@@ -596,6 +602,14 @@ void duet__request_release_all(duet__netset_t *nets) {
 static void duet__timeout_message(duet_request_t *req, uint64_t waited_ms) {
   duet_comm_t *comm = req->comm;
   const duet__step_t *st = NULL;
+  if (req->mem) {
+    duet__set_error(comm, DUET_ERR_TIMEOUT,
+                    "%s on rank %d: timed out after %llu ms waiting for the other local ranks "
+                    "(shared-memory UPN, non-blocking)",
+                    duet__coll_name(req->coll), comm->rank, (unsigned long long)waited_ms);
+    DUET_WARN(DUET_SUB_COLL, "%s", comm->last_error);
+    return;
+  }
   for (uint32_t k = 0; k < req->nposted; k++) {
     const duet__step_t *c = &req->sched->steps[req->posted[k]];
     if (st == NULL || (c->kind == DUET_STEP_RECV && st->kind != DUET_STEP_RECV))
@@ -624,6 +638,14 @@ duet_status_t duet__request_wait(duet_request_t *req) {
   const uint64_t limit_ns = (uint64_t)comm->cfg.timeout_ms * 1000000ull;
   unsigned spins = 0, idle = 0;
 
+  if (req->mem && comm->active_head == NULL) {
+    /* Only load/store calls are pending: run them up to req with the
+     * engine's own waits (spin, yield when oversubscribed, deadline), as the
+     * blocking calls do. */
+    while (!req->complete && comm->mem_head != NULL)
+      duet__mem_progress(comm, 1);
+    return req->status;
+  }
   while (!req->complete) {
     int moved;
     duet_status_t rc = duet__progress_once(comm, &moved);
@@ -637,6 +659,10 @@ duet_status_t duet__request_wait(duet_request_t *req) {
         duet__timeout_message(req, waited / 1000000ull);
         duet__comm_fail_pending(comm, DUET_ERR_TIMEOUT);
         break;
+      }
+      if (comm->yield && idle >= DUET_IDLE_POLLS && comm->mem_head != NULL) {
+        sched_yield(); /* a local rank, not a network, will wake the queued call */
+        continue;
       }
       if (comm->yield && idle >= DUET_IDLE_POLLS) {
         uint64_t left_ms = (limit_ns - waited) / 1000000ull + 1;

@@ -148,7 +148,9 @@ struct duet__shm {
   size_t eager_off, eager_stride;
   size_t ring_off, done_off;
   size_t chunk_off;
-  size_t nt_min; /* nranks x bytes from which copy-out streams */
+  size_t nt_min;              /* nranks x bytes from which copy-out streams */
+  void (*suspend)(void *arg); /* non-blocking calls: waits suspend the task */
+  void *suspend_arg;
   char name[NAME_MAX + 1];
 };
 
@@ -255,6 +257,8 @@ static inline void cpu_relax(void) {
  * spin only delays it. So after a short spin the waiter yields if the caller
  * said so, or if the peer last ran on this CPU, or after DUET_SHM_SPIN_MAX
  * iterations in any case (the peer may have been preempted by other work).
+ * A non-blocking call's task (duet__shm_set_suspend) suspends instead, and
+ * checks again when resumed.
  */
 static int wait_ge(const duet__shm_t *shm, const uint64_t *flag, uint64_t want, int p, int cpu,
                    int yield, int timeout_ms) {
@@ -263,8 +267,10 @@ static int wait_ge(const duet__shm_t *shm, const uint64_t *flag, uint64_t want, 
   unsigned check = yield ? 8u : 512u;
   uint64_t deadline = 0;
   while (__atomic_load_n(flag, __ATOMIC_ACQUIRE) < want) {
-    if (spins < 16 || (!yield && spins < DUET_SHM_SPIN_MAX &&
-                       (cpu < 0 || __atomic_load_n(peer_cpu, __ATOMIC_RELAXED) != cpu)))
+    if (shm->suspend != NULL)
+      shm->suspend(shm->suspend_arg);
+    else if (spins < 16 || (!yield && spins < DUET_SHM_SPIN_MAX &&
+                            (cpu < 0 || __atomic_load_n(peer_cpu, __ATOMIC_RELAXED) != cpu)))
       cpu_relax();
     else
       sched_yield();
@@ -539,6 +545,11 @@ void duet__shm_close(duet__shm_t *shm) {
   if (shm->base != NULL)
     munmap(shm->base, shm->size);
   free(shm);
+}
+
+void duet__shm_set_suspend(duet__shm_t *shm, void (*fn)(void *arg), void *arg) {
+  shm->suspend = fn;
+  shm->suspend_arg = arg;
 }
 
 void duet__shm_set_stream_min(duet__shm_t *shm, size_t bytes) {

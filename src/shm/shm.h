@@ -112,6 +112,13 @@ void duet__shm_close(duet__shm_t *shm);
  * rank may set its own. */
 void duet__shm_set_stream_min(duet__shm_t *shm, size_t bytes);
 
+/* The non-blocking calls (core/mem_queue.c) run the collectives above as a
+ * task on a second stack: while fn is set, a wait whose peer has not arrived
+ * calls fn(arg), which suspends the task until the caller's next progress
+ * call, instead of spinning, then checks again. Deadlines are unchanged (the
+ * clock is read every few hundred checks). NULL restores spinning. Local. */
+void duet__shm_set_suspend(duet__shm_t *shm, void (*fn)(void *arg), void *arg);
+
 /* Bytes of the segment an engine of local_size ranks maps. */
 size_t duet__shm_segment_size(int local_size);
 

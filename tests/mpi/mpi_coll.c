@@ -1,6 +1,7 @@
 /*
- * mpi_coll.c - duet broadcast, barrier, send/recv, non-blocking allreduce and
- * argument checking, launched by mpirun and checked against MPI.
+ * mpi_coll.c - duet broadcast, barrier, send/recv, non-blocking allreduce,
+ * every non-blocking collective in flight at once, and argument checking,
+ * launched by mpirun and checked against MPI.
  *
  *   mpirun -np 4 tests/mpi/mpi_coll [-q] [-v]
  *
@@ -347,6 +348,182 @@ static long test_iallreduce(ctx_t *c) {
   return errs;
 }
 
+/* ---- every non-blocking collective in flight at once ----
+ * One of each, small and large, posted back to back (on one host they take
+ * the load/store path: tasks queued in call order, see core/mem_queue.c);
+ * a blocking allreduce while they are pending (it must run them first);
+ * then completion in reverse order (pass 0) or by polling duet_test (pass
+ * 1). alltoallv's count arrays are overwritten right after its post: the
+ * call keeps its own copy. Every result against MPI's collective. Then
+ * ranks 0 and 1 order a send against a pending ialltoall: rank 0 posts the
+ * all-to-all before sending to rank 1, which receives before posting it, so
+ * a post that waited for its peers would hang. On the default one-host
+ * path no UPN message is sent: everything moved through the segment. */
+enum { NB_CALLS = 11 };
+
+static int32_t nb_val(int rank, size_t i, int k) {
+  return (int32_t)((rank + 1) * 1000 + (int)(i % 997) + k);
+}
+
+static long test_nonblocking(ctx_t *c) {
+  const int n = c->size, r = c->rank, last = n - 1;
+  const size_t small = 5, big = c->quick ? 70001 : 300007, blk = c->quick ? 20011 : 100003;
+  const size_t cnt[NB_CALLS] = {small, big, big, 7, blk, blk, 3, blk, 0, 0, 3};
+  static const char *names[NB_CALLS] = {"iallreduce small",
+                                        "iallreduce big in place",
+                                        "ibroadcast",
+                                        "ireduce max",
+                                        "iallgather",
+                                        "ireduce_scatter",
+                                        "ialltoall small",
+                                        "ialltoall big",
+                                        "ialltoallv",
+                                        "ibarrier",
+                                        "allreduce (blocking, while pending)"};
+  const char *upn = getenv("DUET_UPN_PROVIDER");
+  const int mem_path = n > 1 && (!upn || !*upn || strcmp(upn, "mem") == 0) &&
+                       !getenv("DUET_ALGO") && !getenv("DUET_SUPERNODE");
+  long errs = 0;
+
+  for (int pass = 0; pass < 2; pass++) {
+    int32_t *in[NB_CALLS], *out[NB_CALLS], *ref[NB_CALLS];
+    size_t outn[NB_CALLS];
+    size_t *sc = mt_xmalloc(sizeof(size_t) * 4 * (size_t)n), *sd = sc + n, *rc = sd + n,
+           *rd = rc + n;
+    int *isc = mt_xmalloc(sizeof(int) * 4 * (size_t)n), *isd = isc + n, *irc = isd + n,
+        *ird = irc + n;
+    size_t vs = 0, vr = 0;
+    duet_request_t *req[NB_CALLS] = {NULL};
+    duet_stats_t before, after;
+
+    for (int d = 0; d < n; d++) { /* alltoallv: rank r sends (r + 2d) % 5 * 9001 to d */
+      sc[d] = (size_t)((r + 2 * d) % 5) * (c->quick ? 901 : 9001);
+      rc[d] = (size_t)((d + 2 * r) % 5) * (c->quick ? 901 : 9001);
+      sd[d] = vs;
+      rd[d] = vr;
+      vs += sc[d];
+      vr += rc[d];
+      isc[d] = (int)sc[d];
+      isd[d] = (int)sd[d];
+      irc[d] = (int)rc[d];
+      ird[d] = (int)rd[d];
+    }
+    for (int k = 0; k < NB_CALLS; k++) {
+      size_t inn = cnt[k];
+      outn[k] = cnt[k];
+      if (k == 4) /* allgather */
+        outn[k] = cnt[k] * (size_t)n;
+      if (k == 5) /* reduce_scatter: n blocks in, one out */
+        inn = cnt[k] * (size_t)n;
+      if (k == 6 || k == 7) /* alltoall: n blocks */
+        inn = outn[k] = cnt[k] * (size_t)n;
+      if (k == 8) {
+        inn = vs;
+        outn[k] = vr;
+      }
+      in[k] = mt_xmalloc(sizeof(int32_t) * (inn + 1));
+      out[k] = mt_xmalloc(sizeof(int32_t) * (outn[k] + 1) + MT_GUARD);
+      ref[k] = mt_xmalloc(sizeof(int32_t) * (outn[k] + 1));
+      for (size_t i = 0; i < inn; i++)
+        in[k][i] = nb_val(r, i, k + 10 * pass);
+      memset(out[k], 0x5A, sizeof(int32_t) * (outn[k] + 1));
+      mt_guard_fill((char *)out[k] + sizeof(int32_t) * outn[k]);
+    }
+    /* references, before duet touches anything */
+    MPI_Allreduce(in[0], ref[0], (int)small, MPI_INT32_T, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Allreduce(in[1], ref[1], (int)big, MPI_INT32_T, MPI_SUM, MPI_COMM_WORLD);
+    memcpy(out[1], in[1], sizeof(int32_t) * big); /* in place */
+    memcpy(ref[2], in[2], sizeof(int32_t) * big);
+    MPI_Bcast(ref[2], (int)big, MPI_INT32_T, last, MPI_COMM_WORLD);
+    MPI_Reduce(in[3], ref[3], 7, MPI_INT32_T, MPI_MAX, 0, MPI_COMM_WORLD);
+    MPI_Allgather(in[4], (int)blk, MPI_INT32_T, ref[4], (int)blk, MPI_INT32_T, MPI_COMM_WORLD);
+    MPI_Reduce_scatter_block(in[5], ref[5], (int)blk, MPI_INT32_T, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Alltoall(in[6], 3, MPI_INT32_T, ref[6], 3, MPI_INT32_T, MPI_COMM_WORLD);
+    MPI_Alltoall(in[7], (int)blk, MPI_INT32_T, ref[7], (int)blk, MPI_INT32_T, MPI_COMM_WORLD);
+    MPI_Alltoallv(in[8], isc, isd, MPI_INT32_T, ref[8], irc, ird, MPI_INT32_T, MPI_COMM_WORLD);
+    MPI_Allreduce(in[10], ref[10], 3, MPI_INT32_T, MPI_SUM, MPI_COMM_WORLD);
+
+    CHECK(c->comm, duet_comm_get_stats(c->comm, &before));
+    CHECK(c->comm, duet_iallreduce(in[0], out[0], small, DUET_INT32, DUET_SUM, c->comm, &req[0]));
+    CHECK(c->comm, duet_iallreduce(out[1], out[1], big, DUET_INT32, DUET_SUM, c->comm, &req[1]));
+    CHECK(c->comm, duet_ibroadcast(in[2], out[2], big, DUET_INT32, last, c->comm, &req[2]));
+    CHECK(c->comm, duet_ireduce(in[3], out[3], 7, DUET_INT32, DUET_MAX, 0, c->comm, &req[3]));
+    CHECK(c->comm, duet_iallgather(in[4], out[4], blk, DUET_INT32, c->comm, &req[4]));
+    CHECK(c->comm,
+          duet_ireduce_scatter(in[5], out[5], blk, DUET_INT32, DUET_SUM, c->comm, &req[5]));
+    CHECK(c->comm, duet_ialltoall(in[6], out[6], 3, DUET_INT32, c->comm, &req[6]));
+    CHECK(c->comm, duet_ialltoall(in[7], out[7], blk, DUET_INT32, c->comm, &req[7]));
+    CHECK(c->comm, duet_ialltoallv(in[8], sc, sd, out[8], rc, rd, DUET_INT32, c->comm, &req[8]));
+    for (int d = 0; d < 4 * n; d++) /* the call must not read them any more */
+      sc[d] = SIZE_MAX / 8;
+    CHECK(c->comm, duet_ibarrier(c->comm, &req[9]));
+    CHECK(c->comm, duet_allreduce(in[10], out[10], 3, DUET_INT32, DUET_SUM, c->comm));
+    if (pass == 0)
+      for (int k = 9; k >= 0; k--)
+        CHECK(c->comm, duet_wait(req[k]));
+    else
+      errs += test_all(c, req, 10, "non-blocking collectives, duet_test");
+    CHECK(c->comm, duet_comm_get_stats(c->comm, &after));
+
+    for (int k = 0; k < NB_CALLS; k++) {
+      char what[160];
+      size_t m = outn[k];
+      if (k == 9 || (k == 3 && r != 0))
+        continue;
+      if (k == 2 && r == last) /* the root's recvbuf gets its own data */
+        memcpy(ref[2], in[2], sizeof(int32_t) * big);
+      snprintf(what, sizeof what, "%s (%s)", names[k], pass ? "duet_test" : "reverse duet_wait");
+      errs += (long)mt_compare(out[k], ref[k], m, DUET_INT32, r, what);
+      errs += mt_guard_check((char *)out[k] + sizeof(int32_t) * m, r, what);
+    }
+    if (mem_path && after.upn_msgs_sent != before.upn_msgs_sent) {
+      fprintf(stderr,
+              "[rank %d] non-blocking collectives on one host sent %llu UPN messages; the "
+              "load/store path sends none\n",
+              r, (unsigned long long)(after.upn_msgs_sent - before.upn_msgs_sent));
+      errs++;
+    }
+    for (int k = 0; k < NB_CALLS; k++) {
+      free(in[k]);
+      free(out[k]);
+      free(ref[k]);
+    }
+    free(sc);
+    free(isc);
+  }
+
+  if (n >= 2) { /* a send ordered against a pending ialltoall */
+    int32_t a2a_in[16 * 3], a2a_out[16 * 3], token = 0;
+    duet_request_t *q;
+    for (int i = 0; i < 3 * n && i < 48; i++)
+      a2a_in[i] = nb_val(r, (size_t)i, 99);
+    if (n <= 16) {
+      if (r == 1)
+        CHECK(c->comm, duet_recv(&token, 1, DUET_INT32, 0, c->comm));
+      CHECK(c->comm, duet_ialltoall(a2a_in, a2a_out, 3, DUET_INT32, c->comm, &q));
+      if (r == 0) {
+        token = 4242;
+        CHECK(c->comm, duet_send(&token, 1, DUET_INT32, 1, c->comm));
+      }
+      CHECK(c->comm, duet_wait(q));
+      for (int p = 0; p < n; p++)
+        for (int i = 0; i < 3; i++)
+          if (a2a_out[3 * p + i] != nb_val(p, (size_t)(3 * r + i), 99)) {
+            fprintf(stderr, "[rank %d] ialltoall ordered against a send: block %d [%d] wrong\n", r,
+                    p, i);
+            errs++;
+            p = n;
+            break;
+          }
+      if (r == 1 && token != 4242) {
+        fprintf(stderr, "[rank 1] send ordered against ialltoall: got %d, want 4242\n", (int)token);
+        errs++;
+      }
+    }
+  }
+  return errs;
+}
+
 /* ---- bad input: a clear error naming the argument, nothing touched ---- */
 
 #define CANARY_BYTES 256
@@ -474,8 +651,9 @@ int main(int argc, char **argv) {
     const char *name;
     long (*fn)(ctx_t *);
   } tests[] = {
-      {"broadcast", test_broadcast},   {"barrier", test_barrier},     {"sendrecv", test_sendrecv},
-      {"iallreduce", test_iallreduce}, {"bad-input", test_bad_input},
+      {"broadcast", test_broadcast},     {"barrier", test_barrier},
+      {"sendrecv", test_sendrecv},       {"iallreduce", test_iallreduce},
+      {"nonblocking", test_nonblocking}, {"bad-input", test_bad_input},
   };
   long failed = 0;
   long vbad = version != DUET_VERSION;

@@ -4,7 +4,7 @@
  * this process on loopback, over duet's tcp transport, over libfabric's
  * tcp;ofi_rxm and on the load/store path; malloc, calloc and realloc
  * calls from duet's objects (linked statically here) are counted through the
- * linker's --wrap.
+ * linker's --wrap. Non-blocking collectives are among the calls.
  */
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -61,9 +61,14 @@ static int run_all(duet_comm_t *c, int rank, float *a, float *b, int iters) {
         duet_alltoall(a, b, 300, DUET_FLOAT32, c) ||
         duet_alltoallv(a, vc, disp, b, rc, disp, DUET_FLOAT32, c))
       return -1;
-    duet_request_t *r1, *r2;
+    duet_request_t *r1, *r2, *r3;
     if (duet_isend(a, 64, DUET_FLOAT32, 1 - rank, c, &r1) ||
         duet_irecv(b, 64, DUET_FLOAT32, 1 - rank, c, &r2) || duet_wait(r1) || duet_wait(r2))
+      return -1;
+    /* non-blocking collectives (on the load/store path: queued tasks) */
+    if (duet_iallreduce(a, b, N / 2, DUET_FLOAT32, DUET_SUM, c, &r1) ||
+        duet_ialltoallv(a, vc, disp, b + N / 2, rc, disp, DUET_FLOAT32, c, &r2) ||
+        duet_ibarrier(c, &r3) || duet_wait(r3) || duet_wait(r1) || duet_wait(r2))
       return -1;
   }
   return 0;
