@@ -40,6 +40,10 @@
  * loop, and each library's time is the median of its round means.
  * mpi_time and ratio = mpi_time / time (> 1: duet faster) are added.
  *
+ * --nonblocking times the non-blocking forms instead: duet_i<coll> then
+ * duet_wait (and MPI_I<coll> then MPI_Wait), each call waited before the
+ * next, so the time is a call's latency through the request path.
+ *
  * --format csv|json prints the same numbers for programs (rank 0 only).
  */
 #ifndef _GNU_SOURCE
@@ -404,74 +408,151 @@ static unsigned char *own_block(const call_t *c) { /* this rank's block of recvb
   return c->recv + (size_t)c->rank * block_of(c) * c->t->size;
 }
 
+/* --nonblocking: each library's call is its non-blocking form, then a wait */
+static int nonblocking;
+static int duet_waited(duet_status_t st, duet_request_t *const *req) {
+  return st != DUET_SUCCESS ? st : duet_wait(*req);
+}
+static int mpi_waited(int st, MPI_Request *req) {
+  return st != MPI_SUCCESS ? st : MPI_Wait(req, MPI_STATUS_IGNORE);
+}
+
 static int duet_allreduce_run(const call_t *c) {
+  duet_request_t *q;
+  if (nonblocking)
+    return duet_waited(duet_iallreduce(src_of(c), c->recv, c->count, c->t->dt, c->op, c->comm, &q),
+                       &q);
   return duet_allreduce(src_of(c), c->recv, c->count, c->t->dt, c->op, c->comm);
 }
 static int duet_allgather_run(const call_t *c) {
-  return duet_allgather(c->in_place ? own_block(c) : c->send, c->recv, block_of(c), c->t->dt,
-                        c->comm);
+  const void *s = c->in_place ? own_block(c) : c->send;
+  duet_request_t *q;
+  if (nonblocking)
+    return duet_waited(duet_iallgather(s, c->recv, block_of(c), c->t->dt, c->comm, &q), &q);
+  return duet_allgather(s, c->recv, block_of(c), c->t->dt, c->comm);
 }
 static int duet_reduce_scatter_run(const call_t *c) {
-  return duet_reduce_scatter(src_of(c), c->in_place ? own_block(c) : c->recv, block_of(c),
-                             c->t->dt, c->op, c->comm);
+  void *r = c->in_place ? own_block(c) : c->recv;
+  duet_request_t *q;
+  if (nonblocking)
+    return duet_waited(
+        duet_ireduce_scatter(src_of(c), r, block_of(c), c->t->dt, c->op, c->comm, &q), &q);
+  return duet_reduce_scatter(src_of(c), r, block_of(c), c->t->dt, c->op, c->comm);
 }
 static int duet_reduce_run(const call_t *c) {
+  duet_request_t *q;
+  if (nonblocking)
+    return duet_waited(
+        duet_ireduce(src_of(c), c->recv, c->count, c->t->dt, c->op, c->root, c->comm, &q), &q);
   return duet_reduce(src_of(c), c->recv, c->count, c->t->dt, c->op, c->root, c->comm);
 }
 static int duet_broadcast_run(const call_t *c) {
+  duet_request_t *q;
+  if (nonblocking)
+    return duet_waited(
+        duet_ibroadcast(src_of(c), c->recv, c->count, c->t->dt, c->root, c->comm, &q), &q);
   return duet_broadcast(src_of(c), c->recv, c->count, c->t->dt, c->root, c->comm);
 }
 static int duet_alltoall_run(const call_t *c) {
+  duet_request_t *q;
+  if (nonblocking)
+    return duet_waited(duet_ialltoall(src_of(c), c->recv, block_of(c), c->t->dt, c->comm, &q), &q);
   return duet_alltoall(src_of(c), c->recv, block_of(c), c->t->dt, c->comm);
 }
 static int duet_alltoallv_run(const call_t *c) {
+  duet_request_t *q;
   if (c->count != v_T)
     v_plan(c->count);
+  if (nonblocking)
+    return duet_waited(
+        duet_ialltoallv(c->send, v_sc, v_sd, c->recv, v_rc, v_rd, c->t->dt, c->comm, &q), &q);
   return duet_alltoallv(c->send, v_sc, v_sd, c->recv, v_rc, v_rd, c->t->dt, c->comm);
 }
 static int duet_barrier_run(const call_t *c) {
+  duet_request_t *q;
+  if (nonblocking)
+    return duet_waited(duet_ibarrier(c->comm, &q), &q);
   return duet_barrier(c->comm);
 }
 
 #define MPI_SRC(c) ((c)->in_place ? MPI_IN_PLACE : (const void *)(c)->send)
 static int mpi_allreduce_run(const call_t *c) {
+  MPI_Request q;
+  if (nonblocking)
+    return mpi_waited(
+        MPI_Iallreduce(MPI_SRC(c), c->recv, (int)c->count, c->mdt, c->mop, MPI_COMM_WORLD, &q), &q);
   return MPI_Allreduce(MPI_SRC(c), c->recv, (int)c->count, c->mdt, c->mop, MPI_COMM_WORLD);
 }
 static int mpi_allgather_run(const call_t *c) {
-  return MPI_Allgather(MPI_SRC(c), (int)block_of(c), c->mdt, c->recv, (int)block_of(c), c->mdt,
-                       MPI_COMM_WORLD);
+  const int b = (int)block_of(c);
+  MPI_Request q;
+  if (nonblocking)
+    return mpi_waited(MPI_Iallgather(MPI_SRC(c), b, c->mdt, c->recv, b, c->mdt, MPI_COMM_WORLD, &q),
+                      &q);
+  return MPI_Allgather(MPI_SRC(c), b, c->mdt, c->recv, b, c->mdt, MPI_COMM_WORLD);
 }
 static int mpi_reduce_scatter_run(const call_t *c) { /* in place: the result at recvbuf */
-  return MPI_Reduce_scatter_block(MPI_SRC(c), c->recv, (int)block_of(c), c->mdt, c->mop,
-                                  MPI_COMM_WORLD);
+  const int b = (int)block_of(c);
+  MPI_Request q;
+  if (nonblocking)
+    return mpi_waited(
+        MPI_Ireduce_scatter_block(MPI_SRC(c), c->recv, b, c->mdt, c->mop, MPI_COMM_WORLD, &q), &q);
+  return MPI_Reduce_scatter_block(MPI_SRC(c), c->recv, b, c->mdt, c->mop, MPI_COMM_WORLD);
 }
 static int mpi_reduce_run(const call_t *c) {
   const void *s = !c->in_place ? c->send : c->rank == c->root ? MPI_IN_PLACE : c->recv;
+  MPI_Request q;
+  if (nonblocking)
+    return mpi_waited(
+        MPI_Ireduce(s, c->recv, (int)c->count, c->mdt, c->mop, c->root, MPI_COMM_WORLD, &q), &q);
   return MPI_Reduce(s, c->recv, (int)c->count, c->mdt, c->mop, c->root, MPI_COMM_WORLD);
 }
 static int mpi_broadcast_run(const call_t *c) { /* out of place: the root sends its sendbuf */
   void *buf = c->rank == c->root && !c->in_place ? c->send : c->recv;
+  MPI_Request q;
+  if (nonblocking)
+    return mpi_waited(MPI_Ibcast(buf, (int)c->count, c->mdt, c->root, MPI_COMM_WORLD, &q), &q);
   return MPI_Bcast(buf, (int)c->count, c->mdt, c->root, MPI_COMM_WORLD);
 }
 static int mpi_alltoall_run(const call_t *c) {
-  return MPI_Alltoall(MPI_SRC(c), (int)block_of(c), c->mdt, c->recv, (int)block_of(c), c->mdt,
-                      MPI_COMM_WORLD);
+  const int b = (int)block_of(c);
+  MPI_Request q;
+  if (nonblocking)
+    return mpi_waited(MPI_Ialltoall(MPI_SRC(c), b, c->mdt, c->recv, b, c->mdt, MPI_COMM_WORLD, &q),
+                      &q);
+  return MPI_Alltoall(MPI_SRC(c), b, c->mdt, c->recv, b, c->mdt, MPI_COMM_WORLD);
 }
 static int mpi_alltoallv_run(const call_t *c) {
+  MPI_Request q;
   if (c->count != v_T)
     v_plan(c->count);
+  if (nonblocking)
+    return mpi_waited(MPI_Ialltoallv(c->send, v_isc, v_isd, c->mdt, c->recv, v_irc, v_ird, c->mdt,
+                                     MPI_COMM_WORLD, &q),
+                      &q);
   return MPI_Alltoallv(c->send, v_isc, v_isd, c->mdt, c->recv, v_irc, v_ird, c->mdt,
                        MPI_COMM_WORLD);
 }
 static int mpi_barrier_run(const call_t *c) {
+  MPI_Request q;
   (void)c;
+  if (nonblocking)
+    return mpi_waited(MPI_Ibarrier(MPI_COMM_WORLD, &q), &q);
   return MPI_Barrier(MPI_COMM_WORLD);
 }
 
 /* ---- collectives: adding one is a row, its run functions and its case in
  * fill_input and wrong_of ---- */
-enum { K_ALLREDUCE, K_ALLGATHER, K_REDUCE_SCATTER, K_REDUCE, K_BROADCAST, K_ALLTOALL, K_ALLTOALLV,
-       K_BARRIER };
+enum {
+  K_ALLREDUCE,
+  K_ALLGATHER,
+  K_REDUCE_SCATTER,
+  K_REDUCE,
+  K_BROADCAST,
+  K_ALLTOALL,
+  K_ALLTOALLV,
+  K_BARRIER
+};
 typedef struct {
   const char *name;
   int kind;
@@ -505,26 +586,68 @@ static size_t block_elems(size_t count, int n) {
 }
 
 static const coll_t colls[] = {
-    {.name = "allreduce", .kind = K_ALLREDUCE, .has_op = 1, .in_place_ok = 1, .has_size = 1,
-     .bus_factor = allreduce_factor, .send_elems = same_elems, .recv_elems = same_elems,
+    {.name = "allreduce",
+     .kind = K_ALLREDUCE,
+     .has_op = 1,
+     .in_place_ok = 1,
+     .has_size = 1,
+     .bus_factor = allreduce_factor,
+     .send_elems = same_elems,
+     .recv_elems = same_elems,
      .run = {duet_allreduce_run, mpi_allreduce_run}},
-    {.name = "allgather", .kind = K_ALLGATHER, .blocks = 1, .in_place_ok = 1, .has_size = 1,
-     .bus_factor = ring_factor, .send_elems = block_elems, .recv_elems = same_elems,
+    {.name = "allgather",
+     .kind = K_ALLGATHER,
+     .blocks = 1,
+     .in_place_ok = 1,
+     .has_size = 1,
+     .bus_factor = ring_factor,
+     .send_elems = block_elems,
+     .recv_elems = same_elems,
      .run = {duet_allgather_run, mpi_allgather_run}},
-    {.name = "reduce_scatter", .kind = K_REDUCE_SCATTER, .has_op = 1, .blocks = 1,
-     .in_place_ok = 1, .has_size = 1, .bus_factor = ring_factor, .send_elems = same_elems,
-     .recv_elems = same_elems, .run = {duet_reduce_scatter_run, mpi_reduce_scatter_run}},
-    {.name = "reduce", .kind = K_REDUCE, .has_op = 1, .has_root = 1, .in_place_ok = 1,
-     .has_size = 1, .bus_factor = one_factor, .send_elems = same_elems, .recv_elems = same_elems,
+    {.name = "reduce_scatter",
+     .kind = K_REDUCE_SCATTER,
+     .has_op = 1,
+     .blocks = 1,
+     .in_place_ok = 1,
+     .has_size = 1,
+     .bus_factor = ring_factor,
+     .send_elems = same_elems,
+     .recv_elems = same_elems,
+     .run = {duet_reduce_scatter_run, mpi_reduce_scatter_run}},
+    {.name = "reduce",
+     .kind = K_REDUCE,
+     .has_op = 1,
+     .has_root = 1,
+     .in_place_ok = 1,
+     .has_size = 1,
+     .bus_factor = one_factor,
+     .send_elems = same_elems,
+     .recv_elems = same_elems,
      .run = {duet_reduce_run, mpi_reduce_run}},
-    {.name = "broadcast", .kind = K_BROADCAST, .has_root = 1, .in_place_ok = 1, .has_size = 1,
-     .bus_factor = one_factor, .send_elems = same_elems, .recv_elems = same_elems,
+    {.name = "broadcast",
+     .kind = K_BROADCAST,
+     .has_root = 1,
+     .in_place_ok = 1,
+     .has_size = 1,
+     .bus_factor = one_factor,
+     .send_elems = same_elems,
+     .recv_elems = same_elems,
      .run = {duet_broadcast_run, mpi_broadcast_run}},
-    {.name = "alltoall", .kind = K_ALLTOALL, .blocks = 1, .in_place_ok = 1, .has_size = 1,
-     .bus_factor = ring_factor, .send_elems = same_elems, .recv_elems = same_elems,
+    {.name = "alltoall",
+     .kind = K_ALLTOALL,
+     .blocks = 1,
+     .in_place_ok = 1,
+     .has_size = 1,
+     .bus_factor = ring_factor,
+     .send_elems = same_elems,
+     .recv_elems = same_elems,
      .run = {duet_alltoall_run, mpi_alltoall_run}},
-    {.name = "alltoallv", .kind = K_ALLTOALLV, .has_size = 1, .bus_factor = ring_factor,
-     .send_elems = same_elems, .recv_elems = a2av_recv_elems,
+    {.name = "alltoallv",
+     .kind = K_ALLTOALLV,
+     .has_size = 1,
+     .bus_factor = ring_factor,
+     .send_elems = same_elems,
+     .recv_elems = a2av_recv_elems,
      .run = {duet_alltoallv_run, mpi_alltoallv_run}},
     {.name = "barrier", .kind = K_BARRIER, .run = {duet_barrier_run, mpi_barrier_run}},
 };
@@ -669,6 +792,8 @@ static void usage(FILE *f, const char *prog) {
           "               them as same-width unsigned integers). avg is timed as MPI_SUM\n"
           "               and its MPI result is not checked. With -c 1 the MPI result is\n"
           "               checked too (mpi_wrong in csv/json, a summary line in the table).\n"
+          "  --nonblocking  time the non-blocking forms: duet_i<coll> + duet_wait per\n"
+          "               call (MPI_I<coll> + MPI_Wait with --compare)\n"
           "  --rounds <R> timed rounds per size and placement (1..%d; default 1, 3 with\n"
           "               --compare): time is the median over rounds of the loop's mean\n"
           "               per-iteration time, averaged over ranks\n"
@@ -719,10 +844,11 @@ static const char *parse_opts(int argc, char **argv, opts_t *o) {
                                            {"compare", required_argument, NULL, 'M'},
                                            {"rounds", required_argument, NULL, 'R'},
                                            {"format", required_argument, NULL, 'F'},
+                                           {"nonblocking", no_argument, NULL, 'N'},
                                            {"help", no_argument, NULL, 'h'},
                                            {NULL, 0, NULL, 0}};
-  *o = (opts_t){8,   32u << 20, 1u << 20, 2.0, 20, 5, 1, DUET_FLOAT32, DUET_SUM, &colls[0],
-                0.0, 0,         0,        0,   FMT_TABLE};
+  *o = (opts_t){8,        32u << 20, 1u << 20, 2.0, 20, 5, 1,        DUET_FLOAT32,
+                DUET_SUM, &colls[0], 0.0,      0,   0,  0, FMT_TABLE};
   opterr = 0; /* our messages, on rank 0 only */
   while ((opt = getopt_long(argc, argv, ":C:b:e:f:i:n:w:c:d:o:r:h", longopts, NULL)) != -1) {
     switch (opt) {
@@ -741,6 +867,9 @@ static const char *parse_opts(int argc, char **argv, opts_t *o) {
     case 'R':
       if (parse_int(optarg, 1, MAX_ROUNDS, &o->rounds))
         return OPT_ERR("--rounds: '%s' is not a whole number from 1 to %d", optarg, MAX_ROUNDS);
+      break;
+    case 'N':
+      nonblocking = 1;
       break;
     case 'F': {
       o->format = -1;
@@ -864,7 +993,7 @@ typedef struct {
 typedef struct {
   size_t bytes, count;
   const char *type, *op;
-  int root;     /* -1: the collective has none */
+  int root;    /* -1: the collective has none */
   meas_t m[2]; /* out of place, in place */
 } row_t;
 
@@ -937,8 +1066,8 @@ static long wrong_of(const call_t *c, int kind, int lib, const unsigned char *wa
       wrong += block_wrong(c->recv + (size_t)k * blk * t->size, t, k, 0, blk);
     return wrong;
   case K_BROADCAST: /* MPI_Bcast out of place leaves the root's data in its sendbuf */
-    return block_wrong(lib == LIB_MPI && !c->in_place && c->rank == c->root ? c->send : c->recv,
-                       t, c->root, 0, c->count);
+    return block_wrong(lib == LIB_MPI && !c->in_place && c->rank == c->root ? c->send : c->recv, t,
+                       c->root, 0, c->count);
   case K_ALLTOALL:
     for (int k = 0; k < n; k++)
       wrong += block_wrong(c->recv + (size_t)k * blk * t->size, t, k, c->rank, blk);
@@ -979,8 +1108,8 @@ static double median(double *v, int n) {
 }
 
 /* Time one size and placement with duet (and MPI), then check. */
-static void measure(bench_t *b, const call_t *c, const unsigned char *in,
-                    const unsigned char *want, meas_t *m) {
+static void measure(bench_t *b, const call_t *c, const unsigned char *in, const unsigned char *want,
+                    meas_t *m) {
   const coll_t *coll = b->o->coll;
   double times[NLIBS][MAX_ROUNDS];
   int use[NLIBS] = {1, 0}, rc;
@@ -1040,10 +1169,10 @@ typedef struct {
 static void row_fields(const bench_t *b, const row_t *r, field_t *f) {
   const coll_t *c = b->o->coll;
   static const char *const names[NFIELDS] = {
-      "collective", "nranks",       "size",       "count",         "type",        "op",
-      "root",       "time_oop",     "algbw_oop",  "busbw_oop",     "wrong_oop",   "time_ip",
-      "algbw_ip",   "busbw_ip",     "wrong_ip",   "mpi_time_oop",  "ratio_oop",   "mpi_wrong_oop",
-      "mpi_time_ip", "ratio_ip",    "mpi_wrong_ip"};
+      "collective",  "nranks",   "size",        "count",        "type",      "op",
+      "root",        "time_oop", "algbw_oop",   "busbw_oop",    "wrong_oop", "time_ip",
+      "algbw_ip",    "busbw_ip", "wrong_ip",    "mpi_time_oop", "ratio_oop", "mpi_wrong_oop",
+      "mpi_time_ip", "ratio_ip", "mpi_wrong_ip"};
   for (int i = 0; i < NFIELDS; i++)
     f[i].name = names[i], f[i].val[0] = 0, f[i].str = i == 0 || i == 4 || i == 5;
   if (!r)
@@ -1244,6 +1373,7 @@ static void print_header(bench_t *b, int version) {
     printf("  \"time\": \"us, median over rounds of the mean per iteration, averaged over "
            "ranks\",\n");
     printf("  \"compare\": %s,\n", o->compare ? "\"mpi\"" : "null");
+    printf("  \"nonblocking\": %s,\n", nonblocking ? "true" : "false");
     printf("  \"mpi_library\": ");
     json_str(mpiver);
     if (c->kind == K_ALLTOALLV)
@@ -1268,6 +1398,8 @@ static void print_header(bench_t *b, int version) {
   else
     printf("%zu(bytes)", o->stepbytes);
   printf(" warmup iters: %d iters: %d validation: %d\n", o->warmup, o->iters, o->check);
+  if (nonblocking)
+    printf("#  non-blocking forms: each call posted, then waited\n");
   printf("#  DUET_UPN_PROVIDER=%s DUET_HPN_PROVIDER=%s DUET_ALGO=%s\n", upn ? upn : "(default)",
          hpn ? hpn : "(default)", algo ? algo : "(default)");
   if (o->rounds > 1 || o->compare)

@@ -10,8 +10,9 @@
 # column must be a positive number, MPI's check 0), the table format (its
 # columns and summary), the JSON format (valid JSON, checked with python3
 # when there is one) and bad arguments (exit 2 with a message naming the
-# option). About 30 s on 2 cores. DUET_TEST_QUICK=1 (sanitizer builds): the
-# per-collective runs at np 2 only.
+# option). Every collective once more with --nonblocking (np 3, duet's and
+# MPI's results checked). About 40 s on 2 cores. DUET_TEST_QUICK=1
+# (sanitizer builds): the per-collective runs at np 2 only.
 #
 # Env: top_builddir (default .), MPIRUN (default mpirun), DUET_TEST_TIMEOUT
 # (seconds per mpirun, default 120).
@@ -108,6 +109,20 @@ for np in $nps; do
     [ $rc -ne 0 ] && { ok=1; why="exit $rc; $why $(tail -3 "$f.err" | tr '\n' ' ')"; }
     result "$name" $ok "$why"
   done
+done
+
+# ---- --nonblocking: every collective's non-blocking form (on one host, the
+# load/store path's queued tasks), duet's and MPI's results right, eager and
+# chunked sizes ----
+for coll in allreduce allgather reduce_scatter reduce broadcast alltoall alltoallv barrier; do
+  f="$out/${coll}_nonblocking.csv"
+  perf 3 "$f" -C "$coll" --nonblocking -b 8 -e 2M -f 64 -n 2 -w 1 -c 1 --compare mpi --rounds 1 \
+    --format csv
+  rc=$?
+  why=$(check_csv "$f" "$coll" 3)
+  ok=$?
+  [ $rc -ne 0 ] && { ok=1; why="exit $rc; $why $(tail -3 "$f.err" | tr '\n' ' ')"; }
+  result "$coll np 3 --nonblocking --compare mpi" $ok "$why"
 done
 
 # ---- --compare mpi: ratio a positive number, MPI's result right ----
