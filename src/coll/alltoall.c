@@ -24,13 +24,25 @@
  * super-node. Each rank sends N-1 HPN messages per call, each carrying L
  * blocks. Staging: two rounds of (gathered + received) L blocks, so memory is
  * bounded by 4L blocks, not by p; in place, the send buffer is first copied
- * to scratch (p blocks). Other layouts run pairwise.
+ * to scratch (p blocks). Blocks of DUET_A2A_HIER_SPLIT bytes or more are not
+ * gathered: aggregation saves nothing there, and the copies in and out of
+ * the staging slots cost more than the extra messages. Such a block crosses
+ * the HPN on the same rail as its own message, this rank's own block at
+ * once and each handed-over one as soon as it arrives (2L staging blocks),
+ * and lands in place: (N-1) L HPN messages per call. Other layouts run
+ * pairwise.
  */
 #include <stdlib.h>
 
 #include "coll/hier.h"
 
 #define DUET_A2A_WINDOW 8
+/* Hierarchical: blocks of this many bytes or more cross the HPN one message
+ * each (see the file's comment). 2 x 2 emulated super-nodes, shm + tcp,
+ * 40 calls per launch, 3 launches: blocks of 64 KiB 86-91 us either way,
+ * 128 KiB 141-143 against 144-152 us, 256 KiB 253-258 against 290-295 us,
+ * 512 KiB 614-704 against 711-765 us. */
+#define DUET_A2A_HIER_SPLIT (128u << 10)
 
 duet_status_t duet__alltoall_pairwise_build(const duet__coll_args_t *a, duet__sched_t *s) {
   const int p = a->nranks, r = a->rank;
@@ -119,9 +131,9 @@ duet_status_t duet__alltoall_bruck_build(const duet__coll_args_t *a, duet__sched
     for (int i = 1; i < p; i++) {
       if (!(i & k))
         continue;
-      copies[n] = duet__sched_copy(s, duet__ref(DUET_BUF_SCRATCH, pack + (uint64_t)n * blk),
-                                   duet__ref(DUET_BUF_SCRATCH, tmp + (uint64_t)i * blk), blk,
-                                   NULL, 0);
+      copies[n] =
+          duet__sched_copy(s, duet__ref(DUET_BUF_SCRATCH, pack + (uint64_t)n * blk),
+                           duet__ref(DUET_BUF_SCRATCH, tmp + (uint64_t)i * blk), blk, NULL, 0);
       n++;
     }
     duet__sched_send(s, (r + k) % p, (uint32_t)round, duet__ref(DUET_BUF_SCRATCH, pack),
@@ -157,6 +169,7 @@ duet_status_t duet__alltoall_hier_build(const duet__coll_args_t *a, duet__sched_
   uint32_t gfree[2] = {DUET_STEP_NONE, DUET_STEP_NONE}; /* last HPN send of a gather slot */
   uint32_t *hfree[2] = {NULL, NULL};                    /* placements of a receive slot */
   uint32_t *got = NULL;
+  const int split = blk >= DUET_A2A_HIER_SPLIT;
 
   if (blk == 0)
     return DUET_SUCCESS;
@@ -176,8 +189,8 @@ duet_status_t duet__alltoall_hier_build(const duet__coll_args_t *a, duet__sched_
     src = DUET_BUF_SCRATCH;
     stage = (uint64_t)a->nranks * blk;
   }
-  for (int w = 0; w < 2; w++) {
-    gslot[w] = stage + (uint64_t)w * 2 * L * blk;
+  for (int w = 0; w < 2; w++) { /* split: no receive slots */
+    gslot[w] = stage + (uint64_t)w * (split ? 1 : 2) * L * blk;
     hslot[w] = gslot[w] + L * blk;
     hfree[w] = malloc(sizeof(uint32_t) * L);
   }
@@ -188,7 +201,7 @@ duet_status_t duet__alltoall_hier_build(const duet__coll_args_t *a, duet__sched_
   }
   for (uint64_t i = 0; i < L; i++)
     hfree[0][i] = hfree[1][i] = DUET_STEP_NONE;
-  duet__sched_need_scratch(s, stage + 4 * L * blk);
+  duet__sched_need_scratch(s, stage + (split ? 2 : 4) * L * blk);
 
   for (int m = 0; m < h.nsn; m++) {
     int d = (h.sn + m) % h.nsn, from = (h.sn - m + h.nsn) % h.nsn, w = m % 2;
@@ -210,6 +223,27 @@ duet_status_t duet__alltoall_hier_build(const duet__coll_args_t *a, duet__sched_
       }
       continue;
     }
+    if (split) {
+      /* HPN: this rank's own block for rank (d, lr) at once, each block a
+       * local rank hands over as soon as it is here (slot w, free once its
+       * send two rounds ago has gone); the L blocks from super-node `from`
+       * land in place. Message m L + i carries local rank i's block. */
+      const uint32_t mid = (uint32_t)m * (uint32_t)L;
+      duet__sched_send(s, dst_dom[h.lr], mid + (uint32_t)h.lr,
+                       duet__ref(src, (uint64_t)dst_dom[h.lr] * blk), blk, NULL, 0);
+      for (int i = 0; i < h.ls; i++) {
+        duet__ref_t slot = duet__ref(DUET_BUF_SCRATCH, gslot[w] + (uint64_t)i * blk);
+        uint32_t rv;
+        if (i == h.lr)
+          continue;
+        rv = duet__sched_recv(s, h.domain[i], (uint32_t)m, slot, blk, &hfree[w][i], 1);
+        hfree[w][i] = duet__sched_send(s, dst_dom[h.lr], mid + (uint32_t)i, slot, blk, &rv, 1);
+      }
+      for (int i = 0; i < h.ls; i++)
+        duet__sched_recv(s, src_dom[h.lr], mid + (uint32_t)i,
+                         duet__ref(DUET_BUF_RECV, (uint64_t)src_dom[i] * blk), blk, NULL, 0);
+      continue;
+    }
     /* Gather the L blocks bound for rank (d, lr) into slot w. */
     for (int i = 0; i < h.ls; i++) {
       duet__ref_t to = duet__ref(DUET_BUF_SCRATCH, gslot[w] + (uint64_t)i * blk);
@@ -223,13 +257,13 @@ duet_status_t duet__alltoall_hier_build(const duet__coll_args_t *a, duet__sched_
     gfree[w] = duet__sched_send(s, dst_dom[h.lr], (uint32_t)m,
                                 duet__ref(DUET_BUF_SCRATCH, gslot[w]), L * blk, got, (uint32_t)L);
     /* ... and one from super-node `from`, placed block by block. */
-    uint32_t rv = duet__sched_recv(s, src_dom[h.lr], (uint32_t)m,
-                                   duet__ref(DUET_BUF_SCRATCH, hslot[w]), L * blk, hfree[w],
-                                   (uint32_t)L);
+    uint32_t rv =
+        duet__sched_recv(s, src_dom[h.lr], (uint32_t)m, duet__ref(DUET_BUF_SCRATCH, hslot[w]),
+                         L * blk, hfree[w], (uint32_t)L);
     for (int i = 0; i < h.ls; i++)
-      hfree[w][i] = duet__sched_copy(s, duet__ref(DUET_BUF_RECV, (uint64_t)src_dom[i] * blk),
-                                     duet__ref(DUET_BUF_SCRATCH, hslot[w] + (uint64_t)i * blk),
-                                     blk, &rv, 1);
+      hfree[w][i] =
+          duet__sched_copy(s, duet__ref(DUET_BUF_RECV, (uint64_t)src_dom[i] * blk),
+                           duet__ref(DUET_BUF_SCRATCH, hslot[w] + (uint64_t)i * blk), blk, &rv, 1);
   }
   rc = s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
 out_free:
@@ -320,24 +354,24 @@ duet_status_t duet__alltoallv_hier_build(const duet__coll_args_t *a, duet__sched
         got[i] = duet__sched_recv(s, h.domain[i], (uint32_t)m, to, n * es, &gfree[w], 1);
       off += n;
     }
-    uint32_t sd = duet__sched_send(s, dst_dom[h.lr], (uint32_t)m,
-                                   duet__ref(DUET_BUF_SCRATCH, gslot[w]), off * es, got,
-                                   (uint32_t)h.ls);
+    uint32_t sd =
+        duet__sched_send(s, dst_dom[h.lr], (uint32_t)m, duet__ref(DUET_BUF_SCRATCH, gslot[w]),
+                         off * es, got, (uint32_t)h.ls);
     if (sd != DUET_STEP_NONE)
       gfree[w] = sd;
     /* Receive what super-node `from` sends this rank, and place it. */
     uint64_t total = 0;
     for (int i = 0; i < h.ls; i++)
       total += a->rcounts[src_dom[i]];
-    uint32_t rv = duet__sched_recv(s, src_dom[h.lr], (uint32_t)m,
-                                   duet__ref(DUET_BUF_SCRATCH, hslot[w]), total * es, hfree[w],
-                                   (uint32_t)h.ls);
+    uint32_t rv =
+        duet__sched_recv(s, src_dom[h.lr], (uint32_t)m, duet__ref(DUET_BUF_SCRATCH, hslot[w]),
+                         total * es, hfree[w], (uint32_t)h.ls);
     off = 0;
     for (int i = 0; i < h.ls; i++) {
       uint64_t n = a->rcounts[src_dom[i]];
-      uint32_t c = duet__sched_copy(s, duet__ref(DUET_BUF_RECV, a->rdispls[src_dom[i]] * es),
-                                    duet__ref(DUET_BUF_SCRATCH, hslot[w] + off * es), n * es,
-                                    &rv, 1);
+      uint32_t c =
+          duet__sched_copy(s, duet__ref(DUET_BUF_RECV, a->rdispls[src_dom[i]] * es),
+                           duet__ref(DUET_BUF_SCRATCH, hslot[w] + off * es), n * es, &rv, 1);
       hfree[w][i] = c != DUET_STEP_NONE ? c : rv;
       off += n;
     }
