@@ -140,9 +140,10 @@ duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a, const
                          duet__coll_name(a->coll), comm->seq, comm->rank, err);
 }
 
-/* The hierarchical allreduce with the load/store UPN: taken by a blocking
- * call the tuner sends to the hierarchy when every super-node has the
- * shared segment and the same size (every rank decides alike). */
+/* The hierarchical allreduce with the load/store UPN: taken by a call the
+ * tuner sends to the hierarchy when every super-node has the shared segment
+ * and the same size (every rank decides alike); a non-blocking one runs as a
+ * queued task (core/mem_queue.c). */
 static int duet__mem_hier_ok(const duet_comm_t *comm) {
   return comm->mem != NULL && comm->mem_everywhere && comm->nsupernodes > 1 &&
          comm->layout.uniform && comm->cfg.algo.coll[DUET_COLL_ALLREDUCE] == DUET_ALGO_AUTO &&
@@ -154,8 +155,8 @@ static int duet__mem_hier_ok(const duet_comm_t *comm) {
  * 3. the segments to every local rank (shared segment: an allgather of the
  *    equal segments, and a broadcast of the count % L left at the end from
  *    the last local rank, which reduced them). AVG sums and divides once. */
-static duet_status_t duet__mem_hier_allreduce(duet_comm_t *comm, duet__coll_args_t *a,
-                                              const void *sendbuf, void *recvbuf) {
+duet_status_t duet__mem_hier_allreduce(duet_comm_t *comm, duet__coll_args_t *a, const void *sendbuf,
+                                       void *recvbuf) {
   const int L = comm->local_size, j = comm->local_rank, yield = comm->yield;
   const int ms = comm->cfg.timeout_ms;
   const size_t es = a->dtsize, b = a->count / (size_t)L, tail = a->count - b * (size_t)L;
@@ -172,8 +173,10 @@ static duet_status_t duet__mem_hier_allreduce(duet_comm_t *comm, duet__coll_args
   a->in_place = 1;
   rc = duet__request_post(comm, DUET_COLL_ALLREDUCE, a, duet__allreduce_hier_rail_build, recvbuf,
                           recvbuf, &req);
-  if (rc == DUET_SUCCESS)
-    rc = duet__wait_and_free(req);
+  if (rc == DUET_SUCCESS) {
+    rc = duet__mem_await(comm, req);
+    duet__request_free(req);
+  }
   if (rc != DUET_SUCCESS)
     return rc;
   phase = "allgather inside the super-node";
@@ -208,7 +211,7 @@ static duet_status_t duet__coll_post(duet_comm_t *comm, duet__coll_args_t *a, si
   if (duet__mem_path(comm, a->coll)) {
     duet_status_t rc;
     if (!a->blocking)
-      return duet__mem_post(comm, a, sendbuf, recvbuf, req);
+      return duet__mem_post(comm, a, sendbuf, recvbuf, 0, req);
     *req = NULL;
     rc = duet__mem_drain(comm); /* the segment runs calls in call order */
     return rc != DUET_SUCCESS ? rc : duet__mem_run(comm, a, sendbuf, recvbuf);
@@ -222,10 +225,13 @@ static duet_status_t duet__coll_post(duet_comm_t *comm, duet__coll_args_t *a, si
     a->chunk_bytes = ch.chunk_bytes;
   DUET_TRACE(DUET_SUB_TUNE, "%s of %zu bytes: %s, chunk %zu", duet__coll_name(a->coll), bytes,
              duet__algo_name(ch.algo), a->chunk_bytes);
-  if (a->coll == DUET_COLL_ALLREDUCE && ch.algo == DUET_ALGO_HIER && a->blocking &&
-      duet__mem_hier_ok(comm)) {
+  if (a->coll == DUET_COLL_ALLREDUCE && ch.algo == DUET_ALGO_HIER && duet__mem_hier_ok(comm)) {
+    duet_status_t rc;
+    if (!a->blocking)
+      return duet__mem_post(comm, a, sendbuf, recvbuf, 1, req);
     *req = NULL; /* done when this returns */
-    return duet__mem_hier_allreduce(comm, a, sendbuf, recvbuf);
+    rc = duet__mem_drain(comm);
+    return rc != DUET_SUCCESS ? rc : duet__mem_hier_allreduce(comm, a, sendbuf, recvbuf);
   }
   if (a->coll == DUET_COLL_ALLTOALLV && ch.algo == DUET_ALGO_HIER) {
     /* The gatherers of each rail must know every rank's send counts: share

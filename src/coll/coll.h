@@ -22,19 +22,21 @@ typedef struct duet__layout {
 } duet__layout_t;
 
 typedef struct duet__coll_args {
-  int coll;          /* DUET_COLL_* */
+  int coll; /* DUET_COLL_* */
   int rank, nranks;
-  int root;          /* broadcast */
-  int peer;          /* send/recv */
-  size_t count;      /* elements */
+  int root;     /* broadcast */
+  int peer;     /* send/recv */
+  size_t count; /* elements */
   duet_datatype_t dt;
   duet_op_t op;
   size_t dtsize;
-  size_t chunk_bytes; /* pipelining unit */
+  size_t chunk_bytes;  /* pipelining unit */
   size_t rd_max_bytes; /* inner allreduce phases: recursive doubling up to here */
   int out_aliases_in;  /* reduce_scatter in place with recvbuf == sendbuf */
   int in_place;        /* alltoall, allreduce: sendbuf == recvbuf */
   int blocking;        /* a blocking call: the load/store path may run it */
+  int seq_reserved;    /* 1: post the schedule under seq (taken in call order earlier) */
+  uint32_t seq;
   const size_t *scounts, *sdispls, *rcounts, *rdispls; /* alltoallv, elements */
   const uint64_t *count_matrix; /* hierarchical alltoallv: every rank's sendcounts */
   const duet__layout_t *layout; /* hierarchical algorithms; NULL: one super-node */

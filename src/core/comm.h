@@ -93,6 +93,8 @@ struct duet_comm {
   int mem_everywhere;   /* every super-node has one (every rank mapped its segment) */
   duet__fiber_t *fiber; /* runs the load/store path's non-blocking calls, or NULL */
   struct duet_request *mem_head, *mem_tail; /* those calls, posted and not complete, in order */
+  int mem_in_task;                          /* running on the fiber now */
+  struct duet_request *mem_awaiting;        /* the schedule the suspended task waits for */
   duet_stats_t stats;
   duet_status_t failed; /* sticky failure (timeout, transport error, abort) */
   struct duet_request *active_head, *active_tail; /* posted, not yet completed */
@@ -136,6 +138,7 @@ struct duet_request {
   struct duet_request *next, *prev;
   /* a call on the load/store path (mem_queue.c): no schedule, just the call */
   int mem;
+  int mem_hier; /* the hierarchical allreduce (duet__mem_hier_allreduce) */
   duet__coll_args_t margs;
   const void *msend;
   void *mrecv;
@@ -164,10 +167,16 @@ uint64_t duet__now_ns(void);
 int duet__mem_path(const duet_comm_t *comm, int coll);
 duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a, const void *sendbuf,
                             void *recvbuf);
+duet_status_t duet__mem_hier_allreduce(duet_comm_t *comm, duet__coll_args_t *a, const void *sendbuf,
+                                       void *recvbuf);
 
 /* mem_queue.c: the load/store path's non-blocking calls (see there) */
 duet_status_t duet__mem_post(duet_comm_t *comm, const duet__coll_args_t *a, const void *sendbuf,
-                             void *recvbuf, duet_request_t **req);
+                             void *recvbuf, int hier, duet_request_t **req);
+/* Wait for a schedule the running call posted (the hierarchical allreduce's
+ * rail phase): inside the task, suspend until it completes (the caller's
+ * progress drives it); outside, duet__request_wait. Does not free req. */
+duet_status_t duet__mem_await(duet_comm_t *comm, duet_request_t *req);
 /* Run the queued calls as far as they go; spin != 0: let the engine wait for
  * its peers as a blocking call does (nothing else needs progress), so each
  * call runs to its end. Returns 1 when a call completed. */

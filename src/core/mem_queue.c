@@ -35,7 +35,10 @@ static void duet__mem_suspend(void *fiber) {
 
 static void duet__mem_task(void *arg) {
   duet_request_t *req = arg;
-  req->status = duet__mem_run(req->comm, &req->margs, req->msend, req->mrecv);
+  if (req->mem_hier)
+    req->status = duet__mem_hier_allreduce(req->comm, &req->margs, req->msend, req->mrecv);
+  else
+    req->status = duet__mem_run(req->comm, &req->margs, req->msend, req->mrecv);
 }
 
 /* alltoallv's count arrays belong to the caller only during the post (as on
@@ -67,7 +70,7 @@ static duet_status_t duet__mem_keep_counts(duet_comm_t *comm, duet_request_t *re
 }
 
 duet_status_t duet__mem_post(duet_comm_t *comm, const duet__coll_args_t *a, const void *sendbuf,
-                             void *recvbuf, duet_request_t **out) {
+                             void *recvbuf, int hier, duet_request_t **out) {
   duet_request_t *req;
   duet_status_t rc;
 
@@ -96,7 +99,14 @@ duet_status_t duet__mem_post(duet_comm_t *comm, const duet__coll_args_t *a, cons
   req->seq = 0;
   req->p2p_seq = 0;
   req->mem = 1;
+  req->mem_hier = hier;
   req->margs = *a;
+  if (hier) {
+    /* its rail phase is a schedule posted when the task gets there: it
+     * takes its sequence number now, in call order, as every rank does */
+    req->margs.seq_reserved = 1;
+    req->margs.seq = comm->seq++;
+  }
   req->msend = sendbuf;
   req->mrecv = recvbuf;
   req->mem_next = NULL;
@@ -136,8 +146,10 @@ int duet__mem_progress(duet_comm_t *comm, int spin) {
     duet_request_t *req = comm->mem_head;
     int r;
     duet__shm_set_suspend(comm->mem, spin ? NULL : duet__mem_suspend, comm->fiber);
+    comm->mem_in_task = 1;
     r = duet__fiber_busy(comm->fiber) ? duet__fiber_resume(comm->fiber)
                                       : duet__fiber_start(comm->fiber, duet__mem_task, req);
+    comm->mem_in_task = 0;
     if (r == 0)
       break; /* waiting for a peer */
     completed = 1;
@@ -159,6 +171,19 @@ int duet__mem_progress(duet_comm_t *comm, int spin) {
   return completed;
 }
 
+duet_status_t duet__mem_await(duet_comm_t *comm, duet_request_t *req) {
+  if (!comm->mem_in_task)
+    return duet__request_wait(req);
+  comm->mem_awaiting = req; /* freed by duet__mem_fail_all if the task never resumes */
+  while (!req->complete) {  /* deadlines: the queued call's own, where it is waited for */
+    comm->mem_in_task = 0;
+    duet__fiber_suspend(comm->fiber);
+    comm->mem_in_task = 1;
+  }
+  comm->mem_awaiting = NULL;
+  return req->status;
+}
+
 duet_status_t duet__mem_drain(duet_comm_t *comm) {
   duet_status_t rc = DUET_SUCCESS;
   while (comm->mem_tail != NULL && rc == DUET_SUCCESS) /* complete in order: the tail is last */
@@ -175,5 +200,7 @@ void duet__mem_fail_all(duet_comm_t *comm, duet_status_t status) {
      * again */
     duet__shm_set_suspend(comm->mem, NULL, NULL);
     duet__fiber_abandon(comm->fiber);
+    duet__request_free(comm->mem_awaiting); /* NULL unless it waited for a schedule */
+    comm->mem_awaiting = NULL;
   }
 }

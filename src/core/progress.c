@@ -474,7 +474,7 @@ duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_a
   else if (coll == DUET_COLL_RECV)
     req->p2p_seq = comm->peers[args->peer].p2p_recv_seq++;
   else
-    req->seq = comm->seq++;
+    req->seq = args->seq_reserved ? args->seq : comm->seq++;
   memset(req->state, 0, (size_t)n);
   for (uint32_t i = 0; i < n; i++) {
     const duet__step_t *st = &req->sched->steps[i];
@@ -638,13 +638,12 @@ duet_status_t duet__request_wait(duet_request_t *req) {
   const uint64_t limit_ns = (uint64_t)comm->cfg.timeout_ms * 1000000ull;
   unsigned spins = 0, idle = 0;
 
-  if (req->mem && comm->active_head == NULL) {
+  while (req->mem && !req->complete && comm->mem_head != NULL && comm->active_head == NULL) {
     /* Only load/store calls are pending: run them up to req with the
      * engine's own waits (spin, yield when oversubscribed, deadline), as the
-     * blocking calls do. */
-    while (!req->complete && comm->mem_head != NULL)
-      duet__mem_progress(comm, 1);
-    return req->status;
+     * blocking calls do, until done or one posts a schedule (the
+     * hierarchical allreduce's rail phase), which needs the loop below. */
+    duet__mem_progress(comm, 1);
   }
   while (!req->complete) {
     int moved;

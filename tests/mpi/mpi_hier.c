@@ -898,7 +898,7 @@ out:
 /* ---- every kind of non-blocking operation in flight at once ---- */
 
 static long test_mixed(ctx_t *c) {
-  enum { K_AR, K_BC, K_AG, K_RS, K_RD, K_BAR, K_AR2, NK };
+  enum { K_AR2, K_AR, K_BC, K_AG, K_RS, K_RD, K_BAR, NK }; /* posted in this order */
   const size_t n = (size_t)c->size;
   const size_t car = 10007, cbc = 4099, cag = 333, crs = 517, crd = 2049, car2 = 1000;
   const int bc_root = c->size - 1, rd_root = 0;
@@ -948,6 +948,15 @@ static long test_mixed(ctx_t *c) {
   mt_reference(ar2_b, ar2_w, car2, DUET_BFLOAT16, DUET_AVG, MPI_COMM_WORLD);
   mt_guard_fill((char *)ar2_b + car2 * 2);
 
+  /* Half the ranks post late, so that every rail pairs a late rank with an
+   * early one (local index + super-node even: late). On an early rank the
+   * first call (a small hierarchical allreduce; on the load/store path a
+   * queued task) is still waiting for its late local peer when the rest are
+   * posted; on a late rank it runs through to its rail phase at once. The
+   * calls must still pair up, so each takes its place at its post. */
+  MPI_Barrier(MPI_COMM_WORLD);
+  if ((c->lr + c->sn) % 2 == 0)
+    usleep(30000);
   for (int k = 0; k < NK; k++) {
     duet_status_t st;
     const char *name;
