@@ -33,6 +33,7 @@
  * pairwise.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "coll/hier.h"
 
@@ -280,7 +281,10 @@ out_free:
  * its super-node sends to each rank of the rail, so the caller first shares
  * every rank's send counts (args->count_matrix, nranks x nranks); receivers
  * size everything from their own recvcounts. Staging per round is sized by
- * the largest round, two rounds in flight.
+ * the largest round, two rounds in flight. A round whose blocks average
+ * DUET_A2A_HIER_SPLIT bytes or more crosses the HPN a block per message, as
+ * the alltoall's large blocks do; sender (from the count matrix) and
+ * receiver (from its recvcounts) see the same sizes, so they agree.
  */
 duet_status_t duet__alltoallv_hier_build(const duet__coll_args_t *a, duet__sched_t *s) {
   const duet__layout_t *l = a->layout;
@@ -291,6 +295,7 @@ duet_status_t duet__alltoallv_hier_build(const duet__coll_args_t *a, duet__sched
   uint64_t gmax = 0, hmax = 0, gslot[2], hslot[2];
   uint32_t gfree[2] = {DUET_STEP_NONE, DUET_STEP_NONE};
   uint32_t *hfree[2] = {NULL, NULL}, *got = NULL;
+  const uint64_t split_min = DUET_A2A_HIER_SPLIT; /* per block, on average over a round */
 
   if (duet__hier_is_flat(l) || !l->uniform || M == NULL)
     return duet__alltoallv_pairwise_build(a, s);
@@ -343,29 +348,57 @@ duet_status_t duet__alltoallv_hier_build(const duet__coll_args_t *a, duet__sched
       }
       continue;
     }
-    /* Gather what the super-node sends to rank (d, lr), packed in rank order. */
+    const uint32_t mid = (uint32_t)m * (uint32_t)h.ls; /* split: message m L + i per block */
+    uint64_t gtot = 0, rtot = 0;
+    for (int i = 0; i < h.ls; i++) {
+      gtot += M[(uint64_t)h.domain[i] * p + (uint64_t)dst_dom[h.lr]];
+      rtot += a->rcounts[src_dom[i]];
+    }
+    /* What the super-node sends to rank (d, lr), packed in rank order in
+     * slot w: gathered into one HPN message, or (large blocks) each sent on
+     * its own, this rank's straight from sendbuf, the others as they are
+     * handed over. */
     for (int i = 0; i < h.ls; i++) {
       uint64_t n = M[(uint64_t)h.domain[i] * p + (uint64_t)dst_dom[h.lr]];
       duet__ref_t to = duet__ref(DUET_BUF_SCRATCH, gslot[w] + off * es);
-      if (i == h.lr)
-        got[i] = duet__sched_copy(s, to, duet__ref(DUET_BUF_SEND, a->sdispls[dst_dom[h.lr]] * es),
-                                  n * es, &gfree[w], 1);
-      else
+      duet__ref_t own = duet__ref(DUET_BUF_SEND, a->sdispls[dst_dom[h.lr]] * es);
+      if (gtot * es >= (uint64_t)h.ls * split_min) {
+        uint32_t rv = DUET_STEP_NONE;
+        if (i != h.lr)
+          rv = duet__sched_recv(s, h.domain[i], (uint32_t)m, to, n * es, &gfree[w], 1);
+        got[i] = duet__sched_send(s, dst_dom[h.lr], mid + (uint32_t)i, i == h.lr ? own : to, n * es,
+                                  &rv, 1);
+      } else if (i == h.lr) {
+        got[i] = duet__sched_copy(s, to, own, n * es, &gfree[w], 1);
+      } else {
         got[i] = duet__sched_recv(s, h.domain[i], (uint32_t)m, to, n * es, &gfree[w], 1);
+      }
       off += n;
     }
-    uint32_t sd =
-        duet__sched_send(s, dst_dom[h.lr], (uint32_t)m, duet__ref(DUET_BUF_SCRATCH, gslot[w]),
-                         off * es, got, (uint32_t)h.ls);
-    if (sd != DUET_STEP_NONE)
-      gfree[w] = sd;
-    /* Receive what super-node `from` sends this rank, and place it. */
-    uint64_t total = 0;
-    for (int i = 0; i < h.ls; i++)
-      total += a->rcounts[src_dom[i]];
+    if (gtot * es >= (uint64_t)h.ls * split_min) {
+      duet__step_t join; /* slot w is free again when every send has gone */
+      memset(&join, 0, sizeof(join));
+      join.kind = DUET_STEP_NOP;
+      gfree[w] = duet__sched_add(s, &join, got, (uint32_t)h.ls);
+    } else {
+      uint32_t sd =
+          duet__sched_send(s, dst_dom[h.lr], (uint32_t)m, duet__ref(DUET_BUF_SCRATCH, gslot[w]),
+                           off * es, got, (uint32_t)h.ls);
+      if (sd != DUET_STEP_NONE)
+        gfree[w] = sd;
+    }
+    /* What super-node `from` sends this rank: each block straight into
+     * place (large blocks), or one message into slot w, then placed. */
+    if (rtot * es >= (uint64_t)h.ls * split_min) {
+      for (int i = 0; i < h.ls; i++)
+        duet__sched_recv(s, src_dom[h.lr], mid + (uint32_t)i,
+                         duet__ref(DUET_BUF_RECV, a->rdispls[src_dom[i]] * es),
+                         a->rcounts[src_dom[i]] * es, NULL, 0);
+      continue;
+    }
     uint32_t rv =
         duet__sched_recv(s, src_dom[h.lr], (uint32_t)m, duet__ref(DUET_BUF_SCRATCH, hslot[w]),
-                         total * es, hfree[w], (uint32_t)h.ls);
+                         rtot * es, hfree[w], (uint32_t)h.ls);
     off = 0;
     for (int i = 0; i < h.ls; i++) {
       uint64_t n = a->rcounts[src_dom[i]];
