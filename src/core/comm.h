@@ -186,6 +186,9 @@ void duet__mem_fail_all(duet_comm_t *comm, duet_status_t status);
 
 /* progress.c */
 duet_request_t *duet__request_get(duet_comm_t *comm, uint32_t nsteps);
+/* A pooled request made ready for a new call: no schedule, nothing posted. */
+void duet__request_reset(duet_request_t *req, duet_comm_t *comm, int coll, duet_datatype_t dt,
+                         duet_op_t op);
 duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_args_t *args,
                                  duet__coll_build_fn build, const void *sendbuf, void *recvbuf,
                                  duet_request_t **req);

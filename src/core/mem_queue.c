@@ -84,20 +84,7 @@ duet_status_t duet__mem_post(duet_comm_t *comm, const duet__coll_args_t *a, cons
   if (req == NULL)
     return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for a request",
                            duet__coll_name(a->coll));
-  req->comm = comm;
-  req->coll = a->coll;
-  req->dt = a->dt;
-  req->op = a->op;
-  req->sched = NULL;
-  req->cache_slot = -1;
-  req->own_scratch = NULL;
-  req->uses_comm_scratch = 0;
-  req->qhead = req->qtail = req->nposted = req->ndone = 0;
-  req->status = DUET_SUCCESS;
-  req->complete = 0;
-  req->next = req->prev = NULL;
-  req->seq = 0;
-  req->p2p_seq = 0;
+  duet__request_reset(req, comm, a->coll, a->dt, a->op);
   req->mem = 1;
   req->mem_hier = hier;
   req->margs = *a;
@@ -109,7 +96,6 @@ duet_status_t duet__mem_post(duet_comm_t *comm, const duet__coll_args_t *a, cons
   }
   req->msend = sendbuf;
   req->mrecv = recvbuf;
-  req->mem_next = NULL;
   rc = duet__mem_keep_counts(comm, req);
   if (rc != DUET_SUCCESS) {
     duet__request_free(req);

@@ -347,6 +347,26 @@ duet_request_t *duet__request_get(duet_comm_t *comm, uint32_t n) {
   return req;
 }
 
+void duet__request_reset(duet_request_t *req, duet_comm_t *comm, int coll, duet_datatype_t dt,
+                         duet_op_t op) {
+  req->comm = comm;
+  req->coll = coll;
+  req->dt = dt;
+  req->op = op;
+  req->sched = NULL;
+  req->cache_slot = -1;
+  req->own_scratch = NULL;
+  req->uses_comm_scratch = 0;
+  req->qhead = req->qtail = req->nposted = req->ndone = 0;
+  req->status = DUET_SUCCESS;
+  req->complete = 0;
+  req->next = req->prev = NULL;
+  req->seq = 0;
+  req->p2p_seq = 0;
+  req->mem = req->mem_hier = 0;
+  req->mem_next = NULL;
+}
+
 duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_args_t *args,
                                  duet__coll_build_fn build, const void *sendbuf, void *recvbuf,
                                  duet_request_t **out) {
@@ -413,21 +433,8 @@ duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_a
     return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for a request of %u steps",
                            duet__coll_name(coll), n);
   }
-  req->comm = comm;
-  req->coll = coll;
-  req->dt = args->dt;
-  req->op = args->op;
+  duet__request_reset(req, comm, coll, args->dt, args->op);
   req->cache_slot = slot < DUET_SCHED_CACHE ? slot : -1;
-  req->own_scratch = NULL;
-  req->uses_comm_scratch = 0;
-  req->qhead = req->qtail = req->nposted = req->ndone = 0;
-  req->status = DUET_SUCCESS;
-  req->complete = 0;
-  req->next = req->prev = NULL;
-  req->seq = 0;
-  req->p2p_seq = 0;
-  req->mem = 0;
-  req->mem_next = NULL;
   if (req->cache_slot >= 0) {
     comm->cache[slot].users++;
     comm->cache[slot].last_use = ++comm->cache_clock;
