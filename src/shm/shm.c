@@ -151,6 +151,7 @@ struct duet__shm {
   size_t nt_min;              /* nranks x bytes from which copy-out streams */
   void (*suspend)(void *arg); /* non-blocking calls: waits suspend the task */
   void *suspend_arg;
+  int awaited; /* the local rank a suspended wait is for, or -1 */
   char name[NAME_MAX + 1];
 };
 
@@ -260,17 +261,19 @@ static inline void cpu_relax(void) {
  * A non-blocking call's task (duet__shm_set_suspend) suspends instead, and
  * checks again when resumed.
  */
-static int wait_ge(const duet__shm_t *shm, const uint64_t *flag, uint64_t want, int p, int cpu,
-                   int yield, int timeout_ms) {
+static int wait_ge(duet__shm_t *shm, const uint64_t *flag, uint64_t want, int p, int cpu, int yield,
+                   int timeout_ms) {
   const int32_t *peer_cpu = &flag_line(shm, p)->cpu;
   unsigned spins = 0;
   unsigned check = yield ? 8u : 512u;
   uint64_t deadline = 0;
   while (__atomic_load_n(flag, __ATOMIC_ACQUIRE) < want) {
-    if (shm->suspend != NULL)
+    if (shm->suspend != NULL) {
+      shm->awaited = p; /* for the caller's timeout message */
       shm->suspend(shm->suspend_arg);
-    else if (spins < 16 || (!yield && spins < DUET_SHM_SPIN_MAX &&
-                            (cpu < 0 || __atomic_load_n(peer_cpu, __ATOMIC_RELAXED) != cpu)))
+      shm->awaited = -1;
+    } else if (spins < 16 || (!yield && spins < DUET_SHM_SPIN_MAX &&
+                              (cpu < 0 || __atomic_load_n(peer_cpu, __ATOMIC_RELAXED) != cpu)))
       cpu_relax();
     else
       sched_yield();
@@ -507,6 +510,7 @@ duet_status_t duet__shm_open(duet__shm_t **shmp, const char *name, int local_ran
   shm->sync_off = SHM_HEADER;
   shm->eager_stride = eager_stride();
   shm->nt_min = llc_bytes();
+  shm->awaited = -1;
 
   rc = local_rank == 0 ? shm_create(shm, errbuf) : shm_attach(shm, timeout_ms, errbuf);
   if (rc != DUET_SUCCESS)
@@ -550,6 +554,10 @@ void duet__shm_close(duet__shm_t *shm) {
 void duet__shm_set_suspend(duet__shm_t *shm, void (*fn)(void *arg), void *arg) {
   shm->suspend = fn;
   shm->suspend_arg = arg;
+}
+
+int duet__shm_awaited(const duet__shm_t *shm) {
+  return shm != NULL ? shm->awaited : -1;
 }
 
 void duet__shm_set_stream_min(duet__shm_t *shm, size_t bytes) {

@@ -118,6 +118,8 @@ void duet__shm_set_stream_min(duet__shm_t *shm, size_t bytes);
  * call, instead of spinning, then checks again. Deadlines are unchanged (the
  * clock is read every few hundred checks). NULL restores spinning. Local. */
 void duet__shm_set_suspend(duet__shm_t *shm, void (*fn)(void *arg), void *arg);
+/* While a task is suspended in a wait: the local rank it waits for; else -1. */
+int duet__shm_awaited(const duet__shm_t *shm);
 
 /* Bytes of the segment an engine of local_size ranks maps. */
 size_t duet__shm_segment_size(int local_size);

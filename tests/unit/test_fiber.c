@@ -142,6 +142,7 @@ Test(fiber, stack_holds_a_large_frame) {
 typedef struct {
   duet_unique_id_t id;
   int rank;
+  int poll_only; /* rank 0 polls duet_test to the end instead of calling duet_wait */
   atomic_int *rank0_done;
   duet_status_t init, post, wait, later;
   int in_progress; /* duet_test calls that said DUET_IN_PROGRESS */
@@ -177,7 +178,14 @@ static void *late_rank(void *p) {
           a->in_progress++;
       }
       double t0 = now_s();
-      a->wait = duet_wait(req);
+      if (a->poll_only) {
+        int done = 0;
+        do
+          a->wait = duet_test(req, &done);
+        while (!done && a->wait == DUET_IN_PROGRESS && now_s() - t0 < 30);
+      } else {
+        a->wait = duet_wait(req);
+      }
       a->waited = now_s() - t0;
       snprintf(a->err, sizeof(a->err), "%s", duet_last_error(c));
       a->later = duet_allreduce(x, y, 4, DUET_INT32, DUET_SUM, c);
@@ -191,7 +199,7 @@ static void *late_rank(void *p) {
   return NULL;
 }
 
-Test(mem_queue, missing_peer_times_out_naming_it, .timeout = 60) {
+static void missing_peer(int poll_only) {
   late_arg_t a[2];
   pthread_t t[2];
   atomic_int rank0_done = 0;
@@ -201,6 +209,7 @@ Test(mem_queue, missing_peer_times_out_naming_it, .timeout = 60) {
     memset(&a[r], 0, sizeof(a[r]));
     a[r].id = id;
     a[r].rank = r;
+    a[r].poll_only = poll_only;
     a[r].rank0_done = &rank0_done;
     cr_assert_eq(pthread_create(&t[r], NULL, late_rank, &a[r]), 0);
   }
@@ -212,9 +221,19 @@ Test(mem_queue, missing_peer_times_out_naming_it, .timeout = 60) {
   cr_assert_eq(a[0].in_progress, 100, "duet_test said done %d times of 100",
                100 - a[0].in_progress);
   cr_assert_eq(a[0].wait, DUET_ERR_TIMEOUT, "duet_wait returned %d: %s", a[0].wait, a[0].err);
-  cr_assert(a[0].waited > 0.5 && a[0].waited < 10, "duet_wait took %.2f s (deadline 1.5 s)",
-            a[0].waited);
+  cr_assert(a[0].waited > 0.5 && a[0].waited < 10, "%s took %.2f s (deadline 1.5 s)",
+            poll_only ? "polling duet_test" : "duet_wait", a[0].waited);
   cr_assert(strstr(a[0].err, "local rank 1") != NULL, "message does not name the peer: %s",
             a[0].err);
   cr_assert(a[0].later < 0, "a call after the timeout returned %d", a[0].later);
+}
+
+Test(mem_queue, missing_peer_times_out_naming_it, .timeout = 60) {
+  missing_peer(0);
+}
+
+/* The same, completed by polling duet_test only: past the deadline a test
+ * fails the call instead of returning DUET_IN_PROGRESS for ever. */
+Test(mem_queue, missing_peer_times_out_when_polled, .timeout = 60) {
+  missing_peer(1);
 }
