@@ -12,12 +12,17 @@
  * rank, and they do: every rank posts them in the same order and runs them
  * one at a time. A blocking call on the path first drains the queue.
  *
+ * The hierarchical allreduce on equal super-nodes runs as such a task too
+ * (duet__mem_hier_allreduce): its rail phase is a schedule over the HPN,
+ * posted by the task under a sequence number taken at the post, and waited
+ * for with duet__mem_await, which suspends the task while the caller's
+ * progress calls drive the schedule.
+ *
  * The fiber and its stack are made at the first such call and kept with the
  * communicator; requests come from its pool, so steady-state calls allocate
  * nothing. Deadlines: the engine's own (every wait, DUET_TIMEOUT_MS) and the
  * request's, counted from the post, as for any request.
  */
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
