@@ -6,8 +6,13 @@
  * connections, no rendezvous) and tells its messages apart by its own comm id
  * in every tag; it has its own sequence numbers, statistics, and super-node
  * layout (the super-nodes of its members, renumbered), so the hierarchy and
- * the tuner see the child's shape.
+ * the tuner see the child's shape. Where the parent has the load/store path
+ * in every super-node, the members of each child super-node map a segment
+ * of their own (duet__split_mem), so the child's collectives take that path
+ * too.
  */
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,6 +30,67 @@ static int duet__split_cmp(const void *pa, const void *pb, void *arg) {
   if (all[a].key != all[b].key)
     return all[a].key < all[b].key ? -1 : 1;
   return a < b ? -1 : a > b;
+}
+
+/* The load/store path for the child c (NULL on a rank that joins no child):
+ * the members of each child super-node map a segment named after the
+ * parent's, the split and the color, then every rank of the parent learns
+ * who managed (one more allgather over the parent, which every rank makes,
+ * so only when every parent super-node has the path: that is the same on
+ * every rank). As at init, a child super-node uses it only if all its
+ * members mapped it. Failing to map is not an error: the child then runs on
+ * its endpoints. */
+static duet_status_t duet__split_mem(duet_comm_t *comm, duet_comm_t *c, int color,
+                                     const int *members) {
+  int32_t ok = 0, *all = NULL;
+  duet_status_t rc;
+
+  if (!comm->mem_everywhere)
+    return DUET_SUCCESS;
+  if (c != NULL && c->local_size > 1) {
+    char name[NAME_MAX + 1], err[DUET_SHM_ERRLEN] = "";
+    int len =
+        snprintf(name, sizeof(name), "%s-%u-%d", duet__shm_name(comm->mem), comm->split_seq, color);
+    if (len > 0 && (size_t)len < sizeof(name) &&
+        duet__shm_open(&c->mem, name, c->local_rank, c->local_size,
+                       c->cfg.timeout_ms < 30000 ? c->cfg.timeout_ms : 30000,
+                       err) == DUET_SUCCESS) {
+      duet__shm_unlink(c->mem);
+      ok = 1;
+    } else {
+      c->mem = NULL;
+      DUET_WARN(DUET_SUB_INIT, "split: rank %d: no shared-memory UPN path (%s); using %s",
+                comm->rank, err, comm->nets->net[DUET_NET_UPN].provider);
+    }
+  }
+  all = malloc(sizeof(*all) * (size_t)comm->nranks);
+  if (all == NULL) {
+    rc = duet__set_error(comm, DUET_ERR_NO_MEMORY, "duet_comm_split: out of memory");
+    goto out_close;
+  }
+  rc = duet_allgather(&ok, all, 1, DUET_INT32, comm);
+  if (rc != DUET_SUCCESS || c == NULL)
+    goto out_close;
+  c->mem_everywhere = 1;
+  for (int i = 0; i < c->nranks; i++) {
+    int fine = all[members[i]] != 0;
+    c->mem_everywhere &= fine;
+    if (!fine && c->layout.supernode[i] == c->supernode && c->mem != NULL) {
+      duet__shm_close(c->mem); /* every member of the super-node has it, or none uses it */
+      c->mem = NULL;
+    }
+  }
+  c->mem_everywhere &= c->mem != NULL;
+  free(all);
+  return DUET_SUCCESS;
+
+out_close:
+  if (c != NULL && c->mem != NULL) {
+    duet__shm_close(c->mem);
+    c->mem = NULL;
+  }
+  free(all);
+  return rc;
 }
 
 duet_status_t duet_comm_split(duet_comm_t *comm, int color, int key, duet_comm_t **newcomm) {
@@ -57,8 +123,10 @@ duet_status_t duet_comm_split(duet_comm_t *comm, int color, int key, duet_comm_t
   if (rc != DUET_SUCCESS)
     goto out_free;
   comm->split_seq++;
-  if (color == DUET_SPLIT_NOCOLOR)
-    goto out_free; /* not in any new communicator */
+  if (color == DUET_SPLIT_NOCOLOR) { /* not in any new communicator */
+    rc = duet__split_mem(comm, NULL, color, members);
+    goto out_free;
+  }
   for (int r = 0; r < comm->nranks; r++)
     if (all[r].color == color)
       members[n++] = r;
@@ -116,6 +184,9 @@ duet_status_t duet_comm_split(duet_comm_t *comm, int color, int key, duet_comm_t
   c->local_size = c->layout.sn_size[c->supernode];
   c->nets = comm->nets;
   c->nets->refs++;
+  rc = duet__split_mem(comm, c, color, members);
+  if (rc != DUET_SUCCESS)
+    goto out_free;
   duet__comm_shape(c);
   if (duet__registry_add(c) != 0) {
     rc = duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory", fn);
@@ -127,6 +198,8 @@ duet_status_t duet_comm_split(duet_comm_t *comm, int color, int key, duet_comm_t
   c = NULL;
 out_free:
   if (c != NULL) {
+    if (c->mem != NULL)
+      duet__shm_close(c->mem);
     duet__nets_release(c);
     free(c->peers);
     free(c->layout_sn);

@@ -556,6 +556,10 @@ void duet__shm_set_suspend(duet__shm_t *shm, void (*fn)(void *arg), void *arg) {
   shm->suspend_arg = arg;
 }
 
+const char *duet__shm_name(const duet__shm_t *shm) {
+  return shm->name;
+}
+
 int duet__shm_awaited(const duet__shm_t *shm) {
   return shm != NULL ? shm->awaited : -1;
 }

@@ -121,6 +121,9 @@ void duet__shm_set_suspend(duet__shm_t *shm, void (*fn)(void *arg), void *arg);
 /* While a task is suspended in a wait: the local rank it waits for; else -1. */
 int duet__shm_awaited(const duet__shm_t *shm);
 
+/* The segment's name, as given to duet__shm_open. */
+const char *duet__shm_name(const duet__shm_t *shm);
+
 /* Bytes of the segment an engine of local_size ranks maps. */
 size_t duet__shm_segment_size(int local_size);
 

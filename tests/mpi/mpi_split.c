@@ -2,7 +2,9 @@
  * mpi_split.c - duet_comm_split against MPI_Comm_split: ranks, sizes,
  * super-node structure, an allreduce on each child checked against MPI on the
  * matching MPI communicator, the parent still usable in between, separate
- * statistics, DUET_SPLIT_NOCOLOR, and destroy in either order.
+ * statistics, DUET_SPLIT_NOCOLOR, and destroy in either order. On one host
+ * with the default providers the children take the load/store path: their
+ * collectives, blocking and not, send no UPN message.
  */
 #include "mpi_common.h"
 
@@ -54,12 +56,34 @@ int main(int argc, char **argv) {
   MPI_Comm_size(mchild, &mn);
   EXPECT(r == mr && n == mn, "child rank/size %d/%d, MPI says %d/%d", r, n, mr, mn);
   CHECK(child, duet_comm_supernode(child, &sn, &nsn, &lr, &ls));
-  EXPECT(sn >= 0 && sn < nsn && lr >= 0 && lr < ls && ls <= n, "child super-node %d/%d %d/%d",
-         sn, nsn, lr, ls);
+  EXPECT(sn >= 0 && sn < nsn && lr >= 0 && lr < ls && ls <= n, "child super-node %d/%d %d/%d", sn,
+         nsn, lr, ls);
 
   CHECK(world, duet_comm_get_stats(world, &st_world0));
+  CHECK(child, duet_comm_get_stats(child, &st_child));
   check_allreduce(child, mchild, 7);
   check_allreduce(child, mchild, 100003);
+  {
+    /* a non-blocking one too, against MPI */
+    int32_t in[1000], got[1000], want[1000];
+    duet_request_t *q;
+    for (int i = 0; i < 1000; i++)
+      in[i] = world_rank * 7 + i;
+    CHECK(child, duet_iallreduce(in, got, 1000, DUET_INT32, DUET_SUM, child, &q));
+    CHECK(child, duet_wait(q));
+    MPI_Allreduce(in, want, 1000, MPI_INT32_T, MPI_SUM, mchild);
+    EXPECT(memcmp(got, want, sizeof(got)) == 0, "child iallreduce differs from MPI");
+  }
+  {
+    const char *upn = getenv("DUET_UPN_PROVIDER");
+    duet_stats_t now;
+    CHECK(child, duet_comm_get_stats(child, &now));
+    if (n > 1 && (!upn || !*upn || strcmp(upn, "mem") == 0) && !getenv("DUET_ALGO") &&
+        !getenv("DUET_SUPERNODE"))
+      EXPECT(now.upn_msgs_sent == st_child.upn_msgs_sent,
+             "the child sent %llu UPN messages; on one host it takes the load/store path",
+             (unsigned long long)(now.upn_msgs_sent - st_child.upn_msgs_sent));
+  }
   /* The parent is still usable while the child lives. */
   check_allreduce(world, MPI_COMM_WORLD, 1001);
   CHECK(world, duet_comm_get_stats(world, &st_world1));
@@ -89,8 +113,7 @@ int main(int argc, char **argv) {
     CHECK(nocolor, duet_comm_destroy(nocolor));
   }
   /* Bad input. */
-  EXPECT(duet_comm_split(world, -5, 0, &nocolor) == DUET_ERR_INVALID_ARGUMENT,
-         "color -5 accepted");
+  EXPECT(duet_comm_split(world, -5, 0, &nocolor) == DUET_ERR_INVALID_ARGUMENT, "color -5 accepted");
   EXPECT(duet_comm_split(world, 0, 0, NULL) == DUET_ERR_INVALID_ARGUMENT, "NULL newcomm accepted");
 
   /* Destroy the parent first: the children keep working. */
