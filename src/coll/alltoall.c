@@ -168,7 +168,9 @@ duet_status_t duet__alltoall_hier_build(const duet__coll_args_t *a, duet__sched_
   uint8_t src = DUET_BUF_SEND;
   uint64_t stage, L, gslot[2], hslot[2];
   uint32_t gfree[2] = {DUET_STEP_NONE, DUET_STEP_NONE}; /* last HPN send of a gather slot */
-  uint32_t *hfree[2] = {NULL, NULL};                    /* placements of a receive slot */
+  /* per block i: the placements out of receive slot w; split, the HPN send
+   * out of gather slot w (the slot's next writer waits for it) */
+  uint32_t *hfree[2] = {NULL, NULL};
   uint32_t *got = NULL;
   const int split = blk >= DUET_A2A_HIER_SPLIT;
 
