@@ -31,6 +31,12 @@
  * once and each handed-over one as soon as it arrives (2L staging blocks),
  * and lands in place: (N-1) L HPN messages per call. Other layouts run
  * pairwise.
+ *
+ * When every super-node has the load/store UPN (coll.c), the UPN hops go
+ * through the shared segment instead, and only the rail phase is a
+ * schedule: duet__alltoall_hier_rail_build. Blocks then cross the HPN as
+ * above, but land in place without staging slots (when the sending
+ * super-node's ranks are consecutive).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -275,6 +281,85 @@ out_free:
   free(got);
   duet__hier_fini(&h);
   return rc;
+}
+
+/* Out of place, a block large enough to cross the HPN on its own leaves
+ * from sendbuf at once; in place, sendbuf's blocks are overwritten by the
+ * blocks received, so every block is staged first. */
+int duet__alltoall_hier_rail_own(const duet__coll_args_t *a) {
+  return !a->in_place && a->count * a->dtsize >= DUET_A2A_HIER_SPLIT;
+}
+
+/* Rounds m = 1 .. N-1, as in duet__alltoall_hier_build: to rank (sn + m, lr)
+ * the L staged blocks in one message once gate m - 1 is open, or one
+ * message per block (DUET_A2A_HIER_SPLIT); from rank (sn - m, lr) its L
+ * blocks, straight into place when that super-node's ranks are consecutive
+ * or the blocks come one by one, else through scratch. In place, a receive
+ * overwrites blocks the exchange reads, so every receive waits for the last
+ * gate. */
+duet_status_t duet__alltoall_hier_rail_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  const duet__layout_t *l = a->layout;
+  const uint64_t blk = a->count * a->dtsize;
+  const int split = blk >= DUET_A2A_HIER_SPLIT, own = duet__alltoall_hier_rail_own(a);
+  uint32_t last = DUET_STEP_NONE;
+  uint64_t L, stage_end;
+  duet__hier_t h;
+  duet_status_t rc;
+
+  if (blk == 0)
+    return DUET_SUCCESS;
+  if (duet__hier_is_flat(l) || !l->uniform)
+    return DUET_ERR_INTERNAL;
+  rc = duet__hier_init(&h, a, 0);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  L = (uint64_t)h.ls;
+  stage_end = (uint64_t)(h.nsn - 1) * L * blk;
+  duet__sched_need_scratch(s, stage_end);
+  for (int m = 1; m < h.nsn; m++) {
+    const int32_t *dst_dom = l->members + l->sn_first[(h.sn + m) % h.nsn];
+    const uint64_t stage = (uint64_t)(m - 1) * L * blk;
+    const uint32_t mid = (uint32_t)m * (uint32_t)L;
+    last = duet__sched_gate(s, (uint32_t)(m - 1), NULL, 0);
+    if (!split) {
+      duet__sched_send(s, dst_dom[h.lr], (uint32_t)m, duet__ref(DUET_BUF_SCRATCH, stage), L * blk,
+                       &last, 1);
+      continue;
+    }
+    for (int i = 0; i < h.ls; i++) {
+      if (i == h.lr && own)
+        duet__sched_send(s, dst_dom[h.lr], mid + (uint32_t)i,
+                         duet__ref(DUET_BUF_SEND, (uint64_t)dst_dom[h.lr] * blk), blk, NULL, 0);
+      else
+        duet__sched_send(s, dst_dom[h.lr], mid + (uint32_t)i,
+                         duet__ref(DUET_BUF_SCRATCH, stage + (uint64_t)i * blk), blk, &last, 1);
+    }
+  }
+  for (int m = 1; m < h.nsn; m++) {
+    const int32_t *src_dom = l->members + l->sn_first[(h.sn - m + h.nsn) % h.nsn];
+    const uint32_t mid = (uint32_t)m * (uint32_t)L, nd = a->in_place ? 1 : 0;
+    int consecutive = 1;
+    for (int i = 1; i < h.ls; i++)
+      consecutive &= src_dom[i] == src_dom[0] + i;
+    if (split) {
+      for (int i = 0; i < h.ls; i++)
+        duet__sched_recv(s, src_dom[h.lr], mid + (uint32_t)i,
+                         duet__ref(DUET_BUF_RECV, (uint64_t)src_dom[i] * blk), blk, &last, nd);
+    } else if (consecutive) {
+      duet__sched_recv(s, src_dom[h.lr], (uint32_t)m,
+                       duet__ref(DUET_BUF_RECV, (uint64_t)src_dom[0] * blk), L * blk, &last, nd);
+    } else {
+      const uint64_t slot = stage_end + (uint64_t)(m - 1) * L * blk;
+      uint32_t rv = duet__sched_recv(s, src_dom[h.lr], (uint32_t)m,
+                                     duet__ref(DUET_BUF_SCRATCH, slot), L * blk, &last, nd);
+      duet__sched_need_scratch(s, 2 * stage_end);
+      for (int i = 0; i < h.ls; i++)
+        duet__sched_copy(s, duet__ref(DUET_BUF_RECV, (uint64_t)src_dom[i] * blk),
+                         duet__ref(DUET_BUF_SCRATCH, slot + (uint64_t)i * blk), blk, &rv, 1);
+    }
+  }
+  duet__hier_fini(&h);
+  return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
 }
 
 /*

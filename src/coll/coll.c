@@ -140,13 +140,15 @@ duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a, const
                          duet__coll_name(a->coll), comm->seq, comm->rank, err);
 }
 
-/* The hierarchical allreduce with the load/store UPN: taken by a call the
- * tuner sends to the hierarchy when every super-node has the shared segment
- * and the same size (every rank decides alike); a non-blocking one runs as a
- * queued task (core/mem_queue.c). */
-static int duet__mem_hier_ok(const duet_comm_t *comm) {
+/* The hierarchical allreduce and all-to-all with the load/store UPN: taken
+ * by a call the tuner sends to the hierarchy when every super-node has the
+ * shared segment and the same size (every rank decides alike); a
+ * non-blocking one runs as a queued task (core/mem_queue.c). */
+static int duet__mem_hier_ok(const duet_comm_t *comm, int coll) {
+  if (coll != DUET_COLL_ALLREDUCE && coll != DUET_COLL_ALLTOALL)
+    return 0;
   return comm->mem != NULL && comm->mem_everywhere && comm->nsupernodes > 1 &&
-         comm->layout.uniform && comm->cfg.algo.coll[DUET_COLL_ALLREDUCE] == DUET_ALGO_AUTO &&
+         comm->layout.uniform && comm->cfg.algo.coll[coll] == DUET_ALGO_AUTO &&
          comm->local_rank == comm->layout.local_rank[comm->rank];
 }
 
@@ -203,6 +205,88 @@ shm_failed:
                          duet__coll_name(a->coll), comm->seq, comm->rank, phase, err);
 }
 
+/* The hierarchical all-to-all with the load/store UPN (the rounds of
+ * duet__alltoall_hier_build, its UPN hops through the shared segment):
+ * 1. post the rail phase (duet__alltoall_hier_rail_build): its receives,
+ *    and out of place the large blocks this rank sends itself, start now;
+ * 2. for each remote super-node d = sn + m: a segment all-to-all in which
+ *    local rank i hands this rank (local index j) its block for rank (d, j),
+ *    staged in the rail phase's scratch; then gate m - 1 opens and the rail
+ *    sends it on;
+ * 3. the exchange inside the super-node, straight into recvbuf;
+ * 4. wait for the rail phase.
+ * In place, the staging reads every block to send before a receive may
+ * overwrite it (the receives wait for the last gate). */
+duet_status_t duet__mem_hier_alltoall(duet_comm_t *comm, duet__coll_args_t *a, const void *sendbuf,
+                                      void *recvbuf) {
+  const duet__layout_t *l = &comm->layout;
+  const int L = comm->local_size, j = comm->local_rank, N = comm->nsupernodes;
+  const int sn = l->supernode[comm->rank], yield = comm->yield, ms = comm->cfg.timeout_ms;
+  const size_t blk = a->count * a->dtsize, cnt = a->count;
+  const int own = duet__alltoall_hier_rail_own(a);
+  const int32_t *domain = l->members + l->sn_first[sn];
+  char err[DUET_SHM_ERRLEN] = "";
+  duet_request_t *req = NULL;
+  duet_status_t rc;
+  size_t *sc, *sd, *rc_, *rd;
+  uint64_t moved = 0;
+
+  if (blk == 0) /* every rank has the same count: nothing moves anywhere */
+    return DUET_SUCCESS;
+  if (comm->mem_a2a_counts == NULL) { /* once per communicator */
+    comm->mem_a2a_counts = malloc(4 * (size_t)L * sizeof(size_t));
+    if (comm->mem_a2a_counts == NULL)
+      return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %d counts",
+                             duet__coll_name(a->coll), 4 * L);
+  }
+  sc = comm->mem_a2a_counts;
+  sd = sc + L;
+  rc_ = sd + L;
+  rd = rc_ + L;
+  rc = duet__request_post(comm, DUET_COLL_ALLTOALL, a, duet__alltoall_hier_rail_build, sendbuf,
+                          recvbuf, &req);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  if (comm->mem_in_task)
+    comm->mem_awaiting = req; /* freed by duet__mem_fail_all if the task never resumes */
+  for (int k = 1; k <= N && rc == DUET_SUCCESS; k++) {
+    const int m = k % N, d = (sn + m) % N; /* the own super-node last */
+    const int32_t *dst_dom = l->members + l->sn_first[d];
+    char *to = m == 0 ? recvbuf : (char *)req->bufs[DUET_BUF_SCRATCH] + (size_t)(m - 1) * L * blk;
+    for (int i = 0; i < L; i++) {
+      sc[i] = rc_[i] = cnt;
+      sd[i] = (size_t)dst_dom[i] * cnt;
+      rd[i] = m == 0 ? (size_t)domain[i] * cnt : (size_t)i * cnt;
+    }
+    if (m > 0 && own)
+      sc[j] = rc_[j] = 0;
+    rc = duet__shm_alltoallv(comm->mem, sendbuf, sc, sd, to, rc_, rd, a->dtsize, yield, ms, err);
+    moved += (uint64_t)blk * (uint64_t)(L - 1);
+    if (rc != DUET_SUCCESS || m == 0)
+      break;
+    duet__request_open_gate(req, (uint32_t)(m - 1));
+    if (!comm->mem_in_task) /* a blocking call: hand the rail its data now */
+      rc = duet__progress(comm);
+  }
+  if (rc == DUET_SUCCESS) {
+    comm->stats.upn_bytes_sent += moved;
+    comm->stats.upn_bytes_recv += moved;
+    rc = duet__mem_await(comm, req);
+    comm->mem_awaiting = NULL;
+    duet__request_free(req);
+    return rc;
+  }
+  comm->mem_awaiting = NULL;
+  duet__request_abandon(req, rc);
+  if (err[0] == '\0') /* the networks failed, and said so */
+    return rc;
+  comm->failed = rc;
+  return duet__set_error(comm, rc,
+                         "%s seq %u on rank %d (shared-memory UPN, exchange inside the "
+                         "super-node): %s",
+                         duet__coll_name(a->coll), comm->seq, comm->rank, err);
+}
+
 /* Ask the tuner (or DUET_ALGO) for the algorithm, then post its schedule;
  * or run a blocking call on the load/store path (*req = NULL). bytes: the
  * size the cost model weighs (the whole vector, or the gathered result). */
@@ -225,13 +309,16 @@ static duet_status_t duet__coll_post(duet_comm_t *comm, duet__coll_args_t *a, si
     a->chunk_bytes = ch.chunk_bytes;
   DUET_TRACE(DUET_SUB_TUNE, "%s of %zu bytes: %s, chunk %zu", duet__coll_name(a->coll), bytes,
              duet__algo_name(ch.algo), a->chunk_bytes);
-  if (a->coll == DUET_COLL_ALLREDUCE && ch.algo == DUET_ALGO_HIER && duet__mem_hier_ok(comm)) {
+  if (ch.algo == DUET_ALGO_HIER && duet__mem_hier_ok(comm, a->coll)) {
     duet_status_t rc;
     if (!a->blocking)
       return duet__mem_post(comm, a, sendbuf, recvbuf, 1, req);
     *req = NULL; /* done when this returns */
     rc = duet__mem_drain(comm);
-    return rc != DUET_SUCCESS ? rc : duet__mem_hier_allreduce(comm, a, sendbuf, recvbuf);
+    if (rc != DUET_SUCCESS)
+      return rc;
+    return a->coll == DUET_COLL_ALLREDUCE ? duet__mem_hier_allreduce(comm, a, sendbuf, recvbuf)
+                                          : duet__mem_hier_alltoall(comm, a, sendbuf, recvbuf);
   }
   if (a->coll == DUET_COLL_ALLTOALLV && ch.algo == DUET_ALGO_HIER) {
     /* The gatherers of each rail must know every rank's send counts: share

@@ -71,6 +71,15 @@ duet_status_t duet__reduce_hier_build(const duet__coll_args_t *args, duet__sched
 duet_status_t duet__alltoall_pairwise_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__alltoall_bruck_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__alltoall_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
+/* The rail phase of the hierarchical all-to-all alone (coll.c runs the
+ * exchange inside the super-node on the load/store UPN). That exchange
+ * stages in scratch what this rank sends each rank on its rail: round m's
+ * blocks (for rank (sn + m, lr)) at (m - 1) L blk, local rank i's at + i blk,
+ * and opens gate m - 1 once they are in. When duet__alltoall_hier_rail_own
+ * says so, this rank's own block goes straight from sendbuf instead and is
+ * not staged. Uniform layouts. */
+duet_status_t duet__alltoall_hier_rail_build(const duet__coll_args_t *args, duet__sched_t *s);
+int duet__alltoall_hier_rail_own(const duet__coll_args_t *args);
 duet_status_t duet__alltoallv_pairwise_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__alltoallv_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__send_build(const duet__coll_args_t *args, duet__sched_t *s);

@@ -204,6 +204,14 @@ uint32_t duet__sched_avg(duet__sched_t *s, duet__ref_t dst, uint64_t len, const 
                           ndeps);
 }
 
+uint32_t duet__sched_gate(duet__sched_t *s, uint32_t k, const uint32_t *deps, uint32_t ndeps) {
+  duet__step_t st;
+  memset(&st, 0, sizeof(st));
+  st.kind = DUET_STEP_GATE;
+  st.msg = k;
+  return duet__sched_add(s, &st, deps, ndeps);
+}
+
 uint32_t duet__sched_token(duet__sched_t *s, int kind, int peer, uint32_t msg,
                            const uint32_t *deps, uint32_t ndeps) {
   duet__step_t st;

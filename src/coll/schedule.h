@@ -27,6 +27,9 @@ enum {
   DUET_STEP_COPY = 3,   /* dst = a, len bytes */
   DUET_STEP_AVG = 4,    /* dst /= nranks (DUET_AVG's single division) */
   DUET_STEP_NOP = 5,    /* nothing: joins the phases of a composed schedule */
+  DUET_STEP_GATE = 6,   /* done once the request's gate msg is open: data the
+                           caller stages while the schedule runs (the load/store
+                           UPN's hierarchical all-to-all) is in place */
 };
 
 #define DUET_STEP_NONE UINT32_MAX
@@ -105,6 +108,9 @@ uint32_t duet__sched_copy(duet__sched_t *s, duet__ref_t dst, duet__ref_t a, uint
                           const uint32_t *deps, uint32_t ndeps);
 uint32_t duet__sched_avg(duet__sched_t *s, duet__ref_t dst, uint64_t len, const uint32_t *deps,
                          uint32_t ndeps);
+/* A step done once gate k of the request running the schedule is open
+ * (duet__request_open_gate, core/comm.h), and once its deps are. */
+uint32_t duet__sched_gate(duet__sched_t *s, uint32_t k, const uint32_t *deps, uint32_t ndeps);
 /* Zero-length messages (barrier tokens) are created by this call only. */
 uint32_t duet__sched_token(duet__sched_t *s, int kind, int peer, uint32_t msg,
                            const uint32_t *deps, uint32_t ndeps);

@@ -593,6 +593,7 @@ void duet__comm_free(duet_comm_t *comm) {
   duet__nets_release(comm);
   free(comm->scratch);
   free(comm->a2av_counts);
+  free(comm->mem_a2a_counts);
   free(comm->peers);
   free(comm->layout_sn);
   free(comm->layout_mem);

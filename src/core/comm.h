@@ -102,6 +102,7 @@ struct duet_comm {
   uint64_t cache_clock;
   struct duet_request *free_reqs; /* finished requests, kept for reuse */
   duet__sched_t spare_sched;      /* arrays of a freed uncached schedule, for the next build */
+  size_t *mem_a2a_counts;         /* the load/store hierarchical all-to-all: 4 x local_size */
   uint64_t *a2av_counts;          /* hierarchical alltoallv: nranks + nranks^2 counts, or NULL */
   void *scratch;                  /* reused scratch for one request at a time */
   size_t scratch_size;
@@ -132,13 +133,14 @@ struct duet_request {
   uint32_t *posted; /* posted send/recv steps not yet seen complete */
   uint32_t nposted;
   uint32_t ndone;
+  uint32_t gates_open; /* DUET_STEP_GATE k is done once k < gates_open */
   duet_status_t status;
   int complete;
   uint64_t start_ns;
   struct duet_request *next, *prev;
   /* a call on the load/store path (mem_queue.c): no schedule, just the call */
   int mem;
-  int mem_hier; /* the hierarchical allreduce (duet__mem_hier_allreduce) */
+  int mem_hier; /* the hierarchical allreduce or all-to-all (duet__mem_hier_*) */
   duet__coll_args_t margs;
   const void *msend;
   void *mrecv;
@@ -169,11 +171,13 @@ duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a, const
                             void *recvbuf);
 duet_status_t duet__mem_hier_allreduce(duet_comm_t *comm, duet__coll_args_t *a, const void *sendbuf,
                                        void *recvbuf);
+duet_status_t duet__mem_hier_alltoall(duet_comm_t *comm, duet__coll_args_t *a, const void *sendbuf,
+                                      void *recvbuf);
 
 /* mem_queue.c: the load/store path's non-blocking calls (see there) */
 duet_status_t duet__mem_post(duet_comm_t *comm, const duet__coll_args_t *a, const void *sendbuf,
                              void *recvbuf, int hier, duet_request_t **req);
-/* Wait for a schedule the running call posted (the hierarchical allreduce's
+/* Wait for a schedule the running call posted (the hierarchical calls'
  * rail phase): inside the task, suspend until it completes (the caller's
  * progress drives it); outside, duet__request_wait. Does not free req. */
 duet_status_t duet__mem_await(duet_comm_t *comm, duet_request_t *req);
@@ -194,6 +198,12 @@ duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_a
                                  duet_request_t **req);
 duet_status_t duet__progress(duet_comm_t *comm);
 duet_status_t duet__request_wait(duet_request_t *req);
+/* Open gates 0 .. k of a posted request: its DUET_STEP_GATE steps up to k
+ * complete (at its next progress). Gates open in order. */
+void duet__request_open_gate(duet_request_t *req, uint32_t k);
+/* A posted request its caller gives up on (the communicator failed): out
+ * of the active list, then freed (kept aside if transfers are posted). */
+void duet__request_abandon(duet_request_t *req, duet_status_t status);
 void duet__request_free(duet_request_t *req);
 void duet__comm_release_requests(duet_comm_t *comm); /* the pool and the cache */
 void duet__comm_fail_pending(duet_comm_t *comm, duet_status_t status);

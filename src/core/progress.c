@@ -134,6 +134,15 @@ static duet_status_t duet__step_start(duet_request_t *req, uint32_t i) {
   }
   case DUET_STEP_NOP:
     break;
+  case DUET_STEP_GATE:
+    if (st->msg < req->gates_open)
+      break;
+    /* wait as a transfer does: duet__request_open_gate completes it */
+    req->tpreq[i].status = DUET_SUCCESS;
+    req->tpreq[i].done = 0;
+    req->state[i] = 2;
+    req->posted[req->nposted++] = i;
+    return DUET_SUCCESS;
   case DUET_STEP_AVG:
     duet__reduce_avg_finish(req->bufs[st->dst.buf] + st->dst.off, st->len / duet__dt_size(req->dt),
                             req->dt, comm->nranks);
@@ -363,6 +372,7 @@ void duet__request_reset(duet_request_t *req, duet_comm_t *comm, int coll, duet_
   req->next = req->prev = NULL;
   req->seq = 0;
   req->p2p_seq = 0;
+  req->gates_open = 0;
   req->mem = req->mem_hier = 0;
   req->mem_next = NULL;
 }
@@ -564,6 +574,32 @@ void duet__request_free(duet_request_t *req) {
   free(req);
 }
 
+void duet__request_open_gate(duet_request_t *req, uint32_t k) {
+  if (k + 1 > req->gates_open)
+    req->gates_open = k + 1;
+  for (uint32_t n = 0; n < req->nposted; n++) {
+    uint32_t i = req->posted[n];
+    const duet__step_t *st = &req->sched->steps[i];
+    if (st->kind == DUET_STEP_GATE && st->msg <= k)
+      req->tpreq[i].done = 1;
+  }
+}
+
+void duet__request_abandon(duet_request_t *req, duet_status_t status) {
+  if (req == NULL)
+    return;
+  if (!req->complete)
+    duet__request_finish(req, status);
+  /* gates hold no transport buffer: only real transfers keep it aside */
+  for (uint32_t n = 0; n < req->nposted;) {
+    if (req->sched->steps[req->posted[n]].kind == DUET_STEP_GATE)
+      req->posted[n] = req->posted[--req->nposted];
+    else
+      n++;
+  }
+  duet__request_free(req);
+}
+
 /* At communicator teardown: the pooled requests and the cached schedules. */
 void duet__comm_release_requests(duet_comm_t *comm) {
   while (comm->free_reqs != NULL) {
@@ -625,6 +661,8 @@ static void duet__timeout_message(duet_request_t *req, uint64_t waited_ms) {
   }
   for (uint32_t k = 0; k < req->nposted; k++) {
     const duet__step_t *c = &req->sched->steps[req->posted[k]];
+    if (c->kind == DUET_STEP_GATE) /* the caller's staging: not what it waits for */
+      continue;
     if (st == NULL || (c->kind == DUET_STEP_RECV && st->kind != DUET_STEP_RECV))
       st = c;
   }

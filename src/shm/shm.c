@@ -876,7 +876,7 @@ duet_status_t duet__shm_alltoallv(duet__shm_t *shm, const void *sendbuf, const s
   mine *= es;
   total *= es;
   shm->seq++;
-  if (scounts[r] > 0)
+  if (scounts[r] > 0 && rb + rdispls[r] * es != sb + sdispls[r] * es)
     memcpy(rb + rdispls[r] * es, sb + sdispls[r] * es, scounts[r] * es);
   if (n == 1)
     return DUET_SUCCESS;

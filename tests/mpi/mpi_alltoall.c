@@ -28,7 +28,12 @@
  *               of L blocks per peer super-node), but <= (N-1)*L for 40000
  *               (160000-byte blocks cross one message each); HPN bytes sent
  *               and received per rank == (N-1)*L*count*size exactly (0 bytes
- *               for count 0)
+ *               for count 0). Also under auto on two super-nodes of 2 to 4
+ *               ranks with the load/store UPN (default providers), where
+ *               the tuner takes the hierarchy:
+ *               the same claims, blocking and non-blocking (duet_ialltoall),
+ *               and no UPN message at all (the exchange inside the
+ *               super-node goes through the shared segment)
  *   group       (auto or -a) duet_group_start/duet_send/duet_recv/
  *               duet_group_end in a shuffled call order (different on every
  *               rank): a ring shift, a random permutation (same seed on every
@@ -526,12 +531,24 @@ out:
 
 /* ---- the hierarchical all-to-all's HPN traffic ---- */
 
+/* Under auto, the load/store hierarchical all-to-all: the UPN is the shared
+ * segment (default providers, or "mem"; every super-node sits on this host,
+ * as emulated ones do), and the tuner takes the hierarchy at every size,
+ * as it does for two super-nodes of 2 to 4 ranks (test_tune checks). */
+static int mem_upn(const ctx_t *c) {
+  const char *upn = getenv("DUET_UPN_PROVIDER");
+  return (upn == NULL || *upn == '\0' || strcmp(upn, "mem") == 0) && c->lay.nsn == 2 &&
+         c->lay.ls > 1 && c->lay.ls <= 4;
+}
+
 static long test_hpn(ctx_t *c) {
   const size_t counts[] = {0, 1, 1000, 40000};
   const size_t n = (size_t)c->size, N = (size_t)c->lay.nsn, L = (size_t)c->lay.ls;
+  const int mem = strcmp(c->label, "auto") == 0; /* run_setting checked mem_upn */
   long errs = 0;
   char what[200];
-  for (int ci = 0; ci < 4; ci++) {
+  for (int k = 0; k < (mem ? 8 : 4); k++) {
+    const int ci = k % 4, nb = k >= 4; /* auto: then each again, non-blocking */
     size_t count = counts[ci], bbytes = count * 4, all = n * bbytes;
     float *send = mt_xmalloc(all), *recv = mt_xmalloc(all + MT_GUARD), *ref = mt_xmalloc(all);
     duet_stats_t before, after;
@@ -541,11 +558,17 @@ static long test_hpn(ctx_t *c) {
     MPI_Alltoall(send, (int)count, MPI_FLOAT, ref, (int)count, MPI_FLOAT, MPI_COMM_WORLD);
     memset(recv, GAP_BYTE, all);
     mt_guard_fill((char *)recv + all);
-    snprintf(what, sizeof what, "hpn %s: alltoall float32 count %zu, N=%zu L=%zu", c->label, count,
-             N, L);
+    snprintf(what, sizeof what, "hpn %s: %s float32 count %zu, N=%zu L=%zu", c->label,
+             nb ? "ialltoall" : "alltoall", count, N, L);
     MPI_Barrier(MPI_COMM_WORLD);
     DCALL(c, duet_comm_get_stats(c->comm, &before));
-    DCALL(c, duet_alltoall(send, recv, count, DUET_FLOAT32, c->comm));
+    if (nb) {
+      duet_request_t *req = NULL;
+      DCALL(c, duet_ialltoall(send, recv, count, DUET_FLOAT32, c->comm, &req));
+      DCALL(c, duet_wait(req));
+    } else {
+      DCALL(c, duet_alltoall(send, recv, count, DUET_FLOAT32, c->comm));
+    }
     DCALL(c, duet_comm_get_stats(c->comm, &after));
     errs += (long)mt_compare(recv, ref, n * count, DUET_FLOAT32, c->rank, what);
     errs += mt_guard_check((char *)recv + all, c->rank, what);
@@ -564,6 +587,13 @@ static long test_hpn(ctx_t *c) {
               "each\n",
               c->rank, what, (unsigned long long)d[3], (unsigned long long)d[4],
               (unsigned long long)want);
+      errs++;
+    }
+    if (mem && d[2] != 0) {
+      fprintf(stderr,
+              "[rank %d] %s: %llu UPN messages sent; the exchange inside the super-node "
+              "goes through the shared segment and sends none\n",
+              c->rank, what, (unsigned long long)d[2]);
       errs++;
     }
     if (c->rank == 0) {
@@ -944,7 +974,7 @@ static void run_setting(ctx_t *c, const char *spec, const char *label, int extra
   run_test(c, ROW_A2AV_RAND, test_alltoallv_rand);
   run_test(c, ROW_A2AV_SKEW, test_alltoallv_skew);
   run_test(c, ROW_NB, test_nonblocking);
-  if (strstr(spec, "alltoall=hier")) {
+  if (strstr(spec, "alltoall=hier") || (!*spec && c->lay.equal && mem_upn(c))) {
     if (c->lay.equal)
       run_test(c, ROW_HPN, test_hpn);
     else if (selected(c, ROW_HPN))
