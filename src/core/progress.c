@@ -550,8 +550,10 @@ void duet__request_free(duet_request_t *req) {
     comm->scratch_busy = 0;
   req->uses_comm_scratch = 0;
   if (req->sched == &req->own_sched) {
-    if (comm != NULL && comm->spare_sched.steps == NULL) {
-      comm->spare_sched = req->own_sched; /* kept for the next uncached build */
+    /* kept for the next uncached build; not one without steps, which is not
+     * reused (duet__request_post) and would be overwritten by the next */
+    if (comm != NULL && comm->spare_sched.steps == NULL && req->own_sched.steps != NULL) {
+      comm->spare_sched = req->own_sched;
       duet__sched_init(&req->own_sched);
     } else {
       duet__sched_fini(&req->own_sched);

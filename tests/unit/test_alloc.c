@@ -5,10 +5,16 @@
  * tcp;ofi_rxm and on the load/store path; malloc, calloc and realloc
  * calls from duet's objects (linked statically here) are counted through the
  * linker's --wrap. Non-blocking collectives are among the calls.
+ *
+ * And no leak: the blocks duet's objects allocate are tracked until freed
+ * (free is wrapped too), so a communicator's whole life, from init to
+ * destroy, must leave none behind (after one such life has made what the
+ * process keeps, such as the library's one-time state).
  */
 #include <criterion/criterion.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,22 +23,84 @@
 void *__real_malloc(size_t n);
 void *__real_calloc(size_t n, size_t m);
 void *__real_realloc(void *p, size_t n);
+void __real_free(void *p);
 static atomic_long allocs;
 static atomic_int counting;
+
+/* The live blocks duet allocated: an open-addressing set of pointers, under
+ * a lock (both ranks' threads allocate). A block freed by duet that duet did
+ * not allocate through these calls (strdup, asprintf) is not in it. */
+#define LIVE_SLOTS (1u << 16)
+static void *live[LIVE_SLOTS];
+static long nlive;
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+#define LIVE_GONE ((void *)1) /* a removed entry: probing goes on past it */
+
+static size_t live_hash(const void *p) {
+  return (size_t)(((uintptr_t)p >> 4) * 0x9E3779B97F4A7C15ull) & (LIVE_SLOTS - 1);
+}
+
+static void live_add(void *p) {
+  if (p == NULL)
+    return;
+  pthread_mutex_lock(&live_lock);
+  for (size_t i = live_hash(p), k = 0; k < LIVE_SLOTS; i = (i + 1) & (LIVE_SLOTS - 1), k++)
+    if (live[i] == NULL || live[i] == LIVE_GONE) {
+      live[i] = p;
+      nlive++;
+      break;
+    }
+  pthread_mutex_unlock(&live_lock);
+}
+
+static void live_remove(void *p) {
+  if (p == NULL)
+    return;
+  pthread_mutex_lock(&live_lock);
+  for (size_t i = live_hash(p), k = 0; k < LIVE_SLOTS && live[i] != NULL;
+       i = (i + 1) & (LIVE_SLOTS - 1), k++)
+    if (live[i] == p) {
+      live[i] = LIVE_GONE;
+      nlive--;
+      break;
+    }
+  pthread_mutex_unlock(&live_lock);
+}
+
+static long live_count(void) {
+  pthread_mutex_lock(&live_lock);
+  long n = nlive;
+  pthread_mutex_unlock(&live_lock);
+  return n;
+}
+
 void *__wrap_malloc(size_t n) {
   if (atomic_load(&counting))
     atomic_fetch_add(&allocs, 1);
-  return __real_malloc(n);
+  void *p = __real_malloc(n);
+  live_add(p);
+  return p;
 }
 void *__wrap_calloc(size_t n, size_t m) {
   if (atomic_load(&counting))
     atomic_fetch_add(&allocs, 1);
-  return __real_calloc(n, m);
+  void *p = __real_calloc(n, m);
+  live_add(p);
+  return p;
 }
 void *__wrap_realloc(void *p, size_t n) {
   if (atomic_load(&counting))
     atomic_fetch_add(&allocs, 1);
-  return __real_realloc(p, n);
+  void *q = __real_realloc(p, n);
+  if (q != NULL || n == 0) {
+    live_remove(p);
+    live_add(q);
+  }
+  return q;
+}
+void __wrap_free(void *p) {
+  live_remove(p);
+  __real_free(p);
 }
 
 #define CALLS 1000
@@ -140,6 +208,80 @@ Test(alloc, steady_state_calls_allocate_nothing_ofi_tcp, .timeout = 240) {
 /* The load/store path for the blocking calls (shm for the rest). */
 Test(alloc, steady_state_calls_allocate_nothing_mem, .timeout = 240) {
   steady_state("mem");
+}
+
+/* One communicator's life: the calls whose schedules are not cached
+ * (alltoallv), the first with no step at all on rank 0 (it sends and
+ * receives nothing), then the hot path's calls once. */
+static void *life_main(void *p) {
+  rank_arg_t *ra = p;
+  duet_config_t cfg = DUET_CONFIG_INIT;
+  duet_comm_t *c = NULL;
+  float *a = calloc(N, sizeof(float)), *b = calloc(N, sizeof(float));
+  const size_t none[2] = {0, 0}, to1[2] = {0, 50}, from0[2] = {50, 0}, disp[2] = {0, 1000};
+  cfg.upn_provider = ra->provider;
+  cfg.timeout_ms = 60000;
+  ra->failed = 1;
+  if (a == NULL || b == NULL || duet_comm_init_rank(&c, 2, ra->id, ra->rank, &cfg) != DUET_SUCCESS)
+    goto out;
+  /* nothing moves, then rank 0 sends rank 1 50 elements */
+  if (duet_alltoallv(a, none, disp, b, none, disp, DUET_FLOAT32, c) == DUET_SUCCESS &&
+      duet_alltoallv(a, ra->rank ? none : to1, disp, b, ra->rank ? from0 : none, disp, DUET_FLOAT32,
+                     c) == DUET_SUCCESS &&
+      run_all(c, ra->rank, a, b, 1) == 0)
+    ra->failed = 0;
+  if (duet_comm_destroy(c) != DUET_SUCCESS)
+    ra->failed = 1;
+out:
+  free(a);
+  free(b);
+  return NULL;
+}
+
+static long one_life(const char *provider) {
+  pthread_t t[2];
+  rank_arg_t ra[2];
+  duet_unique_id_t id;
+  cr_assert_eq(duet_get_unique_id(&id), DUET_SUCCESS, "%s", duet_last_error(NULL));
+  for (int r = 0; r < 2; r++) {
+    ra[r].id = id;
+    ra[r].provider = provider;
+    ra[r].rank = r;
+    ra[r].bar = NULL;
+    pthread_create(&t[r], NULL, life_main, &ra[r]);
+  }
+  for (int r = 0; r < 2; r++)
+    pthread_join(t[r], NULL);
+  cr_assert_eq(ra[0].failed + ra[1].failed, 0, "a rank failed over %s: %s", provider,
+               duet_last_error(NULL));
+  return live_count();
+}
+
+static void no_leak(const char *provider) {
+  long kept = one_life(provider), after = one_life(provider);
+  cr_assert_eq(after, kept, "over %s, a communicator's life left %ld blocks allocated", provider,
+               after - kept);
+}
+
+Test(alloc, a_communicators_life_leaks_nothing, .timeout = 120) {
+  no_leak("tcp");
+}
+
+Test(alloc, a_communicators_life_leaks_nothing_ofi_tcp, .timeout = 120) {
+  no_leak("tcp;ofi_rxm");
+}
+
+Test(alloc, a_communicators_life_leaks_nothing_mem, .timeout = 120) {
+  no_leak("mem");
+}
+
+/* The set sees a block duet keeps: a unique id's root state is live until
+ * the communicator made with it is destroyed (or the process ends). */
+Test(alloc, live_set_sees_kept_blocks) {
+  duet_unique_id_t id;
+  long before = live_count();
+  cr_assert_eq(duet_get_unique_id(&id), DUET_SUCCESS);
+  cr_assert_gt(live_count(), before);
 }
 
 /* The counter sees duet's allocations: creating a unique id allocates (the
