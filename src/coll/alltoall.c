@@ -362,6 +362,95 @@ duet_status_t duet__alltoall_hier_rail_build(const duet__coll_args_t *a, duet__s
   return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
 }
 
+/* Where round m's staged blocks start (elements): what the super-node sends
+ * to the rank with this rank's local index in each earlier round, packed
+ * in rank order (duet__alltoallv_hier_rail_build and coll.c agree on it). */
+uint64_t duet__alltoallv_hier_stage(const duet__coll_args_t *a, int m) {
+  const duet__layout_t *l = a->layout;
+  const uint64_t p = (uint64_t)a->nranks, *M = a->count_matrix;
+  const int sn = l->supernode[a->rank], lr = l->local_rank[a->rank], N = l->nsupernodes;
+  const int32_t *domain = l->members + l->sn_first[sn];
+  uint64_t off = 0;
+  for (int k = 1; k < m; k++) {
+    const int32_t to = l->members[l->sn_first[(sn + k) % N] + lr];
+    for (int i = 0; i < l->sn_size[sn]; i++)
+      off += M[(uint64_t)domain[i] * p + (uint64_t)to];
+  }
+  return off;
+}
+
+/* Whether a round of the hierarchical alltoallv sends its blocks one
+ * message each: they average DUET_A2A_HIER_SPLIT bytes or more. */
+int duet__alltoallv_hier_split(uint64_t bytes, int L) {
+  return bytes >= (uint64_t)L * DUET_A2A_HIER_SPLIT;
+}
+
+/* The alltoallv counterpart of duet__alltoall_hier_rail_build: round m's
+ * blocks for rank (sn + m, lr), as the count matrix sizes them, staged at
+ * duet__alltoallv_hier_stage(m), in rank order; sent in one message once
+ * gate m - 1 is open, or one per block (duet__alltoallv_hier_split), this
+ * rank's own then straight from sendbuf at once (it is not staged). The
+ * blocks from rank (sn - m, lr) arrive in one message, placed from scratch
+ * after the staging, or one per block straight into place. */
+duet_status_t duet__alltoallv_hier_rail_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  const duet__layout_t *l = a->layout;
+  const uint64_t es = a->dtsize, p = (uint64_t)a->nranks, *M = a->count_matrix;
+  duet__hier_t h;
+  duet_status_t rc;
+  uint64_t hoff;
+
+  if (duet__hier_is_flat(l) || !l->uniform || M == NULL)
+    return DUET_ERR_INTERNAL;
+  rc = duet__hier_init(&h, a, 0);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  hoff = duet__alltoallv_hier_stage(a, h.nsn); /* receive slots after the staging */
+  for (int m = 1; m < h.nsn; m++) {
+    const int32_t to = l->members[l->sn_first[(h.sn + m) % h.nsn] + h.lr];
+    const int32_t *src_dom = l->members + l->sn_first[(h.sn - m + h.nsn) % h.nsn];
+    const uint32_t mid = (uint32_t)m * (uint32_t)h.ls;
+    uint64_t off = duet__alltoallv_hier_stage(a, m), gtot = 0, rtot = 0;
+    uint32_t gate = duet__sched_gate(s, (uint32_t)(m - 1), NULL, 0);
+    for (int i = 0; i < h.ls; i++) {
+      gtot += M[(uint64_t)h.domain[i] * p + (uint64_t)to];
+      rtot += a->rcounts[src_dom[i]];
+    }
+    if (!duet__alltoallv_hier_split(gtot * es, h.ls)) {
+      duet__sched_send(s, to, (uint32_t)m, duet__ref(DUET_BUF_SCRATCH, off * es), gtot * es, &gate,
+                       1);
+    } else {
+      for (int i = 0; i < h.ls; i++) {
+        uint64_t n = M[(uint64_t)h.domain[i] * p + (uint64_t)to];
+        if (i == h.lr)
+          duet__sched_send(s, to, mid + (uint32_t)i, duet__ref(DUET_BUF_SEND, a->sdispls[to] * es),
+                           n * es, NULL, 0);
+        else
+          duet__sched_send(s, to, mid + (uint32_t)i, duet__ref(DUET_BUF_SCRATCH, off * es), n * es,
+                           &gate, 1);
+        off += n;
+      }
+    }
+    if (duet__alltoallv_hier_split(rtot * es, h.ls)) {
+      for (int i = 0; i < h.ls; i++)
+        duet__sched_recv(s, src_dom[h.lr], mid + (uint32_t)i,
+                         duet__ref(DUET_BUF_RECV, a->rdispls[src_dom[i]] * es),
+                         a->rcounts[src_dom[i]] * es, NULL, 0);
+    } else {
+      uint32_t rv = duet__sched_recv(s, src_dom[h.lr], (uint32_t)m,
+                                     duet__ref(DUET_BUF_SCRATCH, hoff * es), rtot * es, NULL, 0);
+      for (int i = 0; i < h.ls; i++) {
+        uint64_t n = a->rcounts[src_dom[i]];
+        duet__sched_copy(s, duet__ref(DUET_BUF_RECV, a->rdispls[src_dom[i]] * es),
+                         duet__ref(DUET_BUF_SCRATCH, hoff * es), n * es, &rv, 1);
+        hoff += n;
+      }
+    }
+  }
+  duet__sched_need_scratch(s, hoff * es);
+  duet__hier_fini(&h);
+  return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
+}
+
 /*
  * Hierarchical alltoallv: the rounds of the hierarchical alltoall with blocks
  * of any size. A rank gathering for its rail must know how much each rank of

@@ -145,7 +145,7 @@ duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a, const
  * shared segment and the same size (every rank decides alike); a
  * non-blocking one runs as a queued task (core/mem_queue.c). */
 static int duet__mem_hier_ok(const duet_comm_t *comm, int coll) {
-  if (coll != DUET_COLL_ALLREDUCE && coll != DUET_COLL_ALLTOALL)
+  if (coll != DUET_COLL_ALLREDUCE && coll != DUET_COLL_ALLTOALL && coll != DUET_COLL_ALLTOALLV)
     return 0;
   return comm->mem != NULL && comm->mem_everywhere && comm->nsupernodes > 1 &&
          comm->layout.uniform && comm->cfg.algo.coll[coll] == DUET_ALGO_AUTO &&
@@ -205,33 +205,82 @@ shm_failed:
                          duet__coll_name(a->coll), comm->seq, comm->rank, phase, err);
 }
 
+/* One round's segment alltoallv: counts and displacements (elements) per
+ * local rank, into *to (recvbuf, or the round's staging). */
+typedef struct duet__a2a_round {
+  size_t *sc, *sd, *rc, *rd;
+  char *to;
+} duet__a2a_round_t;
+
+/* alltoall: blocks of count elements; round m's staged in local rank order
+ * at (m - 1) L blocks, this rank's own not when the rail sends it from
+ * sendbuf. */
+static void duet__a2a_round(const duet_comm_t *comm, const duet__coll_args_t *a, char *scratch,
+                            void *recvbuf, int m, duet__a2a_round_t *r) {
+  const duet__layout_t *l = &comm->layout;
+  const int L = comm->local_size, sn = l->supernode[comm->rank];
+  const int32_t *dst_dom = l->members + l->sn_first[(sn + m) % comm->nsupernodes];
+  const int32_t *domain = l->members + l->sn_first[sn];
+  const size_t cnt = a->count;
+  r->to = m == 0 ? recvbuf : scratch + (size_t)(m - 1) * (size_t)L * cnt * a->dtsize;
+  for (int i = 0; i < L; i++) {
+    r->sc[i] = r->rc[i] = cnt;
+    r->sd[i] = (size_t)dst_dom[i] * cnt;
+    r->rd[i] = m == 0 ? (size_t)domain[i] * cnt : (size_t)i * cnt;
+  }
+  if (m > 0 && duet__alltoall_hier_rail_own(a))
+    r->sc[comm->local_rank] = r->rc[comm->local_rank] = 0;
+}
+
+/* alltoallv: blocks as the count matrix sizes them, round m's packed in
+ * local rank order at duet__alltoallv_hier_stage(m). */
+static void duet__a2av_round(const duet_comm_t *comm, const duet__coll_args_t *a, char *scratch,
+                             void *recvbuf, int m, duet__a2a_round_t *r) {
+  const duet__layout_t *l = &comm->layout;
+  const int L = comm->local_size, j = comm->local_rank, sn = l->supernode[comm->rank];
+  const int32_t *dst_dom = l->members + l->sn_first[(sn + m) % comm->nsupernodes];
+  const int32_t *domain = l->members + l->sn_first[sn];
+  const size_t p = (size_t)comm->nranks;
+  uint64_t off = 0;
+  r->to = m == 0 ? recvbuf : scratch + duet__alltoallv_hier_stage(a, m) * a->dtsize;
+  for (int i = 0; i < L; i++) {
+    r->sc[i] = a->scounts[dst_dom[i]];
+    r->sd[i] = a->sdispls[dst_dom[i]];
+    r->rc[i] = m == 0 ? a->rcounts[domain[i]]
+                      : a->count_matrix[(size_t)domain[i] * p + (size_t)dst_dom[j]];
+    r->rd[i] = m == 0 ? a->rdispls[domain[i]] : off;
+    off += r->rc[i];
+  }
+  if (m > 0 && duet__alltoallv_hier_split(off * a->dtsize, L))
+    r->sc[j] = r->rc[j] = 0; /* the rail sends it from sendbuf */
+}
+
 /* The hierarchical all-to-all with the load/store UPN (the rounds of
  * duet__alltoall_hier_build, its UPN hops through the shared segment):
- * 1. post the rail phase (duet__alltoall_hier_rail_build): its receives,
- *    and out of place the large blocks this rank sends itself, start now;
- * 2. for each remote super-node d = sn + m: a segment all-to-all in which
+ * 1. post the rail phase (duet__alltoall[v]_hier_rail_build): its
+ *    receives, and the large blocks this rank sends itself out of place,
+ *    start now;
+ * 2. for each remote super-node d = sn + m: a segment alltoallv in which
  *    local rank i hands this rank (local index j) its block for rank (d, j),
  *    staged in the rail phase's scratch; then gate m - 1 opens and the rail
  *    sends it on;
  * 3. the exchange inside the super-node, straight into recvbuf;
  * 4. wait for the rail phase.
- * In place, the staging reads every block to send before a receive may
- * overwrite it (the receives wait for the last gate). */
+ * In place (alltoall), the staging reads every block to send before a
+ * receive may overwrite it (the receives wait for the last gate). For
+ * alltoallv, the count matrix (args->count_matrix) was shared before. */
 duet_status_t duet__mem_hier_alltoall(duet_comm_t *comm, duet__coll_args_t *a, const void *sendbuf,
                                       void *recvbuf) {
-  const duet__layout_t *l = &comm->layout;
   const int L = comm->local_size, j = comm->local_rank, N = comm->nsupernodes;
-  const int sn = l->supernode[comm->rank], yield = comm->yield, ms = comm->cfg.timeout_ms;
-  const size_t blk = a->count * a->dtsize, cnt = a->count;
-  const int own = duet__alltoall_hier_rail_own(a);
-  const int32_t *domain = l->members + l->sn_first[sn];
+  const int yield = comm->yield, ms = comm->cfg.timeout_ms, v = a->coll == DUET_COLL_ALLTOALLV;
+  const size_t es = a->dtsize;
   char err[DUET_SHM_ERRLEN] = "";
   duet_request_t *req = NULL;
+  duet__a2a_round_t r;
   duet_status_t rc;
-  size_t *sc, *sd, *rc_, *rd;
-  uint64_t moved = 0;
+  uint64_t sent = 0, recvd = 0;
 
-  if (blk == 0) /* every rank has the same count: nothing moves anywhere */
+  if (!v && a->count == 0) /* every rank has the same count: nothing moves anywhere */
     return DUET_SUCCESS;
   if (comm->mem_a2a_counts == NULL) { /* once per communicator */
     comm->mem_a2a_counts = malloc(4 * (size_t)L * sizeof(size_t));
@@ -239,29 +288,27 @@ duet_status_t duet__mem_hier_alltoall(duet_comm_t *comm, duet__coll_args_t *a, c
       return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %d counts",
                              duet__coll_name(a->coll), 4 * L);
   }
-  sc = comm->mem_a2a_counts;
-  sd = sc + L;
-  rc_ = sd + L;
-  rd = rc_ + L;
-  rc = duet__request_post(comm, DUET_COLL_ALLTOALL, a, duet__alltoall_hier_rail_build, sendbuf,
-                          recvbuf, &req);
+  r.sc = comm->mem_a2a_counts;
+  r.sd = r.sc + L;
+  r.rc = r.sd + L;
+  r.rd = r.rc + L;
+  rc = duet__request_post(comm, a->coll, a,
+                          v ? duet__alltoallv_hier_rail_build : duet__alltoall_hier_rail_build,
+                          sendbuf, recvbuf, &req);
   if (rc != DUET_SUCCESS)
     return rc;
   if (comm->mem_in_task)
     comm->mem_awaiting = req; /* freed by duet__mem_fail_all if the task never resumes */
   for (int k = 1; k <= N && rc == DUET_SUCCESS; k++) {
-    const int m = k % N, d = (sn + m) % N; /* the own super-node last */
-    const int32_t *dst_dom = l->members + l->sn_first[d];
-    char *to = m == 0 ? recvbuf : (char *)req->bufs[DUET_BUF_SCRATCH] + (size_t)(m - 1) * L * blk;
-    for (int i = 0; i < L; i++) {
-      sc[i] = rc_[i] = cnt;
-      sd[i] = (size_t)dst_dom[i] * cnt;
-      rd[i] = m == 0 ? (size_t)domain[i] * cnt : (size_t)i * cnt;
-    }
-    if (m > 0 && own)
-      sc[j] = rc_[j] = 0;
-    rc = duet__shm_alltoallv(comm->mem, sendbuf, sc, sd, to, rc_, rd, a->dtsize, yield, ms, err);
-    moved += (uint64_t)blk * (uint64_t)(L - 1);
+    const int m = k % N; /* the own super-node last */
+    (v ? duet__a2av_round : duet__a2a_round)(comm, a, (char *)req->bufs[DUET_BUF_SCRATCH], recvbuf,
+                                             m, &r);
+    for (int i = 0; i < L; i++)
+      if (i != j) {
+        sent += r.sc[i] * es;
+        recvd += r.rc[i] * es;
+      }
+    rc = duet__shm_alltoallv(comm->mem, sendbuf, r.sc, r.sd, r.to, r.rc, r.rd, es, yield, ms, err);
     if (rc != DUET_SUCCESS || m == 0)
       break;
     duet__request_open_gate(req, (uint32_t)(m - 1));
@@ -269,8 +316,8 @@ duet_status_t duet__mem_hier_alltoall(duet_comm_t *comm, duet__coll_args_t *a, c
       rc = duet__progress(comm);
   }
   if (rc == DUET_SUCCESS) {
-    comm->stats.upn_bytes_sent += moved;
-    comm->stats.upn_bytes_recv += moved;
+    comm->stats.upn_bytes_sent += sent;
+    comm->stats.upn_bytes_recv += recvd;
     rc = duet__mem_await(comm, req);
     comm->mem_awaiting = NULL;
     duet__request_free(req);
@@ -309,7 +356,8 @@ static duet_status_t duet__coll_post(duet_comm_t *comm, duet__coll_args_t *a, si
     a->chunk_bytes = ch.chunk_bytes;
   DUET_TRACE(DUET_SUB_TUNE, "%s of %zu bytes: %s, chunk %zu", duet__coll_name(a->coll), bytes,
              duet__algo_name(ch.algo), a->chunk_bytes);
-  if (ch.algo == DUET_ALGO_HIER && duet__mem_hier_ok(comm, a->coll)) {
+  if (ch.algo == DUET_ALGO_HIER && a->coll != DUET_COLL_ALLTOALLV &&
+      duet__mem_hier_ok(comm, a->coll)) {
     duet_status_t rc;
     if (!a->blocking)
       return duet__mem_post(comm, a, sendbuf, recvbuf, 1, req);
@@ -338,6 +386,13 @@ static duet_status_t duet__coll_post(duet_comm_t *comm, duet__coll_args_t *a, si
       row[q] = a->scounts[q];
     rc = duet_allgather(row, matrix, p, DUET_UINT64, comm);
     a->count_matrix = matrix; /* read while building; the schedule holds sizes */
+    if (rc == DUET_SUCCESS && duet__mem_hier_ok(comm, a->coll)) {
+      if (!a->blocking) /* the task's own copy of the matrix: mem_queue.c */
+        return duet__mem_post(comm, a, sendbuf, recvbuf, 1, req);
+      *req = NULL;
+      rc = duet__mem_drain(comm);
+      return rc != DUET_SUCCESS ? rc : duet__mem_hier_alltoall(comm, a, sendbuf, recvbuf);
+    }
     if (rc == DUET_SUCCESS)
       rc = duet__request_post(comm, a->coll, a, build, sendbuf, recvbuf, req);
     return rc;

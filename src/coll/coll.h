@@ -80,6 +80,13 @@ duet_status_t duet__alltoall_hier_build(const duet__coll_args_t *args, duet__sch
  * not staged. Uniform layouts. */
 duet_status_t duet__alltoall_hier_rail_build(const duet__coll_args_t *args, duet__sched_t *s);
 int duet__alltoall_hier_rail_own(const duet__coll_args_t *args);
+/* The same for alltoallv (blocks sized by args->count_matrix); round m's
+ * staged blocks start at duet__alltoallv_hier_stage(args, m) elements, and
+ * a round whose blocks duet__alltoallv_hier_split sends one by one does
+ * not stage this rank's own. */
+duet_status_t duet__alltoallv_hier_rail_build(const duet__coll_args_t *args, duet__sched_t *s);
+uint64_t duet__alltoallv_hier_stage(const duet__coll_args_t *args, int m);
+int duet__alltoallv_hier_split(uint64_t bytes, int L);
 duet_status_t duet__alltoallv_pairwise_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__alltoallv_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__send_build(const duet__coll_args_t *args, duet__sched_t *s);

@@ -146,6 +146,8 @@ struct duet_request {
   void *mrecv;
   size_t *mcounts; /* alltoallv: copies of the four count arrays */
   size_t mcounts_cap;
+  uint64_t *mmatrix; /* the hierarchical alltoallv: a copy of the count matrix */
+  size_t mmatrix_cap;
   struct duet_request *mem_next;
 };
 
@@ -171,6 +173,7 @@ duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a, const
                             void *recvbuf);
 duet_status_t duet__mem_hier_allreduce(duet_comm_t *comm, duet__coll_args_t *a, const void *sendbuf,
                                        void *recvbuf);
+/* alltoall or alltoallv */
 duet_status_t duet__mem_hier_alltoall(duet_comm_t *comm, duet__coll_args_t *a, const void *sendbuf,
                                       void *recvbuf);
 

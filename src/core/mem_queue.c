@@ -12,12 +12,12 @@
  * rank, and they do: every rank posts them in the same order and runs them
  * one at a time. A blocking call on the path first drains the queue.
  *
- * The hierarchical allreduce and all-to-all on equal super-nodes run as
- * such tasks too (duet__mem_hier_allreduce, duet__mem_hier_alltoall): their
- * rail phase is a schedule over the HPN, posted by the task under a
- * sequence number taken at the post, and waited for with duet__mem_await,
- * which suspends the task while the caller's progress calls drive the
- * schedule.
+ * The hierarchical allreduce, all-to-all and alltoallv on equal
+ * super-nodes run as such tasks too (duet__mem_hier_allreduce,
+ * duet__mem_hier_alltoall): their rail phase is a schedule over the HPN,
+ * posted by the task under a sequence number taken at the post, and waited
+ * for with duet__mem_await, which suspends the task while the caller's
+ * progress calls drive the schedule.
  *
  * The fiber and its stack are made at the first such call and kept with the
  * communicator; requests come from its pool, so steady-state calls allocate
@@ -41,7 +41,7 @@ static void duet__mem_suspend(void *fiber) {
 
 static void duet__mem_task(void *arg) {
   duet_request_t *req = arg;
-  if (req->mem_hier && req->coll == DUET_COLL_ALLTOALL)
+  if (req->mem_hier && req->coll != DUET_COLL_ALLREDUCE)
     req->status = duet__mem_hier_alltoall(req->comm, &req->margs, req->msend, req->mrecv);
   else if (req->mem_hier)
     req->status = duet__mem_hier_allreduce(req->comm, &req->margs, req->msend, req->mrecv);
@@ -74,6 +74,18 @@ static duet_status_t duet__mem_keep_counts(duet_comm_t *comm, duet_request_t *re
   a->sdispls = c + n;
   a->rcounts = c + 2 * n;
   a->rdispls = c + 3 * n;
+  if (a->count_matrix != NULL) { /* the hierarchical call: the comm's copy is rewritten per call */
+    if (req->mmatrix_cap < n * n) {
+      uint64_t *m = realloc(req->mmatrix, n * n * sizeof(*m));
+      if (m == NULL)
+        return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %zu x %zu counts",
+                               duet__coll_name(a->coll), n, n);
+      req->mmatrix = m;
+      req->mmatrix_cap = n * n;
+    }
+    memcpy(req->mmatrix, a->count_matrix, n * n * sizeof(*req->mmatrix));
+    a->count_matrix = req->mmatrix;
+  }
   return DUET_SUCCESS;
 }
 

@@ -573,6 +573,7 @@ void duet__request_free(duet_request_t *req) {
   free(req->queue);
   free(req->posted);
   free(req->mcounts);
+  free(req->mmatrix);
   free(req);
 }
 

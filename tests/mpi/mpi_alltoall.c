@@ -33,7 +33,9 @@
  *               the tuner takes the hierarchy:
  *               the same claims, blocking and non-blocking (duet_ialltoall),
  *               and no UPN message at all (the exchange inside the
- *               super-node goes through the shared segment)
+ *               super-node goes through the shared segment); and for
+ *               duet_alltoallv with equal counts, beyond the traffic of its
+ *               count 0 call (the exchange of send counts)
  *   group       (auto or -a) duet_group_start/duet_send/duet_recv/
  *               duet_group_end in a shuffled call order (different on every
  *               rank): a ring shift, a random permutation (same seed on every
@@ -547,8 +549,13 @@ static long test_hpn(ctx_t *c) {
   const int mem = strcmp(c->label, "auto") == 0; /* run_setting checked mem_upn */
   long errs = 0;
   char what[200];
-  for (int k = 0; k < (mem ? 8 : 4); k++) {
-    const int ci = k % 4, nb = k >= 4; /* auto: then each again, non-blocking */
+  size_t *vcounts = mt_xmalloc(sizeof(size_t) * n), *vdispls = mt_xmalloc(sizeof(size_t) * n);
+  /* auto: then each again non-blocking, and as an alltoallv of equal counts,
+   * whose traffic is counted beyond its count 0 call's: that one shares
+   * the send counts (an allgather) and moves no data */
+  uint64_t base[6] = {0, 0, 0, 0, 0, 0};
+  for (int k = 0; k < (mem ? 12 : 4); k++) {
+    const int ci = k % 4, nb = k >= 4 && k < 8, v = k >= 8;
     size_t count = counts[ci], bbytes = count * 4, all = n * bbytes;
     float *send = mt_xmalloc(all), *recv = mt_xmalloc(all + MT_GUARD), *ref = mt_xmalloc(all);
     duet_stats_t before, after;
@@ -558,11 +565,19 @@ static long test_hpn(ctx_t *c) {
     MPI_Alltoall(send, (int)count, MPI_FLOAT, ref, (int)count, MPI_FLOAT, MPI_COMM_WORLD);
     memset(recv, GAP_BYTE, all);
     mt_guard_fill((char *)recv + all);
-    snprintf(what, sizeof what, "hpn %s: %s float32 count %zu, N=%zu L=%zu", c->label,
-             nb ? "ialltoall" : "alltoall", count, N, L);
+    const char *call = v ? "alltoallv" : nb ? "ialltoall" : "alltoall";
+    snprintf(what, sizeof what, "hpn %s: %s float32 count %zu, N=%zu L=%zu", c->label, call, count,
+             N, L);
+    for (size_t q = 0; q < n; q++) {
+      vcounts[q] = count;
+      vdispls[q] = q * count;
+    }
     MPI_Barrier(MPI_COMM_WORLD);
     DCALL(c, duet_comm_get_stats(c->comm, &before));
-    if (nb) {
+    if (v) {
+      DCALL(c,
+            duet_alltoallv(send, vcounts, vdispls, recv, vcounts, vdispls, DUET_FLOAT32, c->comm));
+    } else if (nb) {
       duet_request_t *req = NULL;
       DCALL(c, duet_ialltoall(send, recv, count, DUET_FLOAT32, c->comm, &req));
       DCALL(c, duet_wait(req));
@@ -573,6 +588,10 @@ static long test_hpn(ctx_t *c) {
     errs += (long)mt_compare(recv, ref, n * count, DUET_FLOAT32, c->rank, what);
     errs += mt_guard_check((char *)recv + all, c->rank, what);
     mt_stats_delta(&before, &after, d);
+    if (v && count == 0)
+      memcpy(base, d, sizeof(base));
+    for (int i = 0; v && i < 6; i++)
+      d[i] -= base[i];
     MPI_Allreduce(d, mx, 6, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
     uint64_t want = (uint64_t)((N - 1) * L * bbytes);
     const size_t max_msgs = bbytes >= 128 * 1024 ? (N - 1) * L : N - 1; /* blocks cross alone */
@@ -614,6 +633,8 @@ static long test_hpn(ctx_t *c) {
     free(ref);
     break;
   }
+  free(vcounts);
+  free(vdispls);
   return errs;
 }
 
