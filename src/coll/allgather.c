@@ -11,6 +11,10 @@
  *      j's segment is the N blocks it now holds.
  * HPN bytes per rank: (N-1) blocks, the least any allgather can send. Other
  * layouts run the flat ring.
+ *
+ * When every super-node has the load/store UPN (coll.c), phase 2 runs on the
+ * shared segment instead and only phase 1 is a schedule:
+ * duet__allgather_hier_rail_build.
  */
 #include <stdlib.h>
 
@@ -33,9 +37,40 @@ duet_status_t duet__allgather_ring_build(const duet__coll_args_t *a, duet__sched
   return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
 }
 
+/* Phase 1: this rank's block on its rail, into recvbuf at the places of the
+ * rail's ranks (this rank's own too). */
+static duet_status_t rail_phase(const duet__coll_args_t *a, duet__sched_t *s,
+                                const duet__hier_t *h) {
+  duet__place_t own = {DUET_BUF_SEND, 1, 0};
+  duet__segs_t rail;
+  duet__view_t v;
+  if (duet__segs_blocks(&rail, a->count, h->nrail, h->rail) != DUET_SUCCESS)
+    return DUET_ERR_NO_MEMORY;
+  v = duet__hier_view(s, h->rail);
+  v.msg_base = DUET_HIER_MSGS * 0;
+  duet__sched_phase(s, &v);
+  duet__ring_ag_emit(s, h->rail_me, &rail, a->dtsize, chunk_elems(a), own, DUET_BUF_RECV);
+  duet__segs_free(&rail);
+  return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
+}
+
+duet_status_t duet__allgather_hier_rail_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  duet__hier_t h;
+  duet_status_t rc;
+  if (a->count == 0)
+    return DUET_SUCCESS;
+  if (duet__hier_is_flat(a->layout) || !a->layout->uniform)
+    return DUET_ERR_INTERNAL;
+  rc = duet__hier_init(&h, a, 0);
+  if (rc == DUET_SUCCESS)
+    rc = rail_phase(a, s, &h);
+  duet__hier_fini(&h);
+  return rc;
+}
+
 duet_status_t duet__allgather_hier_build(const duet__coll_args_t *a, duet__sched_t *s) {
-  duet__place_t own = {DUET_BUF_SEND, 1, 0}, held = {DUET_BUF_RECV, 0, 0};
-  duet__segs_t rail, dom;
+  duet__place_t held = {DUET_BUF_RECV, 0, 0};
+  duet__segs_t dom;
   duet__hier_t h;
   duet__view_t v;
   duet_status_t rc;
@@ -47,19 +82,8 @@ duet_status_t duet__allgather_hier_build(const duet__coll_args_t *a, duet__sched
   rc = duet__hier_init(&h, a, 0);
   if (rc != DUET_SUCCESS)
     return rc;
-  rc = duet__segs_blocks(&rail, a->count, h.nrail, h.rail);
-  if (rc == DUET_SUCCESS) {
-    rc = duet__segs_even(&dom, 0, h.ls);
-    if (rc != DUET_SUCCESS)
-      duet__segs_free(&rail);
-  }
-  if (rc != DUET_SUCCESS) {
-    duet__hier_fini(&h);
-    return rc;
-  }
   /* Segment j of the super-node: the blocks of the ranks with local index j,
    * one per super-node. */
-  duet__segs_free(&dom);
   dom.n = h.ls;
   dom.per = h.nsn;
   dom.off = malloc(sizeof(uint64_t) * (size_t)h.ls * (size_t)h.nsn);
@@ -74,17 +98,15 @@ duet_status_t duet__allgather_hier_build(const duet__coll_args_t *a, duet__sched
       dom.off[i] = (uint64_t)a->layout->members[a->layout->sn_first[k] + j] * a->count;
       dom.len[i] = a->count;
     }
-  v = duet__hier_view(s, h.rail);
-  v.msg_base = DUET_HIER_MSGS * 0;
-  duet__sched_phase(s, &v);
-  duet__ring_ag_emit(s, h.rail_me, &rail, a->dtsize, chunk_elems(a), own, DUET_BUF_RECV);
+  rc = rail_phase(a, s, &h);
+  if (rc != DUET_SUCCESS)
+    goto out_free;
   v = duet__hier_view(s, h.domain);
   v.msg_base = DUET_HIER_MSGS * 1;
   duet__sched_phase(s, &v);
   duet__ring_ag_emit(s, h.lr, &dom, a->dtsize, chunk_elems(a), held, DUET_BUF_RECV);
   rc = s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
 out_free:
-  duet__segs_free(&rail);
   duet__segs_free(&dom);
   duet__hier_fini(&h);
   return rc;

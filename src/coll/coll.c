@@ -144,9 +144,31 @@ duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a, const
  * by a call the tuner sends to the hierarchy when every super-node has the
  * shared segment and the same size (every rank decides alike); a
  * non-blocking one runs as a queued task (core/mem_queue.c). */
+/* Every super-node's ranks are consecutive, so that each super-node's
+ * blocks of a buffer are one range (the segment's allgather and
+ * reduce-scatter take contiguous blocks). */
+static int duet__layout_consecutive(const duet__layout_t *l) {
+  for (int k = 0; k < l->nsupernodes; k++)
+    for (int i = 1; i < l->sn_size[k]; i++)
+      if (l->members[l->sn_first[k] + i] != l->members[l->sn_first[k]] + i)
+        return 0;
+  return 1;
+}
+
 static int duet__mem_hier_ok(const duet_comm_t *comm, int coll) {
-  if (coll != DUET_COLL_ALLREDUCE && coll != DUET_COLL_ALLTOALL && coll != DUET_COLL_ALLTOALLV)
+  switch (coll) {
+  case DUET_COLL_ALLREDUCE:
+  case DUET_COLL_ALLTOALL:
+  case DUET_COLL_ALLTOALLV:
+    break;
+  case DUET_COLL_ALLGATHER:
+  case DUET_COLL_REDUCE_SCATTER:
+    if (!duet__layout_consecutive(&comm->layout))
+      return 0;
+    break;
+  default:
     return 0;
+  }
   return comm->mem != NULL && comm->mem_everywhere && comm->nsupernodes > 1 &&
          comm->layout.uniform && comm->cfg.algo.coll[coll] == DUET_ALGO_AUTO &&
          comm->local_rank == comm->layout.local_rank[comm->rank];
@@ -157,8 +179,8 @@ static int duet__mem_hier_ok(const duet_comm_t *comm, int coll) {
  * 3. the segments to every local rank (shared segment: an allgather of the
  *    equal segments, and a broadcast of the count % L left at the end from
  *    the last local rank, which reduced them). AVG sums and divides once. */
-duet_status_t duet__mem_hier_allreduce(duet_comm_t *comm, duet__coll_args_t *a, const void *sendbuf,
-                                       void *recvbuf) {
+static duet_status_t duet__mem_hier_allreduce(duet_comm_t *comm, duet__coll_args_t *a,
+                                              const void *sendbuf, void *recvbuf) {
   const int L = comm->local_size, j = comm->local_rank, yield = comm->yield;
   const int ms = comm->cfg.timeout_ms;
   const size_t es = a->dtsize, b = a->count / (size_t)L, tail = a->count - b * (size_t)L;
@@ -269,8 +291,8 @@ static void duet__a2av_round(const duet_comm_t *comm, const duet__coll_args_t *a
  * In place (alltoall), the staging reads every block to send before a
  * receive may overwrite it (the receives wait for the last gate). For
  * alltoallv, the count matrix (args->count_matrix) was shared before. */
-duet_status_t duet__mem_hier_alltoall(duet_comm_t *comm, duet__coll_args_t *a, const void *sendbuf,
-                                      void *recvbuf) {
+static duet_status_t duet__mem_hier_alltoall(duet_comm_t *comm, duet__coll_args_t *a,
+                                             const void *sendbuf, void *recvbuf) {
   const int L = comm->local_size, j = comm->local_rank, N = comm->nsupernodes;
   const int yield = comm->yield, ms = comm->cfg.timeout_ms, v = a->coll == DUET_COLL_ALLTOALLV;
   const size_t es = a->dtsize;
@@ -334,6 +356,133 @@ duet_status_t duet__mem_hier_alltoall(duet_comm_t *comm, duet__coll_args_t *a, c
                          duet__coll_name(a->coll), comm->seq, comm->rank, err);
 }
 
+/* The hierarchical allgather with the load/store UPN (equal super-nodes of
+ * consecutive ranks): post the rail phase (duet__allgather_hier_rail_build:
+ * this rank's block to its rail); meanwhile a segment allgather of the
+ * super-node's own blocks; once the rail is done, one segment allgather per
+ * other super-node d of the blocks of (d, i) that local rank i got on its
+ * rail. */
+static duet_status_t duet__mem_hier_allgather(duet_comm_t *comm, duet__coll_args_t *a,
+                                              const void *sendbuf, void *recvbuf) {
+  const duet__layout_t *l = &comm->layout;
+  const int L = comm->local_size, j = comm->local_rank, N = comm->nsupernodes;
+  const int sn = l->supernode[comm->rank], yield = comm->yield, ms = comm->cfg.timeout_ms;
+  const size_t S = a->count * a->dtsize;
+  char *rb = recvbuf, err[DUET_SHM_ERRLEN] = "";
+  duet_request_t *req = NULL;
+  duet_status_t rc;
+
+  if (S == 0)
+    return DUET_SUCCESS;
+  rc =
+      duet__request_post(comm, a->coll, a, duet__allgather_hier_rail_build, sendbuf, recvbuf, &req);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  if (comm->mem_in_task)
+    comm->mem_awaiting = req; /* freed by duet__mem_fail_all if the task never resumes */
+  rc = duet__shm_allgather(comm->mem, sendbuf, rb + (size_t)l->members[l->sn_first[sn]] * S, S,
+                           yield, ms, err);
+  if (rc != DUET_SUCCESS) {
+    comm->mem_awaiting = NULL;
+    duet__request_abandon(req, rc);
+    goto shm_failed;
+  }
+  rc = duet__mem_await(comm, req);
+  comm->mem_awaiting = NULL;
+  duet__request_free(req);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  for (int m = 1; m < N; m++) {
+    const size_t first = (size_t)l->members[l->sn_first[(sn + m) % N]];
+    rc = duet__shm_allgather(comm->mem, rb + (first + (size_t)j) * S, rb + first * S, S, yield, ms,
+                             err);
+    if (rc != DUET_SUCCESS)
+      goto shm_failed;
+  }
+  comm->stats.upn_bytes_sent += (uint64_t)N * S * (uint64_t)(L - 1);
+  comm->stats.upn_bytes_recv += (uint64_t)N * S * (uint64_t)(L - 1);
+  return DUET_SUCCESS;
+
+shm_failed:
+  comm->failed = rc;
+  return duet__set_error(comm, rc,
+                         "%s seq %u on rank %d (shared-memory UPN, allgather inside "
+                         "the super-node): %s",
+                         duet__coll_name(a->coll), comm->seq, comm->rank, err);
+}
+
+/* The hierarchical reduce-scatter with the load/store UPN (equal super-nodes
+ * of consecutive ranks): per super-node k, a segment reduce-scatter of its
+ * L blocks gives local rank j the sum over this super-node of the block for
+ * rank (k, j), staged at k x count in a buffer of the communicator; then
+ * the rail phase (duet__reduce_scatter_hier_rail_build) reduces those
+ * across super-nodes into recvbuf. AVG sums, and divides once at the end.
+ * The send buffer is read before recvbuf is written, so both in-place forms
+ * need nothing more. */
+static duet_status_t duet__mem_hier_reduce_scatter(duet_comm_t *comm, duet__coll_args_t *a,
+                                                   const void *sendbuf, void *recvbuf) {
+  const duet__layout_t *l = &comm->layout;
+  const int L = comm->local_size, N = comm->nsupernodes;
+  const int yield = comm->yield, ms = comm->cfg.timeout_ms;
+  const size_t S = a->count * a->dtsize, need = (size_t)N * S;
+  const duet_op_t inner = a->op == DUET_AVG ? DUET_SUM : a->op;
+  const char *sb = sendbuf;
+  char err[DUET_SHM_ERRLEN] = "";
+  duet__coll_args_t rail = *a;
+  duet_request_t *req = NULL;
+  duet_status_t rc = DUET_SUCCESS;
+
+  if (S == 0)
+    return DUET_SUCCESS;
+  if (comm->mem_stage_size < need) { /* grown rarely */
+    void *p = realloc(comm->mem_stage, need);
+    if (p == NULL)
+      return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %zu bytes",
+                             duet__coll_name(a->coll), need);
+    comm->mem_stage = p;
+    comm->mem_stage_size = need;
+  }
+  for (int k = 0; k < N && rc == DUET_SUCCESS; k++) {
+    const size_t first = (size_t)l->members[l->sn_first[k]];
+    rc = duet__shm_reduce_scatter(comm->mem, sb + first * S, comm->mem_stage + (size_t)k * S,
+                                  a->count, a->dt, inner, L, yield, ms, err);
+  }
+  if (rc != DUET_SUCCESS) {
+    comm->failed = rc;
+    return duet__set_error(comm, rc,
+                           "%s seq %u on rank %d (shared-memory UPN, reduce-scatter "
+                           "inside the super-node): %s",
+                           duet__coll_name(a->coll), comm->seq, comm->rank, err);
+  }
+  comm->stats.upn_bytes_sent += (uint64_t)N * S * (uint64_t)(L - 1);
+  comm->stats.upn_bytes_recv += (uint64_t)N * S * (uint64_t)(L - 1);
+  rail.in_place = 0;
+  rail.out_aliases_in = 0; /* it reads the stage, not sendbuf */
+  rc = duet__request_post(comm, a->coll, &rail, duet__reduce_scatter_hier_rail_build,
+                          comm->mem_stage, recvbuf, &req);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  rc = duet__mem_await(comm, req);
+  duet__request_free(req);
+  return rc;
+}
+
+/* A hierarchical call on the load/store UPN (duet__mem_hier_ok), blocking
+ * or as a queued task. */
+duet_status_t duet__mem_hier_run(duet_comm_t *comm, duet__coll_args_t *a, const void *sendbuf,
+                                 void *recvbuf) {
+  switch (a->coll) {
+  case DUET_COLL_ALLREDUCE:
+    return duet__mem_hier_allreduce(comm, a, sendbuf, recvbuf);
+  case DUET_COLL_ALLGATHER:
+    return duet__mem_hier_allgather(comm, a, sendbuf, recvbuf);
+  case DUET_COLL_REDUCE_SCATTER:
+    return duet__mem_hier_reduce_scatter(comm, a, sendbuf, recvbuf);
+  default:
+    return duet__mem_hier_alltoall(comm, a, sendbuf, recvbuf);
+  }
+}
+
 /* Ask the tuner (or DUET_ALGO) for the algorithm, then post its schedule;
  * or run a blocking call on the load/store path (*req = NULL). bytes: the
  * size the cost model weighs (the whole vector, or the gathered result). */
@@ -363,10 +512,7 @@ static duet_status_t duet__coll_post(duet_comm_t *comm, duet__coll_args_t *a, si
       return duet__mem_post(comm, a, sendbuf, recvbuf, 1, req);
     *req = NULL; /* done when this returns */
     rc = duet__mem_drain(comm);
-    if (rc != DUET_SUCCESS)
-      return rc;
-    return a->coll == DUET_COLL_ALLREDUCE ? duet__mem_hier_allreduce(comm, a, sendbuf, recvbuf)
-                                          : duet__mem_hier_alltoall(comm, a, sendbuf, recvbuf);
+    return rc != DUET_SUCCESS ? rc : duet__mem_hier_run(comm, a, sendbuf, recvbuf);
   }
   if (a->coll == DUET_COLL_ALLTOALLV && ch.algo == DUET_ALGO_HIER) {
     /* The gatherers of each rail must know every rank's send counts: share
@@ -391,7 +537,7 @@ static duet_status_t duet__coll_post(duet_comm_t *comm, duet__coll_args_t *a, si
         return duet__mem_post(comm, a, sendbuf, recvbuf, 1, req);
       *req = NULL;
       rc = duet__mem_drain(comm);
-      return rc != DUET_SUCCESS ? rc : duet__mem_hier_alltoall(comm, a, sendbuf, recvbuf);
+      return rc != DUET_SUCCESS ? rc : duet__mem_hier_run(comm, a, sendbuf, recvbuf);
     }
     if (rc == DUET_SUCCESS)
       rc = duet__request_post(comm, a->coll, a, build, sendbuf, recvbuf, req);

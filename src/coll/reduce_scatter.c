@@ -13,6 +13,10 @@
  *   2. on rail j over the HPN: ring reduce-scatter of those N blocks, each
  *      rank keeping its own.
  * HPN bytes per rank: (N-1) blocks. Other layouts run the flat ring.
+ *
+ * When every super-node has the load/store UPN and its ranks are
+ * consecutive (coll.c), phase 1 runs on the shared segment instead and only
+ * phase 2 is a schedule: duet__reduce_scatter_hier_rail_build.
  */
 #include <stdlib.h>
 
@@ -61,6 +65,40 @@ duet_status_t duet__reduce_scatter_ring_build(const duet__coll_args_t *a, duet__
   copy_out(a, s, out);
   duet__segs_free(&g);
   return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
+}
+
+/* Phase 2 alone (coll.c runs phase 1 on the load/store UPN): the send
+ * buffer holds, at k x count, the block for rank (k, lr) summed over this
+ * rank's super-node; this rank's own block, reduced across the rail, goes
+ * to recvbuf. */
+duet_status_t duet__reduce_scatter_hier_rail_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  const uint64_t work = (uint64_t)a->layout->nsupernodes * a->count * a->dtsize;
+  duet__place_t out = {DUET_BUF_RECV, 1, 0};
+  duet__segs_t rail;
+  duet__hier_t h;
+  duet__view_t v;
+  duet_status_t rc;
+
+  if (a->count == 0)
+    return DUET_SUCCESS;
+  if (duet__hier_is_flat(a->layout) || !a->layout->uniform || a->out_aliases_in)
+    return DUET_ERR_INTERNAL;
+  rc = duet__hier_init(&h, a, 0);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  rc = duet__segs_blocks(&rail, a->count, h.nrail, NULL);
+  if (rc == DUET_SUCCESS) {
+    duet__sched_need_scratch(s, work);
+    v = duet__hier_view(s, h.rail);
+    v.msg_base = DUET_HIER_MSGS * 1;
+    duet__sched_phase(s, &v);
+    duet__ring_rs_emit(s, h.rail_me, &rail, a->dtsize, chunk_elems(a), DUET_BUF_SEND,
+                       DUET_BUF_SCRATCH, out, a->op == DUET_AVG, work, 0);
+    rc = s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
+    duet__segs_free(&rail);
+  }
+  duet__hier_fini(&h);
+  return rc;
 }
 
 duet_status_t duet__reduce_scatter_hier_build(const duet__coll_args_t *a, duet__sched_t *s) {

@@ -594,6 +594,7 @@ void duet__comm_free(duet_comm_t *comm) {
   free(comm->scratch);
   free(comm->a2av_counts);
   free(comm->mem_a2a_counts);
+  free(comm->mem_stage);
   free(comm->peers);
   free(comm->layout_sn);
   free(comm->layout_mem);

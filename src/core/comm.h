@@ -102,9 +102,11 @@ struct duet_comm {
   uint64_t cache_clock;
   struct duet_request *free_reqs; /* finished requests, kept for reuse */
   duet__sched_t spare_sched;      /* arrays of a freed uncached schedule, for the next build */
-  size_t *mem_a2a_counts;         /* the load/store hierarchical all-to-all: 4 x local_size */
-  uint64_t *a2av_counts;          /* hierarchical alltoallv: nranks + nranks^2 counts, or NULL */
-  void *scratch;                  /* reused scratch for one request at a time */
+  char *mem_stage;                /* load/store hierarchical reduce-scatter: partial sums */
+  size_t mem_stage_size;
+  size_t *mem_a2a_counts; /* load/store hierarchical all-to-all: 4 x local_size */
+  uint64_t *a2av_counts;  /* hierarchical alltoallv: nranks + nranks^2 counts, or NULL */
+  void *scratch;          /* reused scratch for one request at a time */
   size_t scratch_size;
   int scratch_busy;
   char last_error[DUET_ERRLEN];
@@ -171,11 +173,9 @@ uint64_t duet__now_ns(void);
 int duet__mem_path(const duet_comm_t *comm, int coll);
 duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a, const void *sendbuf,
                             void *recvbuf);
-duet_status_t duet__mem_hier_allreduce(duet_comm_t *comm, duet__coll_args_t *a, const void *sendbuf,
-                                       void *recvbuf);
-/* alltoall or alltoallv */
-duet_status_t duet__mem_hier_alltoall(duet_comm_t *comm, duet__coll_args_t *a, const void *sendbuf,
-                                      void *recvbuf);
+/* any hierarchical call the load/store UPN takes */
+duet_status_t duet__mem_hier_run(duet_comm_t *comm, duet__coll_args_t *a, const void *sendbuf,
+                                 void *recvbuf);
 
 /* mem_queue.c: the load/store path's non-blocking calls (see there) */
 duet_status_t duet__mem_post(duet_comm_t *comm, const duet__coll_args_t *a, const void *sendbuf,

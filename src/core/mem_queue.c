@@ -12,9 +12,9 @@
  * rank, and they do: every rank posts them in the same order and runs them
  * one at a time. A blocking call on the path first drains the queue.
  *
- * The hierarchical allreduce, all-to-all and alltoallv on equal
- * super-nodes run as such tasks too (duet__mem_hier_allreduce,
- * duet__mem_hier_alltoall): their rail phase is a schedule over the HPN,
+ * The hierarchical allreduce, all-to-all, alltoallv, allgather and
+ * reduce-scatter on equal super-nodes run as such tasks too
+ * (duet__mem_hier_run): their rail phase is a schedule over the HPN,
  * posted by the task under a sequence number taken at the post, and waited
  * for with duet__mem_await, which suspends the task while the caller's
  * progress calls drive the schedule.
@@ -41,10 +41,8 @@ static void duet__mem_suspend(void *fiber) {
 
 static void duet__mem_task(void *arg) {
   duet_request_t *req = arg;
-  if (req->mem_hier && req->coll != DUET_COLL_ALLREDUCE)
-    req->status = duet__mem_hier_alltoall(req->comm, &req->margs, req->msend, req->mrecv);
-  else if (req->mem_hier)
-    req->status = duet__mem_hier_allreduce(req->comm, &req->margs, req->msend, req->mrecv);
+  if (req->mem_hier)
+    req->status = duet__mem_hier_run(req->comm, &req->margs, req->msend, req->mrecv);
   else
     req->status = duet__mem_run(req->comm, &req->margs, req->msend, req->mrecv);
 }

@@ -55,6 +55,12 @@
  *   sent == received over all ranks.
  * With unequal super-nodes the bounds are skipped (results are still checked).
  *
+ * mem-upn (auto, two equal super-nodes of 2-4 ranks, default providers): a
+ * blocking and a non-blocking allreduce, allgather and reduce_scatter of 1,
+ * 1000 and 65537 float32 against MPI, each sending no UPN message (the
+ * super-node's phases go through the shared segment); allgather and
+ * reduce_scatter send and receive exactly (N-1) blocks over the HPN.
+ *
  * Options: -q quick (no 1048579/262147-element cases, fewer late ranks),
  * -a SPEC run only this DUET_ALGO setting (e.g. "allreduce=hier,reduce=chain";
  * "auto" leaves DUET_ALGO unset and tests every collective), -v one line per case.
@@ -77,11 +83,11 @@
 /* ---- collectives, algorithms, settings ---- */
 
 enum { C_ALLREDUCE, C_BROADCAST, C_BARRIER, C_ALLGATHER, C_REDUCE_SCATTER, C_REDUCE, NCOLL };
-enum { ROW_LAYOUT = NCOLL, ROW_MIXED, ROW_TRAFFIC, NROWS };
+enum { ROW_LAYOUT = NCOLL, ROW_MIXED, ROW_TRAFFIC, ROW_MEM, NROWS };
 
 static const char *const row_names[NROWS] = {
     "allreduce", "broadcast", "barrier", "allgather", "reduce_scatter", "reduce",
-    "layout",    "nb-mixed",  "traffic"};
+    "layout",    "nb-mixed",  "traffic", "mem-upn"};
 
 #define MAX_ALGOS 4
 static const char *const coll_algos[NCOLL][MAX_ALGOS] = {
@@ -1151,6 +1157,94 @@ out:
   return errs;
 }
 
+/* ---- the load/store UPN ---- */
+
+/* Under auto on two equal super-nodes of 2 to 4 consecutive ranks (as
+ * DUET_SUPERNODE per app context gives; collective: every rank must call
+ * it) with the default providers, the
+ * tuner takes the hierarchy for allreduce, allgather and reduce_scatter at
+ * every size (test_tune checks), and every super-node sits on this host:
+ * their UPN phases go through the shared segment, so no UPN message is
+ * sent, blocking or not; allgather and reduce_scatter send (N-1) blocks
+ * over the HPN per rank, the least they can. */
+static int mem_upn(const ctx_t *c) {
+  const char *upn = getenv("DUET_UPN_PROVIDER");
+  int *sn = mt_xmalloc(sizeof(int) * (size_t)c->size), consecutive = 1;
+  MPI_Allgather(&c->sn, 1, MPI_INT, sn, 1, MPI_INT, MPI_COMM_WORLD);
+  for (int r = 1; r < c->size; r++)
+    for (int q = 0; q < r - 1 && sn[r] != sn[r - 1]; q++)
+      consecutive &= sn[q] != sn[r]; /* a super-node starting again */
+  free(sn);
+  return (upn == NULL || *upn == '\0' || strcmp(upn, "mem") == 0) && c->nsn == 2 && c->equal &&
+         c->ls > 1 && c->ls <= 4 && consecutive;
+}
+
+static long test_mem_upn(ctx_t *c) {
+  const size_t counts[] = {1, 1000, 65537};
+  const size_t n = (size_t)c->size, N = (size_t)c->nsn;
+  long errs = 0;
+  char what[160];
+  for (int k = 0; k < 18; k++) {
+    const int coll = k % 3, nb = (k / 3) % 2;
+    const size_t count = counts[k / 6], S = count * 4;
+    float *send = mt_xmalloc(n * S), *recv = mt_xmalloc(n * S), *ref = mt_xmalloc(n * S);
+    static const char *const names[3] = {"allreduce", "allgather", "reduce_scatter"};
+    duet_request_t *req = NULL;
+    duet_stats_t before, after;
+    uint64_t d[6];
+    size_t rn = coll == 1 ? n * count : count; /* elements of the result */
+    snprintf(what, sizeof what, "mem-upn %s%s float32 count %zu", nb ? "i" : "", names[coll],
+             count);
+    mt_fill_input(send, n * count, DUET_FLOAT32, DUET_SUM, c->rank, c->size, 0x3E3 + (uint64_t)k);
+    if (coll == 0)
+      MPI_Allreduce(send, ref, (int)count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    else if (coll == 1)
+      MPI_Allgather(send, (int)count, MPI_FLOAT, ref, (int)count, MPI_FLOAT, MPI_COMM_WORLD);
+    else
+      MPI_Reduce_scatter_block(send, ref, (int)count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Barrier(MPI_COMM_WORLD);
+    DCALL(c, duet_comm_get_stats(c->comm, &before));
+    if (coll == 0)
+      DCALL(c, nb ? duet_iallreduce(send, recv, count, DUET_FLOAT32, DUET_SUM, c->comm, &req)
+                  : duet_allreduce(send, recv, count, DUET_FLOAT32, DUET_SUM, c->comm));
+    else if (coll == 1)
+      DCALL(c, nb ? duet_iallgather(send, recv, count, DUET_FLOAT32, c->comm, &req)
+                  : duet_allgather(send, recv, count, DUET_FLOAT32, c->comm));
+    else
+      DCALL(c, nb ? duet_ireduce_scatter(send, recv, count, DUET_FLOAT32, DUET_SUM, c->comm, &req)
+                  : duet_reduce_scatter(send, recv, count, DUET_FLOAT32, DUET_SUM, c->comm));
+    if (req != NULL)
+      DCALL(c, duet_wait(req));
+    DCALL(c, duet_comm_get_stats(c->comm, &after));
+    mt_stats_delta(&before, &after, d);
+    errs += (long)mt_compare(recv, ref, rn, DUET_FLOAT32, c->rank, what);
+    if (d[2] != 0) {
+      fprintf(stderr,
+              "[rank %d] %s: %llu UPN messages sent; the super-node's phases go through "
+              "the shared segment and send none\n",
+              c->rank, what, (unsigned long long)d[2]);
+      errs++;
+    }
+    if (coll > 0 && (d[3] != (N - 1) * S || d[4] != (N - 1) * S)) {
+      fprintf(stderr,
+              "[rank %d] %s: HPN bytes sent %llu, received %llu; want (N-1)*count*4 = %zu\n",
+              c->rank, what, (unsigned long long)d[3], (unsigned long long)d[4], (N - 1) * S);
+      errs++;
+    }
+    verbose_case(c, what);
+    free(send);
+    free(recv);
+    free(ref);
+    continue;
+  out:
+    free(send);
+    free(recv);
+    free(ref);
+    break;
+  }
+  return errs;
+}
+
 /* ---- layout ---- */
 
 /* The expected layout (mpi_common.h) copied into the test's context. */
@@ -1238,6 +1332,12 @@ static void run_setting(ctx_t *c, const setting_t *s) {
   t0 = MPI_Wtime();
   long errs = test_mixed(c);
   record(c, ROW_MIXED, s->label, errs, c->unsupported, 0, MPI_Wtime() - t0);
+  if (!s->spec[0] && mem_upn(c)) {
+    c->unsupported = 0;
+    t0 = MPI_Wtime();
+    errs = test_mem_upn(c);
+    record(c, ROW_MEM, s->label, errs, c->unsupported, 0, MPI_Wtime() - t0);
+  }
   CHECK(c->comm, duet_comm_destroy(c->comm));
   c->comm = NULL;
 }

@@ -359,10 +359,15 @@ Test(tune, alltoall_and_hier_traffic) {
   cr_assert_eq(pick(&many, DUET_COLL_ALLTOALL, 64 * MiB), DUET_ALGO_HIER);
   cr_assert_eq(pick(&many, DUET_COLL_ALLTOALLV, 64 * MiB), DUET_ALGO_HIER);
   /* two super-nodes: the hierarchy at every size (mpi_alltoall's hpn test
-   * relies on it for its load/store checks under auto) */
+   * and mpi_hier's mem-upn test rely on it for their load/store checks
+   * under auto) */
   for (int L = 2; L <= 4; L++) {
     duet__tune_shape_t two = shape(2, L);
     cr_assert_eq(crossover_from(&two, DUET_COLL_ALLTOALL, DUET_ALGO_HIER), 0, "2 x %d", L);
+    /* and mpi_hier's mem-upn test on these */
+    cr_assert_eq(crossover_from(&two, DUET_COLL_ALLREDUCE, DUET_ALGO_HIER), 0, "2 x %d", L);
+    cr_assert_eq(crossover_from(&two, DUET_COLL_ALLGATHER, DUET_ALGO_HIER), 0, "2 x %d", L);
+    cr_assert_eq(crossover_from(&two, DUET_COLL_REDUCE_SCATTER, DUET_ALGO_HIER), 0, "2 x %d", L);
   }
   /* the hierarchy sends 2S/L per rank over the HPN instead of about 2S */
   cr_assert_lt(duet__tune_cost_us(&many, DUET_COLL_ALLREDUCE, DUET_ALGO_HIER, 64 * MiB),
