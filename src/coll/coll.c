@@ -156,6 +156,7 @@ static int duet__layout_consecutive(const duet__layout_t *l) {
 }
 
 static int duet__mem_hier_ok(const duet_comm_t *comm, int coll) {
+  int any_sizes = 0; /* the representatives' algorithms take any layout */
   switch (coll) {
   case DUET_COLL_ALLREDUCE:
   case DUET_COLL_ALLTOALL:
@@ -166,11 +167,16 @@ static int duet__mem_hier_ok(const duet_comm_t *comm, int coll) {
     if (!duet__layout_consecutive(&comm->layout))
       return 0;
     break;
+  case DUET_COLL_BROADCAST:
+  case DUET_COLL_REDUCE:
+  case DUET_COLL_BARRIER:
+    any_sizes = 1;
+    break;
   default:
     return 0;
   }
   return comm->mem != NULL && comm->mem_everywhere && comm->nsupernodes > 1 &&
-         comm->layout.uniform && comm->cfg.algo.coll[coll] == DUET_ALGO_AUTO &&
+         (comm->layout.uniform || any_sizes) && comm->cfg.algo.coll[coll] == DUET_ALGO_AUTO &&
          comm->local_rank == comm->layout.local_rank[comm->rank];
 }
 
@@ -467,6 +473,110 @@ static duet_status_t duet__mem_hier_reduce_scatter(duet_comm_t *comm, duet__coll
   return rc;
 }
 
+/* Post a representatives' phase (hier_small.c) with sendbuf and recvbuf,
+ * and wait for it; every rank posts, so all take the sequence number. */
+static duet_status_t duet__mem_reps(duet_comm_t *comm, const duet__coll_args_t *a,
+                                    duet__coll_build_fn build, const void *sendbuf, void *recvbuf) {
+  duet_request_t *req = NULL;
+  duet_status_t rc = duet__request_post(comm, a->coll, a, build, sendbuf, recvbuf, &req);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  rc = duet__mem_await(comm, req);
+  duet__request_free(req);
+  return rc;
+}
+
+static duet_status_t duet__mem_small_failed(duet_comm_t *comm, const duet__coll_args_t *a,
+                                            duet_status_t rc, const char *err) {
+  comm->failed = rc;
+  return duet__set_error(comm, rc,
+                         "%s seq %u on rank %d (shared-memory UPN, inside the "
+                         "super-node): %s",
+                         duet__coll_name(a->coll), comm->seq, comm->rank, err);
+}
+
+/* The hierarchical broadcast with the load/store UPN: the root's data to
+ * one representative per super-node (duet__broadcast_hier_rail_build), then
+ * a segment broadcast from the representative, in place on its recvbuf. */
+static duet_status_t duet__mem_hier_broadcast(duet_comm_t *comm, duet__coll_args_t *a,
+                                              const void *sendbuf, void *recvbuf) {
+  const duet__layout_t *l = &comm->layout;
+  const int root_lr = l->local_rank[a->root], ls = comm->local_size;
+  const int rep = root_lr < ls ? root_lr : ls - 1;
+  const size_t bytes = a->count * a->dtsize;
+  char err[DUET_SHM_ERRLEN] = "";
+  duet_status_t rc;
+
+  if (bytes == 0)
+    return DUET_SUCCESS;
+  rc = duet__mem_reps(comm, a, duet__broadcast_hier_rail_build, sendbuf, recvbuf);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  rc = duet__shm_broadcast(comm->mem, comm->local_rank == rep ? recvbuf : NULL, recvbuf, bytes, rep,
+                           comm->yield, comm->cfg.timeout_ms, err);
+  if (rc != DUET_SUCCESS)
+    return duet__mem_small_failed(comm, a, rc, err);
+  if (comm->local_rank == rep)
+    comm->stats.upn_bytes_sent += bytes;
+  else
+    comm->stats.upn_bytes_recv += bytes;
+  return DUET_SUCCESS;
+}
+
+/* The hierarchical reduce with the load/store UPN: a segment reduce to the
+ * representative (the root's into its recvbuf, another's into a buffer of
+ * the communicator), then the representatives' reduce to the root
+ * (duet__reduce_hier_rail_build). AVG sums, and divides once at the end. */
+static duet_status_t duet__mem_hier_reduce(duet_comm_t *comm, duet__coll_args_t *a,
+                                           const void *sendbuf, void *recvbuf) {
+  const duet__layout_t *l = &comm->layout;
+  const int root_lr = l->local_rank[a->root], ls = comm->local_size;
+  const int rep = root_lr < ls ? root_lr : ls - 1, is_root = comm->rank == a->root;
+  const size_t bytes = a->count * a->dtsize;
+  const duet_op_t inner = a->op == DUET_AVG ? DUET_SUM : a->op;
+  duet__coll_args_t rail = *a;
+  char err[DUET_SHM_ERRLEN] = "", *part = recvbuf;
+  duet_status_t rc;
+
+  if (bytes == 0)
+    return DUET_SUCCESS;
+  if (comm->local_rank == rep && !is_root) {
+    if (comm->mem_stage_size < bytes) { /* grown rarely */
+      void *p = realloc(comm->mem_stage, bytes);
+      if (p == NULL)
+        return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %zu bytes",
+                               duet__coll_name(a->coll), bytes);
+      comm->mem_stage = p;
+      comm->mem_stage_size = bytes;
+    }
+    part = comm->mem_stage;
+  }
+  rc = duet__shm_reduce(comm->mem, sendbuf, part, a->count, a->dt, inner, ls, rep, comm->yield,
+                        comm->cfg.timeout_ms, err);
+  if (rc != DUET_SUCCESS)
+    return duet__mem_small_failed(comm, a, rc, err);
+  if (comm->local_rank == rep)
+    comm->stats.upn_bytes_recv += bytes * (uint64_t)(ls - 1);
+  else
+    comm->stats.upn_bytes_sent += bytes;
+  rail.in_place = is_root; /* the root's partial result is in its recvbuf */
+  return duet__mem_reps(comm, &rail, duet__reduce_hier_rail_build, part, recvbuf);
+}
+
+/* The hierarchical barrier with the load/store UPN: a segment barrier, the
+ * leaders' barrier (duet__barrier_hier_rail_build), a segment barrier. */
+static duet_status_t duet__mem_hier_barrier(duet_comm_t *comm, duet__coll_args_t *a) {
+  char err[DUET_SHM_ERRLEN] = "";
+  duet_status_t rc = duet__shm_barrier(comm->mem, comm->yield, comm->cfg.timeout_ms, err);
+  if (rc == DUET_SUCCESS) {
+    rc = duet__mem_reps(comm, a, duet__barrier_hier_rail_build, NULL, NULL);
+    if (rc != DUET_SUCCESS)
+      return rc;
+    rc = duet__shm_barrier(comm->mem, comm->yield, comm->cfg.timeout_ms, err);
+  }
+  return rc == DUET_SUCCESS ? rc : duet__mem_small_failed(comm, a, rc, err);
+}
+
 /* A hierarchical call on the load/store UPN (duet__mem_hier_ok), blocking
  * or as a queued task. */
 duet_status_t duet__mem_hier_run(duet_comm_t *comm, duet__coll_args_t *a, const void *sendbuf,
@@ -478,6 +588,12 @@ duet_status_t duet__mem_hier_run(duet_comm_t *comm, duet__coll_args_t *a, const 
     return duet__mem_hier_allgather(comm, a, sendbuf, recvbuf);
   case DUET_COLL_REDUCE_SCATTER:
     return duet__mem_hier_reduce_scatter(comm, a, sendbuf, recvbuf);
+  case DUET_COLL_BROADCAST:
+    return duet__mem_hier_broadcast(comm, a, sendbuf, recvbuf);
+  case DUET_COLL_REDUCE:
+    return duet__mem_hier_reduce(comm, a, sendbuf, recvbuf);
+  case DUET_COLL_BARRIER:
+    return duet__mem_hier_barrier(comm, a);
   default:
     return duet__mem_hier_alltoall(comm, a, sendbuf, recvbuf);
   }

@@ -60,6 +60,13 @@ duet_status_t duet__allreduce_rabenseifner_build(const duet__coll_args_t *args, 
 duet_status_t duet__broadcast_chain_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__broadcast_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__barrier_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
+/* The representatives' phase alone of the hierarchical broadcast, reduce
+ * and barrier (coll.c runs the phases inside the super-node on the
+ * load/store UPN); the reduce's sendbuf is the representative's partial
+ * result. Empty on the other ranks. */
+duet_status_t duet__broadcast_hier_rail_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__reduce_hier_rail_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__barrier_hier_rail_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__allgather_ring_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__allgather_rd_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__allgather_hier_build(const duet__coll_args_t *args, duet__sched_t *s);

@@ -4,6 +4,11 @@
  * each super-node. Correct for any layout; representatives have the root's
  * local index where the super-node has it (the last local rank otherwise),
  * so the HPN traffic stays on the root's rail as far as the layout allows.
+ *
+ * When every super-node has the load/store UPN (coll.c), the phases inside
+ * the super-node run on the shared segment and only the representatives'
+ * phase is a schedule: duet__{broadcast,reduce,barrier}_hier_rail_build
+ * (empty on the other ranks, which still take the call's sequence number).
  */
 #include "coll/hier.h"
 
@@ -14,6 +19,34 @@ static duet__coll_args_t sub_args(const duet__coll_args_t *a, int rank, int n, i
   sub.root = root;
   sub.layout = NULL;
   return sub;
+}
+
+/* The representatives' broadcast from the root (super-node root_sn). */
+static duet_status_t bcast_reps(const duet__coll_args_t *a, duet__sched_t *s, const duet__hier_t *h,
+                                int root_sn) {
+  duet__coll_args_t sub;
+  duet__view_t v;
+  if (h->reps_me < 0)
+    return DUET_SUCCESS;
+  v = duet__hier_view(s, h->reps);
+  v.msg_base = DUET_HIER_MSGS * 0;
+  duet__sched_phase(s, &v);
+  sub = sub_args(a, h->reps_me, h->nreps, root_sn);
+  return duet__broadcast_binomial_build(&sub, s);
+}
+
+duet_status_t duet__broadcast_hier_rail_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  duet__hier_t h;
+  duet_status_t rc;
+  if (a->count == 0)
+    return DUET_SUCCESS;
+  if (duet__hier_is_flat(a->layout))
+    return DUET_ERR_INTERNAL;
+  rc = duet__hier_init(&h, a, a->layout->local_rank[a->root]);
+  if (rc == DUET_SUCCESS)
+    rc = bcast_reps(a, s, &h, a->layout->supernode[a->root]);
+  duet__hier_fini(&h);
+  return rc == DUET_SUCCESS && s->oom ? DUET_ERR_NO_MEMORY : rc;
 }
 
 /* Broadcast: root -> representatives over the HPN, then each representative
@@ -35,13 +68,7 @@ duet_status_t duet__broadcast_hier_build(const duet__coll_args_t *a, duet__sched
   rc = duet__hier_init(&h, a, root_lr);
   if (rc != DUET_SUCCESS)
     return rc;
-  if (h.reps_me >= 0) {
-    v = duet__hier_view(s, h.reps);
-    v.msg_base = DUET_HIER_MSGS * 0;
-    duet__sched_phase(s, &v);
-    sub = sub_args(a, h.reps_me, h.nreps, root_sn);
-    rc = duet__broadcast_binomial_build(&sub, s);
-  }
+  rc = bcast_reps(a, s, &h, root_sn);
   rep_lr = root_lr < h.ls ? root_lr : h.ls - 1;
   if (rc == DUET_SUCCESS) {
     v = duet__hier_view(s, h.domain);
@@ -50,6 +77,30 @@ duet_status_t duet__broadcast_hier_build(const duet__coll_args_t *a, duet__sched
     duet__sched_phase(s, &v);
     sub = sub_args(a, h.lr, h.ls, rep_lr);
     rc = duet__broadcast_binomial_build(&sub, s);
+  }
+  duet__hier_fini(&h);
+  return rc == DUET_SUCCESS && s->oom ? DUET_ERR_NO_MEMORY : rc;
+}
+
+/* The representatives' reduce to the root alone: sendbuf holds the
+ * representative's partial result (the root's may be its recvbuf). */
+duet_status_t duet__reduce_hier_rail_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  const duet__layout_t *l = a->layout;
+  duet__coll_args_t sub;
+  duet__hier_t h;
+  duet__view_t v;
+  duet_status_t rc;
+  if (a->count == 0)
+    return DUET_SUCCESS;
+  if (duet__hier_is_flat(l))
+    return DUET_ERR_INTERNAL;
+  rc = duet__hier_init(&h, a, l->local_rank[a->root]);
+  if (rc == DUET_SUCCESS && h.reps_me >= 0) {
+    v = duet__hier_view(s, h.reps);
+    v.msg_base = DUET_HIER_MSGS * 1;
+    duet__sched_phase(s, &v);
+    sub = sub_args(a, h.reps_me, h.nreps, l->supernode[a->root]);
+    rc = duet__reduce_binomial_build(&sub, s);
   }
   duet__hier_fini(&h);
   return rc == DUET_SUCCESS && s->oom ? DUET_ERR_NO_MEMORY : rc;
@@ -98,6 +149,26 @@ duet_status_t duet__reduce_hier_build(const duet__coll_args_t *a, duet__sched_t 
     duet__sched_phase(s, &v);
     sub = sub_args(a, h.reps_me, h.nreps, root_sn);
     rc = duet__reduce_binomial_build(&sub, s);
+  }
+  duet__hier_fini(&h);
+  return rc == DUET_SUCCESS && s->oom ? DUET_ERR_NO_MEMORY : rc;
+}
+
+/* The leaders' barrier alone (local rank 0 of each super-node). */
+duet_status_t duet__barrier_hier_rail_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  duet__coll_args_t sub;
+  duet__hier_t h;
+  duet__view_t v;
+  duet_status_t rc;
+  if (duet__hier_is_flat(a->layout))
+    return DUET_ERR_INTERNAL;
+  rc = duet__hier_init(&h, a, 0);
+  if (rc == DUET_SUCCESS && h.reps_me >= 0) {
+    v = duet__hier_view(s, h.reps);
+    v.msg_base = DUET_HIER_MSGS * 1;
+    duet__sched_phase(s, &v);
+    sub = sub_args(a, h.reps_me, h.nreps, 0);
+    rc = duet__barrier_dissem_build(&sub, s);
   }
   duet__hier_fini(&h);
   return rc == DUET_SUCCESS && s->oom ? DUET_ERR_NO_MEMORY : rc;

@@ -56,10 +56,12 @@
  * With unequal super-nodes the bounds are skipped (results are still checked).
  *
  * mem-upn (auto, two equal super-nodes of 2-4 ranks, default providers): a
- * blocking and a non-blocking allreduce, allgather and reduce_scatter of 1,
- * 1000 and 65537 float32 against MPI, each sending no UPN message (the
+ * blocking and a non-blocking allreduce, allgather, reduce_scatter,
+ * broadcast and reduce (root: the last rank) of 1, 1000 and 65537 float32
+ * against MPI, and a barrier, each sending no UPN message (the
  * super-node's phases go through the shared segment); allgather and
- * reduce_scatter send and receive exactly (N-1) blocks over the HPN.
+ * reduce_scatter send and receive exactly (N-1) blocks over the HPN per
+ * rank, broadcast and reduce (N-1) blocks over all ranks.
  *
  * Options: -q quick (no 1048579/262147-element cases, fewer late ranks),
  * -a SPEC run only this DUET_ALGO setting (e.g. "allreduce=hier,reduce=chain";
@@ -1160,13 +1162,13 @@ out:
 /* ---- the load/store UPN ---- */
 
 /* Under auto on two equal super-nodes of 2 to 4 consecutive ranks (as
- * DUET_SUPERNODE per app context gives; collective: every rank must call
- * it) with the default providers, the
+ * DUET_SUPERNODE per app context gives) with the default providers, the
  * tuner takes the hierarchy for allreduce, allgather and reduce_scatter at
- * every size (test_tune checks), and every super-node sits on this host:
- * their UPN phases go through the shared segment, so no UPN message is
- * sent, blocking or not; allgather and reduce_scatter send (N-1) blocks
- * over the HPN per rank, the least they can. */
+ * every size, and for broadcast, reduce and barrier up to these sizes
+ * (test_tune checks); every super-node sits on this host, so their UPN
+ * phases go through the shared segment and send no UPN message, blocking
+ * or not; allgather and reduce_scatter send (N-1) blocks over the HPN per
+ * rank, the least they can. Collective: every rank must call it. */
 static int mem_upn(const ctx_t *c) {
   const char *upn = getenv("DUET_UPN_PROVIDER");
   int *sn = mt_xmalloc(sizeof(int) * (size_t)c->size), consecutive = 1;
@@ -1180,19 +1182,25 @@ static int mem_upn(const ctx_t *c) {
 }
 
 static long test_mem_upn(ctx_t *c) {
+  static const char *const names[6] = {"allreduce", "allgather", "reduce_scatter",
+                                       "broadcast", "reduce",    "barrier"};
   const size_t counts[] = {1, 1000, 65537};
   const size_t n = (size_t)c->size, N = (size_t)c->nsn;
+  const int root = c->size - 1; /* in the last super-node: data crosses the HPN */
   long errs = 0;
   char what[160];
-  for (int k = 0; k < 18; k++) {
-    const int coll = k % 3, nb = (k / 3) % 2;
-    const size_t count = counts[k / 6], S = count * 4;
+  for (int k = 0; k < 36; k++) {
+    const int coll = k % 6, nb = (k / 6) % 2;
+    const size_t count = counts[k / 12], S = count * 4;
     float *send = mt_xmalloc(n * S), *recv = mt_xmalloc(n * S), *ref = mt_xmalloc(n * S);
-    static const char *const names[3] = {"allreduce", "allgather", "reduce_scatter"};
     duet_request_t *req = NULL;
     duet_stats_t before, after;
-    uint64_t d[6];
-    size_t rn = coll == 1 ? n * count : count; /* elements of the result */
+    uint64_t d[6], hsum = 0;
+    size_t rn = coll == 1 ? n * count : coll == 5 ? 0 : count; /* elements of the result */
+    if (coll == 5 && k / 12 > 0) { /* a barrier has no count */
+      free(send), free(recv), free(ref);
+      continue;
+    }
     snprintf(what, sizeof what, "mem-upn %s%s float32 count %zu", nb ? "i" : "", names[coll],
              count);
     mt_fill_input(send, n * count, DUET_FLOAT32, DUET_SUM, c->rank, c->size, 0x3E3 + (uint64_t)k);
@@ -1200,23 +1208,47 @@ static long test_mem_upn(ctx_t *c) {
       MPI_Allreduce(send, ref, (int)count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
     else if (coll == 1)
       MPI_Allgather(send, (int)count, MPI_FLOAT, ref, (int)count, MPI_FLOAT, MPI_COMM_WORLD);
-    else
+    else if (coll == 2)
       MPI_Reduce_scatter_block(send, ref, (int)count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    else if (coll == 3) {
+      memcpy(ref, send, S);
+      MPI_Bcast(ref, (int)count, MPI_FLOAT, root, MPI_COMM_WORLD);
+    } else if (coll == 4) {
+      MPI_Reduce(send, ref, (int)count, MPI_FLOAT, MPI_SUM, root, MPI_COMM_WORLD);
+      if (c->rank != root)
+        rn = 0;
+    }
     MPI_Barrier(MPI_COMM_WORLD);
     DCALL(c, duet_comm_get_stats(c->comm, &before));
-    if (coll == 0)
+    switch (coll) {
+    case 0:
       DCALL(c, nb ? duet_iallreduce(send, recv, count, DUET_FLOAT32, DUET_SUM, c->comm, &req)
                   : duet_allreduce(send, recv, count, DUET_FLOAT32, DUET_SUM, c->comm));
-    else if (coll == 1)
+      break;
+    case 1:
       DCALL(c, nb ? duet_iallgather(send, recv, count, DUET_FLOAT32, c->comm, &req)
                   : duet_allgather(send, recv, count, DUET_FLOAT32, c->comm));
-    else
+      break;
+    case 2:
       DCALL(c, nb ? duet_ireduce_scatter(send, recv, count, DUET_FLOAT32, DUET_SUM, c->comm, &req)
                   : duet_reduce_scatter(send, recv, count, DUET_FLOAT32, DUET_SUM, c->comm));
+      break;
+    case 3:
+      DCALL(c, nb ? duet_ibroadcast(send, recv, count, DUET_FLOAT32, root, c->comm, &req)
+                  : duet_broadcast(send, recv, count, DUET_FLOAT32, root, c->comm));
+      break;
+    case 4:
+      DCALL(c, nb ? duet_ireduce(send, recv, count, DUET_FLOAT32, DUET_SUM, root, c->comm, &req)
+                  : duet_reduce(send, recv, count, DUET_FLOAT32, DUET_SUM, root, c->comm));
+      break;
+    default:
+      DCALL(c, nb ? duet_ibarrier(c->comm, &req) : duet_barrier(c->comm));
+    }
     if (req != NULL)
       DCALL(c, duet_wait(req));
     DCALL(c, duet_comm_get_stats(c->comm, &after));
     mt_stats_delta(&before, &after, d);
+    MPI_Allreduce(&d[3], &hsum, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
     errs += (long)mt_compare(recv, ref, rn, DUET_FLOAT32, c->rank, what);
     if (d[2] != 0) {
       fprintf(stderr,
@@ -1225,10 +1257,15 @@ static long test_mem_upn(ctx_t *c) {
               c->rank, what, (unsigned long long)d[2]);
       errs++;
     }
-    if (coll > 0 && (d[3] != (N - 1) * S || d[4] != (N - 1) * S)) {
+    if ((coll == 1 || coll == 2) && (d[3] != (N - 1) * S || d[4] != (N - 1) * S)) {
       fprintf(stderr,
               "[rank %d] %s: HPN bytes sent %llu, received %llu; want (N-1)*count*4 = %zu\n",
               c->rank, what, (unsigned long long)d[3], (unsigned long long)d[4], (N - 1) * S);
+      errs++;
+    }
+    if ((coll == 3 || coll == 4) && hsum != (N - 1) * S) {
+      fprintf(stderr, "[rank %d] %s: HPN bytes sent by all ranks %llu; want (N-1)*count*4 = %zu\n",
+              c->rank, what, (unsigned long long)hsum, (N - 1) * S);
       errs++;
     }
     verbose_case(c, what);

@@ -368,6 +368,11 @@ Test(tune, alltoall_and_hier_traffic) {
     cr_assert_eq(crossover_from(&two, DUET_COLL_ALLREDUCE, DUET_ALGO_HIER), 0, "2 x %d", L);
     cr_assert_eq(crossover_from(&two, DUET_COLL_ALLGATHER, DUET_ALGO_HIER), 0, "2 x %d", L);
     cr_assert_eq(crossover_from(&two, DUET_COLL_REDUCE_SCATTER, DUET_ALGO_HIER), 0, "2 x %d", L);
+    for (size_t b = 4; b <= 256 * KiB; b *= 2) {
+      cr_assert_eq(pick(&two, DUET_COLL_BROADCAST, b), DUET_ALGO_HIER, "2 x %d, %zu B", L, b);
+      cr_assert_eq(pick(&two, DUET_COLL_REDUCE, b), DUET_ALGO_HIER, "2 x %d, %zu B", L, b);
+    }
+    cr_assert_eq(pick(&two, DUET_COLL_BARRIER, 0), DUET_ALGO_HIER, "2 x %d", L);
   }
   /* the hierarchy sends 2S/L per rank over the HPN instead of about 2S */
   cr_assert_lt(duet__tune_cost_us(&many, DUET_COLL_ALLREDUCE, DUET_ALGO_HIER, 64 * MiB),
