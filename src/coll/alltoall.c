@@ -493,13 +493,13 @@ duet_status_t duet__alltoallv_hier_build(const duet__coll_args_t *a, duet__sched
   hslot[0] = 2 * gmax * es;
   hslot[1] = hslot[0] + hmax * es;
   duet__sched_need_scratch(s, hslot[1] + hmax * es);
-  hfree[0] = malloc(sizeof(uint32_t) * (size_t)h.ls);
-  hfree[1] = malloc(sizeof(uint32_t) * (size_t)h.ls);
-  got = malloc(sizeof(uint32_t) * (size_t)h.ls);
-  if (hfree[0] == NULL || hfree[1] == NULL || got == NULL) {
+  hfree[0] = duet__sched_tmp(s, 3 * (uint32_t)h.ls); /* rebuilt every call: nothing allocated */
+  if (hfree[0] == NULL) {
     rc = DUET_ERR_NO_MEMORY;
     goto out_free;
   }
+  hfree[1] = hfree[0] + h.ls;
+  got = hfree[1] + h.ls;
   for (int i = 0; i < h.ls; i++)
     hfree[0][i] = hfree[1][i] = DUET_STEP_NONE;
 
@@ -587,9 +587,6 @@ duet_status_t duet__alltoallv_hier_build(const duet__coll_args_t *a, duet__sched
   }
   rc = s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
 out_free:
-  free(hfree[0]);
-  free(hfree[1]);
-  free(got);
   duet__hier_fini(&h);
   return rc;
 }

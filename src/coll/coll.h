@@ -19,6 +19,10 @@ typedef struct duet__layout {
   const int32_t *sn_size;    /* per super-node */
   const int32_t *sn_first;   /* per super-node: its first entry in members */
   const int32_t *members;    /* ranks grouped by super-node, rank order inside */
+  /* the ranks with local index j, in super-node order: rails[rail_first[j]
+   * .. rail_first[j + 1]) (j < the largest super-node's size) */
+  const int32_t *rails;
+  const int32_t *rail_first;
 } duet__layout_t;
 
 typedef struct duet__coll_args {

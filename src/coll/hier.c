@@ -17,6 +17,7 @@ int duet__hier_is_flat(const duet__layout_t *l) {
 
 duet_status_t duet__hier_init(duet__hier_t *h, const duet__coll_args_t *a, int rep_j) {
   const duet__layout_t *l = a->layout;
+  int32_t *reps;
   memset(h, 0, sizeof(*h));
   h->l = l;
   h->sn = l->supernode[a->rank];
@@ -24,31 +25,34 @@ duet_status_t duet__hier_init(duet__hier_t *h, const duet__coll_args_t *a, int r
   h->lr = l->local_rank[a->rank];
   h->ls = l->sn_size[h->sn];
   h->domain = l->members + l->sn_first[h->sn];
-  h->rail = malloc(sizeof(int32_t) * (size_t)h->nsn);
-  h->reps = malloc(sizeof(int32_t) * (size_t)h->nsn);
-  if (h->rail == NULL || h->reps == NULL) {
-    duet__hier_fini(h);
-    return DUET_ERR_NO_MEMORY;
+  h->rail = l->rails + l->rail_first[h->lr];
+  h->nrail = l->rail_first[h->lr + 1] - l->rail_first[h->lr];
+  for (int k = 0; k < h->sn; k++) /* the rail lists super-nodes in order */
+    h->rail_me += h->lr < l->sn_size[k];
+  if (l->uniform) { /* every super-node has local index rep_j */
+    int j = rep_j < h->ls ? rep_j : h->ls - 1;
+    h->reps = l->rails + l->rail_first[j];
+    h->nreps = h->nsn;
+    h->reps_me = h->lr == j ? h->sn : -1;
+    return DUET_SUCCESS;
   }
-  h->rail_me = h->reps_me = -1;
+  reps = malloc(sizeof(int32_t) * (size_t)h->nsn);
+  if (reps == NULL)
+    return DUET_ERR_NO_MEMORY;
+  h->reps = h->reps_own = reps;
+  h->reps_me = -1;
   for (int k = 0; k < h->nsn; k++) {
     int size = l->sn_size[k], j = rep_j < size ? rep_j : size - 1;
-    if (h->lr < size) {
-      if (k == h->sn)
-        h->rail_me = h->nrail;
-      h->rail[h->nrail++] = l->members[l->sn_first[k] + h->lr];
-    }
     if (l->members[l->sn_first[k] + j] == a->rank)
       h->reps_me = h->nreps;
-    h->reps[h->nreps++] = l->members[l->sn_first[k] + j];
+    reps[h->nreps++] = l->members[l->sn_first[k] + j];
   }
   return DUET_SUCCESS;
 }
 
 void duet__hier_fini(duet__hier_t *h) {
-  free(h->rail);
-  free(h->reps);
-  h->rail = h->reps = NULL;
+  free(h->reps_own);
+  h->reps = h->reps_own = NULL;
 }
 
 duet__view_t duet__hier_view(const duet__sched_t *s, const int32_t *ranks) {

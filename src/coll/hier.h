@@ -10,16 +10,19 @@
 
 typedef struct duet__hier {
   const duet__layout_t *l;
-  int sn, nsn;      /* this rank's super-node, super-node count */
-  int lr, ls;       /* local index and super-node size */
+  int sn, nsn;           /* this rank's super-node, super-node count */
+  int lr, ls;            /* local index and super-node size */
   const int32_t *domain; /* the ranks of this super-node (ls of them) */
-  int32_t *rail;    /* ranks with local index lr, one per super-node that has it */
+  const int32_t *rail;   /* ranks with local index lr, one per super-node that has it */
   int nrail, rail_me;
-  int32_t *reps;    /* one rank per super-node: local index min(j, size-1) */
-  int nreps, reps_me; /* reps_me: index of this rank in reps, or -1 */
+  const int32_t *reps; /* one rank per super-node: local index min(j, size-1) */
+  int nreps, reps_me;  /* reps_me: index of this rank in reps, or -1 */
+  int32_t *reps_own;   /* reps when it is not a rail (super-nodes of unequal size) */
 } duet__hier_t;
 
-/* Lists for the rank args->rank; reps are chosen for local index rep_j. */
+/* Lists for the rank args->rank; reps are chosen for local index rep_j.
+ * On super-nodes of equal size they are the layout's rails: nothing is
+ * allocated. */
 duet_status_t duet__hier_init(duet__hier_t *h, const duet__coll_args_t *a, int rep_j);
 void duet__hier_fini(duet__hier_t *h);
 

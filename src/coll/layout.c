@@ -10,12 +10,13 @@
 duet_status_t duet__layout_build(duet__layout_t *l, int nranks, const int32_t *supernode,
                                  int32_t **storage) {
   int nsn = 0;
-  int32_t *mem, *local, *size, *first, *members, *fill;
+  int32_t *mem, *local, *size, *first, *members, *fill, *rails, *rail_first;
+  int most = 0, n = 0;
 
   for (int r = 0; r < nranks; r++)
     if (supernode[r] + 1 > nsn)
       nsn = supernode[r] + 1;
-  mem = malloc(sizeof(int32_t) * ((size_t)nranks * 3 + (size_t)nsn * 3 + 1));
+  mem = malloc(sizeof(int32_t) * ((size_t)nranks * 5 + (size_t)nsn * 3 + 2));
   if (mem == NULL)
     return DUET_ERR_NO_MEMORY;
   local = mem;
@@ -23,6 +24,8 @@ duet_status_t duet__layout_build(duet__layout_t *l, int nranks, const int32_t *s
   size = members + nranks;
   first = size + nsn;
   fill = first + nsn;
+  rails = fill + nsn + 1;
+  rail_first = rails + nranks;
   memset(size, 0, sizeof(int32_t) * (size_t)nsn);
   for (int r = 0; r < nranks; r++)
     local[r] = size[supernode[r]]++;
@@ -33,6 +36,16 @@ duet_status_t duet__layout_build(duet__layout_t *l, int nranks, const int32_t *s
   }
   for (int r = 0; r < nranks; r++)
     members[fill[supernode[r]]++] = r;
+  /* the rails, so that the hierarchical builders allocate nothing per call */
+  for (int k = 0; k < nsn; k++)
+    most = size[k] > most ? size[k] : most;
+  for (int j = 0; j < most; j++) {
+    rail_first[j] = n;
+    for (int k = 0; k < nsn; k++)
+      if (j < size[k])
+        rails[n++] = members[first[k] + j];
+  }
+  rail_first[most] = n;
   l->nranks = nranks;
   l->nsupernodes = nsn;
   l->supernode = supernode;
@@ -40,6 +53,8 @@ duet_status_t duet__layout_build(duet__layout_t *l, int nranks, const int32_t *s
   l->sn_size = size;
   l->sn_first = first;
   l->members = members;
+  l->rails = rails;
+  l->rail_first = rail_first;
   l->uniform = 1;
   for (int k = 1; k < nsn; k++)
     if (size[k] != size[0])

@@ -75,6 +75,7 @@ void duet__sched_fini(duet__sched_t *s) {
   free(s->deps);
   free(s->outs);
   free(s->fill);
+  free(s->tmp);
   memset(s, 0, sizeof(*s));
 }
 
@@ -89,6 +90,8 @@ void duet__sched_reset(duet__sched_t *s) {
   s->outs_cap = keep.outs_cap;
   s->fill = keep.fill;
   s->fill_cap = keep.fill_cap;
+  s->tmp = keep.tmp;
+  s->tmp_cap = keep.tmp_cap;
 }
 
 static int duet__grow(void **p, uint32_t *cap, uint32_t need, size_t elem) {
@@ -105,6 +108,14 @@ static int duet__grow(void **p, uint32_t *cap, uint32_t need, size_t elem) {
   *p = np;
   *cap = ncap;
   return 0;
+}
+
+uint32_t *duet__sched_tmp(duet__sched_t *s, uint32_t n) {
+  if (duet__grow((void **)&s->tmp, &s->tmp_cap, n ? n : 1, sizeof(*s->tmp))) {
+    s->oom = 1;
+    return NULL;
+  }
+  return s->tmp;
 }
 
 uint32_t duet__sched_add(duet__sched_t *s, const duet__step_t *st, const uint32_t *deps,

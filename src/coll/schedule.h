@@ -82,6 +82,8 @@ typedef struct duet__sched {
   uint32_t max_msg; /* largest msg id used + 1 */
   int oom;          /* an add failed: the schedule is unusable */
   uint32_t bad_msg; /* a builder's message id outside its range (0: none), see finalize */
+  uint32_t *tmp;    /* a builder's working array (duet__sched_tmp) */
+  uint32_t tmp_cap;
   duet__view_t view; /* applied to every step added */
   uint32_t phase_first; /* first step of the current phase */
 } duet__sched_t;
@@ -114,6 +116,12 @@ uint32_t duet__sched_gate(duet__sched_t *s, uint32_t k, const uint32_t *deps, ui
 /* Zero-length messages (barrier tokens) are created by this call only. */
 uint32_t duet__sched_token(duet__sched_t *s, int kind, int peer, uint32_t msg,
                            const uint32_t *deps, uint32_t ndeps);
+
+/* A working array of n entries for the builder, kept with the schedule's
+ * other arrays across duet__sched_reset, so that a schedule rebuilt every
+ * call (alltoallv) allocates only when it grows; NULL when out of memory
+ * (s->oom set). Valid until the next call. */
+uint32_t *duet__sched_tmp(duet__sched_t *s, uint32_t n);
 
 /* The builder needs bytes of scratch (relative to the view). */
 void duet__sched_need_scratch(duet__sched_t *s, uint64_t bytes);

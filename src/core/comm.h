@@ -121,7 +121,8 @@ struct duet_request {
   int cache_slot;    /* index into comm->cache, or -1 */
   uint32_t cap;      /* steps the arrays below can hold */
   uint8_t *bufs[4];  /* indexed by DUET_BUF_* */
-  void *own_scratch; /* when the comm's scratch was busy */
+  void *own_scratch; /* when the comm's scratch was busy; kept by the pooled request */
+  uint64_t own_scratch_size;
   int uses_comm_scratch;
   duet_datatype_t dt;
   duet_op_t op;

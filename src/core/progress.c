@@ -364,7 +364,6 @@ void duet__request_reset(duet_request_t *req, duet_comm_t *comm, int coll, duet_
   req->op = op;
   req->sched = NULL;
   req->cache_slot = -1;
-  req->own_scratch = NULL;
   req->uses_comm_scratch = 0;
   req->qhead = req->qtail = req->nposted = req->ndone = 0;
   req->status = DUET_SUCCESS;
@@ -471,13 +470,19 @@ duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_a
       comm->scratch_busy = 1;
       req->uses_comm_scratch = 1;
       req->bufs[DUET_BUF_SCRATCH] = comm->scratch;
+    } else if (req->own_scratch_size >= need) {
+      /* several calls in flight: the pooled request's own, from an earlier one */
+      req->bufs[DUET_BUF_SCRATCH] = req->own_scratch;
     } else {
+      free(req->own_scratch);
+      req->own_scratch_size = 0;
       req->own_scratch = malloc(need);
       if (req->own_scratch == NULL) {
         rc = duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %llu bytes",
                              duet__coll_name(coll), (unsigned long long)need);
         goto out_free_req;
       }
+      req->own_scratch_size = need;
       req->bufs[DUET_BUF_SCRATCH] = req->own_scratch;
     }
   } else {
@@ -536,7 +541,9 @@ void duet__request_free(duet_request_t *req) {
   if (req->nposted > 0 && comm != NULL) {
     if (req->uses_comm_scratch) {
       /* A receive may still land in the scratch: it goes with the request. */
+      free(req->own_scratch);
       req->own_scratch = comm->scratch;
+      req->own_scratch_size = comm->scratch_size;
       comm->scratch = NULL;
       comm->scratch_size = 0;
       comm->scratch_busy = 0;
@@ -560,13 +567,12 @@ void duet__request_free(duet_request_t *req) {
     }
   }
   req->sched = NULL;
-  free(req->own_scratch);
-  req->own_scratch = NULL;
-  if (comm != NULL) {
+  if (comm != NULL) { /* pooled, with its own scratch if it has one */
     req->next = comm->free_reqs;
     comm->free_reqs = req;
     return;
   }
+  free(req->own_scratch);
   free(req->left);
   free(req->state);
   free(req->tpreq);

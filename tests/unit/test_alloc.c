@@ -284,6 +284,122 @@ Test(alloc, live_set_sees_kept_blocks) {
   cr_assert_gt(live_count(), before);
 }
 
+/* The hierarchy: four ranks as two super-nodes of two ("a", "b"), over the
+ * load/store UPN (its hierarchical calls: segment phases and a rail
+ * schedule) or over tcp (the hierarchical schedules); alltoallv's schedule
+ * is rebuilt every call, so its builder must not allocate. */
+typedef struct hier_arg {
+  duet_unique_id_t id;
+  const char *provider;
+  int rank;
+  pthread_barrier_t *bar;
+  int failed;
+} hier_arg_t;
+
+static int run_hier(duet_comm_t *c, int rank, float *a, float *b, int iters) {
+  size_t sc[4], rc[4], disp[4];
+  for (int q = 0; q < 4; q++) { /* rank s sends rank d 100 + 1000 s + 10 d elements */
+    sc[q] = 100 + 1000 * (size_t)rank + 10 * (size_t)q;
+    rc[q] = 100 + 1000 * (size_t)q + 10 * (size_t)rank;
+    disp[q] = 4000 * (size_t)q;
+  }
+  for (int i = 0; i < iters; i++) {
+    duet_request_t *r1, *r2, *r3;
+    if (duet_allreduce(a, b, 7, DUET_FLOAT32, DUET_SUM, c) ||
+        duet_allreduce(a, b, N / 4, DUET_FLOAT32, DUET_AVG, c) ||
+        duet_alltoall(a, b, 5000, DUET_FLOAT32, c) ||
+        duet_alltoallv(a, sc, disp, b, rc, disp, DUET_FLOAT32, c) ||
+        duet_allgather(a, b, 2000, DUET_FLOAT32, c) ||
+        duet_reduce_scatter(a, b, 2000, DUET_FLOAT32, DUET_SUM, c) ||
+        duet_broadcast(a, b, 3000, DUET_FLOAT32, 3, c) ||
+        duet_reduce(a, b, 3000, DUET_FLOAT32, DUET_MAX, 2, c) || duet_barrier(c))
+      return -1;
+    if (duet_iallreduce(a, b, 1000, DUET_FLOAT32, DUET_SUM, c, &r1) ||
+        duet_ialltoallv(a, sc, disp, b + N / 2, rc, disp, DUET_FLOAT32, c, &r2) ||
+        duet_iallgather(a, b + N / 4, 100, DUET_FLOAT32, c, &r3) || duet_wait(r3) ||
+        duet_wait(r1) || duet_wait(r2))
+      return -1;
+  }
+  return 0;
+}
+
+static void *hier_main(void *p) {
+  hier_arg_t *ha = p;
+  duet_config_t cfg = DUET_CONFIG_INIT;
+  duet_comm_t *c = NULL;
+  float *a = calloc(N, sizeof(float)), *b = calloc(N, sizeof(float));
+  cfg.upn_provider = ha->provider;
+  if (strcmp(ha->provider, "mem") != 0)
+    cfg.hpn_provider = ha->provider;
+  cfg.supernode = ha->rank < 2 ? "a" : "b";
+  cfg.timeout_ms = 60000;
+  ha->failed = 1;
+  if (a == NULL || b == NULL || duet_comm_init_rank(&c, 4, ha->id, ha->rank, &cfg) != DUET_SUCCESS)
+    goto out;
+  if (run_hier(c, ha->rank, a, b, WARMUP))
+    goto out_destroy;
+  pthread_barrier_wait(ha->bar);
+  if (ha->rank == 0)
+    atomic_store(&counting, 1);
+  pthread_barrier_wait(ha->bar);
+  if (run_hier(c, ha->rank, a, b, CALLS / 10))
+    goto out_destroy;
+  pthread_barrier_wait(ha->bar);
+  if (ha->rank == 0)
+    atomic_store(&counting, 0);
+  ha->failed = 0;
+out_destroy:
+  if (duet_comm_destroy(c) != DUET_SUCCESS)
+    ha->failed = 1;
+out:
+  free(a);
+  free(b);
+  return NULL;
+}
+
+static void hier_steady_state(const char *provider) {
+  pthread_t t[4];
+  pthread_barrier_t bar;
+  hier_arg_t ha[4];
+  duet_unique_id_t id;
+  cr_assert_eq(duet_get_unique_id(&id), DUET_SUCCESS, "%s", duet_last_error(NULL));
+  pthread_barrier_init(&bar, NULL, 4);
+  atomic_store(&allocs, 0);
+  for (int r = 0; r < 4; r++) {
+    ha[r].id = id;
+    ha[r].provider = provider;
+    ha[r].rank = r;
+    ha[r].bar = &bar;
+    pthread_create(&t[r], NULL, hier_main, &ha[r]);
+  }
+  for (int r = 0; r < 4; r++)
+    pthread_join(t[r], NULL);
+  pthread_barrier_destroy(&bar);
+  cr_assert_eq(ha[0].failed + ha[1].failed + ha[2].failed + ha[3].failed, 0, "a rank failed: %s",
+               duet_last_error(NULL));
+  cr_assert_eq(atomic_load(&allocs), 0,
+               "%ld allocations in %d x 12 steady-state hierarchical calls over %s",
+               atomic_load(&allocs), CALLS / 10, provider);
+}
+
+Test(alloc, hierarchical_calls_allocate_nothing_mem, .timeout = 240) {
+  hier_steady_state("mem");
+}
+
+/* The hierarchical schedules, forced (DUET_ALGO is read at init; over tcp
+ * the tuner would take flat algorithms for some calls), over libfabric's
+ * tcp;ofi_rxm for both networks. (Over duet's tcp transport, its pool of
+ * buffers for unexpected messages can still grow to a new high-water mark
+ * when four ranks share two cores.) */
+Test(alloc, hierarchical_calls_allocate_nothing_ofi_tcp, .timeout = 240) {
+  setenv("DUET_ALGO",
+         "allreduce=hier,alltoall=hier,alltoallv=hier,allgather=hier,reduce_scatter=hier,"
+         "broadcast=hier,reduce=hier,barrier=hier",
+         1);
+  hier_steady_state("tcp;ofi_rxm");
+  unsetenv("DUET_ALGO");
+}
+
 /* The counter sees duet's allocations: creating a unique id allocates (the
  * root's state), and so would a hot path that did. */
 Test(alloc, counter_sees_allocations) {
