@@ -15,10 +15,11 @@
  *
  * The inner phases reuse the flat algorithms through views.
  *
- * When every super-node has the load/store UPN (coll.c), a blocking call
- * runs phases 1 and 3 on the shared segment instead (an allreduce inside
- * the super-node, then an allgather of equal segments) and only phase 2 as
- * a schedule: duet__allreduce_hier_rail_build.
+ * When every super-node has the load/store UPN (coll.c), a call runs
+ * phases 1 and 3 on the shared segment instead (an allreduce inside the
+ * super-node, then an allgather of equal segments, or on unequal layouts
+ * a broadcast from the leader) and only phase 2 as a schedule:
+ * duet__allreduce_hier_rail_build, duet__allreduce_hier_leaders_build.
  */
 #include "coll/hier.h"
 #include "coll/ring.h"
@@ -59,6 +60,31 @@ duet_status_t duet__allreduce_hier_rail_build(const duet__coll_args_t *a, duet__
     v.msg_base = DUET_HIER_MSGS * 1;
     duet__sched_phase(s, &v);
     rc = inner_allreduce(a, h.rail_me, h.nrail, len, a->op, 1, s);
+  }
+  duet__hier_fini(&h);
+  if (rc == DUET_SUCCESS && s->oom)
+    rc = DUET_ERR_NO_MEMORY;
+  return rc;
+}
+
+/* Phase 2 of the unequal layouts alone (coll.c runs phases 1 and 3 on the
+ * load/store UPN): the leaders' allreduce, in place on recvbuf. */
+duet_status_t duet__allreduce_hier_leaders_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  duet__hier_t h;
+  duet__view_t v;
+  duet_status_t rc;
+
+  if (a->count == 0)
+    return DUET_SUCCESS;
+  if (duet__hier_is_flat(a->layout))
+    return DUET_ERR_INTERNAL;
+  rc = duet__hier_init(&h, a, 0);
+  if (rc == DUET_SUCCESS && h.reps_me >= 0) {
+    v = duet__hier_view(s, h.reps);
+    v.send = v.recv;
+    v.msg_base = DUET_HIER_MSGS * 4;
+    duet__sched_phase(s, &v);
+    rc = inner_allreduce(a, h.reps_me, h.nreps, a->count, a->op, 1, s);
   }
   duet__hier_fini(&h);
   if (rc == DUET_SUCCESS && s->oom)

@@ -158,7 +158,6 @@ static int duet__layout_consecutive(const duet__layout_t *l) {
 static int duet__mem_hier_ok(const duet_comm_t *comm, int coll) {
   int any_sizes = 0; /* the representatives' algorithms take any layout */
   switch (coll) {
-  case DUET_COLL_ALLREDUCE:
   case DUET_COLL_ALLTOALL:
   case DUET_COLL_ALLTOALLV:
     break;
@@ -167,6 +166,7 @@ static int duet__mem_hier_ok(const duet_comm_t *comm, int coll) {
     if (!duet__layout_consecutive(&comm->layout))
       return 0;
     break;
+  case DUET_COLL_ALLREDUCE:
   case DUET_COLL_BROADCAST:
   case DUET_COLL_REDUCE:
   case DUET_COLL_BARRIER:
@@ -201,6 +201,29 @@ static duet_status_t duet__mem_hier_allreduce(duet_comm_t *comm, duet__coll_args
   if (rc != DUET_SUCCESS)
     goto shm_failed;
   a->in_place = 1;
+  if (!comm->layout.uniform) { /* the leaders, then a broadcast from each */
+    rc = duet__request_post(comm, DUET_COLL_ALLREDUCE, a, duet__allreduce_hier_leaders_build,
+                            recvbuf, recvbuf, &req);
+    if (rc == DUET_SUCCESS) {
+      rc = duet__mem_await(comm, req);
+      duet__request_free(req);
+    }
+    if (rc != DUET_SUCCESS)
+      return rc;
+    phase = "broadcast inside the super-node";
+    rc = duet__shm_broadcast(comm->mem, j == 0 ? recvbuf : NULL, recvbuf, a->count * es, 0, yield,
+                             ms, err);
+    if (rc != DUET_SUCCESS)
+      goto shm_failed;
+    if (user_op == DUET_AVG)
+      duet__reduce_avg_finish(recvbuf, a->count, a->dt, comm->nranks);
+    { /* as mem_run counts an allreduce and a broadcast */
+      const uint64_t bytes = (uint64_t)(a->count * es);
+      comm->stats.upn_bytes_sent += bytes * (uint64_t)(L - 1) / (uint64_t)L + (j == 0 ? bytes : 0);
+      comm->stats.upn_bytes_recv += bytes * (uint64_t)(L - 1) / (uint64_t)L + (j == 0 ? 0 : bytes);
+    }
+    return DUET_SUCCESS;
+  }
   rc = duet__request_post(comm, DUET_COLL_ALLREDUCE, a, duet__allreduce_hier_rail_build, recvbuf,
                           recvbuf, &req);
   if (rc == DUET_SUCCESS) {

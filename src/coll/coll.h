@@ -60,6 +60,9 @@ duet_status_t duet__allreduce_hier_build(const duet__coll_args_t *args, duet__sc
  * allreduced on its rail, in place. Segments are count / L elements; the
  * last local rank's also holds the count % L after them. Uniform layouts. */
 duet_status_t duet__allreduce_hier_rail_build(const duet__coll_args_t *args, duet__sched_t *s);
+/* Phase 2 of the unequal layouts alone: the leaders' (local rank 0)
+ * allreduce of recvbuf, in place. */
+duet_status_t duet__allreduce_hier_leaders_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__allreduce_rabenseifner_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__broadcast_chain_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__broadcast_hier_build(const duet__coll_args_t *args, duet__sched_t *s);

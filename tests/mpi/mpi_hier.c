@@ -55,8 +55,9 @@
  *   sent == received over all ranks.
  * With unequal super-nodes the bounds are skipped (results are still checked).
  *
- * mem-upn (auto, two equal super-nodes of 2-4 ranks, default providers): a
- * blocking and a non-blocking allreduce, allgather, reduce_scatter,
+ * mem-upn (auto, two super-nodes of at least 2 ranks, 8 at most, default
+ * providers): a blocking and a non-blocking allreduce, allgather (equal
+ * sizes), reduce_scatter (equal sizes),
  * broadcast and reduce (root: the last rank) of 1, 1000 and 65537 float32
  * against MPI, and a barrier, each sending no UPN message (the
  * super-node's phases go through the shared segment); allgather and
@@ -1161,14 +1162,16 @@ out:
 
 /* ---- the load/store UPN ---- */
 
-/* Under auto on two equal super-nodes of 2 to 4 consecutive ranks (as
- * DUET_SUPERNODE per app context gives) with the default providers, the
- * tuner takes the hierarchy for allreduce, allgather and reduce_scatter at
- * every size, and for broadcast, reduce and barrier up to these sizes
- * (test_tune checks); every super-node sits on this host, so their UPN
- * phases go through the shared segment and send no UPN message, blocking
- * or not; allgather and reduce_scatter send (N-1) blocks over the HPN per
- * rank, the least they can. Collective: every rank must call it. */
+/* Under auto on two super-nodes of 2 or more consecutive ranks, 8 ranks at
+ * most (as DUET_SUPERNODE per app context gives), with the default
+ * providers, the tuner takes the hierarchy for allreduce, allgather and
+ * reduce_scatter at every size, and for broadcast, reduce and barrier up to
+ * these sizes (test_tune checks equal sizes; unequal ones take it too);
+ * every super-node sits on this host, so their UPN phases go through the
+ * shared segment and send no UPN message, blocking or not (allgather and
+ * reduce_scatter only on equal sizes); allgather and reduce_scatter send
+ * (N-1) blocks over the HPN per rank, the least they can. Collective:
+ * every rank must call it. */
 static int mem_upn(const ctx_t *c) {
   const char *upn = getenv("DUET_UPN_PROVIDER");
   int *sn = mt_xmalloc(sizeof(int) * (size_t)c->size), consecutive = 1;
@@ -1177,8 +1180,11 @@ static int mem_upn(const ctx_t *c) {
     for (int q = 0; q < r - 1 && sn[r] != sn[r - 1]; q++)
       consecutive &= sn[q] != sn[r]; /* a super-node starting again */
   free(sn);
-  return (upn == NULL || *upn == '\0' || strcmp(upn, "mem") == 0) && c->nsn == 2 && c->equal &&
-         c->ls > 1 && c->ls <= 4 && consecutive;
+  int smallest = c->size;
+  for (int k = 0; k < c->nsn; k++)
+    smallest = c->sn_sizes[k] < smallest ? c->sn_sizes[k] : smallest;
+  return (upn == NULL || *upn == '\0' || strcmp(upn, "mem") == 0) && c->nsn == 2 && smallest > 1 &&
+         c->size <= 8 && consecutive;
 }
 
 static long test_mem_upn(ctx_t *c) {
@@ -1197,7 +1203,8 @@ static long test_mem_upn(ctx_t *c) {
     duet_stats_t before, after;
     uint64_t d[6], hsum = 0;
     size_t rn = coll == 1 ? n * count : coll == 5 ? 0 : count; /* elements of the result */
-    if (coll == 5 && k / 12 > 0) { /* a barrier has no count */
+    /* a barrier has no count; allgather and reduce_scatter need equal sizes */
+    if ((coll == 5 && k / 12 > 0) || ((coll == 1 || coll == 2) && !c->equal)) {
       free(send), free(recv), free(ref);
       continue;
     }

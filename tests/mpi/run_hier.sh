@@ -5,8 +5,8 @@
 # Super-nodes are emulated on this one host with DUET_SUPERNODE, set per
 # mpirun app context (MPMD form: -np 3 -x DUET_SUPERNODE=a prog : -np 3 ...).
 # Layouts: one super-node of 4 (the host-name default), 2x2, 2x3, 3+1
-# (uneven), 4x1, three super-nodes of one rank, 1 rank, 2x4 and one
-# super-node of 5; over the default providers (shm inside a super-node, tcp
+# (uneven), 3+2 (uneven, each with the load/store UPN), 4x1, three
+# super-nodes of one rank, 1 rank, 2x4 and one super-node of 5; over the default providers (shm inside a super-node, tcp
 # across) in full for the layouts of up to 4 ranks (quick above), then over
 # DUET_UPN_PROVIDER=tcp DUET_HPN_PROVIDER=tcp, quick. DUET_TEST_QUICK=1
 # (sanitizer builds) runs 2x2 and 3+1, quick, default providers only.
@@ -74,8 +74,9 @@ if [ "${DUET_TEST_QUICK:-0}" = 1 ]; then
     run default "$layout" -q
   done
 else
-  # 1x4 (host name), 2x2, 2x3, 3+1, 4x1, 3 super-nodes of 1, 1 rank, 2x4, 1x5
-  layouts=${DUET_HIER_LAYOUTS:-"-:4 a:2,b:2 a:3,b:3 a:3,b:1 a:1,b:1,c:1,d:1 a:1,b:1,c:1 -:1 a:4,b:4 -:5"}
+  # 1x4 (host name), 2x2, 2x3, 3+1, 3+2, 4x1, 3 super-nodes of 1, 1 rank,
+  # 2x4, 1x5
+  layouts=${DUET_HIER_LAYOUTS:-"-:4 a:2,b:2 a:3,b:3 a:3,b:1 a:3,b:2 a:1,b:1,c:1,d:1 a:1,b:1,c:1 -:1 a:4,b:4 -:5"}
   for layout in $layouts; do
     if [ "$(nranks "$layout")" -le 4 ]; then
       run default "$layout"
