@@ -397,7 +397,7 @@ duet_status_t duet__alltoallv_hier_rail_build(const duet__coll_args_t *a, duet__
   const uint64_t es = a->dtsize, p = (uint64_t)a->nranks, *M = a->count_matrix;
   duet__hier_t h;
   duet_status_t rc;
-  uint64_t hoff;
+  uint64_t hoff, stage = 0; /* stage: where round m's blocks start */
 
   if (duet__hier_is_flat(l) || !l->uniform || M == NULL)
     return DUET_ERR_INTERNAL;
@@ -409,12 +409,13 @@ duet_status_t duet__alltoallv_hier_rail_build(const duet__coll_args_t *a, duet__
     const int32_t to = l->members[l->sn_first[(h.sn + m) % h.nsn] + h.lr];
     const int32_t *src_dom = l->members + l->sn_first[(h.sn - m + h.nsn) % h.nsn];
     const uint32_t mid = (uint32_t)m * (uint32_t)h.ls;
-    uint64_t off = duet__alltoallv_hier_stage(a, m), gtot = 0, rtot = 0;
+    uint64_t off = stage, gtot = 0, rtot = 0;
     uint32_t gate = duet__sched_gate(s, (uint32_t)(m - 1), NULL, 0);
     for (int i = 0; i < h.ls; i++) {
       gtot += M[(uint64_t)h.domain[i] * p + (uint64_t)to];
       rtot += a->rcounts[src_dom[i]];
     }
+    stage += gtot;
     if (!duet__alltoallv_hier_split(gtot * es, h.ls)) {
       duet__sched_send(s, to, (uint32_t)m, duet__ref(DUET_BUF_SCRATCH, off * es), gtot * es, &gate,
                        1);

@@ -140,21 +140,13 @@ duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a, const
                          duet__coll_name(a->coll), comm->seq, comm->rank, err);
 }
 
-/* The hierarchical allreduce and all-to-all with the load/store UPN: taken
- * by a call the tuner sends to the hierarchy when every super-node has the
- * shared segment and the same size (every rank decides alike); a
- * non-blocking one runs as a queued task (core/mem_queue.c). */
-/* Every super-node's ranks are consecutive, so that each super-node's
- * blocks of a buffer are one range (the segment's allgather and
- * reduce-scatter take contiguous blocks). */
-static int duet__layout_consecutive(const duet__layout_t *l) {
-  for (int k = 0; k < l->nsupernodes; k++)
-    for (int i = 1; i < l->sn_size[k]; i++)
-      if (l->members[l->sn_first[k] + i] != l->members[l->sn_first[k]] + i)
-        return 0;
-  return 1;
-}
-
+/* The hierarchical collectives with the load/store UPN (duet__mem_hier_run):
+ * taken by a call the tuner sends to the hierarchy when every super-node has
+ * the shared segment and the layout suits the collective (every rank
+ * decides alike); a non-blocking one runs as a queued task
+ * (core/mem_queue.c). All-to-all needs super-nodes of one size; allgather
+ * and reduce-scatter also need each super-node's ranks to be one range
+ * (the segment's calls take contiguous blocks). */
 static int duet__mem_hier_ok(const duet_comm_t *comm, int coll) {
   int any_sizes = 0; /* the representatives' algorithms take any layout */
   switch (coll) {
@@ -163,7 +155,7 @@ static int duet__mem_hier_ok(const duet_comm_t *comm, int coll) {
     break;
   case DUET_COLL_ALLGATHER:
   case DUET_COLL_REDUCE_SCATTER:
-    if (!duet__layout_consecutive(&comm->layout))
+    if (!comm->layout.consecutive)
       return 0;
     break;
   case DUET_COLL_ALLREDUCE:
@@ -180,6 +172,47 @@ static int duet__mem_hier_ok(const duet_comm_t *comm, int coll) {
          comm->local_rank == comm->layout.local_rank[comm->rank];
 }
 
+/* Post a schedule over the HPN (the rail or representatives' phase of a
+ * hierarchical call) with sendbuf and recvbuf, and wait for it; inside a
+ * task, the wait suspends it (duet__mem_await). */
+static duet_status_t duet__mem_schedule(duet_comm_t *comm, const duet__coll_args_t *a,
+                                        duet__coll_build_fn build, const void *sendbuf,
+                                        void *recvbuf) {
+  duet_request_t *req = NULL;
+  duet_status_t rc = duet__request_post(comm, a->coll, a, build, sendbuf, recvbuf, &req);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  rc = duet__mem_await(comm, req);
+  duet__request_free(req);
+  return rc;
+}
+
+/* The segment failed in a hierarchical call's phase inside the super-node:
+ * the communicator fails (its local ranks are out of step). */
+static duet_status_t duet__mem_failed(duet_comm_t *comm, const duet__coll_args_t *a,
+                                      duet_status_t rc, const char *phase, const char *err) {
+  comm->failed = rc;
+  return duet__set_error(comm, rc, "%s seq %u on rank %d (shared-memory UPN, %s): %s",
+                         duet__coll_name(a->coll), comm->seq, comm->rank, phase, err);
+}
+
+/* The communicator's staging buffer (partial results of a hierarchical
+ * call), at least bytes long; grown rarely. NULL, with the error set, when
+ * out of memory. */
+static char *duet__mem_stage(duet_comm_t *comm, const duet__coll_args_t *a, size_t bytes) {
+  if (comm->mem_stage_size < bytes) {
+    void *p = realloc(comm->mem_stage, bytes);
+    if (p == NULL) {
+      duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %zu bytes",
+                      duet__coll_name(a->coll), bytes);
+      return NULL;
+    }
+    comm->mem_stage = p;
+    comm->mem_stage_size = bytes;
+  }
+  return comm->mem_stage;
+}
+
 /* 1. the super-node's sum into every local rank's recvbuf (shared segment);
  * 2. segment j (duet__allreduce_hier_rail_build) on rail j over the HPN;
  * 3. the segments to every local rank (shared segment: an allgather of the
@@ -193,7 +226,6 @@ static duet_status_t duet__mem_hier_allreduce(duet_comm_t *comm, duet__coll_args
   const duet_op_t user_op = a->op;
   char *rb = recvbuf, err[DUET_SHM_ERRLEN] = "";
   const char *phase = "allreduce inside the super-node";
-  duet_request_t *req = NULL;
   duet_status_t rc;
 
   a->op = user_op == DUET_AVG ? DUET_SUM : user_op;
@@ -202,12 +234,7 @@ static duet_status_t duet__mem_hier_allreduce(duet_comm_t *comm, duet__coll_args
     goto shm_failed;
   a->in_place = 1;
   if (!comm->layout.uniform) { /* the leaders, then a broadcast from each */
-    rc = duet__request_post(comm, DUET_COLL_ALLREDUCE, a, duet__allreduce_hier_leaders_build,
-                            recvbuf, recvbuf, &req);
-    if (rc == DUET_SUCCESS) {
-      rc = duet__mem_await(comm, req);
-      duet__request_free(req);
-    }
+    rc = duet__mem_schedule(comm, a, duet__allreduce_hier_leaders_build, recvbuf, recvbuf);
     if (rc != DUET_SUCCESS)
       return rc;
     phase = "broadcast inside the super-node";
@@ -224,12 +251,7 @@ static duet_status_t duet__mem_hier_allreduce(duet_comm_t *comm, duet__coll_args
     }
     return DUET_SUCCESS;
   }
-  rc = duet__request_post(comm, DUET_COLL_ALLREDUCE, a, duet__allreduce_hier_rail_build, recvbuf,
-                          recvbuf, &req);
-  if (rc == DUET_SUCCESS) {
-    rc = duet__mem_await(comm, req);
-    duet__request_free(req);
-  }
+  rc = duet__mem_schedule(comm, a, duet__allreduce_hier_rail_build, recvbuf, recvbuf);
   if (rc != DUET_SUCCESS)
     return rc;
   phase = "allgather inside the super-node";
@@ -251,16 +273,16 @@ static duet_status_t duet__mem_hier_allreduce(duet_comm_t *comm, duet__coll_args
   return DUET_SUCCESS;
 
 shm_failed:
-  comm->failed = rc;
-  return duet__set_error(comm, rc, "%s seq %u on rank %d (shared-memory UPN, %s): %s",
-                         duet__coll_name(a->coll), comm->seq, comm->rank, phase, err);
+  return duet__mem_failed(comm, a, rc, phase, err);
 }
 
 /* One round's segment alltoallv: counts and displacements (elements) per
- * local rank, into *to (recvbuf, or the round's staging). */
+ * local rank, into *to (recvbuf, or the round's staging). alltoallv: staged,
+ * the elements the rounds before staged (rounds run m = 1, 2, ...). */
 typedef struct duet__a2a_round {
   size_t *sc, *sd, *rc, *rd;
   char *to;
+  uint64_t staged;
 } duet__a2a_round_t;
 
 /* alltoall: blocks of count elements; round m's staged in local rank order
@@ -284,7 +306,7 @@ static void duet__a2a_round(const duet_comm_t *comm, const duet__coll_args_t *a,
 }
 
 /* alltoallv: blocks as the count matrix sizes them, round m's packed in
- * local rank order at duet__alltoallv_hier_stage(m). */
+ * local rank order after the rounds before (duet__alltoallv_hier_stage). */
 static void duet__a2av_round(const duet_comm_t *comm, const duet__coll_args_t *a, char *scratch,
                              void *recvbuf, int m, duet__a2a_round_t *r) {
   const duet__layout_t *l = &comm->layout;
@@ -293,7 +315,7 @@ static void duet__a2av_round(const duet_comm_t *comm, const duet__coll_args_t *a
   const int32_t *domain = l->members + l->sn_first[sn];
   const size_t p = (size_t)comm->nranks;
   uint64_t off = 0;
-  r->to = m == 0 ? recvbuf : scratch + duet__alltoallv_hier_stage(a, m) * a->dtsize;
+  r->to = m == 0 ? recvbuf : scratch + r->staged * a->dtsize;
   for (int i = 0; i < L; i++) {
     r->sc[i] = a->scounts[dst_dom[i]];
     r->sd[i] = a->sdispls[dst_dom[i]];
@@ -302,6 +324,8 @@ static void duet__a2av_round(const duet_comm_t *comm, const duet__coll_args_t *a
     r->rd[i] = m == 0 ? a->rdispls[domain[i]] : off;
     off += r->rc[i];
   }
+  if (m > 0)
+    r->staged += off;
   if (m > 0 && duet__alltoallv_hier_split(off * a->dtsize, L))
     r->sc[j] = r->rc[j] = 0; /* the rail sends it from sendbuf */
 }
@@ -343,6 +367,7 @@ static duet_status_t duet__mem_hier_alltoall(duet_comm_t *comm, duet__coll_args_
   r.sd = r.sc + L;
   r.rc = r.sd + L;
   r.rd = r.rc + L;
+  r.staged = 0;
   rc = duet__request_post(comm, a->coll, a,
                           v ? duet__alltoallv_hier_rail_build : duet__alltoall_hier_rail_build,
                           sendbuf, recvbuf, &req);
@@ -378,11 +403,7 @@ static duet_status_t duet__mem_hier_alltoall(duet_comm_t *comm, duet__coll_args_
   duet__request_abandon(req, rc);
   if (err[0] == '\0') /* the networks failed, and said so */
     return rc;
-  comm->failed = rc;
-  return duet__set_error(comm, rc,
-                         "%s seq %u on rank %d (shared-memory UPN, exchange inside the "
-                         "super-node): %s",
-                         duet__coll_name(a->coll), comm->seq, comm->rank, err);
+  return duet__mem_failed(comm, a, rc, "exchange inside the super-node", err);
 }
 
 /* The hierarchical allgather with the load/store UPN (equal super-nodes of
@@ -433,11 +454,7 @@ static duet_status_t duet__mem_hier_allgather(duet_comm_t *comm, duet__coll_args
   return DUET_SUCCESS;
 
 shm_failed:
-  comm->failed = rc;
-  return duet__set_error(comm, rc,
-                         "%s seq %u on rank %d (shared-memory UPN, allgather inside "
-                         "the super-node): %s",
-                         duet__coll_name(a->coll), comm->seq, comm->rank, err);
+  return duet__mem_failed(comm, a, rc, "allgather inside the super-node", err);
 }
 
 /* The hierarchical reduce-scatter with the load/store UPN (equal super-nodes
@@ -456,66 +473,26 @@ static duet_status_t duet__mem_hier_reduce_scatter(duet_comm_t *comm, duet__coll
   const size_t S = a->count * a->dtsize, need = (size_t)N * S;
   const duet_op_t inner = a->op == DUET_AVG ? DUET_SUM : a->op;
   const char *sb = sendbuf;
-  char err[DUET_SHM_ERRLEN] = "";
+  char err[DUET_SHM_ERRLEN] = "", *stage;
   duet__coll_args_t rail = *a;
-  duet_request_t *req = NULL;
   duet_status_t rc = DUET_SUCCESS;
 
   if (S == 0)
     return DUET_SUCCESS;
-  if (comm->mem_stage_size < need) { /* grown rarely */
-    void *p = realloc(comm->mem_stage, need);
-    if (p == NULL)
-      return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %zu bytes",
-                             duet__coll_name(a->coll), need);
-    comm->mem_stage = p;
-    comm->mem_stage_size = need;
-  }
+  if ((stage = duet__mem_stage(comm, a, need)) == NULL)
+    return DUET_ERR_NO_MEMORY;
   for (int k = 0; k < N && rc == DUET_SUCCESS; k++) {
     const size_t first = (size_t)l->members[l->sn_first[k]];
-    rc = duet__shm_reduce_scatter(comm->mem, sb + first * S, comm->mem_stage + (size_t)k * S,
-                                  a->count, a->dt, inner, L, yield, ms, err);
+    rc = duet__shm_reduce_scatter(comm->mem, sb + first * S, stage + (size_t)k * S, a->count, a->dt,
+                                  inner, L, yield, ms, err);
   }
-  if (rc != DUET_SUCCESS) {
-    comm->failed = rc;
-    return duet__set_error(comm, rc,
-                           "%s seq %u on rank %d (shared-memory UPN, reduce-scatter "
-                           "inside the super-node): %s",
-                           duet__coll_name(a->coll), comm->seq, comm->rank, err);
-  }
+  if (rc != DUET_SUCCESS)
+    return duet__mem_failed(comm, a, rc, "reduce-scatter inside the super-node", err);
   comm->stats.upn_bytes_sent += (uint64_t)N * S * (uint64_t)(L - 1);
   comm->stats.upn_bytes_recv += (uint64_t)N * S * (uint64_t)(L - 1);
   rail.in_place = 0;
   rail.out_aliases_in = 0; /* it reads the stage, not sendbuf */
-  rc = duet__request_post(comm, a->coll, &rail, duet__reduce_scatter_hier_rail_build,
-                          comm->mem_stage, recvbuf, &req);
-  if (rc != DUET_SUCCESS)
-    return rc;
-  rc = duet__mem_await(comm, req);
-  duet__request_free(req);
-  return rc;
-}
-
-/* Post a representatives' phase (hier_small.c) with sendbuf and recvbuf,
- * and wait for it; every rank posts, so all take the sequence number. */
-static duet_status_t duet__mem_reps(duet_comm_t *comm, const duet__coll_args_t *a,
-                                    duet__coll_build_fn build, const void *sendbuf, void *recvbuf) {
-  duet_request_t *req = NULL;
-  duet_status_t rc = duet__request_post(comm, a->coll, a, build, sendbuf, recvbuf, &req);
-  if (rc != DUET_SUCCESS)
-    return rc;
-  rc = duet__mem_await(comm, req);
-  duet__request_free(req);
-  return rc;
-}
-
-static duet_status_t duet__mem_small_failed(duet_comm_t *comm, const duet__coll_args_t *a,
-                                            duet_status_t rc, const char *err) {
-  comm->failed = rc;
-  return duet__set_error(comm, rc,
-                         "%s seq %u on rank %d (shared-memory UPN, inside the "
-                         "super-node): %s",
-                         duet__coll_name(a->coll), comm->seq, comm->rank, err);
+  return duet__mem_schedule(comm, &rail, duet__reduce_scatter_hier_rail_build, stage, recvbuf);
 }
 
 /* The hierarchical broadcast with the load/store UPN: the root's data to
@@ -532,13 +509,13 @@ static duet_status_t duet__mem_hier_broadcast(duet_comm_t *comm, duet__coll_args
 
   if (bytes == 0)
     return DUET_SUCCESS;
-  rc = duet__mem_reps(comm, a, duet__broadcast_hier_rail_build, sendbuf, recvbuf);
+  rc = duet__mem_schedule(comm, a, duet__broadcast_hier_rail_build, sendbuf, recvbuf);
   if (rc != DUET_SUCCESS)
     return rc;
   rc = duet__shm_broadcast(comm->mem, comm->local_rank == rep ? recvbuf : NULL, recvbuf, bytes, rep,
                            comm->yield, comm->cfg.timeout_ms, err);
   if (rc != DUET_SUCCESS)
-    return duet__mem_small_failed(comm, a, rc, err);
+    return duet__mem_failed(comm, a, rc, "broadcast inside the super-node", err);
   if (comm->local_rank == rep)
     comm->stats.upn_bytes_sent += bytes;
   else
@@ -563,27 +540,18 @@ static duet_status_t duet__mem_hier_reduce(duet_comm_t *comm, duet__coll_args_t 
 
   if (bytes == 0)
     return DUET_SUCCESS;
-  if (comm->local_rank == rep && !is_root) {
-    if (comm->mem_stage_size < bytes) { /* grown rarely */
-      void *p = realloc(comm->mem_stage, bytes);
-      if (p == NULL)
-        return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %zu bytes",
-                               duet__coll_name(a->coll), bytes);
-      comm->mem_stage = p;
-      comm->mem_stage_size = bytes;
-    }
-    part = comm->mem_stage;
-  }
+  if (comm->local_rank == rep && !is_root && (part = duet__mem_stage(comm, a, bytes)) == NULL)
+    return DUET_ERR_NO_MEMORY;
   rc = duet__shm_reduce(comm->mem, sendbuf, part, a->count, a->dt, inner, ls, rep, comm->yield,
                         comm->cfg.timeout_ms, err);
   if (rc != DUET_SUCCESS)
-    return duet__mem_small_failed(comm, a, rc, err);
+    return duet__mem_failed(comm, a, rc, "reduce inside the super-node", err);
   if (comm->local_rank == rep)
     comm->stats.upn_bytes_recv += bytes * (uint64_t)(ls - 1);
   else
     comm->stats.upn_bytes_sent += bytes;
   rail.in_place = is_root; /* the root's partial result is in its recvbuf */
-  return duet__mem_reps(comm, &rail, duet__reduce_hier_rail_build, part, recvbuf);
+  return duet__mem_schedule(comm, &rail, duet__reduce_hier_rail_build, part, recvbuf);
 }
 
 /* The hierarchical barrier with the load/store UPN: a segment barrier, the
@@ -592,12 +560,13 @@ static duet_status_t duet__mem_hier_barrier(duet_comm_t *comm, duet__coll_args_t
   char err[DUET_SHM_ERRLEN] = "";
   duet_status_t rc = duet__shm_barrier(comm->mem, comm->yield, comm->cfg.timeout_ms, err);
   if (rc == DUET_SUCCESS) {
-    rc = duet__mem_reps(comm, a, duet__barrier_hier_rail_build, NULL, NULL);
+    rc = duet__mem_schedule(comm, a, duet__barrier_hier_rail_build, NULL, NULL);
     if (rc != DUET_SUCCESS)
       return rc;
     rc = duet__shm_barrier(comm->mem, comm->yield, comm->cfg.timeout_ms, err);
   }
-  return rc == DUET_SUCCESS ? rc : duet__mem_small_failed(comm, a, rc, err);
+  return rc == DUET_SUCCESS ? rc
+                            : duet__mem_failed(comm, a, rc, "barrier inside the super-node", err);
 }
 
 /* A hierarchical call on the load/store UPN (duet__mem_hier_ok), blocking

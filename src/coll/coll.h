@@ -14,6 +14,7 @@
 typedef struct duet__layout {
   int nranks, nsupernodes;
   int uniform;               /* every super-node has the same size */
+  int consecutive;           /* every super-node's ranks are one range */
   const int32_t *supernode;  /* per rank */
   const int32_t *local_rank; /* per rank */
   const int32_t *sn_size;    /* per super-node */

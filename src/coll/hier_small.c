@@ -21,32 +21,42 @@ static duet__coll_args_t sub_args(const duet__coll_args_t *a, int rank, int n, i
   return sub;
 }
 
-/* The representatives' broadcast from the root (super-node root_sn). */
-static duet_status_t bcast_reps(const duet__coll_args_t *a, duet__sched_t *s, const duet__hier_t *h,
-                                int root_sn) {
+/* The representatives' phase (message ids from DUET_HIER_MSGS * k): build
+ * among them, rooted at super-node root_sn's; nothing on other ranks. */
+static duet_status_t reps_phase(const duet__coll_args_t *a, duet__sched_t *s, const duet__hier_t *h,
+                                int root_sn, uint32_t k, duet__coll_build_fn build) {
   duet__coll_args_t sub;
   duet__view_t v;
   if (h->reps_me < 0)
     return DUET_SUCCESS;
   v = duet__hier_view(s, h->reps);
-  v.msg_base = DUET_HIER_MSGS * 0;
+  v.msg_base = DUET_HIER_MSGS * k;
   duet__sched_phase(s, &v);
   sub = sub_args(a, h->reps_me, h->nreps, root_sn);
-  return duet__broadcast_binomial_build(&sub, s);
+  return build(&sub, s);
+}
+
+/* That phase alone, representatives of local index rep_j (the *_rail_build
+ * of the load/store UPN). */
+static duet_status_t reps_only(const duet__coll_args_t *a, duet__sched_t *s, int rep_j, int root_sn,
+                               uint32_t k, duet__coll_build_fn build) {
+  duet__hier_t h;
+  duet_status_t rc;
+  if (duet__hier_is_flat(a->layout))
+    return DUET_ERR_INTERNAL;
+  rc = duet__hier_init(&h, a, rep_j);
+  if (rc == DUET_SUCCESS)
+    rc = reps_phase(a, s, &h, root_sn, k, build);
+  duet__hier_fini(&h);
+  return rc == DUET_SUCCESS && s->oom ? DUET_ERR_NO_MEMORY : rc;
 }
 
 duet_status_t duet__broadcast_hier_rail_build(const duet__coll_args_t *a, duet__sched_t *s) {
-  duet__hier_t h;
-  duet_status_t rc;
+  const duet__layout_t *l = a->layout;
   if (a->count == 0)
     return DUET_SUCCESS;
-  if (duet__hier_is_flat(a->layout))
-    return DUET_ERR_INTERNAL;
-  rc = duet__hier_init(&h, a, a->layout->local_rank[a->root]);
-  if (rc == DUET_SUCCESS)
-    rc = bcast_reps(a, s, &h, a->layout->supernode[a->root]);
-  duet__hier_fini(&h);
-  return rc == DUET_SUCCESS && s->oom ? DUET_ERR_NO_MEMORY : rc;
+  return reps_only(a, s, l->local_rank[a->root], l->supernode[a->root], 0,
+                   duet__broadcast_binomial_build);
 }
 
 /* Broadcast: root -> representatives over the HPN, then each representative
@@ -68,7 +78,7 @@ duet_status_t duet__broadcast_hier_build(const duet__coll_args_t *a, duet__sched
   rc = duet__hier_init(&h, a, root_lr);
   if (rc != DUET_SUCCESS)
     return rc;
-  rc = bcast_reps(a, s, &h, root_sn);
+  rc = reps_phase(a, s, &h, root_sn, 0, duet__broadcast_binomial_build);
   rep_lr = root_lr < h.ls ? root_lr : h.ls - 1;
   if (rc == DUET_SUCCESS) {
     v = duet__hier_view(s, h.domain);
@@ -86,24 +96,10 @@ duet_status_t duet__broadcast_hier_build(const duet__coll_args_t *a, duet__sched
  * representative's partial result (the root's may be its recvbuf). */
 duet_status_t duet__reduce_hier_rail_build(const duet__coll_args_t *a, duet__sched_t *s) {
   const duet__layout_t *l = a->layout;
-  duet__coll_args_t sub;
-  duet__hier_t h;
-  duet__view_t v;
-  duet_status_t rc;
   if (a->count == 0)
     return DUET_SUCCESS;
-  if (duet__hier_is_flat(l))
-    return DUET_ERR_INTERNAL;
-  rc = duet__hier_init(&h, a, l->local_rank[a->root]);
-  if (rc == DUET_SUCCESS && h.reps_me >= 0) {
-    v = duet__hier_view(s, h.reps);
-    v.msg_base = DUET_HIER_MSGS * 1;
-    duet__sched_phase(s, &v);
-    sub = sub_args(a, h.reps_me, h.nreps, l->supernode[a->root]);
-    rc = duet__reduce_binomial_build(&sub, s);
-  }
-  duet__hier_fini(&h);
-  return rc == DUET_SUCCESS && s->oom ? DUET_ERR_NO_MEMORY : rc;
+  return reps_only(a, s, l->local_rank[a->root], l->supernode[a->root], 1,
+                   duet__reduce_binomial_build);
 }
 
 /* Reduce: each super-node -> its representative over the UPN (into scratch,
@@ -156,22 +152,7 @@ duet_status_t duet__reduce_hier_build(const duet__coll_args_t *a, duet__sched_t 
 
 /* The leaders' barrier alone (local rank 0 of each super-node). */
 duet_status_t duet__barrier_hier_rail_build(const duet__coll_args_t *a, duet__sched_t *s) {
-  duet__coll_args_t sub;
-  duet__hier_t h;
-  duet__view_t v;
-  duet_status_t rc;
-  if (duet__hier_is_flat(a->layout))
-    return DUET_ERR_INTERNAL;
-  rc = duet__hier_init(&h, a, 0);
-  if (rc == DUET_SUCCESS && h.reps_me >= 0) {
-    v = duet__hier_view(s, h.reps);
-    v.msg_base = DUET_HIER_MSGS * 1;
-    duet__sched_phase(s, &v);
-    sub = sub_args(a, h.reps_me, h.nreps, 0);
-    rc = duet__barrier_dissem_build(&sub, s);
-  }
-  duet__hier_fini(&h);
-  return rc == DUET_SUCCESS && s->oom ? DUET_ERR_NO_MEMORY : rc;
+  return reps_only(a, s, 0, 0, 1, duet__barrier_dissem_build);
 }
 
 /* Barrier: inside the super-node, among leaders (local rank 0), inside the
@@ -192,13 +173,8 @@ duet_status_t duet__barrier_hier_build(const duet__coll_args_t *a, duet__sched_t
   duet__sched_phase(s, &v);
   sub = sub_args(a, h.lr, h.ls, 0);
   rc = duet__barrier_dissem_build(&sub, s);
-  if (rc == DUET_SUCCESS && h.reps_me >= 0) {
-    v = duet__hier_view(s, h.reps);
-    v.msg_base = DUET_HIER_MSGS * 1;
-    duet__sched_phase(s, &v);
-    sub = sub_args(a, h.reps_me, h.nreps, 0);
-    rc = duet__barrier_dissem_build(&sub, s);
-  }
+  if (rc == DUET_SUCCESS)
+    rc = reps_phase(a, s, &h, 0, 1, duet__barrier_dissem_build);
   if (rc == DUET_SUCCESS) {
     v = duet__hier_view(s, h.domain);
     v.msg_base = DUET_HIER_MSGS * 2;

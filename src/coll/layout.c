@@ -59,6 +59,11 @@ duet_status_t duet__layout_build(duet__layout_t *l, int nranks, const int32_t *s
   for (int k = 1; k < nsn; k++)
     if (size[k] != size[0])
       l->uniform = 0;
+  l->consecutive = 1;
+  for (int k = 0; k < nsn; k++)
+    for (int i = 1; i < size[k]; i++)
+      if (members[first[k] + i] != members[first[k]] + i)
+        l->consecutive = 0;
   *storage = mem;
   return DUET_SUCCESS;
 }
