@@ -60,7 +60,8 @@
  * oversubscribed, when the peer last ran on this CPU (each rank publishes
  * sched_getcpu() in its flag line), or after DUET_SHM_SPIN_MAX spins. The
  * clock is read only every few hundred iterations, so short waits make no
- * system call.
+ * system call. With more ranks than CPUs, the same published CPUs let the
+ * ranks even out their placement (see balance()).
  */
 #include "shm/shm.h"
 
@@ -115,6 +116,15 @@
 #define DUET_SHM_LLC_DEFAULT (32u << 20)
 #endif
 
+/* Calls between two placement checks of a rank (see balance()), and calls
+ * a rank that moved waits before it checks again. */
+#ifndef DUET_SHM_BALANCE_EVERY
+#define DUET_SHM_BALANCE_EVERY 16u
+#endif
+#ifndef DUET_SHM_BALANCE_HOLD
+#define DUET_SHM_BALANCE_HOLD 1024u
+#endif
+
 /* Pause iterations (~45 ns each on this class of machine, so ~45 us) a
  * waiter spins, when its peer runs on another core, before it yields even
  * with yield == 0. */
@@ -152,6 +162,9 @@ struct duet__shm {
   void (*suspend)(void *arg); /* non-blocking calls: waits suspend the task */
   void *suspend_arg;
   int awaited; /* the local rank a suspended wait is for, or -1 */
+  cpu_set_t cpus;      /* CPUs this rank may run on (at open) */
+  int ncpus;           /* how many; 0 when unknown */
+  uint64_t balance_at; /* call (seq) of the next placement check */
   char name[NAME_MAX + 1];
 };
 
@@ -201,11 +214,62 @@ static uint64_t *sync_flag(const duet__shm_t *shm, int r) {
   return &flag_line(shm, r)->value;
 }
 
+/*
+ * Oversubscribed hosts: with every core busy the scheduler has no idle core
+ * to pull work to and may leave ranks unevenly placed for many
+ * milliseconds, three on one core and one on the other of two; every call
+ * then waits for three context switches on the crowded core instead of two.
+ * Every DUET_SHM_BALANCE_EVERY calls a rank counts the ranks per CPU from
+ * the published CPUs; if its CPU holds two more than some CPU it may run on,
+ * the highest local rank there moves to that CPU (a one-CPU mask, then its
+ * own mask back: its affinity is left as it was). One rank moves per check,
+ * and a rank that moved waits many checks before it moves again, so duet
+ * and the kernel's balancer do not chase each other.
+ */
+static void balance(duet__shm_t *shm, int cpu) {
+  uint16_t count[CPU_SETSIZE] = {0};
+  int last = -1, fewest = -1;
+  cpu_set_t one;
+
+  if (shm->ncpus < 2 || shm->nranks <= shm->ncpus || cpu < 0 || cpu >= CPU_SETSIZE)
+    return;
+  for (int r = 0; r < shm->nranks; r++) {
+    int c = r == shm->rank ? cpu : __atomic_load_n(&flag_line(shm, r)->cpu, __ATOMIC_RELAXED);
+    if (c >= 0 && c < CPU_SETSIZE) {
+      count[c]++;
+      if (c == cpu)
+        last = r;
+    }
+  }
+  if (last != shm->rank) /* the highest local rank on this CPU moves, or none */
+    return;
+  for (int c = 0; c < CPU_SETSIZE; c++)
+    if (c != cpu && CPU_ISSET(c, &shm->cpus) && (fewest < 0 || count[c] < count[fewest]))
+      fewest = c;
+  if (fewest < 0 || count[fewest] + 2 > count[cpu])
+    return;
+  CPU_ZERO(&one);
+  CPU_SET(fewest, &one);
+  if (sched_setaffinity(0, sizeof(one), &one) != 0)
+    return;
+  if (sched_setaffinity(0, sizeof(shm->cpus), &shm->cpus) != 0)
+    DUET_WARN(DUET_SUB_COLL, "shm %s: could not restore the CPU mask: %s", shm->name,
+              strerror(errno));
+  shm->balance_at = shm->seq + DUET_SHM_BALANCE_HOLD;
+  DUET_INFO(DUET_SUB_COLL, "shm %s: local rank %d: %d ranks on cpu %d, %d on cpu %d; moved",
+            shm->name, shm->rank, count[cpu], cpu, count[fewest], fewest);
+}
+
 /* Publish the CPU this rank runs on (only when it changed: peers poll the
  * line). Returns it, or -1 if unknown. */
 static int publish_cpu(duet__shm_t *shm) {
   int cpu = sched_getcpu();
   int32_t *mine = &flag_line(shm, shm->rank)->cpu;
+  if (shm->seq >= shm->balance_at) {
+    shm->balance_at = shm->seq + DUET_SHM_BALANCE_EVERY;
+    balance(shm, cpu);
+    cpu = sched_getcpu();
+  }
   if (__atomic_load_n(mine, __ATOMIC_RELAXED) != cpu)
     __atomic_store_n(mine, cpu, __ATOMIC_RELAXED);
   return cpu;
@@ -511,6 +575,9 @@ duet_status_t duet__shm_open(duet__shm_t **shmp, const char *name, int local_ran
   shm->eager_stride = eager_stride();
   shm->nt_min = llc_bytes();
   shm->awaited = -1;
+  if (sched_getaffinity(0, sizeof(shm->cpus), &shm->cpus) == 0)
+    shm->ncpus = CPU_COUNT(&shm->cpus);
+  shm->balance_at = UINT64_MAX; /* until every rank has published its CPU */
 
   rc = local_rank == 0 ? shm_create(shm, errbuf) : shm_attach(shm, timeout_ms, errbuf);
   if (rc != DUET_SUCCESS)
@@ -523,6 +590,9 @@ duet_status_t duet__shm_open(duet__shm_t **shmp, const char *name, int local_ran
       shm_unlink(shm->name);
     goto out_unmap;
   }
+  /* every rank's CPU is published now: place the ranks evenly from the start */
+  shm->balance_at = DUET_SHM_BALANCE_EVERY;
+  balance(shm, sched_getcpu());
   DUET_INFO(DUET_SUB_INIT, "shm %s: local rank %d of %d attached, %zu bytes", shm->name, local_rank,
             local_size, shm->size);
   *shmp = shm;

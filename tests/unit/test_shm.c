@@ -15,6 +15,7 @@
 #include <criterion/criterion.h>
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -55,9 +56,28 @@ static int segment_exists(const char *name) {
 typedef int (*child_fn)(duet__shm_t *shm, int rank, int L, void *arg);
 
 /* Child: open, let rank 0 unlink after the collective open, run fn, close. */
+/* Placement tests: before opening, a child sits on place_cpu[rank] with
+ * place_mask as its CPU mask (place_set). */
+static int place_set;
+static int place_cpu[MAX_L];
+static cpu_set_t place_mask;
+
+static void child_place(int rank) {
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(place_cpu[rank], &one);
+  if (sched_setaffinity(0, sizeof(one), &one) != 0 ||
+      sched_setaffinity(0, sizeof(place_mask), &place_mask) != 0) {
+    fprintf(stderr, "rank %d: sched_setaffinity: %s\n", rank, strerror(errno));
+    _exit(91);
+  }
+}
+
 static void child_main(const char *name, int rank, int L, child_fn fn, void *arg) {
   char err[DUET_SHM_ERRLEN];
   duet__shm_t *shm = NULL;
+  if (place_set)
+    child_place(rank);
   duet_status_t rc = duet__shm_open(&shm, name, rank, L, OPEN_TIMEOUT_MS, err);
   if (rc != DUET_SUCCESS) {
     fprintf(stderr, "rank %d: open %s: %d %s\n", rank, name, (int)rc, err);
@@ -1397,4 +1417,66 @@ Test(shm, bad_arguments) {
                DUET_ERR_INVALID_ARGUMENT);
   duet__shm_close(shm);
   cr_expect(!segment_exists(name));
+}
+
+/* ---- placement on an oversubscribed host ---- */
+
+typedef struct {
+  int cpu[MAX_L];     /* where each rank ended */
+  int mask_ok[MAX_L]; /* its CPU mask was place_mask again */
+} place_report_t;
+
+static int barriers_then_report(duet__shm_t *shm, int rank, int L, void *arg) {
+  place_report_t *rep = arg;
+  char err[DUET_SHM_ERRLEN];
+  cpu_set_t now;
+  (void)L;
+  for (int i = 0; i < 400; i++)
+    if (duet__shm_barrier(shm, 1, CALL_TIMEOUT_MS, err) != DUET_SUCCESS) {
+      fprintf(stderr, "rank %d: barrier %d: %s\n", rank, i, err);
+      return 1;
+    }
+  rep->cpu[rank] = sched_getcpu();
+  rep->mask_ok[rank] = sched_getaffinity(0, sizeof(now), &now) == 0 && CPU_EQUAL(&now, &place_mask);
+  return duet__shm_barrier(shm, 1, CALL_TIMEOUT_MS, err) == DUET_SUCCESS ? 0 : 1;
+}
+
+/* Four ranks that may run on two CPUs start three on the first and one on
+ * the second (the scheduler, with no idle CPU, can leave them so for tens
+ * of milliseconds). The engine moves one so that each CPU has two, and
+ * leaves every rank's CPU mask as it was. With one CPU there is nothing to
+ * move: the ranks stay and the mask is kept. */
+Test(shm, ranks_spread_over_cpus_masks_kept) {
+  cpu_set_t all;
+  int c[2], n = 0;
+  cr_assert(sched_getaffinity(0, sizeof(all), &all) == 0);
+  for (int i = 0; i < CPU_SETSIZE && n < 2; i++)
+    if (CPU_ISSET(i, &all))
+      c[n++] = i;
+  if (n == 1)
+    c[1] = c[0];
+  CPU_ZERO(&place_mask);
+  CPU_SET(c[0], &place_mask);
+  CPU_SET(c[1], &place_mask);
+  for (int r = 0; r < 4; r++)
+    place_cpu[r] = r < 3 ? c[0] : c[1];
+  place_report_t *rep =
+      mmap(NULL, sizeof(*rep), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  cr_assert(rep != MAP_FAILED);
+  place_set = 1;
+  int failed = run_group(4, barriers_then_report, rep);
+  place_set = 0;
+  cr_assert_eq(failed, 0);
+  int on_first = 0;
+  for (int r = 0; r < 4; r++) {
+    cr_expect(rep->mask_ok[r], "rank %d: CPU mask changed", r);
+    cr_expect(rep->cpu[r] == c[0] || rep->cpu[r] == c[1], "rank %d on cpu %d", r, rep->cpu[r]);
+    on_first += rep->cpu[r] == c[0];
+  }
+  if (n == 2)
+    cr_expect_eq(on_first, 2, "%d of 4 ranks on cpu %d, %d on cpu %d after 400 barriers", on_first,
+                 c[0], 4 - on_first, c[1]);
+  else
+    cr_expect_eq(on_first, 4);
+  munmap(rep, sizeof(*rep));
 }
