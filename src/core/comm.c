@@ -487,6 +487,21 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
   if (rc != DUET_SUCCESS)
     goto out_set_thread_error;
 
+  /* Oversubscribed without a load/store segment (which evens out its own
+   * ranks, shm.c): watch where the host's ranks run (topo/place.c). */
+  if (comm->yield && comm->mem == NULL &&
+      sched_getaffinity(0, sizeof(comm->place_mask), &comm->place_mask) == 0 &&
+      CPU_COUNT(&comm->place_mask) >= 2 && comm->host_ranks > CPU_COUNT(&comm->place_mask)) {
+    comm->place_pid = malloc((size_t)comm->host_ranks * sizeof(int));
+    for (int r = 0; comm->place_pid != NULL && r < nranks; r++)
+      if (strcmp(info[r].host, info[rank].host) == 0) {
+        if (r == rank)
+          comm->place_me = comm->place_n;
+        comm->place_pid[comm->place_n++] = (int)info[r].pid;
+      }
+    duet__comm_place(comm);
+  }
+
   if (duet__registry_add(comm) != 0) {
     rc = duet__set_error(NULL, DUET_ERR_NO_MEMORY, "duet_comm_init: out of memory");
     goto out_close_nets;
@@ -516,6 +531,7 @@ out_free_comm:
   free(info);
   free(amine);
   free(aall);
+  free(comm->place_pid);
   free(comm->peers);
   free(comm->layout_sn);
   free(comm->layout_mem);
@@ -598,6 +614,7 @@ void duet__comm_free(duet_comm_t *comm) {
   free(comm->peers);
   free(comm->layout_sn);
   free(comm->layout_mem);
+  free(comm->place_pid);
   comm->magic = 0;
   free(comm);
 }

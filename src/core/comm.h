@@ -4,6 +4,7 @@
 #ifndef DUET_COMM_H
 #define DUET_COMM_H
 
+#include <sched.h>
 #include <stdint.h>
 
 #include "coll/coll.h"
@@ -83,6 +84,10 @@ struct duet_comm {
   int one_host;         /* the whole comm is on one host */
   int domains_one_host; /* every super-node is on one host (UPN default shm) */
   int yield;            /* more ranks than cores on this host: progress yields */
+  int *place_pid;       /* oversubscribed, no load/store segment: the host's ranks' pids */
+  int place_n, place_me;  /* how many, and this rank's index among them */
+  cpu_set_t place_mask;   /* the CPUs this rank may run on */
+  uint64_t place_next_ns; /* when duet__comm_place next looks */
   duet__peer_t *peers;
   duet__layout_t layout;    /* super-nodes and rails, for the hierarchy */
   int32_t *layout_sn;       /* per rank super-node index (layout.supernode) */
@@ -202,6 +207,9 @@ duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_a
                                  duet_request_t **req);
 duet_status_t duet__progress(duet_comm_t *comm);
 duet_status_t duet__request_wait(duet_request_t *req);
+/* Oversubscribed host without a load/store segment: even out where its
+ * ranks run (progress.c; topo/place.c). Cheap when not due. */
+void duet__comm_place(duet_comm_t *comm);
 /* Open gates 0 .. k of a posted request: its DUET_STEP_GATE steps up to k
  * complete (at its next progress). Gates open in order. */
 void duet__request_open_gate(duet_request_t *req, uint32_t k);

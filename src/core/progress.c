@@ -17,6 +17,7 @@
 #include "core/comm.h"
 #include "core/log.h"
 #include "reduce/reduce.h"
+#include "topo/topo.h"
 
 /* An oversubscribed rank waiting for a request sleeps on its networks' wait
  * descriptors after this many polls in a row found nothing to do, for at
@@ -692,12 +693,37 @@ static void duet__timeout_message(duet_request_t *req, uint64_t waited_ms) {
   DUET_WARN(DUET_SUB_COLL, "%s", comm->last_error);
 }
 
+/* Oversubscribed, no load/store segment: look, at most every
+ * DUET_PLACE_PERIOD_NS, where the host's ranks run (/proc), and move this
+ * rank if it is the one that should (topo/place.c). After a move, wait
+ * DUET_PLACE_HOLD_NS. */
+#define DUET_PLACE_PERIOD_NS 5000000ull
+#define DUET_PLACE_HOLD_NS 50000000ull
+void duet__comm_place(duet_comm_t *comm) {
+  int where[64], to;
+  uint64_t now = duet__now_ns();
+
+  if (comm->place_pid == NULL || comm->place_n > 64 || now < comm->place_next_ns)
+    return;
+  comm->place_next_ns = now + DUET_PLACE_PERIOD_NS;
+  for (int i = 0; i < comm->place_n; i++)
+    where[i] = i == comm->place_me ? sched_getcpu() : duet__place_proc_cpu(comm->place_pid[i]);
+  to = duet__place_pick(where, comm->place_n, comm->place_me, &comm->place_mask);
+  if (to < 0 || duet__place_move(to, &comm->place_mask) != 0)
+    return;
+  comm->place_next_ns = now + DUET_PLACE_HOLD_NS;
+  DUET_INFO(DUET_SUB_COLL, "rank %d: moved from cpu %d to cpu %d", comm->rank,
+            where[comm->place_me], to);
+}
+
 /* Block until req completes or the deadline passes. Does not free req. */
 duet_status_t duet__request_wait(duet_request_t *req) {
   duet_comm_t *comm = req->comm;
   const uint64_t limit_ns = (uint64_t)comm->cfg.timeout_ms * 1000000ull;
   unsigned spins = 0, idle = 0;
 
+  if (comm->place_pid != NULL)
+    duet__comm_place(comm);
   /* Only load/store calls are pending: run them up to req with the engine's
    * own waits (spin, yield when oversubscribed, deadline), as the blocking
    * calls do, until done or one posts a schedule (the hierarchical

@@ -81,6 +81,7 @@
 
 #include "core/log.h"
 #include "reduce/reduce.h"
+#include "topo/topo.h"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -214,50 +215,24 @@ static uint64_t *sync_flag(const duet__shm_t *shm, int r) {
   return &flag_line(shm, r)->value;
 }
 
-/*
- * Oversubscribed hosts: with every core busy the scheduler has no idle core
- * to pull work to and may leave ranks unevenly placed for many
- * milliseconds, three on one core and one on the other of two; every call
- * then waits for three context switches on the crowded core instead of two.
- * Every DUET_SHM_BALANCE_EVERY calls a rank counts the ranks per CPU from
- * the published CPUs; if its CPU holds two more than some CPU it may run on,
- * the highest local rank there moves to that CPU (a one-CPU mask, then its
- * own mask back: its affinity is left as it was). One rank moves per check,
- * and a rank that moved waits many checks before it moves again, so duet
- * and the kernel's balancer do not chase each other.
- */
+/* Oversubscribed hosts (topo/place.c): every DUET_SHM_BALANCE_EVERY calls
+ * a rank reads its peers' published CPUs; if it is the rank that should
+ * move to even them out, it moves. A rank that moved waits many checks
+ * before it moves again, so duet and the kernel's balancer do not chase
+ * each other. */
 static void balance(duet__shm_t *shm, int cpu) {
-  uint16_t count[CPU_SETSIZE] = {0};
-  int last = -1, fewest = -1;
-  cpu_set_t one;
+  int where[SHM_MAX_RANKS], to;
 
-  if (shm->ncpus < 2 || shm->nranks <= shm->ncpus || cpu < 0 || cpu >= CPU_SETSIZE)
+  if (shm->ncpus < 2 || shm->nranks <= shm->ncpus)
     return;
-  for (int r = 0; r < shm->nranks; r++) {
-    int c = r == shm->rank ? cpu : __atomic_load_n(&flag_line(shm, r)->cpu, __ATOMIC_RELAXED);
-    if (c >= 0 && c < CPU_SETSIZE) {
-      count[c]++;
-      if (c == cpu)
-        last = r;
-    }
-  }
-  if (last != shm->rank) /* the highest local rank on this CPU moves, or none */
+  for (int r = 0; r < shm->nranks; r++)
+    where[r] = r == shm->rank ? cpu : __atomic_load_n(&flag_line(shm, r)->cpu, __ATOMIC_RELAXED);
+  to = duet__place_pick(where, shm->nranks, shm->rank, &shm->cpus);
+  if (to < 0 || duet__place_move(to, &shm->cpus) != 0)
     return;
-  for (int c = 0; c < CPU_SETSIZE; c++)
-    if (c != cpu && CPU_ISSET(c, &shm->cpus) && (fewest < 0 || count[c] < count[fewest]))
-      fewest = c;
-  if (fewest < 0 || count[fewest] + 2 > count[cpu])
-    return;
-  CPU_ZERO(&one);
-  CPU_SET(fewest, &one);
-  if (sched_setaffinity(0, sizeof(one), &one) != 0)
-    return;
-  if (sched_setaffinity(0, sizeof(shm->cpus), &shm->cpus) != 0)
-    DUET_WARN(DUET_SUB_COLL, "shm %s: could not restore the CPU mask: %s", shm->name,
-              strerror(errno));
   shm->balance_at = shm->seq + DUET_SHM_BALANCE_HOLD;
-  DUET_INFO(DUET_SUB_COLL, "shm %s: local rank %d: %d ranks on cpu %d, %d on cpu %d; moved",
-            shm->name, shm->rank, count[cpu], cpu, count[fewest], fewest);
+  DUET_INFO(DUET_SUB_COLL, "shm %s: local rank %d: moved from cpu %d to cpu %d", shm->name,
+            shm->rank, cpu, to);
 }
 
 /* Publish the CPU this rank runs on (only when it changed: peers poll the

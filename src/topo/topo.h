@@ -4,6 +4,7 @@
 #ifndef DUET_TOPO_H
 #define DUET_TOPO_H
 
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -13,6 +14,17 @@
 /* Cores the job may use on this host (the allowed cpuset; falls back to
  * sysconf). Ranks beyond this count oversubscribe the host. */
 int duet__topo_ncores(void);
+
+/* Placement on an oversubscribed host (place.c). cpu[r] is the CPU rank r
+ * of n last ran on (-1 unknown), me this rank, mask the CPUs it may run on.
+ * Returns the CPU this rank should move to, or -1: only when it is the
+ * highest rank on a CPU that holds at least two more ranks than some other
+ * CPU of the mask, and only when there are more ranks than CPUs. */
+int duet__place_pick(const int *cpu, int n, int me, const cpu_set_t *mask);
+/* Move the calling thread to `target`, then give it `mask` back. 0 or -1. */
+int duet__place_move(int target, const cpu_set_t *mask);
+/* The CPU process `pid` last ran on, from /proc, or -1. */
+int duet__place_proc_cpu(int pid);
 
 /* --- This host's topology: cores, NUMA nodes, network devices and where they
  * sit. duet pins nothing; it reports locality so a rank (or duet_info) can

@@ -224,3 +224,68 @@ Test(topo, this_host_bound_to_one_cpu) {
   hwloc_bitmap_free(set);
   hwloc_topology_destroy(topo);
 }
+
+/* ---- placement on an oversubscribed host (place.c) ---- */
+
+static cpu_set_t mask_of(int ncpus) {
+  cpu_set_t m;
+  CPU_ZERO(&m);
+  for (int c = 0; c < ncpus; c++)
+    CPU_SET(c, &m);
+  return m;
+}
+
+/* Three ranks on CPU 0 and one on CPU 1: only the highest rank on CPU 0
+ * moves, to CPU 1; after it, nobody does. */
+Test(topo, place_three_plus_one_moves_one) {
+  cpu_set_t m = mask_of(2);
+  int cpu[4] = {0, 0, 1, 0};
+  cr_expect_eq(duet__place_pick(cpu, 4, 0, &m), -1);
+  cr_expect_eq(duet__place_pick(cpu, 4, 1, &m), -1);
+  cr_expect_eq(duet__place_pick(cpu, 4, 2, &m), -1);
+  cr_expect_eq(duet__place_pick(cpu, 4, 3, &m), 1);
+  cpu[3] = 1;
+  for (int r = 0; r < 4; r++)
+    cr_expect_eq(duet__place_pick(cpu, 4, r, &m), -1, "rank %d moves from an even placement", r);
+}
+
+/* All on one CPU: the highest moves to the lowest emptiest CPU. */
+Test(topo, place_all_on_one_cpu) {
+  cpu_set_t m = mask_of(3);
+  int cpu[6] = {2, 2, 2, 2, 2, 2};
+  cr_expect_eq(duet__place_pick(cpu, 6, 5, &m), 0);
+  cr_expect_eq(duet__place_pick(cpu, 6, 4, &m), -1);
+}
+
+/* No more ranks than CPUs: the scheduler has idle CPUs to balance with. */
+Test(topo, place_not_oversubscribed) {
+  cpu_set_t m = mask_of(4);
+  int cpu[4] = {0, 0, 0, 0};
+  cr_expect_eq(duet__place_pick(cpu, 4, 3, &m), -1);
+}
+
+/* Only CPUs of the mask are targets, a rank outside its mask stays, and
+ * ranks whose CPU is unknown (-1) are not counted. */
+Test(topo, place_respects_the_mask) {
+  cpu_set_t m;
+  CPU_ZERO(&m);
+  CPU_SET(1, &m);
+  CPU_SET(3, &m);
+  int cpu[5] = {1, 1, 1, 3, 3};
+  cr_expect_eq(duet__place_pick(cpu, 5, 2, &m), -1, "3 against 2 is even enough");
+  int crowd[5] = {1, 1, 1, 1, 3};
+  cr_expect_eq(duet__place_pick(crowd, 5, 3, &m), 3, "never CPU 0 or 2, outside the mask");
+  int outside[5] = {1, 1, 1, 3, 0};
+  cr_expect_eq(duet__place_pick(outside, 5, 4, &m), -1);
+  int unknown[5] = {1, 1, -1, -1, 3};
+  cr_expect_eq(duet__place_pick(unknown, 5, 1, &m), -1, "2 against 1 with 2 unknown");
+}
+
+/* This process's CPU as /proc tells it: one of those it may run on. */
+Test(topo, place_proc_cpu_of_self) {
+  cpu_set_t m;
+  cr_assert(sched_getaffinity(0, sizeof(m), &m) == 0);
+  int c = duet__place_proc_cpu((int)getpid());
+  cr_expect(c >= 0 && c < CPU_SETSIZE && CPU_ISSET(c, &m), "cpu %d", c);
+  cr_expect_eq(duet__place_proc_cpu(-5), -1);
+}
