@@ -698,7 +698,7 @@ static void duet__timeout_message(duet_request_t *req, uint64_t waited_ms) {
  * rank if it is the one that should (topo/place.c). After a move, wait
  * DUET_PLACE_HOLD_NS. */
 #define DUET_PLACE_PERIOD_NS 5000000ull
-#define DUET_PLACE_HOLD_NS 50000000ull
+#define DUET_PLACE_HOLD_NS (4 * DUET_PLACE_PERIOD_NS)
 void duet__comm_place(duet_comm_t *comm) {
   int where[64], to;
   uint64_t now = duet__now_ns();
@@ -708,7 +708,8 @@ void duet__comm_place(duet_comm_t *comm) {
   comm->place_next_ns = now + DUET_PLACE_PERIOD_NS;
   for (int i = 0; i < comm->place_n; i++)
     where[i] = i == comm->place_me ? sched_getcpu() : duet__place_proc_cpu(comm->place_pid[i]);
-  to = duet__place_pick(where, comm->place_n, comm->place_me, &comm->place_mask);
+  to = duet__place_pick(where, comm->place_n, comm->place_me, &comm->place_mask,
+                        now / DUET_PLACE_PERIOD_NS);
   if (to < 0 || duet__place_move(to, &comm->place_mask) != 0)
     return;
   comm->place_next_ns = now + DUET_PLACE_HOLD_NS;

@@ -123,7 +123,7 @@
 #define DUET_SHM_BALANCE_EVERY 16u
 #endif
 #ifndef DUET_SHM_BALANCE_HOLD
-#define DUET_SHM_BALANCE_HOLD 1024u
+#define DUET_SHM_BALANCE_HOLD (4u * DUET_SHM_BALANCE_EVERY)
 #endif
 
 /* Pause iterations (~45 ns each on this class of machine, so ~45 us) a
@@ -217,9 +217,9 @@ static uint64_t *sync_flag(const duet__shm_t *shm, int r) {
 
 /* Oversubscribed hosts (topo/place.c): every DUET_SHM_BALANCE_EVERY calls
  * a rank reads its peers' published CPUs; if it is the rank that should
- * move to even them out, it moves. A rank that moved waits many checks
- * before it moves again, so duet and the kernel's balancer do not chase
- * each other. */
+ * move to even them out, it moves. Every rank checks at the same calls, so
+ * they agree whose turn it is. A rank that moved skips a few checks: its
+ * published CPU is stale until its next call. */
 static void balance(duet__shm_t *shm, int cpu) {
   int where[SHM_MAX_RANKS], to;
 
@@ -227,7 +227,8 @@ static void balance(duet__shm_t *shm, int cpu) {
     return;
   for (int r = 0; r < shm->nranks; r++)
     where[r] = r == shm->rank ? cpu : __atomic_load_n(&flag_line(shm, r)->cpu, __ATOMIC_RELAXED);
-  to = duet__place_pick(where, shm->nranks, shm->rank, &shm->cpus);
+  to = duet__place_pick(where, shm->nranks, shm->rank, &shm->cpus,
+                        shm->seq / DUET_SHM_BALANCE_EVERY);
   if (to < 0 || duet__place_move(to, &shm->cpus) != 0)
     return;
   shm->balance_at = shm->seq + DUET_SHM_BALANCE_HOLD;

@@ -6,11 +6,11 @@
  * core and one on the other of two. Every call then waits for three context
  * switches on the crowded core instead of two (4 ranks on 2 cores, 8-byte
  * all-to-all on the load/store path: 4.0 against 2.0 us; allreduce over
- * tcp: 48 against 25 us). Ranks that see where their peers run move the
- * one rank that should move: duet__place_pick decides, duet__place_move
- * moves. A move sets a one-CPU mask and then restores the thread's own
- * mask, so the scheduler may still place the rank as it likes later: duet
- * binds nothing.
+ * tcp: 48 against 25 us). Ranks that see where their peers run move one
+ * rank of a crowded CPU: duet__place_pick decides which, by a turn every
+ * rank computes alike, and duet__place_move moves it. A move sets a one-CPU mask and then restores
+ * the thread's own mask, so the scheduler may still place the rank as it likes later: duet binds
+ * nothing.
  *
  * The load/store engine reads its peers' CPUs from their flag lines
  * (shm.c); other paths read /proc/<pid>/stat of the host's ranks, at most
@@ -26,24 +26,28 @@
 #include "core/log.h"
 #include "topo/topo.h"
 
-int duet__place_pick(const int *cpu, int n, int me, const cpu_set_t *mask) {
+int duet__place_pick(const int *cpu, int n, int me, const cpu_set_t *mask, uint64_t turn) {
   uint16_t count[CPU_SETSIZE] = {0};
-  int mine = cpu[me], last = -1, fewest = -1, ncpus = CPU_COUNT(mask);
+  int mine = cpu[me], fewest = -1, ncpus = CPU_COUNT(mask), k;
 
   if (ncpus < 2 || n <= ncpus || mine < 0 || mine >= CPU_SETSIZE || !CPU_ISSET(mine, mask))
     return -1;
   for (int r = 0; r < n; r++)
-    if (cpu[r] >= 0 && cpu[r] < CPU_SETSIZE) {
+    if (cpu[r] >= 0 && cpu[r] < CPU_SETSIZE)
       count[cpu[r]]++;
-      if (cpu[r] == mine)
-        last = r;
-    }
-  if (last != me) /* the highest rank on a crowded CPU moves, no other */
-    return -1;
   for (int c = 0; c < CPU_SETSIZE; c++)
     if (c != mine && CPU_ISSET(c, mask) && (fewest < 0 || count[c] < count[fewest]))
       fewest = c;
-  return fewest >= 0 && count[fewest] + 2 <= count[mine] ? fewest : -1;
+  if (fewest < 0 || count[fewest] + 2 > count[mine])
+    return -1;
+  /* One rank of the crowded CPU moves: the turn-th of them in rank order,
+   * so that a rank that cannot move (or just moved) does not block the
+   * others for good. */
+  k = (int)(turn % count[mine]);
+  for (int r = 0; r < n; r++)
+    if (cpu[r] == mine && k-- == 0)
+      return r == me ? fewest : -1;
+  return -1;
 }
 
 int duet__place_move(int target, const cpu_set_t *mask) {

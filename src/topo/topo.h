@@ -16,11 +16,13 @@
 int duet__topo_ncores(void);
 
 /* Placement on an oversubscribed host (place.c). cpu[r] is the CPU rank r
- * of n last ran on (-1 unknown), me this rank, mask the CPUs it may run on.
- * Returns the CPU this rank should move to, or -1: only when it is the
- * highest rank on a CPU that holds at least two more ranks than some other
- * CPU of the mask, and only when there are more ranks than CPUs. */
-int duet__place_pick(const int *cpu, int n, int me, const cpu_set_t *mask);
+ * of n last ran on (-1 unknown), me this rank, mask the CPUs it may run on,
+ * turn a number every rank computes alike at a check (the call count, or
+ * the clock over the check period). Returns the CPU this rank should move
+ * to, or -1. Only when there are more ranks than CPUs and this rank's CPU
+ * holds at least two more ranks than some other CPU of the mask; then one
+ * of its ranks moves, which one turning with `turn`. */
+int duet__place_pick(const int *cpu, int n, int me, const cpu_set_t *mask, uint64_t turn);
 /* Move the calling thread to `target`, then give it `mask` back. 0 or -1. */
 int duet__place_move(int target, const cpu_set_t *mask);
 /* The CPU process `pid` last ran on, from /proc, or -1. */

@@ -235,52 +235,70 @@ static cpu_set_t mask_of(int ncpus) {
   return m;
 }
 
-/* Three ranks on CPU 0 and one on CPU 1: only the highest rank on CPU 0
- * moves, to CPU 1; after it, nobody does. */
-Test(topo, place_three_plus_one_moves_one) {
-  cpu_set_t m = mask_of(2);
-  int cpu[4] = {0, 0, 1, 0};
-  cr_expect_eq(duet__place_pick(cpu, 4, 0, &m), -1);
-  cr_expect_eq(duet__place_pick(cpu, 4, 1, &m), -1);
-  cr_expect_eq(duet__place_pick(cpu, 4, 2, &m), -1);
-  cr_expect_eq(duet__place_pick(cpu, 4, 3, &m), 1);
-  cpu[3] = 1;
-  for (int r = 0; r < 4; r++)
-    cr_expect_eq(duet__place_pick(cpu, 4, r, &m), -1, "rank %d moves from an even placement", r);
+/* The rank of a crowded CPU that moves, for a turn, or -1 for none. */
+static int mover(const int *cpu, int n, const cpu_set_t *m, uint64_t turn, int *to) {
+  int who = -1;
+  for (int r = 0; r < n; r++) {
+    int c = duet__place_pick(cpu, n, r, m, turn);
+    if (c >= 0) {
+      cr_expect_eq(who, -1, "turn %llu: ranks %d and %d both move", (unsigned long long)turn, who,
+                   r);
+      who = r;
+      *to = c;
+    }
+  }
+  return who;
 }
 
-/* All on one CPU: the highest moves to the lowest emptiest CPU. */
+/* Three ranks on CPU 0 and one on CPU 1: exactly one of the three moves,
+ * to CPU 1, each of them in turn; after it, nobody does. */
+Test(topo, place_three_plus_one_moves_one) {
+  cpu_set_t m = mask_of(2);
+  int cpu[4] = {0, 0, 1, 0}, to = -1;
+  const int expect[3] = {0, 1, 3};
+  for (uint64_t turn = 0; turn < 6; turn++) {
+    cr_expect_eq(mover(cpu, 4, &m, turn, &to), expect[turn % 3], "turn %llu",
+                 (unsigned long long)turn);
+    cr_expect_eq(to, 1);
+  }
+  cpu[3] = 1;
+  for (uint64_t turn = 0; turn < 4; turn++)
+    cr_expect_eq(mover(cpu, 4, &m, turn, &to), -1, "a rank moves from an even placement");
+}
+
+/* All on one CPU: one moves, to the lowest emptiest CPU. */
 Test(topo, place_all_on_one_cpu) {
   cpu_set_t m = mask_of(3);
-  int cpu[6] = {2, 2, 2, 2, 2, 2};
-  cr_expect_eq(duet__place_pick(cpu, 6, 5, &m), 0);
-  cr_expect_eq(duet__place_pick(cpu, 6, 4, &m), -1);
+  int cpu[6] = {2, 2, 2, 2, 2, 2}, to = -1;
+  cr_expect_eq(mover(cpu, 6, &m, 11, &to), 5);
+  cr_expect_eq(to, 0);
 }
 
 /* No more ranks than CPUs: the scheduler has idle CPUs to balance with. */
 Test(topo, place_not_oversubscribed) {
   cpu_set_t m = mask_of(4);
-  int cpu[4] = {0, 0, 0, 0};
-  cr_expect_eq(duet__place_pick(cpu, 4, 3, &m), -1);
+  int cpu[4] = {0, 0, 0, 0}, to = -1;
+  cr_expect_eq(mover(cpu, 4, &m, 0, &to), -1);
 }
 
 /* Only CPUs of the mask are targets, a rank outside its mask stays, and
  * ranks whose CPU is unknown (-1) are not counted. */
 Test(topo, place_respects_the_mask) {
   cpu_set_t m;
+  int to = -1;
   CPU_ZERO(&m);
   CPU_SET(1, &m);
   CPU_SET(3, &m);
-  int cpu[5] = {1, 1, 1, 3, 3};
-  cr_expect_eq(duet__place_pick(cpu, 5, 2, &m), -1, "3 against 2 is even enough");
+  int even[5] = {1, 1, 1, 3, 3};
+  cr_expect_eq(mover(even, 5, &m, 0, &to), -1, "3 against 2 is even enough");
   int crowd[5] = {1, 1, 1, 1, 3};
-  cr_expect_eq(duet__place_pick(crowd, 5, 3, &m), 3, "never CPU 0 or 2, outside the mask");
-  int outside[5] = {1, 1, 1, 3, 0};
-  cr_expect_eq(duet__place_pick(outside, 5, 4, &m), -1);
+  cr_expect_eq(mover(crowd, 5, &m, 2, &to), 2);
+  cr_expect_eq(to, 3, "never CPU 0 or 2, outside the mask");
+  int outside[5] = {1, 3, 0, 0, 0};
+  cr_expect_eq(mover(outside, 5, &m, 0, &to), -1, "ranks outside their mask stay");
   int unknown[5] = {1, 1, -1, -1, 3};
-  cr_expect_eq(duet__place_pick(unknown, 5, 1, &m), -1, "2 against 1 with 2 unknown");
+  cr_expect_eq(mover(unknown, 5, &m, 0, &to), -1, "2 against 1 with 2 unknown");
 }
-
 /* This process's CPU as /proc tells it: one of those it may run on. */
 Test(topo, place_proc_cpu_of_self) {
   cpu_set_t m;
