@@ -36,7 +36,10 @@
  * through the shared segment instead, and only the rail phase is a
  * schedule: duet__alltoall_hier_rail_build. Blocks then cross the HPN as
  * above, but land in place without staging slots (when the sending
- * super-node's ranks are consecutive).
+ * super-node's ranks are consecutive). On super-nodes of unequal size the
+ * rails do not pair up: the exchange inside the super-node goes through
+ * the segment, and duet__alltoall[v]_remote_build (pairwise with the other
+ * super-nodes' ranks only) sends every other block straight to its rank.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -51,7 +54,13 @@
  * 512 KiB 614-704 against 711-765 us. */
 #define DUET_A2A_HIER_SPLIT (128u << 10)
 
-duet_status_t duet__alltoall_pairwise_build(const duet__coll_args_t *a, duet__sched_t *s) {
+/* Whether pairwise leaves q out: remote_only leaves out this rank's own
+ * super-node (itself included), whose blocks the shared segment moves. */
+static int a2a_skip(const duet__coll_args_t *a, int remote_only, int q) {
+  return remote_only && a->layout->supernode[q] == a->layout->supernode[a->rank];
+}
+
+static duet_status_t a2a_pairwise(const duet__coll_args_t *a, duet__sched_t *s, int remote_only) {
   const int p = a->nranks, r = a->rank;
   const uint64_t blk = a->count * a->dtsize;
   uint32_t done[DUET_A2A_WINDOW];
@@ -62,13 +71,14 @@ duet_status_t duet__alltoall_pairwise_build(const duet__coll_args_t *a, duet__sc
     duet__sched_need_scratch(s, (uint64_t)DUET_A2A_WINDOW * blk);
   for (int k = 0; k < DUET_A2A_WINDOW; k++)
     done[k] = DUET_STEP_NONE;
-  for (int k = 0; k < p; k++) {
-    int q = ((k - r) % p + p) % p, w = k % DUET_A2A_WINDOW;
-    uint32_t gate = done[w]; /* the step that used this window slot before */
+  for (int k = 0, w = 0; k < p; k++) {
+    int q = ((k - r) % p + p) % p;
+    uint32_t gate;
     duet__ref_t out = duet__ref(DUET_BUF_SEND, (uint64_t)q * blk);
     duet__ref_t in = duet__ref(DUET_BUF_RECV, (uint64_t)q * blk);
-    if (q == r) /* the local block is copied last, below */
+    if (q == r || a2a_skip(a, remote_only, q)) /* the local block is copied last, below */
       continue;
+    gate = done[w]; /* the step that used this window slot before */
     if (!a->in_place) {
       duet__sched_send(s, q, 0, out, blk, &gate, 1);
       done[w] = duet__sched_recv(s, q, 0, in, blk, &gate, 1);
@@ -79,37 +89,59 @@ duet_status_t duet__alltoall_pairwise_build(const duet__coll_args_t *a, duet__sc
       uint32_t deps[2] = {sd, rv};
       done[w] = duet__sched_copy(s, in, slot, blk, deps, 2);
     }
+    w = (w + 1) % DUET_A2A_WINDOW;
   }
   /* After every exchange is posted, so that the copy overlaps the transfers
    * instead of delaying them (in place there is nothing to copy). */
-  duet__sched_copy(s, duet__ref(DUET_BUF_RECV, (uint64_t)r * blk),
-                   duet__ref(DUET_BUF_SEND, (uint64_t)r * blk), blk, NULL, 0);
+  if (!remote_only)
+    duet__sched_copy(s, duet__ref(DUET_BUF_RECV, (uint64_t)r * blk),
+                     duet__ref(DUET_BUF_SEND, (uint64_t)r * blk), blk, NULL, 0);
   return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
 }
 
-duet_status_t duet__alltoallv_pairwise_build(const duet__coll_args_t *a, duet__sched_t *s) {
+duet_status_t duet__alltoall_pairwise_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  return a2a_pairwise(a, s, 0);
+}
+
+duet_status_t duet__alltoall_remote_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  return a2a_pairwise(a, s, 1);
+}
+
+static duet_status_t a2av_pairwise(const duet__coll_args_t *a, duet__sched_t *s, int remote_only) {
   const int p = a->nranks, r = a->rank;
   const uint64_t es = a->dtsize;
   uint32_t done[DUET_A2A_WINDOW];
 
   for (int k = 0; k < DUET_A2A_WINDOW; k++)
     done[k] = DUET_STEP_NONE;
-  for (int k = 0; k < p; k++) {
-    int q = ((k - r) % p + p) % p, w = k % DUET_A2A_WINDOW;
-    uint32_t gate = done[w];
+  for (int k = 0, w = 0; k < p; k++) {
+    int q = ((k - r) % p + p) % p;
+    uint32_t gate;
     duet__ref_t out = duet__ref(DUET_BUF_SEND, a->sdispls[q] * es);
     duet__ref_t in = duet__ref(DUET_BUF_RECV, a->rdispls[q] * es);
+    if (a2a_skip(a, remote_only, q))
+      continue;
+    gate = done[w];
     if (q == r) {
       uint32_t c = duet__sched_copy(s, in, out, a->scounts[q] * es, &gate, 1);
       done[w] = c != DUET_STEP_NONE ? c : gate;
-      continue;
+    } else {
+      /* A zero count creates no step; both ends agree when the counts do. */
+      uint32_t sd = duet__sched_send(s, q, 0, out, a->scounts[q] * es, &gate, 1);
+      uint32_t rv = duet__sched_recv(s, q, 0, in, a->rcounts[q] * es, &gate, 1);
+      done[w] = rv != DUET_STEP_NONE ? rv : sd != DUET_STEP_NONE ? sd : gate;
     }
-    /* A zero count creates no step; both ends agree when the counts do. */
-    uint32_t sd = duet__sched_send(s, q, 0, out, a->scounts[q] * es, &gate, 1);
-    uint32_t rv = duet__sched_recv(s, q, 0, in, a->rcounts[q] * es, &gate, 1);
-    done[w] = rv != DUET_STEP_NONE ? rv : sd != DUET_STEP_NONE ? sd : gate;
+    w = (w + 1) % DUET_A2A_WINDOW;
   }
   return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
+}
+
+duet_status_t duet__alltoallv_pairwise_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  return a2av_pairwise(a, s, 0);
+}
+
+duet_status_t duet__alltoallv_remote_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  return a2av_pairwise(a, s, 1);
 }
 
 duet_status_t duet__alltoall_bruck_build(const duet__coll_args_t *a, duet__sched_t *s) {

@@ -144,14 +144,16 @@ duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a, const
  * taken by a call the tuner sends to the hierarchy when every super-node has
  * the shared segment and the layout suits the collective (every rank
  * decides alike); a non-blocking one runs as a queued task
- * (core/mem_queue.c). All-to-all needs super-nodes of one size; allgather
- * and reduce-scatter also need each super-node's ranks to be one range
- * (the segment's calls take contiguous blocks). */
+ * (core/mem_queue.c). All-to-all on super-nodes of unequal size sends its
+ * blocks across straight to their ranks (duet__mem_a2a_remote); allgather
+ * and reduce-scatter need super-nodes of one size whose ranks are one range
+ * each (the segment's calls take contiguous blocks). */
 static int duet__mem_hier_ok(const duet_comm_t *comm, int coll) {
   int any_sizes = 0; /* the representatives' algorithms take any layout */
   switch (coll) {
-  case DUET_COLL_ALLTOALL:
+  case DUET_COLL_ALLTOALL: /* unequal sizes: duet__mem_a2a_remote */
   case DUET_COLL_ALLTOALLV:
+    any_sizes = 1;
     break;
   case DUET_COLL_ALLGATHER:
   case DUET_COLL_REDUCE_SCATTER:
@@ -330,6 +332,46 @@ static void duet__a2av_round(const duet_comm_t *comm, const duet__coll_args_t *a
     r->sc[j] = r->rc[j] = 0; /* the rail sends it from sendbuf */
 }
 
+/* All-to-all on super-nodes of unequal size with the load/store UPN: the
+ * rails do not pair up, so blocks cross the HPN straight from sender to
+ * receiver (duet__alltoall[v]_remote_build, posted first), while the
+ * exchange inside the super-node runs as one segment alltoallv. The two
+ * touch disjoint blocks, so they run side by side, in place too. */
+static duet_status_t duet__mem_a2a_remote(duet_comm_t *comm, duet__coll_args_t *a,
+                                          const void *sendbuf, void *recvbuf,
+                                          duet__a2a_round_t *r) {
+  const int L = comm->local_size, j = comm->local_rank, v = a->coll == DUET_COLL_ALLTOALLV;
+  const size_t es = a->dtsize;
+  char err[DUET_SHM_ERRLEN] = "";
+  duet_request_t *req = NULL;
+  duet_status_t rc;
+
+  rc = duet__request_post(comm, a->coll, a,
+                          v ? duet__alltoallv_remote_build : duet__alltoall_remote_build, sendbuf,
+                          recvbuf, &req);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  if (comm->mem_in_task)
+    comm->mem_awaiting = req; /* freed by duet__mem_fail_all if the task never resumes */
+  (v ? duet__a2av_round : duet__a2a_round)(comm, a, NULL, recvbuf, 0, r);
+  rc = duet__shm_alltoallv(comm->mem, sendbuf, r->sc, r->sd, r->to, r->rc, r->rd, es, comm->yield,
+                           comm->cfg.timeout_ms, err);
+  if (rc != DUET_SUCCESS) {
+    comm->mem_awaiting = NULL;
+    duet__request_abandon(req, rc);
+    return duet__mem_failed(comm, a, rc, "exchange inside the super-node", err);
+  }
+  for (int i = 0; i < L; i++)
+    if (i != j) {
+      comm->stats.upn_bytes_sent += r->sc[i] * es;
+      comm->stats.upn_bytes_recv += r->rc[i] * es;
+    }
+  rc = duet__mem_await(comm, req);
+  comm->mem_awaiting = NULL;
+  duet__request_free(req);
+  return rc;
+}
+
 /* The hierarchical all-to-all with the load/store UPN (the rounds of
  * duet__alltoall_hier_build, its UPN hops through the shared segment):
  * 1. post the rail phase (duet__alltoall[v]_hier_rail_build): its
@@ -368,6 +410,8 @@ static duet_status_t duet__mem_hier_alltoall(duet_comm_t *comm, duet__coll_args_
   r.rc = r.sd + L;
   r.rd = r.rc + L;
   r.staged = 0;
+  if (!comm->layout.uniform)
+    return duet__mem_a2a_remote(comm, a, sendbuf, recvbuf, &r);
   rc = duet__request_post(comm, a->coll, a,
                           v ? duet__alltoallv_hier_rail_build : duet__alltoall_hier_rail_build,
                           sendbuf, recvbuf, &req);
@@ -619,6 +663,15 @@ static duet_status_t duet__coll_post(duet_comm_t *comm, duet__coll_args_t *a, si
     if (!a->blocking)
       return duet__mem_post(comm, a, sendbuf, recvbuf, 1, req);
     *req = NULL; /* done when this returns */
+    rc = duet__mem_drain(comm);
+    return rc != DUET_SUCCESS ? rc : duet__mem_hier_run(comm, a, sendbuf, recvbuf);
+  }
+  if (a->coll == DUET_COLL_ALLTOALLV && ch.algo == DUET_ALGO_HIER && !comm->layout.uniform &&
+      duet__mem_hier_ok(comm, a->coll)) { /* pairwise across: no count matrix needed */
+    duet_status_t rc;
+    if (!a->blocking)
+      return duet__mem_post(comm, a, sendbuf, recvbuf, 1, req);
+    *req = NULL;
     rc = duet__mem_drain(comm);
     return rc != DUET_SUCCESS ? rc : duet__mem_hier_run(comm, a, sendbuf, recvbuf);
   }

@@ -110,6 +110,12 @@ duet_status_t duet__alltoallv_hier_rail_build(const duet__coll_args_t *args, due
 uint64_t duet__alltoallv_hier_stage(const duet__coll_args_t *args, int m);
 int duet__alltoallv_hier_split(uint64_t bytes, int L);
 duet_status_t duet__alltoallv_pairwise_build(const duet__coll_args_t *args, duet__sched_t *s);
+/* Pairwise with the peers of other super-nodes only (args->layout), for a
+ * call whose exchange inside the super-node goes through the shared
+ * segment (coll.c): in place, each block received waits in scratch until
+ * the block it replaces has left. */
+duet_status_t duet__alltoall_remote_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__alltoallv_remote_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__alltoallv_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__send_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__recv_build(const duet__coll_args_t *args, duet__sched_t *s);

@@ -21,7 +21,7 @@
  *               in a shuffled order with gaps between them in both buffers:
  *               the gaps of recvbuf must stay untouched; against MPI_Alltoallv
  *   nonblocking duet_ialltoall and duet_ialltoallv in flight together
- *   hpn         (alltoall=hier, N super-nodes of L ranks, equal sizes only) the
+ *   hpn         (alltoall=hier, N super-nodes of L ranks of equal sizes) the
  *               deltas of duet_comm_get_stats around one alltoall of count
  *               elements per peer (0, 1, 1000, 40000 float32): HPN messages
  *               sent per rank <= N-1 (0 when N == 1; one aggregated message
@@ -35,7 +35,11 @@
  *               and no UPN message at all (the exchange inside the
  *               super-node goes through the shared segment); and for
  *               duet_alltoallv with equal counts, beyond the traffic of its
- *               count 0 call (the exchange of send counts)
+ *               count 0 call (the exchange of send counts). On two
+ *               super-nodes of unequal sizes (2 to 4 ranks each) under
+ *               auto, blocks cross the HPN one per remote rank: at most
+ *               that many messages, exactly (remote ranks)*count*size
+ *               bytes each way, and no UPN message
  *   group       (auto or -a) duet_group_start/duet_send/duet_recv/
  *               duet_group_end in a shuffled call order (different on every
  *               rank): a ring shift, a random permutation (same seed on every
@@ -539,8 +543,10 @@ out:
  * as it does for two super-nodes of 2 to 4 ranks (test_tune checks). */
 static int mem_upn(const ctx_t *c) {
   const char *upn = getenv("DUET_UPN_PROVIDER");
-  return (upn == NULL || *upn == '\0' || strcmp(upn, "mem") == 0) && c->lay.nsn == 2 &&
-         c->lay.ls > 1 && c->lay.ls <= 4;
+  int sizes_ok = c->lay.nsn == 2;
+  for (int k = 0; k < c->lay.nsn; k++)
+    sizes_ok &= c->lay.sn_sizes[k] > 1 && c->lay.sn_sizes[k] <= 4;
+  return (upn == NULL || *upn == '\0' || strcmp(upn, "mem") == 0) && sizes_ok;
 }
 
 static long test_hpn(ctx_t *c) {
@@ -593,8 +599,12 @@ static long test_hpn(ctx_t *c) {
     for (int i = 0; v && i < 6; i++)
       d[i] -= base[i];
     MPI_Allreduce(d, mx, 6, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
-    uint64_t want = (uint64_t)((N - 1) * L * bbytes);
-    const size_t max_msgs = bbytes >= 128 * 1024 ? (N - 1) * L : N - 1; /* blocks cross alone */
+    /* unequal sizes: each block crosses the HPN alone, straight to its rank */
+    const size_t remote = n - L;
+    uint64_t want = (uint64_t)(remote * bbytes);
+    const size_t max_msgs = !c->lay.equal          ? (count ? remote : 0)
+                            : bbytes >= 128 * 1024 ? (N - 1) * L /* blocks cross alone */
+                                                   : N - 1;
     if (d[5] > max_msgs) {
       fprintf(stderr, "[rank %d] %s: %llu HPN messages sent, want <= %zu\n", c->rank, what,
               (unsigned long long)d[5], max_msgs);
@@ -602,8 +612,8 @@ static long test_hpn(ctx_t *c) {
     }
     if (d[3] != want || d[4] != want) {
       fprintf(stderr,
-              "[rank %d] %s: HPN bytes sent %llu, received %llu; want (N-1)*L*count*size = %llu "
-              "each\n",
+              "[rank %d] %s: HPN bytes sent %llu, received %llu; want (remote ranks)*count*size "
+              "= %llu each\n",
               c->rank, what, (unsigned long long)d[3], (unsigned long long)d[4],
               (unsigned long long)want);
       errs++;
@@ -995,8 +1005,8 @@ static void run_setting(ctx_t *c, const char *spec, const char *label, int extra
   run_test(c, ROW_A2AV_RAND, test_alltoallv_rand);
   run_test(c, ROW_A2AV_SKEW, test_alltoallv_skew);
   run_test(c, ROW_NB, test_nonblocking);
-  if (strstr(spec, "alltoall=hier") || (!*spec && c->lay.equal && mem_upn(c))) {
-    if (c->lay.equal)
+  if (strstr(spec, "alltoall=hier") || (!*spec && mem_upn(c))) {
+    if (c->lay.equal || !*spec)
       run_test(c, ROW_HPN, test_hpn);
     else if (selected(c, ROW_HPN))
       record(c, ROW_HPN, 0, 0, 1, 0);

@@ -7,10 +7,10 @@
 # Super-nodes are emulated on this one host with DUET_SUPERNODE, set per
 # mpirun app context (MPMD form: -np 2 -x DUET_SUPERNODE=a prog : -np 2 ...).
 # Layouts (np 1..8): one super-node (the host-name default) of 1, 2, 3, 4, 5
-# and 8 ranks; 2x2, 2x3, 3+1 (uneven), 4x1 and 2x4. Over the default
+# and 8 ranks; 2x2, 2x3, 3+1 and 3+2 (uneven), 4x1 and 2x4. Over the default
 # providers (shm inside a super-node, tcp across), then over
 # DUET_UPN_PROVIDER=tcp DUET_HPN_PROVIDER=tcp, all in full (about 2 minutes
-# on 2 cores). DUET_TEST_QUICK=1 (sanitizer builds) runs 2x2 and 3+1, quick,
+# on 2 cores). DUET_TEST_QUICK=1 (sanitizer builds) runs 2x2, 3+1 and 3+2, quick,
 # default providers only.
 #
 # Env: top_builddir (default .), MPIRUN (default mpirun), DUET_TEST_TIMEOUT
@@ -64,12 +64,12 @@ run() {
 }
 
 if [ "${DUET_TEST_QUICK:-0}" = 1 ]; then
-  for layout in a:2,b:2 a:3,b:1; do
+  for layout in a:2,b:2 a:3,b:1 a:3,b:2; do
     run default "$layout" -q
   done
 else
-  # one super-node of 1 2 3 4 5 8 ranks, 2x2, 2x3, 3+1, 4x1, 2x4
-  layouts=${DUET_A2A_LAYOUTS:-"-:1 -:2 -:3 -:4 -:5 -:8 a:2,b:2 a:3,b:3 a:3,b:1 a:1,b:1,c:1,d:1 a:4,b:4"}
+  # one super-node of 1 2 3 4 5 8 ranks, 2x2, 2x3, 3+1, 3+2, 4x1, 2x4
+  layouts=${DUET_A2A_LAYOUTS:-"-:1 -:2 -:3 -:4 -:5 -:8 a:2,b:2 a:3,b:3 a:3,b:1 a:3,b:2 a:1,b:1,c:1,d:1 a:4,b:4"}
   for layout in $layouts; do
     run default "$layout"
   done
