@@ -144,10 +144,11 @@ duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a, const
  * taken by a call the tuner sends to the hierarchy when every super-node has
  * the shared segment and the layout suits the collective (every rank
  * decides alike); a non-blocking one runs as a queued task
- * (core/mem_queue.c). All-to-all on super-nodes of unequal size sends its
- * blocks across straight to their ranks (duet__mem_a2a_remote); allgather
- * and reduce-scatter need super-nodes of one size whose ranks are one range
- * each (the segment's calls take contiguous blocks). */
+ * (core/mem_queue.c). Where the rails do not suit the layout (super-nodes
+ * of unequal size; for allgather and reduce-scatter also super-nodes whose
+ * ranks are not one range each, since the segment's calls take contiguous
+ * blocks), blocks cross the HPN straight between the ranks concerned
+ * (duet__mem_a2a_remote, duet__mem_ag_remote, duet__mem_rs_remote). */
 static int duet__mem_hier_ok(const duet_comm_t *comm, int coll) {
   int any_sizes = 0; /* the representatives' algorithms take any layout */
   switch (coll) {
@@ -155,11 +156,8 @@ static int duet__mem_hier_ok(const duet_comm_t *comm, int coll) {
   case DUET_COLL_ALLTOALLV:
     any_sizes = 1;
     break;
-  case DUET_COLL_ALLGATHER:
+  case DUET_COLL_ALLGATHER: /* other layouts: duet__mem_ag_remote, duet__mem_rs_remote */
   case DUET_COLL_REDUCE_SCATTER:
-    if (!comm->layout.consecutive)
-      return 0;
-    break;
   case DUET_COLL_ALLREDUCE:
   case DUET_COLL_BROADCAST:
   case DUET_COLL_REDUCE:
@@ -450,6 +448,115 @@ static duet_status_t duet__mem_hier_alltoall(duet_comm_t *comm, duet__coll_args_
   return duet__mem_failed(comm, a, rc, "exchange inside the super-node", err);
 }
 
+/* Whether this rank's super-node is one range of ranks. */
+static int duet__mem_range(const duet_comm_t *comm) {
+  const duet__layout_t *l = &comm->layout;
+  const int32_t *domain = l->members + l->sn_first[l->supernode[comm->rank]];
+  for (int i = 1; i < comm->local_size; i++)
+    if (domain[i] != domain[0] + i)
+      return 0;
+  return 1;
+}
+
+/* Allgather where the rails do not suit the layout, with the load/store UPN:
+ * every other super-node's blocks come straight from their ranks
+ * (duet__allgather_remote_build, posted first) while a segment allgather
+ * gathers this super-node's, through the staging buffer to their places
+ * when its ranks are not one range. */
+static duet_status_t duet__mem_ag_remote(duet_comm_t *comm, duet__coll_args_t *a,
+                                         const void *sendbuf, void *recvbuf) {
+  const duet__layout_t *l = &comm->layout;
+  const int L = comm->local_size;
+  const int32_t *domain = l->members + l->sn_first[l->supernode[comm->rank]];
+  const size_t S = a->count * a->dtsize;
+  const int range = duet__mem_range(comm);
+  char *rb = recvbuf, *to = rb + (size_t)domain[0] * S, err[DUET_SHM_ERRLEN] = "";
+  duet_request_t *req = NULL;
+  duet_status_t rc;
+
+  if (!range && (to = duet__mem_stage(comm, a, (size_t)L * S)) == NULL)
+    return DUET_ERR_NO_MEMORY;
+  rc = duet__request_post(comm, a->coll, a, duet__allgather_remote_build, sendbuf, recvbuf, &req);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  if (comm->mem_in_task)
+    comm->mem_awaiting = req; /* freed by duet__mem_fail_all if the task never resumes */
+  rc = duet__shm_allgather(comm->mem, sendbuf, to, S, comm->yield, comm->cfg.timeout_ms, err);
+  if (rc != DUET_SUCCESS) {
+    comm->mem_awaiting = NULL;
+    duet__request_abandon(req, rc);
+    return duet__mem_failed(comm, a, rc, "allgather inside the super-node", err);
+  }
+  for (int i = 0; !range && i < L; i++)
+    memcpy(rb + (size_t)domain[i] * S, to + (size_t)i * S, S);
+  comm->stats.upn_bytes_sent += (uint64_t)S * (uint64_t)(L - 1);
+  comm->stats.upn_bytes_recv += (uint64_t)S * (uint64_t)(L - 1);
+  rc = duet__mem_await(comm, req);
+  comm->mem_awaiting = NULL;
+  duet__request_free(req);
+  return rc;
+}
+
+/* Reduce-scatter where the rails do not suit the layout, with the
+ * load/store UPN: the block for each rank of the other super-nodes goes to
+ * it as it is (duet__reduce_scatter_remote_build, posted first; theirs for
+ * this rank land in the staging buffer), while a segment reduce-scatter
+ * sums this super-node's blocks (packed in the staging buffer first when
+ * its ranks are not one range). Once the sends are out, so that recvbuf
+ * may alias sendbuf, recvbuf = that sum + each received block in rank
+ * order. AVG sums, and divides once at the end. */
+static duet_status_t duet__mem_rs_remote(duet_comm_t *comm, duet__coll_args_t *a,
+                                         const void *sendbuf, void *recvbuf) {
+  const duet__layout_t *l = &comm->layout;
+  const int L = comm->local_size;
+  const int32_t *domain = l->members + l->sn_first[l->supernode[comm->rank]];
+  const size_t S = a->count * a->dtsize, nrem = (size_t)(comm->nranks - L);
+  const int range = duet__mem_range(comm);
+  const duet_op_t inner = a->op == DUET_AVG ? DUET_SUM : a->op;
+  const char *sb = sendbuf, *from = sb + (size_t)domain[0] * S;
+  char err[DUET_SHM_ERRLEN] = "", *stage, *mine;
+  duet__coll_args_t rem = *a;
+  duet_request_t *req = NULL;
+  duet_status_t rc;
+
+  if ((stage = duet__mem_stage(comm, a, (nrem + 1 + (range ? 0 : (size_t)L)) * S)) == NULL)
+    return DUET_ERR_NO_MEMORY;
+  mine = stage + nrem * S;
+  if (!range) {
+    for (int i = 0; i < L; i++)
+      memcpy(mine + S + (size_t)i * S, sb + (size_t)domain[i] * S, S);
+    from = mine + S;
+  }
+  rem.in_place = 0;
+  rem.out_aliases_in = 0; /* recvbuf is written below, after the sends */
+  rc = duet__request_post(comm, a->coll, &rem, duet__reduce_scatter_remote_build, sendbuf, stage,
+                          &req);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  if (comm->mem_in_task)
+    comm->mem_awaiting = req; /* freed by duet__mem_fail_all if the task never resumes */
+  rc = duet__shm_reduce_scatter(comm->mem, from, mine, a->count, a->dt, inner, L, comm->yield,
+                                comm->cfg.timeout_ms, err);
+  if (rc != DUET_SUCCESS) {
+    comm->mem_awaiting = NULL;
+    duet__request_abandon(req, rc);
+    return duet__mem_failed(comm, a, rc, "reduce-scatter inside the super-node", err);
+  }
+  comm->stats.upn_bytes_sent += (uint64_t)S * (uint64_t)(L - 1);
+  comm->stats.upn_bytes_recv += (uint64_t)S * (uint64_t)(L - 1);
+  rc = duet__mem_await(comm, req);
+  comm->mem_awaiting = NULL;
+  duet__request_free(req);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  duet__reduce(recvbuf, mine, stage, a->count, a->dt, inner);
+  for (size_t k = 1; k < nrem; k++)
+    duet__reduce(recvbuf, recvbuf, stage + k * S, a->count, a->dt, inner);
+  if (a->op == DUET_AVG)
+    duet__reduce_avg_finish(recvbuf, a->count, a->dt, comm->nranks);
+  return DUET_SUCCESS;
+}
+
 /* The hierarchical allgather with the load/store UPN (equal super-nodes of
  * consecutive ranks): post the rail phase (duet__allgather_hier_rail_build:
  * this rank's block to its rail); meanwhile a segment allgather of the
@@ -468,6 +575,8 @@ static duet_status_t duet__mem_hier_allgather(duet_comm_t *comm, duet__coll_args
 
   if (S == 0)
     return DUET_SUCCESS;
+  if (!l->uniform || !l->consecutive)
+    return duet__mem_ag_remote(comm, a, sendbuf, recvbuf);
   rc =
       duet__request_post(comm, a->coll, a, duet__allgather_hier_rail_build, sendbuf, recvbuf, &req);
   if (rc != DUET_SUCCESS)
@@ -523,6 +632,8 @@ static duet_status_t duet__mem_hier_reduce_scatter(duet_comm_t *comm, duet__coll
 
   if (S == 0)
     return DUET_SUCCESS;
+  if (!l->uniform || !l->consecutive)
+    return duet__mem_rs_remote(comm, a, sendbuf, recvbuf);
   if ((stage = duet__mem_stage(comm, a, need)) == NULL)
     return DUET_ERR_NO_MEMORY;
   for (int k = 0; k < N && rc == DUET_SUCCESS; k++) {

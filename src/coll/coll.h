@@ -81,12 +81,21 @@ duet_status_t duet__allgather_hier_build(const duet__coll_args_t *args, duet__sc
 /* Phase 1 of the hierarchical allgather alone (coll.c runs phase 2 on the
  * load/store UPN): this rank's block on its rail, into recvbuf. */
 duet_status_t duet__allgather_hier_rail_build(const duet__coll_args_t *args, duet__sched_t *s);
+/* Layouts the rails do not suit, with the load/store UPN (coll.c): this
+ * rank's block to every rank of the other super-nodes, theirs into recvbuf
+ * at their places. */
+duet_status_t duet__allgather_remote_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__reduce_scatter_ring_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__reduce_scatter_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
 /* Phase 2 of the hierarchical reduce-scatter alone (coll.c runs phase 1 on
  * the load/store UPN): sendbuf holds, at k x count, the block for rank
  * (k, lr) summed over this rank's super-node. */
 duet_status_t duet__reduce_scatter_hier_rail_build(const duet__coll_args_t *args, duet__sched_t *s);
+/* Layouts the rails do not suit, with the load/store UPN (coll.c): the
+ * block of sendbuf for each rank of the other super-nodes to that rank;
+ * theirs for this rank into recvbuf (a staging buffer) one after another,
+ * in rank order. No reduction: the caller reduces once the sends are out. */
+duet_status_t duet__reduce_scatter_remote_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__reduce_binomial_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__reduce_chain_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__reduce_hier_build(const duet__coll_args_t *args, duet__sched_t *s);

@@ -203,6 +203,7 @@ void duet__comm_shape(duet_comm_t *comm) {
   sh->nranks = comm->nranks;
   sh->nsupernodes = comm->layout.nsupernodes;
   sh->uniform = comm->layout.uniform;
+  sh->mem_everywhere = comm->mem_everywhere;
   sh->local_size = 0;
   for (int k = 0; k < comm->layout.nsupernodes; k++)
     if (comm->layout.sn_size[k] > sh->local_size)
@@ -477,6 +478,7 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
   comm->mem_everywhere = comm->mem != NULL;
   for (int r = 0; r < nranks; r++)
     comm->mem_everywhere &= aall[r].mem_ok != 0;
+  duet__comm_shape(comm); /* now that every rank knows whether all have the segment */
 
   /* Round 3: connect to the peers, then agree that everyone did. */
   rc = duet__insert_peers(comm, aall, tperr);

@@ -12,9 +12,8 @@
  * rank, and they do: every rank posts them in the same order and runs them
  * one at a time. A blocking call on the path first drains the queue.
  *
- * The hierarchical allreduce, all-to-all, alltoallv, allgather and
- * reduce-scatter on equal super-nodes run as such tasks too
- * (duet__mem_hier_run): their rail phase is a schedule over the HPN,
+ * The hierarchical collectives run as such tasks too (duet__mem_hier_run):
+ * their phase across super-nodes is a schedule over the HPN,
  * posted by the task under a sequence number taken at the post, and waited
  * for with duet__mem_await, which suspends the task while the caller's
  * progress calls drive the schedule.

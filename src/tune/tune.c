@@ -234,6 +234,7 @@ static int duet__tune_upn_tcp(const duet__tune_shape_t *sh) {
 /* The shape as the model uses it: sizes clamped to sane values. */
 typedef struct duet__tune_dims {
   int p, N, L, uniform, multi, upn_tcp, upn_sock; /* sock: duet's own tcp transport */
+  int mem;                                        /* every super-node has the load/store UPN */
   duet__tune_net_t upn, hpn, flat;
 } duet__tune_dims_t;
 
@@ -245,6 +246,7 @@ static int duet__tune_dims(const duet__tune_shape_t *sh, duet__tune_dims_t *d) {
   d->N = sh->nsupernodes > 1 ? sh->nsupernodes : 1;
   d->L = sh->local_size > 1 ? sh->local_size : 1;
   d->uniform = sh->uniform != 0;
+  d->mem = sh->mem_everywhere != 0;
   d->multi = d->N > 1;
   d->flat = d->multi ? d->hpn : d->upn;
   d->upn_tcp = duet__tune_upn_tcp(sh);
@@ -341,6 +343,8 @@ static double duet__tune_allgather(const duet__tune_dims_t *d, int algo, double 
       return (L - 1) * duet__tune_xfer(d->upn, S / p) + (N - 1) * duet__tune_xfer(d->hpn, S / p) +
              (L - 1) * duet__tune_xfer(d->upn, (N - 1) * S / p);
     }
+    if (d->mem) /* the super-node's blocks on the segment, the rest straight from their ranks */
+      return (L - 1) * duet__tune_xfer(d->upn, S / p) + (p - L) * duet__tune_xfer(d->hpn, S / p);
     /* gather to leaders, leaders allgather (largest block L S/p), broadcast */
     return (L - 1) * duet__tune_xfer(d->upn, S / p) +
            (N - 1) * duet__tune_xfer(d->hpn, fmin(S, L * S / p)) + duet__bc_best(L, S, d->upn, c);
@@ -357,6 +361,8 @@ static double duet__tune_reduce_scatter(const duet__tune_dims_t *d, int algo, do
   case DUET_ALGO_HIER:
     if (d->uniform) /* reduce-scatter inside over L, then on the rails over N */
       return duet__rs_ring(L, S, d->upn, c) + duet__rs_ring(N, S / L, d->hpn, c);
+    if (d->mem) /* the super-node's blocks on the segment, the rest straight to their ranks */
+      return (L - 1) * duet__tune_xfer(d->upn, S / p) + (p - L) * duet__tune_xfer(d->hpn, S / p);
     /* reduce to leaders, leaders reduce-scatter, scatter inside */
     return duet__rd_best(L, S, d->upn, c) + duet__rs_ring(N, S, d->hpn, c) +
            (L - 1) * duet__tune_xfer(d->upn, S / p);

@@ -17,6 +17,7 @@ typedef struct duet__tune_shape {
   int nranks, nsupernodes;
   int local_size; /* ranks per super-node (the largest) */
   int uniform;    /* every super-node has local_size ranks */
+  int mem_everywhere;             /* every super-node has the load/store UPN (coll.c's hierarchy) */
   double upn_lat_us, upn_bw_gbps; /* the model's parameters for each network */
   double hpn_lat_us, hpn_bw_gbps;
   /* For the calibration table (measured on one host): every rank on one

@@ -56,13 +56,14 @@
  * With unequal super-nodes the bounds are skipped (results are still checked).
  *
  * mem-upn (auto, two super-nodes of at least 2 ranks, 8 at most, default
- * providers): a blocking and a non-blocking allreduce, allgather (equal
- * sizes), reduce_scatter (equal sizes),
- * broadcast and reduce (root: the last rank) of 1, 1000 and 65537 float32
- * against MPI, and a barrier, each sending no UPN message (the
- * super-node's phases go through the shared segment); allgather and
+ * providers): a blocking and a non-blocking allreduce, allgather,
+ * reduce_scatter, broadcast and reduce (root: the last rank) of 1, 1000
+ * and 65537 float32 against MPI, and a barrier, each sending no UPN message
+ * (the super-node's phases go through the shared segment); allgather and
  * reduce_scatter send and receive exactly (N-1) blocks over the HPN per
- * rank, broadcast and reduce (N-1) blocks over all ranks.
+ * rank on equal super-nodes of consecutive ranks (the rails), and one
+ * block per rank of the other super-node on other layouts; broadcast and
+ * reduce (N-1) blocks over all ranks.
  *
  * Options: -q quick (no 1048579/262147-element cases, fewer late ranks),
  * -a SPEC run only this DUET_ALGO setting (e.g. "allreduce=hier,reduce=chain";
@@ -1162,29 +1163,33 @@ out:
 
 /* ---- the load/store UPN ---- */
 
-/* Under auto on two super-nodes of 2 or more consecutive ranks, 8 ranks at
- * most (as DUET_SUPERNODE per app context gives), with the default
- * providers, the tuner takes the hierarchy for allreduce, allgather and
- * reduce_scatter at every size, and for broadcast, reduce and barrier up to
- * these sizes (test_tune checks equal sizes; unequal ones take it too);
- * every super-node sits on this host, so their UPN phases go through the
- * shared segment and send no UPN message, blocking or not (allgather and
- * reduce_scatter only on equal sizes); allgather and reduce_scatter send
- * (N-1) blocks over the HPN per rank, the least they can. Collective:
- * every rank must call it. */
-static int mem_upn(const ctx_t *c) {
-  const char *upn = getenv("DUET_UPN_PROVIDER");
-  int *sn = mt_xmalloc(sizeof(int) * (size_t)c->size), consecutive = 1;
+/* Whether every super-node's ranks are one range. Collective. */
+static int consecutive(const ctx_t *c) {
+  int *sn = mt_xmalloc(sizeof(int) * (size_t)c->size), yes = 1;
   MPI_Allgather(&c->sn, 1, MPI_INT, sn, 1, MPI_INT, MPI_COMM_WORLD);
   for (int r = 1; r < c->size; r++)
     for (int q = 0; q < r - 1 && sn[r] != sn[r - 1]; q++)
-      consecutive &= sn[q] != sn[r]; /* a super-node starting again */
+      yes &= sn[q] != sn[r]; /* a super-node starting again */
   free(sn);
+  return yes;
+}
+
+/* Under auto on two super-nodes of 2 or more ranks, 8 ranks at most, with
+ * the default providers, the tuner takes the hierarchy for allreduce,
+ * allgather and reduce_scatter at these sizes, and for broadcast, reduce
+ * and barrier (test_tune checks equal sizes; unequal ones take it too);
+ * every super-node sits on this host, so their UPN phases go through the
+ * shared segment and send no UPN message, blocking or not. Allgather and
+ * reduce_scatter send (N-1) blocks over the HPN per rank on equal
+ * super-nodes of consecutive ranks, the least they can; elsewhere one block
+ * per rank of the other super-nodes. */
+static int mem_upn(const ctx_t *c) {
+  const char *upn = getenv("DUET_UPN_PROVIDER");
   int smallest = c->size;
   for (int k = 0; k < c->nsn; k++)
     smallest = c->sn_sizes[k] < smallest ? c->sn_sizes[k] : smallest;
   return (upn == NULL || *upn == '\0' || strcmp(upn, "mem") == 0) && c->nsn == 2 && smallest > 1 &&
-         c->size <= 8 && consecutive;
+         c->size <= 8;
 }
 
 static long test_mem_upn(ctx_t *c) {
@@ -1193,6 +1198,7 @@ static long test_mem_upn(ctx_t *c) {
   const size_t counts[] = {1, 1000, 65537};
   const size_t n = (size_t)c->size, N = (size_t)c->nsn;
   const int root = c->size - 1; /* in the last super-node: data crosses the HPN */
+  const int rails = c->equal && consecutive(c);
   long errs = 0;
   char what[160];
   for (int k = 0; k < 36; k++) {
@@ -1203,8 +1209,8 @@ static long test_mem_upn(ctx_t *c) {
     duet_stats_t before, after;
     uint64_t d[6], hsum = 0;
     size_t rn = coll == 1 ? n * count : coll == 5 ? 0 : count; /* elements of the result */
-    /* a barrier has no count; allgather and reduce_scatter need equal sizes */
-    if ((coll == 5 && k / 12 > 0) || ((coll == 1 || coll == 2) && !c->equal)) {
+    const size_t hpn_blocks = rails ? N - 1 : n - (size_t)c->ls; /* allgather, reduce_scatter */
+    if (coll == 5 && k / 12 > 0) {                               /* a barrier has no count */
       free(send), free(recv), free(ref);
       continue;
     }
@@ -1264,10 +1270,10 @@ static long test_mem_upn(ctx_t *c) {
               c->rank, what, (unsigned long long)d[2]);
       errs++;
     }
-    if ((coll == 1 || coll == 2) && (d[3] != (N - 1) * S || d[4] != (N - 1) * S)) {
-      fprintf(stderr,
-              "[rank %d] %s: HPN bytes sent %llu, received %llu; want (N-1)*count*4 = %zu\n",
-              c->rank, what, (unsigned long long)d[3], (unsigned long long)d[4], (N - 1) * S);
+    if ((coll == 1 || coll == 2) && (d[3] != hpn_blocks * S || d[4] != hpn_blocks * S)) {
+      fprintf(stderr, "[rank %d] %s: HPN bytes sent %llu, received %llu; want %s*count*4 = %zu\n",
+              c->rank, what, (unsigned long long)d[3], (unsigned long long)d[4],
+              rails ? "(N-1)" : "(ranks of the other super-node)", hpn_blocks * S);
       errs++;
     }
     if ((coll == 3 || coll == 4) && hsum != (N - 1) * S) {

@@ -9,7 +9,7 @@
 # super-nodes of one rank, 1 rank, 2x4 and one super-node of 5; over the default providers (shm inside a super-node, tcp
 # across) in full for the layouts of up to 4 ranks (quick above), then over
 # DUET_UPN_PROVIDER=tcp DUET_HPN_PROVIDER=tcp, quick. DUET_TEST_QUICK=1
-# (sanitizer builds) runs 2x2 and 3+1, quick, default providers only.
+# (sanitizer builds) runs 2x2, 3+1 and 3+2, quick, default providers only.
 #
 # Env: top_builddir (default .), MPIRUN (default mpirun), DUET_TEST_TIMEOUT
 # (seconds per mpirun, default 300), DUET_HIER_LAYOUTS (override the layout
@@ -70,7 +70,7 @@ nranks() {
 }
 
 if [ "${DUET_TEST_QUICK:-0}" = 1 ]; then
-  for layout in a:2,b:2 a:3,b:1; do
+  for layout in a:2,b:2 a:3,b:1 a:3,b:2; do
     run default "$layout" -q
   done
 else

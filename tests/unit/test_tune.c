@@ -379,6 +379,26 @@ Test(tune, alltoall_and_hier_traffic) {
                duet__tune_cost_us(&many, DUET_COLL_ALLREDUCE, DUET_ALGO_RING, 64 * MiB) / 2);
 }
 
+/* Super-nodes of unequal size (3 + 2, 4 + 2) that all have the load/store
+ * UPN: allgather and reduce-scatter take the hierarchy at every size (the
+ * super-node's blocks on the segment, the others straight from or to their
+ * ranks: mpi_hier's mem-upn test relies on it), as does all-to-all. Without
+ * the segment the leaders' schedule loses to the ring at large sizes. */
+Test(tune, unequal_supernodes_with_the_segment_take_the_hierarchy) {
+  for (int big = 3; big <= 4; big++) {
+    duet__tune_shape_t s = shape(2, big);
+    s.nranks = big + 2;
+    s.uniform = 0;
+    s.mem_everywhere = 1;
+    cr_assert_eq(crossover_from(&s, DUET_COLL_ALLGATHER, DUET_ALGO_HIER), 0, "%d + 2", big);
+    cr_assert_eq(crossover_from(&s, DUET_COLL_REDUCE_SCATTER, DUET_ALGO_HIER), 0, "%d + 2", big);
+    cr_assert_eq(crossover_from(&s, DUET_COLL_ALLTOALL, DUET_ALGO_HIER), 0, "%d + 2", big);
+    s.mem_everywhere = 0;
+    cr_assert_eq(pick(&s, DUET_COLL_ALLGATHER, 64 * MiB), DUET_ALGO_RING, "%d + 2", big);
+    cr_assert_eq(pick(&s, DUET_COLL_REDUCE_SCATTER, 64 * MiB), DUET_ALGO_RING, "%d + 2", big);
+  }
+}
+
 Test(tune, trace_each_pick) {
   duet__tune_shape_t s = shape(3, 4);
   s.nranks = 10;
