@@ -235,14 +235,19 @@ static uint64_t duet__hash(const void *p, size_t n) {
 /* The UPN load/store path: ranks of a super-node that sits on one host map
  * one shared segment (DESIGN.md section 5). Default when DUET_UPN_PROVIDER is
  * unset, or "mem"; DUET_UPN_PROVIDER=shm selects libfabric's shm instead.
- * The segment's name is unique to this communicator's unique id and the
- * super-node's first rank's pid. Returns 1 when mapped. */
+ * A super-node of one rank maps one too when another super-node has
+ * several ranks: its calls on the segment are local copies, and with a
+ * segment everywhere the hierarchical calls take the load/store path
+ * (coll.c). The segment's name is unique to this communicator's unique id
+ * and the super-node's first rank's pid. Returns 1 when mapped. */
 static int duet__open_mem(duet_comm_t *comm, const duet__domains_t *dom, const duet_unique_id_t *id,
                           const duet__rank_info_t *info) {
   char name[96], err[DUET_SHM_ERRLEN] = "";
   const uint64_t h = duet__hash(id->bytes, sizeof(id->bytes));
-  int first = -1;
-  if (comm->local_size < 2 || !dom->domain_one_host[comm->supernode])
+  int first = -1, largest = 0;
+  for (int r = 0; r < comm->nranks; r++)
+    largest = dom->local_size[r] > largest ? dom->local_size[r] : largest;
+  if (largest < 2 || !dom->domain_one_host[comm->supernode])
     return 0;
   if (comm->cfg.upn_provider[0] && strcmp(comm->cfg.upn_provider, "mem") != 0)
     return 0;
