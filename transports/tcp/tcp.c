@@ -25,9 +25,11 @@
  * A receive shorter than a message of the other class waits for its
  * deadline instead of failing at once. Reads go through a per-lane staging
  * buffer, which
- * takes small messages (header and payload in one recv) and never reads past
- * the message expected next; a payload with at least TCP_DIRECT bytes still
- * to come is read straight into its destination.
+ * takes small messages (header and payload of up to TCP_STAGED bytes in one
+ * recv, then a copy: on 4 ranks over loopback a second recv cost more than
+ * copying 32 KiB) and never reads past the message expected next; a payload
+ * with at least TCP_DIRECT bytes still to come is read straight into its
+ * destination.
  * A message whose receive is not posted but that sits in front of one that
  * is ("unexpected") is kept in a pooled buffer; a receive posted while such
  * a message is still arriving takes over the rest of it directly.
@@ -363,7 +365,7 @@ static size_t tcp_read_size(const tcp_conn_t *c, const tcp_rx_t *rx) {
     want = sizeof(tcp_hdr_t) - (rx->s_end - rx->s_beg); /* parse left less than a header */
     while (op && op->len >= TCP_BULK_MIN)               /* the first receive for this lane */
       op = op->next;
-    if (rx == &c->rx[TCP_MAIN] && op && op->len < TCP_DIRECT)
+    if (rx == &c->rx[TCP_MAIN] && op && op->len <= TCP_STAGED)
       want += op->len;
   }
   return want < room ? want : room;

@@ -15,6 +15,7 @@
 #define TCP_HELLO_MAGIC 0x64754831u /* hello of a new connection */
 #define TCP_STAGE (64 * 1024)       /* staging buffer per incoming connection */
 #define TCP_DIRECT 4096             /* payload left to read straight into place */
+#define TCP_STAGED (32 * 1024)      /* payloads read with their header, in one recv */
 #define TCP_CONNECT_SEC 60          /* deadline of insert_peers */
 #define TCP_OPS_CHUNK 64            /* operations allocated at a time */
 #define TCP_PENDING_EXTRA 16        /* accepted connections beyond npeers awaiting a hello */
