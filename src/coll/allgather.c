@@ -115,31 +115,6 @@ out_free:
   return rc;
 }
 
-/* Remote ranks in pairwise order from this rank, DUET_AG_WINDOW exchanges
- * in flight. */
-#define DUET_AG_WINDOW 8
-
 duet_status_t duet__allgather_remote_build(const duet__coll_args_t *a, duet__sched_t *s) {
-  const int p = a->nranks, r = a->rank, sn = a->layout->supernode[r];
-  const uint64_t blk = a->count * a->dtsize;
-  uint32_t done[DUET_AG_WINDOW];
-
-  if (blk == 0)
-    return DUET_SUCCESS;
-  for (int k = 0; k < DUET_AG_WINDOW; k++)
-    done[k] = DUET_STEP_NONE;
-  for (int k = 1, w = 0; k < p; k++) {
-    int to = (r + k) % p, from = (r - k + p) % p;
-    uint32_t gate = done[w], sd = DUET_STEP_NONE, rv = DUET_STEP_NONE;
-    if (a->layout->supernode[to] != sn)
-      sd = duet__sched_send(s, to, 0, duet__ref(DUET_BUF_SEND, 0), blk, &gate, 1);
-    if (a->layout->supernode[from] != sn)
-      rv = duet__sched_recv(s, from, 0, duet__ref(DUET_BUF_RECV, (uint64_t)from * blk), blk, &gate,
-                            1);
-    if (sd == DUET_STEP_NONE && rv == DUET_STEP_NONE)
-      continue;
-    done[w] = rv != DUET_STEP_NONE ? rv : sd;
-    w = (w + 1) % DUET_AG_WINDOW;
-  }
-  return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
+  return duet__hier_remote_exchange(a, s, 1, 0);
 }

@@ -196,6 +196,37 @@ static duet_status_t duet__mem_failed(duet_comm_t *comm, const duet__coll_args_t
                          duet__coll_name(a->coll), comm->seq, comm->rank, phase, err);
 }
 
+/* A phase over the HPN that runs beside the segment's work: posted first
+ * (duet__mem_post_phase), then waited for and freed (duet__mem_end_phase),
+ * or given up when the segment or the networks failed
+ * (duet__mem_drop_phase). Inside a task, the posted request is recorded so
+ * that a failed communicator frees it if the task never resumes
+ * (duet__mem_fail_all). */
+static duet_status_t duet__mem_post_phase(duet_comm_t *comm, const duet__coll_args_t *a,
+                                          duet__coll_build_fn build, const void *sendbuf,
+                                          void *recvbuf, duet_request_t **req) {
+  duet_status_t rc = duet__request_post(comm, a->coll, a, build, sendbuf, recvbuf, req);
+  if (rc == DUET_SUCCESS && comm->mem_in_task)
+    comm->mem_awaiting = *req;
+  return rc;
+}
+
+static duet_status_t duet__mem_end_phase(duet_comm_t *comm, duet_request_t *req) {
+  duet_status_t rc = duet__mem_await(comm, req);
+  comm->mem_awaiting = NULL;
+  duet__request_free(req);
+  return rc;
+}
+
+/* err empty: the networks failed, and said so; otherwise the segment did. */
+static duet_status_t duet__mem_drop_phase(duet_comm_t *comm, const duet__coll_args_t *a,
+                                          duet_request_t *req, duet_status_t rc, const char *phase,
+                                          const char *err) {
+  comm->mem_awaiting = NULL;
+  duet__request_abandon(req, rc);
+  return err[0] == '\0' ? rc : duet__mem_failed(comm, a, rc, phase, err);
+}
+
 /* The communicator's staging buffer (partial results of a hierarchical
  * call), at least bytes long; grown rarely. NULL, with the error set, when
  * out of memory. */
@@ -344,30 +375,21 @@ static duet_status_t duet__mem_a2a_remote(duet_comm_t *comm, duet__coll_args_t *
   duet_request_t *req = NULL;
   duet_status_t rc;
 
-  rc = duet__request_post(comm, a->coll, a,
-                          v ? duet__alltoallv_remote_build : duet__alltoall_remote_build, sendbuf,
-                          recvbuf, &req);
+  rc = duet__mem_post_phase(comm, a, v ? duet__alltoallv_remote_build : duet__alltoall_remote_build,
+                            sendbuf, recvbuf, &req);
   if (rc != DUET_SUCCESS)
     return rc;
-  if (comm->mem_in_task)
-    comm->mem_awaiting = req; /* freed by duet__mem_fail_all if the task never resumes */
   (v ? duet__a2av_round : duet__a2a_round)(comm, a, NULL, recvbuf, 0, r);
   rc = duet__shm_alltoallv(comm->mem, sendbuf, r->sc, r->sd, r->to, r->rc, r->rd, es, comm->yield,
                            comm->cfg.timeout_ms, err);
-  if (rc != DUET_SUCCESS) {
-    comm->mem_awaiting = NULL;
-    duet__request_abandon(req, rc);
-    return duet__mem_failed(comm, a, rc, "exchange inside the super-node", err);
-  }
+  if (rc != DUET_SUCCESS)
+    return duet__mem_drop_phase(comm, a, req, rc, "exchange inside the super-node", err);
   for (int i = 0; i < L; i++)
     if (i != j) {
       comm->stats.upn_bytes_sent += r->sc[i] * es;
       comm->stats.upn_bytes_recv += r->rc[i] * es;
     }
-  rc = duet__mem_await(comm, req);
-  comm->mem_awaiting = NULL;
-  duet__request_free(req);
-  return rc;
+  return duet__mem_end_phase(comm, req);
 }
 
 /* The hierarchical all-to-all with the load/store UPN (the rounds of
@@ -410,13 +432,11 @@ static duet_status_t duet__mem_hier_alltoall(duet_comm_t *comm, duet__coll_args_
   r.staged = 0;
   if (!comm->layout.uniform)
     return duet__mem_a2a_remote(comm, a, sendbuf, recvbuf, &r);
-  rc = duet__request_post(comm, a->coll, a,
-                          v ? duet__alltoallv_hier_rail_build : duet__alltoall_hier_rail_build,
-                          sendbuf, recvbuf, &req);
+  rc = duet__mem_post_phase(comm, a,
+                            v ? duet__alltoallv_hier_rail_build : duet__alltoall_hier_rail_build,
+                            sendbuf, recvbuf, &req);
   if (rc != DUET_SUCCESS)
     return rc;
-  if (comm->mem_in_task)
-    comm->mem_awaiting = req; /* freed by duet__mem_fail_all if the task never resumes */
   for (int k = 1; k <= N && rc == DUET_SUCCESS; k++) {
     const int m = k % N; /* the own super-node last */
     (v ? duet__a2av_round : duet__a2a_round)(comm, a, (char *)req->bufs[DUET_BUF_SCRATCH], recvbuf,
@@ -433,19 +453,11 @@ static duet_status_t duet__mem_hier_alltoall(duet_comm_t *comm, duet__coll_args_
     if (!comm->mem_in_task) /* a blocking call: hand the rail its data now */
       rc = duet__progress(comm);
   }
-  if (rc == DUET_SUCCESS) {
-    comm->stats.upn_bytes_sent += sent;
-    comm->stats.upn_bytes_recv += recvd;
-    rc = duet__mem_await(comm, req);
-    comm->mem_awaiting = NULL;
-    duet__request_free(req);
-    return rc;
-  }
-  comm->mem_awaiting = NULL;
-  duet__request_abandon(req, rc);
-  if (err[0] == '\0') /* the networks failed, and said so */
-    return rc;
-  return duet__mem_failed(comm, a, rc, "exchange inside the super-node", err);
+  if (rc != DUET_SUCCESS)
+    return duet__mem_drop_phase(comm, a, req, rc, "exchange inside the super-node", err);
+  comm->stats.upn_bytes_sent += sent;
+  comm->stats.upn_bytes_recv += recvd;
+  return duet__mem_end_phase(comm, req);
 }
 
 /* Whether this rank's super-node is one range of ranks. */
@@ -476,25 +488,17 @@ static duet_status_t duet__mem_ag_remote(duet_comm_t *comm, duet__coll_args_t *a
 
   if (!range && (to = duet__mem_stage(comm, a, (size_t)L * S)) == NULL)
     return DUET_ERR_NO_MEMORY;
-  rc = duet__request_post(comm, a->coll, a, duet__allgather_remote_build, sendbuf, recvbuf, &req);
+  rc = duet__mem_post_phase(comm, a, duet__allgather_remote_build, sendbuf, recvbuf, &req);
   if (rc != DUET_SUCCESS)
     return rc;
-  if (comm->mem_in_task)
-    comm->mem_awaiting = req; /* freed by duet__mem_fail_all if the task never resumes */
   rc = duet__shm_allgather(comm->mem, sendbuf, to, S, comm->yield, comm->cfg.timeout_ms, err);
-  if (rc != DUET_SUCCESS) {
-    comm->mem_awaiting = NULL;
-    duet__request_abandon(req, rc);
-    return duet__mem_failed(comm, a, rc, "allgather inside the super-node", err);
-  }
+  if (rc != DUET_SUCCESS)
+    return duet__mem_drop_phase(comm, a, req, rc, "allgather inside the super-node", err);
   for (int i = 0; !range && i < L; i++)
     memcpy(rb + (size_t)domain[i] * S, to + (size_t)i * S, S);
   comm->stats.upn_bytes_sent += (uint64_t)S * (uint64_t)(L - 1);
   comm->stats.upn_bytes_recv += (uint64_t)S * (uint64_t)(L - 1);
-  rc = duet__mem_await(comm, req);
-  comm->mem_awaiting = NULL;
-  duet__request_free(req);
-  return rc;
+  return duet__mem_end_phase(comm, req);
 }
 
 /* Reduce-scatter where the rails do not suit the layout, with the
@@ -529,24 +533,16 @@ static duet_status_t duet__mem_rs_remote(duet_comm_t *comm, duet__coll_args_t *a
   }
   rem.in_place = 0;
   rem.out_aliases_in = 0; /* recvbuf is written below, after the sends */
-  rc = duet__request_post(comm, a->coll, &rem, duet__reduce_scatter_remote_build, sendbuf, stage,
-                          &req);
+  rc = duet__mem_post_phase(comm, &rem, duet__reduce_scatter_remote_build, sendbuf, stage, &req);
   if (rc != DUET_SUCCESS)
     return rc;
-  if (comm->mem_in_task)
-    comm->mem_awaiting = req; /* freed by duet__mem_fail_all if the task never resumes */
   rc = duet__shm_reduce_scatter(comm->mem, from, mine, a->count, a->dt, inner, L, comm->yield,
                                 comm->cfg.timeout_ms, err);
-  if (rc != DUET_SUCCESS) {
-    comm->mem_awaiting = NULL;
-    duet__request_abandon(req, rc);
-    return duet__mem_failed(comm, a, rc, "reduce-scatter inside the super-node", err);
-  }
+  if (rc != DUET_SUCCESS)
+    return duet__mem_drop_phase(comm, a, req, rc, "reduce-scatter inside the super-node", err);
   comm->stats.upn_bytes_sent += (uint64_t)S * (uint64_t)(L - 1);
   comm->stats.upn_bytes_recv += (uint64_t)S * (uint64_t)(L - 1);
-  rc = duet__mem_await(comm, req);
-  comm->mem_awaiting = NULL;
-  duet__request_free(req);
+  rc = duet__mem_end_phase(comm, req);
   if (rc != DUET_SUCCESS)
     return rc;
   duet__reduce(recvbuf, mine, stage, a->count, a->dt, inner);
@@ -577,22 +573,14 @@ static duet_status_t duet__mem_hier_allgather(duet_comm_t *comm, duet__coll_args
     return DUET_SUCCESS;
   if (!l->uniform || !l->consecutive)
     return duet__mem_ag_remote(comm, a, sendbuf, recvbuf);
-  rc =
-      duet__request_post(comm, a->coll, a, duet__allgather_hier_rail_build, sendbuf, recvbuf, &req);
+  rc = duet__mem_post_phase(comm, a, duet__allgather_hier_rail_build, sendbuf, recvbuf, &req);
   if (rc != DUET_SUCCESS)
     return rc;
-  if (comm->mem_in_task)
-    comm->mem_awaiting = req; /* freed by duet__mem_fail_all if the task never resumes */
   rc = duet__shm_allgather(comm->mem, sendbuf, rb + (size_t)l->members[l->sn_first[sn]] * S, S,
                            yield, ms, err);
-  if (rc != DUET_SUCCESS) {
-    comm->mem_awaiting = NULL;
-    duet__request_abandon(req, rc);
-    goto shm_failed;
-  }
-  rc = duet__mem_await(comm, req);
-  comm->mem_awaiting = NULL;
-  duet__request_free(req);
+  if (rc != DUET_SUCCESS)
+    return duet__mem_drop_phase(comm, a, req, rc, "allgather inside the super-node", err);
+  rc = duet__mem_end_phase(comm, req);
   if (rc != DUET_SUCCESS)
     return rc;
   for (int m = 1; m < N; m++) {

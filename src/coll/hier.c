@@ -60,3 +60,35 @@ duet__view_t duet__hier_view(const duet__sched_t *s, const int32_t *ranks) {
   v.ranks = ranks;
   return v;
 }
+
+duet_status_t duet__hier_remote_exchange(const duet__coll_args_t *a, duet__sched_t *s,
+                                         int own_block, int packed) {
+  const int p = a->nranks, r = a->rank, sn = a->layout->supernode[r];
+  const int32_t *domain = a->layout->members + a->layout->sn_first[sn];
+  const int ls = a->layout->sn_size[sn];
+  const uint64_t blk = a->count * a->dtsize;
+  uint32_t done[DUET_HIER_REMOTE_WINDOW];
+
+  if (blk == 0)
+    return DUET_SUCCESS;
+  for (int k = 0; k < DUET_HIER_REMOTE_WINDOW; k++)
+    done[k] = DUET_STEP_NONE;
+  for (int k = 1, w = 0; k < p; k++) {
+    int to = (r + k) % p, from = (r - k + p) % p;
+    uint32_t gate = done[w], sd = DUET_STEP_NONE, rv = DUET_STEP_NONE;
+    if (a->layout->supernode[to] != sn)
+      sd = duet__sched_send(s, to, 0, duet__ref(DUET_BUF_SEND, own_block ? 0 : (uint64_t)to * blk),
+                            blk, &gate, 1);
+    if (a->layout->supernode[from] != sn) {
+      uint64_t at = (uint64_t)from;
+      for (int i = 0; packed && i < ls; i++) /* less the ranks of this super-node below it */
+        at -= domain[i] < from;
+      rv = duet__sched_recv(s, from, 0, duet__ref(DUET_BUF_RECV, at * blk), blk, &gate, 1);
+    }
+    if (sd == DUET_STEP_NONE && rv == DUET_STEP_NONE)
+      continue;
+    done[w] = rv != DUET_STEP_NONE ? rv : sd;
+    w = (w + 1) % DUET_HIER_REMOTE_WINDOW;
+  }
+  return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
+}

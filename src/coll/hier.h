@@ -34,4 +34,14 @@ duet__view_t duet__hier_view(const duet__sched_t *s, const int32_t *ranks);
  * each. */
 int duet__hier_is_flat(const duet__layout_t *l);
 
+/* One block of count elements with each rank of the other super-nodes, in
+ * pairwise order from this rank, DUET_HIER_REMOTE_WINDOW exchanges in
+ * flight (for a call whose super-node's own blocks go through the shared
+ * segment). The block sent to rank q is sendbuf's first (own_block) or its
+ * q-th; the block from rank q lands in recvbuf at q (or, packed, at q's
+ * index among the other super-nodes' ranks, in rank order). */
+#define DUET_HIER_REMOTE_WINDOW 8
+duet_status_t duet__hier_remote_exchange(const duet__coll_args_t *a, duet__sched_t *s,
+                                         int own_block, int packed);
+
 #endif

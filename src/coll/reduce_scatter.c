@@ -156,37 +156,6 @@ out_free:
   return rc;
 }
 
-/* Remote ranks in pairwise order from this rank, DUET_RS_WINDOW exchanges
- * in flight; the block from rank q lands at (its index among the remote
- * ranks, in rank order) x count in recvbuf. */
-#define DUET_RS_WINDOW 8
-
 duet_status_t duet__reduce_scatter_remote_build(const duet__coll_args_t *a, duet__sched_t *s) {
-  const int p = a->nranks, r = a->rank, sn = a->layout->supernode[r];
-  const int32_t *domain = a->layout->members + a->layout->sn_first[sn];
-  const int ls = a->layout->sn_size[sn];
-  const uint64_t blk = a->count * a->dtsize;
-  uint32_t done[DUET_RS_WINDOW];
-
-  if (blk == 0)
-    return DUET_SUCCESS;
-  for (int k = 0; k < DUET_RS_WINDOW; k++)
-    done[k] = DUET_STEP_NONE;
-  for (int k = 1, w = 0; k < p; k++) {
-    int to = (r + k) % p, from = (r - k + p) % p;
-    uint32_t gate = done[w], sd = DUET_STEP_NONE, rv = DUET_STEP_NONE;
-    if (a->layout->supernode[to] != sn)
-      sd = duet__sched_send(s, to, 0, duet__ref(DUET_BUF_SEND, (uint64_t)to * blk), blk, &gate, 1);
-    if (a->layout->supernode[from] != sn) {
-      uint64_t idx = (uint64_t)from; /* less the ranks of this super-node below it */
-      for (int i = 0; i < ls; i++)
-        idx -= domain[i] < from;
-      rv = duet__sched_recv(s, from, 0, duet__ref(DUET_BUF_RECV, idx * blk), blk, &gate, 1);
-    }
-    if (sd == DUET_STEP_NONE && rv == DUET_STEP_NONE)
-      continue;
-    done[w] = rv != DUET_STEP_NONE ? rv : sd;
-    w = (w + 1) % DUET_RS_WINDOW;
-  }
-  return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
+  return duet__hier_remote_exchange(a, s, 0, 1);
 }

@@ -169,7 +169,6 @@ static duet_status_t duet__open_endpoints(duet_comm_t *comm, const duet__domains
     if (rc != DUET_SUCCESS)
       return rc;
   }
-  duet__comm_shape(comm);
   DUET_INFO(DUET_SUB_INIT, "rank %d: super-node %d of %d, local %d of %d, UPN %s/%s, HPN %s/%s%s",
             comm->rank, comm->supernode, comm->nsupernodes, comm->local_rank, comm->local_size,
             comm->nets->net[DUET_NET_UPN].ep ? comm->nets->net[DUET_NET_UPN].provider : "-",
@@ -483,7 +482,7 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
   comm->mem_everywhere = comm->mem != NULL;
   for (int r = 0; r < nranks; r++)
     comm->mem_everywhere &= aall[r].mem_ok != 0;
-  duet__comm_shape(comm); /* now that every rank knows whether all have the segment */
+  duet__comm_shape(comm); /* once every rank knows whether all have the segment */
 
   /* Round 3: connect to the peers, then agree that everyone did. */
   rc = duet__insert_peers(comm, aall, tperr);
