@@ -5,9 +5,13 @@
  * Pairwise: in step k rank r exchanges with q = (k - r) mod p, a pairing in
  * which every pair meets exactly once and both directions move in the same
  * step. At most DUET_A2A_WINDOW steps are in flight. Out of place, blocks go
- * straight from sendbuf to recvbuf; in place, the incoming block waits in one
- * of DUET_A2A_WINDOW scratch slots until the outgoing block it replaces has
- * left. Extra memory: none out of place, WINDOW blocks in place.
+ * straight from sendbuf to recvbuf; in place, the outgoing block is first
+ * copied to one of DUET_A2A_WINDOW scratch slots and sent from there, and
+ * the incoming block lands in place once that copy is done (as Open MPI's
+ * in-place pairwise does: the copy precedes the transfer instead of
+ * trailing it; 4 ranks over tcp, 4 MiB in place, 1318-1641 against
+ * 1459-2215 us in alternating launches). Extra memory: none out of place,
+ * WINDOW blocks in place.
  *
  * Bruck (small blocks): rotate, then in round k (k = 1, 2, 4, ...) send to
  * r + k every block whose index has bit k set, packed in one message, and
@@ -84,10 +88,9 @@ static duet_status_t a2a_pairwise(const duet__coll_args_t *a, duet__sched_t *s, 
       done[w] = duet__sched_recv(s, q, 0, in, blk, &gate, 1);
     } else {
       duet__ref_t slot = duet__ref(DUET_BUF_SCRATCH, (uint64_t)w * blk);
-      uint32_t sd = duet__sched_send(s, q, 0, out, blk, &gate, 1);
-      uint32_t rv = duet__sched_recv(s, q, 0, slot, blk, &gate, 1);
-      uint32_t deps[2] = {sd, rv};
-      done[w] = duet__sched_copy(s, in, slot, blk, deps, 2);
+      uint32_t cp = duet__sched_copy(s, slot, out, blk, &gate, 1);
+      done[w] = duet__sched_send(s, q, 0, slot, blk, &cp, 1);
+      duet__sched_recv(s, q, 0, in, blk, &cp, 1);
     }
     w = (w + 1) % DUET_A2A_WINDOW;
   }
