@@ -44,6 +44,11 @@
  * duet_wait (and MPI_I<coll> then MPI_Wait), each call waited before the
  * next, so the time is a call's latency through the request path.
  *
+ * --barrier times each call alone after an MPI_Barrier, as OSU's
+ * benchmarks do: time is the mean of the -n single-call times. The ranks
+ * start each call together, so a call's time holds none of the previous
+ * call's skew, and a library cannot overlap one call with the next.
+ *
  * --format csv|json prints the same numbers for programs (rank 0 only).
  */
 #ifndef _GNU_SOURCE
@@ -673,6 +678,7 @@ typedef struct {
   int compare; /* also time MPI's collective */
   int rounds;  /* 0: the default, 1 (3 with --compare) */
   int format;
+  int barrier; /* time each call alone after a barrier */
 } opts_t;
 
 static int parse_bytes(const char *s, size_t *out) {
@@ -755,6 +761,8 @@ static void usage(FILE *f, const char *prog) {
           "               checked too (mpi_wrong in csv/json, a summary line in the table).\n"
           "  --nonblocking  time the non-blocking forms: duet_i<coll> + duet_wait per\n"
           "               call (MPI_I<coll> + MPI_Wait with --compare)\n"
+          "  --barrier    time each call alone after an MPI_Barrier, as OSU's benchmarks\n"
+          "               do (time: the mean of those single-call times)\n"
           "  --rounds <R> timed rounds per size and placement (1..%d; default 1, 3 with\n"
           "               --compare): time is the median over rounds of the loop's mean\n"
           "               per-iteration time, averaged over ranks\n"
@@ -801,15 +809,13 @@ static const coll_t *coll_named(const char *name) {
 /* NULL: go; "": help asked; else the message. */
 static const char *parse_opts(int argc, char **argv, opts_t *o) {
   int opt;
-  static const struct option longopts[] = {{"skew", required_argument, NULL, 'S'},
-                                           {"compare", required_argument, NULL, 'M'},
-                                           {"rounds", required_argument, NULL, 'R'},
-                                           {"format", required_argument, NULL, 'F'},
-                                           {"nonblocking", no_argument, NULL, 'N'},
-                                           {"help", no_argument, NULL, 'h'},
-                                           {NULL, 0, NULL, 0}};
-  *o = (opts_t){8,        32u << 20, 1u << 20, 2.0, 20, 5, 1,        DUET_FLOAT32,
-                DUET_SUM, &colls[0], 0.0,      0,   0,  0, FMT_TABLE};
+  static const struct option longopts[] = {
+      {"skew", required_argument, NULL, 'S'},   {"compare", required_argument, NULL, 'M'},
+      {"rounds", required_argument, NULL, 'R'}, {"format", required_argument, NULL, 'F'},
+      {"nonblocking", no_argument, NULL, 'N'},  {"barrier", no_argument, NULL, 'B'},
+      {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
+  *o = (opts_t){8,        32u << 20, 1u << 20, 2.0, 20, 5, 1,         DUET_FLOAT32,
+                DUET_SUM, &colls[0], 0.0,      0,   0,  0, FMT_TABLE, 0};
   opterr = 0; /* our messages, on rank 0 only */
   while ((opt = getopt_long(argc, argv, ":C:b:e:f:i:n:w:c:d:o:r:h", longopts, NULL)) != -1) {
     switch (opt) {
@@ -831,6 +837,9 @@ static const char *parse_opts(int argc, char **argv, opts_t *o) {
       break;
     case 'N':
       nonblocking = 1;
+      break;
+    case 'B':
+      o->barrier = 1;
       break;
     case 'F': {
       o->format = -1;
@@ -1044,16 +1053,27 @@ static long wrong_of(const call_t *c, int kind, int lib, const unsigned char *wa
   }
 }
 
-/* Seconds per call of `iters` calls, averaged over ranks. */
+/* Seconds per call of `iters` calls, averaged over ranks; with --barrier,
+ * each call timed alone after a barrier. */
 static double time_loop(bench_t *b, int lib, const call_t *c) {
   const coll_t *coll = b->o->coll;
+  double sec = 0, sum = 0, t0;
   int rc;
   MPI_Barrier(MPI_COMM_WORLD);
-  double t0 = MPI_Wtime();
-  for (int i = 0; i < b->o->iters; i++)
+  t0 = MPI_Wtime();
+  for (int i = 0; i < b->o->iters; i++) {
+    if (b->o->barrier) {
+      MPI_Barrier(MPI_COMM_WORLD);
+      t0 = MPI_Wtime();
+    }
     if ((rc = coll->run[lib](c)) != 0)
       die(b, lib, rc, coll->name);
-  double sec = (MPI_Wtime() - t0) / b->o->iters, sum = 0;
+    if (b->o->barrier)
+      sec += MPI_Wtime() - t0;
+  }
+  if (!b->o->barrier)
+    sec = MPI_Wtime() - t0;
+  sec /= b->o->iters;
   MPI_Allreduce(&sec, &sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
   return sum / b->nranks;
 }
@@ -1335,6 +1355,7 @@ static void print_header(bench_t *b, int version) {
            "ranks\",\n");
     printf("  \"compare\": %s,\n", o->compare ? "\"mpi\"" : "null");
     printf("  \"nonblocking\": %s,\n", nonblocking ? "true" : "false");
+    printf("  \"barrier\": %s,\n", o->barrier ? "true" : "false");
     printf("  \"mpi_library\": ");
     json_str(mpiver);
     if (c->kind == K_ALLTOALLV)
@@ -1361,6 +1382,8 @@ static void print_header(bench_t *b, int version) {
   printf(" warmup iters: %d iters: %d validation: %d\n", o->warmup, o->iters, o->check);
   if (nonblocking)
     printf("#  non-blocking forms: each call posted, then waited\n");
+  if (o->barrier)
+    printf("#  each call timed alone after an MPI_Barrier; time is the mean of those times\n");
   printf("#  DUET_UPN_PROVIDER=%s DUET_HPN_PROVIDER=%s DUET_ALGO=%s\n", upn ? upn : "(default)",
          hpn ? hpn : "(default)", algo ? algo : "(default)");
   if (o->rounds > 1 || o->compare)

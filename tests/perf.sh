@@ -11,7 +11,7 @@
 # columns and summary), the JSON format (valid JSON, checked with python3
 # when there is one) and bad arguments (exit 2 with a message naming the
 # option). Every collective once more with --nonblocking (np 3, duet's and
-# MPI's results checked). About 40 s on 2 cores. DUET_TEST_QUICK=1
+# MPI's results checked); allreduce and alltoall with --barrier. About 40 s on 2 cores. DUET_TEST_QUICK=1
 # (sanitizer builds): the per-collective runs at np 2 only.
 #
 # Env: top_builddir (default .), MPIRUN (default mpirun), DUET_TEST_TIMEOUT
@@ -124,6 +124,27 @@ for coll in allreduce allgather reduce_scatter reduce broadcast alltoall alltoal
   [ $rc -ne 0 ] && { ok=1; why="exit $rc; $why $(tail -3 "$f.err" | tr '\n' ' ')"; }
   result "$coll np 3 --nonblocking --compare mpi" $ok "$why"
 done
+
+# ---- --barrier: each call timed alone after a barrier (OSU's way); both
+# libraries' results right, the mode named in the table and the JSON ----
+for coll in allreduce alltoall; do
+  f="$out/${coll}_barrier.csv"
+  perf 3 "$f" -C "$coll" --barrier -b 8 -e 2M -f 64 -n 3 -w 1 -c 1 --compare mpi --rounds 1 \
+    --format csv
+  rc=$?
+  why=$(check_csv "$f" "$coll" 3)
+  ok=$?
+  [ $rc -ne 0 ] && { ok=1; why="exit $rc; $why $(tail -3 "$f.err" | tr '\n' ' ')"; }
+  result "$coll np 3 --barrier --compare mpi" $ok "$why"
+done
+f="$out/barrier.txt"
+perf 2 "$f" -C allreduce --barrier -b 8 -e 64 -n 2 -w 1
+grep -q "each call timed alone after an MPI_Barrier" "$f"
+result "--barrier named in the table's header" $? "$(head -5 "$f" | tr '\n' ' ')"
+f="$out/barrier.json"
+perf 2 "$f" -C allreduce --barrier -b 8 -e 64 -n 2 -w 1 --format json
+grep -q '"barrier": true' "$f"
+result "--barrier named in the JSON" $? "$(grep barrier "$f")"
 
 # ---- --compare mpi: ratio a positive number, MPI's result right ----
 f="$out/compare.csv"
