@@ -84,13 +84,26 @@ check_csv() {
     }' "$file"
 }
 
+# perf_csv <name> <np> <coll> <outfile> [args...]: run duet_perf with --format
+# csv and report check_csv's verdict (and a non-zero exit) as one result.
+perf_csv() {
+  local name=$1 np=$2 coll=$3 file=$4 rc why ok
+  shift 4
+  perf "$np" "$file" "$@" --format csv
+  rc=$?
+  why=$(check_csv "$file" "$coll" "$np")
+  ok=$?
+  [ $rc -ne 0 ] && { ok=1; why="exit $rc; $why $(tail -3 "$file.err" | tr '\n' ' ')"; }
+  result "$name" $ok "$why"
+}
+
 # ---- every collective, np 2 and 3, checked ----
 SIZES=(-b 8 -e 40K -f 5 -n 2 -w 1 -c 1)
 nps="2 3"
 [ "${DUET_TEST_QUICK:-0}" = 1 ] && nps=2
 for np in $nps; do
   for coll in allreduce allgather reduce_scatter reduce broadcast alltoall alltoallv barrier; do
-    args=(-C "$coll" "${SIZES[@]}" --format csv)
+    args=(-C "$coll" "${SIZES[@]}")
     name="$coll np $np"
     # np 3 also checks MPI's equivalent call, as --compare mpi maps it
     [ "$np" = 3 ] && args+=(--compare mpi --rounds 1) name="$name, --compare mpi"
@@ -101,13 +114,7 @@ for np in $nps; do
     allgather:3 | alltoall:3) args+=(-d all) name="$name (all types)" ;;
     alltoallv:3) args+=(--skew 1) name="$name (skew 1)" ;;
     esac
-    f="$out/${coll}_np$np.csv"
-    perf "$np" "$f" "${args[@]}"
-    rc=$?
-    why=$(check_csv "$f" "$coll" "$np")
-    ok=$?
-    [ $rc -ne 0 ] && { ok=1; why="exit $rc; $why $(tail -3 "$f.err" | tr '\n' ' ')"; }
-    result "$name" $ok "$why"
+    perf_csv "$name" "$np" "$coll" "$out/${coll}_np$np.csv" "${args[@]}"
   done
 done
 
@@ -115,27 +122,15 @@ done
 # load/store path's queued tasks), duet's and MPI's results right, eager and
 # chunked sizes ----
 for coll in allreduce allgather reduce_scatter reduce broadcast alltoall alltoallv barrier; do
-  f="$out/${coll}_nonblocking.csv"
-  perf 3 "$f" -C "$coll" --nonblocking -b 8 -e 2M -f 64 -n 2 -w 1 -c 1 --compare mpi --rounds 1 \
-    --format csv
-  rc=$?
-  why=$(check_csv "$f" "$coll" 3)
-  ok=$?
-  [ $rc -ne 0 ] && { ok=1; why="exit $rc; $why $(tail -3 "$f.err" | tr '\n' ' ')"; }
-  result "$coll np 3 --nonblocking --compare mpi" $ok "$why"
+  perf_csv "$coll np 3 --nonblocking --compare mpi" 3 "$coll" "$out/${coll}_nonblocking.csv" \
+    -C "$coll" --nonblocking -b 8 -e 2M -f 64 -n 2 -w 1 -c 1 --compare mpi --rounds 1
 done
 
 # ---- --barrier: each call timed alone after a barrier (OSU's way); both
 # libraries' results right, the mode named in the table and the JSON ----
 for coll in allreduce alltoall; do
-  f="$out/${coll}_barrier.csv"
-  perf 3 "$f" -C "$coll" --barrier -b 8 -e 2M -f 64 -n 3 -w 1 -c 1 --compare mpi --rounds 1 \
-    --format csv
-  rc=$?
-  why=$(check_csv "$f" "$coll" 3)
-  ok=$?
-  [ $rc -ne 0 ] && { ok=1; why="exit $rc; $why $(tail -3 "$f.err" | tr '\n' ' ')"; }
-  result "$coll np 3 --barrier --compare mpi" $ok "$why"
+  perf_csv "$coll np 3 --barrier --compare mpi" 3 "$coll" "$out/${coll}_barrier.csv" \
+    -C "$coll" --barrier -b 8 -e 2M -f 64 -n 3 -w 1 -c 1 --compare mpi --rounds 1
 done
 f="$out/barrier.txt"
 perf 2 "$f" -C allreduce --barrier -b 8 -e 64 -n 2 -w 1
