@@ -192,3 +192,29 @@ Test(args, init_refuses_settings_that_differ_between_ranks, .timeout = 60) {
     }
   }
 }
+
+/* duet_mem_alloc: bad arguments named, and memory that is page-aligned,
+ * zero-filled, writable; duet_mem_free refuses what it did not allocate
+ * (a second free included) and takes NULL. */
+Test(args, mem_alloc_and_free) {
+  void *p = (void *)0x1, *q = NULL;
+  EXPECT_BAD(duet_mem_alloc(NULL, 64), NULL, "ptr");
+  EXPECT_BAD(duet_mem_alloc(&p, 0), NULL, "size");
+  cr_assert_null(p, "a failed duet_mem_alloc sets *ptr to NULL");
+  EXPECT_BAD(duet_mem_alloc(&p, SIZE_MAX), NULL, "size");
+  cr_assert_eq(duet_mem_alloc(&p, 10000), DUET_SUCCESS, "%s", duet_last_error(NULL));
+  cr_assert_eq(duet_mem_alloc(&q, 1), DUET_SUCCESS, "%s", duet_last_error(NULL));
+  cr_assert_neq(p, q);
+  cr_assert_eq((uintptr_t)p % 4096, 0, "page-aligned");
+  for (size_t i = 0; i < 10000; i++)
+    cr_assert_eq(((unsigned char *)p)[i], 0, "byte %zu not zero", i);
+  memset(p, 0xAB, 10000);
+  EXPECT_BAD(duet_mem_free((char *)p + 8), NULL, "duet_mem_alloc");
+  int local;
+  EXPECT_BAD(duet_mem_free(&local), NULL, "duet_mem_alloc");
+  cr_assert_eq(((unsigned char *)p)[9999], 0xAB, "a refused free leaves the memory alone");
+  cr_assert_eq(duet_mem_free(p), DUET_SUCCESS, "%s", duet_last_error(NULL));
+  EXPECT_BAD(duet_mem_free(p), NULL, "duet_mem_alloc");
+  cr_assert_eq(duet_mem_free(q), DUET_SUCCESS, "%s", duet_last_error(NULL));
+  cr_assert_eq(duet_mem_free(NULL), DUET_SUCCESS);
+}
