@@ -47,7 +47,15 @@
  *
  * Cross-memory attach (process_vm_readv) was measured as an alternative to
  * copy-in (reading the peer's user buffer directly): 2-3 GB/s on this class
- * of machine against 10-17 GB/s for memcpy, so it is not used.
+ * of machine against 10-17 GB/s for memcpy (7-8 against 25-30 GB/s on a
+ * later one, huge pages or not), so it is not used.
+ *
+ * Send buffers from duet_mem_alloc (umem.h) are the exception: a peer can
+ * map them. A large out-of-place all-to-all whose every send buffer is such
+ * memory publishes where each lies, maps the peers' (kept, see map_peer),
+ * and copies each block once, straight from the sender's buffer into the
+ * receiver's; a last sync keeps every send buffer until its readers are
+ * done. See alltoall_try_direct.
  *
  * Large out-of-place messages (all ranks' recvbufs together larger than the
  * last-level cache) are copied out with streaming stores: recvbuf will not
@@ -81,6 +89,7 @@
 
 #include "core/log.h"
 #include "reduce/reduce.h"
+#include "shm/umem.h"
 #include "topo/topo.h"
 
 #if defined(__SSE2__)
@@ -143,16 +152,46 @@
 #endif
 #define DUET_SHM_SPINS_FIRST 16u
 
+/* All-to-all blocks (bytes) from which send buffers in duet_mem_alloc memory
+ * are read in place (two more syncs per call, one copy less per byte). */
+#ifndef DUET_SHM_DIRECT_MIN
+#define DUET_SHM_DIRECT_MIN (64u << 10)
+#endif
+/* Mappings of a peer's duet_mem_alloc memory kept per peer; the oldest
+ * goes when another is needed, and any goes once its owner freed it. */
+#ifndef DUET_SHM_MAPS
+#define DUET_SHM_MAPS 4
+#endif
+
 struct shm_header {
   uint64_t magic;
   uint64_t local_size;
   uint64_t size;
 };
 
+/* A send buffer in memory from duet_mem_alloc, as a peer needs it to map
+ * it (see umem.h); serial 0: not such memory. */
+struct shm_reg {
+  uint64_t serial, nonce, size, offset;
+  int32_t fd;
+};
+
 struct shm_flag {
   uint64_t value;   /* sync points passed */
   int32_t cpu;      /* CPU the rank last ran on, a hint for waiters */
+  int32_t pid;      /* the rank's process, for /proc/<pid>/fd */
   uint64_t vmax[2]; /* alltoallv: the rank's largest block, by sync parity */
+  struct shm_reg reg[2]; /* all-to-all: the rank's send buffer, by sync parity */
+  uint32_t mapped[2];    /* all-to-all: mapped every peer's, by sync parity */
+};
+_Static_assert(sizeof(struct shm_flag) <= SHM_LINE, "a flag line holds struct shm_flag");
+
+/* A peer's duet_mem_alloc memory this rank has mapped (read-only). */
+struct shm_map {
+  uint64_t serial, nonce;
+  char *base;
+  size_t size;
+  uint64_t used; /* call (seq) that last used it */
 };
 
 struct duet__shm {
@@ -176,6 +215,8 @@ struct duet__shm {
   cpu_set_t cpus;      /* CPUs this rank may run on (at open) */
   int ncpus;           /* how many; 0 when unknown */
   uint64_t balance_at; /* call (seq) of the next placement check */
+  int mapped;          /* entries of maps in use */
+  struct shm_map maps[SHM_MAX_RANKS][DUET_SHM_MAPS]; /* per local rank */
   char name[NAME_MAX + 1];
 };
 
@@ -572,6 +613,7 @@ duet_status_t duet__shm_open(duet__shm_t **shmp, const char *name, int local_ran
     goto out_free;
   /* Attach: sync point 1. After it every rank has the segment mapped, so
    * the name may be unlinked. */
+  flag_line(shm, local_rank)->pid = (int32_t)getpid();
   rc = sync_all(shm, "open", publish_cpu(shm), 1, timeout_ms, errbuf);
   if (rc != DUET_SUCCESS) {
     if (local_rank == 0)
@@ -601,9 +643,15 @@ void duet__shm_unlink(duet__shm_t *shm) {
     DUET_WARN(DUET_SUB_INIT, "shm_unlink(%s): %s", shm->name, strerror(errno));
 }
 
+static void unmap_peer(duet__shm_t *shm, struct shm_map *m);
+
 void duet__shm_close(duet__shm_t *shm) {
   if (shm == NULL)
     return;
+  for (int p = 0; p < shm->nranks && shm->mapped > 0; p++)
+    for (int k = 0; k < DUET_SHM_MAPS; k++)
+      if (shm->maps[p][k].base != NULL)
+        unmap_peer(shm, &shm->maps[p][k]);
   if (shm->base != NULL)
     munmap(shm->base, shm->size);
   free(shm);
@@ -830,6 +878,143 @@ static char *stage_pieces(duet__shm_t *shm, uint64_t par, const char *sb, size_t
   return mine;
 }
 
+/* ---- send buffers in duet_mem_alloc memory (umem.h) ---- */
+
+static void unmap_peer(duet__shm_t *shm, struct shm_map *m) {
+  munmap(m->base, m->size);
+  memset(m, 0, sizeof *m);
+  shm->mapped--;
+}
+
+/* Drop the mappings whose owner has freed the memory. */
+static void sweep_maps(duet__shm_t *shm) {
+  for (int p = 0; p < shm->nranks && shm->mapped > 0; p++)
+    for (int k = 0; k < DUET_SHM_MAPS; k++) {
+      struct shm_map *m = &shm->maps[p][k];
+      if (m->base != NULL &&
+          !__atomic_load_n(&((const duet__umem_head_t *)(void *)m->base)->alive, __ATOMIC_ACQUIRE))
+        unmap_peer(shm, m);
+    }
+}
+
+/* Local rank p's memory that g describes, mapped read-only here: from the
+ * cache, or by opening /proc/<pid>/fd/<fd>. Returns the send buffer (the
+ * mapping plus g's offset), or NULL when the memory cannot be mapped or
+ * holds fewer than `need` bytes from the offset on. */
+static const char *map_peer(duet__shm_t *shm, int p, const struct shm_reg *g, size_t need) {
+  struct shm_map *m = shm->maps[p], *slot = &m[0];
+  const duet__umem_head_t *h;
+  char path[64];
+  char *base;
+  int fd;
+
+  if (g->offset < DUET_UMEM_HEADER || g->offset > g->size || need > g->size - g->offset)
+    return NULL;
+  for (int k = 0; k < DUET_SHM_MAPS; k++) {
+    if (m[k].base != NULL && m[k].serial == g->serial && m[k].nonce == g->nonce &&
+        m[k].size == g->size) {
+      m[k].used = shm->seq;
+      return m[k].base + g->offset;
+    }
+    if (slot->base != NULL && (m[k].base == NULL || m[k].used < slot->used))
+      slot = &m[k]; /* a free entry, else the least recently used */
+  }
+  snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)flag_line(shm, p)->pid, (int)g->fd);
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    DUET_INFO(DUET_SUB_COLL, "shm %s: open(%s): %s; all-to-all copies twice", shm->name, path,
+              strerror(errno));
+    return NULL;
+  }
+  /* not populated: a large allocation may be read only in part */
+  base = mmap(NULL, g->size, PROT_READ, MAP_SHARED, fd, 0);
+  close(fd);
+  if (base == MAP_FAILED)
+    return NULL;
+  h = (const duet__umem_head_t *)(void *)base;
+  if (h->magic != DUET_UMEM_MAGIC || h->nonce != g->nonce || h->serial != g->serial ||
+      !__atomic_load_n(&h->alive, __ATOMIC_ACQUIRE)) {
+    munmap(base, g->size);
+    return NULL;
+  }
+  if (slot->base != NULL)
+    unmap_peer(shm, slot);
+  *slot = (struct shm_map){
+      .serial = g->serial, .nonce = g->nonce, .base = base, .size = g->size, .used = shm->seq};
+  shm->mapped++;
+  return base + g->offset;
+}
+
+/* Publish, for the next sync, where this rank's send buffer lies if peers
+ * may read it in place: duet_mem_alloc memory, out of place, blocks of
+ * DUET_SHM_DIRECT_MIN bytes or more (every rank computes the same for the
+ * last two). Otherwise publish serial 0. Returns whether it published one. */
+static int publish_reg(duet__shm_t *shm, const char *sb, const char *rb, size_t bytes) {
+  struct shm_reg *g = &flag_line(shm, shm->rank)->reg[(shm->sync + 1) & 1u];
+  duet__umem_ref_t ref;
+  if (sb == rb || bytes < DUET_SHM_DIRECT_MIN ||
+      !duet__umem_find(sb, bytes * (size_t)shm->nranks, &ref)) {
+    if (g->serial != 0) /* peers poll this line: write only a change */
+      g->serial = 0;
+    return 0;
+  }
+  *g = (struct shm_reg){.serial = ref.serial,
+                        .nonce = ref.nonce,
+                        .size = ref.size,
+                        .offset = ref.offset,
+                        .fd = ref.fd};
+  return 1;
+}
+
+/* Right after the first sync of a chunked all-to-all, in which the ranks
+ * whose send buffer can be read in place (publish_reg) published it and
+ * staged nothing. When every rank did, each maps its peers' buffers and
+ * says whether it could (one sync); if all could, each copies its blocks
+ * straight out of its peers' send buffers, once, and a last sync keeps
+ * every buffer until its readers are done (*done = 1). Otherwise the ranks
+ * that staged nothing stage the first step, and after one more sync the
+ * call goes on as if nothing had happened. */
+static duet_status_t alltoall_try_direct(duet__shm_t *shm, int mine, const char *sb, char *rb,
+                                         size_t bytes, uint64_t par, size_t m, size_t q, int nt,
+                                         int cpu, int yield, int timeout_ms, char *errbuf,
+                                         int *done) {
+  const int n = shm->nranks, r = shm->rank;
+  const uint64_t rpar = shm->sync & 1u, mpar = (shm->sync + 1) & 1u;
+  const char *src[SHM_MAX_RANKS];
+  int nreg = 0, ok = 1;
+  duet_status_t rc;
+
+  *done = 0;
+  for (int p = 0; p < n; p++)
+    nreg += flag_line(shm, p)->reg[rpar].serial != 0;
+  if (nreg == 0)
+    return DUET_SUCCESS;
+  if (nreg == n) {
+    for (int i = 1; i < n && ok; i++) {
+      int p = (r + i) % n;
+      src[p] = map_peer(shm, p, &flag_line(shm, p)->reg[rpar], bytes * (size_t)n);
+      ok = src[p] != NULL;
+    }
+    __atomic_store_n(&flag_line(shm, r)->mapped[mpar], (uint32_t)ok, __ATOMIC_RELAXED);
+    rc = sync_all(shm, "alltoall", cpu, yield, timeout_ms, errbuf);
+    if (rc != DUET_SUCCESS)
+      return rc;
+    for (int p = 0; p < n; p++)
+      ok = ok && __atomic_load_n(&flag_line(shm, p)->mapped[mpar], __ATOMIC_RELAXED);
+    if (ok) {
+      for (int i = 1; i < n; i++) {
+        int p = (r + n - i) % n; /* the order of the staged path's copy-out */
+        copy_out(nt, rb + (size_t)p * bytes, src[p] + (size_t)r * bytes, bytes);
+      }
+      *done = 1;
+      return sync_all(shm, "alltoall", cpu, yield, timeout_ms, errbuf);
+    }
+  }
+  if (mine)
+    stage_pieces(shm, par, sb, bytes, 0, m, q);
+  return sync_all(shm, "alltoall", cpu, yield, timeout_ms, errbuf);
+}
+
 /* Large: per step, every block advances by one piece of `q` bytes; rank r
  * stores its pieces for every peer in its chunk buffer (the piece for d at
  * d x q), synchronises once, and copies its piece out of every peer's
@@ -843,18 +1028,32 @@ static duet_status_t alltoall_chunked(duet__shm_t *shm, const char *sb, char *rb
   const int n = shm->nranks, r = shm->rank;
   const size_t q = piece_bytes(shm);
   const int nt = sb != rb && bytes * (size_t)n * (size_t)n >= shm->nt_min;
+  int mine, done;
   duet_status_t rc;
 
+  if (shm->mapped > 0)
+    sweep_maps(shm);
+  mine = publish_reg(shm, sb, rb, bytes);
   if (sb != rb) {
     copy_out(nt, rb + (size_t)r * bytes, sb + (size_t)r * bytes, bytes);
   }
   for (size_t off = 0; off < bytes; off += q) {
     size_t m = bytes - off < q ? bytes - off : q;
     uint64_t par = shm->chunks++ & 1u;
-    stage_pieces(shm, par, sb, bytes, off, m, q);
+    if (off > 0 || !mine)
+      stage_pieces(shm, par, sb, bytes, off, m, q);
     rc = sync_all(shm, "alltoall", cpu, yield, timeout_ms, errbuf);
     if (rc != DUET_SUCCESS)
       return rc;
+    if (off == 0) {
+      rc = alltoall_try_direct(shm, mine, sb, rb, bytes, par, m, q, nt, cpu, yield, timeout_ms,
+                               errbuf, &done);
+      if (rc != DUET_SUCCESS || done) {
+        if (nt)
+          copy_fence();
+        return rc;
+      }
+    }
     for (int i = 1; i < n; i++) {
       int p = (r + n - i) % n;
       const char *src = chunk_buf(shm, par, p) + (size_t)r * q;

@@ -46,6 +46,17 @@
  *               rank), a full exchange (a distinct block to every rank, itself
  *               included); the full exchange again with duet_isend/duet_irecv
  *               inside the group, then duet_wait
+ *   mem-alloc   (auto or -a) buffers from duet_mem_alloc: int32 and float32
+ *               alltoall of 1000, 16384, 20000 (and 250000) per peer against
+ *               MPI_Alltoall; the send buffer at an offset inside a larger
+ *               allocation; rank 0's send buffer from malloc (the others
+ *               must notice and copy twice); in place; duet_ialltoall. Then,
+ *               with every earlier buffer freed, one more call: this process
+ *               must map exactly its own two buffers plus, where the call
+ *               runs on the shared segment (one super-node, default
+ *               providers), every peer's send buffer: each rank read its
+ *               peers' blocks in place, and dropped its mappings of the
+ *               freed ones
  *   bad-input   (auto or -a) NULL sendcounts/recvcounts/sdispls/rdispls,
  *               alltoallv in place, alltoall with partially overlapping
  *               buffers, count overflow (alltoall and alltoallv), NULL comm:
@@ -83,11 +94,12 @@ enum {
   ROW_HPN,
   ROW_GROUP,
   ROW_BAD,
+  ROW_MEM,
   NROWS
 };
 static const char *const row_names[NROWS] = {"layout",         "alltoall",    "alltoallv-rand",
                                              "alltoallv-skew", "nonblocking", "hpn",
-                                             "group",          "bad-input"};
+                                             "group",          "bad-input",   "mem-alloc"};
 
 #define MAX_RESULTS 64
 typedef struct {
@@ -937,6 +949,119 @@ static long test_bad(ctx_t *c) {
   return errs;
 }
 
+/* ---- buffers from duet_mem_alloc ---- */
+
+/* Mappings of duet_mem_alloc memory in this process. */
+static int umem_mappings(void) {
+  FILE *f = fopen("/proc/self/maps", "r");
+  char line[512];
+  int n = 0;
+  if (f == NULL)
+    return -1;
+  while (fgets(line, sizeof line, f))
+    n += strstr(line, "/memfd:duet-mem") != NULL;
+  fclose(f);
+  return n;
+}
+
+static void *umem_xalloc(ctx_t *c, size_t bytes) {
+  void *p = NULL;
+  duet_status_t st = duet_mem_alloc(&p, bytes);
+  if (st < 0)
+    die(c, st, "duet_mem_alloc", __LINE__);
+  return p;
+}
+
+/* One alltoall of count elements per peer from send into recv (in place
+ * when they are equal; recv has MT_GUARD bytes after its n blocks),
+ * checked against MPI_Alltoall; nonblocking: duet_ialltoall + duet_wait. */
+static long umem_case(ctx_t *c, unsigned char *send, unsigned char *recv, size_t count,
+                      duet_datatype_t dt, int nonblocking, const char *what) {
+  const mt_dtype_t *t = mt_dtype(dt);
+  const size_t n = (size_t)c->size, bbytes = count * t->size, all = n * bbytes;
+  const uint64_t seed = mt_hash(count * 31u + (uint64_t)dt);
+  unsigned char *copy = mt_xmalloc(all + 1), *ref = mt_xmalloc(all + 1);
+  long errs = 0;
+  for (size_t k = 0; k < n; k++)
+    fill_block(send + k * bbytes, count, dt, seed, c->rank, (int)k);
+  memcpy(copy, send, all);
+  MPI_Alltoall(copy, (int)bbytes, MPI_BYTE, ref, (int)bbytes, MPI_BYTE, MPI_COMM_WORLD);
+  if (recv != send)
+    memset(recv, GAP_BYTE, all);
+  mt_guard_fill(recv + all);
+  if (nonblocking) {
+    duet_request_t *req = NULL;
+    duet_status_t st = duet_ialltoall(send, recv, count, dt, c->comm, &req);
+    if (st >= 0)
+      st = duet_wait(req);
+    if (st < 0)
+      die(c, st, "duet_ialltoall", __LINE__);
+  } else {
+    duet_status_t st = duet_alltoall(send, recv, count, dt, c->comm);
+    if (st < 0)
+      die(c, st, "duet_alltoall", __LINE__);
+  }
+  errs += (long)mt_compare(recv, ref, n * count, dt, c->rank, what);
+  errs += mt_guard_check(recv + all, c->rank, what);
+  if (recv != send)
+    errs += check_unchanged(c, send, copy, all, "sendbuf", what);
+  verbose_case(c, what);
+  free(copy);
+  free(ref);
+  return errs;
+}
+
+static long test_mem_alloc(ctx_t *c) {
+  const size_t counts[] = {1000, 16384, 20000, 250000};
+  const int ncounts = c->quick ? 3 : 4;
+  const size_t n = (size_t)c->size, most = n * counts[ncounts - 1] * 4, off = 4096 + 64;
+  const char *upn = getenv("DUET_UPN_PROVIDER");
+  const int segment =
+      (upn == NULL || *upn == '\0' || strcmp(upn, "mem") == 0) && c->lay.nsn == 1 && c->size > 1;
+  unsigned char *send = umem_xalloc(c, most), *recv = umem_xalloc(c, most + MT_GUARD);
+  unsigned char *big = umem_xalloc(c, most + 2 * off), *plain = mt_xmalloc(most);
+  long errs = 0;
+  char what[160];
+  int want, got;
+
+  for (int ci = 0; ci < ncounts; ci++)
+    for (int k = 0; k < 2; k++) {
+      duet_datatype_t dt = k ? DUET_FLOAT32 : DUET_INT32;
+      snprintf(what, sizeof what, "mem-alloc %s count %zu", mt_dtype(dt)->name, counts[ci]);
+      errs += umem_case(c, send, recv, counts[ci], dt, 0, what);
+    }
+  snprintf(what, sizeof what, "mem-alloc count 20000, sendbuf at offset %zu", off);
+  errs += umem_case(c, big + off, recv, 20000, DUET_INT32, 0, what);
+  snprintf(what, sizeof what, "mem-alloc count 20000, rank 0's sendbuf from malloc");
+  errs += umem_case(c, c->rank == 0 ? plain : send, recv, 20000, DUET_INT32, 0, what);
+  snprintf(what, sizeof what, "mem-alloc count 20000 in place");
+  errs += umem_case(c, recv, recv, 20000, DUET_INT32, 0, what);
+  snprintf(what, sizeof what, "mem-alloc count 20000 duet_ialltoall");
+  errs += umem_case(c, send, recv, 20000, DUET_INT32, 1, what);
+
+  /* every buffer above freed; one call on new ones */
+  MT_CHECK(c->comm, duet_mem_free(send));
+  MT_CHECK(c->comm, duet_mem_free(recv));
+  MT_CHECK(c->comm, duet_mem_free(big));
+  send = umem_xalloc(c, n * 20000 * 4);
+  recv = umem_xalloc(c, n * 20000 * 4 + MT_GUARD);
+  MPI_Barrier(MPI_COMM_WORLD);
+  snprintf(what, sizeof what, "mem-alloc count 20000 on new buffers");
+  errs += umem_case(c, send, recv, 20000, DUET_INT32, 0, what);
+  want = 2 + (segment ? c->size - 1 : 0);
+  got = umem_mappings();
+  if (got != want) {
+    fprintf(stderr,
+            "[rank %d] mem-alloc: %d mappings of duet_mem_alloc memory, want %d (own 2%s)\n",
+            c->rank, got, want, segment ? " + every peer's send buffer" : "");
+    errs++;
+  }
+  MT_CHECK(c->comm, duet_mem_free(send));
+  MT_CHECK(c->comm, duet_mem_free(recv));
+  free(plain);
+  return errs;
+}
+
 /* ---- driver ---- */
 
 static void record(ctx_t *c, int row, long errs, int unsup, int skipped, double secs) {
@@ -1014,6 +1139,7 @@ static void run_setting(ctx_t *c, const char *spec, const char *label, int extra
   if (extra) {
     run_test(c, ROW_GROUP, test_group);
     run_test(c, ROW_BAD, test_bad);
+    run_test(c, ROW_MEM, test_mem_alloc);
   }
   MT_CHECK(c->comm, duet_comm_destroy(c->comm));
   c->comm = NULL;
@@ -1026,7 +1152,7 @@ static void usage(const char *prog) {
           "  -a SPEC  only this DUET_ALGO setting, e.g. alltoall=bruck (\"auto\": unset);\n"
           "           default: alltoall=pairwise, alltoall=bruck, alltoall=hier, auto\n"
           "  -t LIST  only these tests, e.g. alltoall,group (alltoall alltoallv-rand\n"
-          "           alltoallv-skew nonblocking hpn group bad-input)\n"
+          "           alltoallv-skew nonblocking hpn group bad-input mem-alloc)\n"
           "  -v       one line per case\n"
           "Super-nodes: DUET_SUPERNODE per rank (mpirun -x, MPMD form).\n",
           prog);
