@@ -49,6 +49,10 @@
  * start each call together, so a call's time holds none of the previous
  * call's skew, and a library cannot overlap one call with the next.
  *
+ * --mem-alloc takes both buffers from duet_mem_alloc (memory the host's
+ * ranks can share, as nccl-tests' buffers from ncclMemAlloc), so the
+ * all-to-all can copy once on the load/store path. MPI uses the same buffers.
+ *
  * --format csv|json prints the same numbers for programs (rank 0 only).
  */
 #ifndef _GNU_SOURCE
@@ -678,7 +682,8 @@ typedef struct {
   int compare; /* also time MPI's collective */
   int rounds;  /* 0: the default, 1 (3 with --compare) */
   int format;
-  int barrier; /* time each call alone after a barrier */
+  int barrier;   /* time each call alone after a barrier */
+  int mem_alloc; /* buffers from duet_mem_alloc */
 } opts_t;
 
 static int parse_bytes(const char *s, size_t *out) {
@@ -763,6 +768,9 @@ static void usage(FILE *f, const char *prog) {
           "               call (MPI_I<coll> + MPI_Wait with --compare)\n"
           "  --barrier    time each call alone after an MPI_Barrier, as OSU's benchmarks\n"
           "               do (time: the mean of those single-call times)\n"
+          "  --mem-alloc  take the buffers from duet_mem_alloc (memory the host's ranks can\n"
+          "               share: the all-to-all then copies once on one host; MPI uses the\n"
+          "               same buffers)\n"
           "  --rounds <R> timed rounds per size and placement (1..%d; default 1, 3 with\n"
           "               --compare): time is the median over rounds of the loop's mean\n"
           "               per-iteration time, averaged over ranks\n"
@@ -809,13 +817,17 @@ static const coll_t *coll_named(const char *name) {
 /* NULL: go; "": help asked; else the message. */
 static const char *parse_opts(int argc, char **argv, opts_t *o) {
   int opt;
-  static const struct option longopts[] = {
-      {"skew", required_argument, NULL, 'S'},   {"compare", required_argument, NULL, 'M'},
-      {"rounds", required_argument, NULL, 'R'}, {"format", required_argument, NULL, 'F'},
-      {"nonblocking", no_argument, NULL, 'N'},  {"barrier", no_argument, NULL, 'B'},
-      {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
-  *o = (opts_t){8,        32u << 20, 1u << 20, 2.0, 20, 5, 1,         DUET_FLOAT32,
-                DUET_SUM, &colls[0], 0.0,      0,   0,  0, FMT_TABLE, 0};
+  static const struct option longopts[] = {{"skew", required_argument, NULL, 'S'},
+                                           {"compare", required_argument, NULL, 'M'},
+                                           {"rounds", required_argument, NULL, 'R'},
+                                           {"format", required_argument, NULL, 'F'},
+                                           {"nonblocking", no_argument, NULL, 'N'},
+                                           {"barrier", no_argument, NULL, 'B'},
+                                           {"mem-alloc", no_argument, NULL, 'A'},
+                                           {"help", no_argument, NULL, 'h'},
+                                           {NULL, 0, NULL, 0}};
+  *o = (opts_t){8,   32u << 20, 1u << 20, 2.0, 20,        5, 1, DUET_FLOAT32, DUET_SUM, &colls[0],
+                0.0, 0,         0,        0,   FMT_TABLE, 0, 0};
   opterr = 0; /* our messages, on rank 0 only */
   while ((opt = getopt_long(argc, argv, ":C:b:e:f:i:n:w:c:d:o:r:h", longopts, NULL)) != -1) {
     switch (opt) {
@@ -840,6 +852,9 @@ static const char *parse_opts(int argc, char **argv, opts_t *o) {
       break;
     case 'B':
       o->barrier = 1;
+      break;
+    case 'A':
+      o->mem_alloc = 1;
       break;
     case 'F': {
       o->format = -1;
@@ -1356,6 +1371,7 @@ static void print_header(bench_t *b, int version) {
     printf("  \"compare\": %s,\n", o->compare ? "\"mpi\"" : "null");
     printf("  \"nonblocking\": %s,\n", nonblocking ? "true" : "false");
     printf("  \"barrier\": %s,\n", o->barrier ? "true" : "false");
+    printf("  \"mem_alloc\": %s,\n", o->mem_alloc ? "true" : "false");
     printf("  \"mpi_library\": ");
     json_str(mpiver);
     if (c->kind == K_ALLTOALLV)
@@ -1384,6 +1400,8 @@ static void print_header(bench_t *b, int version) {
     printf("#  non-blocking forms: each call posted, then waited\n");
   if (o->barrier)
     printf("#  each call timed alone after an MPI_Barrier; time is the mean of those times\n");
+  if (o->mem_alloc)
+    printf("#  buffers from duet_mem_alloc\n");
   printf("#  DUET_UPN_PROVIDER=%s DUET_HPN_PROVIDER=%s DUET_ALGO=%s\n", upn ? upn : "(default)",
          hpn ? hpn : "(default)", algo ? algo : "(default)");
   if (o->rounds > 1 || o->compare)
@@ -1480,8 +1498,16 @@ int main(int argc, char **argv) {
     sbytes = sb > sbytes ? sb : sbytes;
     rbytes = rb > rbytes ? rb : rbytes;
   }
-  b.send = malloc(sbytes + 8);
-  b.recv = malloc(rbytes + 8);
+  if (o.mem_alloc) {
+    void *sp = NULL, *rp = NULL;
+    if ((st = duet_mem_alloc(&sp, sbytes + 8)) < 0 || (st = duet_mem_alloc(&rp, rbytes + 8)) < 0)
+      die(&b, LIB_DUET, st, "duet_mem_alloc");
+    b.send = sp;
+    b.recv = rp;
+  } else {
+    b.send = malloc(sbytes + 8);
+    b.recv = malloc(rbytes + 8);
+  }
   b.recv_bytes = rbytes;
   if (!b.send || !b.recv) {
     fprintf(stderr, "[rank %d] cannot allocate %zu + %zu bytes\n", b.rank, sbytes, rbytes);
@@ -1523,8 +1549,13 @@ int main(int argc, char **argv) {
 
   if ((st = duet_comm_destroy(b.comm)) < 0)
     die(&b, LIB_DUET, st, "duet_comm_destroy");
-  free(b.send);
-  free(b.recv);
+  if (o.mem_alloc) {
+    duet_mem_free(b.send);
+    duet_mem_free(b.recv);
+  } else {
+    free(b.send);
+    free(b.recv);
+  }
   if (b.rank == 0) {
     double avg = b.bw_count ? b.bw_sum / (double)b.bw_count : 0.0;
     int mpi_checked = o.compare && o.check && o.coll->kind != K_BARRIER;

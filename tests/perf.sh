@@ -11,7 +11,8 @@
 # columns and summary), the JSON format (valid JSON, checked with python3
 # when there is one) and bad arguments (exit 2 with a message naming the
 # option). Every collective once more with --nonblocking (np 3, duet's and
-# MPI's results checked); allreduce and alltoall with --barrier. About 40 s on 2 cores. DUET_TEST_QUICK=1
+# MPI's results checked); allreduce and alltoall with --barrier and with
+# --mem-alloc. About 45 s on 2 cores. DUET_TEST_QUICK=1
 # (sanitizer builds): the per-collective runs at np 2 only.
 #
 # Env: top_builddir (default .), MPIRUN (default mpirun), DUET_TEST_TIMEOUT
@@ -140,6 +141,22 @@ f="$out/barrier.json"
 perf 2 "$f" -C allreduce --barrier -b 8 -e 64 -n 2 -w 1 --format json
 grep -q '"barrier": true' "$f"
 result "--barrier named in the JSON" $? "$(grep barrier "$f")"
+
+# ---- --mem-alloc: buffers from duet_mem_alloc (the all-to-all reads its
+# peers' blocks in place on one host), both libraries' results right, the
+# mode named in the table and the JSON ----
+for coll in alltoall allreduce; do
+  perf_csv "$coll np 3 --mem-alloc --compare mpi" 3 "$coll" "$out/${coll}_mem.csv" \
+    -C "$coll" --mem-alloc -b 8 -e 2M -f 16 -n 3 -w 1 -c 1 --compare mpi --rounds 1
+done
+f="$out/mem.txt"
+perf 2 "$f" -C alltoall --mem-alloc -b 1M -e 1M -n 2 -w 1
+grep -q "buffers from duet_mem_alloc" "$f"
+result "--mem-alloc named in the table's header" $? "$(head -5 "$f" | tr '\n' ' ')"
+f="$out/mem.json"
+perf 2 "$f" -C alltoall --mem-alloc -b 1M -e 1M -n 2 -w 1 --format json
+grep -q '"mem_alloc": true' "$f"
+result "--mem-alloc named in the JSON" $? "$(grep mem_alloc "$f")"
 
 # ---- --compare mpi: ratio a positive number, MPI's result right ----
 f="$out/compare.csv"
