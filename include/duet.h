@@ -149,10 +149,10 @@ typedef struct { /* cumulative, per communicator */
 duet_status_t duet_comm_get_stats(const duet_comm_t *comm, duet_stats_t *stats);
 
 /* Memory the ranks of one host can share, as NCCL's ncclMemAlloc: use it as
- * any other memory. On the load/store path, an all-to-all whose send
- * buffers all come from here reads each peer's blocks in place and copies
- * them once instead of twice. Page-aligned, zero-filled, committed at
- * allocation. duet_mem_free(NULL) does nothing. */
+ * any other memory. On the load/store path, an all-to-all or alltoallv whose
+ * send buffers all come from here reads each peer's blocks in place and
+ * copies them once instead of twice. Page-aligned, zero-filled, committed
+ * at allocation. duet_mem_free(NULL) does nothing. */
 duet_status_t duet_mem_alloc(void **ptr, size_t size);
 duet_status_t duet_mem_free(void *ptr);
 

@@ -51,11 +51,11 @@
  * later one, huge pages or not), so it is not used.
  *
  * Send buffers from duet_mem_alloc (umem.h) are the exception: a peer can
- * map them. A large out-of-place all-to-all whose every send buffer is such
- * memory publishes where each lies, maps the peers' (kept, see map_peer),
- * and copies each block once, straight from the sender's buffer into the
- * receiver's; a last sync keeps every send buffer until its readers are
- * done. See alltoall_try_direct.
+ * map them. A large out-of-place all-to-all or alltoallv whose every send
+ * buffer is such memory publishes where each lies, maps the peers' (kept,
+ * see map_peer), and copies each block once, straight from the sender's
+ * buffer into the receiver's; a last sync keeps every send buffer until its
+ * readers are done. See direct_agree.
  *
  * Large out-of-place messages (all ranks' recvbufs together larger than the
  * last-level cache) are copied out with streaming stores: recvbuf will not
@@ -945,15 +945,17 @@ static const char *map_peer(duet__shm_t *shm, int p, const struct shm_reg *g, si
   return base + g->offset;
 }
 
-/* Publish, for the next sync, where this rank's send buffer lies if peers
- * may read it in place: duet_mem_alloc memory, out of place, blocks of
- * DUET_SHM_DIRECT_MIN bytes or more (every rank computes the same for the
- * last two). Otherwise publish serial 0. Returns whether it published one. */
-static int publish_reg(duet__shm_t *shm, const char *sb, const char *rb, size_t bytes) {
+/* Publish, for the next sync, where this rank's send buffer (`sext` bytes
+ * from sb) lies if peers may read it in place: duet_mem_alloc memory, not
+ * overlapping recvbuf (`rext` bytes from rb), and worth it (`big`: the
+ * caller's size rule). Otherwise publish serial 0. Returns whether it
+ * published one. */
+static int publish_reg(duet__shm_t *shm, const char *sb, size_t sext, const char *rb, size_t rext,
+                       int big) {
   struct shm_reg *g = &flag_line(shm, shm->rank)->reg[(shm->sync + 1) & 1u];
   duet__umem_ref_t ref;
-  if (sb == rb || bytes < DUET_SHM_DIRECT_MIN ||
-      !duet__umem_find(sb, bytes * (size_t)shm->nranks, &ref)) {
+  if (!big || sext == 0 || (rext > 0 && sb < rb + rext && rb < sb + sext) ||
+      !duet__umem_find(sb, sext, &ref)) {
     if (g->serial != 0) /* peers poll this line: write only a change */
       g->serial = 0;
     return 0;
@@ -966,49 +968,73 @@ static int publish_reg(duet__shm_t *shm, const char *sb, const char *rb, size_t 
   return 1;
 }
 
+enum { DIRECT_NONE, DIRECT_GO, DIRECT_STAGE };
+
 /* Right after the first sync of a chunked all-to-all, in which the ranks
  * whose send buffer can be read in place (publish_reg) published it and
- * staged nothing. When every rank did, each maps its peers' buffers and
- * says whether it could (one sync); if all could, each copies its blocks
- * straight out of its peers' send buffers, once, and a last sync keeps
- * every buffer until its readers are done (*done = 1). Otherwise the ranks
- * that staged nothing stage the first step, and after one more sync the
- * call goes on as if nothing had happened. */
-static duet_status_t alltoall_try_direct(duet__shm_t *shm, int mine, const char *sb, char *rb,
-                                         size_t bytes, uint64_t par, size_t m, size_t q, int nt,
-                                         int cpu, int yield, int timeout_ms, char *errbuf,
-                                         int *done) {
+ * staged nothing. Every rank reaches the same verdict:
+ *   DIRECT_NONE   nobody published: go on as usual;
+ *   DIRECT_GO     every rank published, and mapped every peer's buffer
+ *                 (one more sync to agree on that): src[p] is local rank
+ *                 p's send buffer, ext[p] (>= need) bytes of it readable (to
+ *                 the end of its allocation), and the caller copies its
+ *                 blocks straight out of them, then passes one last sync,
+ *                 so that no rank returns (and reuses its send buffer)
+ *                 while a peer still reads it;
+ *   DIRECT_STAGE  otherwise: the ranks that published stage their first
+ *                 step now, and after one more sync the call goes on as
+ *                 usual. */
+static duet_status_t direct_agree(duet__shm_t *shm, size_t need, const char **src, size_t *ext,
+                                  int *verdict, int cpu, int yield, int timeout_ms, char *errbuf) {
   const int n = shm->nranks, r = shm->rank;
   const uint64_t rpar = shm->sync & 1u, mpar = (shm->sync + 1) & 1u;
-  const char *src[SHM_MAX_RANKS];
   int nreg = 0, ok = 1;
   duet_status_t rc;
 
-  *done = 0;
   for (int p = 0; p < n; p++)
     nreg += flag_line(shm, p)->reg[rpar].serial != 0;
-  if (nreg == 0)
+  *verdict = nreg == 0 ? DIRECT_NONE : DIRECT_STAGE;
+  if (nreg < n)
     return DUET_SUCCESS;
-  if (nreg == n) {
-    for (int i = 1; i < n && ok; i++) {
-      int p = (r + i) % n;
-      src[p] = map_peer(shm, p, &flag_line(shm, p)->reg[rpar], bytes * (size_t)n);
-      ok = src[p] != NULL;
+  for (int i = 1; i < n && ok; i++) {
+    int p = (r + i) % n;
+    const struct shm_reg *g = &flag_line(shm, p)->reg[rpar];
+    src[p] = map_peer(shm, p, g, need);
+    ext[p] = (size_t)(g->size - g->offset);
+    ok = src[p] != NULL;
+  }
+  __atomic_store_n(&flag_line(shm, r)->mapped[mpar], (uint32_t)ok, __ATOMIC_RELAXED);
+  rc = sync_all(shm, "alltoall", cpu, yield, timeout_ms, errbuf);
+  for (int p = 0; p < n && rc == DUET_SUCCESS; p++)
+    ok = ok && __atomic_load_n(&flag_line(shm, p)->mapped[mpar], __ATOMIC_RELAXED);
+  if (ok)
+    *verdict = DIRECT_GO;
+  return rc;
+}
+
+/* alltoall after direct_agree: DIRECT_GO copies block r of every peer's
+ * send buffer into place and passes the last sync (*done = 1);
+ * DIRECT_STAGE stages this rank's first step if it skipped it. */
+static duet_status_t alltoall_direct(duet__shm_t *shm, int mine, const char *sb, char *rb,
+                                     size_t bytes, uint64_t par, size_t m, size_t q, int nt,
+                                     int cpu, int yield, int timeout_ms, char *errbuf, int *done) {
+  const int n = shm->nranks, r = shm->rank;
+  const char *src[SHM_MAX_RANKS];
+  size_t ext[SHM_MAX_RANKS];
+  int verdict;
+  duet_status_t rc;
+
+  *done = 0;
+  rc = direct_agree(shm, bytes * (size_t)n, src, ext, &verdict, cpu, yield, timeout_ms, errbuf);
+  if (rc != DUET_SUCCESS || verdict == DIRECT_NONE)
+    return rc;
+  if (verdict == DIRECT_GO) {
+    for (int i = 1; i < n; i++) {
+      int p = (r + n - i) % n; /* the order of the staged path's copy-out */
+      copy_out(nt, rb + (size_t)p * bytes, src[p] + (size_t)r * bytes, bytes);
     }
-    __atomic_store_n(&flag_line(shm, r)->mapped[mpar], (uint32_t)ok, __ATOMIC_RELAXED);
-    rc = sync_all(shm, "alltoall", cpu, yield, timeout_ms, errbuf);
-    if (rc != DUET_SUCCESS)
-      return rc;
-    for (int p = 0; p < n; p++)
-      ok = ok && __atomic_load_n(&flag_line(shm, p)->mapped[mpar], __ATOMIC_RELAXED);
-    if (ok) {
-      for (int i = 1; i < n; i++) {
-        int p = (r + n - i) % n; /* the order of the staged path's copy-out */
-        copy_out(nt, rb + (size_t)p * bytes, src[p] + (size_t)r * bytes, bytes);
-      }
-      *done = 1;
-      return sync_all(shm, "alltoall", cpu, yield, timeout_ms, errbuf);
-    }
+    *done = 1;
+    return sync_all(shm, "alltoall", cpu, yield, timeout_ms, errbuf);
   }
   if (mine)
     stage_pieces(shm, par, sb, bytes, 0, m, q);
@@ -1033,7 +1059,8 @@ static duet_status_t alltoall_chunked(duet__shm_t *shm, const char *sb, char *rb
 
   if (shm->mapped > 0)
     sweep_maps(shm);
-  mine = publish_reg(shm, sb, rb, bytes);
+  mine = publish_reg(shm, sb, bytes * (size_t)n, rb, bytes * (size_t)n,
+                     sb != rb && bytes >= DUET_SHM_DIRECT_MIN);
   if (sb != rb) {
     copy_out(nt, rb + (size_t)r * bytes, sb + (size_t)r * bytes, bytes);
   }
@@ -1046,8 +1073,8 @@ static duet_status_t alltoall_chunked(duet__shm_t *shm, const char *sb, char *rb
     if (rc != DUET_SUCCESS)
       return rc;
     if (off == 0) {
-      rc = alltoall_try_direct(shm, mine, sb, rb, bytes, par, m, q, nt, cpu, yield, timeout_ms,
-                               errbuf, &done);
+      rc = alltoall_direct(shm, mine, sb, rb, bytes, par, m, q, nt, cpu, yield, timeout_ms, errbuf,
+                           &done);
       if (rc != DUET_SUCCESS || done) {
         if (nt)
           copy_fence();
@@ -1090,14 +1117,61 @@ static void stage_pieces_v(duet__shm_t *shm, uint64_t par, const char *sb, const
   }
 }
 
+/* alltoallv after direct_agree (see alltoall_direct): with DIRECT_GO each
+ * block comes straight from its sender's buffer, found by the table of
+ * byte displacements the sender left in its chunk buffer `par`. A block
+ * that would end past the sender's allocation (the ranks disagree on the
+ * counts) is not copied, and the call fails once every rank is done. */
+static duet_status_t alltoallv_direct(duet__shm_t *shm, int reg, const char *sb,
+                                      const size_t *scounts, const size_t *sdispls, char *rb,
+                                      const size_t *rcounts, const size_t *rdispls, size_t es,
+                                      uint64_t par, size_t q, int nt, int cpu, int yield,
+                                      int timeout_ms, char *errbuf, int *done) {
+  const int n = shm->nranks, r = shm->rank;
+  const char *src[SHM_MAX_RANKS];
+  size_t ext[SHM_MAX_RANKS];
+  int verdict, bad = -1;
+  duet_status_t rc;
+
+  *done = 0;
+  rc = direct_agree(shm, 0, src, ext, &verdict, cpu, yield, timeout_ms, errbuf);
+  if (rc != DUET_SUCCESS || verdict == DIRECT_NONE)
+    return rc;
+  if (verdict == DIRECT_STAGE) {
+    if (reg)
+      stage_pieces_v(shm, par, sb, scounts, sdispls, es, 0, q);
+    return sync_all(shm, "alltoallv", cpu, yield, timeout_ms, errbuf);
+  }
+  for (int i = 1; i < n; i++) {
+    int p = (r + n - i) % n;
+    size_t len = rcounts[p] * es;
+    uint64_t d = ((const uint64_t *)(const void *)chunk_buf(shm, par, p))[r];
+    if (len == 0)
+      continue;
+    if (d > ext[p] || len > ext[p] - d) {
+      bad = p;
+      continue;
+    }
+    copy_out(nt, rb + rdispls[p] * es, src[p] + d, len);
+  }
+  *done = 1;
+  rc = sync_all(shm, "alltoallv", cpu, yield, timeout_ms, errbuf);
+  if (rc == DUET_SUCCESS && bad >= 0) {
+    shm_err(errbuf, "shm alltoallv: local rank %d's block for this rank ends past its send buffer",
+            bad);
+    rc = DUET_ERR_MISMATCH;
+  }
+  return rc;
+}
+
 duet_status_t duet__shm_alltoallv(duet__shm_t *shm, const void *sendbuf, const size_t *scounts,
                                   const size_t *sdispls, void *recvbuf, const size_t *rcounts,
                                   const size_t *rdispls, size_t es, int yield, int timeout_ms,
                                   char *errbuf) {
   const char *sb = sendbuf;
   char *rb = recvbuf;
-  size_t q, mine = 0, most = 0, total = 0;
-  int n, r, cpu, nt;
+  size_t q, mine = 0, most = 0, total = 0, sext = 0, rext = 0;
+  int n, r, cpu, nt, reg, done;
   uint64_t par;
   duet_status_t rc;
 
@@ -1124,6 +1198,10 @@ duet_status_t duet__shm_alltoallv(duet__shm_t *shm, const void *sendbuf, const s
       shm_err(errbuf, "shm alltoallv: bad argument (NULL buffer with elements for rank %d)", d);
       return DUET_ERR_INVALID_ARGUMENT;
     }
+    if (scounts[d] > 0 && sdispls[d] + scounts[d] > sext)
+      sext = sdispls[d] + scounts[d];
+    if (rcounts[d] > 0 && rdispls[d] + rcounts[d] > rext)
+      rext = rdispls[d] + rcounts[d];
     if (d == r)
       continue;
     mine = scounts[d] > mine ? scounts[d] : mine;
@@ -1132,6 +1210,8 @@ duet_status_t duet__shm_alltoallv(duet__shm_t *shm, const void *sendbuf, const s
   }
   mine *= es;
   total *= es;
+  sext *= es;
+  rext *= es;
   shm->seq++;
   if (scounts[r] > 0 && rb + rdispls[r] * es != sb + sdispls[r] * es)
     memcpy(rb + rdispls[r] * es, sb + sdispls[r] * es, scounts[r] * es);
@@ -1142,17 +1222,32 @@ duet_status_t duet__shm_alltoallv(duet__shm_t *shm, const void *sendbuf, const s
   nt = total * (size_t)n >= shm->nt_min;
   par = (shm->sync + 1) & 1u; /* the value sync_all stores next */
   __atomic_store_n(&flag_line(shm, r)->vmax[par], (uint64_t)mine, __ATOMIC_RELAXED);
+  if (shm->mapped > 0)
+    sweep_maps(shm);
+  reg = publish_reg(shm, sb, sext, rb, rext, mine >= DUET_SHM_DIRECT_MIN);
   for (size_t off = 0;; off += q) {
     uint64_t cpar = shm->chunks++ & 1u;
-    stage_pieces_v(shm, cpar, sb, scounts, sdispls, es, off, q);
+    if (off > 0 || !reg)
+      stage_pieces_v(shm, cpar, sb, scounts, sdispls, es, off, q);
+    else /* peers that read in place find their blocks by this table */
+      for (int d = 0; d < n; d++)
+        ((uint64_t *)(void *)chunk_buf(shm, cpar, r))[d] = (uint64_t)(sdispls[d] * es);
     rc = sync_all(shm, "alltoallv", cpu, yield, timeout_ms, errbuf);
     if (rc != DUET_SUCCESS)
       return rc;
-    if (off == 0) /* every peer stored its value before this sync */
+    if (off == 0) { /* every peer stored its value before this sync */
       for (int p = 0; p < n; p++) {
         uint64_t v = __atomic_load_n(&flag_line(shm, p)->vmax[par], __ATOMIC_RELAXED);
         most = v > most ? (size_t)v : most;
       }
+      rc = alltoallv_direct(shm, reg, sb, scounts, sdispls, rb, rcounts, rdispls, es, cpar, q, nt,
+                            cpu, yield, timeout_ms, errbuf, &done);
+      if (rc != DUET_SUCCESS || done) {
+        if (nt)
+          copy_fence();
+        return rc;
+      }
+    }
     for (int i = 1; i < n; i++) {
       int p = (r + n - i) % n;
       const char *src = chunk_buf(shm, cpar, p) + (size_t)r * q;

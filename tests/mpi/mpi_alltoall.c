@@ -50,11 +50,16 @@
  *               alltoall of 1000, 16384, 20000 (and 250000) per peer against
  *               MPI_Alltoall; the send buffer at an offset inside a larger
  *               allocation; rank 0's send buffer from malloc (the others
- *               must notice and copy twice); in place; duet_ialltoall. Then,
+ *               must notice and copy twice); in place; duet_ialltoall;
+ *               alltoallv with random (up to 40000) and skewed counts,
+ *               blocks shuffled with gaps that must stay untouched, and
+ *               random counts with rank 0's buffers from malloc. Then,
  *               with every earlier buffer freed, one more call: this process
- *               must map exactly its own two buffers plus, where the call
- *               runs on the shared segment (one super-node, default
- *               providers), every peer's send buffer: each rank read its
+ *               must map exactly its own two buffers plus, where the
+ *               exchange inside its super-node runs on the shared segment
+ *               (default providers, 2 or more ranks; flat, or the
+ *               hierarchy's part inside the super-node), the send buffer of
+ *               every other rank of its super-node: each rank read those
  *               peers' blocks in place, and dropped its mappings of the
  *               freed ones
  *   bad-input   (auto or -a) NULL sendcounts/recvcounts/sdispls/rdispls,
@@ -116,6 +121,7 @@ typedef struct {
   mt_layout_t lay;
   const char *label; /* setting: pairwise, bruck, hier, auto, or the -a spec */
   int unsupported;
+  int umem; /* run_v_case: sendbuf and recvbuf from duet_mem_alloc */
   result_t results[MAX_RESULTS];
   int nresults;
 } ctx_t;
@@ -397,12 +403,26 @@ static long check_v(ctx_t *c, const vplan_t *p, const unsigned char *recv, const
   return errs;
 }
 
+static void *umem_xalloc(ctx_t *c, size_t bytes);
+
+/* A buffer of run_v_case: from duet_mem_alloc when c->umem is set. */
+static unsigned char *vbuf(ctx_t *c, size_t bytes) {
+  return c->umem ? umem_xalloc(c, bytes) : mt_xmalloc(bytes);
+}
+
+static void vbuf_free(const ctx_t *c, void *p) {
+  if (c->umem)
+    duet_mem_free(p);
+  else
+    free(p);
+}
+
 static long run_v_case(ctx_t *c, const vplan_t *p, duet_datatype_t dt, uint64_t seed,
                        const char *what) {
   const mt_dtype_t *t = mt_dtype(dt);
   size_t sbytes = p->sext * t->size, rbytes = p->rext * t->size;
-  unsigned char *send = mt_xmalloc(sbytes + MT_GUARD), *copy = mt_xmalloc(sbytes);
-  unsigned char *recv = mt_xmalloc(rbytes + MT_GUARD), *ref = mt_xmalloc(rbytes);
+  unsigned char *send = vbuf(c, sbytes + MT_GUARD), *copy = mt_xmalloc(sbytes);
+  unsigned char *recv = vbuf(c, rbytes + MT_GUARD), *ref = mt_xmalloc(rbytes);
   long errs = 0;
   fill_vsend(c, p, send, dt, seed);
   memcpy(copy, send, sbytes);
@@ -417,9 +437,9 @@ static long run_v_case(ctx_t *c, const vplan_t *p, duet_datatype_t dt, uint64_t 
   errs += mt_guard_check(send + sbytes, c->rank, what);
   verbose_case(c, what);
 out:
-  free(send);
+  vbuf_free(c, send);
   free(copy);
-  free(recv);
+  vbuf_free(c, recv);
   free(ref);
   return errs;
 }
@@ -1016,8 +1036,7 @@ static long test_mem_alloc(ctx_t *c) {
   const int ncounts = c->quick ? 3 : 4;
   const size_t n = (size_t)c->size, most = n * counts[ncounts - 1] * 4, off = 4096 + 64;
   const char *upn = getenv("DUET_UPN_PROVIDER");
-  const int segment =
-      (upn == NULL || *upn == '\0' || strcmp(upn, "mem") == 0) && c->lay.nsn == 1 && c->size > 1;
+  const int segment = (upn == NULL || *upn == '\0' || strcmp(upn, "mem") == 0) && c->lay.ls > 1;
   unsigned char *send = umem_xalloc(c, most), *recv = umem_xalloc(c, most + MT_GUARD);
   unsigned char *big = umem_xalloc(c, most + 2 * off), *plain = mt_xmalloc(most);
   long errs = 0;
@@ -1038,6 +1057,18 @@ static long test_mem_alloc(ctx_t *c) {
   errs += umem_case(c, recv, recv, 20000, DUET_INT32, 0, what);
   snprintf(what, sizeof what, "mem-alloc count 20000 duet_ialltoall");
   errs += umem_case(c, send, recv, 20000, DUET_INT32, 1, what);
+  /* alltoallv: random counts (a quarter 0), MoE-skewed, then random with
+   * rank 0's buffers from malloc */
+  for (int k = 0; k < 3; k++) {
+    vplan_t p;
+    c->umem = k < 2 || c->rank != 0;
+    make_plan(c, &p, k == 1, 0xE5ull + (uint64_t)k, 40000, 8192, 16);
+    snprintf(what, sizeof what, "mem-alloc alltoallv %s counts%s", k == 1 ? "skewed" : "random",
+             k == 2 ? ", rank 0's buffers from malloc" : "");
+    errs += run_v_case(c, &p, DUET_FLOAT32, 0x77ull + (uint64_t)k, what);
+    free_plan(&p);
+  }
+  c->umem = 0;
 
   /* every buffer above freed; one call on new ones */
   MT_CHECK(c->comm, duet_mem_free(send));
@@ -1048,12 +1079,12 @@ static long test_mem_alloc(ctx_t *c) {
   MPI_Barrier(MPI_COMM_WORLD);
   snprintf(what, sizeof what, "mem-alloc count 20000 on new buffers");
   errs += umem_case(c, send, recv, 20000, DUET_INT32, 0, what);
-  want = 2 + (segment ? c->size - 1 : 0);
+  want = 2 + (segment ? c->lay.ls - 1 : 0);
   got = umem_mappings();
   if (got != want) {
-    fprintf(stderr,
-            "[rank %d] mem-alloc: %d mappings of duet_mem_alloc memory, want %d (own 2%s)\n",
-            c->rank, got, want, segment ? " + every peer's send buffer" : "");
+    fprintf(
+        stderr, "[rank %d] mem-alloc: %d mappings of duet_mem_alloc memory, want %d (own 2%s)\n",
+        c->rank, got, want, segment ? " + the send buffer of every rank of its super-node" : "");
     errs++;
   }
   MT_CHECK(c->comm, duet_mem_free(send));
