@@ -1,9 +1,9 @@
 #!/bin/bash
 # examples.sh - run the example programs, as `make check` does.
 #
-# examples/allreduce_env: 3 ranks started from this shell with
-# DUET_RANK/DUET_SIZE/DUET_ROOT; examples/allreduce_mpi under mpirun -np 2
-# when it was built. Env: top_builddir (default .), MPIRUN (default mpirun).
+# examples/allreduce_env and examples/moe_dispatch: 3 ranks each, started
+# from this shell with DUET_RANK/DUET_SIZE/DUET_ROOT; examples/allreduce_mpi
+# under mpirun -np 2 when it was built. Env: top_builddir (default .), MPIRUN (default mpirun).
 set -u
 
 builddir=${top_builddir:-.}
@@ -22,31 +22,39 @@ result() { # <name> <ok:0|1>
   fi
 }
 
-# A port nobody listens on, starting from 29500 + pid % 1000.
-port=$((29500 + $$ % 1000))
-for _ in $(seq 1 50); do
-  if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
-  port=$((port + 1))
-done
+# A port nobody listens on, from $1 up.
+free_port() {
+  local port=$1
+  for _ in $(seq 1 50); do
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+    port=$((port + 1))
+  done
+  echo "$port"
+}
 
-prog="$builddir/examples/allreduce_env"
-if [ -x "$prog" ]; then
-  n=3
-  pids=()
+# run_env <name> <nranks> <base port>: the program's ranks started from this
+# shell with DUET_RANK/DUET_SIZE/DUET_ROOT.
+run_env() {
+  local name=$1 n=$2 port prog="$builddir/examples/$1" rc=0 pids=()
+  port=$(free_port "$3")
+  if [ ! -x "$prog" ]; then
+    echo "# $prog not built"
+    result "$name" 1
+    return
+  fi
   for r in $(seq 0 $((n - 1))); do
     echo "+ DUET_RANK=$r DUET_SIZE=$n DUET_ROOT=127.0.0.1:$port timeout $limit $prog &"
     DUET_RANK=$r DUET_SIZE=$n DUET_ROOT=127.0.0.1:$port timeout "$limit" "$prog" &
     pids+=($!)
   done
-  rc=0
   for pid in "${pids[@]}"; do
     if ! wait "$pid"; then rc=1; fi
   done
-  result "allreduce_env ($n ranks)" $rc
-else
-  echo "# $prog not built"
-  result allreduce_env 1
-fi
+  result "$name ($n ranks)" $rc
+}
+
+run_env allreduce_env 3 $((29500 + $$ % 1000))
+run_env moe_dispatch 3 $((30600 + $$ % 1000))
 
 prog="$builddir/examples/allreduce_mpi"
 if [ -e "$prog" ]; then
