@@ -2,7 +2,8 @@
  * Bad input at the API boundary on a one-rank communicator: every call gets a
  * negative status and a duet_last_error message naming the argument, and
  * nothing is written. Also the one-rank collectives themselves, and init
- * refusing ranks whose algorithm-deciding settings differ.
+ * refusing ranks whose algorithm-deciding settings differ. And duet_mem_alloc,
+ * duet_mem_free and the lookup of their allocations.
  */
 #include <criterion/criterion.h>
 #include <pthread.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 
 #include "duet.h"
+#include "shm/umem.h"
 
 static duet_comm_t *comm;
 
@@ -209,11 +211,24 @@ Test(args, mem_alloc_and_free) {
   for (size_t i = 0; i < 10000; i++)
     cr_assert_eq(((unsigned char *)p)[i], 0, "byte %zu not zero", i);
   memset(p, 0xAB, 10000);
+  /* the lookup peers rely on: inside one allocation (rounded to pages) only */
+  duet__umem_ref_t ref;
+  cr_assert(duet__umem_find(p, 10000, &ref));
+  cr_assert(ref.serial != 0 && ref.fd >= 0 && ref.offset == DUET_UMEM_HEADER);
+  cr_assert_geq(ref.size, DUET_UMEM_HEADER + 10000);
+  cr_assert(duet__umem_find((char *)p + 100, 200, &ref));
+  cr_assert_eq(ref.offset, DUET_UMEM_HEADER + 100);
+  cr_assert(duet__umem_find(p, ref.size - DUET_UMEM_HEADER, &ref), "the whole rounded size");
+  cr_assert_not(duet__umem_find(p, ref.size - DUET_UMEM_HEADER + 1, &ref), "past the end");
+  cr_assert_not(duet__umem_find((char *)p - 1, 1, &ref), "the header page is not the user's");
+  cr_assert_not(duet__umem_find(&ref, 8, &ref), "not from duet_mem_alloc");
   EXPECT_BAD(duet_mem_free((char *)p + 8), NULL, "duet_mem_alloc");
   int local;
   EXPECT_BAD(duet_mem_free(&local), NULL, "duet_mem_alloc");
   cr_assert_eq(((unsigned char *)p)[9999], 0xAB, "a refused free leaves the memory alone");
   cr_assert_eq(duet_mem_free(p), DUET_SUCCESS, "%s", duet_last_error(NULL));
+  cr_assert_not(duet__umem_find(p, 1, &ref), "a freed allocation is not found");
+  cr_assert(duet__umem_find(q, 1, &ref), "the other one still is");
   EXPECT_BAD(duet_mem_free(p), NULL, "duet_mem_alloc");
   cr_assert_eq(duet_mem_free(q), DUET_SUCCESS, "%s", duet_last_error(NULL));
   cr_assert_eq(duet_mem_free(NULL), DUET_SUCCESS);
