@@ -153,9 +153,17 @@
 #define DUET_SHM_SPINS_FIRST 16u
 
 /* All-to-all blocks (bytes) from which send buffers in duet_mem_alloc memory
- * are read in place (two more syncs per call, one copy less per byte). */
+ * are read in place (two more syncs per call, one copy less per byte):
+ * DUET_SHM_DIRECT_MIN with a core per rank, DUET_SHM_DIRECT_MIN_YIELD on an
+ * oversubscribed host, where each sync costs task switches. Measured with duet_perf -o alltoall
+ * --mem-alloc -n 200, the threshold at 4 KiB against these: 2 ranks, 16 KiB blocks 0.49 against
+ * 0.68 us (8 KiB: alike); 4 ranks on 2 cores, 4 KiB blocks 6.4-6.8 against
+ * 3.1-3.6 us, 16 KiB 7.4 against 5.1-5.8 us, 32 KiB alike. */
 #ifndef DUET_SHM_DIRECT_MIN
-#define DUET_SHM_DIRECT_MIN (64u << 10)
+#define DUET_SHM_DIRECT_MIN (16u << 10)
+#endif
+#ifndef DUET_SHM_DIRECT_MIN_YIELD
+#define DUET_SHM_DIRECT_MIN_YIELD (64u << 10)
 #endif
 /* Mappings of a peer's duet_mem_alloc memory kept per peer; the oldest
  * goes when another is needed, and any goes once its owner freed it. */
@@ -968,6 +976,11 @@ static int publish_reg(duet__shm_t *shm, const char *sb, size_t sext, const char
   return 1;
 }
 
+/* The smallest block read in place (DUET_SHM_DIRECT_MIN). */
+static size_t direct_min(int yield) {
+  return yield ? DUET_SHM_DIRECT_MIN_YIELD : DUET_SHM_DIRECT_MIN;
+}
+
 enum { DIRECT_NONE, DIRECT_GO, DIRECT_STAGE };
 
 /* Right after the first sync of a chunked all-to-all, in which the ranks
@@ -1060,7 +1073,7 @@ static duet_status_t alltoall_chunked(duet__shm_t *shm, const char *sb, char *rb
   if (shm->mapped > 0)
     sweep_maps(shm);
   mine = publish_reg(shm, sb, bytes * (size_t)n, rb, bytes * (size_t)n,
-                     sb != rb && bytes >= DUET_SHM_DIRECT_MIN);
+                     sb != rb && bytes >= direct_min(yield));
   if (sb != rb) {
     copy_out(nt, rb + (size_t)r * bytes, sb + (size_t)r * bytes, bytes);
   }
@@ -1224,7 +1237,7 @@ duet_status_t duet__shm_alltoallv(duet__shm_t *shm, const void *sendbuf, const s
   __atomic_store_n(&flag_line(shm, r)->vmax[par], (uint64_t)mine, __ATOMIC_RELAXED);
   if (shm->mapped > 0)
     sweep_maps(shm);
-  reg = publish_reg(shm, sb, sext, rb, rext, mine >= DUET_SHM_DIRECT_MIN);
+  reg = publish_reg(shm, sb, sext, rb, rext, mine >= direct_min(yield));
   for (size_t off = 0;; off += q) {
     uint64_t cpar = shm->chunks++ & 1u;
     if (off > 0 || !reg)
