@@ -23,16 +23,20 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <rdma/fabric.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "core/algo.h"
 #include "core/config.h"
 #include "duet.h"
+#include "shm/umem.h"
 #include "topo/topo.h"
 #include "tune/tune.h"
 
@@ -172,6 +176,43 @@ static void show_fabric(void) {
   fi_freeinfo(list);
 }
 
+/* Whether another process of this host can map duet_mem_alloc memory as the
+ * ranks do (open /proc/<pid>/fd/<fd>, mmap, read): a child tries on this
+ * process's memory. When it cannot (a process that is not dumpable, say),
+ * the all-to-all copies twice even on duet_mem_alloc buffers. */
+static void show_umem(void) {
+  const uint64_t mark = 0x6475657421ull;
+  duet__umem_ref_t ref;
+  void *p = NULL;
+  int status = 0;
+  pid_t child, parent = getpid();
+
+  if (duet_mem_alloc(&p, 4096) != DUET_SUCCESS || !duet__umem_find(p, 8, &ref)) {
+    printf("  duet_mem_alloc: unavailable: %s\n", duet_last_error(NULL));
+    return;
+  }
+  *(volatile uint64_t *)p = mark;
+  child = fork();
+  if (child == 0) {
+    char path[64];
+    int fd, ok = 0;
+    snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)parent, ref.fd);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+      const char *m = mmap(NULL, ref.size, PROT_READ, MAP_SHARED, fd, 0);
+      ok = m != MAP_FAILED && *(const volatile uint64_t *)(const void *)(m + ref.offset) == mark;
+      close(fd);
+    }
+    _exit(ok ? 0 : 1);
+  }
+  if (child > 0)
+    waitpid(child, &status, 0);
+  printf("  duet_mem_alloc: other processes %s map it (all-to-all on it copies %s)\n",
+         child > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? "can" : "cannot",
+         child > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? "once" : "twice");
+  duet_mem_free(p);
+}
+
 static void show_topo(void) {
   duet__topo_t t;
   char err[DUET_TOPO_ERRLEN] = "";
@@ -187,6 +228,7 @@ static void show_topo(void) {
   near = duet__topo_nic_near(&t, t.numa);
   printf("  NIC near this process: %s\n", near != NULL ? near->name : "none");
   duet__topo_free(&t);
+  show_umem();
 }
 
 /* Every row of the config table: value, where it came from, what it does.

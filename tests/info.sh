@@ -1,6 +1,7 @@
 #!/bin/bash
 # info.sh - perf/duet_info, as `make check` runs it: the version line, the
-# libfabric providers, the DUET_* settings with their source, the tuner's
+# libfabric providers, the topology and whether another process can map
+# duet_mem_alloc memory, the DUET_* settings with their source, the tuner's
 # choices (and DUET_ALGO forcing them), and the exit status of bad input.
 # Env: top_builddir (default .). Ends with "info: N passed, M failed".
 set -u
@@ -70,6 +71,11 @@ ok=1
 has '^topology:' && has '^host .*: [0-9]+ packages, [0-9]+ NUMA nodes, [1-9][0-9]* cores' &&
   has 'this process: cpus ' && ok=0
 result "topology section" $ok
+
+# a child of duet_info maps its duet_mem_alloc memory as peer ranks do
+ok=1
+has '^  duet_mem_alloc: other processes can map it \(all-to-all on it copies once\)' && ok=0
+result "duet_mem_alloc memory can be mapped by another process" $ok
 
 ok=1
 has '^ +DUET_TIMEOUT_MS += 300000 +default ' && has '^ +DUET_ALGO += \(unset\) +default ' && ok=0
