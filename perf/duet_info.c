@@ -23,13 +23,11 @@
 #include "config.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <limits.h>
 #include <rdma/fabric.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -194,16 +192,8 @@ static void show_umem(void) {
   *(volatile uint64_t *)p = mark;
   child = fork();
   if (child == 0) {
-    char path[64];
-    int fd, ok = 0;
-    snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)parent, ref.fd);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-      const char *m = mmap(NULL, ref.size, PROT_READ, MAP_SHARED, fd, 0);
-      ok = m != MAP_FAILED && *(const volatile uint64_t *)(const void *)(m + ref.offset) == mark;
-      close(fd);
-    }
-    _exit(ok ? 0 : 1);
+    const char *m = duet__umem_map((int)parent, &ref);
+    _exit(m != NULL && *(const volatile uint64_t *)(const void *)(m + ref.offset) == mark ? 0 : 1);
   }
   if (child > 0)
     waitpid(child, &status, 0);

@@ -155,10 +155,11 @@
 /* All-to-all blocks (bytes) from which send buffers in duet_mem_alloc memory
  * are read in place (two more syncs per call, one copy less per byte):
  * DUET_SHM_DIRECT_MIN with a core per rank, DUET_SHM_DIRECT_MIN_YIELD on an
- * oversubscribed host, where each sync costs task switches. Measured with duet_perf -o alltoall
- * --mem-alloc -n 200, the threshold at 4 KiB against these: 2 ranks, 16 KiB blocks 0.49 against
- * 0.68 us (8 KiB: alike); 4 ranks on 2 cores, 4 KiB blocks 6.4-6.8 against
- * 3.1-3.6 us, 16 KiB 7.4 against 5.1-5.8 us, 32 KiB alike. */
+ * oversubscribed host, where each sync costs task switches. Measured with
+ * duet_perf -o alltoall --mem-alloc -n 200, the threshold at 4 KiB against
+ * these: 2 ranks, 16 KiB blocks 0.49 against 0.68 us (8 KiB: alike); 4 ranks
+ * on 2 cores, 4 KiB blocks 6.4-6.8 against 3.1-3.6 us, 16 KiB 7.4 against
+ * 5.1-5.8 us, 32 KiB alike. */
 #ifndef DUET_SHM_DIRECT_MIN
 #define DUET_SHM_DIRECT_MIN (16u << 10)
 #endif
@@ -906,15 +907,14 @@ static void sweep_maps(duet__shm_t *shm) {
 }
 
 /* Local rank p's memory that g describes, mapped read-only here: from the
- * cache, or by opening /proc/<pid>/fd/<fd>. Returns the send buffer (the
- * mapping plus g's offset), or NULL when the memory cannot be mapped or
- * holds fewer than `need` bytes from the offset on. */
+ * cache, or by duet__umem_map. Returns the send buffer (the mapping plus g's
+ * offset), or NULL when the memory cannot be mapped or holds fewer than
+ * `need` bytes from the offset on. */
 static const char *map_peer(duet__shm_t *shm, int p, const struct shm_reg *g, size_t need) {
   struct shm_map *m = shm->maps[p], *slot = &m[0];
-  const duet__umem_head_t *h;
-  char path[64];
+  const duet__umem_ref_t ref = {
+      .fd = g->fd, .nonce = g->nonce, .serial = g->serial, .size = g->size};
   char *base;
-  int fd;
 
   if (g->offset < DUET_UMEM_HEADER || g->offset > g->size || need > g->size - g->offset)
     return NULL;
@@ -927,22 +927,12 @@ static const char *map_peer(duet__shm_t *shm, int p, const struct shm_reg *g, si
     if (slot->base != NULL && (m[k].base == NULL || m[k].used < slot->used))
       slot = &m[k]; /* a free entry, else the least recently used */
   }
-  snprintf(path, sizeof path, "/proc/%d/fd/%d", (int)flag_line(shm, p)->pid, (int)g->fd);
-  fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    DUET_INFO(DUET_SUB_COLL, "shm %s: open(%s): %s; all-to-all copies twice", shm->name, path,
-              strerror(errno));
-    return NULL;
-  }
-  /* not populated: a large allocation may be read only in part */
-  base = mmap(NULL, g->size, PROT_READ, MAP_SHARED, fd, 0);
-  close(fd);
-  if (base == MAP_FAILED)
-    return NULL;
-  h = (const duet__umem_head_t *)(void *)base;
-  if (h->magic != DUET_UMEM_MAGIC || h->nonce != g->nonce || h->serial != g->serial ||
-      !__atomic_load_n(&h->alive, __ATOMIC_ACQUIRE)) {
-    munmap(base, g->size);
+  base = duet__umem_map(flag_line(shm, p)->pid, &ref);
+  if (base == NULL) {
+    DUET_INFO(DUET_SUB_COLL,
+              "shm %s: local rank %d's memory cannot be mapped here (%s); the "
+              "all-to-all copies twice",
+              shm->name, p, errno ? strerror(errno) : "not its memory");
     return NULL;
   }
   if (slot->base != NULL)
@@ -957,11 +947,13 @@ static const char *map_peer(duet__shm_t *shm, int p, const struct shm_reg *g, si
  * from sb) lies if peers may read it in place: duet_mem_alloc memory, not
  * overlapping recvbuf (`rext` bytes from rb), and worth it (`big`: the
  * caller's size rule). Otherwise publish serial 0. Returns whether it
- * published one. */
+ * published one. First drops the mappings of peers' freed memory. */
 static int publish_reg(duet__shm_t *shm, const char *sb, size_t sext, const char *rb, size_t rext,
                        int big) {
   struct shm_reg *g = &flag_line(shm, shm->rank)->reg[(shm->sync + 1) & 1u];
   duet__umem_ref_t ref;
+  if (shm->mapped > 0)
+    sweep_maps(shm);
   if (!big || sext == 0 || (rext > 0 && sb < rb + rext && rb < sb + sext) ||
       !duet__umem_find(sb, sext, &ref)) {
     if (g->serial != 0) /* peers poll this line: write only a change */
@@ -1070,8 +1062,6 @@ static duet_status_t alltoall_chunked(duet__shm_t *shm, const char *sb, char *rb
   int mine, done;
   duet_status_t rc;
 
-  if (shm->mapped > 0)
-    sweep_maps(shm);
   mine = publish_reg(shm, sb, bytes * (size_t)n, rb, bytes * (size_t)n,
                      sb != rb && bytes >= direct_min(yield));
   if (sb != rb) {
@@ -1235,8 +1225,6 @@ duet_status_t duet__shm_alltoallv(duet__shm_t *shm, const void *sendbuf, const s
   nt = total * (size_t)n >= shm->nt_min;
   par = (shm->sync + 1) & 1u; /* the value sync_all stores next */
   __atomic_store_n(&flag_line(shm, r)->vmax[par], (uint64_t)mine, __ATOMIC_RELAXED);
-  if (shm->mapped > 0)
-    sweep_maps(shm);
   reg = publish_reg(shm, sb, sext, rb, rext, mine >= direct_min(yield));
   for (size_t off = 0;; off += q) {
     uint64_t cpar = shm->chunks++ & 1u;

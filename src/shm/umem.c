@@ -7,7 +7,9 @@
 #include "shm/umem.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -140,4 +142,29 @@ int duet__umem_find(const void *p, size_t len, duet__umem_ref_t *ref) {
   }
   pthread_mutex_unlock(&umem_lock);
   return found;
+}
+
+char *duet__umem_map(int pid, const duet__umem_ref_t *ref) {
+  const duet__umem_head_t *h;
+  char path[64];
+  char *base;
+  int fd;
+
+  snprintf(path, sizeof path, "/proc/%d/fd/%d", pid, ref->fd);
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return NULL;
+  /* not populated: a large allocation may be read only in part */
+  base = mmap(NULL, ref->size, PROT_READ, MAP_SHARED, fd, 0);
+  close(fd);
+  if (base == MAP_FAILED)
+    return NULL;
+  h = (const duet__umem_head_t *)(void *)base;
+  if (h->magic != DUET_UMEM_MAGIC || h->nonce != ref->nonce || h->serial != ref->serial ||
+      !__atomic_load_n(&h->alive, __ATOMIC_ACQUIRE)) {
+    munmap(base, ref->size);
+    errno = 0;
+    return NULL;
+  }
+  return base;
 }

@@ -39,4 +39,11 @@ typedef struct {
  * process; if so, fills *ref. */
 int duet__umem_find(const void *p, size_t len, duet__umem_ref_t *ref);
 
+/* Process pid's allocation that ref describes (fd, nonce, serial, size; the
+ * offset is not used), mapped read-only here through /proc/<pid>/fd/<fd>
+ * and checked against its header (still allocated, the same serial and
+ * nonce). Returns the mapping's start (munmap it with ref->size bytes), or
+ * NULL; with errno set when the descriptor could not be opened. */
+char *duet__umem_map(int pid, const duet__umem_ref_t *ref);
+
 #endif
