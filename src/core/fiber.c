@@ -30,6 +30,16 @@
 #ifdef DUET_FIBER_ASAN
 #include <sanitizer/common_interface_defs.h>
 #endif
+#if defined(__SANITIZE_THREAD__)
+#define DUET_FIBER_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define DUET_FIBER_TSAN 1
+#endif
+#endif
+#ifdef DUET_FIBER_TSAN
+#include <sanitizer/tsan_interface.h>
+#endif
 
 #if defined(__x86_64__) && defined(__ELF__) && !defined(DUET_FIBER_UCONTEXT)
 #define DUET_FIBER_JUMP 1
@@ -83,12 +93,19 @@ struct duet__fiber {
   void *fake_caller, *fake_task;
   const void *caller_bottom;
   size_t caller_size;
+  /* ThreadSanitizer: the task's context, and the caller's of the last
+   * switch (the task may be resumed by another thread: the progress thread) */
+  void *tsan_task, *tsan_caller;
 };
 
 /* The fiber a freshly made context starts for (makecontext passes only ints). */
 static _Thread_local duet__fiber_t *duet__fiber_entering;
 
 static void duet__fiber_to_task(duet__fiber_t *f) {
+#ifdef DUET_FIBER_TSAN
+  f->tsan_caller = __tsan_get_current_fiber();
+  __tsan_switch_to_fiber(f->tsan_task, 0);
+#endif
 #ifdef DUET_FIBER_ASAN
   __sanitizer_start_switch_fiber(&f->fake_caller, f->map + f->page, f->map_bytes - f->page);
 #endif
@@ -103,6 +120,9 @@ static void duet__fiber_to_task(duet__fiber_t *f) {
 }
 
 static void duet__fiber_to_caller(duet__fiber_t *f) {
+#ifdef DUET_FIBER_TSAN
+  __tsan_switch_to_fiber(f->tsan_caller, 0);
+#endif
 #ifdef DUET_FIBER_ASAN
   __sanitizer_start_switch_fiber(&f->fake_task, f->caller_bottom, f->caller_size);
 #endif
@@ -130,6 +150,11 @@ static void duet__fiber_main(void) {
 
 /* Prepare the task context to enter duet__fiber_main on a clean stack. */
 static int duet__fiber_make(duet__fiber_t *f) {
+#ifdef DUET_FIBER_TSAN
+  if (f->tsan_task != NULL) /* an abandoned task's frames go with it */
+    __tsan_destroy_fiber(f->tsan_task);
+  f->tsan_task = __tsan_create_fiber(0);
+#endif
 #ifdef DUET_FIBER_JUMP
   /* What duet__fiber_jump pops, from the lowest address: the control words
    * (mxcsr's default, x87's default), six registers, the return address
@@ -186,6 +211,10 @@ duet_status_t duet__fiber_create(duet__fiber_t **out, size_t stack_bytes) {
 void duet__fiber_destroy(duet__fiber_t *f) {
   if (f == NULL)
     return;
+#ifdef DUET_FIBER_TSAN
+  if (f->tsan_task != NULL)
+    __tsan_destroy_fiber(f->tsan_task);
+#endif
   munmap(f->map, f->map_bytes);
   free(f);
 }
