@@ -92,7 +92,8 @@ struct duet_config {
   const char *upn_iface;    /* DUET_UPN_IFACE: interface (libfabric domain) for the UPN */
   const char *hpn_iface;    /* DUET_HPN_IFACE: interface for the HPN */
   const char *supernode;    /* DUET_SUPERNODE: super-node id; default: the host name */
-  int progress_thread;      /* DUET_PROGRESS_THREAD: 0 = progress inside calls */
+  int progress_thread;      /* DUET_PROGRESS_THREAD: 1 = a thread drives non-blocking calls while
+                               the caller computes; 0 = they progress inside duet calls */
 };
 #define DUET_CONFIG_VERSION 1u
 #define DUET_CONFIG_INIT                                                       \

@@ -30,8 +30,11 @@ const char *duet__coll_name(int coll) {
 static duet_status_t duet__wait_and_free(duet_request_t *req) {
   if (req == NULL)
     return DUET_SUCCESS;
+  duet_comm_t *comm = req->comm;
+  duet__comm_lock(comm);
   duet_status_t rc = duet__request_wait(req);
   duet__request_free(req);
+  duet__comm_unlock(comm);
   return rc;
 }
 
@@ -737,8 +740,8 @@ duet_status_t duet__mem_hier_run(duet_comm_t *comm, duet__coll_args_t *a, const 
 /* Ask the tuner (or DUET_ALGO) for the algorithm, then post its schedule;
  * or run a blocking call on the load/store path (*req = NULL). bytes: the
  * size the cost model weighs (the whole vector, or the gathered result). */
-static duet_status_t duet__coll_post(duet_comm_t *comm, duet__coll_args_t *a, size_t bytes,
-                                     const void *sendbuf, void *recvbuf, duet_request_t **req) {
+static duet_status_t duet__coll_run(duet_comm_t *comm, duet__coll_args_t *a, size_t bytes,
+                                    const void *sendbuf, void *recvbuf, duet_request_t **req) {
   if (duet__mem_path(comm, a->coll)) {
     duet_status_t rc;
     if (!a->blocking)
@@ -804,6 +807,20 @@ static duet_status_t duet__coll_post(duet_comm_t *comm, duet__coll_args_t *a, si
     return rc;
   }
   return duet__request_post(comm, a->coll, a, build, sendbuf, recvbuf, req);
+}
+
+/* Post (non-blocking) or run a checked call, holding the communicator's
+ * lock when a progress thread may drive it, and wake that thread for a
+ * non-blocking call. */
+static duet_status_t duet__coll_post(duet_comm_t *comm, duet__coll_args_t *a, size_t bytes,
+                                     const void *sendbuf, void *recvbuf, duet_request_t **req) {
+  duet_status_t rc;
+  duet__comm_lock(comm);
+  rc = duet__coll_run(comm, a, bytes, sendbuf, recvbuf, req);
+  duet__comm_unlock(comm);
+  if (rc == DUET_SUCCESS && !a->blocking && comm->nets->threaded)
+    duet__async_kick();
+  return rc;
 }
 
 static duet_status_t duet__allreduce_post(const char *fn, const void *sendbuf, void *recvbuf,
@@ -1029,6 +1046,7 @@ static duet_status_t duet__p2p_post(const char *fn, int coll, const void *sbuf, 
                                     duet_request_t **req) {
   duet__coll_args_t a;
   size_t bytes;
+  duet_status_t rc;
   TRY(duet__check_comm(comm, fn));
   TRY(duet__check_req_out(comm, fn, req));
   TRY(duet__check_dt(comm, fn, dt));
@@ -1043,9 +1061,12 @@ static duet_status_t duet__p2p_post(const char *fn, int coll, const void *sbuf, 
   a.count = count;
   a.dt = dt;
   a.dtsize = duet__dt_size(dt);
-  return duet__request_post(comm, coll, &a,
-                            coll == DUET_COLL_SEND ? duet__send_build : duet__recv_build, sbuf,
-                            rbuf, req);
+  duet__comm_lock(comm);
+  rc = duet__request_post(comm, coll, &a,
+                          coll == DUET_COLL_SEND ? duet__send_build : duet__recv_build, sbuf, rbuf,
+                          req);
+  duet__comm_unlock(comm);
+  return rc;
 }
 
 static duet_status_t duet__p2p_blocking(const char *fn, int coll, const void *sbuf, void *rbuf,
@@ -1079,12 +1100,20 @@ duet_status_t duet_recv(void *buf, size_t count, duet_datatype_t dt, int peer, d
 
 duet_status_t duet_isend(const void *buf, size_t count, duet_datatype_t dt, int peer,
                          duet_comm_t *comm, duet_request_t **req) {
-  return duet__p2p_post("duet_isend", DUET_COLL_SEND, buf, NULL, count, dt, peer, comm, req);
+  duet_status_t rc =
+      duet__p2p_post("duet_isend", DUET_COLL_SEND, buf, NULL, count, dt, peer, comm, req);
+  if (rc == DUET_SUCCESS && comm->nets->threaded)
+    duet__async_kick();
+  return rc;
 }
 
 duet_status_t duet_irecv(void *buf, size_t count, duet_datatype_t dt, int peer, duet_comm_t *comm,
                          duet_request_t **req) {
-  return duet__p2p_post("duet_irecv", DUET_COLL_RECV, NULL, buf, count, dt, peer, comm, req);
+  duet_status_t rc =
+      duet__p2p_post("duet_irecv", DUET_COLL_RECV, NULL, buf, count, dt, peer, comm, req);
+  if (rc == DUET_SUCCESS && comm->nets->threaded)
+    duet__async_kick();
+  return rc;
 }
 
 duet_status_t duet_group_start(void) {
@@ -1100,10 +1129,9 @@ duet_status_t duet_group_end(void) {
   if (--duet__group_depth > 0)
     return DUET_SUCCESS;
   for (size_t i = 0; i < duet__group_len; i++) {
-    duet_status_t r = duet__request_wait(duet__group_reqs[i]);
+    duet_status_t r = duet__wait_and_free(duet__group_reqs[i]);
     if (rc == DUET_SUCCESS && r != DUET_SUCCESS)
       rc = r;
-    duet__request_free(duet__group_reqs[i]);
   }
   duet__group_len = 0;
   free(duet__group_reqs);
@@ -1115,23 +1143,29 @@ duet_status_t duet_group_end(void) {
 /* --- completion --- */
 
 duet_status_t duet_test(duet_request_t *req, int *done) {
+  duet_comm_t *comm;
   duet_status_t rc;
   if (req == NULL || done == NULL)
     return duet__set_error(NULL, DUET_ERR_INVALID_ARGUMENT, "duet_test: %s is NULL",
                            req == NULL ? "req" : "done");
   *done = 0;
+  comm = req->comm;
+  duet__comm_lock(comm);
   if (!req->complete) {
     uint64_t waited;
-    duet__progress(req->comm);
+    duet__progress(comm);
     waited = duet__now_ns() - req->start_ns;
-    if (!req->complete && waited > (uint64_t)req->comm->cfg.timeout_ms * 1000000ull)
+    if (!req->complete && waited > (uint64_t)comm->cfg.timeout_ms * 1000000ull)
       duet__request_wait(req); /* past the deadline: fails it with the message */
   }
-  if (!req->complete)
+  if (!req->complete) {
+    duet__comm_unlock(comm);
     return DUET_IN_PROGRESS;
+  }
   *done = 1;
   rc = req->status;
   duet__request_free(req);
+  duet__comm_unlock(comm);
   return rc;
 }
 

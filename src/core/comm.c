@@ -104,8 +104,16 @@ void duet__comm_shape(duet_comm_t *comm);
  * then frees the requests that were still waiting for transfers. */
 void duet__nets_release(duet_comm_t *comm) {
   duet__netset_t *nets = comm->nets;
+  int last;
   comm->nets = NULL;
-  if (nets == NULL || --nets->refs > 0)
+  if (nets == NULL)
+    return;
+  if (nets->threaded)
+    pthread_mutex_lock(&nets->lock);
+  last = --nets->refs == 0;
+  if (nets->threaded)
+    pthread_mutex_unlock(&nets->lock);
+  if (!last)
     return;
   for (int n = DUET_NET_COUNT - 1; n >= 0; n--)
     if (nets->net[n].ep != NULL) {
@@ -113,7 +121,21 @@ void duet__nets_release(duet_comm_t *comm) {
       nets->net[n].ep = NULL;
     }
   duet__request_release_all(nets);
+  pthread_mutex_destroy(&nets->lock);
   free(nets);
+}
+
+/* The netset's lock is recursive: a call holding it may make another. */
+static int duet__nets_lock_init(duet__netset_t *nets) {
+  pthread_mutexattr_t attr;
+  int err = pthread_mutexattr_init(&attr);
+  if (err == 0) {
+    err = pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_RECURSIVE);
+    if (err == 0)
+      err = pthread_mutex_init(&nets->lock, &attr);
+    pthread_mutexattr_destroy(&attr);
+  }
+  return err;
 }
 
 static duet_status_t duet__open_net(duet_comm_t *comm, int n, const duet__tp_ops_t *ops,
@@ -385,7 +407,8 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
   comm->rank = rank;
   comm->nranks = nranks;
   comm->nets = calloc(1, sizeof(*comm->nets));
-  if (comm->nets == NULL) {
+  if (comm->nets == NULL || duet__nets_lock_init(comm->nets) != 0) {
+    free(comm->nets);
     free(comm);
     return duet__set_error(NULL, DUET_ERR_NO_MEMORY, "duet_comm_init: out of memory");
   }
@@ -395,6 +418,7 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
     duet__set_error(NULL, rc, "duet_comm_init: %s", err);
     goto out_free_comm;
   }
+  comm->nets->threaded = comm->cfg.progress_thread;
   duet__log_set_rank(rank);
 
   rc = duet__boot_connect(id, rank, nranks, comm->cfg.timeout_ms, &boot, berr);
@@ -508,7 +532,13 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
     duet__comm_place(comm);
   }
 
+  if (comm->nets->threaded && duet__async_start(comm) != DUET_SUCCESS) {
+    rc = duet__set_error(NULL, DUET_ERR_SYSTEM, "duet_comm_init: %s", comm->last_error);
+    goto out_close_nets;
+  }
   if (duet__registry_add(comm) != 0) {
+    if (comm->nets->threaded)
+      duet__async_stop(comm);
     rc = duet__set_error(NULL, DUET_ERR_NO_MEMORY, "duet_comm_init: out of memory");
     goto out_close_nets;
   }
@@ -608,10 +638,14 @@ duet_status_t duet_comm_init_env(duet_comm_t **comm, const duet_config_t *config
 
 void duet__comm_free(duet_comm_t *comm) {
   duet__registry_remove(comm);
+  if (comm->nets->threaded)
+    duet__async_stop(comm); /* the thread no longer sees comm */
+  duet__comm_lock(comm);    /* communicators split from it may still run */
   duet__comm_release_requests(comm);
   if (comm->mem != NULL)
     duet__shm_close(comm->mem);
   duet__fiber_destroy(comm->fiber);
+  duet__comm_unlock(comm);
   duet__nets_release(comm);
   free(comm->scratch);
   free(comm->a2av_counts);
@@ -634,6 +668,7 @@ duet_status_t duet_comm_destroy(duet_comm_t *comm) {
   if (rc == DUET_ERR_INVALID_ARGUMENT)
     return rc;
   rc = DUET_SUCCESS;
+  duet__comm_lock(comm);
   if (comm->failed == DUET_SUCCESS) {
     /* Let pending operations finish, then agree that everyone is done
      * sending before the endpoints close. */
@@ -649,6 +684,7 @@ duet_status_t duet_comm_destroy(duet_comm_t *comm) {
       duet__set_error(NULL, rc, "%s", comm->last_error);
   }
   duet__comm_fail_pending(comm, DUET_ERR_ABORTED);
+  duet__comm_unlock(comm);
   duet__comm_free(comm);
   return rc;
 }
@@ -658,7 +694,9 @@ duet_status_t duet_comm_abort(duet_comm_t *comm) {
   if (comm == NULL || !duet__comm_is_live(comm))
     return duet__set_error(NULL, DUET_ERR_INVALID_ARGUMENT,
                            "duet_comm_abort: comm is NULL or already destroyed");
+  duet__comm_lock(comm);
   duet__comm_fail_pending(comm, DUET_ERR_ABORTED);
+  duet__comm_unlock(comm);
   duet__comm_free(comm);
   return DUET_SUCCESS;
 }
@@ -670,9 +708,11 @@ duet_status_t duet_comm_get_async_error(duet_comm_t *comm, duet_status_t *async_
   if (async_error == NULL)
     return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT,
                            "duet_comm_get_async_error: async_error is NULL");
+  duet__comm_lock(comm);
   if (comm->failed == DUET_SUCCESS)
     duet__progress(comm);
   *async_error = comm->failed;
+  duet__comm_unlock(comm);
   return DUET_SUCCESS;
 }
 
@@ -717,6 +757,8 @@ duet_status_t duet_comm_supernode(const duet_comm_t *comm, int *supernode, int *
 
 duet_status_t duet_comm_get_stats(const duet_comm_t *comm, duet_stats_t *stats) {
   DUET_QUERY_CHECK("duet_comm_get_stats", stats);
+  duet__comm_lock(comm);
   *stats = comm->stats;
+  duet__comm_unlock(comm);
   return DUET_SUCCESS;
 }

@@ -4,6 +4,7 @@
 #ifndef DUET_COMM_H
 #define DUET_COMM_H
 
+#include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
 
@@ -52,6 +53,10 @@ typedef struct duet__netset {
   int refs;
   duet__net_t net[DUET_NET_COUNT];
   struct duet_request *zombies; /* failed with transfers possibly in flight */
+  /* The progress thread (async.c): threaded says it may drive these
+   * communicators, so calls on them hold lock (recursive). */
+  int threaded;
+  pthread_mutex_t lock;
 } duet__netset_t;
 
 /* Schedules are cached per communicator: a collective called again with the
@@ -161,6 +166,17 @@ struct duet_request {
 
 #define DUET_COMM_MAGIC 0x64756574u /* "duet" */
 
+/* Hold a communicator's netset lock when the progress thread may use it
+ * (comm must be live). */
+static inline void duet__comm_lock(const duet_comm_t *comm) {
+  if (comm->nets->threaded)
+    pthread_mutex_lock(&comm->nets->lock);
+}
+static inline void duet__comm_unlock(const duet_comm_t *comm) {
+  if (comm->nets->threaded)
+    pthread_mutex_unlock(&comm->nets->lock);
+}
+
 /* status.c */
 duet_status_t duet__set_error(duet_comm_t *comm, duet_status_t status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -206,6 +222,9 @@ duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_a
                                  duet__coll_build_fn build, const void *sendbuf, void *recvbuf,
                                  duet_request_t **req);
 duet_status_t duet__progress(duet_comm_t *comm);
+/* Drive every network, then every active request; *moved says whether any
+ * request advanced. Negative only when the communicator itself failed. */
+duet_status_t duet__progress_once(duet_comm_t *comm, int *moved);
 duet_status_t duet__request_wait(duet_request_t *req);
 /* Oversubscribed host without a load/store segment: even out where its
  * ranks run (progress.c; topo/place.c). Cheap when not due. */
@@ -220,6 +239,11 @@ void duet__request_free(duet_request_t *req);
 void duet__comm_release_requests(duet_comm_t *comm); /* the pool and the cache */
 void duet__comm_fail_pending(duet_comm_t *comm, duet_status_t status);
 void duet__request_release_all(duet__netset_t *nets);
+
+/* async.c: the progress thread (DUET_PROGRESS_THREAD=1) */
+duet_status_t duet__async_start(duet_comm_t *comm); /* drive comm; the first starts the thread */
+void duet__async_stop(duet_comm_t *comm);           /* stop; the last joins the thread */
+void duet__async_kick(void);                        /* a non-blocking call was posted */
 
 /* check.c: argument checks at the API boundary; on failure they record a
  * message naming the argument and return a negative status. */

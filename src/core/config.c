@@ -16,26 +16,39 @@
 
 const duet__config_row_t duet__config_table[] = {
     {"DUET_TIMEOUT_MS", "300000", "deadline of every wait, in milliseconds"},
-    {"DUET_UPN_PROVIDER", "", "transport inside a super-node: tcp (duet's sockets), mem (load/store) or a libfabric provider such as shm or tcp;ofi_rxm (default: load/store and shm on one host, else tcp)"},
-    {"DUET_HPN_PROVIDER", "tcp", "transport across super-nodes: tcp (duet's sockets) or a libfabric provider"},
-    {"DUET_UPN_IFACE", "", "interface (libfabric domain; for tcp also an IP address) of the UPN; default lo when the job is on one host"},
-    {"DUET_HPN_IFACE", "", "interface (libfabric domain; for tcp also an IP address) of the HPN; default lo when the job is on one host"},
+    {"DUET_UPN_PROVIDER", "",
+     "transport inside a super-node: tcp (duet's sockets), mem (load/store) or a libfabric "
+     "provider such as shm or tcp;ofi_rxm (default: load/store and shm on one host, else tcp)"},
+    {"DUET_HPN_PROVIDER", "tcp",
+     "transport across super-nodes: tcp (duet's sockets) or a libfabric provider"},
+    {"DUET_UPN_IFACE", "",
+     "interface (libfabric domain; for tcp also an IP address) of the UPN; default lo when the job "
+     "is on one host"},
+    {"DUET_HPN_IFACE", "",
+     "interface (libfabric domain; for tcp also an IP address) of the HPN; default lo when the job "
+     "is on one host"},
     {"DUET_SUPERNODE", "", "super-node id of this rank (default: its host name)"},
-    {"DUET_PROGRESS_THREAD", "0", "1: a progress thread (not yet supported); 0: progress inside calls"},
+    {"DUET_PROGRESS_THREAD", "0",
+     "1: a thread drives non-blocking calls while the caller computes; 0: they progress inside "
+     "duet calls"},
     {"DUET_ALGO", "", "force algorithms per collective, e.g. allreduce=hier,allgather=ring"},
     {"DUET_CHUNK_BYTES", "262144", "pipelining chunk of large collectives, bytes"},
     {"DUET_RD_MAX_BYTES", "16384", "allreduce uses recursive doubling up to this size, ring above"},
-    {"DUET_TCP_SNDBUF", "262144", "tcp: send buffer (SO_SNDBUF) of each connection for messages of 64 KiB or more, bytes; 0: the kernel's autotuning"},
+    {"DUET_TCP_SNDBUF", "262144",
+     "tcp: send buffer (SO_SNDBUF) of each connection for messages of 64 KiB or more, bytes; 0: "
+     "the kernel's autotuning"},
     {"DUET_UPN_LAT_US", "", "tuner: UPN latency per message, microseconds (default: by provider)"},
     {"DUET_UPN_BW_GBPS", "", "tuner: UPN bandwidth per rank, GB/s (default: by provider)"},
     {"DUET_HPN_LAT_US", "", "tuner: HPN latency per message, microseconds (default: by provider)"},
     {"DUET_HPN_BW_GBPS", "", "tuner: HPN bandwidth per rank, GB/s (default: by provider)"},
     {"DUET_DEBUG", "WARN", "log level: NONE, WARN, INFO, TRACE"},
-    {"DUET_DEBUG_SUBSYS", "ALL", "log subsystems: INIT,BOOT,TOPO,COLL,TUNE,NET or ALL; ^X excludes"},
+    {"DUET_DEBUG_SUBSYS", "ALL",
+     "log subsystems: INIT,BOOT,TOPO,COLL,TUNE,NET or ALL; ^X excludes"},
     {"DUET_BOOT_IFACE", "lo", "interface whose address duet_get_unique_id's root listens on"},
     {"DUET_RANK", "", "rank, for duet_comm_init_env"},
     {"DUET_SIZE", "", "rank count, for duet_comm_init_env"},
-    {"DUET_ROOT", "", "host:port of the rendezvous root (rank 0 listens there), for duet_comm_init_env"},
+    {"DUET_ROOT", "",
+     "host:port of the rendezvous root (rank 0 listens there), for duet_comm_init_env"},
     {"DUET_SECRET", "", "32 hex digits authenticating duet_comm_init_env's rendezvous"},
     {"OMPI_COMM_WORLD_RANK", "", "rank under Open MPI's mpirun (with DUET_ROOT)"},
     {"OMPI_COMM_WORLD_SIZE", "", "size under Open MPI's mpirun (with DUET_ROOT)"},
@@ -271,10 +284,6 @@ duet_status_t duet__config_resolve(const duet_config_t *config, duet__cfg_t *cfg
     snprintf(errbuf, errlen,
              "DUET_DEBUG_SUBSYS='%s' is not a list of INIT,BOOT,TOPO,COLL,TUNE,NET,ALL", v);
     return DUET_ERR_INVALID_ARGUMENT;
-  }
-  if (cfg->progress_thread) {
-    snprintf(errbuf, errlen, "DUET_PROGRESS_THREAD=1: a progress thread is not supported yet");
-    return DUET_ERR_UNSUPPORTED;
   }
   return DUET_SUCCESS;
 }

@@ -217,7 +217,7 @@ static int duet__request_advance(duet_request_t *req) {
 /* Drive every network, then every active request; *moved says whether any
  * request advanced. Returns a negative status only when the communicator
  * itself failed. */
-static duet_status_t duet__progress_once(duet_comm_t *comm, int *moved) {
+duet_status_t duet__progress_once(duet_comm_t *comm, int *moved) {
   char errbuf[DUET_TP_ERRLEN] = "";
 
   *moved = 0;

@@ -111,6 +111,7 @@ duet_status_t duet_comm_split(duet_comm_t *comm, int color, int key, duet_comm_t
     return duet__set_error(comm, DUET_ERR_INVALID_ARGUMENT,
                            "%s: color %d is negative (DUET_SPLIT_NOCOLOR is %d)", fn, color,
                            DUET_SPLIT_NOCOLOR);
+  duet__comm_lock(comm);
   all = malloc(sizeof(*all) * (size_t)comm->nranks);
   members = malloc(sizeof(*members) * (size_t)comm->nranks);
   if (all == NULL || members == NULL) {
@@ -188,7 +189,13 @@ duet_status_t duet_comm_split(duet_comm_t *comm, int color, int key, duet_comm_t
   if (rc != DUET_SUCCESS)
     goto out_free;
   duet__comm_shape(c);
+  if (c->nets->threaded && duet__async_start(c) != DUET_SUCCESS) {
+    rc = duet__set_error(comm, DUET_ERR_SYSTEM, "%s: %s", fn, c->last_error);
+    goto out_free;
+  }
   if (duet__registry_add(c) != 0) {
+    if (c->nets->threaded)
+      duet__async_stop(c);
     rc = duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory", fn);
     goto out_free;
   }
@@ -210,5 +217,6 @@ out_free:
   free(remap);
   free(all);
   free(members);
+  duet__comm_unlock(comm);
   return rc;
 }

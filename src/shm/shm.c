@@ -296,11 +296,20 @@ static void balance(duet__shm_t *shm, int cpu) {
             shm->rank, cpu, to);
 }
 
+static _Thread_local int shm_helper;
+
+void duet__shm_helper_thread(void) {
+  shm_helper = 1;
+}
+
 /* Publish the CPU this rank runs on (only when it changed: peers poll the
- * line). Returns it, or -1 if unknown. */
+ * line). Returns it, or -1 if unknown. On a helper thread: the rank's last
+ * published CPU, unchanged. */
 static int publish_cpu(duet__shm_t *shm) {
-  int cpu = sched_getcpu();
   int32_t *mine = &flag_line(shm, shm->rank)->cpu;
+  if (shm_helper)
+    return __atomic_load_n(mine, __ATOMIC_RELAXED);
+  int cpu = sched_getcpu();
   if (shm->seq >= shm->balance_at) {
     shm->balance_at = shm->seq + DUET_SHM_BALANCE_EVERY;
     balance(shm, cpu);

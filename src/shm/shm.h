@@ -112,6 +112,11 @@ void duet__shm_close(duet__shm_t *shm);
  * rank may set its own. */
 void duet__shm_set_stream_min(duet__shm_t *shm, size_t bytes);
 
+/* The calling thread runs other threads' calls (the progress thread): its
+ * CPU says nothing of where its rank runs, so it neither publishes it nor
+ * moves to even out the host's ranks. */
+void duet__shm_helper_thread(void);
+
 /* The non-blocking calls (core/mem_queue.c) run the collectives above as a
  * task on a second stack: while fn is set, a wait whose peer has not arrived
  * calls fn(arg), which suspends the task until the caller's next progress

@@ -10,6 +10,7 @@
 # across) in full for the layouts of up to 4 ranks (quick above), then over
 # DUET_UPN_PROVIDER=tcp DUET_HPN_PROVIDER=tcp, quick. DUET_TEST_QUICK=1
 # (sanitizer builds) runs 2x2, 3+1 and 3+2, quick, default providers only.
+# Last, always: mpi_async (the progress thread) on 2x2 and 3+2.
 #
 # Env: top_builddir (default .), MPIRUN (default mpirun), DUET_TEST_TIMEOUT
 # (seconds per mpirun, default 300), DUET_HIER_LAYOUTS (override the layout
@@ -18,8 +19,9 @@ set -u
 
 builddir=${top_builddir:-.}
 prog="$builddir/tests/mpi/mpi_hier"
+async="$builddir/tests/mpi/mpi_async"
 . "$(dirname "$0")/mpirun_env.sh"
-mpi_test_setup hier 300 "$prog"
+mpi_test_setup hier 300 "$prog" "$async"
 
 passed=0
 failed=0
@@ -88,6 +90,11 @@ else
     run tcp "$layout" -q
   done
 fi
+# The progress thread drives the hierarchy's non-blocking calls too (their
+# rail phase is a schedule the queued task waits for).
+for layout in a:2,b:2 a:3,b:2; do
+  prog=$async run default "$layout"
+done
 
 for f in "${failures[@]+"${failures[@]}"}"; do
   echo "# failed: $f"

@@ -7,8 +7,10 @@
 # datatype x op is covered at the quick counts for every np; the full count
 # list (up to 1048579 elements) runs for np <= 4 on int32, float32, bfloat16,
 # uint64 and float8e4m3 (DUET_TEST_FULL_TYPES=all for every type). DUET_TEST_QUICK=1
-# (sanitizer builds) runs np 2 and 3 quick. Last, DUET_ALGO set on one rank
-# only must fail every rank's init with a message naming it.
+# (sanitizer builds) runs np 2 and 3 quick. Then the progress thread
+# (mpi_async, and mpi_coll and mpi_split with DUET_PROGRESS_THREAD=1). Last,
+# DUET_ALGO set on one rank only must fail every rank's init with a message
+# naming it.
 #
 # Env: top_builddir (default .), MPIRUN (default mpirun), DUET_TEST_TIMEOUT
 # (seconds per mpirun, default 300), DUET_TEST_NP (override the np list).
@@ -18,8 +20,9 @@ builddir=${top_builddir:-.}
 allreduce="$builddir/tests/mpi/mpi_allreduce"
 coll="$builddir/tests/mpi/mpi_coll"
 split="$builddir/tests/mpi/mpi_split"
+async="$builddir/tests/mpi/mpi_async"
 . "$(dirname "$0")/mpirun_env.sh"
-mpi_test_setup mpi 300 "$allreduce" "$coll" "$split"
+mpi_test_setup mpi 300 "$allreduce" "$coll" "$split" "$async"
 
 quick=${DUET_TEST_QUICK:-0}
 if [ "$quick" = 1 ]; then
@@ -45,7 +48,7 @@ run() {
   else
     envs=(env -u DUET_UPN_PROVIDER -u DUET_HPN_PROVIDER)
   fi
-  echo "+ ${envs[*]} timeout $limit $mpirun ${mpiopts[*]} -np $np $*"
+  echo "+ ${DUET_PROGRESS_THREAD:+DUET_PROGRESS_THREAD=$DUET_PROGRESS_THREAD }${envs[*]} timeout $limit $mpirun ${mpiopts[*]} -np $np $*"
   local start=$SECONDS
   if "${envs[@]}" timeout "$limit" "$mpirun" "${mpiopts[@]}" -np "$np" "$@"; then
     passed=$((passed + 1))
@@ -79,6 +82,22 @@ for np in $nps; do
     run ofi-tcp "$np" "$allreduce" -a auto -q
     run ofi-tcp "$np" "$coll" -q
   fi
+done
+
+# The progress thread: non-blocking calls complete while the caller makes no
+# duet call (mpi_async asks for the thread itself), and the non-blocking,
+# blocking-between and split checks of mpi_coll and mpi_split pass with it.
+if [ "$quick" = 1 ]; then
+  async_nps=${DUET_TEST_NP:-"2 3"}
+else
+  async_nps=${DUET_TEST_NP:-"1 2 3 4 5"}
+fi
+for np in $async_nps; do
+  for prov in tcp shm; do
+    run $prov "$np" "$async"
+    DUET_PROGRESS_THREAD=1 run $prov "$np" "$coll" -q
+    DUET_PROGRESS_THREAD=1 run $prov "$np" "$split"
+  done
 done
 
 # Settings that decide the algorithm must agree: DUET_ALGO exported to one
