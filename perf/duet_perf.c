@@ -44,6 +44,16 @@
  * duet_wait (and MPI_I<coll> then MPI_Wait), each call waited before the
  * next, so the time is a call's latency through the request path.
  *
+ * --overlap US times the non-blocking forms with US microseconds of
+ * computation between the post and the wait, as OSU's non-blocking
+ * benchmarks do: time is then the whole call, at best max(US, the call
+ * alone). A library overlaps only where its call moves while the caller
+ * computes: duet with DUET_PROGRESS_THREAD=1. The computation spins (CPU
+ * work holding its core); --overlap-sleep US sleeps instead (a rank waiting
+ * for an accelerator or for I/O, its core free). Where moving the data is
+ * itself CPU work (loopback tcp, shared memory) and every core computes,
+ * nothing can overlap: the copies need the same cores.
+ *
  * --barrier times each call alone after an MPI_Barrier, as OSU's
  * benchmarks do: time is the mean of the -n single-call times. The ranks
  * start each call together, so a call's time holds none of the previous
@@ -68,6 +78,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "duet.h"
@@ -417,13 +428,35 @@ static unsigned char *own_block(const call_t *c) { /* this rank's block of recvb
   return c->recv + (size_t)c->rank * block_of(c) * c->t->size;
 }
 
-/* --nonblocking: each library's call is its non-blocking form, then a wait */
-static int nonblocking;
+/* --nonblocking: each library's call is its non-blocking form, then a wait;
+ * --overlap: with overlap_us of computation between the two */
+static int nonblocking, overlap_sleep;
+static double overlap_us;
+static void compute(void) {
+  double until;
+  if (overlap_us <= 0)
+    return;
+  if (overlap_sleep) {
+    struct timespec ts = {(time_t)(overlap_us / 1e6), (long)(fmod(overlap_us, 1e6) * 1e3)};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+      ;
+    return;
+  }
+  until = MPI_Wtime() + overlap_us * 1e-6;
+  while (MPI_Wtime() < until)
+    ;
+}
 static int duet_waited(duet_status_t st, duet_request_t *const *req) {
-  return st != DUET_SUCCESS ? st : duet_wait(*req);
+  if (st != DUET_SUCCESS)
+    return st;
+  compute();
+  return duet_wait(*req);
 }
 static int mpi_waited(int st, MPI_Request *req) {
-  return st != MPI_SUCCESS ? st : MPI_Wait(req, MPI_STATUS_IGNORE);
+  if (st != MPI_SUCCESS)
+    return st;
+  compute();
+  return MPI_Wait(req, MPI_STATUS_IGNORE);
 }
 
 static int duet_allreduce_run(const call_t *c) {
@@ -766,6 +799,10 @@ static void usage(FILE *f, const char *prog) {
           "               checked too (mpi_wrong in csv/json, a summary line in the table).\n"
           "  --nonblocking  time the non-blocking forms: duet_i<coll> + duet_wait per\n"
           "               call (MPI_I<coll> + MPI_Wait with --compare)\n"
+          "  --overlap <US>  as --nonblocking, with US microseconds of computation (a\n"
+          "               spinning loop) between each post and its wait; time is the whole\n"
+          "               call (at best the larger of US and the call alone)\n"
+          "  --overlap-sleep <US>  the same, sleeping instead of spinning (the core is free)\n"
           "  --barrier    time each call alone after an MPI_Barrier, as OSU's benchmarks\n"
           "               do (time: the mean of those single-call times)\n"
           "  --mem-alloc  take the buffers from duet_mem_alloc (memory the host's ranks can\n"
@@ -823,6 +860,8 @@ static const char *parse_opts(int argc, char **argv, opts_t *o) {
                                            {"format", required_argument, NULL, 'F'},
                                            {"nonblocking", no_argument, NULL, 'N'},
                                            {"barrier", no_argument, NULL, 'B'},
+                                           {"overlap", required_argument, NULL, 'O'},
+                                           {"overlap-sleep", required_argument, NULL, 'Z'},
                                            {"mem-alloc", no_argument, NULL, 'A'},
                                            {"help", no_argument, NULL, 'h'},
                                            {NULL, 0, NULL, 0}};
@@ -853,6 +892,17 @@ static const char *parse_opts(int argc, char **argv, opts_t *o) {
     case 'B':
       o->barrier = 1;
       break;
+    case 'O':
+    case 'Z': {
+      char *end;
+      overlap_us = strtod(optarg, &end);
+      if (end == optarg || *end || !(overlap_us >= 0) || overlap_us > 1e7)
+        return OPT_ERR("--%s: '%s' is not a number of microseconds from 0 to 1e7",
+                       opt == 'O' ? "overlap" : "overlap-sleep", optarg);
+      overlap_sleep = opt == 'Z';
+      nonblocking = 1;
+      break;
+    }
     case 'A':
       o->mem_alloc = 1;
       break;
@@ -1334,7 +1384,7 @@ static void print_header(bench_t *b, int version) {
   const opts_t *o = b->o;
   const coll_t *c = o->coll;
   const char *upn = getenv("DUET_UPN_PROVIDER"), *hpn = getenv("DUET_HPN_PROVIDER");
-  const char *algo = getenv("DUET_ALGO");
+  const char *algo = getenv("DUET_ALGO"), *thread = getenv("DUET_PROGRESS_THREAD");
   char mpiver[MPI_MAX_LIBRARY_VERSION_STRING] = "";
   int len = 0;
   MPI_Get_library_version(mpiver, &len);
@@ -1370,6 +1420,8 @@ static void print_header(bench_t *b, int version) {
            "ranks\",\n");
     printf("  \"compare\": %s,\n", o->compare ? "\"mpi\"" : "null");
     printf("  \"nonblocking\": %s,\n", nonblocking ? "true" : "false");
+    printf("  \"overlap_us\": %g,\n  \"overlap_sleep\": %s,\n", overlap_us,
+           overlap_sleep ? "true" : "false");
     printf("  \"barrier\": %s,\n", o->barrier ? "true" : "false");
     printf("  \"mem_alloc\": %s,\n", o->mem_alloc ? "true" : "false");
     printf("  \"mpi_library\": ");
@@ -1384,6 +1436,8 @@ static void print_header(bench_t *b, int version) {
     json_str_or_null(hpn);
     printf(", \"DUET_ALGO\": ");
     json_str_or_null(algo);
+    printf(", \"DUET_PROGRESS_THREAD\": ");
+    json_str_or_null(thread);
     printf("},\n  \"rows\": [");
     return;
   }
@@ -1396,14 +1450,18 @@ static void print_header(bench_t *b, int version) {
   else
     printf("%zu(bytes)", o->stepbytes);
   printf(" warmup iters: %d iters: %d validation: %d\n", o->warmup, o->iters, o->check);
-  if (nonblocking)
+  if (nonblocking && overlap_us > 0)
+    printf("#  non-blocking forms: each call posted, %g us of %s, then waited\n", overlap_us,
+           overlap_sleep ? "sleep" : "computation (spinning)");
+  else if (nonblocking)
     printf("#  non-blocking forms: each call posted, then waited\n");
   if (o->barrier)
     printf("#  each call timed alone after an MPI_Barrier; time is the mean of those times\n");
   if (o->mem_alloc)
     printf("#  buffers from duet_mem_alloc\n");
-  printf("#  DUET_UPN_PROVIDER=%s DUET_HPN_PROVIDER=%s DUET_ALGO=%s\n", upn ? upn : "(default)",
-         hpn ? hpn : "(default)", algo ? algo : "(default)");
+  printf("#  DUET_UPN_PROVIDER=%s DUET_HPN_PROVIDER=%s DUET_ALGO=%s DUET_PROGRESS_THREAD=%s\n",
+         upn ? upn : "(default)", hpn ? hpn : "(default)", algo ? algo : "(default)",
+         thread ? thread : "(default)");
   if (o->rounds > 1 || o->compare)
     printf("#  rounds: %d; time is the median over rounds of the loop's mean per iteration\n",
            o->rounds);

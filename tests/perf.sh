@@ -12,7 +12,8 @@
 # when there is one) and bad arguments (exit 2 with a message naming the
 # option). Every collective once more with --nonblocking (np 3, duet's and
 # MPI's results checked); allreduce and alltoall with --barrier and with
-# --mem-alloc. About 45 s on 2 cores. DUET_TEST_QUICK=1
+# --mem-alloc; allreduce with --overlap and --overlap-sleep and the progress
+# thread. About 45 s on 2 cores. DUET_TEST_QUICK=1
 # (sanitizer builds): the per-collective runs at np 2 only.
 #
 # Env: top_builddir (default .), MPIRUN (default mpirun), DUET_TEST_TIMEOUT
@@ -158,6 +159,29 @@ perf 2 "$f" -C alltoall --mem-alloc -b 1M -e 1M -n 2 -w 1 --format json
 grep -q '"mem_alloc": true' "$f"
 result "--mem-alloc named in the JSON" $? "$(grep mem_alloc "$f")"
 
+# ---- --overlap / --overlap-sleep: computation between post and wait, with
+# the progress thread; both libraries' results right, every time at least
+# the computation (it is not skipped), the mode named in the table and the
+# JSON ----
+for mode in overlap overlap-sleep; do
+  f="$out/$mode.csv"
+  DUET_PROGRESS_THREAD=1 perf_csv "allreduce np 3 --$mode 300 --compare mpi" 3 allreduce "$f" \
+    -C allreduce --$mode 300 -b 8 -e 1M -f 64 -n 3 -w 1 -c 1 --compare mpi --rounds 1
+  awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+    { n++; for (k = 1; k <= 2; k++) { s = k == 1 ? "_oop" : "_ip"
+        if ($col["time" s] < 300 || $col["mpi_time" s] < 300) { print "  row " NR ": time" s " " $col["time" s] " mpi_time" s " " $col["mpi_time" s] " under 300 us"; bad = 1 } } }
+    END { exit bad || n == 0 }' "$f" >"$f.why"
+  result "--$mode: every call takes at least its computation" $? "$(cat "$f.why")"
+done
+f="$out/overlap.txt"
+perf 2 "$f" -C allreduce --overlap 50 -b 8 -e 64 -n 2 -w 1
+grep -q "each call posted, 50 us of computation (spinning), then waited" "$f"
+result "--overlap named in the table's header" $? "$(head -5 "$f" | tr '\n' ' ')"
+f="$out/overlap.json"
+perf 2 "$f" -C allreduce --overlap-sleep 50 -b 8 -e 64 -n 2 -w 1 --format json
+grep -q '"overlap_us": 50,' "$f" && grep -q '"overlap_sleep": true' "$f"
+result "--overlap-sleep named in the JSON" $? "$(grep overlap "$f")"
+
 # ---- --compare mpi: ratio a positive number, MPI's result right ----
 f="$out/compare.csv"
 perf 2 "$f" -C reduce_scatter -b 8 -e 64K -f 8 -n 2 -w 1 -c 1 --compare mpi --format csv
@@ -237,7 +261,8 @@ fi
 
 # ---- bad arguments: exit 2, the option named, no hang ----
 for bad in "-C nosuch:-C" "-n 0:-n" "-c 2:-c" "--compare nccl:--compare" "--format xml:--format" \
-  "-C reduce -r 7:-r" "-b 1M -e 1K:-b" "--rounds 0:--rounds" "--nosuch:--nosuch" "-f x:-f"; do
+  "-C reduce -r 7:-r" "-b 1M -e 1K:-b" "--rounds 0:--rounds" "--nosuch:--nosuch" "-f x:-f" \
+  "--overlap -5:--overlap" "--overlap-sleep x:--overlap-sleep"; do
   args=${bad%%:*} opt=${bad##*:}
   f="$out/bad.txt"
   # shellcheck disable=SC2086 # the arguments are words
