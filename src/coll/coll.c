@@ -810,16 +810,13 @@ static duet_status_t duet__coll_run(duet_comm_t *comm, duet__coll_args_t *a, siz
 }
 
 /* Post (non-blocking) or run a checked call, holding the communicator's
- * lock when a progress thread may drive it, and wake that thread for a
- * non-blocking call. */
+ * lock when a progress thread may drive it (which leaving it wakes). */
 static duet_status_t duet__coll_post(duet_comm_t *comm, duet__coll_args_t *a, size_t bytes,
                                      const void *sendbuf, void *recvbuf, duet_request_t **req) {
   duet_status_t rc;
   duet__comm_lock(comm);
   rc = duet__coll_run(comm, a, bytes, sendbuf, recvbuf, req);
   duet__comm_unlock(comm);
-  if (rc == DUET_SUCCESS && !a->blocking && comm->nets->threaded)
-    duet__async_kick();
   return rc;
 }
 
@@ -1100,20 +1097,12 @@ duet_status_t duet_recv(void *buf, size_t count, duet_datatype_t dt, int peer, d
 
 duet_status_t duet_isend(const void *buf, size_t count, duet_datatype_t dt, int peer,
                          duet_comm_t *comm, duet_request_t **req) {
-  duet_status_t rc =
-      duet__p2p_post("duet_isend", DUET_COLL_SEND, buf, NULL, count, dt, peer, comm, req);
-  if (rc == DUET_SUCCESS && comm->nets->threaded)
-    duet__async_kick();
-  return rc;
+  return duet__p2p_post("duet_isend", DUET_COLL_SEND, buf, NULL, count, dt, peer, comm, req);
 }
 
 duet_status_t duet_irecv(void *buf, size_t count, duet_datatype_t dt, int peer, duet_comm_t *comm,
                          duet_request_t **req) {
-  duet_status_t rc =
-      duet__p2p_post("duet_irecv", DUET_COLL_RECV, NULL, buf, count, dt, peer, comm, req);
-  if (rc == DUET_SUCCESS && comm->nets->threaded)
-    duet__async_kick();
-  return rc;
+  return duet__p2p_post("duet_irecv", DUET_COLL_RECV, NULL, buf, count, dt, peer, comm, req);
 }
 
 duet_status_t duet_group_start(void) {

@@ -57,6 +57,7 @@ typedef struct duet__netset {
    * communicators, so calls on them hold lock (recursive). */
   int threaded;
   pthread_mutex_t lock;
+  int want; /* callers blocked on lock: the thread leaves it to them */
 } duet__netset_t;
 
 /* Schedules are cached per communicator: a collective called again with the
@@ -169,12 +170,22 @@ struct duet_request {
 /* Hold a communicator's netset lock when the progress thread may use it
  * (comm must be live). */
 static inline void duet__comm_lock(const duet_comm_t *comm) {
-  if (comm->nets->threaded)
-    pthread_mutex_lock(&comm->nets->lock);
+  duet__netset_t *nets = comm->nets;
+  if (!nets->threaded || pthread_mutex_trylock(&nets->lock) == 0)
+    return;
+  __atomic_add_fetch(&nets->want, 1, __ATOMIC_RELAXED);
+  pthread_mutex_lock(&nets->lock);
+  __atomic_sub_fetch(&nets->want, 1, __ATOMIC_RELAXED);
 }
+void duet__async_kick(void);
+/* Leaving a call: calls still posted are the thread's to drive from now. */
 static inline void duet__comm_unlock(const duet_comm_t *comm) {
-  if (comm->nets->threaded)
+  if (comm->nets->threaded) {
+    int more = comm->active_head != NULL || comm->mem_head != NULL;
     pthread_mutex_unlock(&comm->nets->lock);
+    if (more)
+      duet__async_kick();
+  }
 }
 
 /* status.c */
@@ -243,7 +254,7 @@ void duet__request_release_all(duet__netset_t *nets);
 /* async.c: the progress thread (DUET_PROGRESS_THREAD=1) */
 duet_status_t duet__async_start(duet_comm_t *comm); /* drive comm; the first starts the thread */
 void duet__async_stop(duet_comm_t *comm);           /* stop; the last joins the thread */
-void duet__async_kick(void);                        /* a non-blocking call was posted */
+void duet__async_kick(void); /* calls are posted and the caller leaves duet */
 
 /* check.c: argument checks at the API boundary; on failure they record a
  * message naming the argument and return a negative status. */
