@@ -98,6 +98,9 @@ for np in $async_nps; do
     DUET_PROGRESS_THREAD=1 run $prov "$np" "$coll" -q
     DUET_PROGRESS_THREAD=1 run $prov "$np" "$split"
   done
+  if [ "$quick" != 1 ] && [ "$np" -le 3 ]; then # libfabric's tcp driven by the thread
+    run ofi-tcp "$np" "$async"
+  fi
 done
 
 # Settings that decide the algorithm must agree: DUET_ALGO exported to one

@@ -6,7 +6,8 @@
  * the caller's floating-point control state (rounding mode, kept in mxcsr
  * and the x87 control word on x86-64) is its own on each side of a switch;
  * an abandoned task does not stop the next one; the stack holds a frame of
- * 256 KiB. And the non-blocking calls that run there (core/mem_queue.c):
+ * 256 KiB; a task started on one thread is resumed by others (the progress
+ * thread's case). And the non-blocking calls that run there (core/mem_queue.c):
  * one whose peer never comes ends with DUET_ERR_TIMEOUT at the deadline,
  * naming the peer, instead of hanging.
  */
@@ -61,6 +62,46 @@ Test(fiber, task_resumes_where_it_stopped) {
   counter_t d = {c.f, 0, 0, 0};
   cr_assert_eq(duet__fiber_start(c.f, count_task, &d), 1);
   cr_assert_eq(d.sum, 1000);
+  duet__fiber_destroy(c.f);
+}
+
+/* The progress thread resumes a task that the caller's thread started (and
+ * either may resume it next): a task moves between threads at its
+ * suspensions, its locals intact, and returns to the thread that resumed
+ * it. */
+typedef struct {
+  counter_t *c;
+  int done;
+  pthread_t on; /* the thread the resume returned to */
+} resumer_t;
+
+static void *resume_once(void *arg) {
+  resumer_t *r = arg;
+  r->done = duet__fiber_resume(r->c->f);
+  r->on = pthread_self();
+  return NULL;
+}
+
+Test(fiber, task_moves_between_threads) {
+  counter_t c = {NULL, 4, 0, 0};
+  cr_assert_eq(duet__fiber_create(&c.f, STACK), DUET_SUCCESS);
+  cr_assert_eq(duet__fiber_start(c.f, count_task, &c), 0);
+  for (int step = 2; step <= 5; step++) {
+    resumer_t r = {&c, -1, 0};
+    pthread_t t;
+    if (step % 2 == 0) { /* another thread, then this one */
+      cr_assert_eq(pthread_create(&t, NULL, resume_once, &r), 0);
+      cr_assert_eq(pthread_join(t, NULL), 0);
+      cr_assert(pthread_equal(r.on, t), "the resume returned to the thread that made it");
+    } else {
+      resume_once(&r);
+      cr_assert(pthread_equal(r.on, pthread_self()));
+    }
+    cr_assert_eq(r.done, step == 5, "step %d", step);
+    if (step < 5)
+      cr_assert_eq(c.seen, step);
+  }
+  cr_assert_eq(c.sum, 1000 + 0 + 1 + 2 + 3);
   duet__fiber_destroy(c.f);
 }
 
