@@ -1,7 +1,8 @@
 #!/bin/bash
 # examples.sh - run the example programs, as `make check` does.
 #
-# examples/allreduce_env and examples/moe_dispatch: 3 ranks each, started
+# examples/allreduce_env, examples/moe_dispatch and examples/grad_overlap
+# (non-blocking allreduces with the progress thread): 3 ranks each, started
 # from this shell with DUET_RANK/DUET_SIZE/DUET_ROOT; examples/allreduce_mpi
 # under mpirun -np 2 when it was built. Env: top_builddir (default .), MPIRUN (default mpirun).
 set -u
@@ -55,6 +56,7 @@ run_env() {
 
 run_env allreduce_env 3 $((29500 + $$ % 1000))
 run_env moe_dispatch 3 $((30600 + $$ % 1000))
+run_env grad_overlap 3 $((31700 + $$ % 1000))
 
 prog="$builddir/examples/allreduce_mpi"
 if [ -e "$prog" ]; then
