@@ -4,7 +4,12 @@
  * op, several counts, in place and out of place.
  *
  *   mpirun -np 4 tests/mpi/mpi_allreduce [-a ring|rd|auto] [-q] [-t types] [-o ops]
- *                                        [-c counts] [-v]
+ *                                        [-c counts] [-m all|mixed] [-v]
+ *
+ * -m takes sendbuf and recvbuf from duet_mem_alloc (192 bytes into each
+ * allocation), on every rank (all: on one host the load/store path reads
+ * the peers' send buffers in place) or on every rank but rank 0 (mixed: the
+ * ranks must all fall back to copying).
  *
  * Every element is compared bitwise; the 64 bytes after recvbuf must stay
  * untouched and sendbuf must be unchanged. One line per datatype x op on rank
@@ -37,6 +42,7 @@ static void usage(const char *prog) {
           "      float64 float8e4m3 float8e5m2; default all)\n"
           "  -o  ops (sum prod min max avg; default all)\n"
           "  -c  counts, with K/M suffixes (overrides -q)\n"
+          "  -m  buffers from duet_mem_alloc: all ranks, or all but rank 0 (mixed)\n"
           "  -v  one line per count and placement\n",
           prog);
 }
@@ -111,7 +117,8 @@ int main(int argc, char **argv) {
 
   mt_init_mpi(&argc, &argv, &c.rank, &c.size);
   memcpy(counts, full_counts, sizeof full_counts);
-  while (!err && (opt = getopt(argc, argv, "a:qt:o:c:s:vh")) != -1) {
+  int mem = 0; /* 1: all ranks' buffers from duet_mem_alloc; 2: all but rank 0's */
+  while (!err && (opt = getopt(argc, argv, "a:qt:o:c:s:m:vh")) != -1) {
     switch (opt) {
     case 'a':
       if (strcmp(optarg, "ring") && strcmp(optarg, "rd") && strcmp(optarg, "auto"))
@@ -136,6 +143,11 @@ int main(int argc, char **argv) {
       break;
     case 's':
       seed = strtoull(optarg, NULL, 0);
+      break;
+    case 'm':
+      mem = strcmp(optarg, "all") == 0 ? 1 : strcmp(optarg, "mixed") == 0 ? 2 : 0;
+      if (!mem)
+        err = "-m: all or mixed";
       break;
     case 'v':
       c.verbose = 1;
@@ -173,17 +185,28 @@ int main(int argc, char **argv) {
     if (counts[i] > maxcount)
       maxcount = counts[i];
   size_t maxbytes = maxcount * 8 + MT_GUARD;
-  c.send = mt_xmalloc(maxbytes);
+  void *mem_send = NULL, *mem_recv = NULL;
+  if (mem == 1 || (mem == 2 && c.rank != 0)) {
+    CHECK(c.comm, duet_mem_alloc(&mem_send, maxbytes + 192));
+    CHECK(c.comm, duet_mem_alloc(&mem_recv, maxbytes + 192));
+    c.send = (unsigned char *)mem_send + 192;
+    c.recv = (unsigned char *)mem_recv + 192;
+  } else {
+    c.send = mt_xmalloc(maxbytes);
+    c.recv = mt_xmalloc(maxbytes);
+  }
   c.send_copy = mt_xmalloc(maxbytes);
-  c.recv = mt_xmalloc(maxbytes);
   c.ref = mt_xmalloc(maxbytes);
 
   const char *upn = getenv("DUET_UPN_PROVIDER"), *hpn = getenv("DUET_HPN_PROVIDER");
   if (c.rank == 0) {
     printf("# mpi_allreduce: %d ranks, algo %s, DUET_UPN_PROVIDER=%s DUET_HPN_PROVIDER=%s, "
-           "counts",
+           "buffers %s, counts",
            c.size, getenv("DUET_ALGO") ? getenv("DUET_ALGO") : "(auto)", upn ? upn : "(default)",
-           hpn ? hpn : "(default)");
+           hpn ? hpn : "(default)",
+           mem == 1   ? "duet_mem_alloc"
+           : mem == 2 ? "duet_mem_alloc but rank 0's"
+                      : "malloc");
     for (int i = 0; i < ncounts; i++)
       printf("%s%zu", i ? "," : " ", counts[i]);
     printf("\n");
@@ -219,10 +242,15 @@ int main(int argc, char **argv) {
     }
   }
 
+  if (mem_send != NULL) {
+    CHECK(c.comm, duet_mem_free(mem_send));
+    CHECK(c.comm, duet_mem_free(mem_recv));
+  } else {
+    free(c.send);
+    free(c.recv);
+  }
   CHECK(c.comm, duet_comm_destroy(c.comm));
-  free(c.send);
   free(c.send_copy);
-  free(c.recv);
   free(c.ref);
   if (c.rank == 0) {
     printf("# mpi_allreduce: %d configurations, %ld failed\n", configs, total_fail);

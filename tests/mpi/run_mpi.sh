@@ -7,7 +7,8 @@
 # datatype x op is covered at the quick counts for every np; the full count
 # list (up to 1048579 elements) runs for np <= 4 on int32, float32, bfloat16,
 # uint64 and float8e4m3 (DUET_TEST_FULL_TYPES=all for every type). DUET_TEST_QUICK=1
-# (sanitizer builds) runs np 2 and 3 quick. Then the progress thread
+# (sanitizer builds) runs np 2 and 3 quick. Then allreduce on duet_mem_alloc
+# buffers (mpi_allreduce -m all / mixed), the progress thread
 # (mpi_async, and mpi_coll and mpi_split with DUET_PROGRESS_THREAD=1). Last,
 # DUET_ALGO set on one rank only must fail every rank's init with a message
 # naming it.
@@ -82,6 +83,21 @@ for np in $nps; do
     run ofi-tcp "$np" "$allreduce" -a auto -q
     run ofi-tcp "$np" "$coll" -q
   fi
+done
+
+# Buffers from duet_mem_alloc: on one host the allreduce reads the peers'
+# send buffers in place (every rank's memory), or all ranks fall back to
+# copying (rank 0's from malloc); counts across several 1 MiB chunks.
+for np in $nps; do
+  [ "$np" -lt 2 ] && continue
+  for m in all mixed; do
+    if [ "$quick" = 1 ]; then
+      run shm "$np" "$allreduce" -m $m -q -t int32,float32,bfloat16
+    else
+      run shm "$np" "$allreduce" -m $m -t int32,uint8,float32,bfloat16,float64 \
+        -c 1,1023,65537,1048579,3000001
+    fi
+  done
 done
 
 # The progress thread: non-blocking calls complete while the caller makes no
