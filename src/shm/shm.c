@@ -1489,15 +1489,51 @@ static duet_status_t allgather_run(duet__shm_t *shm, const char *own, char *rb, 
     return DUET_SUCCESS;
   }
   const int nt = bytes * (size_t)n * (size_t)n >= shm->nt_min;
+  const size_t first = bytes < DUET_SHM_CHUNK ? bytes : DUET_SHM_CHUNK;
+  const char *src[SHM_MAX_RANKS];
+  size_t ext[SHM_MAX_RANKS];
+  uint64_t par = shm->chunks++ & 1u;
+  int mine, verdict;
+
+  /* Chunk 0's copy-in (not by a rank whose block peers may read in place:
+   * duet_mem_alloc memory; in place it lies in recvbuf, where this rank
+   * writes only the other blocks), the first sync, and the verdict. */
+  mine = publish_reg(shm, own, bytes, rb, own == mine_out ? 0 : bytes * (size_t)n,
+                     bytes >= direct_min(yield));
+  if (!mine)
+    memcpy(chunk_buf(shm, par, r), own, first);
   if (own != mine_out)
     memcpy(mine_out, own, bytes);
-  for (size_t off = 0; off < bytes; off += DUET_SHM_CHUNK) {
-    size_t m = bytes - off < DUET_SHM_CHUNK ? bytes - off : DUET_SHM_CHUNK;
-    uint64_t par = shm->chunks++ & 1u;
-    memcpy(chunk_buf(shm, par, r), own + off, m);
+  rc = sync_all(shm, "allgather", cpu, yield, timeout_ms, errbuf);
+  if (rc == DUET_SUCCESS)
+    rc = direct_agree(shm, "allgather", bytes, src, ext, &verdict, cpu, yield, timeout_ms, errbuf);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  if (verdict == DIRECT_GO) { /* every block straight from its owner, then a last sync */
+    for (int i = 1; i < n; i++) {
+      int p = (r + n - i) % n;
+      copy_out(nt, rb + (size_t)p * bytes, src[p], bytes);
+    }
+    if (nt)
+      copy_fence();
+    return sync_all(shm, "allgather", cpu, yield, timeout_ms, errbuf);
+  }
+  if (verdict == DIRECT_STAGE) {
+    if (mine)
+      memcpy(chunk_buf(shm, par, r), own, first);
     rc = sync_all(shm, "allgather", cpu, yield, timeout_ms, errbuf);
     if (rc != DUET_SUCCESS)
       return rc;
+  }
+  for (size_t off = 0; off < bytes; off += DUET_SHM_CHUNK) {
+    size_t m = bytes - off < DUET_SHM_CHUNK ? bytes - off : DUET_SHM_CHUNK;
+    if (off > 0) {
+      par = shm->chunks++ & 1u;
+      memcpy(chunk_buf(shm, par, r), own + off, m);
+      rc = sync_all(shm, "allgather", cpu, yield, timeout_ms, errbuf);
+      if (rc != DUET_SUCCESS)
+        return rc;
+    }
     for (int i = 1; i < n; i++) {
       int p = (r + n - i) % n;
       copy_out(nt, rb + (size_t)p * bytes + off, chunk_buf(shm, par, p), m);

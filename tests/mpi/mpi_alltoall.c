@@ -53,7 +53,9 @@
  *               must notice and copy twice); in place; duet_ialltoall;
  *               alltoallv with random (up to 40000) and skewed counts,
  *               blocks shuffled with gaps that must stay untouched, and
- *               random counts with rank 0's buffers from malloc. Then,
+ *               random counts with rank 0's buffers from malloc;
+ *               allgather of 1000 .. 250000 per rank, in place, and with
+ *               rank 0's block from malloc, against MPI_Allgather. Then,
  *               with every earlier buffer freed, one more call: this process
  *               must map exactly its own two buffers plus, where the
  *               exchange inside its super-node runs on the shared segment
@@ -1031,6 +1033,33 @@ static long umem_case(ctx_t *c, unsigned char *send, unsigned char *recv, size_t
   return errs;
 }
 
+/* One allgather of count elements per rank from send (this rank's block;
+ * in place when it is recv's block r) into recv, checked against
+ * MPI_Allgather. */
+static long umem_allgather_case(ctx_t *c, unsigned char *send, unsigned char *recv, size_t count,
+                                const char *what) {
+  const size_t n = (size_t)c->size, bbytes = count * 4, all = n * bbytes;
+  unsigned char *mine = recv + (size_t)c->rank * bbytes, *ref = mt_xmalloc(all + 1);
+  unsigned char *blk = send == mine ? mine : send, *copy = mt_xmalloc(bbytes + 1);
+  long errs = 0;
+  memset(recv, GAP_BYTE, all);
+  mt_guard_fill(recv + all);
+  fill_block(blk, count, DUET_INT32, mt_hash(count * 7u), c->rank, 0);
+  memcpy(copy, blk, bbytes);
+  MPI_Allgather(copy, (int)bbytes, MPI_BYTE, ref, (int)bbytes, MPI_BYTE, MPI_COMM_WORLD);
+  duet_status_t st = duet_allgather(blk, recv, count, DUET_INT32, c->comm);
+  if (st < 0)
+    die(c, st, "duet_allgather", __LINE__);
+  errs += (long)mt_compare(recv, ref, n * count, DUET_INT32, c->rank, what);
+  errs += mt_guard_check(recv + all, c->rank, what);
+  if (blk != mine)
+    errs += check_unchanged(c, blk, copy, bbytes, "sendbuf", what);
+  verbose_case(c, what);
+  free(ref);
+  free(copy);
+  return errs;
+}
+
 static long test_mem_alloc(ctx_t *c) {
   const size_t counts[] = {1000, 16384, 20000, 250000};
   const int ncounts = c->quick ? 3 : 4;
@@ -1069,6 +1098,16 @@ static long test_mem_alloc(ctx_t *c) {
     free_plan(&p);
   }
   c->umem = 0;
+  /* allgather: blocks from 1000 to 250000 int32 (several chunks), in
+   * place, and rank 0's block from malloc */
+  for (int ci = 0; ci < ncounts; ci++) {
+    snprintf(what, sizeof what, "mem-alloc allgather count %zu", counts[ci]);
+    errs += umem_allgather_case(c, send, recv, counts[ci], what);
+  }
+  snprintf(what, sizeof what, "mem-alloc allgather count 20000 in place");
+  errs += umem_allgather_case(c, recv + (size_t)c->rank * 20000 * 4, recv, 20000, what);
+  snprintf(what, sizeof what, "mem-alloc allgather count 20000, rank 0's block from malloc");
+  errs += umem_allgather_case(c, c->rank == 0 ? plain : send, recv, 20000, what);
 
   /* every buffer above freed; one call on new ones */
   MT_CHECK(c->comm, duet_mem_free(send));
