@@ -1752,13 +1752,52 @@ static duet_status_t reduce_scatter_run(duet__shm_t *shm, const char *sb, char *
     return DUET_SUCCESS;
   }
   const size_t q = piece_bytes(shm);
-  for (size_t off = 0; off < bytes; off += q) {
-    size_t m = bytes - off < q ? bytes - off : q;
-    uint64_t par = shm->chunks++ & 1u;
-    char *mine = stage_pieces(shm, par, sb, bytes, off, m, q);
+  const char *peer[SHM_MAX_RANKS];
+  size_t ext[SHM_MAX_RANKS];
+  uint64_t par = shm->chunks++ & 1u;
+  char *mine = chunk_buf(shm, par, r);
+  int reg, verdict;
+
+  /* Step 0's copy-in (not by a rank whose send buffer peers may read in
+   * place: duet_mem_alloc memory; in place this rank writes only its own
+   * block, which no peer reads), the first sync, and the verdict. */
+  reg = publish_reg(shm, sb, bytes * (size_t)n, rb, alias ? 0 : bytes, bytes >= direct_min(yield));
+  if (!reg)
+    stage_pieces(shm, par, sb, bytes, 0, bytes < q ? bytes : q, q);
+  rc = sync_all(shm, "reduce_scatter", cpu, yield, timeout_ms, errbuf);
+  if (rc == DUET_SUCCESS)
+    rc = direct_agree(shm, "reduce_scatter", bytes * (size_t)n, peer, ext, &verdict, cpu, yield,
+                      timeout_ms, errbuf);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  if (verdict == DIRECT_GO) { /* block r straight from every send buffer, then a last sync */
+    peer[r] = sb;
+    for (size_t off = 0; off < bytes; off += q) {
+      size_t m = bytes - off < q ? bytes - off : q;
+      for (int p = 0; p < n; p++)
+        src[p] = peer[p] + (size_t)r * bytes + off;
+      reduce_ordered(rb + off, alias ? mine : NULL, src, n, m / esz, dt, op);
+      if (op == DUET_AVG)
+        duet__reduce_avg_finish(rb + off, m / esz, dt, avg_n);
+    }
+    return sync_all(shm, "reduce_scatter", cpu, yield, timeout_ms, errbuf);
+  }
+  if (verdict == DIRECT_STAGE) {
+    if (reg)
+      stage_pieces(shm, par, sb, bytes, 0, bytes < q ? bytes : q, q);
     rc = sync_all(shm, "reduce_scatter", cpu, yield, timeout_ms, errbuf);
     if (rc != DUET_SUCCESS)
       return rc;
+  }
+  for (size_t off = 0; off < bytes; off += q) {
+    size_t m = bytes - off < q ? bytes - off : q;
+    if (off > 0) {
+      par = shm->chunks++ & 1u;
+      mine = stage_pieces(shm, par, sb, bytes, off, m, q);
+      rc = sync_all(shm, "reduce_scatter", cpu, yield, timeout_ms, errbuf);
+      if (rc != DUET_SUCCESS)
+        return rc;
+    }
     for (int p = 0; p < n; p++)
       src[p] = p == r ? sb + (size_t)r * bytes + off : chunk_buf(shm, par, p) + (size_t)r * q;
     reduce_ordered(rb + off, alias ? mine + (size_t)r * q : NULL, src, n, m / esz, dt, op);

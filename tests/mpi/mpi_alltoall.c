@@ -55,7 +55,10 @@
  *               blocks shuffled with gaps that must stay untouched, and
  *               random counts with rank 0's buffers from malloc;
  *               allgather of 1000 .. 250000 per rank, in place, and with
- *               rank 0's block from malloc, against MPI_Allgather. Then,
+ *               rank 0's block from malloc, against MPI_Allgather;
+ *               reduce_scatter of the same counts, in place, and with rank
+ *               0's send buffer from malloc, against
+ *               MPI_Reduce_scatter_block. Then,
  *               with every earlier buffer freed, one more call: this process
  *               must map exactly its own two buffers plus, where the
  *               exchange inside its super-node runs on the shared segment
@@ -1060,6 +1063,37 @@ static long umem_allgather_case(ctx_t *c, unsigned char *send, unsigned char *re
   return errs;
 }
 
+/* One reduce_scatter (int32 sum) of count elements per rank from send (n
+ * blocks) into recv (in place when recv is send's block r), checked against
+ * MPI_Reduce_scatter_block. */
+static long umem_rs_case(ctx_t *c, unsigned char *send, unsigned char *recv, size_t count,
+                         const char *what) {
+  const size_t n = (size_t)c->size, bbytes = count * 4, all = n * bbytes;
+  const int in_place = recv == send + (size_t)c->rank * bbytes;
+  unsigned char *copy = mt_xmalloc(all + 1), *ref = mt_xmalloc(bbytes + 1);
+  long errs = 0;
+  for (size_t k = 0; k < n; k++)
+    fill_block(send + k * bbytes, count, DUET_INT32, mt_hash(count * 11u), c->rank, (int)k);
+  memcpy(copy, send, all);
+  MPI_Reduce_scatter_block(copy, ref, (int)count, MPI_INT32_T, MPI_SUM, MPI_COMM_WORLD);
+  if (!in_place) {
+    memset(recv, GAP_BYTE, bbytes);
+    mt_guard_fill(recv + bbytes);
+  }
+  duet_status_t st = duet_reduce_scatter(send, recv, count, DUET_INT32, DUET_SUM, c->comm);
+  if (st < 0)
+    die(c, st, "duet_reduce_scatter", __LINE__);
+  errs += (long)mt_compare(recv, ref, count, DUET_INT32, c->rank, what);
+  if (!in_place) {
+    errs += mt_guard_check(recv + bbytes, c->rank, what);
+    errs += check_unchanged(c, send, copy, all, "sendbuf", what);
+  }
+  verbose_case(c, what);
+  free(ref);
+  free(copy);
+  return errs;
+}
+
 static long test_mem_alloc(ctx_t *c) {
   const size_t counts[] = {1000, 16384, 20000, 250000};
   const int ncounts = c->quick ? 3 : 4;
@@ -1108,6 +1142,16 @@ static long test_mem_alloc(ctx_t *c) {
   errs += umem_allgather_case(c, recv + (size_t)c->rank * 20000 * 4, recv, 20000, what);
   snprintf(what, sizeof what, "mem-alloc allgather count 20000, rank 0's block from malloc");
   errs += umem_allgather_case(c, c->rank == 0 ? plain : send, recv, 20000, what);
+  /* reduce_scatter: the same counts per rank, in place, rank 0's sendbuf
+   * from malloc */
+  for (int ci = 0; ci < ncounts; ci++) {
+    snprintf(what, sizeof what, "mem-alloc reduce_scatter count %zu", counts[ci]);
+    errs += umem_rs_case(c, send, recv, counts[ci], what);
+  }
+  snprintf(what, sizeof what, "mem-alloc reduce_scatter count 20000 in place");
+  errs += umem_rs_case(c, send, send + (size_t)c->rank * 20000 * 4, 20000, what);
+  snprintf(what, sizeof what, "mem-alloc reduce_scatter count 20000, rank 0's sendbuf from malloc");
+  errs += umem_rs_case(c, c->rank == 0 ? plain : send, recv, 20000, what);
 
   /* every buffer above freed; one call on new ones */
   MT_CHECK(c->comm, duet_mem_free(send));
