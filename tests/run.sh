@@ -31,7 +31,8 @@ count "$top/check.out"
 if [ $rc -ne 0 ]; then
   fail=$((fail > 0 ? fail : 1))
   for l in tests/unit/*.log tests/mpi/*.log tests/*.log; do
-    [ -f "$l" ] && grep -qE '^(FAIL|ERROR)' "${l%.log}.trs" 2>/dev/null && { echo "--- $l"; tail -40 "$l"; }
+    [ -f "$l" ] && grep -qE '^:test-result: (FAIL|ERROR)' "${l%.log}.trs" 2>/dev/null &&
+      { echo "--- $l"; grep -vE '^\[----\] *$' "$l" | grep -E 'Assertion|FAIL|rank|did not|status' | head -40; tail -20 "$l"; }
   done
 fi
 
