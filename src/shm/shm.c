@@ -834,6 +834,7 @@ static duet_status_t allreduce_chunked(duet__shm_t *shm, const void *sendbuf, vo
   const char *sb = sendbuf;
   char *rb = recvbuf;
   const int nt = sendbuf != recvbuf && count * esz >= shm->nt_min / (size_t)n;
+  const size_t first = count < per ? count : per; /* chunk 0's elements */
   const char *src[SHM_MAX_RANKS];
   size_t ext[SHM_MAX_RANKS], lo, hi;
   uint64_t par = shm->chunks++ & 1u;
@@ -843,19 +844,18 @@ static duet_status_t allreduce_chunked(duet__shm_t *shm, const void *sendbuf, vo
   /* Chunk 0's copy-in (not by a rank whose send buffer peers may read),
    * the first sync, and the verdict on reading send buffers in place. */
   mine = publish_reg(shm, sb, count * esz, rb, sb == rb ? 0 : count * esz,
-                     (count < per ? count : per) * esz >= direct_min(yield) * (size_t)n &&
-                         (sb != rb || yield));
+                     first * esz >= direct_min(yield) * (size_t)n && (sb != rb || yield));
   if (!mine)
-    allreduce_copy_in(shm, par, sb, count < per ? count : per, esz);
+    allreduce_copy_in(shm, par, sb, first, esz);
   rc = sync_all(shm, "allreduce", cpu, yield, timeout_ms, errbuf);
   if (rc == DUET_SUCCESS)
     rc = direct_agree(shm, "allreduce", count * esz, src, ext, &verdict, cpu, yield, timeout_ms,
                       errbuf);
-  if (rc == DUET_SUCCESS && verdict == DIRECT_STAGE && mine) {
-    allreduce_copy_in(shm, par, sb, count < per ? count : per, esz);
-  }
-  if (rc == DUET_SUCCESS && verdict == DIRECT_STAGE)
+  if (rc == DUET_SUCCESS && verdict == DIRECT_STAGE) { /* the ranks that published copy in late */
+    if (mine)
+      allreduce_copy_in(shm, par, sb, first, esz);
     rc = sync_all(shm, "allreduce", cpu, yield, timeout_ms, errbuf);
+  }
   if (rc != DUET_SUCCESS)
     return rc;
   src[r] = sb;
