@@ -710,7 +710,7 @@ void duet__comm_place(duet_comm_t *comm) {
     where[i] = i == comm->place_me ? sched_getcpu() : duet__place_proc_cpu(comm->place_pid[i]);
   to = duet__place_pick(where, comm->place_n, comm->place_me, &comm->place_mask,
                         now / DUET_PLACE_PERIOD_NS);
-  if (to < 0 || duet__place_move(to, &comm->place_mask) != 0)
+  if (to < 0 || duet__place_move(to, &comm->place_mask, comm->place_n) != 0)
     return;
   comm->place_next_ns = now + DUET_PLACE_HOLD_NS;
   DUET_INFO(DUET_SUB_COLL, "rank %d: moved from cpu %d to cpu %d", comm->rank,

@@ -289,7 +289,7 @@ static void balance(duet__shm_t *shm, int cpu) {
     where[r] = r == shm->rank ? cpu : __atomic_load_n(&flag_line(shm, r)->cpu, __ATOMIC_RELAXED);
   to = duet__place_pick(where, shm->nranks, shm->rank, &shm->cpus,
                         shm->seq / DUET_SHM_BALANCE_EVERY);
-  if (to < 0 || duet__place_move(to, &shm->cpus) != 0)
+  if (to < 0 || duet__place_move(to, &shm->cpus, shm->nranks) != 0)
     return;
   shm->balance_at = shm->seq + DUET_SHM_BALANCE_HOLD;
   DUET_INFO(DUET_SUB_COLL, "shm %s: local rank %d: moved from cpu %d to cpu %d", shm->name,

@@ -10,7 +10,8 @@
  * rank of a crowded CPU: duet__place_pick decides which, by a turn every
  * rank computes alike, and duet__place_move moves it. A move sets a one-CPU mask and then restores
  * the thread's own mask, so the scheduler may still place the rank as it likes later: duet binds
- * nothing.
+ * nothing. Ranks move only while the host runs nothing but the job (see
+ * duet__place_move).
  *
  * The load/store engine reads its peers' CPUs from their flag lines
  * (shm.c); other paths read /proc/<pid>/stat of the host's ranks, at most
@@ -50,8 +51,43 @@ int duet__place_pick(const int *cpu, int n, int me, const cpu_set_t *mask, uint6
   return -1;
 }
 
-int duet__place_move(int target, const cpu_set_t *mask) {
+int duet__place_loadavg_running(const char *text) {
+  double l1, l5, l15;
+  int running, total;
+  if (text == NULL || sscanf(text, "%lf %lf %lf %d/%d", &l1, &l5, &l15, &running, &total) != 5 ||
+      running < 0 || total < running)
+    return -1;
+  return running;
+}
+
+/* Threads runnable on the host now, or -1. */
+static int host_running(void) {
+  char buf[128];
+  ssize_t n;
+  int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return -1;
+  n = read(fd, buf, sizeof(buf) - 1);
+  close(fd);
+  if (n <= 0)
+    return -1;
+  buf[n] = '\0';
+  return duet__place_loadavg_running(buf);
+}
+
+int duet__place_move(int target, const cpu_set_t *mask, int nranks) {
   cpu_set_t one;
+  int running = host_running();
+  /* While its mask holds one CPU, the thread can run nowhere else. Where
+   * other work keeps that CPU busy, under group scheduling (autogroup,
+   * cgroups) the job's share of it may be tiny: a rank that moved to a CPU
+   * busy with another session's work was seen to wait 20 s there before
+   * it could even restore its mask. So move only on a host that runs
+   * nothing but the job (its ranks, spinning or yielding, and the thread
+   * reading /proc/loadavg); on a busy host the scheduler's own balancing,
+   * which weighs the other work, is the better judge. */
+  if (running < 0 || running > nranks + 1)
+    return 1;
   CPU_ZERO(&one);
   CPU_SET(target, &one);
   if (sched_setaffinity(0, sizeof(one), &one) != 0)

@@ -23,8 +23,14 @@ int duet__topo_ncores(void);
  * holds at least two more ranks than some other CPU of the mask; then one
  * of its ranks moves, which one turning with `turn`. */
 int duet__place_pick(const int *cpu, int n, int me, const cpu_set_t *mask, uint64_t turn);
-/* Move the calling thread to `target`, then give it `mask` back. 0 or -1. */
-int duet__place_move(int target, const cpu_set_t *mask);
+/* Move the calling thread to `target`, then give it `mask` back, but only
+ * while the host runs nothing but the job: at most nranks + 1 threads
+ * runnable (/proc/loadavg). 0: moved; 1: the host is busy, not moved; -1:
+ * the move failed. */
+int duet__place_move(int target, const cpu_set_t *mask, int nranks);
+/* Threads runnable on the host now, from /proc/loadavg text
+ * ("0.12 0.10 0.05 3/245 1234" -> 3), or -1 if the text is not that. */
+int duet__place_loadavg_running(const char *text);
 /* The CPU process `pid` last ran on, from /proc, or -1. */
 int duet__place_proc_cpu(int pid);
 

@@ -13,9 +13,11 @@
  */
 #include <criterion/criterion.h>
 #include <hwloc.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "topo/topo.h"
@@ -306,4 +308,50 @@ Test(topo, place_proc_cpu_of_self) {
   int c = duet__place_proc_cpu((int)getpid());
   cr_expect(c >= 0 && c < CPU_SETSIZE && CPU_ISSET(c, &m), "cpu %d", c);
   cr_expect_eq(duet__place_proc_cpu(-5), -1);
+}
+
+/* /proc/loadavg's runnable count, and text that is not loadavg. */
+Test(topo, place_loadavg_running) {
+  cr_expect_eq(duet__place_loadavg_running("0.52 0.58 0.59 3/467 12345\n"), 3);
+  cr_expect_eq(duet__place_loadavg_running("12.00 8.10 4.05 17/1024 1"), 17);
+  cr_expect_eq(duet__place_loadavg_running("0.00 0.00 0.00 0/1 1"), 0);
+  cr_expect_eq(duet__place_loadavg_running(NULL), -1);
+  cr_expect_eq(duet__place_loadavg_running(""), -1);
+  cr_expect_eq(duet__place_loadavg_running("0.52 0.58 0.59 3 467"), -1);
+  cr_expect_eq(duet__place_loadavg_running("0.52 0.58 0.59 9/4 1"), -1, "more running than exist");
+  cr_expect_eq(duet__place_loadavg_running("0.52 0.58 0.59 -2/4 1"), -1);
+}
+
+/* On a host busy with other work a rank does not move: pinned to one CPU
+ * it could starve there (place.c). Busy children keep more threads
+ * runnable than a job of one rank and one more; the move must refuse and
+ * leave this thread's mask as it was. */
+Test(topo, place_move_refuses_on_a_busy_host) {
+  enum { BUSY = 6 };
+  pid_t kids[BUSY];
+  cpu_set_t before, after;
+  int target, rc = -2;
+
+  cr_assert(sched_getaffinity(0, sizeof(before), &before) == 0);
+  target = sched_getcpu();
+  for (int i = 0; i < BUSY; i++) {
+    kids[i] = fork();
+    cr_assert(kids[i] >= 0);
+    if (kids[i] == 0)
+      for (;;)
+        __asm__ __volatile__("" ::: "memory");
+  }
+  /* the children are runnable as soon as they exist; a few tries cover a
+   * /proc/loadavg read that raced their start */
+  for (int tries = 0; tries < 50 && rc != 1; tries++) {
+    usleep(10000);
+    rc = duet__place_move(target, &before, 1);
+  }
+  for (int i = 0; i < BUSY; i++)
+    kill(kids[i], SIGKILL);
+  for (int i = 0; i < BUSY; i++)
+    waitpid(kids[i], NULL, 0);
+  cr_expect_eq(rc, 1, "moved (%d) with %d busy processes on the host", rc, BUSY);
+  cr_assert(sched_getaffinity(0, sizeof(after), &after) == 0);
+  cr_expect(CPU_EQUAL(&before, &after), "the mask changed");
 }
