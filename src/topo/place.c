@@ -60,19 +60,24 @@ int duet__place_loadavg_running(const char *text) {
   return running;
 }
 
-/* Threads runnable on the host now, or -1. */
-static int host_running(void) {
-  char buf[128];
+/* Read a small /proc file into buf as a string. 0, or -1. */
+static int read_proc(const char *path, char *buf, size_t len) {
   ssize_t n;
-  int fd = open("/proc/loadavg", O_RDONLY | O_CLOEXEC);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0)
     return -1;
-  n = read(fd, buf, sizeof(buf) - 1);
+  n = read(fd, buf, len - 1);
   close(fd);
   if (n <= 0)
     return -1;
   buf[n] = '\0';
-  return duet__place_loadavg_running(buf);
+  return 0;
+}
+
+/* Threads runnable on the host now, or -1. */
+static int host_running(void) {
+  char buf[128];
+  return read_proc("/proc/loadavg", buf, sizeof(buf)) == 0 ? duet__place_loadavg_running(buf) : -1;
 }
 
 int duet__place_move(int target, const cpu_set_t *mask, int nranks) {
@@ -99,19 +104,11 @@ int duet__place_move(int target, const cpu_set_t *mask, int nranks) {
 
 int duet__place_proc_cpu(int pid) {
   char path[64], buf[1024];
-  ssize_t n;
-  int fd;
   const char *p;
 
   snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-  fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
+  if (read_proc(path, buf, sizeof(buf)) != 0)
     return -1;
-  n = read(fd, buf, sizeof(buf) - 1);
-  close(fd);
-  if (n <= 0)
-    return -1;
-  buf[n] = '\0';
   p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
   if (p == NULL)
     return -1;
