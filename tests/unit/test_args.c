@@ -117,6 +117,7 @@ Test(args, queries_and_destroyed_comm) {
   cr_assert_eq(duet_get_version(&v), DUET_SUCCESS);
   cr_assert_eq(v, DUET_VERSION);
   cr_assert_str_eq(duet_strerror(DUET_ERR_TIMEOUT), "timed out");
+  cr_assert_str_eq(duet_strerror(DUET_ERR_TRANSPORT), "transport error (tcp or libfabric)");
   cr_assert_str_neq(duet_strerror((duet_status_t)-99), "");
   /* A destroyed communicator is recognised, not dereferenced. */
   cr_assert_eq(duet_comm_destroy(comm), DUET_SUCCESS);
