@@ -74,15 +74,16 @@ static int read_proc(const char *path, char *buf, size_t len) {
   return 0;
 }
 
-/* Threads runnable on the host now, or -1. */
 static int host_running(void) {
   char buf[128];
   return read_proc("/proc/loadavg", buf, sizeof(buf)) == 0 ? duet__place_loadavg_running(buf) : -1;
 }
 
+int (*duet__place_running)(void) = host_running;
+
 int duet__place_move(int target, const cpu_set_t *mask, int nranks) {
   cpu_set_t one;
-  int running = host_running();
+  int running = duet__place_running();
   /* While its mask holds one CPU, the thread can run nowhere else. Where
    * other work keeps that CPU busy, under group scheduling (autogroup,
    * cgroups) the job's share of it may be tiny: a rank that moved to a CPU

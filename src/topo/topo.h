@@ -28,6 +28,9 @@ int duet__place_pick(const int *cpu, int n, int me, const cpu_set_t *mask, uint6
  * runnable (/proc/loadavg). 0: moved; 1: the host is busy, not moved; -1:
  * the move failed. */
 int duet__place_move(int target, const cpu_set_t *mask, int nranks);
+/* Threads runnable on the host now (/proc/loadavg), or -1. A test of the
+ * placement itself replaces it, to place its ranks as on a quiet host. */
+extern int (*duet__place_running)(void);
 /* Threads runnable on the host now, from /proc/loadavg text
  * ("0.12 0.10 0.05 3/245 1234" -> 3), or -1 if the text is not that. */
 int duet__place_loadavg_running(const char *text);
