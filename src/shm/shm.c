@@ -106,9 +106,12 @@
 #define DUET_SHM_EAGER_MAX (8u << 10)
 #endif
 /* Slots in each rank's ring for the rooted eager calls (broadcast, reduce):
- * how many such calls a rank may run ahead of the slowest reader. */
+ * how many such calls a rank may run ahead of the slowest reader. Deep
+ * enough that a writer rarely waits: 8-byte broadcasts back to back, 4 ranks
+ * on 2 cores, median of 5 launches: 0.69 us with 8 slots, 0.38 with 32, no
+ * better with 64 (Open MPI 0.24-0.38 us in the same runs). */
 #ifndef DUET_SHM_ROOTED_DEPTH
-#define DUET_SHM_ROOTED_DEPTH 8u
+#define DUET_SHM_ROOTED_DEPTH 32u
 #endif
 /* Bytes of the message handled per pipeline step (one chunk buffer per rank). */
 #ifndef DUET_SHM_CHUNK
@@ -213,6 +216,7 @@ struct duet__shm {
   uint64_t sync;   /* sync points passed (all ranks agree) */
   uint64_t chunks; /* chunk steps made (all ranks agree) */
   uint64_t rooted; /* rooted eager calls made (all ranks agree) */
+  uint64_t rooted_done; /* every peer had completed this many at the last look */
   size_t sync_off; /* offsets into the segment */
   size_t eager_off, eager_stride;
   size_t ring_off, done_off;
@@ -1584,14 +1588,23 @@ duet_status_t duet__shm_allgather(duet__shm_t *shm, const void *sendbuf, void *r
 static duet_status_t rooted_flow(duet__shm_t *shm, const char *what, uint64_t k, int cpu, int yield,
                                  int timeout_ms, char *errbuf) {
   const int n = shm->nranks;
+  uint64_t least = UINT64_MAX;
   if (k < DUET_SHM_ROOTED_DEPTH)
     return DUET_SUCCESS;
   const uint64_t want = k - DUET_SHM_ROOTED_DEPTH + 1;
+  /* Done counters only grow: a peer seen at rooted_done or beyond is still
+   * there, and the reads stay off the peers' lines for most calls. */
+  if (shm->rooted_done >= want)
+    return DUET_SUCCESS;
   for (int i = 1; i < n; i++) {
     int p = (shm->rank + i) % n;
+    uint64_t v;
     if (wait_ge(shm, done_flag(shm, p), want, p, cpu, yield, timeout_ms) != 0)
       return timed_out_at(shm, p, what, "rooted call", k + 1, timeout_ms, errbuf);
+    v = __atomic_load_n(done_flag(shm, p), __ATOMIC_ACQUIRE);
+    least = v < least ? v : least;
   }
+  shm->rooted_done = least;
   return DUET_SUCCESS;
 }
 

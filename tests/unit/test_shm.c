@@ -519,7 +519,7 @@ Test(shm, alltoall_4_ranks) {
 /* The engine's limits as this test assumes them (shm.c). */
 #define EAGER_MAX (8u << 10)
 #define CHUNK (1u << 20)
-#define ROOTED_DEPTH 8u /* DUET_SHM_ROOTED_DEPTH */
+#define ROOTED_DEPTH 32u /* DUET_SHM_ROOTED_DEPTH */
 
 static int guard_ok(const char *what, int rank, int L, size_t n, const unsigned char *end) {
   for (size_t b = 0; b < GUARD; b++)
@@ -1080,20 +1080,23 @@ Test(shm, rooted_stress_4_ranks) {
 }
 
 /* Eager broadcasts and reduces alternating, with moving roots, while one
- * rank sleeps every 50 calls. In the first 20 calls of each block of 50 the
- * sleeper only reads (it is never the broadcast root and always the reduce
- * root), so the others run ahead until the flow control stops them ROOTED_DEPTH
- * calls ahead of it; a rank that rewrote a ring slot the sleeper has not
- * read yet would give it another call's data. */
+ * rank sleeps at the start of every block of AHEAD_BLOCK calls. In the first
+ * AHEAD_READ calls of a block the sleeper only reads (it is never the
+ * broadcast root and always the reduce root), so the others run ahead until
+ * the flow control stops them ROOTED_DEPTH calls ahead of it; a rank that
+ * rewrote a ring slot the sleeper has not read yet would give it another
+ * call's data. */
+#define AHEAD_BLOCK (4 * ROOTED_DEPTH)
+#define AHEAD_READ (2 * ROOTED_DEPTH + 8)
 static int child_rooted_ahead(duet__shm_t *shm, int rank, int L, void *arg) {
   (void)arg;
   unsigned char send[2048], recv[2048 + GUARD];
   int32_t in[512], out[512 + 16];
   char err[DUET_SHM_ERRLEN];
-  for (unsigned it = 0; it < 2000; it++) {
-    int sleeper = (int)(it / 50) % L, other = (sleeper + 1 + (int)(it / 2) % (L - 1)) % L;
-    int reader_only = it % 50 < 20;
-    if (rank == sleeper && it % 50 == 0)
+  for (unsigned it = 0; it < 16 * AHEAD_BLOCK; it++) {
+    int sleeper = (int)(it / AHEAD_BLOCK) % L, other = (sleeper + 1 + (int)(it / 2) % (L - 1)) % L;
+    int reader_only = it % AHEAD_BLOCK < AHEAD_READ;
+    if (rank == sleeper && it % AHEAD_BLOCK == 0)
       usleep(200);
     if (it % 2 == 0) {
       int root = reader_only ? other : (int)(it / 2) % L;
