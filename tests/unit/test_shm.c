@@ -518,7 +518,7 @@ Test(shm, alltoall_4_ranks) {
 
 /* The engine's limits as this test assumes them (shm.c). */
 #define EAGER_MAX (8u << 10)
-#define CHUNK (1u << 20)
+#define CHUNK (512u << 10)
 #define ROOTED_DEPTH 32u /* DUET_SHM_ROOTED_DEPTH */
 
 static int guard_ok(const char *what, int rank, int L, size_t n, const unsigned char *end) {
