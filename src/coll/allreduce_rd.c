@@ -10,6 +10,11 @@
  * the end; the odd ranks then send the result back to their even partner.
  *
  * Scratch: two slots of the whole vector, alternating between steps.
+ *
+ * The reduce-scatter's rd algorithm is this allreduce with the result in
+ * scratch, after the two slots; each rank then copies its own block out
+ * (duet__reduce_scatter_rd_build): log2(p) exchanges instead of the ring's
+ * p-1 steps, for small vectors on many ranks.
  */
 #include "coll/coll.h"
 
@@ -19,20 +24,20 @@ static int duet__rd_real(int newrank, int rem) {
   return newrank < rem ? 2 * newrank + 1 : newrank + rem;
 }
 
-duet_status_t duet__allreduce_rd_build(const duet__coll_args_t *a, duet__sched_t *s) {
+/* The allreduce of the send buffer's `bytes` into `recvb` (recvbuf, or
+ * scratch past the two slots); returns the step after which recvb holds
+ * the result, or DUET_STEP_NONE. */
+uint32_t duet__rd_emit(const duet__coll_args_t *a, duet__sched_t *s, uint64_t bytes,
+                       duet__ref_t recvb) {
   const int p = a->nranks, r = a->rank;
-  const uint64_t bytes = a->count * a->dtsize;
   int p2 = 1, rem, newrank;
   duet__ref_t cur = duet__ref(DUET_BUF_SEND, 0);
-  const duet__ref_t recvb = duet__ref(DUET_BUF_RECV, 0);
   uint32_t last = DUET_STEP_NONE, slot_reader[2] = {DUET_STEP_NONE, DUET_STEP_NONE};
 
   if (bytes == 0)
-    return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
-  if (p == 1) {
-    duet__sched_copy(s, recvb, cur, bytes, NULL, 0);
-    return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
-  }
+    return DUET_STEP_NONE;
+  if (p == 1)
+    return duet__sched_copy(s, recvb, cur, bytes, NULL, 0);
   while (p2 * 2 <= p)
     p2 *= 2;
   rem = p - p2;
@@ -42,8 +47,7 @@ duet_status_t duet__allreduce_rd_build(const duet__coll_args_t *a, duet__sched_t
     /* Folded out: hand the vector over, then receive the result (in place,
      * only after the send has finished reading it). */
     uint32_t sd = duet__sched_send(s, r + 1, RD_MSG_FOLD, cur, bytes, NULL, 0);
-    duet__sched_recv(s, r + 1, RD_MSG_UNFOLD, recvb, bytes, &sd, 1);
-    return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
+    return duet__sched_recv(s, r + 1, RD_MSG_UNFOLD, recvb, bytes, &sd, 1);
   }
   if (r < 2 * rem) {
     duet__ref_t in = duet__ref(DUET_BUF_SCRATCH, 0);
@@ -71,5 +75,10 @@ duet_status_t duet__allreduce_rd_build(const duet__coll_args_t *a, duet__sched_t
     last = duet__sched_avg(s, recvb, bytes, &last, 1);
   if (r < 2 * rem)
     duet__sched_send(s, r - 1, RD_MSG_UNFOLD, recvb, bytes, &last, 1);
+  return last;
+}
+
+duet_status_t duet__allreduce_rd_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  duet__rd_emit(a, s, a->count * a->dtsize, duet__ref(DUET_BUF_RECV, 0));
   return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
 }

@@ -53,6 +53,10 @@ typedef duet_status_t (*duet__coll_build_fn)(const duet__coll_args_t *args, duet
 
 duet_status_t duet__allreduce_ring_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__allreduce_rd_build(const duet__coll_args_t *args, duet__sched_t *s);
+/* Recursive-doubling allreduce of the first `bytes` of the send buffer into
+ * recvb (allreduce_rd.c); the step after which recvb holds the result. */
+uint32_t duet__rd_emit(const duet__coll_args_t *args, duet__sched_t *s, uint64_t bytes,
+                       duet__ref_t recvb);
 duet_status_t duet__broadcast_binomial_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__barrier_dissem_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__allreduce_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
@@ -86,6 +90,7 @@ duet_status_t duet__allgather_hier_rail_build(const duet__coll_args_t *args, due
  * at their places. */
 duet_status_t duet__allgather_remote_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__reduce_scatter_ring_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__reduce_scatter_rd_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__reduce_scatter_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
 /* Phase 2 of the hierarchical reduce-scatter alone (coll.c runs phase 1 on
  * the load/store UPN): sendbuf holds, at k x count, the block for rank

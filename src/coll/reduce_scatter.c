@@ -1,5 +1,6 @@
 /*
- * reduce_scatter.c - ring reduce-scatter, and the hierarchical one.
+ * reduce_scatter.c - ring and recursive-doubling reduce-scatter, and the
+ * hierarchical one.
  *
  * Ring: p-1 steps; rank r ends with block r reduced over all ranks. Partial
  * sums of other blocks live in scratch (p blocks), so the send buffer is
@@ -64,6 +65,23 @@ duet_status_t duet__reduce_scatter_ring_build(const duet__coll_args_t *a, duet__
                      DUET_BUF_SCRATCH, out, a->op == DUET_AVG, (total + a->count) * a->dtsize, 0);
   copy_out(a, s, out);
   duet__segs_free(&g);
+  return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
+}
+
+/* rd: the whole send buffer allreduced by recursive doubling into scratch
+ * (after the two slots duet__rd_emit alternates), then this rank's block
+ * copied out. In place the copy, which overwrites the start of sendbuf,
+ * follows the last step, and with it every read of sendbuf. */
+duet_status_t duet__reduce_scatter_rd_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  const uint64_t bytes = a->count * a->dtsize, total = bytes * (uint64_t)a->nranks;
+  uint32_t done;
+  if (a->count == 0)
+    return DUET_SUCCESS;
+  duet__sched_need_scratch(s, 3 * total);
+  done = duet__rd_emit(a, s, total, duet__ref(DUET_BUF_SCRATCH, 2 * total));
+  duet__sched_copy(s, duet__ref(DUET_BUF_RECV, 0),
+                   duet__ref(DUET_BUF_SCRATCH, 2 * total + (uint64_t)a->rank * bytes), bytes, &done,
+                   1);
   return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
 }
 

@@ -358,6 +358,8 @@ static double duet__tune_reduce_scatter(const duet__tune_dims_t *d, int algo, do
   switch (algo) {
   case DUET_ALGO_RING:
     return duet__rs_ring(p, S, d->flat, c);
+  case DUET_ALGO_RD: /* allreduce of all S by recursive doubling, keep one block */
+    return duet__ar_rd(p, S, d->flat);
   case DUET_ALGO_HIER:
     if (d->uniform) /* reduce-scatter inside over L, then on the rails over N */
       return duet__rs_ring(L, S, d->upn, c) + duet__rs_ring(N, S / L, d->hpn, c);
@@ -474,6 +476,14 @@ static double duet__tune_cost_dims(const duet__tune_dims_t *d, int coll, int alg
  * rab 1123; 4M ring 2352 / rab 2689; 16M ring 10997 / rab 12576; in place
  * alike), and at np 3 and 8 too (one launch: np 8 16M ring 25340 / rab
  * 28707; np 3 16M ring 9633 / rab 11481). The ring row starts at 2 MiB + 1.
+ * Reduce-scatter, duet's tcp, after the rd algorithm came (2 launches,
+ * -n 40, `-o reduce_scatter -b 16 -e 2M -f 4`, the whole vector):
+ *   np4: 16 B rd 26-28 / ring 44-73; 4K rd 26-32 / ring 47-75; 16K rd 34-42
+ *     / ring 50-74; 64K ring 58-83 / rd 77-97; 1M ring 315-423 / rd 789-904;
+ *     3 more launches, -n 60-100: 32K rd 42-57 / ring 60-114, 64K ring 69-77
+ *     / rd 79-101 (and once rd 70-78 / ring 96-121)
+ *   np3: 16K rd 34-43 / ring 43-49; 64K ring 51-60 / rd 79
+ *   np2 (not oversubscribed, the model's ring): 4K ring 5.9-6.8 / rd 7.0
  * tcp;ofi_rxm with duet's rxm defaults:
  *   allreduce tcp np2: 32K rd 12.4 / rab 20.7; 128K rab 38.4 / ring 40.0 /
  *     rd 55.1; 512K rd 131 / rab 139; 2M ring 595 / rab 665; 8M ring 2616
@@ -505,6 +515,8 @@ static const struct duet__tune_calib {
     {"tcp", 1, 3, 8, DUET_COLL_ALLREDUCE, SIZE_MAX, DUET_ALGO_RING},
     {"tcp", 1, 3, 8, DUET_COLL_ALLTOALL, 8u << 10, DUET_ALGO_BRUCK},
     {"tcp", 1, 3, 8, DUET_COLL_ALLTOALL, SIZE_MAX, DUET_ALGO_PAIRWISE},
+    {"tcp", 1, 3, 8, DUET_COLL_REDUCE_SCATTER, 32u << 10, DUET_ALGO_RD},
+    {"tcp", 1, 3, 8, DUET_COLL_REDUCE_SCATTER, SIZE_MAX, DUET_ALGO_RING},
     {"tcp;ofi_rxm", 0, 2, 2, DUET_COLL_ALLREDUCE, 64u << 10, DUET_ALGO_RD},
     {"tcp;ofi_rxm", 0, 2, 2, DUET_COLL_ALLREDUCE, 256u << 10, DUET_ALGO_RABENSEIFNER},
     {"tcp;ofi_rxm", 0, 2, 2, DUET_COLL_ALLREDUCE, 1u << 20, DUET_ALGO_RD},

@@ -375,6 +375,10 @@ Test(hier, allgather_and_reduce_scatter) {
                  0, 0, 8, (unsigned)c, 0);
         run_hier(lc, K_RS, duet__reduce_scatter_hier_build, counts[c], DUET_SUM, 0, 0, 12,
                  (unsigned)c + 2, 1);
+        run_hier(lc, K_RS, duet__reduce_scatter_rd_build, counts[c], c % 2 ? DUET_SUM : DUET_AVG,
+                 0, 0, 8, (unsigned)c + 5, 0);
+        run_hier(lc, K_RS_ALIAS, duet__reduce_scatter_rd_build, counts[c], DUET_MAX, 0, 1, 8,
+                 (unsigned)c + 6, 0);
         run_hier(lc, K_RS_ALIAS, duet__reduce_scatter_ring_build, counts[c], DUET_SUM, 0, 1,
                  1 << 20, (unsigned)c + 3, 0);
         run_hier(lc, K_RS_ALIAS, duet__reduce_scatter_hier_build, counts[c], DUET_MIN, 0, 1, 8,
