@@ -12,9 +12,12 @@
  * process keeps, such as the library's one-time state).
  */
 #include <criterion/criterion.h>
+
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -74,23 +77,47 @@ static long live_count(void) {
   return n;
 }
 
+/* The callers of the first counted allocations, named when a count is not
+ * 0 (the test binary exports its symbols: -rdynamic). */
+#define CALLERS 8
+static void *callers[CALLERS];
+
+static void count_alloc(void *caller) {
+  long k = atomic_fetch_add(&allocs, 1);
+  if (k < CALLERS)
+    callers[k] = caller;
+}
+
+/* Print where the counted allocations came from: function and offset. */
+static void name_callers(void) {
+  long n = atomic_load(&allocs);
+  for (long k = 0; k < n && k < CALLERS; k++) {
+    Dl_info info;
+    if (dladdr(callers[k], &info) != 0 && info.dli_sname != NULL)
+      fprintf(stderr, "  allocation %ld from %s+0x%lx\n", k + 1, info.dli_sname,
+              (unsigned long)((char *)callers[k] - (char *)info.dli_saddr));
+    else
+      fprintf(stderr, "  allocation %ld from %p\n", k + 1, callers[k]);
+  }
+}
+
 void *__wrap_malloc(size_t n) {
   if (atomic_load(&counting))
-    atomic_fetch_add(&allocs, 1);
+    count_alloc(__builtin_return_address(0));
   void *p = __real_malloc(n);
   live_add(p);
   return p;
 }
 void *__wrap_calloc(size_t n, size_t m) {
   if (atomic_load(&counting))
-    atomic_fetch_add(&allocs, 1);
+    count_alloc(__builtin_return_address(0));
   void *p = __real_calloc(n, m);
   live_add(p);
   return p;
 }
 void *__wrap_realloc(void *p, size_t n) {
   if (atomic_load(&counting))
-    atomic_fetch_add(&allocs, 1);
+    count_alloc(__builtin_return_address(0));
   void *q = __real_realloc(p, n);
   if (q != NULL || n == 0) {
     live_remove(p);
@@ -193,6 +220,8 @@ static void steady_state(const char *provider) {
     pthread_join(t[r], NULL);
   pthread_barrier_destroy(&bar);
   cr_assert_eq(ra[0].failed + ra[1].failed, 0, "a rank failed: %s", duet_last_error(NULL));
+  if (atomic_load(&allocs) != 0)
+    name_callers();
   cr_assert_eq(atomic_load(&allocs), 0, "%ld allocations in %d x 10 steady-state calls over %s",
                atomic_load(&allocs), CALLS, provider);
 }
@@ -377,6 +406,8 @@ static void hier_steady_state(const char *provider) {
   pthread_barrier_destroy(&bar);
   cr_assert_eq(ha[0].failed + ha[1].failed + ha[2].failed + ha[3].failed, 0, "a rank failed: %s",
                duet_last_error(NULL));
+  if (atomic_load(&allocs) != 0)
+    name_callers();
   cr_assert_eq(atomic_load(&allocs), 0,
                "%ld allocations in %d x 12 steady-state hierarchical calls over %s",
                atomic_load(&allocs), CALLS / 10, provider);
