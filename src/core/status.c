@@ -14,7 +14,7 @@
   X(DUET_ERR_INVALID_ARGUMENT, "invalid argument")                             \
   X(DUET_ERR_NO_MEMORY, "out of memory")                                       \
   X(DUET_ERR_SYSTEM, "system call failed")                                     \
-  X(DUET_ERR_TRANSPORT, "transport error (tcp or libfabric)")                 \
+  X(DUET_ERR_TRANSPORT, "transport error (tcp or libfabric)")                  \
   X(DUET_ERR_REMOTE, "a remote rank failed or aborted")                        \
   X(DUET_ERR_TIMEOUT, "timed out")                                             \
   X(DUET_ERR_ABORTED, "communicator was aborted or has failed")                \
