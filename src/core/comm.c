@@ -647,7 +647,7 @@ void duet__comm_free(duet_comm_t *comm) {
   duet__fiber_destroy(comm->fiber);
   duet__comm_unlock(comm);
   duet__nets_release(comm);
-  free(comm->scratch);
+  duet__scratch_release(comm);
   free(comm->a2av_counts);
   free(comm->mem_a2a_counts);
   free(comm->mem_stage);

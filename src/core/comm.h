@@ -60,6 +60,9 @@ typedef struct duet__netset {
   int want; /* callers blocked on lock: the thread leaves it to them */
 } duet__netset_t;
 
+/* Scratch buffers of calls that overlapped, kept by the communicator. */
+#define DUET_PARKED_SCRATCH 4
+
 /* Schedules are cached per communicator: a collective called again with the
  * same arguments reuses its schedule, so the hot path builds nothing. */
 #define DUET_SCHED_CACHE 16
@@ -117,9 +120,18 @@ struct duet_comm {
   size_t mem_stage_size;
   size_t *mem_a2a_counts; /* load/store hierarchical all-to-all: 4 x local_size */
   uint64_t *a2av_counts;  /* hierarchical alltoallv: nranks + nranks^2 counts, or NULL */
-  void *scratch;          /* reused scratch for one request at a time */
+  /* Scratch shared by the calls in flight: each takes a region (at 0 when
+   * that is free, else past the last region taken), so calls that overlap
+   * a larger one need nothing more. It grows only while no call uses it. */
+  uint8_t *scratch;
   size_t scratch_size;
-  int scratch_busy;
+  int scratch_users;
+  unsigned scratch_gen; /* bumped when a failed call keeps the scratch */
+  /* scratch of calls that ran while the one above was busy, parked for the
+   * next such call: a buffer belongs to the communicator, not to the request
+   * object that happened to carry it */
+  void *parked[DUET_PARKED_SCRATCH];
+  size_t parked_size[DUET_PARKED_SCRATCH];
   char last_error[DUET_ERRLEN];
 };
 
@@ -132,9 +144,11 @@ struct duet_request {
   int cache_slot;    /* index into comm->cache, or -1 */
   uint32_t cap;      /* steps the arrays below can hold */
   uint8_t *bufs[4];  /* indexed by DUET_BUF_* */
-  void *own_scratch; /* when the comm's scratch was busy; kept by the pooled request */
+  void *own_scratch; /* when the comm's scratch had no room; parked again when freed */
   uint64_t own_scratch_size;
   int uses_comm_scratch;
+  size_t scratch_off, scratch_len; /* its region of the comm's scratch */
+  unsigned scratch_gen;
   duet_datatype_t dt;
   duet_op_t op;
   uint64_t p2p_seq; /* point to point: the pair's sequence number */
@@ -248,6 +262,7 @@ void duet__request_open_gate(duet_request_t *req, uint32_t k);
 void duet__request_abandon(duet_request_t *req, duet_status_t status);
 void duet__request_free(duet_request_t *req);
 void duet__comm_release_requests(duet_comm_t *comm); /* the pool and the cache */
+void duet__scratch_release(duet_comm_t *comm);       /* the shared and parked scratch */
 void duet__comm_fail_pending(duet_comm_t *comm, duet_status_t status);
 void duet__request_release_all(duet__netset_t *nets);
 

@@ -41,15 +41,24 @@ static void duet__active_remove(duet_comm_t *comm, duet_request_t *req) {
   req->next = req->prev = NULL;
 }
 
+/* req no longer uses its region of the communicator's scratch. */
+static void duet__scratch_leave(duet_comm_t *comm, duet_request_t *req) {
+  if (!req->uses_comm_scratch)
+    return;
+  if (req->scratch_gen == comm->scratch_gen)
+    comm->scratch_users--;
+  req->uses_comm_scratch = 0;
+}
+
 static void duet__request_finish(duet_request_t *req, duet_status_t status) {
   duet_comm_t *comm = req->comm;
   req->status = status;
   req->complete = 1;
   duet__active_remove(comm, req);
-  if (req->uses_comm_scratch) {
-    comm->scratch_busy = 0;
-    req->uses_comm_scratch = 0;
-  }
+  /* a failed call's transfers may still land in its region: it keeps it
+   * until freed (duet__request_free) */
+  if (status == DUET_SUCCESS || req->nposted == 0)
+    duet__scratch_leave(comm, req);
 }
 
 /* Mark step i done and release the steps that waited for it. */
@@ -377,6 +386,94 @@ void duet__request_reset(duet_request_t *req, duet_comm_t *comm, int coll, duet_
   req->mem_next = NULL;
 }
 
+/* The smallest parked scratch of at least need bytes, or a new one. */
+static void *duet__scratch_take(duet_comm_t *comm, size_t need, size_t *got) {
+  int best = -1;
+  for (int i = 0; i < DUET_PARKED_SCRATCH; i++)
+    if (comm->parked[i] != NULL && comm->parked_size[i] >= need &&
+        (best < 0 || comm->parked_size[i] < comm->parked_size[best]))
+      best = i;
+  if (best < 0) {
+    *got = need;
+    return malloc(need);
+  }
+  void *b = comm->parked[best];
+  *got = comm->parked_size[best];
+  comm->parked[best] = NULL;
+  comm->parked_size[best] = 0;
+  return b;
+}
+
+/* Keep a scratch for the next call that overlaps another; when every place
+ * is taken, the smallest buffer goes. */
+static void duet__scratch_park(duet_comm_t *comm, void *buf, size_t size) {
+  int low = 0;
+  if (buf == NULL)
+    return;
+  for (int i = 0; i < DUET_PARKED_SCRATCH; i++) {
+    if (comm->parked[i] == NULL) {
+      low = i;
+      break;
+    }
+    if (comm->parked_size[i] < comm->parked_size[low])
+      low = i;
+  }
+  if (comm->parked[low] != NULL && comm->parked_size[low] >= size) {
+    free(buf);
+    return;
+  }
+  free(comm->parked[low]);
+  comm->parked[low] = buf;
+  comm->parked_size[low] = size;
+}
+
+void duet__scratch_release(duet_comm_t *comm) {
+  for (int i = 0; i < DUET_PARKED_SCRATCH; i++) {
+    free(comm->parked[i]);
+    comm->parked[i] = NULL;
+    comm->parked_size[i] = 0;
+  }
+  free(comm->scratch);
+  comm->scratch = NULL;
+  comm->scratch_size = 0;
+}
+
+/* A region of need bytes of the communicator's scratch for req: the whole
+ * scratch, grown if need be, when no call uses it; otherwise at its start
+ * if the calls in flight left that much free there, or past their regions.
+ * req->uses_comm_scratch stays 0 when neither has room. */
+static duet_status_t duet__scratch_place(duet_comm_t *comm, duet_request_t *req, size_t need) {
+  size_t off = 0;
+  if (comm->scratch_users == 0) {
+    if (comm->scratch_size < need) { /* grown rarely */
+      size_t got;
+      uint8_t *ns = duet__scratch_take(comm, need, &got);
+      if (ns == NULL)
+        return DUET_ERR_NO_MEMORY;
+      duet__scratch_park(comm, comm->scratch, comm->scratch_size);
+      comm->scratch = ns;
+      comm->scratch_size = got;
+    }
+  } else {
+    size_t lo = SIZE_MAX, hi = 0;
+    for (const duet_request_t *r = comm->active_head; r != NULL; r = r->next)
+      if (r->uses_comm_scratch && r->scratch_gen == comm->scratch_gen) {
+        lo = r->scratch_off < lo ? r->scratch_off : lo;
+        hi = r->scratch_off + r->scratch_len > hi ? r->scratch_off + r->scratch_len : hi;
+      }
+    if (need > lo)
+      off = (hi + 63) & ~(size_t)63;
+    if (off > comm->scratch_size || comm->scratch_size - off < need)
+      return DUET_SUCCESS;
+  }
+  req->uses_comm_scratch = 1;
+  req->scratch_off = off;
+  req->scratch_len = need;
+  req->scratch_gen = comm->scratch_gen;
+  comm->scratch_users++;
+  return DUET_SUCCESS;
+}
+
 duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_args_t *args,
                                  duet__coll_build_fn build, const void *sendbuf, void *recvbuf,
                                  duet_request_t **out) {
@@ -454,36 +551,18 @@ duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_a
     req->sched = &req->own_sched;
   }
   if (req->sched->scratch_bytes > 0) {
-    uint64_t need = req->sched->scratch_bytes;
-    if (!comm->scratch_busy) {
-      if (comm->scratch_size < need) {
-        /* Grown rarely: the scratch lives with the communicator. */
-        void *ns = malloc(need);
-        if (ns == NULL) {
-          rc = duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %llu bytes",
-                               duet__coll_name(coll), (unsigned long long)need);
-          goto out_free_req;
-        }
-        free(comm->scratch);
-        comm->scratch = ns;
-        comm->scratch_size = need;
-      }
-      comm->scratch_busy = 1;
-      req->uses_comm_scratch = 1;
-      req->bufs[DUET_BUF_SCRATCH] = comm->scratch;
-    } else if (req->own_scratch_size >= need) {
-      /* several calls in flight: the pooled request's own, from an earlier one */
-      req->bufs[DUET_BUF_SCRATCH] = req->own_scratch;
-    } else {
-      free(req->own_scratch);
-      req->own_scratch_size = 0;
-      req->own_scratch = malloc(need);
-      if (req->own_scratch == NULL) {
-        rc = duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %llu bytes",
-                             duet__coll_name(coll), (unsigned long long)need);
-        goto out_free_req;
-      }
-      req->own_scratch_size = need;
+    size_t need = (size_t)req->sched->scratch_bytes;
+    rc = duet__scratch_place(comm, req, need);
+    if (rc != DUET_SUCCESS)
+      goto out_no_scratch;
+    if (req->uses_comm_scratch) {
+      req->bufs[DUET_BUF_SCRATCH] = comm->scratch + req->scratch_off;
+    } else { /* no room beside the calls in flight */
+      size_t got;
+      req->own_scratch = duet__scratch_take(comm, need, &got);
+      if (req->own_scratch == NULL)
+        goto out_no_scratch;
+      req->own_scratch_size = got;
       req->bufs[DUET_BUF_SCRATCH] = req->own_scratch;
     }
   } else {
@@ -521,7 +600,9 @@ duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_a
   *out = req;
   return DUET_SUCCESS;
 
-out_free_req:
+out_no_scratch:
+  rc = duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %llu bytes of scratch",
+                       duet__coll_name(coll), (unsigned long long)req->sched->scratch_bytes);
   duet__request_free(req);
   return rc;
 }
@@ -540,23 +621,28 @@ void duet__request_free(duet_request_t *req) {
     req->sched = NULL;
   }
   if (req->nposted > 0 && comm != NULL) {
-    if (req->uses_comm_scratch) {
-      /* A receive may still land in the scratch: it goes with the request. */
+    if (req->uses_comm_scratch && req->scratch_gen == comm->scratch_gen) {
+      /* A receive may still land in the scratch: it goes with the request
+       * (with any other call's region in it: the comm has failed). */
       free(req->own_scratch);
       req->own_scratch = comm->scratch;
       req->own_scratch_size = comm->scratch_size;
       comm->scratch = NULL;
       comm->scratch_size = 0;
-      comm->scratch_busy = 0;
-      req->uses_comm_scratch = 0;
+      comm->scratch_users = 0;
+      comm->scratch_gen++;
     }
+    req->uses_comm_scratch = 0;
     req->next = comm->nets->zombies;
     comm->nets->zombies = req;
     return;
   }
-  if (req->uses_comm_scratch && comm != NULL)
-    comm->scratch_busy = 0;
-  req->uses_comm_scratch = 0;
+  if (comm != NULL) {
+    duet__scratch_leave(comm, req);
+    duet__scratch_park(comm, req->own_scratch, (size_t)req->own_scratch_size);
+    req->own_scratch = NULL;
+    req->own_scratch_size = 0;
+  }
   if (req->sched == &req->own_sched) {
     /* kept for the next uncached build; not one without steps, which is not
      * reused (duet__request_post) and would be overwritten by the next */
@@ -568,7 +654,7 @@ void duet__request_free(duet_request_t *req) {
     }
   }
   req->sched = NULL;
-  if (comm != NULL) { /* pooled, with its own scratch if it has one */
+  if (comm != NULL) { /* pooled */
     req->next = comm->free_reqs;
     comm->free_reqs = req;
     return;

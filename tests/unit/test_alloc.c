@@ -431,6 +431,101 @@ Test(alloc, hierarchical_calls_allocate_nothing_ofi_tcp, .timeout = 240) {
   unsetenv("DUET_ALGO");
 }
 
+/* Calls in flight together share the communicator's scratch: after a large
+ * call has grown it, rank 0 of three posts two smaller ones before the others
+ * have posted either (neither can finish), and they take two regions of it. The
+ * warm-up runs the same calls without that overlap (a gather, which needs
+ * no scratch, beside each), so a library that gave an overlapping call
+ * memory of its own would allocate here, and one that gave both the same
+ * region would sum into each other's partial results. */
+static void *overlap_main(void *p) {
+  rank_arg_t *ra = p;
+  duet_config_t cfg = DUET_CONFIG_INIT;
+  duet_comm_t *c = NULL;
+  float *a = calloc(N, sizeof(float)), *b = calloc(N, sizeof(float));
+  duet_request_t *r1, *r2;
+  cfg.upn_provider = ra->provider;
+  cfg.timeout_ms = 60000;
+  ra->failed = 1;
+  for (int i = 0; a != NULL && i < N; i++)
+    a[i] = (float)((ra->rank + 1) * (i % 13)); /* the three ranks sum to 6 (i % 13) */
+  if (a == NULL || b == NULL || duet_comm_init_rank(&c, 3, ra->id, ra->rank, &cfg) != DUET_SUCCESS)
+    goto out;
+  if (duet_reduce_scatter(a, b, N / 4, DUET_FLOAT32, DUET_SUM, c) ||
+      duet_iallgather(a, b + N / 2, N / 8, DUET_FLOAT32, c, &r1) ||
+      duet_ireduce_scatter(a, b, N / 32, DUET_FLOAT32, DUET_SUM, c, &r2) || duet_wait(r1) ||
+      duet_wait(r2) || duet_iallgather(a, b + N / 2, N / 8, DUET_FLOAT32, c, &r1) ||
+      duet_ireduce_scatter(a, b + N / 4, 1000, DUET_FLOAT32, DUET_SUM, c, &r2) || duet_wait(r1) ||
+      duet_wait(r2))
+    goto out_destroy;
+  pthread_barrier_wait(ra->bar);
+  if (ra->rank == 0) {
+    atomic_store(&counting, 1);
+    if (duet_ireduce_scatter(a, b, N / 32, DUET_FLOAT32, DUET_SUM, c, &r1) ||
+        duet_ireduce_scatter(a, b + N / 4, 1000, DUET_FLOAT32, DUET_SUM, c, &r2))
+      goto out_destroy; /* the others time out */
+    atomic_store(&counting, 0);
+  }
+  pthread_barrier_wait(ra->bar);
+  if (ra->rank != 0 && (duet_ireduce_scatter(a, b, N / 32, DUET_FLOAT32, DUET_SUM, c, &r1) ||
+                        duet_ireduce_scatter(a, b + N / 4, 1000, DUET_FLOAT32, DUET_SUM, c, &r2)))
+    goto out_destroy;
+  if (duet_wait(r1) || duet_wait(r2))
+    goto out_destroy;
+  ra->failed = 2; /* wrong sums */
+  for (size_t i = 0; i < N / 32; i++)
+    if (b[i] != (float)(6 * ((ra->rank * (N / 32) + i) % 13)))
+      goto out_destroy;
+  for (size_t i = 0; i < 1000; i++)
+    if (b[N / 4 + i] != (float)(6 * ((ra->rank * 1000 + i) % 13)))
+      goto out_destroy;
+  ra->failed = 0;
+out_destroy:
+  if (duet_comm_destroy(c) != DUET_SUCCESS)
+    ra->failed = 1;
+out:
+  free(a);
+  free(b);
+  return NULL;
+}
+
+static void overlap(const char *provider) {
+  pthread_t t[3];
+  pthread_barrier_t bar;
+  rank_arg_t ra[3];
+  duet_unique_id_t id;
+  cr_assert_eq(duet_get_unique_id(&id), DUET_SUCCESS, "%s", duet_last_error(NULL));
+  pthread_barrier_init(&bar, NULL, 3);
+  atomic_store(&allocs, 0);
+  for (int r = 0; r < 3; r++) {
+    ra[r].id = id;
+    ra[r].provider = provider;
+    ra[r].rank = r;
+    ra[r].bar = &bar;
+    pthread_create(&t[r], NULL, overlap_main, &ra[r]);
+  }
+  for (int r = 0; r < 3; r++)
+    pthread_join(t[r], NULL);
+  pthread_barrier_destroy(&bar);
+  for (int r = 0; r < 3; r++) {
+    cr_assert_neq(ra[r].failed, 1, "rank %d failed over %s: %s", r, provider, duet_last_error(NULL));
+    cr_assert_eq(ra[r].failed, 0, "rank %d's sums differ from the serial ones over %s", r, provider);
+  }
+  if (atomic_load(&allocs) != 0)
+    name_callers();
+  cr_assert_eq(atomic_load(&allocs), 0,
+               "%ld allocations posting two calls that overlap, over %s", atomic_load(&allocs),
+               provider);
+}
+
+Test(alloc, overlapping_calls_share_the_scratch, .timeout = 120) {
+  overlap("tcp");
+}
+
+Test(alloc, overlapping_calls_share_the_scratch_ofi_tcp, .timeout = 120) {
+  overlap("tcp;ofi_rxm");
+}
+
 /* The counter sees duet's allocations: creating a unique id allocates (the
  * root's state), and so would a hot path that did. */
 Test(alloc, counter_sees_allocations) {
