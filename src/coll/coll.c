@@ -737,6 +737,25 @@ duet_status_t duet__mem_hier_run(duet_comm_t *comm, duet__coll_args_t *a, const 
   }
 }
 
+duet_status_t duet__mem_a2av_run(duet_comm_t *comm, duet__coll_args_t *a, uint32_t counts_seq,
+                                 uint64_t *counts, const void *sendbuf, void *recvbuf) {
+  const size_t p = (size_t)comm->nranks;
+  duet__coll_args_t g;
+  duet_status_t rc;
+  for (size_t q = 0; q < p; q++)
+    counts[q] = a->scounts[q];
+  duet__args_init(&g, comm, DUET_COLL_ALLGATHER, p, DUET_UINT64, DUET_SUM, 0);
+  g.seq_reserved = 1;
+  g.seq = counts_seq;
+  rc = duet__mem_schedule(comm, &g, duet__allgather_hier_build, counts, counts + p);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  a->count_matrix = counts + p;
+  if (duet__mem_hier_ok(comm, a->coll))
+    return duet__mem_hier_run(comm, a, sendbuf, recvbuf);
+  return duet__mem_schedule(comm, a, duet__alltoallv_hier_build, sendbuf, recvbuf);
+}
+
 /* Ask the tuner (or DUET_ALGO) for the algorithm, then post its schedule;
  * or run a blocking call on the load/store path (*req = NULL). bytes: the
  * size the cost model weighs (the whole vector, or the gathered result). */
@@ -745,7 +764,7 @@ static duet_status_t duet__coll_run(duet_comm_t *comm, duet__coll_args_t *a, siz
   if (duet__mem_path(comm, a->coll)) {
     duet_status_t rc;
     if (!a->blocking)
-      return duet__mem_post(comm, a, sendbuf, recvbuf, 0, req);
+      return duet__mem_post(comm, a, sendbuf, recvbuf, DUET_MEM_FLAT, req);
     *req = NULL;
     rc = duet__mem_drain(comm); /* the segment runs calls in call order */
     return rc != DUET_SUCCESS ? rc : duet__mem_run(comm, a, sendbuf, recvbuf);
@@ -763,7 +782,7 @@ static duet_status_t duet__coll_run(duet_comm_t *comm, duet__coll_args_t *a, siz
       duet__mem_hier_ok(comm, a->coll)) {
     duet_status_t rc;
     if (!a->blocking)
-      return duet__mem_post(comm, a, sendbuf, recvbuf, 1, req);
+      return duet__mem_post(comm, a, sendbuf, recvbuf, DUET_MEM_HIER, req);
     *req = NULL; /* done when this returns */
     rc = duet__mem_drain(comm);
     return rc != DUET_SUCCESS ? rc : duet__mem_hier_run(comm, a, sendbuf, recvbuf);
@@ -772,7 +791,7 @@ static duet_status_t duet__coll_run(duet_comm_t *comm, duet__coll_args_t *a, siz
       duet__mem_hier_ok(comm, a->coll)) { /* pairwise across: no count matrix needed */
     duet_status_t rc;
     if (!a->blocking)
-      return duet__mem_post(comm, a, sendbuf, recvbuf, 1, req);
+      return duet__mem_post(comm, a, sendbuf, recvbuf, DUET_MEM_HIER, req);
     *req = NULL;
     rc = duet__mem_drain(comm);
     return rc != DUET_SUCCESS ? rc : duet__mem_hier_run(comm, a, sendbuf, recvbuf);
@@ -783,6 +802,8 @@ static duet_status_t duet__coll_run(duet_comm_t *comm, duet__coll_args_t *a, siz
     size_t p = (size_t)comm->nranks;
     uint64_t *row, *matrix;
     duet_status_t rc;
+    if (!a->blocking) /* the counts too, in a task: the post waits for no peer */
+      return duet__mem_post(comm, a, sendbuf, recvbuf, DUET_MEM_A2AV, req);
     if (comm->a2av_counts == NULL) { /* once per communicator */
       comm->a2av_counts = malloc(sizeof(uint64_t) * (p + p * p));
       if (comm->a2av_counts == NULL)
@@ -796,8 +817,6 @@ static duet_status_t duet__coll_run(duet_comm_t *comm, duet__coll_args_t *a, siz
     rc = duet_allgather(row, matrix, p, DUET_UINT64, comm);
     a->count_matrix = matrix; /* read while building; the schedule holds sizes */
     if (rc == DUET_SUCCESS && duet__mem_hier_ok(comm, a->coll)) {
-      if (!a->blocking) /* the task's own copy of the matrix: mem_queue.c */
-        return duet__mem_post(comm, a, sendbuf, recvbuf, 1, req);
       *req = NULL;
       rc = duet__mem_drain(comm);
       return rc != DUET_SUCCESS ? rc : duet__mem_hier_run(comm, a, sendbuf, recvbuf);

@@ -60,8 +60,15 @@ typedef struct duet__netset {
   int want; /* callers blocked on lock: the thread leaves it to them */
 } duet__netset_t;
 
-/* Scratch buffers of calls that overlapped, kept by the communicator. */
-#define DUET_PARKED_SCRATCH 4
+/* Buffers a communicator keeps for its calls, whichever request carried
+ * them last (progress.c): the scratch of calls that overlapped others, the
+ * count arrays of non-blocking alltoallvs. Taken smallest first; when full,
+ * the smallest goes. */
+#define DUET_SHELF 4
+typedef struct duet__shelf {
+  void *buf[DUET_SHELF];
+  size_t size[DUET_SHELF];
+} duet__shelf_t;
 
 /* Schedules are cached per communicator: a collective called again with the
  * same arguments reuses its schedule, so the hot path builds nothing. */
@@ -115,6 +122,7 @@ struct duet_comm {
   duet__cache_entry_t cache[DUET_SCHED_CACHE];
   uint64_t cache_clock;
   struct duet_request *free_reqs; /* finished requests, kept for reuse */
+  uint32_t req_cap;               /* steps every request has room for (progress.c) */
   duet__sched_t spare_sched;      /* arrays of a freed uncached schedule, for the next build */
   char *mem_stage;                /* load/store hierarchical reduce-scatter: partial sums */
   size_t mem_stage_size;
@@ -127,11 +135,8 @@ struct duet_comm {
   size_t scratch_size;
   int scratch_users;
   unsigned scratch_gen; /* bumped when a failed call keeps the scratch */
-  /* scratch of calls that ran while the one above was busy, parked for the
-   * next such call: a buffer belongs to the communicator, not to the request
-   * object that happened to carry it */
-  void *parked[DUET_PARKED_SCRATCH];
-  size_t parked_size[DUET_PARKED_SCRATCH];
+  duet__shelf_t scratch_shelf; /* scratch of calls that found no room in the one above */
+  duet__shelf_t counts_shelf;  /* the count arrays of non-blocking alltoallvs */
   char last_error[DUET_ERRLEN];
 };
 
@@ -168,14 +173,15 @@ struct duet_request {
   struct duet_request *next, *prev;
   /* a call on the load/store path (mem_queue.c): no schedule, just the call */
   int mem;
-  int mem_hier; /* the hierarchical allreduce or all-to-all (duet__mem_hier_*) */
+  int mem_hier; /* DUET_MEM_*: what the task runs */
+  uint32_t mseq_counts; /* DUET_MEM_A2AV: the count allgather's sequence number */
   duet__coll_args_t margs;
   const void *msend;
   void *mrecv;
-  size_t *mcounts; /* alltoallv: copies of the four count arrays */
-  size_t mcounts_cap;
-  uint64_t *mmatrix; /* the hierarchical alltoallv: a copy of the count matrix */
-  size_t mmatrix_cap;
+  void *mblock; /* alltoallv: holds the two below; from and back to comm->counts_shelf */
+  size_t mblock_size;
+  size_t *mcounts;   /* copies of the four count arrays */
+  uint64_t *mmatrix; /* the hierarchical alltoallv: the count matrix (DUET_MEM_A2AV: row too) */
   struct duet_request *mem_next;
 };
 
@@ -223,10 +229,21 @@ duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a, const
 /* any hierarchical call the load/store UPN takes */
 duet_status_t duet__mem_hier_run(duet_comm_t *comm, duet__coll_args_t *a, const void *sendbuf,
                                  void *recvbuf);
+/* the non-blocking hierarchical alltoallv that needs every rank's send
+ * counts, as a task: the counts (an allgather under counts_seq into
+ * counts[p .. p + p * p), counts[0 .. p) its own row), then the call */
+duet_status_t duet__mem_a2av_run(duet_comm_t *comm, duet__coll_args_t *a, uint32_t counts_seq,
+                                 uint64_t *counts, const void *sendbuf, void *recvbuf);
 
-/* mem_queue.c: the load/store path's non-blocking calls (see there) */
+/* mem_queue.c: the load/store path's non-blocking calls (see there), and
+ * the tasks built like them; what the task runs: */
+enum {
+  DUET_MEM_FLAT,  /* duet__mem_run */
+  DUET_MEM_HIER,  /* duet__mem_hier_run */
+  DUET_MEM_A2AV,  /* duet__mem_a2av_run */
+};
 duet_status_t duet__mem_post(duet_comm_t *comm, const duet__coll_args_t *a, const void *sendbuf,
-                             void *recvbuf, int hier, duet_request_t **req);
+                             void *recvbuf, int kind, duet_request_t **req);
 /* Wait for a schedule the running call posted (the hierarchical calls'
  * rail phase): inside the task, suspend until it completes (the caller's
  * progress drives it); outside, duet__request_wait. Does not free req. */
@@ -262,7 +279,12 @@ void duet__request_open_gate(duet_request_t *req, uint32_t k);
 void duet__request_abandon(duet_request_t *req, duet_status_t status);
 void duet__request_free(duet_request_t *req);
 void duet__comm_release_requests(duet_comm_t *comm); /* the pool and the cache */
-void duet__scratch_release(duet_comm_t *comm);       /* the shared and parked scratch */
+void duet__scratch_release(duet_comm_t *comm);       /* the shared scratch and the shelves */
+/* The smallest buffer on the shelf of at least need bytes (*got: its size),
+ * or a new one; NULL when out of memory. */
+void *duet__shelf_take(duet__shelf_t *sh, size_t need, size_t *got);
+/* Keep buf (NULL: nothing) on the shelf, or free it. */
+void duet__shelf_put(duet__shelf_t *sh, void *buf, size_t size);
 void duet__comm_fail_pending(duet_comm_t *comm, duet_status_t status);
 void duet__request_release_all(duet__netset_t *nets);
 

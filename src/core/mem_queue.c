@@ -18,6 +18,13 @@
  * for with duet__mem_await, which suspends the task while the caller's
  * progress calls drive the schedule.
  *
+ * A non-blocking hierarchical alltoallv whose gatherers need every rank's
+ * send counts runs as such a task on any communicator, with or without a
+ * segment (duet__mem_a2av_run): an allgather of the counts, then the call.
+ * Its post takes both sequence numbers and returns before any peer has
+ * posted, as a non-blocking call must: a post that waited for the counts
+ * could deadlock a program that posts, then waits for something else.
+ *
  * The fiber and its stack are made at the first such call and kept with the
  * communicator; requests come from its pool, so steady-state calls allocate
  * nothing. Deadlines: the engine's own (every wait, DUET_TIMEOUT_MS) and the
@@ -40,10 +47,17 @@ static void duet__mem_suspend(void *fiber) {
 
 static void duet__mem_task(void *arg) {
   duet_request_t *req = arg;
-  if (req->mem_hier)
+  switch (req->mem_hier) {
+  case DUET_MEM_HIER:
     req->status = duet__mem_hier_run(req->comm, &req->margs, req->msend, req->mrecv);
-  else
+    break;
+  case DUET_MEM_A2AV:
+    req->status = duet__mem_a2av_run(req->comm, &req->margs, req->mseq_counts, req->mmatrix,
+                                     req->msend, req->mrecv);
+    break;
+  default:
     req->status = duet__mem_run(req->comm, &req->margs, req->msend, req->mrecv);
+  }
 }
 
 /* alltoallv's count arrays belong to the caller only during the post (as on
@@ -51,18 +65,25 @@ static void duet__mem_task(void *arg) {
 static duet_status_t duet__mem_keep_counts(duet_comm_t *comm, duet_request_t *req) {
   duet__coll_args_t *a = &req->margs;
   const size_t n = (size_t)comm->nranks;
+  const size_t room = req->mem_hier == DUET_MEM_A2AV ? n + n * n /* row and matrix */
+                      : a->count_matrix != NULL    ? n * n
+                                                   : 0;
+  const size_t need = 4 * n * sizeof(size_t) + room * sizeof(uint64_t);
   size_t *c;
   if (a->coll != DUET_COLL_ALLTOALLV)
     return DUET_SUCCESS;
-  if (req->mcounts_cap < 4 * n) { /* grown rarely: the request is pooled */
-    c = realloc(req->mcounts, 4 * n * sizeof(*c));
-    if (c == NULL)
+  if (req->mblock_size < need) { /* from the comm's shelf: grown rarely */
+    size_t got;
+    void *b = duet__shelf_take(&comm->counts_shelf, need, &got);
+    if (b == NULL)
       return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %zu counts",
-                             duet__coll_name(a->coll), 4 * n);
-    req->mcounts = c;
-    req->mcounts_cap = 4 * n;
+                             duet__coll_name(a->coll), 4 * n + room);
+    duet__shelf_put(&comm->counts_shelf, req->mblock, req->mblock_size);
+    req->mblock = b;
+    req->mblock_size = got;
   }
-  c = req->mcounts;
+  c = req->mcounts = req->mblock;
+  req->mmatrix = (uint64_t *)(c + 4 * n);
   memcpy(c, a->scounts, n * sizeof(*c));
   memcpy(c + n, a->sdispls, n * sizeof(*c));
   memcpy(c + 2 * n, a->rcounts, n * sizeof(*c));
@@ -72,14 +93,6 @@ static duet_status_t duet__mem_keep_counts(duet_comm_t *comm, duet_request_t *re
   a->rcounts = c + 2 * n;
   a->rdispls = c + 3 * n;
   if (a->count_matrix != NULL) { /* the hierarchical call: the comm's copy is rewritten per call */
-    if (req->mmatrix_cap < n * n) {
-      uint64_t *m = realloc(req->mmatrix, n * n * sizeof(*m));
-      if (m == NULL)
-        return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %zu x %zu counts",
-                               duet__coll_name(a->coll), n, n);
-      req->mmatrix = m;
-      req->mmatrix_cap = n * n;
-    }
     memcpy(req->mmatrix, a->count_matrix, n * n * sizeof(*req->mmatrix));
     a->count_matrix = req->mmatrix;
   }
@@ -87,7 +100,7 @@ static duet_status_t duet__mem_keep_counts(duet_comm_t *comm, duet_request_t *re
 }
 
 duet_status_t duet__mem_post(duet_comm_t *comm, const duet__coll_args_t *a, const void *sendbuf,
-                             void *recvbuf, int hier, duet_request_t **out) {
+                             void *recvbuf, int kind, duet_request_t **out) {
   duet_request_t *req;
   duet_status_t rc;
 
@@ -103,9 +116,11 @@ duet_status_t duet__mem_post(duet_comm_t *comm, const duet__coll_args_t *a, cons
                            duet__coll_name(a->coll));
   duet__request_reset(req, comm, a->coll, a->dt, a->op);
   req->mem = 1;
-  req->mem_hier = hier;
+  req->mem_hier = kind;
   req->margs = *a;
-  if (hier) {
+  if (kind == DUET_MEM_A2AV) /* and the count allgather before it */
+    req->mseq_counts = comm->seq++;
+  if (kind != DUET_MEM_FLAT) {
     /* its rail phase is a schedule posted when the task gets there: it
      * takes its sequence number now, in call order, as every rank does */
     req->margs.seq_reserved = 1;
@@ -148,7 +163,8 @@ int duet__mem_progress(duet_comm_t *comm, int spin) {
   while (comm->mem_head != NULL) {
     duet_request_t *req = comm->mem_head;
     int r;
-    duet__shm_set_suspend(comm->mem, spin ? NULL : duet__mem_suspend, comm->fiber);
+    if (comm->mem != NULL) /* NULL: a task that only posts schedules (DUET_MEM_A2AV) */
+      duet__shm_set_suspend(comm->mem, spin ? NULL : duet__mem_suspend, comm->fiber);
     comm->mem_in_task = 1;
     r = duet__fiber_busy(comm->fiber) ? duet__fiber_resume(comm->fiber)
                                       : duet__fiber_start(comm->fiber, duet__mem_task, req);
@@ -201,7 +217,8 @@ void duet__mem_fail_all(duet_comm_t *comm, duet_status_t status) {
     /* the task stopped in the middle of a call: the engine is out of step
      * with its peers, and the communicator has failed, so it is never used
      * again */
-    duet__shm_set_suspend(comm->mem, NULL, NULL);
+    if (comm->mem != NULL)
+      duet__shm_set_suspend(comm->mem, NULL, NULL);
     duet__fiber_abandon(comm->fiber);
     duet__request_free(comm->mem_awaiting); /* NULL unless it waited for a schedule */
     comm->mem_awaiting = NULL;

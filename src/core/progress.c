@@ -332,36 +332,52 @@ static int duet__cache_insert(duet_comm_t *comm, const duet__sched_key_t *k, due
   return victim;
 }
 
-/* A request with room for n steps: from the pool, grown if needed. */
+/* Room for cap steps in req's arrays; -1 (req unchanged where it failed)
+ * when out of memory. */
+static int duet__request_grow(duet_request_t *req, uint32_t cap) {
+  void *l = realloc(req->left, cap * sizeof(*req->left));
+  if (l)
+    req->left = l;
+  void *st = realloc(req->state, cap);
+  if (st)
+    req->state = st;
+  void *t = realloc(req->tpreq, cap * sizeof(*req->tpreq));
+  if (t)
+    req->tpreq = t;
+  void *q = realloc(req->queue, cap * sizeof(*req->queue));
+  if (q)
+    req->queue = q;
+  void *po = realloc(req->posted, cap * sizeof(*req->posted));
+  if (po)
+    req->posted = po;
+  if (!l || !st || !t || !q || !po)
+    return -1;
+  req->cap = cap;
+  return 0;
+}
+
+/* A request with room for n steps, from the pool. Every request of a
+ * communicator has room for its largest schedule so far (comm->req_cap):
+ * when that grows, the pooled requests grow with it, and the others when
+ * they come back (duet__request_free). So the requests grow only while
+ * larger schedules appear, however many calls are in flight and in whatever
+ * order the requests return. */
 duet_request_t *duet__request_get(duet_comm_t *comm, uint32_t n) {
   duet_request_t *req = comm->free_reqs;
   if (req != NULL)
     comm->free_reqs = req->next;
   else if ((req = calloc(1, sizeof(*req))) == NULL)
     return NULL;
-  if (req->cap < n + 1) {
-    uint32_t cap = n + 1 > 2 * req->cap ? n + 1 : 2 * req->cap;
-    void *l = realloc(req->left, cap * sizeof(*req->left));
-    if (l)
-      req->left = l;
-    void *st = realloc(req->state, cap);
-    if (st)
-      req->state = st;
-    void *t = realloc(req->tpreq, cap * sizeof(*req->tpreq));
-    if (t)
-      req->tpreq = t;
-    void *q = realloc(req->queue, cap * sizeof(*req->queue));
-    if (q)
-      req->queue = q;
-    void *po = realloc(req->posted, cap * sizeof(*req->posted));
-    if (po)
-      req->posted = po;
-    if (!l || !st || !t || !q || !po) {
-      req->next = comm->free_reqs; /* keep what it has; try again another time */
-      comm->free_reqs = req;
-      return NULL;
-    }
-    req->cap = cap;
+  if (n + 1 > comm->req_cap) {
+    comm->req_cap = n + 1 > 2 * comm->req_cap ? n + 1 : 2 * comm->req_cap;
+    for (duet_request_t *r = comm->free_reqs; r != NULL; r = r->next)
+      (void)duet__request_grow(r, comm->req_cap); /* else when it is next taken */
+  }
+  if (req->cap < comm->req_cap && duet__request_grow(req, comm->req_cap) != 0 &&
+      req->cap < n + 1) {
+    req->next = comm->free_reqs; /* keep what it has; try again another time */
+    comm->free_reqs = req;
+    return NULL;
   }
   return req;
 }
@@ -386,53 +402,54 @@ void duet__request_reset(duet_request_t *req, duet_comm_t *comm, int coll, duet_
   req->mem_next = NULL;
 }
 
-/* The smallest parked scratch of at least need bytes, or a new one. */
-static void *duet__scratch_take(duet_comm_t *comm, size_t need, size_t *got) {
+void *duet__shelf_take(duet__shelf_t *sh, size_t need, size_t *got) {
   int best = -1;
-  for (int i = 0; i < DUET_PARKED_SCRATCH; i++)
-    if (comm->parked[i] != NULL && comm->parked_size[i] >= need &&
-        (best < 0 || comm->parked_size[i] < comm->parked_size[best]))
+  for (int i = 0; i < DUET_SHELF; i++)
+    if (sh->buf[i] != NULL && sh->size[i] >= need && (best < 0 || sh->size[i] < sh->size[best]))
       best = i;
   if (best < 0) {
     *got = need;
     return malloc(need);
   }
-  void *b = comm->parked[best];
-  *got = comm->parked_size[best];
-  comm->parked[best] = NULL;
-  comm->parked_size[best] = 0;
+  void *b = sh->buf[best];
+  *got = sh->size[best];
+  sh->buf[best] = NULL;
+  sh->size[best] = 0;
   return b;
 }
 
-/* Keep a scratch for the next call that overlaps another; when every place
- * is taken, the smallest buffer goes. */
-static void duet__scratch_park(duet_comm_t *comm, void *buf, size_t size) {
+void duet__shelf_put(duet__shelf_t *sh, void *buf, size_t size) {
   int low = 0;
   if (buf == NULL)
     return;
-  for (int i = 0; i < DUET_PARKED_SCRATCH; i++) {
-    if (comm->parked[i] == NULL) {
+  for (int i = 0; i < DUET_SHELF; i++) {
+    if (sh->buf[i] == NULL) {
       low = i;
       break;
     }
-    if (comm->parked_size[i] < comm->parked_size[low])
+    if (sh->size[i] < sh->size[low])
       low = i;
   }
-  if (comm->parked[low] != NULL && comm->parked_size[low] >= size) {
+  if (sh->buf[low] != NULL && sh->size[low] >= size) {
     free(buf);
     return;
   }
-  free(comm->parked[low]);
-  comm->parked[low] = buf;
-  comm->parked_size[low] = size;
+  free(sh->buf[low]);
+  sh->buf[low] = buf;
+  sh->size[low] = size;
+}
+
+static void duet__shelf_clear(duet__shelf_t *sh) {
+  for (int i = 0; i < DUET_SHELF; i++) {
+    free(sh->buf[i]);
+    sh->buf[i] = NULL;
+    sh->size[i] = 0;
+  }
 }
 
 void duet__scratch_release(duet_comm_t *comm) {
-  for (int i = 0; i < DUET_PARKED_SCRATCH; i++) {
-    free(comm->parked[i]);
-    comm->parked[i] = NULL;
-    comm->parked_size[i] = 0;
-  }
+  duet__shelf_clear(&comm->scratch_shelf);
+  duet__shelf_clear(&comm->counts_shelf);
   free(comm->scratch);
   comm->scratch = NULL;
   comm->scratch_size = 0;
@@ -447,10 +464,10 @@ static duet_status_t duet__scratch_place(duet_comm_t *comm, duet_request_t *req,
   if (comm->scratch_users == 0) {
     if (comm->scratch_size < need) { /* grown rarely */
       size_t got;
-      uint8_t *ns = duet__scratch_take(comm, need, &got);
+      uint8_t *ns = duet__shelf_take(&comm->scratch_shelf, need, &got);
       if (ns == NULL)
         return DUET_ERR_NO_MEMORY;
-      duet__scratch_park(comm, comm->scratch, comm->scratch_size);
+      duet__shelf_put(&comm->scratch_shelf, comm->scratch, comm->scratch_size);
       comm->scratch = ns;
       comm->scratch_size = got;
     }
@@ -559,7 +576,7 @@ duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_a
       req->bufs[DUET_BUF_SCRATCH] = comm->scratch + req->scratch_off;
     } else { /* no room beside the calls in flight */
       size_t got;
-      req->own_scratch = duet__scratch_take(comm, need, &got);
+      req->own_scratch = duet__shelf_take(&comm->scratch_shelf, need, &got);
       if (req->own_scratch == NULL)
         goto out_no_scratch;
       req->own_scratch_size = got;
@@ -639,9 +656,12 @@ void duet__request_free(duet_request_t *req) {
   }
   if (comm != NULL) {
     duet__scratch_leave(comm, req);
-    duet__scratch_park(comm, req->own_scratch, (size_t)req->own_scratch_size);
+    duet__shelf_put(&comm->scratch_shelf, req->own_scratch, (size_t)req->own_scratch_size);
     req->own_scratch = NULL;
     req->own_scratch_size = 0;
+    duet__shelf_put(&comm->counts_shelf, req->mblock, req->mblock_size);
+    req->mblock = NULL;
+    req->mblock_size = 0;
   }
   if (req->sched == &req->own_sched) {
     /* kept for the next uncached build; not one without steps, which is not
@@ -654,7 +674,9 @@ void duet__request_free(duet_request_t *req) {
     }
   }
   req->sched = NULL;
-  if (comm != NULL) { /* pooled */
+  if (comm != NULL) { /* pooled, with room for the largest schedule so far */
+    if (req->cap < comm->req_cap)
+      (void)duet__request_grow(req, comm->req_cap); /* else when it is next taken */
     req->next = comm->free_reqs;
     comm->free_reqs = req;
     return;
@@ -665,8 +687,7 @@ void duet__request_free(duet_request_t *req) {
   free(req->tpreq);
   free(req->queue);
   free(req->posted);
-  free(req->mcounts);
-  free(req->mmatrix);
+  free(req->mblock);
   free(req);
 }
 
@@ -741,8 +762,13 @@ void duet__request_release_all(duet__netset_t *nets) {
 static void duet__timeout_message(duet_request_t *req, uint64_t waited_ms) {
   duet_comm_t *comm = req->comm;
   const duet__step_t *st = NULL;
+  if (req->mem && comm->mem_head == req && comm->mem_awaiting != NULL) {
+    /* the task waits for a schedule it posted: say what that waits for */
+    duet__timeout_message(comm->mem_awaiting, waited_ms);
+    return;
+  }
   if (req->mem) {
-    int peer = comm->mem_head == req ? duet__shm_awaited(comm->mem) : -1;
+    int peer = comm->mem_head == req && comm->mem != NULL ? duet__shm_awaited(comm->mem) : -1;
     char who[64] = "the other local ranks";
     if (peer >= 0)
       snprintf(who, sizeof(who), "local rank %d", peer);
