@@ -10,7 +10,10 @@
 # across) in full for the layouts of up to 4 ranks (quick above), then over
 # DUET_UPN_PROVIDER=tcp DUET_HPN_PROVIDER=tcp, quick. DUET_TEST_QUICK=1
 # (sanitizer builds) runs 2x2, 3+1 and 3+2, quick, default providers only.
-# Last, always: mpi_async (the progress thread) on 2x2 and 3+2.
+# Last, always: mpi_async (the progress thread) on 2x2 and 3+2, and
+# mpi_local (rank 0 posts every non-blocking call before the others) on
+# 1x4, 2x2, 3+1 and 3+2 over both provider sets, auto and every collective
+# forced hierarchical, once with the progress thread.
 #
 # Env: top_builddir (default .), MPIRUN (default mpirun), DUET_TEST_TIMEOUT
 # (seconds per mpirun, default 300), DUET_HIER_LAYOUTS (override the layout
@@ -20,8 +23,9 @@ set -u
 builddir=${top_builddir:-.}
 prog="$builddir/tests/mpi/mpi_hier"
 async="$builddir/tests/mpi/mpi_async"
+local_posts="$builddir/tests/mpi/mpi_local"
 . "$(dirname "$0")/mpirun_env.sh"
-mpi_test_setup hier 300 "$prog" "$async"
+mpi_test_setup hier 300 "$prog" "$async" "$local_posts"
 
 passed=0
 failed=0
@@ -29,7 +33,8 @@ failures=()
 
 # run <tcp|default> <layout> [args...]
 # layout: comma-separated name:np; the name "-" leaves DUET_SUPERNODE unset
-# (every such rank is on the host's super-node).
+# (every such rank is on the host's super-node). DUET_ALGO is unset unless
+# the variable algo is set.
 run() {
   local prov=$1 layout=$2
   shift 2
@@ -39,6 +44,7 @@ run() {
   else
     envs+=(-u DUET_UPN_PROVIDER -u DUET_HPN_PROVIDER)
   fi
+  [ -n "${algo:-}" ] && envs+=("DUET_ALGO=$algo") # after the -u options
   local apps=() parts=() part name np sep=
   IFS=, read -r -a parts <<<"$layout"
   for part in "${parts[@]}"; do
@@ -95,6 +101,16 @@ fi
 for layout in a:2,b:2 a:3,b:2; do
   prog=$async run default "$layout"
 done
+# A non-blocking post waits for no peer (a deadline of 20 s: a post that
+# waited would fail the run there instead of after the default's minutes).
+hier_all="allreduce=hier,alltoall=hier,alltoallv=hier,allgather=hier,reduce_scatter=hier,broadcast=hier,reduce=hier,barrier=hier"
+for prov in default tcp; do
+  for layout in -:4 a:2,b:2 a:3,b:1 a:3,b:2; do
+    DUET_TIMEOUT_MS=20000 prog=$local_posts run "$prov" "$layout"
+    DUET_TIMEOUT_MS=20000 algo=$hier_all prog=$local_posts run "$prov" "$layout"
+  done
+done
+DUET_TIMEOUT_MS=20000 prog=$local_posts run default a:2,b:2 -t
 
 for f in "${failures[@]+"${failures[@]}"}"; do
   echo "# failed: $f"

@@ -139,8 +139,29 @@ typedef struct rank_arg {
   const char *provider;
   int rank;
   pthread_barrier_t *bar;
-  int failed;
+  int failed; /* set by the rank: 0 when it did all it should */
 } rank_arg_t;
+
+/* n ranks as threads of this process, each running fn(&ra[rank]) on a
+ * communicator of its own over provider, with a barrier between them. */
+static void run_ranks(int n, void *(*fn)(void *), const char *provider, rank_arg_t *ra) {
+  pthread_t t[8];
+  pthread_barrier_t bar;
+  duet_unique_id_t id;
+  cr_assert_eq(duet_get_unique_id(&id), DUET_SUCCESS, "%s", duet_last_error(NULL));
+  pthread_barrier_init(&bar, NULL, (unsigned)n);
+  for (int r = 0; r < n; r++) {
+    ra[r].id = id;
+    ra[r].provider = provider;
+    ra[r].rank = r;
+    ra[r].bar = &bar;
+    ra[r].failed = 1;
+    pthread_create(&t[r], NULL, fn, &ra[r]);
+  }
+  for (int r = 0; r < n; r++)
+    pthread_join(t[r], NULL);
+  pthread_barrier_destroy(&bar);
+}
 
 static int run_all(duet_comm_t *c, int rank, float *a, float *b, int iters) {
   /* alltoallv: 0 -> 1 700 elements, 1 -> 0 60, to itself 5 (rank 0) or 40 */
@@ -203,22 +224,8 @@ out:
 }
 
 static void steady_state(const char *provider) {
-  pthread_t t[2];
-  pthread_barrier_t bar;
   rank_arg_t ra[2];
-  duet_unique_id_t id;
-  cr_assert_eq(duet_get_unique_id(&id), DUET_SUCCESS, "%s", duet_last_error(NULL));
-  pthread_barrier_init(&bar, NULL, 2);
-  for (int r = 0; r < 2; r++) {
-    ra[r].id = id;
-    ra[r].provider = provider;
-    ra[r].rank = r;
-    ra[r].bar = &bar;
-    pthread_create(&t[r], NULL, rank_main, &ra[r]);
-  }
-  for (int r = 0; r < 2; r++)
-    pthread_join(t[r], NULL);
-  pthread_barrier_destroy(&bar);
+  run_ranks(2, rank_main, provider, ra);
   cr_assert_eq(ra[0].failed + ra[1].failed, 0, "a rank failed: %s", duet_last_error(NULL));
   if (atomic_load(&allocs) != 0)
     name_callers();
@@ -268,19 +275,8 @@ out:
 }
 
 static long one_life(const char *provider) {
-  pthread_t t[2];
   rank_arg_t ra[2];
-  duet_unique_id_t id;
-  cr_assert_eq(duet_get_unique_id(&id), DUET_SUCCESS, "%s", duet_last_error(NULL));
-  for (int r = 0; r < 2; r++) {
-    ra[r].id = id;
-    ra[r].provider = provider;
-    ra[r].rank = r;
-    ra[r].bar = NULL;
-    pthread_create(&t[r], NULL, life_main, &ra[r]);
-  }
-  for (int r = 0; r < 2; r++)
-    pthread_join(t[r], NULL);
+  run_ranks(2, life_main, provider, ra);
   cr_assert_eq(ra[0].failed + ra[1].failed, 0, "a rank failed over %s: %s", provider,
                duet_last_error(NULL));
   return live_count();
@@ -317,14 +313,6 @@ Test(alloc, live_set_sees_kept_blocks) {
  * load/store UPN (its hierarchical calls: segment phases and a rail
  * schedule) or over tcp (the hierarchical schedules); alltoallv's schedule
  * is rebuilt every call, so its builder must not allocate. */
-typedef struct hier_arg {
-  duet_unique_id_t id;
-  const char *provider;
-  int rank;
-  pthread_barrier_t *bar;
-  int failed;
-} hier_arg_t;
-
 static int run_hier(duet_comm_t *c, int rank, float *a, float *b, int iters) {
   size_t sc[4], rc[4], disp[4];
   for (int q = 0; q < 4; q++) { /* rank s sends rank d 100 + 1000 s + 10 d elements */
@@ -353,7 +341,7 @@ static int run_hier(duet_comm_t *c, int rank, float *a, float *b, int iters) {
 }
 
 static void *hier_main(void *p) {
-  hier_arg_t *ha = p;
+  rank_arg_t *ha = p;
   duet_config_t cfg = DUET_CONFIG_INIT;
   duet_comm_t *c = NULL;
   float *a = calloc(N, sizeof(float)), *b = calloc(N, sizeof(float));
@@ -387,23 +375,9 @@ out:
 }
 
 static void hier_steady_state(const char *provider) {
-  pthread_t t[4];
-  pthread_barrier_t bar;
-  hier_arg_t ha[4];
-  duet_unique_id_t id;
-  cr_assert_eq(duet_get_unique_id(&id), DUET_SUCCESS, "%s", duet_last_error(NULL));
-  pthread_barrier_init(&bar, NULL, 4);
+  rank_arg_t ha[4];
   atomic_store(&allocs, 0);
-  for (int r = 0; r < 4; r++) {
-    ha[r].id = id;
-    ha[r].provider = provider;
-    ha[r].rank = r;
-    ha[r].bar = &bar;
-    pthread_create(&t[r], NULL, hier_main, &ha[r]);
-  }
-  for (int r = 0; r < 4; r++)
-    pthread_join(t[r], NULL);
-  pthread_barrier_destroy(&bar);
+  run_ranks(4, hier_main, provider, ha);
   cr_assert_eq(ha[0].failed + ha[1].failed + ha[2].failed + ha[3].failed, 0, "a rank failed: %s",
                duet_last_error(NULL));
   if (atomic_load(&allocs) != 0)
@@ -490,23 +464,9 @@ out:
 }
 
 static void overlap(const char *provider) {
-  pthread_t t[3];
-  pthread_barrier_t bar;
   rank_arg_t ra[3];
-  duet_unique_id_t id;
-  cr_assert_eq(duet_get_unique_id(&id), DUET_SUCCESS, "%s", duet_last_error(NULL));
-  pthread_barrier_init(&bar, NULL, 3);
   atomic_store(&allocs, 0);
-  for (int r = 0; r < 3; r++) {
-    ra[r].id = id;
-    ra[r].provider = provider;
-    ra[r].rank = r;
-    ra[r].bar = &bar;
-    pthread_create(&t[r], NULL, overlap_main, &ra[r]);
-  }
-  for (int r = 0; r < 3; r++)
-    pthread_join(t[r], NULL);
-  pthread_barrier_destroy(&bar);
+  run_ranks(3, overlap_main, provider, ra);
   for (int r = 0; r < 3; r++) {
     cr_assert_neq(ra[r].failed, 1, "rank %d failed over %s: %s", r, provider, duet_last_error(NULL));
     cr_assert_eq(ra[r].failed, 0, "rank %d's sums differ from the serial ones over %s", r, provider);
