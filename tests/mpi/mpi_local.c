@@ -47,9 +47,10 @@ int main(int argc, char **argv) {
   }
   for (size_t i = 0; i < all; i++) /* small integers: every sum is exact */
     send[i] = (float)((i * 7 + (size_t)rank) % 11);
-  for (int k = 0; k < NCALLS - 1; k++) {
+  for (int k = 0; k < NCALLS - 1; k++) { /* zeros where no call writes (alltoallv's gaps) */
     got[k] = mt_xmalloc(all * sizeof(float));
     want[k] = mt_xmalloc(all * sizeof(float));
+    memset(want[k], 0, all * sizeof(float));
   }
   memcpy(want[1], send, COUNT * sizeof(float));
   MPI_Allreduce(send, want[0], COUNT, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
