@@ -91,6 +91,8 @@ duet_status_t duet__allgather_hier_rail_build(const duet__coll_args_t *args, due
 duet_status_t duet__allgather_remote_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__reduce_scatter_ring_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__reduce_scatter_rd_build(const duet__coll_args_t *args, duet__sched_t *s);
+duet_status_t duet__reduce_scatter_pairwise_build(const duet__coll_args_t *args,
+                                                  duet__sched_t *s);
 duet_status_t duet__reduce_scatter_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
 /* Phase 2 of the hierarchical reduce-scatter alone (coll.c runs phase 1 on
  * the load/store UPN): sendbuf holds, at k x count, the block for rank

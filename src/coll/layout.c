@@ -87,6 +87,7 @@ duet__coll_build_fn duet__coll_builder(int coll, int algo) {
       {DUET_COLL_ALLGATHER, DUET_ALGO_HIER, duet__allgather_hier_build},
       {DUET_COLL_REDUCE_SCATTER, DUET_ALGO_RING, duet__reduce_scatter_ring_build},
       {DUET_COLL_REDUCE_SCATTER, DUET_ALGO_RD, duet__reduce_scatter_rd_build},
+      {DUET_COLL_REDUCE_SCATTER, DUET_ALGO_PAIRWISE, duet__reduce_scatter_pairwise_build},
       {DUET_COLL_REDUCE_SCATTER, DUET_ALGO_HIER, duet__reduce_scatter_hier_build},
       {DUET_COLL_REDUCE, DUET_ALGO_BINOMIAL, duet__reduce_binomial_build},
       {DUET_COLL_REDUCE, DUET_ALGO_CHAIN, duet__reduce_chain_build},

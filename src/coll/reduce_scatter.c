@@ -1,6 +1,6 @@
 /*
- * reduce_scatter.c - ring and recursive-doubling reduce-scatter, and the
- * hierarchical one.
+ * reduce_scatter.c - ring, recursive-doubling and pairwise reduce-scatter, and
+ * the hierarchical one.
  *
  * Ring: p-1 steps; rank r ends with block r reduced over all ranks. Partial
  * sums of other blocks live in scratch (p blocks), so the send buffer is
@@ -82,6 +82,60 @@ duet_status_t duet__reduce_scatter_rd_build(const duet__coll_args_t *a, duet__sc
   duet__sched_copy(s, duet__ref(DUET_BUF_RECV, 0),
                    duet__ref(DUET_BUF_SCRATCH, 2 * total + (uint64_t)a->rank * bytes), bytes, &done,
                    1);
+  return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
+}
+
+/* pairwise: each rank sends every peer that peer's block at once, and
+ * reduces the p - 1 blocks it receives (in scratch) into its own, in rank
+ * order whatever order they arrive in (so one rank's result has the same
+ * bits from run to run): one message of latency where the
+ * ring takes p - 1 and recursive doubling log2 p (two more on other counts
+ * than powers of two). Chunked as the ring is: chunk c of every block is
+ * message c. In place the result is made in scratch and copied out after
+ * every send has read the send buffer (copy_out). */
+duet_status_t duet__reduce_scatter_pairwise_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  const int p = a->nranks, r = a->rank;
+  const uint64_t es = a->dtsize, bytes = a->count * es, ce = chunk_elems(a);
+  const uint64_t nch = (a->count + ce - 1) / ce, slots = (uint64_t)(p - 1) * a->count;
+  const duet__place_t out = result_place(a, slots);
+  uint32_t *got;
+  if (a->count == 0)
+    return DUET_SUCCESS;
+  got = duet__sched_tmp(s, (uint32_t)p);
+  if (got == NULL)
+    return DUET_ERR_NO_MEMORY;
+  duet__sched_need_scratch(s, (slots + (a->out_aliases_in ? a->count : 0)) * es);
+  for (uint64_t c = 0; c < nch; c++) {
+    const uint64_t off = duet__part_off(a->count, nch, c) * es;
+    const uint64_t len = duet__part_len(a->count, nch, c) * es;
+    const duet__ref_t dst = duet__ref(out.buf, out.off * es + off);
+    uint32_t acc = DUET_STEP_NONE;
+    got[r] = DUET_STEP_NONE;
+    for (int d = 1; d < p; d++) {
+      const int to = (r + d) % p, from = (r - d + p) % p;
+      duet__sched_send(s, to, (uint32_t)c, duet__ref(DUET_BUF_SEND, (uint64_t)to * bytes + off),
+                       len, NULL, 0);
+      got[from] = duet__sched_recv(
+          s, from, (uint32_t)c,
+          duet__ref(DUET_BUF_SCRATCH, (uint64_t)(from < r ? from : from - 1) * bytes + off), len,
+          NULL, 0);
+    }
+    /* its own block first (recvbuf may be that block: NCCL's in place),
+     * then the others in rank order */
+    acc = duet__sched_copy(s, dst, duet__ref(DUET_BUF_SEND, (uint64_t)r * bytes + off), len,
+                           NULL, 0);
+    for (int q = 0; q < p; q++) {
+      const uint32_t deps[2] = {acc, got[q]};
+      if (q != r)
+        acc = duet__sched_reduce(
+            s, dst, dst,
+            duet__ref(DUET_BUF_SCRATCH, (uint64_t)(q < r ? q : q - 1) * bytes + off), len,
+            deps, 2);
+    }
+    if (a->op == DUET_AVG)
+      duet__sched_avg(s, dst, len, &acc, 1);
+  }
+  copy_out(a, s, out);
   return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
 }
 

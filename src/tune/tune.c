@@ -360,6 +360,12 @@ static double duet__tune_reduce_scatter(const duet__tune_dims_t *d, int algo, do
     return duet__rs_ring(p, S, d->flat, c);
   case DUET_ALGO_RD: /* allreduce of all S by recursive doubling, keep one block */
     return duet__ar_rd(p, S, d->flat);
+  case DUET_ALGO_PAIRWISE:
+    /* priced as the pairwise all-to-all, one message after another, and
+     * the reductions after them: never below the ring, so the model keeps
+     * the ring, whose p - 1 messages at a time no network has to absorb at
+     * once; the calibration table takes it where measured faster */
+    return (p - 1) * (duet__tune_xfer(d->flat, S / p) + S / p * duet__tune_red_upb);
   case DUET_ALGO_HIER:
     if (d->uniform) /* reduce-scatter inside over L, then on the rails over N */
       return duet__rs_ring(L, S, d->upn, c) + duet__rs_ring(N, S / L, d->hpn, c);
@@ -484,6 +490,17 @@ static double duet__tune_cost_dims(const duet__tune_dims_t *d, int coll, int alg
  *     / rd 79-101 (and once rd 70-78 / ring 96-121)
  *   np3: 16K rd 34-43 / ring 43-49; 64K ring 51-60 / rd 79
  *   np2 (not oversubscribed, the model's ring): 4K ring 5.9-6.8 / rd 7.0
+ * and after the pairwise algorithm came (2 launches, -n 200, `-b 16p -e
+ * 64Kp -f 4`; then one launch, -n 20, 256Kp .. 4Mp; us):
+ *   np3: 48 B pairwise 28.2-28.4 / rd 29.9-43.0 / ring 35.4-37.0; 12K
+ *     pairwise 30.7-31.6 / rd 28.7-42.9 / ring 40.3-42.5; 48K pairwise
+ *     35.5-37.0 / rd 45.5-45.9 / ring 45.6-45.7; 768K pairwise 237 / ring
+ *     267 / rd 513; 12M pairwise 4666 / ring 4869
+ *   np4: 16K rd 32.1-32.8 / pairwise 39.8-45.0 / ring 45.6-45.9; 64K
+ *     pairwise 46.0-46.1 / ring 52.9 / rd 63.1; 1M pairwise 306 / ring 409;
+ *     16M pairwise 6952 / ring 7236
+ *   np8: 8K rd 119 / pairwise 205 / ring 282; 32K rd 159 / pairwise 211;
+ *     128K pairwise 260 / ring 387 / rd 467
  * tcp;ofi_rxm with duet's rxm defaults:
  *   allreduce tcp np2: 32K rd 12.4 / rab 20.7; 128K rab 38.4 / ring 40.0 /
  *     rd 55.1; 512K rd 131 / rab 139; 2M ring 595 / rab 665; 8M ring 2616
@@ -515,8 +532,9 @@ static const struct duet__tune_calib {
     {"tcp", 1, 3, 8, DUET_COLL_ALLREDUCE, SIZE_MAX, DUET_ALGO_RING},
     {"tcp", 1, 3, 8, DUET_COLL_ALLTOALL, 8u << 10, DUET_ALGO_BRUCK},
     {"tcp", 1, 3, 8, DUET_COLL_ALLTOALL, SIZE_MAX, DUET_ALGO_PAIRWISE},
-    {"tcp", 1, 3, 8, DUET_COLL_REDUCE_SCATTER, 32u << 10, DUET_ALGO_RD},
-    {"tcp", 1, 3, 8, DUET_COLL_REDUCE_SCATTER, SIZE_MAX, DUET_ALGO_RING},
+    {"tcp", 1, 3, 3, DUET_COLL_REDUCE_SCATTER, SIZE_MAX, DUET_ALGO_PAIRWISE},
+    {"tcp", 1, 4, 8, DUET_COLL_REDUCE_SCATTER, 32u << 10, DUET_ALGO_RD},
+    {"tcp", 1, 4, 8, DUET_COLL_REDUCE_SCATTER, SIZE_MAX, DUET_ALGO_PAIRWISE},
     {"tcp;ofi_rxm", 0, 2, 2, DUET_COLL_ALLREDUCE, 64u << 10, DUET_ALGO_RD},
     {"tcp;ofi_rxm", 0, 2, 2, DUET_COLL_ALLREDUCE, 256u << 10, DUET_ALGO_RABENSEIFNER},
     {"tcp;ofi_rxm", 0, 2, 2, DUET_COLL_ALLREDUCE, 1u << 20, DUET_ALGO_RD},

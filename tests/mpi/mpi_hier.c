@@ -16,7 +16,7 @@
  *   broadcast      binomial chain hier
  *   barrier        dissem hier
  *   allgather      ring rd hier
- *   reduce_scatter ring rd hier
+ *   reduce_scatter ring rd hier pairwise
  *   reduce         binomial chain hier
  * the k-th setting forcing the k-th algorithm of each collective that has one,
  * and a last setting with DUET_ALGO unset ("auto"). Each collective is tested
@@ -99,7 +99,7 @@ static const char *const coll_algos[NCOLL][MAX_ALGOS] = {
     [C_BROADCAST] = {"binomial", "chain", "hier", NULL},
     [C_BARRIER] = {"dissem", "hier", NULL, NULL},
     [C_ALLGATHER] = {"ring", "rd", "hier", NULL},
-    [C_REDUCE_SCATTER] = {"ring", "rd", "hier", NULL},
+    [C_REDUCE_SCATTER] = {"ring", "rd", "hier", "pairwise"},
     [C_REDUCE] = {"binomial", "chain", "hier", NULL},
 };
 

@@ -383,6 +383,12 @@ Test(hier, allgather_and_reduce_scatter) {
                  1 << 20, (unsigned)c + 3, 0);
         run_hier(lc, K_RS_ALIAS, duet__reduce_scatter_hier_build, counts[c], DUET_MIN, 0, 1, 8,
                  (unsigned)c + 4, 1);
+        run_hier(lc, K_RS, duet__reduce_scatter_pairwise_build, counts[c],
+                 c % 2 ? DUET_AVG : DUET_SUM, 0, 0, 8, (unsigned)c + 7, 0);
+        run_hier(lc, K_RS, duet__reduce_scatter_pairwise_build, counts[c], DUET_PROD, 0, 0,
+                 1 << 20, (unsigned)c + 8, 0);
+        run_hier(lc, K_RS_ALIAS, duet__reduce_scatter_pairwise_build, counts[c], DUET_MAX, 0, 1, 8,
+                 (unsigned)c + 9, 0);
       }
   }
 }

@@ -460,9 +460,16 @@ Test(tune, calibration_table_on_one_host) {
   cr_assert_eq(pick(&s, DUET_COLL_ALLTOALL, 16 * KiB), DUET_ALGO_PAIRWISE);
   cr_assert_eq(pick(&s, DUET_COLL_REDUCE_SCATTER, 16), DUET_ALGO_RD);
   cr_assert_eq(pick(&s, DUET_COLL_REDUCE_SCATTER, 32 * KiB), DUET_ALGO_RD);
-  cr_assert_eq(pick(&s, DUET_COLL_REDUCE_SCATTER, 64 * KiB), DUET_ALGO_RING);
+  cr_assert_eq(pick(&s, DUET_COLL_REDUCE_SCATTER, 64 * KiB), DUET_ALGO_PAIRWISE);
+  cr_assert_eq(pick(&s, DUET_COLL_REDUCE_SCATTER, 64 * MiB), DUET_ALGO_PAIRWISE);
+  s = host_shape("tcp", 3, 1); /* no power of two: rd's extra steps lose to one exchange */
+  cr_assert_eq(pick(&s, DUET_COLL_REDUCE_SCATTER, 16), DUET_ALGO_PAIRWISE);
+  cr_assert_eq(pick(&s, DUET_COLL_REDUCE_SCATTER, 64 * MiB), DUET_ALGO_PAIRWISE);
   s = host_shape("tcp", 2, 0); /* rd moves the whole vector: the ring, even small */
   cr_assert_eq(pick(&s, DUET_COLL_REDUCE_SCATTER, 16), DUET_ALGO_RING);
+  s = host_shape("tcp", 16, 1); /* beyond the table: the model, which never takes pairwise */
+  for (size_t b = 8; b <= 1024 * MiB; b *= 8)
+    cr_assert_neq(pick(&s, DUET_COLL_REDUCE_SCATTER, b), DUET_ALGO_PAIRWISE, "%zu bytes", b);
   s = host_shape("shm", 4, 1);
   cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 2 * MiB), DUET_ALGO_RABENSEIFNER);
   cr_assert_eq(pick(&s, DUET_COLL_ALLTOALL, 128), DUET_ALGO_BRUCK);
