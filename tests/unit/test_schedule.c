@@ -221,7 +221,9 @@ static const layout_case_t layouts[] = {
 };
 #define NLAYOUTS (sizeof(layouts) / sizeof(layouts[0]))
 
-enum { K_ALLREDUCE, K_ALLGATHER, K_RS, K_RS_ALIAS, K_REDUCE, K_BCAST };
+/* K_RS_ALIAS: MPI's in place (recvbuf == sendbuf); K_RS_NCCL: NCCL's
+ * (recvbuf is the rank's own block of sendbuf) */
+enum { K_ALLREDUCE, K_ALLGATHER, K_RS, K_RS_ALIAS, K_RS_NCCL, K_REDUCE, K_BCAST };
 
 /* Build, run and check one collective on one layout. count: elements per
  * rank block (allgather / reduce_scatter) or of the vector. Returns the
@@ -236,7 +238,8 @@ static uint64_t run_hier(const layout_case_t *lc, int kind, duet__coll_build_fn 
   sim_rank_t *rk = calloc((size_t)p, sizeof(*rk));
   char err[512] = "";
   uint64_t hpn_max = 0;
-  size_t sendn = kind == K_RS || kind == K_RS_ALIAS ? count * (size_t)p : count;
+  const int rs = kind == K_RS || kind == K_RS_ALIAS || kind == K_RS_NCCL;
+  size_t sendn = rs ? count * (size_t)p : count;
   size_t recvn = kind == K_ALLGATHER ? count * (size_t)p : count;
   uint8_t **own = calloc((size_t)p, sizeof(uint8_t *));
 
@@ -261,6 +264,8 @@ static uint64_t run_hier(const layout_case_t *lc, int kind, duet__coll_build_fn 
         rk[r].send = rk[r].recv + (size_t)r * count * 4;
       else if (kind == K_RS_ALIAS)
         rk[r].recv = rk[r].send;
+      else if (kind == K_RS_NCCL)
+        rk[r].recv = rk[r].send + (size_t)r * count * 4;
       else if (kind != K_REDUCE || r == root)
         rk[r].send = rk[r].recv;
     }
@@ -296,7 +301,8 @@ static uint64_t run_hier(const layout_case_t *lc, int kind, duet__coll_build_fn 
       case K_ALLREDUCE: want = ref_i32(p, i, op); break;
       case K_ALLGATHER: want = in_i32((int)(i / count), i % count); break;
       case K_RS:
-      case K_RS_ALIAS: want = ref_i32(p, (size_t)r * count + i, op); break;
+      case K_RS_ALIAS:
+      case K_RS_NCCL: want = ref_i32(p, (size_t)r * count + i, op); break;
       case K_REDUCE:
         if (r != root) {
           uint32_t bits;
@@ -389,6 +395,14 @@ Test(hier, allgather_and_reduce_scatter) {
                  1 << 20, (unsigned)c + 8, 0);
         run_hier(lc, K_RS_ALIAS, duet__reduce_scatter_pairwise_build, counts[c], DUET_MAX, 0, 1, 8,
                  (unsigned)c + 9, 0);
+        run_hier(lc, K_RS_NCCL, duet__reduce_scatter_pairwise_build, counts[c], DUET_SUM, 0, 1, 8,
+                 (unsigned)c + 10, 0);
+        run_hier(lc, K_RS_NCCL, duet__reduce_scatter_ring_build, counts[c], DUET_MIN, 0, 1, 8,
+                 (unsigned)c + 11, 0);
+        run_hier(lc, K_RS_NCCL, duet__reduce_scatter_rd_build, counts[c], DUET_SUM, 0, 1, 8,
+                 (unsigned)c + 12, 0);
+        run_hier(lc, K_RS_NCCL, duet__reduce_scatter_hier_build, counts[c], DUET_MAX, 0, 1, 8,
+                 (unsigned)c + 13, 1);
       }
   }
 }
