@@ -747,7 +747,10 @@ duet_status_t duet__mem_a2av_run(duet_comm_t *comm, duet__coll_args_t *a, uint32
   duet__args_init(&g, comm, DUET_COLL_ALLGATHER, p, DUET_UINT64, DUET_SUM, 0);
   g.seq_reserved = 1;
   g.seq = counts_seq;
-  rc = duet__mem_schedule(comm, &g, duet__allgather_hier_build, counts, counts + p);
+  if (duet__mem_hier_ok(comm, DUET_COLL_ALLGATHER)) /* as the blocking call's allgather goes */
+    rc = duet__mem_hier_run(comm, &g, counts, counts + p);
+  else
+    rc = duet__mem_schedule(comm, &g, duet__allgather_hier_build, counts, counts + p);
   if (rc != DUET_SUCCESS)
     return rc;
   a->count_matrix = counts + p;
