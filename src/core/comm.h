@@ -22,7 +22,8 @@
 /* Tags (64 bits). Collectives: bit 63 clear, comm id (15 bits), sequence
  * (24 bits), message id (24 bits). Point to point: bit 63 set, bit 62 clear,
  * comm id (15 bits), per-pair sequence (47 bits). Tags with bits 63 and 62
- * both set belong to the transport. */
+ * both set belong to the transport: with bit 61 clear to the endpoint's own
+ * (ofi's warm-up), with bit 61 set to a transport layered on it (planes). */
 #define DUET_TAG_P2P (1ull << 63)
 static inline uint64_t duet__tag_coll(uint32_t comm_id, uint32_t seq, uint32_t msg) {
   return ((uint64_t)(comm_id & 0x7fff) << 48) | ((uint64_t)(seq & 0xffffff) << 24) |

@@ -17,9 +17,10 @@
  * registration, so callers should keep their scratch buffers for the
  * communicator's lifetime (DESIGN.md section 5 asks for that anyway).
  *
- * Reserved tags: tags with both bit 63 and bit 62 set belong to the
- * transport (the connection warm-up uses UINT64_MAX). isend/irecv refuse
- * them with DUET_ERR_INVALID_ARGUMENT.
+ * Reserved tags: tags with bits 63 and 62 set and bit 61 clear belong to
+ * this transport (the connection warm-up uses OFI_TAG_WARMUP). isend/irecv
+ * refuse them with DUET_ERR_INVALID_ARGUMENT. With bit 61 set too they are a
+ * layered transport's (the HPN planes' notices) and pass.
  *
  * insert_peers connects eagerly: the tcp provider connects lazily on the
  * first send (about 0.1 s each), so we exchange one zero-byte message with
@@ -50,7 +51,8 @@
 
 #define OFI_API_VERSION FI_VERSION(1, 11) /* configure.ac requires libfabric >= 1.11 */
 #define OFI_TAG_RESERVED (UINT64_C(3) << 62)
-#define OFI_TAG_WARMUP UINT64_MAX
+#define OFI_TAG_RESERVED_MASK (UINT64_C(7) << 61)
+#define OFI_TAG_WARMUP (OFI_TAG_RESERVED | UINT64_C(0x1fffffffffffffff))
 #define OFI_CQ_BATCH 16
 #define OFI_CTX_CHUNK 64  /* contexts allocated at a time, kept until close */
 #define OFI_MR_CACHE 32   /* cached registrations per endpoint */
@@ -391,10 +393,11 @@ static duet_status_t ofi_post(ofi_ep_t *e, int is_recv, int peer, void *buf, siz
 }
 
 static int ofi_tag_ok(uint64_t tag, const char *call, char *errbuf) {
-  if ((tag & OFI_TAG_RESERVED) != OFI_TAG_RESERVED)
+  if ((tag & OFI_TAG_RESERVED_MASK) != OFI_TAG_RESERVED)
     return 1;
-  duet__tp_seterr(errbuf, "ofi", "%s: tag 0x%" PRIx64 " is reserved (bits 63 and 62 both set)",
-                  call, tag);
+  duet__tp_seterr(errbuf, "ofi",
+                  "%s: tag 0x%" PRIx64 " is reserved (bits 63 and 62 set, bit 61 clear)", call,
+                  tag);
   return 0;
 }
 
