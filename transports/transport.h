@@ -83,6 +83,11 @@ void duet__tp_complete(duet__tp_req_t *req, duet_status_t status, size_t len);
 extern const duet__tp_ops_t duet__tp_ofi;
 extern const duet__tp_ops_t duet__tp_self;
 extern const duet__tp_ops_t duet__tp_tcp; /* duet's own sockets: provider "tcp" */
+/* Two or more HPN planes: params->iface is a comma list, one endpoint of the
+ * provider's transport per plane, striping and failover (planes/planes.c). */
+extern const duet__tp_ops_t duet__tp_planes;
+/* The planes an endpoint of duet__tp_planes has lost (bit q: plane q). */
+unsigned duet__tp_planes_dead(const duet__tp_ep_t *ep);
 
 /* The transport that carries a provider name: "tcp" is duet's socket
  * transport, every other name (including "tcp;ofi_rxm") libfabric's. */

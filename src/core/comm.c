@@ -177,6 +177,12 @@ static duet_status_t duet__open_endpoints(duet_comm_t *comm, const duet__domains
              comm->cfg.upn_iface[0] ? comm->cfg.upn_iface
              : (dom->domain_one_host[comm->supernode] && strcmp(prov, "shm") != 0) ? "lo"
                                                                                    : "");
+    if (strchr(iface, ',')) {
+      snprintf(errbuf, DUET_TP_ERRLEN,
+               "DUET_UPN_IFACE \"%s\": a list of planes is for the HPN only (DUET_HPN_IFACE)",
+               iface);
+      return DUET_ERR_INVALID_ARGUMENT;
+    }
     rc = duet__open_net(comm, DUET_NET_UPN, duet__tp_for_provider(prov), prov, iface, errbuf);
     if (rc != DUET_SUCCESS)
       return rc;
@@ -187,7 +193,10 @@ static duet_status_t duet__open_endpoints(duet_comm_t *comm, const duet__domains
              comm->cfg.hpn_iface[0]                         ? comm->cfg.hpn_iface
              : (comm->one_host && strcmp(prov, "shm") != 0) ? "lo"
                                                             : "");
-    rc = duet__open_net(comm, DUET_NET_HPN, duet__tp_for_provider(prov), prov, iface, errbuf);
+    /* DUET_HPN_IFACE=hpn0,hpn1: one endpoint per plane (transports/planes) */
+    rc = duet__open_net(comm, DUET_NET_HPN,
+                        strchr(iface, ',') ? &duet__tp_planes : duet__tp_for_provider(prov), prov,
+                        iface, errbuf);
     if (rc != DUET_SUCCESS)
       return rc;
   }

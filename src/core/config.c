@@ -26,7 +26,7 @@ const duet__config_row_t duet__config_table[] = {
      "is on one host"},
     {"DUET_HPN_IFACE", "",
      "interface (libfabric domain; for tcp also an IP address) of the HPN; default lo when the job "
-     "is on one host"},
+     "is on one host; a comma list of 2-4: one HPN plane each (striping, failover)"},
     {"DUET_SUPERNODE", "", "super-node id of this rank (default: its host name)"},
     {"DUET_PROGRESS_THREAD", "0",
      "1: a thread drives non-blocking calls while the caller computes; 0: they progress inside "

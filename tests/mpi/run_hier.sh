@@ -13,7 +13,9 @@
 # Last, always: mpi_async (the progress thread) on 2x2 and 3+2, and
 # mpi_local (rank 0 posts every non-blocking call before the others) on
 # 1x4, 2x2, 3+1 and 3+2 over both provider sets, auto and every collective
-# forced hierarchical, once with the progress thread.
+# forced hierarchical, once with the progress thread; then two HPN planes:
+# mpi_hier on 2x2 and 3+2 (quick), mpi_planes on 2x2 and 3+2 with plane 1
+# lost mid-call (-k; the sanitizer builds run these two only).
 #
 # Env: top_builddir (default .), MPIRUN (default mpirun), DUET_TEST_TIMEOUT
 # (seconds per mpirun, default 300), DUET_HIER_LAYOUTS (override the layout
@@ -24,8 +26,10 @@ builddir=${top_builddir:-.}
 prog="$builddir/tests/mpi/mpi_hier"
 async="$builddir/tests/mpi/mpi_async"
 local_posts="$builddir/tests/mpi/mpi_local"
+planes="$builddir/tests/mpi/mpi_planes"
+plane1=127.0.0.78 # mpi_planes -k resets every connection on it: this script's alone
 . "$(dirname "$0")/mpirun_env.sh"
-mpi_test_setup hier 300 "$prog" "$async" "$local_posts"
+mpi_test_setup hier 300 "$prog" "$async" "$local_posts" "$planes"
 
 passed=0
 failed=0
@@ -111,6 +115,17 @@ for prov in default tcp; do
   done
 done
 DUET_TIMEOUT_MS=20000 prog=$local_posts run default a:2,b:2 -t
+# Two HPN planes (DUET_HPN_IFACE=a,b: plane 1 on its own loopback address):
+# every algorithm of every collective, then mpi_planes, whose -k resets
+# plane 1's connections in the middle of a 16 MiB allreduce and alltoall.
+planes_if=127.0.0.1,$plane1
+if [ "${DUET_TEST_QUICK:-0}" != 1 ]; then
+  DUET_HPN_IFACE=$planes_if run default a:2,b:2 -q
+  DUET_HPN_IFACE=$planes_if run tcp a:3,b:2 -q
+  DUET_HPN_IFACE=$planes_if DUET_TIMEOUT_MS=20000 prog=$planes run default a:2,b:2
+fi
+DUET_HPN_IFACE=$planes_if DUET_TIMEOUT_MS=20000 prog=$planes run default a:2,b:2 -k "$plane1"
+DUET_HPN_IFACE=$planes_if DUET_TIMEOUT_MS=20000 prog=$planes run tcp a:3,b:2 -k "$plane1"
 
 for f in "${failures[@]+"${failures[@]}"}"; do
   echo "# failed: $f"

@@ -32,6 +32,7 @@
 #include "tcp/tcp.h"
 
 #define WAIT_SEC 20.0 /* deadline of every wait */
+#define PLANE1_ADDR "127.0.0.77" /* the second HPN plane of the planes tests */
 #define BIG (4u << 20)
 #define NTAGS 64
 
@@ -158,7 +159,7 @@ Test(transport_self, bad_arguments) {
 
 typedef struct pair {
   const duet__tp_ops_t *tp;
-  int reserved_tags; /* the transport refuses tags with bits 63 and 62 set (ofi) */
+  int reserved_tags; /* the transport refuses tags with bits 63 and 62 set, 61 clear (ofi) */
   duet__tp_ep_t *ep;
   int rank, other;
   int rfd, wfd; /* pipe to read from / write to the other process */
@@ -330,7 +331,7 @@ static int to_self_and_reserved(pair_t *p) {
   CHECK(p, r.status == DUET_SUCCESS && r.len == sizeof in && in == out, "self message content");
   CHECK(p,
         !p->reserved_tags ||
-        p->tp->isend(p->ep, p->other, &out, sizeof out, UINT64_MAX, &s, p->err) ==
+        p->tp->isend(p->ep, p->other, &out, sizeof out, UINT64_C(0xDFFFFFFFFFFFFFFF), &s, p->err) ==
             DUET_ERR_INVALID_ARGUMENT,
         "reserved tag accepted by isend");
   CHECK(p,
@@ -529,7 +530,7 @@ static int pair_side(pair_t *p, const duet__tp_ops_t *tp, const char *prov, cons
   int overtaking = strcmp(prov, "shm") != 0;
 
   p->tp = tp;
-  p->reserved_tags = tp == &duet__tp_ofi;
+  p->reserved_tags = tp == &duet__tp_ofi || tp == &duet__tp_planes;
   p->other = 1 - p->rank;
   CHECK(p, p->tp->open(&params, &p->ep, p->err) == DUET_SUCCESS, "open(%s, %s)", prov,
         iface ? iface : "NULL");
@@ -562,7 +563,16 @@ static int pair_side(pair_t *p, const duet__tp_ops_t *tp, const char *prov, cons
   return 0;
 }
 
-static void run_pair(const duet__tp_ops_t *tp, const char *prov, const char *iface, int yield) {
+static const duet__tp_ops_t *pair_tp;
+static const char *pair_prov, *pair_iface;
+static int pair_yield;
+
+static int pair_default(pair_t *p) {
+  return pair_side(p, pair_tp, pair_prov, pair_iface, pair_yield);
+}
+
+/* Fork; run side in both processes (rank 0 here, rank 1 in the child). */
+static void run_pair_fn(int (*side)(pair_t *)) {
   int p2c[2], c2p[2], status = 0, ret;
   pair_t parent = {.rank = 0};
   pid_t pid, w;
@@ -577,7 +587,7 @@ static void run_pair(const duet__tp_ops_t *tp, const char *prov, const char *ifa
     pair_t child = {.rank = 1, .rfd = p2c[0], .wfd = c2p[1]};
     close(p2c[1]);
     close(c2p[0]);
-    ret = pair_side(&child, tp, prov, iface, yield);
+    ret = side(&child);
     fflush(NULL);
     _exit(ret);
   }
@@ -585,7 +595,7 @@ static void run_pair(const duet__tp_ops_t *tp, const char *prov, const char *ifa
   close(c2p[1]);
   parent.rfd = c2p[0];
   parent.wfd = p2c[1];
-  ret = pair_side(&parent, tp, prov, iface, yield);
+  ret = side(&parent);
   if (ret) /* the child may be waiting for us */
     kill(pid, SIGKILL);
 
@@ -600,10 +610,19 @@ static void run_pair(const duet__tp_ops_t *tp, const char *prov, const char *ifa
     parent.tp->close(parent.ep);
   close(parent.rfd);
   close(parent.wfd);
-  cr_assert_eq(ret, 0, "rank 0 failed over %s: %s", prov, parent.err);
+  cr_assert_eq(ret, 0, "rank 0 failed over %s: %s", parent.tp ? parent.tp->name : "?", parent.err);
   cr_assert_neq(w, 0, "rank 1 did not finish within %.0f s", 2 * WAIT_SEC);
   cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-            "rank 1 failed over %s (status 0x%x, see its stderr)", prov, status);
+            "rank 1 failed over %s (status 0x%x, see its stderr)", parent.tp ? parent.tp->name : "?",
+            status);
+}
+
+static void run_pair(const duet__tp_ops_t *tp, const char *prov, const char *iface, int yield) {
+  pair_tp = tp;
+  pair_prov = prov;
+  pair_iface = iface;
+  pair_yield = yield;
+  run_pair_fn(pair_default);
 }
 
 Test(transport_ofi, tcp_loopback, .timeout = 120) {
@@ -680,6 +699,116 @@ Test(transport_tcp, oversubscribed_sleeps, .timeout = 120) {
 
 Test(transport_tcp, iface_as_address, .timeout = 120) {
   run_pair(&duet__tp_tcp, "tcp", "127.0.0.1", 0);
+}
+
+/* ---- HPN planes: one endpoint per plane ---------------------------------- */
+
+/* The same pair test over two planes: duet's tcp on two loopback addresses,
+ * and libfabric's tcp twice on lo. */
+Test(transport_planes, tcp_two_addresses, .timeout = 120) {
+  run_pair(&duet__tp_planes, "tcp", "127.0.0.1," PLANE1_ADDR, 0);
+}
+
+Test(transport_planes, tcp_oversubscribed_sleeps, .timeout = 120) {
+  run_pair(&duet__tp_planes, "tcp", "127.0.0.1," PLANE1_ADDR, 1);
+}
+
+Test(transport_planes, ofi_tcp_twice_on_lo, .timeout = 120) {
+  run_pair(&duet__tp_planes, "tcp;ofi_rxm", "lo,lo", 0);
+}
+
+/* Plane 1 fails in the middle of a batch: rank 1 posts FO_MSGS receives of
+ * 8 B .. 4 MiB, rank 0 the sends; once rank 0 has written what the sockets
+ * take and rank 1 has read some of it, rank 1 resets every connection of
+ * plane 1 (ss -K, the kernel's socket destroy), with most of the batch
+ * still in flight or in the sockets. Every message must still arrive
+ * intact, over plane 0, and the pair must go on working there. */
+#define FO_ADDR "127.0.0.79" /* plane 1 of this test alone: ss -K hits all of it */
+#define FO_MSGS 48 /* about 60 MiB: far more than the sockets hold */
+
+static size_t fo_len(int i) {
+  static const size_t lens[] = {8, 64 * 1024, 1 << 20, 4 << 20, 3000, 600 * 1024, 3 << 20};
+  return lens[i % 7];
+}
+
+static int fo_batch(pair_t *p, int round, int kill_plane) {
+  static unsigned char *buf[FO_MSGS];
+  duet__tp_req_t req[FO_MSGS];
+  for (int i = 0; i < FO_MSGS; i++) {
+    size_t len = fo_len(i);
+    buf[i] = realloc(buf[i], len);
+    CHECK(p, buf[i] != NULL, "malloc");
+    for (size_t k = 0; k < len; k++)
+      buf[i][k] = p->rank == 0 ? (unsigned char)(k * 13 + i + round) : 0;
+    CHECK(p,
+          pair_post(p, p->rank, p->other, buf[i], len, (uint64_t)round << 20 | (uint64_t)i,
+                    &req[i]) == DUET_SUCCESS,
+          "post %d of round %d", i, round);
+  }
+  if (kill_plane) {
+    /* rank 0 has written what the sockets took and stops; rank 1 reads
+     * what is there, resets plane 1 and lets rank 0 go on */
+    char go = 'g', killed = 'k';
+    int done = 0;
+    if (p->rank == 0) {
+      CHECK(p, pipe_io(p->wfd, &go, 1, 1) == 0 && pipe_io(p->rfd, &killed, 1, 0) == 0, "sync");
+    } else {
+      CHECK(p, pipe_io(p->rfd, &go, 1, 0) == 0, "sync");
+      for (int k = 0; k < 3; k++)
+        CHECK(p, p->tp->progress(p->ep, p->err) >= 0, "progress");
+      for (int i = 0; i < FO_MSGS; i++)
+        done += __atomic_load_n(&req[i].done, __ATOMIC_ACQUIRE);
+      CHECK(p, done > 0 && done < FO_MSGS, "%d of %d messages in before the failure", done,
+            FO_MSGS);
+      CHECK(p, system("ss -K -t '( src " FO_ADDR " or dst " FO_ADDR " )' >/dev/null") == 0,
+            "ss -K failed");
+      CHECK(p, pipe_io(p->wfd, &killed, 1, 1) == 0, "sync");
+    }
+  }
+  for (int i = 0; i < FO_MSGS; i++) {
+    CHECK(p, pair_wait(p, &req[i]) == 0 && req[i].status == DUET_SUCCESS,
+          "message %d of round %d: status %d", i, round, req[i].status);
+    if (p->rank == 1) {
+      CHECK(p, req[i].len == fo_len(i), "message %d: %zu bytes", i, req[i].len);
+      for (size_t k = 0; k < fo_len(i); k++)
+        CHECK(p, buf[i][k] == (unsigned char)(k * 13 + i + round),
+              "message %d of round %d, byte %zu wrong", i, round, k);
+    }
+  }
+  return 0;
+}
+
+static int fo_side(pair_t *p) {
+  duet__tp_params_t params = {.provider = "tcp", .iface = "127.0.0.1," FO_ADDR};
+  unsigned char addrs[2][DUET_TP_ADDR_MAX];
+  size_t addrlens[2];
+  char bye = 'b';
+  p->tp = &duet__tp_planes;
+  p->other = 1 - p->rank;
+  CHECK(p, p->tp->open(&params, &p->ep, p->err) == DUET_SUCCESS, "open");
+  CHECK(p, p->tp->get_addr(p->ep, addrs[p->rank], &addrlens[p->rank], p->err) == DUET_SUCCESS,
+        "get_addr");
+  CHECK(p,
+        pipe_io(p->wfd, &addrlens[p->rank], sizeof addrlens[0], 1) == 0 &&
+            pipe_io(p->wfd, addrs[p->rank], addrlens[p->rank], 1) == 0 &&
+            pipe_io(p->rfd, &addrlens[p->other], sizeof addrlens[0], 0) == 0 &&
+            pipe_io(p->rfd, addrs[p->other], addrlens[p->other], 0) == 0,
+        "address exchange");
+  CHECK(p, p->tp->insert_peers(p->ep, 2, addrs, DUET_TP_ADDR_MAX, addrlens, p->err) == DUET_SUCCESS,
+        "insert_peers");
+  CHECK(p, fo_batch(p, 1, 0) == 0 && duet__tp_planes_dead(p->ep) == 0, "before the failure");
+  CHECK(p, fo_batch(p, 2, 1) == 0, "across the failure");
+  CHECK(p, duet__tp_planes_dead(p->ep) == 2, "planes lost: %#x, want plane 1",
+        duet__tp_planes_dead(p->ep));
+  CHECK(p, fo_batch(p, 3, 0) == 0, "after the failure");
+  CHECK(p, pipe_io(p->wfd, &bye, 1, 1) == 0 && pipe_io(p->rfd, &bye, 1, 0) == 0, "final sync");
+  p->tp->close(p->ep);
+  p->ep = NULL;
+  return 0;
+}
+
+Test(transport_planes, failover_mid_batch, .timeout = 120) {
+  run_pair_fn(fo_side);
 }
 
 Test(transport_tcp, provider_names) {
