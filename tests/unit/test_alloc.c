@@ -96,6 +96,10 @@ static void name_callers(void) {
     if (dladdr(callers[k], &info) != 0 && info.dli_sname != NULL)
       fprintf(stderr, "  allocation %ld from %s+0x%lx\n", k + 1, info.dli_sname,
               (unsigned long)((char *)callers[k] - (char *)info.dli_saddr));
+    else if (dladdr(callers[k], &info) != 0)
+      fprintf(stderr, "  allocation %ld from %s+0x%lx (addr2line -f -e %s 0x%lx)\n", k + 1,
+              info.dli_fname, (unsigned long)((char *)callers[k] - (char *)info.dli_fbase),
+              info.dli_fname, (unsigned long)((char *)callers[k] - (char *)info.dli_fbase));
     else
       fprintf(stderr, "  allocation %ld from %p\n", k + 1, callers[k]);
   }
@@ -402,6 +406,19 @@ Test(alloc, hierarchical_calls_allocate_nothing_ofi_tcp, .timeout = 240) {
          "broadcast=hier,reduce=hier,barrier=hier",
          1);
   hier_steady_state("tcp;ofi_rxm");
+  unsetenv("DUET_ALGO");
+}
+
+/* The same over an HPN of two planes (transports/planes): its operations,
+ * their copy buffers and its notices come from pools. */
+Test(alloc, hierarchical_calls_allocate_nothing_two_planes, .timeout = 240) {
+  setenv("DUET_ALGO",
+         "allreduce=hier,alltoall=hier,alltoallv=hier,allgather=hier,reduce_scatter=hier,"
+         "broadcast=hier,reduce=hier,barrier=hier",
+         1);
+  setenv("DUET_HPN_IFACE", "lo,lo", 1);
+  hier_steady_state("tcp;ofi_rxm");
+  unsetenv("DUET_HPN_IFACE");
   unsetenv("DUET_ALGO");
 }
 

@@ -212,16 +212,27 @@ static int pair_wait(pair_t *p, duet__tp_req_t *req) {
   return 0;
 }
 
-/* Post a send or receive, retrying while the transport says DUET_IN_PROGRESS. */
-static duet_status_t pair_post(pair_t *p, int is_recv, int peer, void *buf, size_t len,
-                               uint64_t tag, duet__tp_req_t *req) {
+/* Post a send or receive; while the transport says DUET_IN_PROGRESS (busy),
+ * progress and post again. *busy (if given) counts those refusals. */
+static duet_status_t pair_post_counted(pair_t *p, int is_recv, int peer, void *buf, size_t len,
+                                       uint64_t tag, duet__tp_req_t *req, int *busy) {
   double deadline = now() + WAIT_SEC;
   duet_status_t st;
-  do {
+  for (;;) {
     st = is_recv ? p->tp->irecv(p->ep, peer, buf, len, tag, req, p->err)
                  : p->tp->isend(p->ep, peer, buf, len, tag, req, p->err);
-  } while (st == DUET_IN_PROGRESS && now() < deadline);
-  return st;
+    if (st != DUET_IN_PROGRESS || now() > deadline)
+      return st;
+    if (busy)
+      ++*busy;
+    if (p->tp->progress(p->ep, p->err) < 0)
+      return DUET_ERR_TRANSPORT;
+  }
+}
+
+static duet_status_t pair_post(pair_t *p, int is_recv, int peer, void *buf, size_t len,
+                               uint64_t tag, duet__tp_req_t *req) {
+  return pair_post_counted(p, is_recv, peer, buf, len, tag, req, NULL);
 }
 
 /* Rank 0 sends len bytes, rank 1 checks them and answers with the bytes
@@ -514,6 +525,35 @@ static int sleep_and_wake(pair_t *p) {
   return 0;
 }
 
+/* Planes: more small sends than the sender's copy arena holds (24 x 48 KiB
+ * against 512 KiB) while the receiver sleeps 50 ms before posting anything:
+ * the sender's posts must be refused as busy (DUET_IN_PROGRESS) until the
+ * receiver's acks free the arena, and every message must then arrive. */
+static int copies_overflow(pair_t *p) {
+  enum { NB = 24, LEN = 48 * 1024 };
+  static unsigned char buf[NB][LEN];
+  duet__tp_req_t req[NB];
+  char sync = 's';
+  int busy = 0;
+  CHECK(p, pipe_io(p->rank ? p->rfd : p->wfd, &sync, 1, p->rank == 0) == 0, "sync");
+  if (p->rank == 1)
+    usleep(50000);
+  for (int i = 0; i < NB; i++) {
+    memset(buf[i], p->rank == 0 ? i + 1 : 0, LEN);
+    CHECK(p,
+          pair_post_counted(p, p->rank, p->other, buf[i], LEN, 5000 + i, &req[i], &busy) ==
+              DUET_SUCCESS,
+          "post %d", i);
+  }
+  CHECK(p, p->rank == 1 || busy > 0, "no send was refused with a full arena");
+  for (int i = 0; i < NB; i++) {
+    CHECK(p, pair_wait(p, &req[i]) == 0 && req[i].status == DUET_SUCCESS, "message %d", i);
+    CHECK(p, p->rank == 0 || (buf[i][0] == i + 1 && buf[i][LEN - 1] == i + 1), "message %d data",
+          i);
+  }
+  return 0;
+}
+
 /* One side of the pair test: open, exchange addresses, run everything. */
 static int pair_side(pair_t *p, const duet__tp_ops_t *tp, const char *prov, const char *iface,
                      int yield) {
@@ -551,7 +591,7 @@ static int pair_side(pair_t *p, const duet__tp_ops_t *tp, const char *prov, cons
   ret = pingpong(p, 8, 1) || pingpong(p, BIG, 2) || many_tags(p) || zero_and_truncated(p) ||
         pingpong(p, 8, 5) || (overtaking && unexpected_large(p)) ||
         (tp == &duet__tp_tcp && (order_across_lanes(p) || bulk_sndbuf_bounded(p))) ||
-        many_buffers(p) ||
+        many_buffers(p) || (tp == &duet__tp_planes && copies_overflow(p)) ||
         to_self_and_reserved(p) ||
         (yield && sleep_and_wake(p));
   if (ret)

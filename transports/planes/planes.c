@@ -62,14 +62,23 @@
 #define PL_SPREAD_MIN (16 * 1024)  /* smaller ones all go on plane 0 */
 #define PL_COPY_MAX (64 * 1024)    /* sends up to here are copied: the caller does not wait */
 #define PL_LAZY_BYTES (256 * 1024) /* copied bytes a receiver may leave unacknowledged */
+#define PL_LAZY_TICKS 64           /* progress calls between flushes of lazy acks */
 #define PL_TAG_CTL UINT64_C(0xE0000000706C616E) /* a layered transport's tag: "plan" */
 #define PL_CTL_MAGIC 0x706c6e31u
 #define PL_CTL_TAGS 62
 #define PL_ADDR_MAGIC 0x50 /* 'P' */
 #define PL_CHUNK 64        /* operations / notice buffers allocated at a time */
-#define PL_IDLE_POLL                                                                               \
-  16 /* a plane with nothing posted but notice receives: polled                                    \
-        every this many progress calls */
+#define PL_OPS_CHUNK 256   /* operations allocated at a time */
+/* Copies go to a per-peer arena of PL_ARENA_PAGES pages of 4 KiB, made at
+ * the first copy to that peer, so steady traffic allocates nothing. A send
+ * finding no room there is refused with DUET_IN_PROGRESS (busy: progress,
+ * which brings the peer's acks, and post again): flow control, as a full
+ * socket buffer is. */
+#define PL_PAGE 4096
+#define PL_ARENA_PAGES 128
+/* A plane with nothing in flight but notice receives is polled every this
+ * many progress calls. */
+#define PL_IDLE_POLL 16
 
 enum { PL_SEND, PL_RECV };
 enum { PL_ACK = 1, PL_DOWN = 2, PL_BYE = 3 };
@@ -96,12 +105,11 @@ typedef struct pl_op {
   duet__tp_req_t *req;       /* the caller's; NULL once completed */
   int kind, peer, nparts, acked, parked;
   uint64_t tag;
-  uint8_t *buf; /* the caller's buffer, or copy */
+  uint8_t *buf; /* the caller's buffer, or its copy in the peer's arena */
   size_t len;
   duet_status_t status;
   pl_part_t part[PL_MAX];
-  uint8_t *copy; /* kept with the operation when it is recycled */
-  size_t copy_cap;
+  int copy_page, copy_pages; /* the copy's pages in the peer's arena; 0 pages: none */
 } pl_op_t;
 
 typedef struct pl_ctl_slot { /* a notice being sent, or a posted notice receive */
@@ -112,13 +120,15 @@ typedef struct pl_ctl_slot { /* a notice being sent, or a posted notice receive 
 } pl_ctl_slot_t;
 
 typedef struct pl_peer {
-  uint8_t tx_dead;   /* planes this peer said it lost */
-  uint8_t bye;       /* planes on which it said it is closing: what it sent there
-                        has arrived, and their failures are its leaving */
-  int nacks, queued; /* tags to acknowledge; in ackq (one is urgent) */
-  size_t lazy_bytes; /* bytes of the copied messages among them */
+  uint8_t tx_dead;           /* planes this peer said it lost */
+  uint8_t bye;               /* planes on which it said it is closing: what it sent there
+                                has arrived, and their failures are its leaving */
+  int nacks, queued, urgent; /* tags to acknowledge; in ackq; one is urgent */
+  size_t lazy_bytes;         /* bytes of the copied messages among them */
   uint64_t acks[PL_CTL_TAGS];
-  pl_ctl_slot_t rx[PL_MAX]; /* its notices, per plane */
+  pl_ctl_slot_t rx[PL_MAX];            /* its notices, per plane */
+  uint8_t *arena;                      /* copies of the sends to it */
+  uint64_t pages[PL_ARENA_PAGES / 64]; /* the arena's pages in use */
 } pl_peer_t;
 
 typedef struct pl_list {
@@ -136,7 +146,7 @@ typedef struct pl_ep {
   duet_status_t failed;
   char why[DUET_TP_ERRLEN];
   pl_peer_t *peers;
-  int *ackq, nackq;
+  int *ackq, nackq; /* peers with acks to send */
   pl_list_t active; /* operations with transfers to watch */
   pl_list_t parked; /* copied sends done for their caller, waiting for an ack */
   pl_op_t *free_ops;
@@ -187,10 +197,10 @@ static int pl_grow(pl_ep_t *e, void *mem) {
 static pl_op_t *pl_op_get(pl_ep_t *e) {
   pl_op_t *op;
   if (!e->free_ops) {
-    pl_op_t *c = calloc(PL_CHUNK, sizeof(*c));
+    pl_op_t *c = calloc(PL_OPS_CHUNK, sizeof(*c));
     if (!c || pl_grow(e, c) != 0)
       return NULL;
-    for (int i = 0; i < PL_CHUNK; i++) {
+    for (int i = 0; i < PL_OPS_CHUNK; i++) {
       c[i].next = e->free_ops;
       e->free_ops = &c[i];
     }
@@ -199,6 +209,30 @@ static pl_op_t *pl_op_get(pl_ep_t *e) {
   e->free_ops = op->next;
   op->next = op->prev = NULL;
   return op;
+}
+
+/* Take n free pages in a row from peer's arena (first fit): their index, or
+ * -1 (no arena and none can be made, or no room). */
+static int pl_pages_take(pl_ep_t *e, int peer, int n) {
+  pl_peer_t *pp = &e->peers[peer];
+  if (!pp->arena && !(pp->arena = malloc((size_t)PL_ARENA_PAGES * PL_PAGE)))
+    return -1;
+  for (int at = 0, run = 0; at < PL_ARENA_PAGES; at++) {
+    run = (pp->pages[at / 64] >> (at % 64)) & 1 ? 0 : run + 1;
+    if (run == n) {
+      for (int k = at - n + 1; k <= at; k++)
+        pp->pages[k / 64] |= UINT64_C(1) << (k % 64);
+      return at - n + 1;
+    }
+  }
+  return -1;
+}
+
+static void pl_pages_give(pl_ep_t *e, pl_op_t *op) {
+  pl_peer_t *pp = &e->peers[op->peer];
+  for (int k = op->copy_page; k < op->copy_page + op->copy_pages; k++)
+    pp->pages[k / 64] &= ~(UINT64_C(1) << (k % 64));
+  op->copy_pages = 0;
 }
 
 static pl_ctl_slot_t *pl_slot_get(pl_ep_t *e) {
@@ -241,19 +275,23 @@ static void pl_list_del(pl_list_t *l, pl_op_t *op) {
 
 static void pl_retire(pl_ep_t *e, pl_op_t *op) {
   pl_list_del(op->parked ? &e->parked : &e->active, op);
+  if (op->copy_pages)
+    pl_pages_give(e, op);
   op->next = e->free_ops;
   e->free_ops = op;
 }
 
-/* A transfer on plane q failed with st: the plane is lost (handled by
- * pl_handle_down at the next safe point). */
+/* A transfer on plane q failed with st (the plane's transport said why in
+ * its errbuf), or a peer lost the plane (st 0): the plane is lost, handled
+ * by pl_handle_down at the next safe point. */
 static void pl_lose(pl_ep_t *e, int q, duet_status_t st, const char *what) {
   if ((e->dead | e->down) & (1u << q))
     return;
   e->down |= (uint8_t)(1u << q);
   DUET_WARN(DUET_SUB_NET,
-            "planes: plane %d (%s) lost (%s: %s%s%s); its traffic moves to the other planes", q,
-            e->iface[q], what, duet_strerror(st), e->perr[q][0] ? ": " : "", e->perr[q]);
+            "planes: plane %d (%s) lost (%s%s%s%s%s); its traffic moves to the others", q,
+            e->iface[q], what, st ? ": " : "", st ? duet_strerror(st) : "",
+            st && e->perr[q][0] ? ": " : "", st ? e->perr[q] : "");
 }
 
 /* Post part i of op on plane q (a live plane here). */
@@ -409,7 +447,7 @@ static void pl_peer_down(pl_ep_t *e, int peer, uint8_t mask) {
   /* a plane the peer lost is lost here too */
   for (int q = 0; q < e->n; q++)
     if ((fresh >> q) & 1)
-      pl_lose(e, q, DUET_ERR_REMOTE, "the peer lost it");
+      pl_lose(e, q, DUET_SUCCESS, "a peer lost it");
   pl_handle_down(e);
   pp->tx_dead |= fresh;
   for (pl_op_t *op = e->parked.head, *next; op; op = next) { /* copies to resend */
@@ -434,7 +472,9 @@ static void pl_peer_down(pl_ep_t *e, int peer, uint8_t mask) {
 
 /* Acknowledge a message of len bytes. The sender of a copied one is not
  * waiting: its acknowledgement rides with the next urgent one, or goes when
- * a batch is full or holds PL_LAZY_BYTES, which bounds the sender's copies. */
+ * a batch is full or holds PL_LAZY_BYTES (which bounds the sender's copies),
+ * every PL_LAZY_TICKS progress calls, or before this endpoint sleeps. (A
+ * sender whose arena was full waits for such a lazy ack.) */
 static void pl_ack_queue(pl_ep_t *e, int peer, uint64_t tag, size_t len) {
   pl_peer_t *pp = &e->peers[peer];
   pp->acks[pp->nacks++] = tag;
@@ -445,22 +485,31 @@ static void pl_ack_queue(pl_ep_t *e, int peer, uint64_t tag, size_t len) {
     pp->nacks = 0;
     pp->lazy_bytes = 0;
   }
-  if ((len > PL_COPY_MAX || pp->lazy_bytes >= PL_LAZY_BYTES) && !pp->queued) {
+  if (len > PL_COPY_MAX || pp->lazy_bytes >= PL_LAZY_BYTES)
+    pp->urgent = 1;
+  if (!pp->queued) {
     pp->queued = 1;
     e->ackq[e->nackq++] = peer;
   }
 }
 
-static void pl_ack_flush(pl_ep_t *e) {
+/* Send the queued acks: the urgent ones, or all. */
+static void pl_ack_flush(pl_ep_t *e, int all) {
+  int keep = 0;
   for (int i = 0; i < e->nackq; i++) {
     pl_peer_t *pp = &e->peers[e->ackq[i]];
+    if (!all && !pp->urgent && pp->nacks > 0) {
+      e->ackq[keep++] = e->ackq[i];
+      continue;
+    }
     if (pp->nacks)
       pl_notice(e, e->ackq[i], PL_ACK, pp->nacks, pp->acks);
     pp->nacks = 0;
     pp->lazy_bytes = 0;
     pp->queued = 0;
+    pp->urgent = 0;
   }
-  e->nackq = 0;
+  e->nackq = keep;
 }
 
 static void pl_acked(pl_ep_t *e, int peer, uint64_t tag) {
@@ -518,7 +567,7 @@ static void pl_ctl_in(pl_ep_t *e, int peer, pl_ctl_slot_t *s) {
 
 /* Does op's caller wait for the receiver's ack (a send not copied)? */
 static int pl_awaits(const pl_op_t *op) {
-  return op->kind == PL_SEND && op->buf != op->copy && op->len > 0;
+  return op->kind == PL_SEND && op->copy_pages == 0 && op->len > 0;
 }
 
 /* May op give its caller the result, and may it go? */
@@ -530,10 +579,10 @@ static void pl_settle(pl_ep_t *e, pl_op_t *op) {
   }
   int gone = e->peers[op->peer].bye != 0;
   if (op->req) {
-    int ready = op->kind == PL_RECV                   ? done == op->nparts
-                : op->acked || gone                   ? inflight == 0
-                : op->buf == op->copy || op->len == 0 ? done == op->nparts
-                                                      : 0;
+    int ready = op->kind == PL_RECV              ? done == op->nparts
+                : op->acked || gone              ? inflight == 0
+                : op->copy_pages || op->len == 0 ? done == op->nparts
+                                                 : 0;
     if (ready) {
       duet__tp_complete(op->req, op->status, op->kind == PL_RECV ? op->len : 0);
       op->req = NULL;
@@ -653,7 +702,7 @@ static duet_status_t pl_progress(duet__tp_ep_t *ep, char *errbuf) {
       if (!found || e->failed)
         break;
     }
-    pl_ack_flush(e);
+    pl_ack_flush(e, e->tick % PL_LAZY_TICKS == 0);
     e->poll_all = 0;
   }
   if (e->failed) {
@@ -695,20 +744,22 @@ static duet_status_t pl_post(pl_ep_t *e, int kind, int peer, const void *buf, si
   op->acked = 0;
   op->status = DUET_SUCCESS;
   op->buf = (uint8_t *)buf;
+  op->copy_pages = 0;
   if (kind == PL_SEND && len > 0 && len <= PL_COPY_MAX) {
-    if (op->copy_cap < len) {
-      uint8_t *c = realloc(op->copy, len < 4096 ? 4096 : len);
-      if (!c) {
-        op->next = e->free_ops;
-        e->free_ops = op;
-        duet__tp_seterr(errbuf, "planes", "%s: out of memory for a %zu-byte copy", call, len);
+    int pages = (int)((len + PL_PAGE - 1) / PL_PAGE);
+    op->copy_page = pl_pages_take(e, peer, pages);
+    if (op->copy_page < 0) { /* full of copies the peer has not acknowledged yet */
+      op->next = e->free_ops;
+      e->free_ops = op;
+      if (!e->peers[peer].arena) {
+        duet__tp_seterr(errbuf, "planes", "isend: out of memory for the copies to peer %d", peer);
         return DUET_ERR_NO_MEMORY;
       }
-      op->copy = c;
-      op->copy_cap = len < 4096 ? 4096 : len;
+      return DUET_IN_PROGRESS;
     }
-    memcpy(op->copy, buf, len);
-    op->buf = op->copy;
+    op->copy_pages = pages;
+    op->buf = e->peers[peer].arena + (size_t)op->copy_page * PL_PAGE;
+    memcpy(op->buf, buf, len);
   }
   op->nparts = len >= PL_SPLIT_MIN ? e->n : 1;
   for (int i = 0; i < op->nparts; i++) {
@@ -768,9 +819,8 @@ static void pl_close(duet__tp_ep_t *ep) {
       e->in->close(e->ep[q]);
   if (e->epfd >= 0)
     close(e->epfd);
-  for (pl_op_t *l[3] = {e->free_ops, e->active.head, e->parked.head}, **h = l; h < l + 3; h++)
-    for (pl_op_t *op = *h; op; op = op->next)
-      free(op->copy);
+  for (int k = 0; e->peers && k < e->npeers; k++)
+    free(e->peers[k].arena);
   for (int i = 0; i < e->nchunks; i++)
     free(e->chunks[i]);
   free(e->chunks);
@@ -928,7 +978,9 @@ static duet_status_t pl_wait_fd(duet__tp_ep_t *ep, int *fd, char *errbuf) {
   pl_ep_t *e = (pl_ep_t *)ep;
   int any = 0;
   e->errbuf = errbuf;
-  if (e->failed || e->down || e->nackq || !e->in->wait_fd)
+  if (e->nackq)
+    pl_ack_flush(e, 1); /* no lazy ack waits for this rank's sleep */
+  if (e->failed || e->down || !e->in->wait_fd)
     return e->in->wait_fd ? DUET_IN_PROGRESS : DUET_ERR_UNSUPPORTED;
   if (pl_scan(e) > 0 || e->down || e->nackq)
     return DUET_IN_PROGRESS;
