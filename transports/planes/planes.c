@@ -23,11 +23,13 @@
  * Acknowledgements. A sender cannot know what a failed plane delivered, so
  * it keeps every send until the receiver acknowledges it (ACK notices, on
  * every live plane, so that one lost plane loses none). Sends of up to
- * PL_COPY_MAX bytes are copied, and their caller's request completes
- * without waiting: their acks are batched (a full notice, PL_LAZY_BYTES, or
- * with an urgent one). A larger send completes at its ack, one message
- * later than a single plane would complete it. A resent part the receiver
- * already had stays unmatched in the inner transport until close.
+ * PL_COPY_MAX bytes are copied into the peer's arena and their caller's
+ * request completes without waiting; their acks are batched (a full notice,
+ * PL_LAZY_BYTES of them, every PL_LAZY_TICKS progress calls, before the
+ * endpoint sleeps, or with an urgent one). A larger send completes at its
+ * ack, one message later than a single plane would complete it. A resent
+ * part the receiver already had stays unmatched in the inner transport
+ * until close.
  *
  * Closing. An endpoint that closes says BYE on every plane first. A peer's
  * connection ending after its BYE on that plane (which follows everything
@@ -58,7 +60,7 @@
 #include "transport.h"
 
 #define PL_MAX 4                   /* planes */
-#define PL_SPLIT_MIN (512 * 1024)  /* messages from here on are cut into parts */
+#define PL_SPLIT_MIN (128 * 1024)  /* messages from here on are cut into parts */
 #define PL_SPREAD_MIN (16 * 1024)  /* smaller ones all go on plane 0 */
 #define PL_COPY_MAX (64 * 1024)    /* sends up to here are copied: the caller does not wait */
 #define PL_LAZY_BYTES (256 * 1024) /* copied bytes a receiver may leave unacknowledged */
