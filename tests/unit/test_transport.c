@@ -11,27 +11,27 @@
  * receives waiting for it. The child reports through its exit status. Every
  * wait has a deadline, so no test hangs.
  */
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "transport.h"
 #include "tcp/tcp.h"
+#include "transport.h"
 
-#define WAIT_SEC 20.0 /* deadline of every wait */
+#define WAIT_SEC 20.0            /* deadline of every wait */
 #define PLANE1_ADDR "127.0.0.77" /* the second HPN plane of the planes tests */
 #define BIG (4u << 20)
 #define NTAGS 64
@@ -342,13 +342,12 @@ static int to_self_and_reserved(pair_t *p) {
   CHECK(p, r.status == DUET_SUCCESS && r.len == sizeof in && in == out, "self message content");
   CHECK(p,
         !p->reserved_tags ||
-        p->tp->isend(p->ep, p->other, &out, sizeof out, UINT64_C(0xDFFFFFFFFFFFFFFF), &s, p->err) ==
-            DUET_ERR_INVALID_ARGUMENT,
+            p->tp->isend(p->ep, p->other, &out, sizeof out, UINT64_C(0xDFFFFFFFFFFFFFFF), &s,
+                         p->err) == DUET_ERR_INVALID_ARGUMENT,
         "reserved tag accepted by isend");
   CHECK(p,
-        !p->reserved_tags ||
-        p->tp->irecv(p->ep, p->other, &in, sizeof in, UINT64_C(3) << 62, &r, p->err) ==
-            DUET_ERR_INVALID_ARGUMENT,
+        !p->reserved_tags || p->tp->irecv(p->ep, p->other, &in, sizeof in, UINT64_C(3) << 62, &r,
+                                          p->err) == DUET_ERR_INVALID_ARGUMENT,
         "reserved tag accepted by irecv");
   CHECK(p, p->tp->isend(p->ep, 2, &out, sizeof out, 1, &s, p->err) == DUET_ERR_INVALID_ARGUMENT,
         "peer 2 of 2 accepted");
@@ -428,8 +427,7 @@ static int order_across_lanes(pair_t *p) {
           "first receive: status %d, %#llx (want the large message, truncated)", r[0].status,
           (unsigned long long)got);
     CHECK(p, r[1].status == DUET_SUCCESS && r[1].len == sizeof word && mid[0] == 0x77,
-          "second receive: status %d, %zu bytes (want the 8-byte message)", r[1].status,
-          r[1].len);
+          "second receive: status %d, %zu bytes (want the 8-byte message)", r[1].status, r[1].len);
   }
   free(mid);
   return 0;
@@ -448,8 +446,8 @@ static int bulk_sndbuf_bounded(pair_t *p) {
   len = sizeof main;
   CHECK(p, getsockopt(e->conns[p->other].tx[TCP_MAIN].fd, SOL_SOCKET, SO_SNDBUF, &main, &len) == 0,
         "getsockopt(main): %s", strerror(errno));
-  CHECK(p, bulk >= PAIR_SNDBUF && bulk <= 2 * PAIR_SNDBUF, "bulk lane SO_SNDBUF %d, want %d",
-        bulk, PAIR_SNDBUF);
+  CHECK(p, bulk >= PAIR_SNDBUF && bulk <= 2 * PAIR_SNDBUF, "bulk lane SO_SNDBUF %d, want %d", bulk,
+        PAIR_SNDBUF);
   CHECK(p, main != bulk, "main lane SO_SNDBUF %d was set too", main);
   return 0;
 }
@@ -592,8 +590,7 @@ static int pair_side(pair_t *p, const duet__tp_ops_t *tp, const char *prov, cons
         pingpong(p, 8, 5) || (overtaking && unexpected_large(p)) ||
         (tp == &duet__tp_tcp && (order_across_lanes(p) || bulk_sndbuf_bounded(p))) ||
         many_buffers(p) || (tp == &duet__tp_planes && copies_overflow(p)) ||
-        to_self_and_reserved(p) ||
-        (yield && sleep_and_wake(p));
+        to_self_and_reserved(p) || (yield && sleep_and_wake(p));
   if (ret)
     return ret;
   /* both sides done before either closes */
@@ -653,8 +650,8 @@ static void run_pair_fn(int (*side)(pair_t *)) {
   cr_assert_eq(ret, 0, "rank 0 failed over %s: %s", parent.tp ? parent.tp->name : "?", parent.err);
   cr_assert_neq(w, 0, "rank 1 did not finish within %.0f s", 2 * WAIT_SEC);
   cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-            "rank 1 failed over %s (status 0x%x, see its stderr)", parent.tp ? parent.tp->name : "?",
-            status);
+            "rank 1 failed over %s (status 0x%x, see its stderr)",
+            parent.tp ? parent.tp->name : "?", status);
 }
 
 static void run_pair(const duet__tp_ops_t *tp, const char *prov, const char *iface, int yield) {
@@ -764,7 +761,7 @@ Test(transport_planes, ofi_tcp_twice_on_lo, .timeout = 120) {
  * still in flight or in the sockets. Every message must still arrive
  * intact, over plane 0, and the pair must go on working there. */
 #define FO_ADDR "127.0.0.79" /* plane 1 of this test alone: ss -K hits all of it */
-#define FO_MSGS 48 /* about 60 MiB: far more than the sockets hold */
+#define FO_MSGS 48           /* about 60 MiB: far more than the sockets hold */
 
 static size_t fo_len(int i) {
   static const size_t lens[] = {8, 64 * 1024, 1 << 20, 4 << 20, 3000, 600 * 1024, 3 << 20};
