@@ -37,6 +37,8 @@ typedef struct duet__tp_params {
                            NULL: provider's choice */
   int yield;            /* progress should yield the CPU: more ranks than cores */
   int tcp_sndbuf;       /* duet's tcp: SO_SNDBUF of bulk connections; 0: kernel's autotuning */
+  int stall_ms;         /* planes: a plane whose transfer to a peer has made no progress this
+                           long, while the peer answers on the other planes, is lost; 0: never */
 } duet__tp_params_t;
 
 typedef struct duet__tp_ep duet__tp_ep_t; /* one transport's endpoint */

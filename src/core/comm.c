@@ -143,7 +143,8 @@ static duet_status_t duet__open_net(duet_comm_t *comm, int n, const duet__tp_ops
   duet__tp_params_t params = {.provider = provider[0] ? provider : NULL,
                               .iface = iface[0] ? iface : NULL,
                               .yield = comm->yield,
-                              .tcp_sndbuf = comm->cfg.tcp_sndbuf};
+                              .tcp_sndbuf = comm->cfg.tcp_sndbuf,
+                              .stall_ms = ops == &duet__tp_planes ? comm->cfg.plane_timeout_ms : 0};
   duet_status_t rc;
   comm->nets->net[n].ops = ops;
   snprintf(comm->nets->net[n].provider, sizeof(comm->nets->net[n].provider), "%s", provider);

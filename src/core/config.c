@@ -37,6 +37,9 @@ const duet__config_row_t duet__config_table[] = {
     {"DUET_TCP_SNDBUF", "262144",
      "tcp: send buffer (SO_SNDBUF) of each connection for messages of 64 KiB or more, bytes; 0: "
      "the kernel's autotuning"},
+    {"DUET_PLANE_TIMEOUT_MS", "3000",
+     "HPN planes: a transfer stalled half this long makes a rank probe its peer on every plane; "
+     "a plane with no answer half this long after another answered is lost; 0: no probing"},
     {"DUET_UPN_LAT_US", "", "tuner: UPN latency per message, microseconds (default: by provider)"},
     {"DUET_UPN_BW_GBPS", "", "tuner: UPN bandwidth per rank, GB/s (default: by provider)"},
     {"DUET_HPN_LAT_US", "", "tuner: HPN latency per message, microseconds (default: by provider)"},
@@ -259,6 +262,9 @@ duet_status_t duet__config_resolve(const duet_config_t *config, duet__cfg_t *cfg
   if (duet__config_num(-1, "DUET_TCP_SNDBUF", 0, 1L << 30, &n, &cfg->src[10], errbuf, errlen))
     return DUET_ERR_INVALID_ARGUMENT;
   cfg->tcp_sndbuf = (int)n;
+  if (duet__config_num(-1, "DUET_PLANE_TIMEOUT_MS", 0, 3600000, &n, &cfg->src[11], errbuf, errlen))
+    return DUET_ERR_INVALID_ARGUMENT;
+  cfg->plane_timeout_ms = (int)n;
   {
     static const char *names[4] = {"DUET_UPN_LAT_US", "DUET_UPN_BW_GBPS", "DUET_HPN_LAT_US",
                                    "DUET_HPN_BW_GBPS"};

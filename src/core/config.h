@@ -54,6 +54,7 @@ typedef struct duet__cfg {
   int chunk_forced;   /* DUET_CHUNK_BYTES was set: the tuner keeps it */
   size_t rd_max_bytes; /* DUET_RD_MAX_BYTES: allreduce crossover rd -> ring */
   int tcp_sndbuf;      /* DUET_TCP_SNDBUF: bulk connections' SO_SNDBUF; 0: autotuning */
+  int plane_timeout_ms; /* DUET_PLANE_TIMEOUT_MS: an HPN plane's stall that counts as a loss */
   duet__algo_force_t algo;
   double upn_lat_us, upn_bw_gbps, hpn_lat_us, hpn_bw_gbps; /* 0: tuner default */
   const char *src[16]; /* where each came from, for duet_info: "config", "env", "default" */

@@ -21,6 +21,7 @@ Test(config, defaults) {
   cr_assert_str_eq(cfg.hpn_provider, "tcp");
   cr_assert_eq(cfg.chunk_bytes, 262144);
   cr_assert_eq(cfg.tcp_sndbuf, 262144);
+  cr_assert_eq(cfg.plane_timeout_ms, 3000);
   cr_assert_eq(cfg.algo.coll[DUET_COLL_ALLREDUCE], DUET_ALGO_AUTO);
   cr_assert_str_eq(cfg.src[0], "default");
 }
@@ -35,8 +36,10 @@ Test(config, env_then_field) {
   setenv("DUET_SUPERNODE", "sn7", 1);
   setenv("DUET_ALGO", "allreduce=rd,barrier=dissem", 1);
   setenv("DUET_TCP_SNDBUF", "0", 1);
+  setenv("DUET_PLANE_TIMEOUT_MS", "750", 1);
   cr_assert_eq(duet__config_resolve(NULL, &cfg, err, sizeof(err)), DUET_SUCCESS, "%s", err);
   cr_assert_eq(cfg.tcp_sndbuf, 0);
+  cr_assert_eq(cfg.plane_timeout_ms, 750);
   cr_assert_eq(cfg.timeout_ms, 1234);
   cr_assert_str_eq(cfg.src[0], "env");
   cr_assert_str_eq(cfg.upn_provider, "tcp");
@@ -73,6 +76,8 @@ Test(config, bad_values_are_errors) {
   expect_bad("DUET_CHUNK_BYTES", "-5");
   expect_bad("DUET_TCP_SNDBUF", "-1");
   expect_bad("DUET_TCP_SNDBUF", "4k");
+  expect_bad("DUET_PLANE_TIMEOUT_MS", "-1");
+  expect_bad("DUET_PLANE_TIMEOUT_MS", "3s");
   expect_bad("DUET_PROGRESS_THREAD", "2");
   expect_bad("DUET_ALGO", "allreduce");
   expect_bad("DUET_ALGO", "allreduce=fast");

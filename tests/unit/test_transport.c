@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -762,6 +763,19 @@ Test(transport_planes, ofi_tcp_twice_on_lo, .timeout = 120) {
  * intact, over plane 0, and the pair must go on working there. */
 #define FO_ADDR "127.0.0.79" /* plane 1 of this test alone: ss -K hits all of it */
 #define FO_MSGS 48           /* about 60 MiB: far more than the sockets hold */
+/* How plane 1 fails: its connections reset, or (fo_silent, in a network
+ * namespace of the test's own) every packet to or from it held back, with
+ * no error at all until its data has gone unacknowledged for FO_STALL_MS. */
+#define FO_RESET "ss -K -t '( src " FO_ADDR " or dst " FO_ADDR " )' >/dev/null"
+#define FO_DROP /* an htb class of 8 bit/s: every packet of plane 1 held back */                   \
+  "tc qdisc add dev lo root handle 1: htb default 99 r2q 1000 2>/dev/null && "                     \
+  "tc class add dev lo parent 1: classid 1:99 htb rate 100gbit 2>/dev/null && "                    \
+  "tc class add dev lo parent 1: classid 1:1 htb rate 8bit ceil 8bit burst 1 cburst 1 "            \
+  "2>/dev/null && "                                                                                \
+  "tc filter add dev lo parent 1: protocol ip u32 match ip dst " FO_ADDR "/32 flowid 1:1 && "      \
+  "tc filter add dev lo parent 1: protocol ip u32 match ip src " FO_ADDR "/32 flowid 1:1"
+#define FO_STALL_MS 1000
+static int fo_silent;
 
 static size_t fo_len(int i) {
   static const size_t lens[] = {8, 64 * 1024, 1 << 20, 4 << 20, 3000, 600 * 1024, 3 << 20};
@@ -797,8 +811,8 @@ static int fo_batch(pair_t *p, int round, int kill_plane) {
         done += __atomic_load_n(&req[i].done, __ATOMIC_ACQUIRE);
       CHECK(p, done > 0 && done < FO_MSGS, "%d of %d messages in before the failure", done,
             FO_MSGS);
-      CHECK(p, system("ss -K -t '( src " FO_ADDR " or dst " FO_ADDR " )' >/dev/null") == 0,
-            "ss -K failed");
+      CHECK(p, system(fo_silent ? FO_DROP : FO_RESET) == 0, "%s failed",
+            fo_silent ? FO_DROP : FO_RESET);
       CHECK(p, pipe_io(p->wfd, &killed, 1, 1) == 0, "sync");
     }
   }
@@ -815,11 +829,14 @@ static int fo_batch(pair_t *p, int round, int kill_plane) {
   return 0;
 }
 
-static int fo_side(pair_t *p) {
-  duet__tp_params_t params = {.provider = "tcp", .iface = "127.0.0.1," FO_ADDR};
+/* Open a planes endpoint over duet's tcp on 127.0.0.1 and plane1, and
+ * connect the pair. */
+static int planes_open(pair_t *p, const char *plane1, int stall_ms) {
+  char iface[64];
   unsigned char addrs[2][DUET_TP_ADDR_MAX];
   size_t addrlens[2];
-  char bye = 'b';
+  snprintf(iface, sizeof iface, "127.0.0.1,%s", plane1);
+  duet__tp_params_t params = {.provider = "tcp", .iface = iface, .stall_ms = stall_ms};
   p->tp = &duet__tp_planes;
   p->other = 1 - p->rank;
   CHECK(p, p->tp->open(&params, &p->ep, p->err) == DUET_SUCCESS, "open");
@@ -833,18 +850,72 @@ static int fo_side(pair_t *p) {
         "address exchange");
   CHECK(p, p->tp->insert_peers(p->ep, 2, addrs, DUET_TP_ADDR_MAX, addrlens, p->err) == DUET_SUCCESS,
         "insert_peers");
-  CHECK(p, fo_batch(p, 1, 0) == 0 && duet__tp_planes_dead(p->ep) == 0, "before the failure");
-  CHECK(p, fo_batch(p, 2, 1) == 0, "across the failure");
-  CHECK(p, duet__tp_planes_dead(p->ep) == 2, "planes lost: %#x, want plane 1",
-        duet__tp_planes_dead(p->ep));
-  CHECK(p, fo_batch(p, 3, 0) == 0, "after the failure");
+  return 0;
+}
+
+static int planes_close(pair_t *p) {
+  char bye = 'b';
   CHECK(p, pipe_io(p->wfd, &bye, 1, 1) == 0 && pipe_io(p->rfd, &bye, 1, 0) == 0, "final sync");
   p->tp->close(p->ep);
   p->ep = NULL;
   return 0;
 }
 
+static int fo_side(pair_t *p) {
+  CHECK(p, planes_open(p, FO_ADDR, fo_silent ? FO_STALL_MS : 0) == 0, "open");
+  CHECK(p, fo_batch(p, 1, 0) == 0 && duet__tp_planes_dead(p->ep) == 0, "before the failure");
+  CHECK(p, fo_batch(p, 2, 1) == 0, "across the failure");
+  CHECK(p, duet__tp_planes_dead(p->ep) == 2, "planes lost: %#x, want plane 1",
+        duet__tp_planes_dead(p->ep));
+  CHECK(p, fo_batch(p, 3, 0) == 0, "after the failure");
+  return planes_close(p);
+}
+
+/* Stall detection must not take a busy peer for a lost plane: rank 0 sends
+ * 64 MiB (both planes) while rank 1 first does nothing for 4 stall times,
+ * then progresses for 4 more without posting the receive (it answers the
+ * probes on both planes), then receives. No plane may be lost. */
+#define WAIT_STALL_MS 300
+static int busy_peer_side(pair_t *p) {
+  enum { LEN = 64 << 20 }; /* more than the sockets hold: rank 0 keeps sending */
+  unsigned char *buf = malloc(LEN);
+  duet__tp_req_t r;
+  CHECK(p, buf != NULL, "malloc");
+  CHECK(p, planes_open(p, PLANE1_ADDR, WAIT_STALL_MS) == 0, "open");
+  for (size_t k = 0; k < LEN; k++)
+    buf[k] = p->rank == 0 ? (unsigned char)(k * 5 + 1) : 0;
+  if (p->rank == 0) {
+    CHECK(p, pair_post(p, 0, p->other, buf, LEN, 42, &r) == DUET_SUCCESS, "isend");
+  } else {
+    usleep(4 * WAIT_STALL_MS * 1000);
+    for (double t = now(); now() < t + 4 * WAIT_STALL_MS / 1000.0;)
+      CHECK(p, p->tp->progress(p->ep, p->err) >= 0, "progress");
+    CHECK(p, pair_post(p, 1, p->other, buf, LEN, 42, &r) == DUET_SUCCESS, "irecv");
+  }
+  CHECK(p, pair_wait(p, &r) == 0 && r.status == DUET_SUCCESS, "transfer: status %d", r.status);
+  for (size_t k = 0; p->rank == 1 && k < LEN; k++)
+    CHECK(p, buf[k] == (unsigned char)(k * 5 + 1), "byte %zu wrong", k);
+  CHECK(p, duet__tp_planes_dead(p->ep) == 0, "planes lost: %#x", duet__tp_planes_dead(p->ep));
+  free(buf);
+  return planes_close(p);
+}
+
+Test(transport_planes, a_busy_peer_is_no_lost_plane, .timeout = 120) {
+  run_pair_fn(busy_peer_side);
+}
+
 Test(transport_planes, failover_mid_batch, .timeout = 120) {
+  run_pair_fn(fo_side);
+}
+
+/* The same with a plane that goes silent (a link passing nothing): no
+ * reset, no error, until TCP_USER_TIMEOUT (the planes' stall_ms) fails its
+ * connections with data unacknowledged. In a network namespace of this
+ * test's own, on whose loopback the shaping goes. */
+Test(transport_planes, failover_on_a_silent_plane, .timeout = 120) {
+  cr_assert_eq(unshare(CLONE_NEWNET), 0, "unshare(CLONE_NEWNET): %s", strerror(errno));
+  cr_assert_eq(system("ip link set lo up"), 0, "ip link set lo up failed");
+  fo_silent = 1;
   run_pair_fn(fo_side);
 }
 

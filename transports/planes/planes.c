@@ -38,11 +38,16 @@
  * Idle planes. A plane with no transfer in flight is polled every
  * PL_IDLE_POLL progress calls (notices are rare there), and after a sleep.
  *
- * What is not handled: a plane that stalls without an error (a cable pulled
- * with no reset) is found only by the communicator's timeout; with every
- * plane dead the endpoint fails as a single one would; a peer that crashes
- * (no BYE) takes the planes down with it here, which fails what is in
- * flight to the others too, as a crashed rank fails the job anyway.
+ * Silent planes. A plane that passes nothing (a link down without a reset)
+ * is found by probing (pl_check_stalls, params->stall_ms from
+ * DUET_PLANE_TIMEOUT_MS) and lost as above. The kernel's TCP_USER_TIMEOUT
+ * would find it too, but also fails a connection whose receiver does not
+ * read for that long (a zero window), which a compute phase does.
+ *
+ * What is not handled: with every plane dead the endpoint fails as a single
+ * one would; a peer that crashes (no BYE) takes the planes down with it
+ * here, which fails what is in flight to the others too, as a crashed rank
+ * fails the job anyway.
  *
  * Control notices travel under one tag of a layered transport's space (bits
  * 63, 62 and 61 set, comm.h), one receive posted per peer and plane.
@@ -54,6 +59,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/log.h"
@@ -83,14 +89,15 @@
 #define PL_IDLE_POLL 16
 
 enum { PL_SEND, PL_RECV };
-enum { PL_ACK = 1, PL_DOWN = 2, PL_BYE = 3 };
+enum { PL_ACK = 1, PL_DOWN = 2, PL_BYE = 3, PL_PROBE = 4, PL_PROBE_ACK = 5 };
 /* A part's state. WAIT: its plane is dead here, and (send) the peer has not
  * said so yet. RETRY: the inner transport was busy; post again. */
 enum { PART_IDLE, PART_POSTED, PART_DONE, PART_WAIT, PART_RETRY };
 
 typedef struct pl_ctl {
   uint32_t magic;
-  uint16_t kind; /* PL_ACK: n tags; PL_DOWN: n is the sender's dead mask; PL_BYE: closing */
+  uint16_t kind; /* PL_ACK: n tags; PL_DOWN: n is the sender's dead mask; PL_BYE: closing;
+                    PL_PROBE, PL_PROBE_ACK: tags[0] is the probe's number */
   uint16_t n;
   uint64_t tags[PL_CTL_TAGS];
 } pl_ctl_t;
@@ -98,7 +105,8 @@ typedef struct pl_ctl {
 typedef struct pl_part {
   duet__tp_req_t r;
   size_t off, len;
-  uint8_t plane; /* the plane it is (or was last) posted on */
+  uint64_t since_ns; /* when it was posted (with stall detection) */
+  uint8_t plane;     /* the plane it is (or was last) posted on */
   uint8_t state;
 } pl_part_t;
 
@@ -128,8 +136,13 @@ typedef struct pl_peer {
   int nacks, queued, urgent; /* tags to acknowledge; in ackq; one is urgent */
   size_t lazy_bytes;         /* bytes of the copied messages among them */
   uint64_t acks[PL_CTL_TAGS];
-  pl_ctl_slot_t rx[PL_MAX];            /* its notices, per plane */
-  uint8_t *arena;                      /* copies of the sends to it */
+  pl_ctl_slot_t rx[PL_MAX]; /* its notices, per plane */
+  uint8_t *arena;           /* copies of the sends to it */
+  /* stall detection: the probe in flight (0: none), the planes it went on
+   * and those its answers came back on, when the first came back, and
+   * until when no new probe is sent */
+  uint64_t probe_seq, probe_ns, back_ns, quiet_ns;
+  uint8_t probe_sent, probe_back;
   uint64_t pages[PL_ARENA_PAGES / 64]; /* the arena's pages in use */
 } pl_peer_t;
 
@@ -156,12 +169,19 @@ typedef struct pl_ep {
   int awaiting;     /* sends whose caller waits for their ack */
   int poll_all;     /* poll idle planes too: after a sleep, or on the tick */
   unsigned tick;
+  uint64_t stall_ns; /* params->stall_ms; 0: no stall detection */
   pl_ctl_slot_t *ctl_busy, *ctl_free;
   void **chunks;
   int nchunks;
   int epfd, epin[PL_MAX]; /* wait_fd: the planes' descriptors, nested */
   char *errbuf;
 } pl_ep_t;
+
+static uint64_t pl_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 static int pl_live(const pl_ep_t *e, uint8_t dead) {
   return __builtin_popcount((unsigned)(~dead) & ((1u << e->n) - 1));
@@ -302,6 +322,7 @@ static void pl_post_part(pl_ep_t *e, pl_op_t *op, int i, int q) {
   duet_status_t rc;
   p->plane = (uint8_t)q;
   p->state = PART_POSTED;
+  p->since_ns = e->stall_ns ? pl_now_ns() : 0;
   p->r.done = 0;
   e->busy[q]++;
   if (op->kind == PL_SEND)
@@ -337,19 +358,22 @@ static void pl_place(pl_ep_t *e, pl_op_t *op, unsigned mask, uint8_t dmap) {
     }
 }
 
-/* Send one notice to peer on every plane that is live here and that the
- * peer has not lost. */
-static void pl_notice(pl_ep_t *e, int peer, int kind, int n, const uint64_t *tags) {
+/* Send one notice to peer on the planes in mask that are live here and that
+ * the peer has not lost; the planes it went on. */
+static uint8_t pl_notice_on(pl_ep_t *e, int peer, uint8_t mask, int kind, int n,
+                            const uint64_t *tags) {
+  uint8_t sent = 0;
   for (int q = 0; q < e->n; q++) {
     pl_ctl_slot_t *s;
     duet_status_t rc;
-    if (((e->dead | e->down | e->peers[peer].tx_dead | e->peers[peer].bye) >> q) & 1)
+    if (!((mask >> q) & 1) ||
+        (((e->dead | e->down | e->peers[peer].tx_dead | e->peers[peer].bye) >> q) & 1))
       continue;
     s = pl_slot_get(e);
     if (!s) {
       e->failed = DUET_ERR_NO_MEMORY;
       snprintf(e->why, sizeof e->why, "planes: out of memory for a notice");
-      return;
+      return sent;
     }
     s->msg.magic = PL_CTL_MAGIC;
     s->msg.kind = (uint16_t)kind;
@@ -371,7 +395,14 @@ static void pl_notice(pl_ep_t *e, int peer, int kind, int n, const uint64_t *tag
     s->next = e->ctl_busy;
     e->ctl_busy = s;
     e->busy[q]++;
+    sent |= (uint8_t)(1u << q);
   }
+  return sent;
+}
+
+/* The same on every plane. */
+static void pl_notice(pl_ep_t *e, int peer, int kind, int n, const uint64_t *tags) {
+  (void)pl_notice_on(e, peer, 0xff, kind, n, tags);
 }
 
 static void pl_post_ctl(pl_ep_t *e, int peer, int q) {
@@ -564,6 +595,15 @@ static void pl_ctl_in(pl_ep_t *e, int peer, pl_ctl_slot_t *s) {
     pl_peer_down(e, peer, (uint8_t)m->n);
   } else if (m->kind == PL_BYE) {
     pl_peer_bye(e, peer, s->plane);
+  } else if (m->kind == PL_PROBE && s->r.len >= offsetof(pl_ctl_t, tags) + sizeof(uint64_t)) {
+    (void)pl_notice_on(e, peer, (uint8_t)(1u << s->plane), PL_PROBE_ACK, 1, m->tags);
+  } else if (m->kind == PL_PROBE_ACK && s->r.len >= offsetof(pl_ctl_t, tags) + sizeof(uint64_t)) {
+    pl_peer_t *pp = &e->peers[peer];
+    if (pp->probe_ns && m->tags[0] == pp->probe_seq) {
+      if (!pp->probe_back)
+        pp->back_ns = pl_now_ns();
+      pp->probe_back |= (uint8_t)(1u << s->plane);
+    }
   }
 }
 
@@ -671,6 +711,46 @@ static int pl_scan(pl_ep_t *e) {
   return found;
 }
 
+/* Stall detection. A transfer posted on a plane for stall_ns / 2 without
+ * completing makes this endpoint probe its peer on every live plane; the
+ * peer answers each probe on the plane it came by. When answers have come
+ * back on some planes but, stall_ns / 2 after the first, not on others,
+ * those are lost: the peer is alive and reading, and they carry nothing.
+ * A peer that answers on no plane is busy elsewhere (not progressing): no
+ * verdict, and a new probe later. */
+static void pl_check_stalls(pl_ep_t *e) {
+  const uint64_t now = pl_now_ns(), half = e->stall_ns / 2;
+  for (pl_op_t *op = e->active.head; op; op = op->next)
+    for (int i = 0; i < op->nparts; i++) {
+      pl_part_t *p = &op->part[i];
+      pl_peer_t *pp = &e->peers[op->peer];
+      if (p->state != PART_POSTED || now - p->since_ns < half || pp->probe_ns || now < pp->quiet_ns)
+        continue;
+      pp->probe_seq++;
+      pp->probe_sent = pl_notice_on(e, op->peer, 0xff, PL_PROBE, 1, &pp->probe_seq);
+      pp->probe_back = 0;
+      pp->probe_ns = now;
+    }
+  for (int k = 0; k < e->npeers; k++) {
+    pl_peer_t *pp = &e->peers[k];
+    uint8_t silent = (uint8_t)(pp->probe_sent & ~pp->probe_back & ~e->dead);
+    if (!pp->probe_ns)
+      continue;
+    if (!silent) { /* every plane answered */
+      pp->probe_ns = 0;
+      pp->quiet_ns = now + half;
+    } else if (pp->probe_back && now - pp->back_ns >= half) {
+      for (int q = 0; q < e->n; q++)
+        if ((silent >> q) & 1)
+          pl_lose(e, q, DUET_SUCCESS,
+                  "a transfer stalled there, and the peer answers on another plane only");
+      pp->probe_ns = 0;
+    } else if (!pp->probe_back && now - pp->probe_ns >= 2 * e->stall_ns) {
+      pp->probe_ns = 0; /* no answer at all: ask again */
+    }
+  }
+}
+
 /* Every plane is gone: fail what is left. */
 static void pl_fail_all(pl_ep_t *e) {
   while (e->active.head || e->parked.head) {
@@ -698,6 +778,8 @@ static duet_status_t pl_progress(duet__tp_ep_t *ep, char *errbuf) {
       if (rc < 0)
         pl_lose(e, q, rc, e->perr[q]);
     }
+    if (e->stall_ns && e->tick % PL_LAZY_TICKS == 0 && pl_live(e, e->dead) > 1)
+      pl_check_stalls(e);
     for (int round = 0; round < 4; round++) {
       int found = pl_scan(e);
       pl_handle_down(e);
@@ -843,6 +925,7 @@ static duet_status_t pl_open(const duet__tp_params_t *params, duet__tp_ep_t **ou
   }
   e->epfd = -1;
   e->in = duet__tp_for_provider(params ? params->provider : NULL);
+  e->stall_ns = params && params->stall_ms > 0 ? (uint64_t)params->stall_ms * 1000000ull : 0;
   for (const char *s = list;;) {
     const char *c = strchr(s, ',');
     size_t n = c ? (size_t)(c - s) : strlen(s);
