@@ -591,6 +591,8 @@ static inline void mt_sleep_ms(long ms) {
 /* ---- setup ---- */
 
 static inline void mt_init_mpi(int *argc, char ***argv, int *rank, int *size) {
+  /* line by line: a run killed by its time limit still shows how far it got */
+  setvbuf(stdout, NULL, _IOLBF, 0);
   MPI_Init(argc, argv);
   MPI_Comm_rank(MPI_COMM_WORLD, rank);
   MPI_Comm_size(MPI_COMM_WORLD, size);
