@@ -402,15 +402,12 @@ duet_status_t duet__alltoall_hier_rail_build(const duet__coll_args_t *a, duet__s
  * in rank order (duet__alltoallv_hier_rail_build and coll.c agree on it). */
 uint64_t duet__alltoallv_hier_stage(const duet__coll_args_t *a, int m) {
   const duet__layout_t *l = a->layout;
-  const uint64_t p = (uint64_t)a->nranks, *M = a->count_matrix;
-  const int sn = l->supernode[a->rank], lr = l->local_rank[a->rank], N = l->nsupernodes;
-  const int32_t *domain = l->members + l->sn_first[sn];
+  const uint64_t *R = a->rail_counts;
+  const int sn = l->supernode[a->rank], N = l->nsupernodes;
   uint64_t off = 0;
-  for (int k = 1; k < m; k++) {
-    const int32_t to = l->members[l->sn_first[(sn + k) % N] + lr];
+  for (int k = 1; k < m; k++)
     for (int i = 0; i < l->sn_size[sn]; i++)
-      off += M[(uint64_t)domain[i] * p + (uint64_t)to];
-  }
+      off += R[(size_t)i * (size_t)N + (size_t)((sn + k) % N)];
   return off;
 }
 
@@ -421,7 +418,7 @@ int duet__alltoallv_hier_split(uint64_t bytes, int L) {
 }
 
 /* The alltoallv counterpart of duet__alltoall_hier_rail_build: round m's
- * blocks for rank (sn + m, lr), as the count matrix sizes them, staged at
+ * blocks for rank (sn + m, lr), as the rail counts size them, staged at
  * duet__alltoallv_hier_stage(m), in rank order; sent in one message once
  * gate m - 1 is open, or one per block (duet__alltoallv_hier_split), this
  * rank's own then straight from sendbuf at once (it is not staged). The
@@ -429,25 +426,26 @@ int duet__alltoallv_hier_split(uint64_t bytes, int L) {
  * after the staging, or one per block straight into place. */
 duet_status_t duet__alltoallv_hier_rail_build(const duet__coll_args_t *a, duet__sched_t *s) {
   const duet__layout_t *l = a->layout;
-  const uint64_t es = a->dtsize, p = (uint64_t)a->nranks, *M = a->count_matrix;
+  const uint64_t es = a->dtsize, *R = a->rail_counts;
   duet__hier_t h;
   duet_status_t rc;
   uint64_t hoff, stage = 0; /* stage: where round m's blocks start */
 
-  if (duet__hier_is_flat(l) || !l->uniform || M == NULL)
+  if (duet__hier_is_flat(l) || !l->uniform || R == NULL)
     return DUET_ERR_INTERNAL;
   rc = duet__hier_init(&h, a, 0);
   if (rc != DUET_SUCCESS)
     return rc;
   hoff = duet__alltoallv_hier_stage(a, h.nsn); /* receive slots after the staging */
   for (int m = 1; m < h.nsn; m++) {
-    const int32_t to = l->members[l->sn_first[(h.sn + m) % h.nsn] + h.lr];
+    const int d = (h.sn + m) % h.nsn;
+    const int32_t to = l->members[l->sn_first[d] + h.lr];
     const int32_t *src_dom = l->members + l->sn_first[(h.sn - m + h.nsn) % h.nsn];
     const uint32_t mid = (uint32_t)m * (uint32_t)h.ls;
     uint64_t off = stage, gtot = 0, rtot = 0;
     uint32_t gate = duet__sched_gate(s, (uint32_t)(m - 1), NULL, 0);
     for (int i = 0; i < h.ls; i++) {
-      gtot += M[(uint64_t)h.domain[i] * p + (uint64_t)to];
+      gtot += R[(size_t)i * (size_t)h.nsn + (size_t)d];
       rtot += a->rcounts[src_dom[i]];
     }
     stage += gtot;
@@ -456,7 +454,7 @@ duet_status_t duet__alltoallv_hier_rail_build(const duet__coll_args_t *a, duet__
                        1);
     } else {
       for (int i = 0; i < h.ls; i++) {
-        uint64_t n = M[(uint64_t)h.domain[i] * p + (uint64_t)to];
+        uint64_t n = R[(size_t)i * (size_t)h.nsn + (size_t)d];
         if (i == h.lr)
           duet__sched_send(s, to, mid + (uint32_t)i, duet__ref(DUET_BUF_SEND, a->sdispls[to] * es),
                            n * es, NULL, 0);
@@ -488,20 +486,59 @@ duet_status_t duet__alltoallv_hier_rail_build(const duet__coll_args_t *a, duet__
 }
 
 /*
+ * The send counts the hierarchical alltoallv's gatherers need. Rank (sn, j)
+ * gathers, in round m, what every local rank i sends rank (sn + m, j), so it
+ * needs L x N counts, not every rank's: local rank i's count for (d, j), for
+ * every i and d. They come from an all-to-all inside the super-node, N counts
+ * per pair, on the UPN only: this rank packs its send counts by local index
+ * of the destination (duet__alltoallv_counts_pack: row[j N + d] is its count
+ * for rank (d, j)), and local rank j gets block j. What arrives is
+ * args->rail_counts: rail_counts[i N + d] is local rank i's count for (d, lr).
+ * p counts per rank and call, where an allgather of every rank's counts
+ * would move p x p, across the HPN too. Super-nodes of equal size.
+ */
+void duet__alltoallv_counts_pack(const duet__coll_args_t *a, uint64_t *row) {
+  const duet__layout_t *l = a->layout;
+  const int N = l->nsupernodes, L = l->sn_size[0];
+  for (int j = 0; j < L; j++)
+    for (int d = 0; d < N; d++)
+      row[(size_t)j * (size_t)N + (size_t)d] = a->scounts[l->members[l->sn_first[d] + j]];
+}
+
+/* A block of args->count elements with each rank of this super-node: block
+ * i of sendbuf to local rank i, block i of recvbuf from it; this rank's own
+ * copied. Not in place. */
+duet_status_t duet__alltoall_local_build(const duet__coll_args_t *a, duet__sched_t *s) {
+  const duet__layout_t *l = a->layout;
+  const int sn = l->supernode[a->rank], lr = l->local_rank[a->rank], L = l->sn_size[sn];
+  const int32_t *domain = l->members + l->sn_first[sn];
+  const uint64_t blk = a->count * a->dtsize;
+
+  for (int k = 1; k < L; k++) { /* pairwise: local rank lr + k, then lr - k */
+    int to = (lr + k) % L, from = (lr - k + L) % L;
+    duet__sched_send(s, domain[to], 0, duet__ref(DUET_BUF_SEND, (uint64_t)to * blk), blk, NULL, 0);
+    duet__sched_recv(s, domain[from], 0, duet__ref(DUET_BUF_RECV, (uint64_t)from * blk), blk,
+                     NULL, 0);
+  }
+  duet__sched_copy(s, duet__ref(DUET_BUF_RECV, (uint64_t)lr * blk),
+                   duet__ref(DUET_BUF_SEND, (uint64_t)lr * blk), blk, NULL, 0);
+  return s->oom ? DUET_ERR_NO_MEMORY : DUET_SUCCESS;
+}
+
+/*
  * Hierarchical alltoallv: the rounds of the hierarchical alltoall with blocks
- * of any size. A rank gathering for its rail must know how much each rank of
- * its super-node sends to each rank of the rail, so the caller first shares
- * every rank's send counts (args->count_matrix, nranks x nranks); receivers
- * size everything from their own recvcounts. Staging per round is sized by
- * the largest round, two rounds in flight. A round whose blocks average
- * DUET_A2A_HIER_SPLIT bytes or more crosses the HPN a block per message, as
- * the alltoall's large blocks do; sender (from the count matrix) and
- * receiver (from its recvcounts) see the same sizes, so they agree.
+ * of any size. A rank gathering for its rail sizes what it gathers from
+ * args->rail_counts (above); receivers size everything from their own
+ * recvcounts. Staging per round is sized by the largest round, two rounds
+ * in flight. A round whose blocks average DUET_A2A_HIER_SPLIT bytes or more
+ * crosses the HPN a block per message, as the alltoall's large blocks do;
+ * sender (from the rail counts) and receiver (from its recvcounts) see the
+ * same sizes, so they agree.
  */
 duet_status_t duet__alltoallv_hier_build(const duet__coll_args_t *a, duet__sched_t *s) {
   const duet__layout_t *l = a->layout;
-  const uint64_t es = a->dtsize, p = (uint64_t)a->nranks;
-  const uint64_t *M = a->count_matrix; /* M[src * p + dst], elements */
+  const uint64_t es = a->dtsize;
+  const uint64_t *R = a->rail_counts; /* R[i * N + d]: local rank i to rank (d, lr) */
   duet__hier_t h;
   duet_status_t rc;
   uint64_t gmax = 0, hmax = 0, gslot[2], hslot[2];
@@ -509,7 +546,7 @@ duet_status_t duet__alltoallv_hier_build(const duet__coll_args_t *a, duet__sched
   uint32_t *hfree[2] = {NULL, NULL}, *got = NULL;
   const uint64_t split_min = DUET_A2A_HIER_SPLIT; /* per block, on average over a round */
 
-  if (duet__hier_is_flat(l) || !l->uniform || M == NULL)
+  if (duet__hier_is_flat(l) || !l->uniform || R == NULL)
     return duet__alltoallv_pairwise_build(a, s);
   rc = duet__hier_init(&h, a, 0);
   if (rc != DUET_SUCCESS)
@@ -518,7 +555,7 @@ duet_status_t duet__alltoallv_hier_build(const duet__coll_args_t *a, duet__sched
     int d = (h.sn + m) % h.nsn, from = (h.sn - m + h.nsn) % h.nsn;
     uint64_t g = 0, r = 0;
     for (int i = 0; i < h.ls; i++) {
-      g += M[(uint64_t)h.domain[i] * p + (uint64_t)l->members[l->sn_first[d] + h.lr]];
+      g += R[(size_t)i * (size_t)h.nsn + (size_t)d];
       r += a->rcounts[l->members[l->sn_first[from] + i]];
     }
     gmax = g > gmax ? g : gmax;
@@ -563,7 +600,7 @@ duet_status_t duet__alltoallv_hier_build(const duet__coll_args_t *a, duet__sched
     const uint32_t mid = (uint32_t)m * (uint32_t)h.ls; /* split: message m L + i per block */
     uint64_t gtot = 0, rtot = 0;
     for (int i = 0; i < h.ls; i++) {
-      gtot += M[(uint64_t)h.domain[i] * p + (uint64_t)dst_dom[h.lr]];
+      gtot += R[(size_t)i * (size_t)h.nsn + (size_t)d];
       rtot += a->rcounts[src_dom[i]];
     }
     /* What the super-node sends to rank (d, lr), packed in rank order in
@@ -571,7 +608,7 @@ duet_status_t duet__alltoallv_hier_build(const duet__coll_args_t *a, duet__sched
      * its own, this rank's straight from sendbuf, the others as they are
      * handed over. */
     for (int i = 0; i < h.ls; i++) {
-      uint64_t n = M[(uint64_t)h.domain[i] * p + (uint64_t)dst_dom[h.lr]];
+      uint64_t n = R[(size_t)i * (size_t)h.nsn + (size_t)d];
       duet__ref_t to = duet__ref(DUET_BUF_SCRATCH, gslot[w] + off * es);
       duet__ref_t own = duet__ref(DUET_BUF_SEND, a->sdispls[dst_dom[h.lr]] * es);
       if (gtot * es >= (uint64_t)h.ls * split_min) {

@@ -339,7 +339,7 @@ static void duet__a2a_round(const duet_comm_t *comm, const duet__coll_args_t *a,
     r->sc[comm->local_rank] = r->rc[comm->local_rank] = 0;
 }
 
-/* alltoallv: blocks as the count matrix sizes them, round m's packed in
+/* alltoallv: blocks as the rail counts size them, round m's packed in
  * local rank order after the rounds before (duet__alltoallv_hier_stage). */
 static void duet__a2av_round(const duet_comm_t *comm, const duet__coll_args_t *a, char *scratch,
                              void *recvbuf, int m, duet__a2a_round_t *r) {
@@ -347,14 +347,13 @@ static void duet__a2av_round(const duet_comm_t *comm, const duet__coll_args_t *a
   const int L = comm->local_size, j = comm->local_rank, sn = l->supernode[comm->rank];
   const int32_t *dst_dom = l->members + l->sn_first[(sn + m) % comm->nsupernodes];
   const int32_t *domain = l->members + l->sn_first[sn];
-  const size_t p = (size_t)comm->nranks;
+  const size_t N = (size_t)comm->nsupernodes, d = (size_t)((sn + m) % comm->nsupernodes);
   uint64_t off = 0;
   r->to = m == 0 ? recvbuf : scratch + r->staged * a->dtsize;
   for (int i = 0; i < L; i++) {
     r->sc[i] = a->scounts[dst_dom[i]];
     r->sd[i] = a->sdispls[dst_dom[i]];
-    r->rc[i] = m == 0 ? a->rcounts[domain[i]]
-                      : a->count_matrix[(size_t)domain[i] * p + (size_t)dst_dom[j]];
+    r->rc[i] = m == 0 ? a->rcounts[domain[i]] : a->rail_counts[(size_t)i * N + d];
     r->rd[i] = m == 0 ? a->rdispls[domain[i]] : off;
     off += r->rc[i];
   }
@@ -408,7 +407,7 @@ static duet_status_t duet__mem_a2a_remote(duet_comm_t *comm, duet__coll_args_t *
  * 4. wait for the rail phase.
  * In place (alltoall), the staging reads every block to send before a
  * receive may overwrite it (the receives wait for the last gate). For
- * alltoallv, the count matrix (args->count_matrix) was shared before. */
+ * alltoallv, the rail counts (args->rail_counts) were shared before. */
 static duet_status_t duet__mem_hier_alltoall(duet_comm_t *comm, duet__coll_args_t *a,
                                              const void *sendbuf, void *recvbuf) {
   const int L = comm->local_size, j = comm->local_rank, N = comm->nsupernodes;
@@ -737,23 +736,44 @@ duet_status_t duet__mem_hier_run(duet_comm_t *comm, duet__coll_args_t *a, const 
   }
 }
 
-duet_status_t duet__mem_a2av_run(duet_comm_t *comm, duet__coll_args_t *a, uint32_t counts_seq,
-                                 uint64_t *counts, const void *sendbuf, void *recvbuf) {
-  const size_t p = (size_t)comm->nranks;
+/* The hierarchical alltoallv's rail counts (duet__alltoallv_counts_pack):
+ * this rank's send counts packed into counts[0 .. p), exchanged inside the
+ * super-node under sequence number seq, through the segment when every
+ * super-node has one, else over the UPN; the rail counts land in
+ * counts[p .. 2p). Super-nodes of equal size. */
+static duet_status_t duet__a2av_share_counts(duet_comm_t *comm, duet__coll_args_t *a,
+                                             uint32_t seq, uint64_t *counts) {
+  const size_t p = (size_t)comm->nranks, N = (size_t)comm->nsupernodes;
+  const int L = comm->local_size;
+  uint64_t *row = counts, *rail = counts + p;
   duet__coll_args_t g;
   duet_status_t rc;
-  for (size_t q = 0; q < p; q++)
-    counts[q] = a->scounts[q];
-  duet__args_init(&g, comm, DUET_COLL_ALLGATHER, p, DUET_UINT64, DUET_SUM, 0);
+
+  duet__alltoallv_counts_pack(a, row);
+  a->rail_counts = rail; /* read while building; the schedule holds sizes */
+  if (comm->mem_everywhere) {
+    char err[DUET_SHM_ERRLEN] = "";
+    rc = duet__shm_alltoall(comm->mem, row, rail, N * sizeof(*row), comm->yield,
+                            comm->cfg.timeout_ms, err);
+    if (rc != DUET_SUCCESS)
+      return duet__mem_failed(comm, a, rc, "count exchange inside the super-node", err);
+    comm->stats.upn_bytes_sent += (uint64_t)(L - 1) * N * sizeof(*row);
+    comm->stats.upn_bytes_recv += (uint64_t)(L - 1) * N * sizeof(*row);
+    return DUET_SUCCESS;
+  }
+  duet__args_init(&g, comm, DUET_COLL_ALLTOALL, N, DUET_UINT64, DUET_SUM, 0);
   g.seq_reserved = 1;
-  g.seq = counts_seq;
-  if (duet__mem_hier_ok(comm, DUET_COLL_ALLGATHER)) /* as the blocking call's allgather goes */
-    rc = duet__mem_hier_run(comm, &g, counts, counts + p);
-  else
-    rc = duet__mem_schedule(comm, &g, duet__allgather_hier_build, counts, counts + p);
+  g.seq = seq;
+  return duet__mem_schedule(comm, &g, duet__alltoall_local_build, row, rail);
+}
+
+duet_status_t duet__mem_a2av_run(duet_comm_t *comm, duet__coll_args_t *a, uint32_t counts_seq,
+                                 uint64_t *counts, const void *sendbuf, void *recvbuf) {
+  duet_status_t rc = DUET_SUCCESS;
+  if (comm->layout.uniform) /* the gatherers' counts; other layouts go pairwise */
+    rc = duet__a2av_share_counts(comm, a, counts_seq, counts);
   if (rc != DUET_SUCCESS)
     return rc;
-  a->count_matrix = counts + p;
   if (duet__mem_hier_ok(comm, a->coll))
     return duet__mem_hier_run(comm, a, sendbuf, recvbuf);
   return duet__mem_schedule(comm, a, duet__alltoallv_hier_build, sendbuf, recvbuf);
@@ -791,7 +811,7 @@ static duet_status_t duet__coll_run(duet_comm_t *comm, duet__coll_args_t *a, siz
     return rc != DUET_SUCCESS ? rc : duet__mem_hier_run(comm, a, sendbuf, recvbuf);
   }
   if (a->coll == DUET_COLL_ALLTOALLV && ch.algo == DUET_ALGO_HIER && !comm->layout.uniform &&
-      duet__mem_hier_ok(comm, a->coll)) { /* pairwise across: no count matrix needed */
+      duet__mem_hier_ok(comm, a->coll)) { /* pairwise across: no counts needed */
     duet_status_t rc;
     if (!a->blocking)
       return duet__mem_post(comm, a, sendbuf, recvbuf, DUET_MEM_HIER, req);
@@ -800,29 +820,28 @@ static duet_status_t duet__coll_run(duet_comm_t *comm, duet__coll_args_t *a, siz
     return rc != DUET_SUCCESS ? rc : duet__mem_hier_run(comm, a, sendbuf, recvbuf);
   }
   if (a->coll == DUET_COLL_ALLTOALLV && ch.algo == DUET_ALGO_HIER) {
-    /* The gatherers of each rail must know every rank's send counts: share
-     * them first (a blocking allgather of nranks counts per rank). */
-    size_t p = (size_t)comm->nranks;
-    uint64_t *row, *matrix;
-    duet_status_t rc;
+    /* The gatherers of each rail must know what their super-node sends
+     * along it: an exchange inside the super-node first (one sequence
+     * number on every layout, as the non-blocking post takes). */
+    const size_t p = (size_t)comm->nranks;
+    duet_status_t rc = DUET_SUCCESS;
+    uint32_t seq;
     if (!a->blocking) /* the counts too, in a task: the post waits for no peer */
       return duet__mem_post(comm, a, sendbuf, recvbuf, DUET_MEM_A2AV, req);
+    seq = comm->seq++;
     if (comm->a2av_counts == NULL) { /* once per communicator */
-      comm->a2av_counts = malloc(sizeof(uint64_t) * (p + p * p));
+      comm->a2av_counts = malloc(2 * p * sizeof(uint64_t));
       if (comm->a2av_counts == NULL)
-        return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %zu x %zu counts",
-                               duet__coll_name(a->coll), p, p);
+        return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for %zu counts",
+                               duet__coll_name(a->coll), 2 * p);
     }
-    row = comm->a2av_counts;
-    matrix = row + p;
-    for (size_t q = 0; q < p; q++)
-      row[q] = a->scounts[q];
-    rc = duet_allgather(row, matrix, p, DUET_UINT64, comm);
-    a->count_matrix = matrix; /* read while building; the schedule holds sizes */
+    if (comm->mem_everywhere)
+      rc = duet__mem_drain(comm); /* the segment runs calls in call order */
+    if (rc == DUET_SUCCESS && comm->layout.uniform)
+      rc = duet__a2av_share_counts(comm, a, seq, comm->a2av_counts);
     if (rc == DUET_SUCCESS && duet__mem_hier_ok(comm, a->coll)) {
       *req = NULL;
-      rc = duet__mem_drain(comm);
-      return rc != DUET_SUCCESS ? rc : duet__mem_hier_run(comm, a, sendbuf, recvbuf);
+      return duet__mem_hier_run(comm, a, sendbuf, recvbuf);
     }
     if (rc == DUET_SUCCESS)
       rc = duet__request_post(comm, a->coll, a, build, sendbuf, recvbuf, req);

@@ -43,7 +43,9 @@ typedef struct duet__coll_args {
   int seq_reserved;    /* 1: post the schedule under seq (taken in call order earlier) */
   uint32_t seq;
   const size_t *scounts, *sdispls, *rcounts, *rdispls; /* alltoallv, elements */
-  const uint64_t *count_matrix; /* hierarchical alltoallv: every rank's sendcounts */
+  /* hierarchical alltoallv: rail_counts[i N + d] is what local rank i sends
+   * rank (d, this rank's local index), in elements (duet__alltoall_local_build) */
+  const uint64_t *rail_counts;
   const duet__layout_t *layout; /* hierarchical algorithms; NULL: one super-node */
 } duet__coll_args_t;
 
@@ -118,7 +120,7 @@ duet_status_t duet__alltoall_hier_build(const duet__coll_args_t *args, duet__sch
  * not staged. Uniform layouts. */
 duet_status_t duet__alltoall_hier_rail_build(const duet__coll_args_t *args, duet__sched_t *s);
 int duet__alltoall_hier_rail_own(const duet__coll_args_t *args);
-/* The same for alltoallv (blocks sized by args->count_matrix); round m's
+/* The same for alltoallv (blocks sized by args->rail_counts); round m's
  * staged blocks start at duet__alltoallv_hier_stage(args, m) elements, and
  * a round whose blocks duet__alltoallv_hier_split sends one by one does
  * not stage this rank's own. */
@@ -133,6 +135,13 @@ duet_status_t duet__alltoallv_pairwise_build(const duet__coll_args_t *args, duet
 duet_status_t duet__alltoall_remote_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__alltoallv_remote_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__alltoallv_hier_build(const duet__coll_args_t *args, duet__sched_t *s);
+/* The hierarchical alltoallv's counts (alltoall.c): this rank's send counts
+ * packed by the destination's local index, row[j N + d] for rank (d, j),
+ * p of them; an all-to-all of N per pair inside the super-node (args: count
+ * N, DUET_UINT64; sendbuf a packed row, recvbuf the rail counts) hands
+ * every rank its rail counts. Super-nodes of equal size. */
+void duet__alltoallv_counts_pack(const duet__coll_args_t *args, uint64_t *row);
+duet_status_t duet__alltoall_local_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__send_build(const duet__coll_args_t *args, duet__sched_t *s);
 duet_status_t duet__recv_build(const duet__coll_args_t *args, duet__sched_t *s);
 

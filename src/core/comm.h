@@ -128,7 +128,7 @@ struct duet_comm {
   char *mem_stage;                /* load/store hierarchical reduce-scatter: partial sums */
   size_t mem_stage_size;
   size_t *mem_a2a_counts; /* load/store hierarchical all-to-all: 4 x local_size */
-  uint64_t *a2av_counts;  /* hierarchical alltoallv: nranks + nranks^2 counts, or NULL */
+  uint64_t *a2av_counts;  /* hierarchical alltoallv: 2 nranks counts (packed row, rail counts) */
   /* Scratch shared by the calls in flight: each takes a region (at 0 when
    * that is free, else past the last region taken), so calls that overlap
    * a larger one need nothing more. It grows only while no call uses it. */
@@ -175,14 +175,14 @@ struct duet_request {
   /* a call on the load/store path (mem_queue.c): no schedule, just the call */
   int mem;
   int mem_hier; /* DUET_MEM_*: what the task runs */
-  uint32_t mseq_counts; /* DUET_MEM_A2AV: the count allgather's sequence number */
+  uint32_t mseq_counts; /* DUET_MEM_A2AV: the count exchange's sequence number */
   duet__coll_args_t margs;
   const void *msend;
   void *mrecv;
   void *mblock; /* alltoallv: holds the two below; from and back to comm->counts_shelf */
   size_t mblock_size;
   size_t *mcounts;   /* copies of the four count arrays */
-  uint64_t *mmatrix; /* the hierarchical alltoallv: the count matrix (DUET_MEM_A2AV: row too) */
+  uint64_t *mrail; /* DUET_MEM_A2AV: the packed row and the rail counts (2 nranks) */
   struct duet_request *mem_next;
 };
 
@@ -230,9 +230,9 @@ duet_status_t duet__mem_run(duet_comm_t *comm, const duet__coll_args_t *a, const
 /* any hierarchical call the load/store UPN takes */
 duet_status_t duet__mem_hier_run(duet_comm_t *comm, duet__coll_args_t *a, const void *sendbuf,
                                  void *recvbuf);
-/* the non-blocking hierarchical alltoallv that needs every rank's send
- * counts, as a task: the counts (an allgather under counts_seq into
- * counts[p .. p + p * p), counts[0 .. p) its own row), then the call */
+/* the non-blocking hierarchical alltoallv, as a task: the rail counts
+ * (exchanged inside the super-node under counts_seq: counts[0 .. p) the
+ * packed row, counts[p .. 2p) what arrives), then the call */
 duet_status_t duet__mem_a2av_run(duet_comm_t *comm, duet__coll_args_t *a, uint32_t counts_seq,
                                  uint64_t *counts, const void *sendbuf, void *recvbuf);
 

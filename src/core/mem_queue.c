@@ -20,7 +20,8 @@
  *
  * A non-blocking hierarchical alltoallv whose gatherers need every rank's
  * send counts runs as such a task on any communicator, with or without a
- * segment (duet__mem_a2av_run): an allgather of the counts, then the call.
+ * segment (duet__mem_a2av_run): an exchange of counts inside the
+ * super-node, then the call.
  * Its post takes both sequence numbers and returns before any peer has
  * posted, as a non-blocking call must: a post that waited for the counts
  * could deadlock a program that posts, then waits for something else.
@@ -52,7 +53,7 @@ static void duet__mem_task(void *arg) {
     req->status = duet__mem_hier_run(req->comm, &req->margs, req->msend, req->mrecv);
     break;
   case DUET_MEM_A2AV:
-    req->status = duet__mem_a2av_run(req->comm, &req->margs, req->mseq_counts, req->mmatrix,
+    req->status = duet__mem_a2av_run(req->comm, &req->margs, req->mseq_counts, req->mrail,
                                      req->msend, req->mrecv);
     break;
   default:
@@ -65,9 +66,8 @@ static void duet__mem_task(void *arg) {
 static duet_status_t duet__mem_keep_counts(duet_comm_t *comm, duet_request_t *req) {
   duet__coll_args_t *a = &req->margs;
   const size_t n = (size_t)comm->nranks;
-  const size_t room = req->mem_hier == DUET_MEM_A2AV ? n + n * n /* row and matrix */
-                      : a->count_matrix != NULL    ? n * n
-                                                   : 0;
+  /* the hierarchical call's packed row and rail counts */
+  const size_t room = req->mem_hier == DUET_MEM_A2AV ? 2 * n : 0;
   const size_t need = 4 * n * sizeof(size_t) + room * sizeof(uint64_t);
   size_t *c;
   if (a->coll != DUET_COLL_ALLTOALLV)
@@ -83,7 +83,7 @@ static duet_status_t duet__mem_keep_counts(duet_comm_t *comm, duet_request_t *re
     req->mblock_size = got;
   }
   c = req->mcounts = req->mblock;
-  req->mmatrix = (uint64_t *)(c + 4 * n);
+  req->mrail = (uint64_t *)(c + 4 * n);
   memcpy(c, a->scounts, n * sizeof(*c));
   memcpy(c + n, a->sdispls, n * sizeof(*c));
   memcpy(c + 2 * n, a->rcounts, n * sizeof(*c));
@@ -92,10 +92,6 @@ static duet_status_t duet__mem_keep_counts(duet_comm_t *comm, duet_request_t *re
   a->sdispls = c + n;
   a->rcounts = c + 2 * n;
   a->rdispls = c + 3 * n;
-  if (a->count_matrix != NULL) { /* the hierarchical call: the comm's copy is rewritten per call */
-    memcpy(req->mmatrix, a->count_matrix, n * n * sizeof(*req->mmatrix));
-    a->count_matrix = req->mmatrix;
-  }
   return DUET_SUCCESS;
 }
 
@@ -118,7 +114,7 @@ duet_status_t duet__mem_post(duet_comm_t *comm, const duet__coll_args_t *a, cons
   req->mem = 1;
   req->mem_hier = kind;
   req->margs = *a;
-  if (kind == DUET_MEM_A2AV) /* and the count allgather before it */
+  if (kind == DUET_MEM_A2AV) /* and the count exchange before it */
     req->mseq_counts = comm->seq++;
   if (kind != DUET_MEM_FLAT) {
     /* its rail phase is a schedule posted when the task gets there: it

@@ -456,6 +456,50 @@ Test(hier, barrier_every_layout) {
 
 static int32_t a2a_val(int src, int dst, size_t i) { return src * 100000 + dst * 1000 + (int)i; }
 
+/* The hierarchical alltoallv's rail counts, as the library makes them: each
+ * rank packs its send counts (duet__alltoallv_counts_pack), then the
+ * exchange inside the super-node (duet__alltoall_local_build) runs in the
+ * simulator. Checked against the count matrix: rank (sn, j) must hold, at
+ * i N + d, what local rank i sends rank (d, j). rail: p counts per rank. */
+static void a2a_rail_counts(const layout_case_t *lc, const duet__layout_t *lay,
+                            const size_t *sc, const uint64_t *matrix, uint64_t *rail) {
+  const int p = lc->p, N = lay->nsupernodes, L = lay->sn_size[0];
+  sim_rank_t *rk = calloc((size_t)p, sizeof(*rk));
+  uint64_t *row = calloc((size_t)p * (size_t)p, sizeof(uint64_t));
+  char err[512] = "";
+  for (int r = 0; r < p; r++) {
+    duet__coll_args_t a = {.coll = DUET_COLL_ALLTOALL, .rank = r, .nranks = p,
+                           .count = (size_t)N, .dt = DUET_UINT64, .dtsize = 8, .layout = lay};
+    a.scounts = sc + (size_t)r * (size_t)p;
+    duet__alltoallv_counts_pack(&a, row + (size_t)r * (size_t)p);
+    duet__sched_init(&rk[r].sched);
+    cr_assert_eq(duet__alltoall_local_build(&a, &rk[r].sched), DUET_SUCCESS);
+    cr_assert_eq(duet__sched_finalize(&rk[r].sched), DUET_SUCCESS);
+    rk[r].send = (uint8_t *)(row + (size_t)r * (size_t)p);
+    rk[r].recv = (uint8_t *)(rail + (size_t)r * (size_t)p);
+    rk[r].send_bytes = rk[r].recv_bytes = (uint64_t)p * 8;
+    for (uint32_t i = 0; i < rk[r].sched.nsteps; i++) /* only the UPN */
+      if (rk[r].sched.steps[i].kind == DUET_STEP_SEND)
+        cr_assert_eq(lay->supernode[rk[r].sched.steps[i].peer], lay->supernode[r],
+                     "%s: rank %d sends counts across super-nodes", lc->name, r);
+  }
+  cr_assert_eq(sim_run(rk, p, DUET_UINT64, DUET_SUM, 3, err, sizeof(err)), 0, "%s counts: %s",
+               lc->name, err);
+  for (int r = 0; r < p; r++) {
+    const int sn = lay->supernode[r], j = lay->local_rank[r];
+    for (int i = 0; i < L; i++)
+      for (int d = 0; d < N; d++) {
+        int src = lay->members[lay->sn_first[sn] + i], dst = lay->members[lay->sn_first[d] + j];
+        cr_assert_eq(rail[(size_t)r * (size_t)p + (size_t)i * (size_t)N + (size_t)d],
+                     matrix[(size_t)src * (size_t)p + (size_t)dst],
+                     "%s: rank %d's count from local %d for super-node %d", lc->name, r, i, d);
+      }
+    duet__sched_fini(&rk[r].sched);
+  }
+  free(row);
+  free(rk);
+}
+
 /* alltoall (counts == NULL) or alltoallv with counts[src*p+dst] and packed
  * displacements leaving a gap of one element between blocks. */
 static uint64_t run_a2a(const layout_case_t *lc, duet__coll_build_fn build, size_t count,
@@ -472,6 +516,7 @@ static uint64_t run_a2a(const layout_case_t *lc, duet__coll_build_fn build, size
   uint64_t hpn_max = 0;
 
   uint64_t *matrix = calloc((size_t)p * (size_t)p, sizeof(uint64_t));
+  uint64_t *rail = calloc((size_t)p * (size_t)p, sizeof(uint64_t));
   *hpn_msgs = 0;
   cr_assert_eq(duet__layout_build(&lay, p, lc->sn, &mem), DUET_SUCCESS);
   for (int r = 0; r < p; r++)
@@ -486,6 +531,8 @@ static uint64_t run_a2a(const layout_case_t *lc, duet__coll_build_fn build, size
       rtot[r] += cin + (counts ? 1 : 0);
       matrix[(size_t)r * (size_t)p + (size_t)q] = c;
     }
+  if (counts != NULL && lay.uniform)
+    a2a_rail_counts(lc, &lay, sc, matrix, rail);
   for (int r = 0; r < p; r++) {
     duet__coll_args_t a = {.rank = r, .nranks = p, .count = count, .dt = DUET_INT32,
                            .op = DUET_SUM, .dtsize = 4, .chunk_bytes = 64, .layout = &lay,
@@ -494,7 +541,7 @@ static uint64_t run_a2a(const layout_case_t *lc, duet__coll_build_fn build, size
     a.sdispls = sd + (size_t)r * (size_t)p;
     a.rcounts = rc + (size_t)r * (size_t)p;
     a.rdispls = rd + (size_t)r * (size_t)p;
-    a.count_matrix = matrix;
+    a.rail_counts = lay.uniform ? rail + (size_t)r * (size_t)p : NULL;
     duet__sched_init(&rk[r].sched);
     cr_assert_eq(build(&a, &rk[r].sched), DUET_SUCCESS);
     cr_assert_eq(duet__sched_finalize(&rk[r].sched), DUET_SUCCESS);
@@ -551,6 +598,7 @@ static uint64_t run_a2a(const layout_case_t *lc, duet__coll_build_fn build, size
   free(stot);
   free(rtot);
   free(matrix);
+  free(rail);
   free(mem);
   return hpn_max;
 }
