@@ -39,3 +39,55 @@ mpi_test_setup() {
   # and UBSan stay on.
   export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
 }
+
+# mpi_limited <command>...: run it as `timeout "$limit" <command>` does, but
+# shortly before the limit print the stacks of every process still running
+# under it (mpi_dump_stacks), so that a launch killed for hanging shows where
+# each rank waited. The watchdog sleeps; a launch that ends in time ends it.
+mpi_limited() {
+  local early=$((limit / 10)) cmd watchdog rc
+  [ "$early" -lt 5 ] && early=5
+  [ "$early" -ge "$limit" ] && early=$((limit / 2))
+  timeout "$limit" "$@" &
+  cmd=$!
+  (
+    trap 'kill $nap 2>/dev/null; wait $nap; exit 0' TERM
+    sleep $((limit - early)) &
+    nap=$!
+    wait $nap && mpi_dump_stacks "$cmd" "$((limit - early))"
+  ) &
+  watchdog=$!
+  wait "$cmd"
+  rc=$?
+  kill "$watchdog" 2>/dev/null
+  wait "$watchdog" 2>/dev/null
+  return $rc
+}
+
+# mpi_dump_stacks <pid> <seconds>: to stderr, every thread's stack of each
+# process below pid that is not a launcher (gdb, where installed; else the
+# kernel's wait channel).
+mpi_dump_stacks() {
+  local root=$1 secs=$2 pids=() queue=("$1") p kids name
+  while [ ${#queue[@]} -gt 0 ]; do
+    p=${queue[0]}
+    queue=("${queue[@]:1}")
+    kids=$(ps -o pid= --ppid "$p" 2>/dev/null)
+    for k in $kids; do
+      queue+=("$k")
+      pids+=("$k")
+    done
+  done
+  echo "# still running after $secs s: stacks of the processes under $root" >&2
+  for p in "${pids[@]}"; do
+    name=$(cat "/proc/$p/comm" 2>/dev/null) || continue
+    case $name in mpirun | orterun | orted | prterun | prted | timeout | env | sleep) continue ;; esac
+    echo "# --- pid $p ($name), state $(awk '{print $3}' "/proc/$p/stat" 2>/dev/null)" >&2
+    if command -v gdb >/dev/null 2>&1; then
+      timeout 60 gdb -p "$p" -batch -nx -ex "set pagination off" -ex "thread apply all bt" 2>&1 |
+        grep -E '^(Thread|#[0-9])' >&2
+    else
+      echo "# (gdb not installed) wchan $(cat "/proc/$p/wchan" 2>/dev/null)" >&2
+    fi
+  done
+}

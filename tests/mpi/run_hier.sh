@@ -62,7 +62,7 @@ run() {
   done
   echo "+ ${envs[*]} timeout $limit $mpirun ${mpiopts[*]} ${apps[*]}"
   local start=$SECONDS
-  if "${envs[@]}" timeout "$limit" "$mpirun" "${mpiopts[@]}" "${apps[@]}"; then
+  if mpi_limited "${envs[@]}" "$mpirun" "${mpiopts[@]}" "${apps[@]}"; then
     passed=$((passed + 1))
     echo "# passed in $((SECONDS - start)) s"
   else

@@ -51,7 +51,7 @@ run() {
   fi
   echo "+ ${DUET_PROGRESS_THREAD:+DUET_PROGRESS_THREAD=$DUET_PROGRESS_THREAD }${envs[*]} timeout $limit $mpirun ${mpiopts[*]} -np $np $*"
   local start=$SECONDS
-  if "${envs[@]}" timeout "$limit" "$mpirun" "${mpiopts[@]}" -np "$np" "$@"; then
+  if mpi_limited "${envs[@]}" "$mpirun" "${mpiopts[@]}" -np "$np" "$@"; then
     passed=$((passed + 1))
     echo "# passed in $((SECONDS - start)) s"
   else
