@@ -187,7 +187,14 @@ struct shm_header {
   uint64_t magic;
   uint64_t local_size;
   uint64_t size;
+  uint64_t pad[5];
+  /* Per local rank: when its process started (clock ticks since boot, from
+   * /proc), published at open; SHM_LEFT once it closed the segment
+   * (duet_comm_destroy or duet_comm_abort). See peer_gone. */
+  uint64_t life[SHM_MAX_RANKS];
 };
+_Static_assert(sizeof(struct shm_header) <= SHM_HEADER, "the header fits its page");
+#define SHM_LEFT UINT64_MAX
 
 /* A send buffer in memory from duet_mem_alloc, as a peer needs it to map
  * it (see umem.h); serial 0: not such memory. */
@@ -233,6 +240,10 @@ struct duet__shm {
   void (*suspend)(void *arg); /* non-blocking calls: waits suspend the task */
   void *suspend_arg;
   int awaited; /* the local rank a suspended wait is for, or -1 */
+  int gone;    /* the local rank whose leaving ended the last wait, or -1 */
+  const char *gone_how;
+  uint64_t alive_at; /* when waits look at the peer's process next (ns) */
+  uint8_t watch[SHM_MAX_RANKS]; /* 1: the peer's process can be looked up here */
   cpu_set_t cpus;      /* CPUs this rank may run on (at open) */
   int ncpus;           /* how many; 0 when unknown */
   uint64_t balance_at; /* call (seq) of the next placement check */
@@ -369,10 +380,66 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+/* How often (ms of waiting) a wait looks up the awaited peer's process. */
+#ifndef DUET_SHM_ALIVE_MS
+#define DUET_SHM_ALIVE_MS 100u
+#endif
+
+/* When process pid started, in clock ticks since boot (field 22 of
+ * /proc/<pid>/stat); 0 when it cannot be read or the process has ended (a
+ * zombie, not yet reaped). With the pid it names one process: pids are
+ * reused, start times with them are not. */
+static uint64_t proc_start(int pid) {
+  char path[64], buf[1024], *p;
+  ssize_t n;
+  int fd, field = 3;
+  if (pid > 0)
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  else
+    snprintf(path, sizeof path, "/proc/self/stat");
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return 0;
+  n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0)
+    return 0;
+  buf[n] = '\0';
+  p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+  if (p == NULL || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X')
+    return 0;
+  for (p += 2; *p != '\0' && field < 22; p++)
+    field += *p == ' ';
+  return field == 22 ? strtoull(p, NULL, 10) : 0;
+}
+
+/* Whether local rank p has left while this rank waits for it: it closed
+ * the segment (duet_comm_abort, duet_comm_destroy, a failed init), or its
+ * process is gone. The process is looked up at most every
+ * DUET_SHM_ALIVE_MS of waiting, and only where open could see it (a peer
+ * in another PID namespace cannot be looked up: its waits end at the
+ * deadline). Says how in shm->gone_how. */
+static int peer_gone(duet__shm_t *shm, int p, uint64_t now) {
+  const struct shm_header *h = (const struct shm_header *)(const void *)shm->base;
+  uint64_t life = __atomic_load_n(&h->life[p], __ATOMIC_ACQUIRE);
+  if (life == SHM_LEFT) {
+    shm->gone_how = "left the communicator (duet_comm_abort or duet_comm_destroy)";
+    return 1;
+  }
+  if (!shm->watch[p] || now < shm->alive_at)
+    return 0;
+  shm->alive_at = now + DUET_SHM_ALIVE_MS * 1000000ull;
+  if (proc_start(flag_line(shm, p)->pid) == life)
+    return 0;
+  shm->gone_how = "exited or was killed";
+  return 1;
+}
+
 /*
  * Wait until *flag >= want (acquire), for peer `p`. The deadline starts at
  * the first clock reading, a few hundred iterations in, so a wait that ends
- * quickly costs no system call. Returns 0, or -1 when timeout_ms passed.
+ * quickly costs no system call. Returns 0, or -1 when timeout_ms passed or
+ * the peer left (peer_gone; shm->gone says which).
  *
  * Spinning is right when the peer runs on another core; when it shares this
  * core (the scheduler put both there, or the host is oversubscribed), every
@@ -406,6 +473,12 @@ static int wait_ge(duet__shm_t *shm, const uint64_t *flag, uint64_t want, int p,
         deadline = t + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ull;
       else if (t >= deadline)
         return __atomic_load_n(flag, __ATOMIC_ACQUIRE) >= want ? 0 : -1;
+      if (peer_gone(shm, p, t)) { /* what it stored before it left is seen by now */
+        if (__atomic_load_n(flag, __ATOMIC_ACQUIRE) >= want)
+          return 0;
+        shm->gone = p;
+        return -1;
+      }
     }
   }
   return 0;
@@ -417,6 +490,14 @@ static int wait_ge(duet__shm_t *shm, const uint64_t *flag, uint64_t want, int p,
 static duet_status_t timed_out_at(duet__shm_t *shm, int peer, const char *what, const char *kind,
                                   uint64_t call, int timeout_ms, char *errbuf) {
   shm->broken = 1;
+  if (shm->gone == peer) {
+    shm_err(errbuf, "shm %s: local rank %d (pid %d) %s while this rank waited for it in %s %llu",
+            what, peer, (int)flag_line(shm, peer)->pid, shm->gone_how, kind,
+            (unsigned long long)call);
+    DUET_WARN(DUET_SUB_COLL, "shm %s: local rank %d %s while this rank waited for it in %s %llu",
+              what, peer, shm->gone_how, kind, (unsigned long long)call);
+    return DUET_ERR_REMOTE;
+  }
   shm_err(errbuf, "shm %s: local rank %d did not arrive for %s %llu within %d ms (segment %s)",
           what, peer, kind, (unsigned long long)call, timeout_ms, shm->name);
   DUET_WARN(DUET_SUB_COLL, "shm %s: local rank %d did not arrive for %s %llu within %d ms", what,
@@ -634,6 +715,7 @@ duet_status_t duet__shm_open(duet__shm_t **shmp, const char *name, int local_ran
   shm->eager_stride = eager_stride();
   shm->nt_min = llc_bytes();
   shm->awaited = -1;
+  shm->gone = -1;
   if (sched_getaffinity(0, sizeof(shm->cpus), &shm->cpus) == 0)
     shm->ncpus = CPU_COUNT(&shm->cpus);
   shm->balance_at = UINT64_MAX; /* until every rank has published its CPU */
@@ -644,11 +726,17 @@ duet_status_t duet__shm_open(duet__shm_t **shmp, const char *name, int local_ran
   /* Attach: sync point 1. After it every rank has the segment mapped, so
    * the name may be unlinked. */
   flag_line(shm, local_rank)->pid = (int32_t)getpid();
+  __atomic_store_n(&((struct shm_header *)(void *)shm->base)->life[local_rank], proc_start(0),
+                   __ATOMIC_RELAXED);
   rc = sync_all(shm, "open", publish_cpu(shm), 1, timeout_ms, errbuf);
   if (rc != DUET_SUCCESS) {
     if (local_rank == 0)
       shm_unlink(shm->name);
     goto out_unmap;
+  }
+  for (int p = 0; p < local_size; p++) { /* the peers whose process this rank can look up */
+    uint64_t life = ((const struct shm_header *)(const void *)shm->base)->life[p];
+    shm->watch[p] = p != local_rank && life != 0 && proc_start(flag_line(shm, p)->pid) == life;
   }
   /* every rank's CPU is published now: place the ranks evenly from the start */
   shm->balance_at = DUET_SHM_BALANCE_EVERY;
@@ -678,6 +766,9 @@ static void unmap_peer(duet__shm_t *shm, struct shm_map *m);
 void duet__shm_close(duet__shm_t *shm) {
   if (shm == NULL)
     return;
+  if (shm->base != NULL) /* a peer still waiting for this rank stops waiting */
+    __atomic_store_n(&((struct shm_header *)(void *)shm->base)->life[shm->rank], SHM_LEFT,
+                     __ATOMIC_RELEASE);
   for (int p = 0; p < shm->nranks && shm->mapped > 0; p++)
     for (int k = 0; k < DUET_SHM_MAPS; k++)
       if (shm->maps[p][k].base != NULL)

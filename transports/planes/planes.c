@@ -158,6 +158,8 @@ typedef struct pl_ep {
   char perr[PL_MAX][DUET_TP_ERRLEN]; /* every plane call's errbuf: a transport may keep it */
   uint8_t dead;                      /* planes dead here */
   uint8_t down;                      /* planes whose death is still to be handled */
+  duet_status_t lost_st[PL_MAX];     /* why each lost plane was lost (0: a peer said so) */
+  char lost_why[DUET_TP_ERRLEN];     /* the plane's error when it was lost */
   duet_status_t failed;
   char why[DUET_TP_ERRLEN];
   pl_peer_t *peers;
@@ -310,6 +312,9 @@ static void pl_lose(pl_ep_t *e, int q, duet_status_t st, const char *what) {
   if ((e->dead | e->down) & (1u << q))
     return;
   e->down |= (uint8_t)(1u << q);
+  e->lost_st[q] = st;
+  if (st)
+    snprintf(e->lost_why, sizeof e->lost_why, "%s", e->perr[q]);
   DUET_WARN(DUET_SUB_NET,
             "planes: plane %d (%s) lost (%s%s%s%s%s); its traffic moves to the others", q,
             e->iface[q], what, st ? ": " : "", st ? duet_strerror(st) : "",
@@ -448,8 +453,20 @@ static void pl_handle_down(pl_ep_t *e) {
       }
     }
     if (pl_live(e, e->dead) == 0) {
-      e->failed = DUET_ERR_TRANSPORT;
-      snprintf(e->why, sizeof e->why, "planes: every plane failed");
+      /* A rank that dies closes its connections on every plane at once:
+       * when every plane went that way (or a peer said it lost it), say
+       * that a rank is gone (DESIGN section 7), not that the network
+       * failed. */
+      int remote = 0, other = 0, gone;
+      for (int q = 0; q < e->n; q++) {
+        remote += e->lost_st[q] == DUET_ERR_REMOTE;
+        other += e->lost_st[q] != DUET_ERR_REMOTE && e->lost_st[q] != DUET_SUCCESS;
+      }
+      gone = remote > 0 && other == 0;
+      e->failed = gone ? DUET_ERR_REMOTE : DUET_ERR_TRANSPORT;
+      snprintf(e->why, sizeof e->why, "planes: every plane failed%s%.120s",
+               gone ? ", each because a remote rank closed it (failed or aborted): " : "",
+               gone ? e->lost_why : "");
       return;
     }
     for (pl_op_t *op = e->active.head; op; op = op->next) {

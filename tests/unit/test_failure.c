@@ -1,0 +1,219 @@
+/*
+ * test_failure.c - DESIGN section 7, end to end: a rank that aborts
+ * (duet_comm_abort) or dies (SIGKILL) while its peers are inside a
+ * collective makes every surviving rank's pending call, its next call and
+ * its duet_comm_destroy return within the deadline: the two calls with
+ * DUET_ERR_REMOTE or DUET_ERR_TIMEOUT, nothing hangs. Over each set-up of
+ * the networks: the load/store UPN of one host, duet's tcp, libfabric's
+ * tcp;ofi_rxm and shm, two super-nodes (segment inside, tcp across), and
+ * two HPN planes.
+ *
+ * The ranks are processes forked from the test, on loopback, with a
+ * DUET_TIMEOUT of 3 s. Every rank first runs one allreduce that must be
+ * right; then the victim waits 300 ms (its peers are in the next allreduce
+ * by then) and aborts or kills itself. An aborting victim stays alive for
+ * twice the deadline after the abort, so its peers must learn of the abort
+ * itself, not of a process that is gone.
+ *
+ * Where duet sees the victim go, its peers must say DUET_ERR_REMOTE well
+ * before the deadline: duet's tcp (the connection closes), the load/store
+ * UPN (a closed segment, or a process that is gone), and planes and
+ * super-nodes built of them. Over libfabric a pending receive from a rank
+ * that is gone just waits, so there the deadline (DUET_ERR_TIMEOUT) is the
+ * answer.
+ */
+#include <criterion/criterion.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "duet.h"
+
+#define TIMEOUT_MS 3000
+#define BIG 262144 /* floats in the call the victim leaves: 1 MiB */
+#define MAXR 4
+
+typedef struct setup {
+  const char *name;
+  int n;
+  const char *upn, *hpn, *hpn_iface; /* NULL: the default */
+  const char *sn[MAXR];              /* super-node per rank; NULL: the host's */
+  int prompt; /* 1: the survivors must see DUET_ERR_REMOTE before the deadline */
+} setup_t;
+
+typedef struct report {
+  int rank, stage; /* stage 4: every step ran */
+  int init, first, pending, later, destroy;
+  long pending_ms, later_ms, destroy_ms;
+  char err[200];
+} report_t;
+
+static long now_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static void rank_main(const setup_t *su, duet_unique_id_t id, int r, int victim, int kill_it,
+                      int fd) {
+  duet_config_t cfg = DUET_CONFIG_INIT;
+  duet_comm_t *c = NULL;
+  report_t rep;
+  float *a = calloc(BIG, sizeof(float)), *b = calloc(BIG, sizeof(float));
+  long t;
+
+  memset(&rep, 0, sizeof(rep));
+  rep.rank = r;
+  cfg.timeout_ms = TIMEOUT_MS;
+  cfg.upn_provider = su->upn;
+  cfg.hpn_provider = su->hpn;
+  cfg.hpn_iface = su->hpn_iface;
+  cfg.supernode = su->sn[r];
+  rep.init = duet_comm_init_rank(&c, su->n, id, r, &cfg);
+  if (rep.init != DUET_SUCCESS) {
+    snprintf(rep.err, sizeof(rep.err), "init: %s", duet_last_error(NULL));
+    goto out;
+  }
+  rep.stage = 1;
+  for (int i = 0; i < 1000; i++)
+    a[i] = (float)(r + i);
+  rep.first = duet_allreduce(a, b, 1000, DUET_FLOAT32, DUET_SUM, c);
+  for (int i = 0; i < 1000 && rep.first == DUET_SUCCESS; i++) /* sum over ranks of r + i */
+    if (b[i] != (float)(su->n * i + su->n * (su->n - 1) / 2)) {
+      snprintf(rep.err, sizeof(rep.err), "first allreduce: element %d is %g", i, (double)b[i]);
+      rep.first = DUET_ERR_INTERNAL;
+    }
+  if (rep.first != DUET_SUCCESS)
+    goto out;
+  rep.stage = 2;
+  if (r == victim) {
+    usleep(300 * 1000);
+    if (kill_it)
+      raise(SIGKILL);
+    duet_comm_abort(c);
+    usleep(2 * TIMEOUT_MS * 1000);
+    _exit(0);
+  }
+  t = now_ms();
+  rep.pending = duet_allreduce(a, b, BIG, DUET_FLOAT32, DUET_SUM, c);
+  rep.pending_ms = now_ms() - t;
+  if (rep.pending != DUET_SUCCESS)
+    snprintf(rep.err, sizeof(rep.err), "%s", duet_last_error(c));
+  rep.stage = 3;
+  t = now_ms();
+  rep.later = duet_allreduce(a, b, 8, DUET_FLOAT32, DUET_SUM, c);
+  rep.later_ms = now_ms() - t;
+  t = now_ms();
+  rep.destroy = duet_comm_destroy(c);
+  rep.destroy_ms = now_ms() - t;
+  rep.stage = 4;
+out:
+  if (write(fd, &rep, sizeof(rep)) != (ssize_t)sizeof(rep))
+    _exit(3);
+  _exit(0);
+}
+
+static int is_failure(int st) {
+  return st == DUET_ERR_REMOTE || st == DUET_ERR_TIMEOUT;
+}
+
+/* Run one scenario; every survivor's report is checked. */
+static void scenario(const setup_t *su, int victim, int kill_it) {
+  const char *how = kill_it ? "killed" : "aborted";
+  const long limit_ms = 60000; /* every rank is done long before */
+  duet_unique_id_t id;
+  pid_t pid[MAXR];
+  int fds[2], got = 0;
+  report_t reps[MAXR];
+  long t0;
+
+  cr_assert_eq(duet_get_unique_id(&id), DUET_SUCCESS, "%s", duet_last_error(NULL));
+  cr_assert_eq(pipe(fds), 0);
+  for (int r = 0; r < su->n; r++) {
+    pid[r] = fork();
+    cr_assert_geq(pid[r], 0);
+    if (pid[r] == 0) {
+      close(fds[0]);
+      rank_main(su, id, r, victim, kill_it, fds[1]);
+    }
+  }
+  close(fds[1]);
+  t0 = now_ms();
+  while (got < su->n - 1 && now_ms() - t0 < limit_ms) {
+    struct pollfd p = {fds[0], POLLIN, 0};
+    if (poll(&p, 1, 1000) <= 0)
+      continue;
+    ssize_t k = read(fds[0], &reps[got], sizeof(reps[got]));
+    if (k == (ssize_t)sizeof(reps[got]))
+      got++;
+    else if (k == 0)
+      break; /* every writer is gone */
+  }
+  close(fds[0]);
+  for (int r = 0; r < su->n; r++) { /* ours; gone by now unless something hung */
+    int status;
+    if (waitpid(pid[r], &status, WNOHANG) == 0) {
+      kill(pid[r], SIGKILL);
+      waitpid(pid[r], &status, 0);
+    }
+  }
+  cr_assert_eq(got, su->n - 1, "%s, rank %d %s: %d of %d survivors reported within %ld s",
+               su->name, victim, how, got, su->n - 1, limit_ms / 1000);
+  for (int k = 0; k < got; k++) {
+    const report_t *p = &reps[k];
+    cr_assert_eq(p->stage, 4, "%s, rank %d %s: rank %d stopped at stage %d (init %d, first %d): %s",
+                 su->name, victim, how, p->rank, p->stage, p->init, p->first, p->err);
+    if (su->prompt)
+      cr_assert(p->pending == DUET_ERR_REMOTE && p->pending_ms < TIMEOUT_MS,
+                "%s, rank %d %s: rank %d's pending allreduce returned %d (%s) after %ld ms, not "
+                "DUET_ERR_REMOTE before the deadline: %s",
+                su->name, victim, how, p->rank, p->pending, duet_strerror(p->pending),
+                p->pending_ms, p->err);
+    cr_assert(is_failure(p->pending),
+              "%s, rank %d %s: rank %d's pending allreduce returned %d (%s), not "
+              "DUET_ERR_REMOTE or DUET_ERR_TIMEOUT: %s",
+              su->name, victim, how, p->rank, p->pending, duet_strerror(p->pending), p->err);
+    cr_assert(is_failure(p->later), "%s, rank %d %s: rank %d's next allreduce returned %d (%s)",
+              su->name, victim, how, p->rank, p->later, duet_strerror(p->later));
+    /* the deadline, plus what an oversubscribed host adds */
+    cr_assert_leq(p->pending_ms, TIMEOUT_MS + 4000, "%s, rank %d %s: rank %d waited %ld ms",
+                  su->name, victim, how, p->rank, p->pending_ms);
+    cr_assert_leq(p->later_ms, TIMEOUT_MS + 4000, "%s, rank %d %s: the next call took %ld ms",
+                  su->name, victim, how, p->later_ms);
+    cr_assert_leq(p->destroy_ms, TIMEOUT_MS + 4000,
+                  "%s, rank %d %s: rank %d's duet_comm_destroy took %ld ms", su->name, victim, how,
+                  p->rank, p->destroy_ms);
+    cr_log_info("%s, rank %d %s: rank %d: %s after %ld ms, then %s; destroy %d in %ld ms", su->name,
+                victim, how, p->rank, duet_strerror(p->pending), p->pending_ms,
+                duet_strerror(p->later), p->destroy, p->destroy_ms);
+  }
+}
+
+static const setup_t one_host = {"one host, load/store UPN", 3, NULL, NULL, NULL, {NULL}, 1};
+static const setup_t tcp = {"duet's tcp", 3, "tcp", "tcp", NULL, {NULL}, 1};
+static const setup_t ofi_tcp = {"libfabric tcp;ofi_rxm", 3, "tcp;ofi_rxm", "tcp;ofi_rxm", NULL,
+                                {NULL}, 0};
+static const setup_t ofi_shm = {"libfabric shm", 3, "shm", "tcp", NULL, {NULL}, 0};
+static const setup_t two_sn = {"2 x 2 super-nodes", 4, NULL, NULL, NULL, {"a", "a", "b", "b"}, 1};
+static const setup_t planes = {"2 x 2, two HPN planes", 4, "tcp", "tcp", "127.0.0.1,127.0.0.77",
+                               {"a", "a", "b", "b"}, 1};
+
+Test(failure, one_host_abort, .timeout = 90) { scenario(&one_host, 1, 0); }
+Test(failure, one_host_kill, .timeout = 90) { scenario(&one_host, 1, 1); }
+Test(failure, tcp_abort, .timeout = 90) { scenario(&tcp, 1, 0); }
+Test(failure, tcp_kill, .timeout = 90) { scenario(&tcp, 1, 1); }
+Test(failure, ofi_tcp_abort, .timeout = 90) { scenario(&ofi_tcp, 1, 0); }
+Test(failure, ofi_tcp_kill, .timeout = 90) { scenario(&ofi_tcp, 1, 1); }
+Test(failure, ofi_shm_abort, .timeout = 90) { scenario(&ofi_shm, 1, 0); }
+Test(failure, ofi_shm_kill, .timeout = 90) { scenario(&ofi_shm, 1, 1); }
+Test(failure, two_supernodes_abort, .timeout = 90) { scenario(&two_sn, 2, 0); }
+Test(failure, two_supernodes_kill, .timeout = 90) { scenario(&two_sn, 2, 1); }
+Test(failure, two_planes_abort, .timeout = 90) { scenario(&planes, 3, 0); }
+Test(failure, two_planes_kill, .timeout = 90) { scenario(&planes, 3, 1); }
