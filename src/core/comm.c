@@ -445,6 +445,7 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
            comm->cfg.supernode[0] ? comm->cfg.supernode : mine.host);
   mine.ncores = duet__topo_ncores();
   mine.pid = (int32_t)getpid();
+  mine.start = duet__proc_start(0);
   duet__agree_fill(&comm->cfg, mine.agree);
   info = calloc((size_t)nranks, sizeof(*info));
   amine = calloc(1, sizeof(*amine));
@@ -468,6 +469,15 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
     duet__set_error(NULL, rc, "duet_comm_init: out of memory for the super-node layout");
     goto out_close_boot;
   }
+  /* The ranks on this host whose process this rank can see (a rank in
+   * another PID namespace, or on another host of the same name, cannot be
+   * looked up): a wait for one of them notices when it is gone. */
+  for (int r = 0; r < nranks; r++)
+    if (r != rank && info[r].start != 0 && strcmp(info[r].host, mine.host) == 0 &&
+        duet__proc_start(info[r].pid) == info[r].start) {
+      comm->peers[r].pid = info[r].pid;
+      comm->peers[r].start = info[r].start;
+    }
   comm->supernode = dom.supernode[rank];
   comm->nsupernodes = dom.nsupernodes;
   comm->local_rank = dom.local_rank[rank];

@@ -38,6 +38,11 @@ typedef struct duet__peer {
   int32_t index; /* peer index inside that network's endpoint */
   int32_t supernode, local_rank;
   uint64_t p2p_send_seq, p2p_recv_seq;
+  /* A rank on this host whose process init could see: its pid and start
+   * time (duet__proc_start), looked up while a call waits for it; start 0
+   * otherwise. */
+  int32_t pid;
+  uint64_t start;
 } duet__peer_t;
 
 typedef struct duet__net {
@@ -102,6 +107,7 @@ struct duet_comm {
   int domains_one_host; /* every super-node is on one host (UPN default shm) */
   int yield;            /* more ranks than cores on this host: progress yields */
   int *place_pid;       /* oversubscribed, no load/store segment: the host's ranks' pids */
+  uint64_t alive_next_ns; /* a wait looks up the awaited peer's process next (peers[].start) */
   int place_n, place_me;  /* how many, and this rank's index among them */
   cpu_set_t place_mask;   /* the CPUs this rank may run on */
   uint64_t place_next_ns; /* when duet__comm_place next looks */

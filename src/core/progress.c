@@ -759,6 +759,56 @@ void duet__request_release_all(duet__netset_t *nets) {
   }
 }
 
+/* The step of req that a wait for it waits for: a receive if any is
+ * posted, else a send; NULL when none is (or req runs on the segment). */
+static const duet__step_t *duet__awaited_step(const duet_request_t *req) {
+  const duet_comm_t *comm = req->comm;
+  const duet__step_t *st = NULL;
+  if (req->mem) /* a task: the schedule it posted, if it waits for one */
+    return comm->mem_head == req && comm->mem_awaiting != NULL
+               ? duet__awaited_step(comm->mem_awaiting)
+               : NULL;
+  for (uint32_t k = 0; k < req->nposted; k++) {
+    const duet__step_t *c = &req->sched->steps[req->posted[k]];
+    if (c->kind == DUET_STEP_GATE) /* the caller's staging: not what it waits for */
+      continue;
+    if (st == NULL || (c->kind == DUET_STEP_RECV && st->kind != DUET_STEP_RECV))
+      st = c;
+  }
+  return st;
+}
+
+/* Once a wait has lasted DUET_ALIVE_PERIOD_NS, and then every as long:
+ * whether the rank req waits for is on this host and its process is gone
+ * (DESIGN section 7: a transport such as libfabric's says nothing when a
+ * peer dies, so the wait would last until the deadline). Then the
+ * communicator fails with DUET_ERR_REMOTE. */
+#define DUET_ALIVE_PERIOD_NS 100000000ull
+static int duet__awaited_gone(duet_request_t *req, uint64_t now) {
+  duet_comm_t *comm = req->comm;
+  const duet__step_t *st;
+  const duet__peer_t *pe;
+  if (now < comm->alive_next_ns)
+    return 0;
+  comm->alive_next_ns = now + DUET_ALIVE_PERIOD_NS;
+  st = duet__awaited_step(req);
+  if (st == NULL || st->peer < 0 || st->peer >= comm->nranks)
+    return 0;
+  pe = &comm->peers[st->peer];
+  if (pe->start == 0 || duet__proc_start(pe->pid) == pe->start)
+    return 0;
+  duet__set_error(comm, DUET_ERR_REMOTE,
+                  "%s seq %u on rank %d: rank %d (pid %d, this host) exited or was killed while "
+                  "this rank waited for a %s %s it (msg %u, %llu bytes, %s)",
+                  duet__coll_name(req->coll), req->seq, comm->rank, st->peer, (int)pe->pid,
+                  st->kind == DUET_STEP_SEND ? "send" : "receive",
+                  st->kind == DUET_STEP_SEND ? "to" : "from", st->msg, (unsigned long long)st->len,
+                  duet__net_name(st->net));
+  DUET_WARN(DUET_SUB_COLL, "%s", comm->last_error);
+  duet__comm_fail_pending(comm, DUET_ERR_REMOTE);
+  return 1;
+}
+
 static void duet__timeout_message(duet_request_t *req, uint64_t waited_ms) {
   duet_comm_t *comm = req->comm;
   const duet__step_t *st = NULL;
@@ -781,13 +831,7 @@ static void duet__timeout_message(duet_request_t *req, uint64_t waited_ms) {
     DUET_WARN(DUET_SUB_COLL, "%s", comm->last_error);
     return;
   }
-  for (uint32_t k = 0; k < req->nposted; k++) {
-    const duet__step_t *c = &req->sched->steps[req->posted[k]];
-    if (c->kind == DUET_STEP_GATE) /* the caller's staging: not what it waits for */
-      continue;
-    if (st == NULL || (c->kind == DUET_STEP_RECV && st->kind != DUET_STEP_RECV))
-      st = c;
-  }
+  st = duet__awaited_step(req);
   if (st != NULL)
     duet__set_error(comm, DUET_ERR_TIMEOUT,
                     "%s seq %u on rank %d: timed out after %llu ms waiting for a %s %s rank %d "
@@ -853,12 +897,14 @@ duet_status_t duet__request_wait(duet_request_t *req) {
     idle = moved ? 0 : idle + 1;
     /* check the deadline every 256 polls, and before every sleep */
     if ((++spins & 255) == 0 || (comm->yield && idle >= DUET_IDLE_POLLS)) {
-      uint64_t waited = duet__now_ns() - req->start_ns;
+      uint64_t now = duet__now_ns(), waited = now - req->start_ns;
       if (waited > limit_ns) {
         duet__timeout_message(req, waited / 1000000ull);
         duet__comm_fail_pending(comm, DUET_ERR_TIMEOUT);
         break;
       }
+      if (waited >= DUET_ALIVE_PERIOD_NS && duet__awaited_gone(req, now))
+        break;
       if (comm->yield && idle >= DUET_IDLE_POLLS && comm->mem_head != NULL) {
         sched_yield(); /* a local rank, not a network, will wake the queued call */
         continue;

@@ -385,34 +385,6 @@ static inline void cpu_relax(void) {
 #define DUET_SHM_ALIVE_MS 100u
 #endif
 
-/* When process pid started, in clock ticks since boot (field 22 of
- * /proc/<pid>/stat); 0 when it cannot be read or the process has ended (a
- * zombie, not yet reaped). With the pid it names one process: pids are
- * reused, start times with them are not. */
-static uint64_t proc_start(int pid) {
-  char path[64], buf[1024], *p;
-  ssize_t n;
-  int fd, field = 3;
-  if (pid > 0)
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
-  else
-    snprintf(path, sizeof path, "/proc/self/stat");
-  fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return 0;
-  n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  if (n <= 0)
-    return 0;
-  buf[n] = '\0';
-  p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
-  if (p == NULL || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X')
-    return 0;
-  for (p += 2; *p != '\0' && field < 22; p++)
-    field += *p == ' ';
-  return field == 22 ? strtoull(p, NULL, 10) : 0;
-}
-
 /* Whether local rank p has left while this rank waits for it: it closed
  * the segment (duet_comm_abort, duet_comm_destroy, a failed init), or its
  * process is gone. The process is looked up at most every
@@ -429,7 +401,7 @@ static int peer_gone(duet__shm_t *shm, int p, uint64_t now) {
   if (!shm->watch[p] || now < shm->alive_at)
     return 0;
   shm->alive_at = now + DUET_SHM_ALIVE_MS * 1000000ull;
-  if (proc_start(flag_line(shm, p)->pid) == life)
+  if (duet__proc_start(flag_line(shm, p)->pid) == life)
     return 0;
   shm->gone_how = "exited or was killed";
   return 1;
@@ -688,6 +660,7 @@ out_unmap:
 
 duet_status_t duet__shm_open(duet__shm_t **shmp, const char *name, int local_rank, int local_size,
                              int timeout_ms, char *errbuf) {
+  struct shm_header *h;
   duet__shm_t *shm;
   duet_status_t rc;
 
@@ -725,19 +698,18 @@ duet_status_t duet__shm_open(duet__shm_t **shmp, const char *name, int local_ran
     goto out_free;
   /* Attach: sync point 1. After it every rank has the segment mapped, so
    * the name may be unlinked. */
+  h = (struct shm_header *)(void *)shm->base;
   flag_line(shm, local_rank)->pid = (int32_t)getpid();
-  __atomic_store_n(&((struct shm_header *)(void *)shm->base)->life[local_rank], proc_start(0),
-                   __ATOMIC_RELAXED);
+  __atomic_store_n(&h->life[local_rank], duet__proc_start(0), __ATOMIC_RELAXED);
   rc = sync_all(shm, "open", publish_cpu(shm), 1, timeout_ms, errbuf);
   if (rc != DUET_SUCCESS) {
     if (local_rank == 0)
       shm_unlink(shm->name);
     goto out_unmap;
   }
-  for (int p = 0; p < local_size; p++) { /* the peers whose process this rank can look up */
-    uint64_t life = ((const struct shm_header *)(const void *)shm->base)->life[p];
-    shm->watch[p] = p != local_rank && life != 0 && proc_start(flag_line(shm, p)->pid) == life;
-  }
+  for (int p = 0; p < local_size; p++) /* the peers whose process this rank can look up */
+    shm->watch[p] = p != local_rank && h->life[p] != 0 &&
+                    duet__proc_start(flag_line(shm, p)->pid) == h->life[p];
   /* every rank's CPU is published now: place the ranks evenly from the start */
   shm->balance_at = DUET_SHM_BALANCE_EVERY;
   balance(shm, sched_getcpu());

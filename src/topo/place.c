@@ -103,21 +103,42 @@ int duet__place_move(int target, const cpu_set_t *mask, int nranks) {
   return 0;
 }
 
-int duet__place_proc_cpu(int pid) {
-  char path[64], buf[1024];
+/* Field `field` (3 or more: the state, ...) of /proc/<pid>/stat (pid 0:
+ * this process), read into buf; NULL when there is no such process. */
+static const char *proc_stat_field(int pid, int field, char *buf, size_t len) {
+  char path[64];
   const char *p;
 
-  snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-  if (read_proc(path, buf, sizeof(buf)) != 0)
-    return -1;
+  if (pid < 0)
+    return NULL;
+  if (pid > 0)
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+  else
+    snprintf(path, sizeof(path), "/proc/self/stat");
+  if (read_proc(path, buf, len) != 0)
+    return NULL;
   p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
   if (p == NULL)
-    return -1;
-  /* fields 3.. follow; "processor" is field 39 */
-  for (int field = 2; field < 39; field++) {
+    return NULL;
+  for (int f = 2; f < field; f++) { /* fields 3.. follow */
     p = strchr(p + 1, ' ');
     if (p == NULL)
-      return -1;
+      return NULL;
   }
-  return atoi(p + 1);
+  return p + 1;
+}
+
+int duet__place_proc_cpu(int pid) {
+  char buf[1024];
+  const char *p = proc_stat_field(pid, 39, buf, sizeof(buf)); /* "processor" */
+  return p != NULL ? atoi(p) : -1;
+}
+
+uint64_t duet__proc_start(int pid) {
+  char buf[1024];
+  const char *state = proc_stat_field(pid, 3, buf, sizeof(buf)), *p;
+  if (state == NULL || *state == 'Z' || *state == 'X')
+    return 0;
+  p = proc_stat_field(pid, 22, buf, sizeof(buf));
+  return p != NULL ? strtoull(p, NULL, 10) : 0;
 }

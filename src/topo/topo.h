@@ -36,6 +36,11 @@ extern int (*duet__place_running)(void);
 int duet__place_loadavg_running(const char *text);
 /* The CPU process `pid` last ran on, from /proc, or -1. */
 int duet__place_proc_cpu(int pid);
+/* When process pid (0: this one) started, in clock ticks since boot
+ * (/proc/<pid>/stat); 0 when it cannot be read or the process has ended (a
+ * zombie not yet reaped). With the pid it names one process: pids are
+ * reused, start times with them are not. */
+uint64_t duet__proc_start(int pid);
 
 /* --- This host's topology: cores, NUMA nodes, network devices and where they
  * sit. duet pins nothing; it reports locality so a rank (or duet_info) can
@@ -99,6 +104,7 @@ typedef struct duet__rank_info {
   char supernode[128];
   int32_t ncores;
   int32_t pid;
+  uint64_t start; /* duet__proc_start(0) */
   uint64_t agree[DUET_AGREE_COUNT]; /* a hash of each such setting */
 } duet__rank_info_t;
 

@@ -310,6 +310,34 @@ Test(topo, place_proc_cpu_of_self) {
   cr_expect_eq(duet__place_proc_cpu(-5), -1);
 }
 
+/* A process's start time names it while it lives: this process's is the
+ * same read as "self" or by pid, a child's differs or is 0 once it has
+ * ended (a zombie counts as ended), and no pid has one after it is reaped. */
+Test(topo, proc_start_names_a_live_process) {
+  uint64_t me = duet__proc_start(0);
+  int fds[2];
+  char c;
+  pid_t kid;
+  cr_assert_neq(me, 0u);
+  cr_expect_eq(duet__proc_start((int)getpid()), me);
+  cr_expect_eq(duet__proc_start(-5), 0u);
+  cr_assert_eq(pipe(fds), 0);
+  kid = fork();
+  cr_assert_geq(kid, 0);
+  if (kid == 0) { /* waits until the parent closes the pipe */
+    close(fds[1]);
+    _exit(read(fds[0], &c, 1) < 0);
+  }
+  close(fds[0]);
+  cr_expect_neq(duet__proc_start((int)kid), 0u, "a live child has a start time");
+  close(fds[1]); /* the child ends: a zombie until reaped */
+  for (int i = 0; i < 200 && duet__proc_start((int)kid) != 0; i++)
+    usleep(5000);
+  cr_expect_eq(duet__proc_start((int)kid), 0u, "an ended (zombie) child has none");
+  cr_assert_eq(waitpid(kid, NULL, 0), kid);
+  cr_expect_eq(duet__proc_start((int)kid), 0u, "a reaped child has none");
+}
+
 /* /proc/loadavg's runnable count, and text that is not loadavg. */
 Test(topo, place_loadavg_running) {
   cr_expect_eq(duet__place_loadavg_running("0.52 0.58 0.59 3/467 12345\n"), 3);
