@@ -1187,6 +1187,8 @@ duet_status_t duet_test(duet_request_t *req, int *done) {
     waited = duet__now_ns() - req->start_ns;
     if (!req->complete && waited > (uint64_t)comm->cfg.timeout_ms * 1000000ull)
       duet__request_wait(req); /* past the deadline: fails it with the message */
+    else if (!req->complete && waited >= DUET_ALIVE_PERIOD_NS)
+      duet__awaited_gone(req, req->start_ns + waited);
   }
   if (!req->complete) {
     duet__comm_unlock(comm);

@@ -275,6 +275,12 @@ duet_status_t duet__progress(duet_comm_t *comm);
  * request advanced. Negative only when the communicator itself failed. */
 duet_status_t duet__progress_once(duet_comm_t *comm, int *moved);
 duet_status_t duet__request_wait(duet_request_t *req);
+/* For a wait that has lasted DUET_ALIVE_PERIOD_NS (duet_test's too): at
+ * most once per period, whether the rank req waits for is on this host and
+ * its process is gone; then the communicator fails with DUET_ERR_REMOTE
+ * and this returns 1. */
+#define DUET_ALIVE_PERIOD_NS 100000000ull
+int duet__awaited_gone(duet_request_t *req, uint64_t now);
 /* Oversubscribed host without a load/store segment: even out where its
  * ranks run (progress.c; topo/place.c). Cheap when not due. */
 void duet__comm_place(duet_comm_t *comm);

@@ -778,13 +778,10 @@ static const duet__step_t *duet__awaited_step(const duet_request_t *req) {
   return st;
 }
 
-/* Once a wait has lasted DUET_ALIVE_PERIOD_NS, and then every as long:
- * whether the rank req waits for is on this host and its process is gone
- * (DESIGN section 7: a transport such as libfabric's says nothing when a
- * peer dies, so the wait would last until the deadline). Then the
- * communicator fails with DUET_ERR_REMOTE. */
-#define DUET_ALIVE_PERIOD_NS 100000000ull
-static int duet__awaited_gone(duet_request_t *req, uint64_t now) {
+/* DESIGN section 7: a transport such as libfabric's says nothing when a
+ * peer dies, so without this a wait for it would last until the deadline.
+ * peers[].start is set only for ranks on this host that init could see. */
+int duet__awaited_gone(duet_request_t *req, uint64_t now) {
   duet_comm_t *comm = req->comm;
   const duet__step_t *st;
   const duet__peer_t *pe;

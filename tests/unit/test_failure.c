@@ -67,7 +67,7 @@ static long now_ms(void) {
  * made after the fork: a process forked while another thread holds an
  * allocator's lock can deadlock) and hands the id to the others on idp. */
 static void rank_main(const setup_t *su, const int idp[2], int r, int victim, int kill_it,
-                      int fd) {
+                      int nb, int fd) {
   duet_config_t cfg = DUET_CONFIG_INIT;
   duet_comm_t *c = NULL;
   duet_unique_id_t id;
@@ -120,7 +120,21 @@ static void rank_main(const setup_t *su, const int idp[2], int r, int victim, in
     _exit(0);
   }
   t = now_ms();
-  rep.pending = duet_allreduce(a, b, BIG, DUET_FLOAT32, DUET_SUM, c);
+  if (!nb) {
+    rep.pending = duet_allreduce(a, b, BIG, DUET_FLOAT32, DUET_SUM, c);
+  } else { /* posted, then polled with duet_test as a training loop would */
+    duet_request_t *req = NULL;
+    int done = 0;
+    rep.pending = duet_iallreduce(a, b, BIG, DUET_FLOAT32, DUET_SUM, c, &req);
+    while (rep.pending == DUET_SUCCESS && !done && now_ms() - t < 30000) {
+      rep.pending = duet_test(req, &done);
+      if (rep.pending == DUET_IN_PROGRESS)
+        rep.pending = DUET_SUCCESS;
+      usleep(100);
+    }
+    if (rep.pending == DUET_SUCCESS && !done)
+      rep.pending = DUET_IN_PROGRESS; /* still pending after 30 s */
+  }
   rep.pending_ms = now_ms() - t;
   if (rep.pending != DUET_SUCCESS)
     snprintf(rep.err, sizeof(rep.err), "%s", duet_last_error(c));
@@ -142,9 +156,10 @@ static int is_failure(int st) {
   return st == DUET_ERR_REMOTE || st == DUET_ERR_TIMEOUT;
 }
 
-/* Run one scenario; every survivor's report is checked. */
-static void scenario(const setup_t *su, int victim, int kill_it) {
-  const char *how = kill_it ? "killed" : "aborted";
+/* Run one scenario (nb: the survivors' pending call is duet_iallreduce,
+ * polled with duet_test); every survivor's report is checked. */
+static void scenario(const setup_t *su, int victim, int kill_it, int nb) {
+  const char *how = kill_it ? (nb ? "killed (non-blocking)" : "killed") : "aborted";
   const long limit_ms = 60000; /* every rank is done long before */
   pid_t pid[MAXR];
   int fds[2], idp[2], got = 0;
@@ -159,7 +174,7 @@ static void scenario(const setup_t *su, int victim, int kill_it) {
     cr_assert_geq(pid[r], 0);
     if (pid[r] == 0) {
       close(fds[0]);
-      rank_main(su, idp, r, victim, kill_it, fds[1]);
+      rank_main(su, idp, r, victim, kill_it, nb, fds[1]);
     }
   }
   close(fds[1]);
@@ -232,15 +247,19 @@ static const setup_t two_sn = {"2 x 2 super-nodes", 4, NULL, NULL, NULL, {"a", "
 static const setup_t planes = {"2 x 2, two HPN planes", 4, "tcp", "tcp", "127.0.0.1,127.0.0.77",
                                {"a", "a", "b", "b"}, 2};
 
-Test(failure, one_host_abort, .timeout = 90) { scenario(&one_host, 1, 0); }
-Test(failure, one_host_kill, .timeout = 90) { scenario(&one_host, 1, 1); }
-Test(failure, tcp_abort, .timeout = 90) { scenario(&tcp, 1, 0); }
-Test(failure, tcp_kill, .timeout = 90) { scenario(&tcp, 1, 1); }
-Test(failure, ofi_tcp_abort, .timeout = 90) { scenario(&ofi_tcp, 1, 0); }
-Test(failure, ofi_tcp_kill, .timeout = 90) { scenario(&ofi_tcp, 1, 1); }
-Test(failure, ofi_shm_abort, .timeout = 90) { scenario(&ofi_shm, 1, 0); }
-Test(failure, ofi_shm_kill, .timeout = 90) { scenario(&ofi_shm, 1, 1); }
-Test(failure, two_supernodes_abort, .timeout = 90) { scenario(&two_sn, 2, 0); }
-Test(failure, two_supernodes_kill, .timeout = 90) { scenario(&two_sn, 2, 1); }
-Test(failure, two_planes_abort, .timeout = 90) { scenario(&planes, 3, 0); }
-Test(failure, two_planes_kill, .timeout = 90) { scenario(&planes, 3, 1); }
+Test(failure, one_host_abort, .timeout = 90) { scenario(&one_host, 1, 0, 0); }
+Test(failure, one_host_kill, .timeout = 90) { scenario(&one_host, 1, 1, 0); }
+Test(failure, tcp_abort, .timeout = 90) { scenario(&tcp, 1, 0, 0); }
+Test(failure, tcp_kill, .timeout = 90) { scenario(&tcp, 1, 1, 0); }
+Test(failure, ofi_tcp_abort, .timeout = 90) { scenario(&ofi_tcp, 1, 0, 0); }
+Test(failure, ofi_tcp_kill, .timeout = 90) { scenario(&ofi_tcp, 1, 1, 0); }
+Test(failure, ofi_shm_abort, .timeout = 90) { scenario(&ofi_shm, 1, 0, 0); }
+Test(failure, ofi_shm_kill, .timeout = 90) { scenario(&ofi_shm, 1, 1, 0); }
+Test(failure, two_supernodes_abort, .timeout = 90) { scenario(&two_sn, 2, 0, 0); }
+Test(failure, two_supernodes_kill, .timeout = 90) { scenario(&two_sn, 2, 1, 0); }
+Test(failure, two_planes_abort, .timeout = 90) { scenario(&planes, 3, 0, 0); }
+Test(failure, two_planes_kill, .timeout = 90) { scenario(&planes, 3, 1, 0); }
+Test(failure, one_host_kill_nonblocking, .timeout = 90) { scenario(&one_host, 1, 1, 1); }
+Test(failure, ofi_tcp_kill_nonblocking, .timeout = 90) { scenario(&ofi_tcp, 1, 1, 1); }
+Test(failure, ofi_shm_kill_nonblocking, .timeout = 90) { scenario(&ofi_shm, 1, 1, 1); }
+Test(failure, two_supernodes_kill_nonblocking, .timeout = 90) { scenario(&two_sn, 2, 1, 1); }
