@@ -473,7 +473,8 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
    * another PID namespace, or on another host of the same name, cannot be
    * looked up): a wait for one of them notices when it is gone. */
   for (int r = 0; r < nranks; r++)
-    if (r != rank && info[r].start != 0 && strcmp(info[r].host, mine.host) == 0 &&
+    if (r != rank && info[r].start != 0 && info[r].start != DUET_PROC_UNKNOWN &&
+        strcmp(info[r].host, mine.host) == 0 &&
         duet__proc_start(info[r].pid) == info[r].start) {
       comm->peers[r].pid = info[r].pid;
       comm->peers[r].start = info[r].start;

@@ -785,6 +785,7 @@ int duet__awaited_gone(duet_request_t *req, uint64_t now) {
   duet_comm_t *comm = req->comm;
   const duet__step_t *st;
   const duet__peer_t *pe;
+  uint64_t seen;
   if (now < comm->alive_next_ns)
     return 0;
   comm->alive_next_ns = now + DUET_ALIVE_PERIOD_NS;
@@ -792,7 +793,10 @@ int duet__awaited_gone(duet_request_t *req, uint64_t now) {
   if (st == NULL || st->peer < 0 || st->peer >= comm->nranks)
     return 0;
   pe = &comm->peers[st->peer];
-  if (pe->start == 0 || duet__proc_start(pe->pid) == pe->start)
+  if (pe->start == 0)
+    return 0;
+  seen = duet__proc_start(pe->pid);
+  if (seen == pe->start || seen == DUET_PROC_UNKNOWN)
     return 0;
   duet__set_error(comm, DUET_ERR_REMOTE,
                   "%s seq %u on rank %d: rank %d (pid %d, this host) exited or was killed while "

@@ -393,7 +393,7 @@ static inline void cpu_relax(void) {
  * deadline). Says how in shm->gone_how. */
 static int peer_gone(duet__shm_t *shm, int p, uint64_t now) {
   const struct shm_header *h = (const struct shm_header *)(const void *)shm->base;
-  uint64_t life = __atomic_load_n(&h->life[p], __ATOMIC_ACQUIRE);
+  uint64_t life = __atomic_load_n(&h->life[p], __ATOMIC_ACQUIRE), seen;
   if (life == SHM_LEFT) {
     shm->gone_how = "left the communicator (duet_comm_abort or duet_comm_destroy)";
     return 1;
@@ -401,7 +401,8 @@ static int peer_gone(duet__shm_t *shm, int p, uint64_t now) {
   if (!shm->watch[p] || now < shm->alive_at)
     return 0;
   shm->alive_at = now + DUET_SHM_ALIVE_MS * 1000000ull;
-  if (duet__proc_start(flag_line(shm, p)->pid) == life)
+  seen = duet__proc_start(flag_line(shm, p)->pid);
+  if (seen == life || seen == DUET_PROC_UNKNOWN)
     return 0;
   shm->gone_how = "exited or was killed";
   return 1;
@@ -663,6 +664,7 @@ duet_status_t duet__shm_open(duet__shm_t **shmp, const char *name, int local_ran
   struct shm_header *h;
   duet__shm_t *shm;
   duet_status_t rc;
+  uint64_t me;
 
   if (errbuf != NULL)
     errbuf[0] = '\0';
@@ -700,7 +702,8 @@ duet_status_t duet__shm_open(duet__shm_t **shmp, const char *name, int local_ran
    * the name may be unlinked. */
   h = (struct shm_header *)(void *)shm->base;
   flag_line(shm, local_rank)->pid = (int32_t)getpid();
-  __atomic_store_n(&h->life[local_rank], duet__proc_start(0), __ATOMIC_RELAXED);
+  me = duet__proc_start(0); /* 0 (not looked up) when unknown: SHM_LEFT is that value too */
+  __atomic_store_n(&h->life[local_rank], me == DUET_PROC_UNKNOWN ? 0 : me, __ATOMIC_RELAXED);
   rc = sync_all(shm, "open", publish_cpu(shm), 1, timeout_ms, errbuf);
   if (rc != DUET_SUCCESS) {
     if (local_rank == 0)
@@ -708,7 +711,7 @@ duet_status_t duet__shm_open(duet__shm_t **shmp, const char *name, int local_ran
     goto out_unmap;
   }
   for (int p = 0; p < local_size; p++) /* the peers whose process this rank can look up */
-    shm->watch[p] = p != local_rank && h->life[p] != 0 &&
+    shm->watch[p] = p != local_rank && h->life[p] != 0 && h->life[p] != SHM_LEFT &&
                     duet__proc_start(flag_line(shm, p)->pid) == h->life[p];
   /* every rank's CPU is published now: place the ranks evenly from the start */
   shm->balance_at = DUET_SHM_BALANCE_EVERY;

@@ -61,15 +61,19 @@ int duet__place_loadavg_running(const char *text) {
 }
 
 /* Read a small /proc file into buf as a string. 0, or -1. */
+/* Read a /proc file; -1 with errno (ENOENT or ESRCH: no such process). */
 static int read_proc(const char *path, char *buf, size_t len) {
   ssize_t n;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  int fd = open(path, O_RDONLY | O_CLOEXEC), err;
   if (fd < 0)
     return -1;
   n = read(fd, buf, len - 1);
+  err = n < 0 ? errno : ESRCH; /* empty: the process went */
   close(fd);
-  if (n <= 0)
+  if (n <= 0) {
+    errno = err;
     return -1;
+  }
   buf[n] = '\0';
   return 0;
 }
@@ -109,6 +113,7 @@ static const char *proc_stat_field(int pid, int field, char *buf, size_t len) {
   char path[64];
   const char *p;
 
+  errno = EINVAL;
   if (pid < 0)
     return NULL;
   if (pid > 0)
@@ -117,6 +122,7 @@ static const char *proc_stat_field(int pid, int field, char *buf, size_t len) {
     snprintf(path, sizeof(path), "/proc/self/stat");
   if (read_proc(path, buf, len) != 0)
     return NULL;
+  errno = EINVAL; /* not the text of a stat file */
   p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
   if (p == NULL)
     return NULL;
@@ -137,8 +143,12 @@ int duet__place_proc_cpu(int pid) {
 uint64_t duet__proc_start(int pid) {
   char buf[1024];
   const char *state = proc_stat_field(pid, 3, buf, sizeof(buf)), *p;
-  if (state == NULL || *state == 'Z' || *state == 'X')
+  if (state == NULL) /* gone, or this process cannot tell (out of descriptors...) */
+    return errno == ENOENT || errno == ESRCH || pid < 0 ? 0 : DUET_PROC_UNKNOWN;
+  if (*state == 'Z' || *state == 'X')
     return 0;
   p = proc_stat_field(pid, 22, buf, sizeof(buf));
-  return p != NULL ? strtoull(p, NULL, 10) : 0;
+  if (p == NULL)
+    return errno == ENOENT || errno == ESRCH ? 0 : DUET_PROC_UNKNOWN;
+  return strtoull(p, NULL, 10);
 }

@@ -37,9 +37,11 @@ int duet__place_loadavg_running(const char *text);
 /* The CPU process `pid` last ran on, from /proc, or -1. */
 int duet__place_proc_cpu(int pid);
 /* When process pid (0: this one) started, in clock ticks since boot
- * (/proc/<pid>/stat); 0 when it cannot be read or the process has ended (a
- * zombie not yet reaped). With the pid it names one process: pids are
- * reused, start times with them are not. */
+ * (/proc/<pid>/stat); 0 when there is no such process or it has ended (a
+ * zombie not yet reaped); DUET_PROC_UNKNOWN when this process cannot tell
+ * (out of file descriptors, ...). With the pid it names one process: pids
+ * are reused, start times with them are not. */
+#define DUET_PROC_UNKNOWN UINT64_MAX
 uint64_t duet__proc_start(int pid);
 
 /* --- This host's topology: cores, NUMA nodes, network devices and where they

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -336,6 +337,26 @@ Test(topo, proc_start_names_a_live_process) {
   cr_expect_eq(duet__proc_start((int)kid), 0u, "an ended (zombie) child has none");
   cr_assert_eq(waitpid(kid, NULL, 0), kid);
   cr_expect_eq(duet__proc_start((int)kid), 0u, "a reaped child has none");
+}
+
+/* A process out of file descriptors cannot read /proc: it must say it
+ * cannot tell, not that the process is gone (which would fail a
+ * communicator whose peers are all alive). */
+Test(topo, proc_start_unknown_is_not_gone) {
+  struct rlimit old, low;
+  int fds[64], n = 0;
+  cr_assert_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
+  low = old;
+  low.rlim_cur = 32;
+  cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+  while (n < 64 && (fds[n] = dup(0)) >= 0)
+    n++;
+  cr_assert_lt(n, 64, "the descriptors did not run out");
+  cr_expect_eq(duet__proc_start((int)getpid()), DUET_PROC_UNKNOWN);
+  while (n > 0)
+    close(fds[--n]);
+  cr_assert_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+  cr_expect_neq(duet__proc_start((int)getpid()), DUET_PROC_UNKNOWN);
 }
 
 /* /proc/loadavg's runnable count, and text that is not loadavg. */
