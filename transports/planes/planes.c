@@ -27,9 +27,10 @@
  * request completes without waiting; their acks are batched (a full notice,
  * PL_LAZY_BYTES of them, every PL_LAZY_TICKS progress calls, before the
  * endpoint sleeps, or with an urgent one). A larger send completes at its
- * ack, one message later than a single plane would complete it. A resent
- * part the receiver already had stays unmatched in the inner transport
- * until close.
+ * ack, one message later than a single plane would complete it. After a
+ * plane is lost the receiver acknowledges what it completed before it says
+ * so, and takes again every part of the lost plane of a message still
+ * incomplete, so that every part resent finds its receive (pl_handle_down).
  *
  * Closing. An endpoint that closes says BYE on every plane first. A peer's
  * connection ending after its BYE on that plane (which follows everything
@@ -46,8 +47,8 @@
  *
  * What is not handled: with every plane dead the endpoint fails as a single
  * one would; a peer that crashes (no BYE) takes the planes down with it
- * here, which fails what is in flight to the others too, as a crashed rank
- * fails the job anyway.
+ * here, which fails what is in flight to the others too (DUET_ERR_REMOTE:
+ * a rank is gone), as a crashed rank fails the job anyway.
  *
  * Control notices travel under one tag of a layered transport's space (bits
  * 63, 62 and 61 set, comm.h), one receive posted per peer and plane.
@@ -423,6 +424,8 @@ static void pl_post_ctl(pl_ep_t *e, int peer, int q) {
   }
 }
 
+static void pl_ack_flush(pl_ep_t *e, int all);
+
 /* Planes lost since the last call: close them, move their receives, tell
  * every peer. */
 static void pl_handle_down(pl_ep_t *e) {
@@ -469,20 +472,30 @@ static void pl_handle_down(pl_ep_t *e) {
                gone ? e->lost_why : "");
       return;
     }
+    /* The sender resends every part it put on a lost plane of each message
+     * not acknowledged when the DOWN notice reaches it. So the receiver
+     * takes all of them again, the parts already in too (the same bytes to
+     * the same place: the message is not complete yet), and acknowledges
+     * every message it completed before the notice goes (on each plane an
+     * ack travels ahead of the DOWN). A resent part that no receive took
+     * would stay in the inner transport and be matched by a later message
+     * under the same tag (tags come round again), with the wrong bytes. */
     for (pl_op_t *op = e->active.head; op; op = op->next) {
       unsigned move = 0;
       for (int i = 0; i < op->nparts; i++) {
         pl_part_t *p = &op->part[i];
         if (!((e->dead >> p->plane) & 1))
           continue;
-        if (p->state == PART_POSTED || p->state == PART_RETRY)
-          p->state = PART_WAIT; /* abandoned with the plane */
+        if (p->state == PART_POSTED || p->state == PART_RETRY ||
+            (op->kind == PL_RECV && p->state == PART_DONE))
+          p->state = PART_WAIT; /* abandoned with the plane, or to be taken again */
         if (op->kind == PL_RECV && p->state == PART_WAIT)
           move |= 1u << i;
       }
       if (move)
         pl_place(e, op, move, e->dead);
     }
+    pl_ack_flush(e, 1);
     for (int k = 0; k < e->npeers; k++)
       pl_notice(e, k, PL_DOWN, e->dead, NULL);
   }
