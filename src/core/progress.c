@@ -800,11 +800,11 @@ int duet__awaited_gone(duet_request_t *req, uint64_t now) {
     return 0;
   duet__set_error(comm, DUET_ERR_REMOTE,
                   "%s seq %u on rank %d: rank %d (pid %d, this host) exited or was killed while "
-                  "this rank waited for a %s %s it (msg %u, %llu bytes, %s)",
+                  "this rank waited for a %s %s it (msg %u, %llu bytes, %s) for %llu ms",
                   duet__coll_name(req->coll), req->seq, comm->rank, st->peer, (int)pe->pid,
                   st->kind == DUET_STEP_SEND ? "send" : "receive",
                   st->kind == DUET_STEP_SEND ? "to" : "from", st->msg, (unsigned long long)st->len,
-                  duet__net_name(st->net));
+                  duet__net_name(st->net), (unsigned long long)((now - req->start_ns) / 1000000ull));
   DUET_WARN(DUET_SUB_COLL, "%s", comm->last_error);
   duet__comm_fail_pending(comm, DUET_ERR_REMOTE);
   return 1;

@@ -242,6 +242,7 @@ struct duet__shm {
   int awaited; /* the local rank a suspended wait is for, or -1 */
   int gone;    /* the local rank whose leaving ended the last wait, or -1 */
   const char *gone_how;
+  uint64_t gone_ms; /* how long that wait had lasted */
   uint64_t alive_at; /* when waits look at the peer's process next (ns) */
   uint8_t watch[SHM_MAX_RANKS]; /* 1: the peer's process can be looked up here */
   cpu_set_t cpus;      /* CPUs this rank may run on (at open) */
@@ -450,6 +451,8 @@ static int wait_ge(duet__shm_t *shm, const uint64_t *flag, uint64_t want, int p,
         if (__atomic_load_n(flag, __ATOMIC_ACQUIRE) >= want)
           return 0;
         shm->gone = p;
+        shm->gone_ms = (t + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ull - deadline) /
+                       1000000ull;
         return -1;
       }
     }
@@ -464,9 +467,11 @@ static duet_status_t timed_out_at(duet__shm_t *shm, int peer, const char *what, 
                                   uint64_t call, int timeout_ms, char *errbuf) {
   shm->broken = 1;
   if (shm->gone == peer) {
-    shm_err(errbuf, "shm %s: local rank %d (pid %d) %s while this rank waited for it in %s %llu",
+    shm_err(errbuf,
+            "shm %s: local rank %d (pid %d) %s while this rank waited for it in %s %llu (for "
+            "%llu ms)",
             what, peer, (int)flag_line(shm, peer)->pid, shm->gone_how, kind,
-            (unsigned long long)call);
+            (unsigned long long)call, (unsigned long long)shm->gone_ms);
     DUET_WARN(DUET_SUB_COLL, "shm %s: local rank %d %s while this rank waited for it in %s %llu",
               what, peer, shm->gone_how, kind, (unsigned long long)call);
     return DUET_ERR_REMOTE;

@@ -54,7 +54,7 @@ typedef struct report {
   int rank, stage; /* stage 4: every step ran */
   int init, first, pending, later, destroy;
   long pending_ms, later_ms, destroy_ms;
-  char err[200];
+  char err[400];
 } report_t;
 
 static long now_ms(void) {
@@ -232,9 +232,9 @@ static void scenario(const setup_t *su, int victim, int kill_it, int nb) {
     cr_assert_leq(p->destroy_ms, TIMEOUT_MS + 4000,
                   "%s, rank %d %s: rank %d's duet_comm_destroy took %ld ms", su->name, victim, how,
                   p->rank, p->destroy_ms);
-    cr_log_info("%s, rank %d %s: rank %d: %s after %ld ms, then %s; destroy %d in %ld ms", su->name,
-                victim, how, p->rank, duet_strerror(p->pending), p->pending_ms,
-                duet_strerror(p->later), p->destroy, p->destroy_ms);
+    cr_log_info("%s, rank %d %s: rank %d: %s after %ld ms, then %s; destroy %d in %ld ms: %s",
+                su->name, victim, how, p->rank, duet_strerror(p->pending), p->pending_ms,
+                duet_strerror(p->later), p->destroy, p->destroy_ms, p->err);
   }
 }
 
