@@ -121,8 +121,79 @@ void duet__nets_release(duet_comm_t *comm) {
       nets->net[n].ep = NULL;
     }
   duet__request_release_all(nets);
+  while (nets->keep != NULL) {
+    duet__keep_t *k = nets->keep;
+    nets->keep = k->next;
+    free(k);
+  }
   pthread_mutex_destroy(&nets->lock);
   free(nets);
+}
+
+/* Keep block k (a duet__keep_t first) until the endpoints close. */
+static void duet__nets_keep(duet__netset_t *nets, duet__keep_t *k) {
+  k->next = nets->keep;
+  nets->keep = k;
+}
+
+int duet__peer_needs_notice(const duet_comm_t *comm, int peer) {
+  return peer != comm->rank && comm->nets->net[comm->peers[peer].net].ops == &duet__tp_ofi;
+}
+
+/* duet_comm_abort: tell every peer whose transport would not (libfabric's
+ * says nothing when an endpoint closes) with one small message under
+ * duet__tag_abort, given up to DUET_ABORT_NOTICE_MS to leave. A peer
+ * waiting for this rank takes it once its wait has lasted
+ * DUET_ALIVE_PERIOD_NS (progress.c) and fails with DUET_ERR_REMOTE instead
+ * of waiting for its deadline. */
+#define DUET_ABORT_NOTICE_MS 200
+static void duet__comm_notify_abort(duet_comm_t *comm) {
+  static const uint64_t word = 0xAB0A7ull;
+  const int n = comm->nranks;
+  struct {
+    duet__keep_t keep; /* first */
+    duet__tp_req_t req[];
+  } *out;
+  int left = 0;
+  uint64_t until;
+
+  for (int r = 0; r < n; r++)
+    left += duet__peer_needs_notice(comm, r);
+  if (left == 0)
+    return;
+  out = calloc(1, sizeof(*out) + (size_t)n * sizeof(duet__tp_req_t));
+  if (out == NULL)
+    return; /* the peers will time out */
+  left = 0;
+  for (int r = 0; r < n; r++) {
+    const duet__net_t *nt = &comm->nets->net[comm->peers[r].net];
+    char err[DUET_TP_ERRLEN];
+    out->req[r].done = 1;
+    if (!duet__peer_needs_notice(comm, r))
+      continue;
+    out->req[r].done = 0;
+    if (nt->ops->isend(nt->ep, comm->peers[r].index, &word, sizeof(word),
+                       duet__tag_abort(comm->id), &out->req[r], err) != DUET_SUCCESS)
+      out->req[r].done = 1;
+    else
+      left++;
+  }
+  until = duet__now_ns() + DUET_ABORT_NOTICE_MS * 1000000ull;
+  while (left > 0 && duet__now_ns() < until) {
+    char err[DUET_TP_ERRLEN];
+    for (int k = 0; k < DUET_NET_COUNT; k++)
+      if (comm->nets->net[k].ep != NULL)
+        (void)comm->nets->net[k].ops->progress(comm->nets->net[k].ep, err);
+    left = 0;
+    for (int r = 0; r < n; r++)
+      left += !__atomic_load_n(&out->req[r].done, __ATOMIC_ACQUIRE);
+    if (left > 0)
+      sched_yield();
+  }
+  if (left > 0)
+    duet__nets_keep(comm->nets, &out->keep); /* the endpoints may still send them */
+  else
+    free(out);
 }
 
 /* The netset's lock is recursive: a call holding it may make another. */
@@ -666,6 +737,9 @@ void duet__comm_free(duet_comm_t *comm) {
   if (comm->mem != NULL)
     duet__shm_close(comm->mem);
   duet__fiber_destroy(comm->fiber);
+  if (comm->abort_rx != NULL) /* its receives may still be posted */
+    duet__nets_keep(comm->nets, &comm->abort_rx->keep);
+  comm->abort_rx = NULL;
   duet__comm_unlock(comm);
   duet__nets_release(comm);
   duet__scratch_release(comm);
@@ -717,6 +791,7 @@ duet_status_t duet_comm_abort(duet_comm_t *comm) {
                            "duet_comm_abort: comm is NULL or already destroyed");
   duet__comm_lock(comm);
   duet__comm_fail_pending(comm, DUET_ERR_ABORTED);
+  duet__comm_notify_abort(comm);
   duet__comm_unlock(comm);
   duet__comm_free(comm);
   return DUET_SUCCESS;

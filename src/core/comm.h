@@ -32,6 +32,30 @@ static inline uint64_t duet__tag_coll(uint32_t comm_id, uint32_t seq, uint32_t m
 static inline uint64_t duet__tag_p2p(uint32_t comm_id, uint64_t seq) {
   return DUET_TAG_P2P | ((uint64_t)(comm_id & 0x7fff) << 47) | (seq & ((1ull << 47) - 1));
 }
+/* duet_comm_abort's notice to its peers (the last per-pair sequence, which
+ * point to point never reaches). */
+static inline uint64_t duet__tag_abort(uint32_t comm_id) {
+  return duet__tag_p2p(comm_id, (1ull << 47) - 1);
+}
+
+/* A block a transport may still write into after its communicator is
+ * gone (a posted receive, a send not yet done): kept on the netset until
+ * the endpoints close. */
+typedef struct duet__keep {
+  struct duet__keep *next;
+} duet__keep_t;
+
+/* The receives of duet_comm_abort's notices (DESIGN section 7), for peers
+ * whose transport does not say when a peer leaves (libfabric's): posted
+ * for a peer once a wait for it has lasted DUET_ALIVE_PERIOD_NS. One block:
+ * posted[n], then the requests and their 8-byte buffers. */
+typedef struct duet__abort_rx {
+  duet__keep_t keep; /* first */
+  int n;
+  uint8_t *posted;
+  duet__tp_req_t *req;
+  uint64_t *sink;
+} duet__abort_rx_t;
 
 typedef struct duet__peer {
   uint8_t net;   /* DUET_NET_* used to reach this rank */
@@ -59,6 +83,7 @@ typedef struct duet__netset {
   int refs;
   duet__net_t net[DUET_NET_COUNT];
   struct duet_request *zombies; /* failed with transfers possibly in flight */
+  duet__keep_t *keep;           /* blocks to free once the endpoints are closed */
   /* The progress thread (async.c): threaded says it may drive these
    * communicators, so calls on them hold lock (recursive). */
   int threaded;
@@ -125,6 +150,7 @@ struct duet_comm {
   struct duet_request *mem_awaiting;        /* the schedule the suspended task waits for */
   duet_stats_t stats;
   duet_status_t failed; /* sticky failure (timeout, transport error, abort) */
+  duet__abort_rx_t *abort_rx; /* made at the first long wait for a libfabric peer */
   struct duet_request *active_head, *active_tail; /* posted, not yet completed */
   duet__cache_entry_t cache[DUET_SCHED_CACHE];
   uint64_t cache_clock;
@@ -281,6 +307,9 @@ duet_status_t duet__request_wait(duet_request_t *req);
  * and this returns 1. */
 #define DUET_ALIVE_PERIOD_NS 100000000ull
 int duet__awaited_gone(duet_request_t *req, uint64_t now);
+/* Whether peer's transport says nothing when the peer leaves, so that
+ * duet_comm_abort sends it a notice (comm.c). */
+int duet__peer_needs_notice(const duet_comm_t *comm, int peer);
 /* Oversubscribed host without a load/store segment: even out where its
  * ranks run (progress.c; topo/place.c). Cheap when not due. */
 void duet__comm_place(duet_comm_t *comm);

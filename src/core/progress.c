@@ -778,13 +778,43 @@ static const duet__step_t *duet__awaited_step(const duet_request_t *req) {
   return st;
 }
 
+/* Whether peer's duet_comm_abort notice has come (comm.c): its receive is
+ * posted at the first look, so a notice sent earlier is taken then. */
+static int duet__abort_noticed(duet_comm_t *comm, int peer) {
+  duet__abort_rx_t *a = comm->abort_rx;
+  const int n = comm->nranks;
+  if (a == NULL) { /* one block: the header, the requests, the buffers, the flags */
+    a = calloc(1, sizeof(*a) + (size_t)n * (sizeof(duet__tp_req_t) + sizeof(uint64_t) + 1));
+    if (a == NULL)
+      return 0;
+    a->n = n;
+    a->req = (duet__tp_req_t *)(void *)(a + 1);
+    a->sink = (uint64_t *)(void *)(a->req + n);
+    a->posted = (uint8_t *)(a->sink + n);
+    comm->abort_rx = a;
+  }
+  if (!a->posted[peer]) {
+    const duet__net_t *nt = &comm->nets->net[comm->peers[peer].net];
+    char err[DUET_TP_ERRLEN];
+    if (nt->ops->irecv(nt->ep, comm->peers[peer].index, &a->sink[peer], sizeof(uint64_t),
+                       duet__tag_abort(comm->id), &a->req[peer], err) == DUET_SUCCESS)
+      a->posted[peer] = 1;
+    return 0;
+  }
+  return __atomic_load_n(&a->req[peer].done, __ATOMIC_ACQUIRE) &&
+         a->req[peer].status == DUET_SUCCESS;
+}
+
 /* DESIGN section 7: a transport such as libfabric's says nothing when a
- * peer dies, so without this a wait for it would last until the deadline.
- * peers[].start is set only for ranks on this host that init could see. */
+ * peer dies or aborts, so without this a wait for it would last until the
+ * deadline. A peer that aborted said so (duet__abort_noticed); a peer on
+ * this host that init could see (peers[].start) is looked up in /proc. */
 int duet__awaited_gone(duet_request_t *req, uint64_t now) {
   duet_comm_t *comm = req->comm;
   const duet__step_t *st;
   const duet__peer_t *pe;
+  const char *how = "exited or was killed";
+  char who[64];
   uint64_t seen;
   if (now < comm->alive_next_ns)
     return 0;
@@ -793,15 +823,23 @@ int duet__awaited_gone(duet_request_t *req, uint64_t now) {
   if (st == NULL || st->peer < 0 || st->peer >= comm->nranks)
     return 0;
   pe = &comm->peers[st->peer];
-  if (pe->start == 0)
-    return 0;
-  seen = duet__proc_start(pe->pid);
-  if (seen == pe->start || seen == DUET_PROC_UNKNOWN)
-    return 0;
+  if (duet__peer_needs_notice(comm, st->peer) && duet__abort_noticed(comm, st->peer)) {
+    how = "aborted (duet_comm_abort)";
+  } else {
+    if (pe->start == 0)
+      return 0;
+    seen = duet__proc_start(pe->pid);
+    if (seen == pe->start || seen == DUET_PROC_UNKNOWN)
+      return 0;
+  }
+  if (pe->start != 0)
+    snprintf(who, sizeof(who), "rank %d (pid %d, this host)", st->peer, (int)pe->pid);
+  else
+    snprintf(who, sizeof(who), "rank %d", st->peer);
   duet__set_error(comm, DUET_ERR_REMOTE,
-                  "%s seq %u on rank %d: rank %d (pid %d, this host) exited or was killed while "
-                  "this rank waited for a %s %s it (msg %u, %llu bytes, %s) for %llu ms",
-                  duet__coll_name(req->coll), req->seq, comm->rank, st->peer, (int)pe->pid,
+                  "%s seq %u on rank %d: %s %s while this rank waited for a %s %s it (msg %u, "
+                  "%llu bytes, %s) for %llu ms",
+                  duet__coll_name(req->coll), req->seq, comm->rank, who, how,
                   st->kind == DUET_STEP_SEND ? "send" : "receive",
                   st->kind == DUET_STEP_SEND ? "to" : "from", st->msg, (unsigned long long)st->len,
                   duet__net_name(st->net), (unsigned long long)((now - req->start_ns) / 1000000ull));

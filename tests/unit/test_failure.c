@@ -17,11 +17,10 @@
  *
  * Where duet sees the victim go, its peers must say DUET_ERR_REMOTE well
  * before the deadline: duet's tcp (the connection closes), the load/store
- * UPN (a closed segment, or a process that is gone), and planes and
- * super-nodes built of them. Over libfabric a pending receive from a rank
- * that is gone just waits: duet looks up the awaited rank's process when it
- * is on this host, so a killed rank is seen, but a rank that aborted and
- * lives on is not, and there the deadline (DUET_ERR_TIMEOUT) is the answer.
+ * UPN (a closed segment, or a process that is gone), libfabric (an abort
+ * notice; the awaited rank's process looked up when it is on this host),
+ * and planes and super-nodes built of them. Only a rank that dies on
+ * another host (not tested here) leaves libfabric peers the deadline.
  */
 #include <criterion/criterion.h>
 
@@ -47,7 +46,7 @@ typedef struct setup {
   const char *upn, *hpn, *hpn_iface; /* NULL: the default */
   const char *sn[MAXR];              /* super-node per rank; NULL: the host's */
   int prompt; /* the survivors must see DUET_ERR_REMOTE before the deadline:
-                 2 always, 1 when the victim is killed, 0 never */
+                 2 always, 1 when the victim is killed, 0 never (each set-up is 2 now) */
 } setup_t;
 
 typedef struct report {
@@ -241,8 +240,8 @@ static void scenario(const setup_t *su, int victim, int kill_it, int nb) {
 static const setup_t one_host = {"one host, load/store UPN", 3, NULL, NULL, NULL, {NULL}, 2};
 static const setup_t tcp = {"duet's tcp", 3, "tcp", "tcp", NULL, {NULL}, 2};
 static const setup_t ofi_tcp = {"libfabric tcp;ofi_rxm", 3, "tcp;ofi_rxm", "tcp;ofi_rxm", NULL,
-                                {NULL}, 1};
-static const setup_t ofi_shm = {"libfabric shm", 3, "shm", "tcp", NULL, {NULL}, 1};
+                                {NULL}, 2};
+static const setup_t ofi_shm = {"libfabric shm", 3, "shm", "tcp", NULL, {NULL}, 2};
 static const setup_t two_sn = {"2 x 2 super-nodes", 4, NULL, NULL, NULL, {"a", "a", "b", "b"}, 2};
 static const setup_t planes = {"2 x 2, two HPN planes", 4, "tcp", "tcp", "127.0.0.1,127.0.0.77",
                                {"a", "a", "b", "b"}, 2};
