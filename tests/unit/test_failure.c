@@ -8,6 +8,9 @@
  * tcp;ofi_rxm and shm, two super-nodes (segment inside, tcp across), and
  * two HPN planes.
  *
+ * Blocking calls, and non-blocking ones polled with duet_test (with and
+ * without a progress thread).
+ *
  * The ranks are processes forked from the test, on loopback, with a
  * DUET_TIMEOUT of 3 s. Every rank first runs one allreduce that must be
  * right; then the victim waits 300 ms (its peers are in the next allreduce
@@ -45,6 +48,7 @@ typedef struct setup {
   int n;
   const char *upn, *hpn, *hpn_iface; /* NULL: the default */
   const char *sn[MAXR];              /* super-node per rank; NULL: the host's */
+  int thread;                        /* DUET_PROGRESS_THREAD */
 } setup_t;
 
 typedef struct report {
@@ -91,6 +95,7 @@ static void rank_main(const setup_t *su, const int idp[2], int r, int victim, in
   cfg.hpn_provider = su->hpn;
   cfg.hpn_iface = su->hpn_iface;
   cfg.supernode = su->sn[r];
+  cfg.progress_thread = su->thread;
   rep.init = duet_comm_init_rank(&c, su->n, id, r, &cfg);
   if (rep.init != DUET_SUCCESS) {
     snprintf(rep.err, sizeof(rep.err), "init: %s", duet_last_error(NULL));
@@ -234,14 +239,18 @@ static void scenario(const setup_t *su, int victim, int kill_it, int nb) {
   }
 }
 
-static const setup_t one_host = {"one host, load/store UPN", 3, NULL, NULL, NULL, {NULL}};
-static const setup_t tcp = {"duet's tcp", 3, "tcp", "tcp", NULL, {NULL}};
+static const setup_t one_host = {"one host, load/store UPN", 3, NULL, NULL, NULL, {NULL}, 0};
+static const setup_t tcp = {"duet's tcp", 3, "tcp", "tcp", NULL, {NULL}, 0};
 static const setup_t ofi_tcp = {"libfabric tcp;ofi_rxm", 3, "tcp;ofi_rxm", "tcp;ofi_rxm", NULL,
-                                {NULL}};
-static const setup_t ofi_shm = {"libfabric shm", 3, "shm", "tcp", NULL, {NULL}};
-static const setup_t two_sn = {"2 x 2 super-nodes", 4, NULL, NULL, NULL, {"a", "a", "b", "b"}};
+                                {NULL}, 0};
+static const setup_t ofi_shm = {"libfabric shm", 3, "shm", "tcp", NULL, {NULL}, 0};
+static const setup_t two_sn = {"2 x 2 super-nodes", 4, NULL, NULL, NULL, {"a", "a", "b", "b"}, 0};
 static const setup_t planes = {"2 x 2, two HPN planes", 4, "tcp", "tcp", "127.0.0.1,127.0.0.77",
-                               {"a", "a", "b", "b"}};
+                               {"a", "a", "b", "b"}, 0};
+static const setup_t ofi_tcp_thread = {
+    "libfabric tcp;ofi_rxm, progress thread", 3, "tcp;ofi_rxm", "tcp;ofi_rxm", NULL, {NULL}, 1};
+static const setup_t two_sn_thread = {
+    "2 x 2 super-nodes, progress thread", 4, NULL, NULL, NULL, {"a", "a", "b", "b"}, 1};
 
 Test(failure, one_host_abort, .timeout = 90) { scenario(&one_host, 1, 0, 0); }
 Test(failure, one_host_kill, .timeout = 90) { scenario(&one_host, 1, 1, 0); }
@@ -259,3 +268,7 @@ Test(failure, one_host_kill_nonblocking, .timeout = 90) { scenario(&one_host, 1,
 Test(failure, ofi_tcp_kill_nonblocking, .timeout = 90) { scenario(&ofi_tcp, 1, 1, 1); }
 Test(failure, ofi_shm_kill_nonblocking, .timeout = 90) { scenario(&ofi_shm, 1, 1, 1); }
 Test(failure, two_supernodes_kill_nonblocking, .timeout = 90) { scenario(&two_sn, 2, 1, 1); }
+Test(failure, ofi_tcp_abort_progress_thread, .timeout = 90) { scenario(&ofi_tcp_thread, 1, 0, 1); }
+Test(failure, two_supernodes_kill_progress_thread, .timeout = 90) {
+  scenario(&two_sn_thread, 2, 1, 1);
+}
