@@ -7,6 +7,9 @@
 #      picks the hierarchical algorithms;
 #   3. the same with tcp for both networks.
 set -euo pipefail
+# Open MPI's hwloc asks X servers about GPUs (display :0, TCP port 6000 up)
+# and waits forever where something else listens there: no display probing.
+export HWLOC_COMPONENTS=${HWLOC_COMPONENTS:--gl,-opencl}
 cd "$(dirname "$0")"
 
 pkgs=$(cat .ci/packages)

@@ -36,6 +36,9 @@
 #   DUET_COMMIT    the commit duet_perf was built from, for the report (default: git HEAD here)
 # -q: quick smoke run (np 2, sizes up to 2 MiB, few iterations).
 set -u
+# Open MPI's hwloc asks X servers about GPUs (display :0, TCP port 6000 up)
+# and waits forever where something else listens there: no display probing.
+export HWLOC_COMPONENTS=${HWLOC_COMPONENTS:--gl,-opencl}
 
 SRCDIR=$(cd "$(dirname "$0")/.." && pwd)
 BUILDDIR=${DUET_BUILDDIR:-$SRCDIR}

@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <rdma/fabric.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -178,6 +179,7 @@ static void show_fabric(void) {
  * ranks do (open /proc/<pid>/fd/<fd>, mmap, read): a child tries on this
  * process's memory. When it cannot (a process that is not dumpable, say),
  * the all-to-all copies twice even on duet_mem_alloc buffers. */
+#define UMEM_CHECK_MS 10000
 static void show_umem(void) {
   const uint64_t mark = 0x6475657421ull;
   duet__umem_ref_t ref;
@@ -190,13 +192,25 @@ static void show_umem(void) {
     return;
   }
   *(volatile uint64_t *)p = mark;
+  fflush(stdout); /* the child must not inherit unwritten output */
   child = fork();
   if (child == 0) {
     const char *m = duet__umem_map((int)parent, &ref);
     _exit(m != NULL && *(const volatile uint64_t *)(const void *)(m + ref.offset) == mark ? 0 : 1);
   }
-  if (child > 0)
-    waitpid(child, &status, 0);
+  /* Every wait has a deadline: the child gets UMEM_CHECK_MS. */
+  for (int waited = 0; child > 0 && waitpid(child, &status, WNOHANG) == 0; waited += 10) {
+    if (waited >= UMEM_CHECK_MS) {
+      kill(child, SIGKILL);
+      waitpid(child, &status, 0);
+      printf("  duet_mem_alloc: cannot tell whether other processes can map it (the check did "
+             "not finish within %d ms)\n",
+             UMEM_CHECK_MS);
+      duet_mem_free(p);
+      return;
+    }
+    usleep(10 * 1000);
+  }
   printf("  duet_mem_alloc: other processes %s map it (all-to-all on it copies %s)\n",
          child > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? "can" : "cannot",
          child > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? "once" : "twice");

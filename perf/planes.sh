@@ -15,6 +15,9 @@
 # Env: top_builddir (default: this script's parent), SIZES (duet_perf's
 # -b/-e/-f, default "-b 256K -e 64M -f 4").
 set -eu
+# Open MPI's hwloc asks X servers about GPUs (display :0, TCP port 6000 up)
+# and waits forever where something else listens there: no display probing.
+export HWLOC_COMPONENTS=${HWLOC_COMPONENTS:--gl,-opencl}
 
 rate=4gbit
 runs=2

@@ -6,6 +6,9 @@
 # from this shell with DUET_RANK/DUET_SIZE/DUET_ROOT; examples/allreduce_mpi
 # under mpirun -np 2 when it was built. Env: top_builddir (default .), MPIRUN (default mpirun).
 set -u
+# Open MPI's hwloc asks X servers about GPUs (display :0, TCP port 6000 up)
+# and waits forever where something else listens there: no display probing.
+export HWLOC_COMPONENTS=${HWLOC_COMPONENTS:--gl,-opencl}
 
 builddir=${top_builddir:-.}
 mpirun=${MPIRUN:-mpirun}

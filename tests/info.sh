@@ -9,6 +9,7 @@ set -u
 builddir=${top_builddir:-.}
 prog="$builddir/perf/duet_info"
 limit=${DUET_TEST_TIMEOUT:-60}
+. "$(dirname "$0")/mpi/mpirun_env.sh" # mpi_limited
 passed=0
 failed=0
 out=$(mktemp "${TMPDIR:-/tmp}/duet_info.XXXXXX")
@@ -38,8 +39,10 @@ run() {
   for v in $(compgen -e); do
     case $v in DUET_*) unset+=(-u "$v") ;; esac
   done
-  env ${unset[@]+"${unset[@]}"} ${vars[@]+"${vars[@]}"} \
-    timeout "$limit" "$prog" "$@" >"$out" 2>"$err"
+  # as `timeout "$limit"`, but a run about to be killed first prints its
+  # stacks (into $err, shown when a check fails)
+  mpi_limited env ${unset[@]+"${unset[@]}"} ${vars[@]+"${vars[@]}"} \
+    "$prog" "$@" >"$out" 2>"$err"
   rc=$?
 }
 

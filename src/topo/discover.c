@@ -162,9 +162,16 @@ duet_status_t duet__topo_discover(duet__topo_t *t, const char *xml_path, char *e
 #if defined(__linux__) && HWLOC_API_VERSION >= 0x00020100
   /* On Linux hwloc's own sysfs scan finds the PCI devices and their NICs; its
    * libpciaccess-based "pci" plugin finds nothing more and leaks at unload,
-   * which fails every LeakSanitizer run. Not fatal if hwloc lacks it. */
-  if (xml_path == NULL)
+   * which fails every LeakSanitizer run. The "gl" plugin asks X servers
+   * about their GPUs, display :0 and on: where anything listens on TCP port
+   * 6000 and up without speaking X, it waits forever (duet_info hung in CI
+   * that way); duet wants no display. Nor OpenCL devices. Not fatal if hwloc
+   * lacks any of them. */
+  if (xml_path == NULL) {
     (void)hwloc_topology_set_components(topo, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, "pci");
+    (void)hwloc_topology_set_components(topo, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, "gl");
+    (void)hwloc_topology_set_components(topo, HWLOC_TOPOLOGY_COMPONENTS_FLAG_BLACKLIST, "opencl");
+  }
 #endif
   what = "hwloc_topology_load";
   if (hwloc_topology_load(topo) != 0)

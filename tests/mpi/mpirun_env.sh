@@ -31,6 +31,10 @@ mpi_test_setup() {
            --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo)
   # A failing rank should give up well before the mpirun timeout.
   export DUET_TIMEOUT_MS=${DUET_TIMEOUT_MS:-120000}
+  # Open MPI's hwloc asks X servers about GPUs (display :0, TCP port 6000
+  # up) and waits forever where something else listens there (a launch hung
+  # in CI with no output): no display probing.
+  export HWLOC_COMPONENTS=${HWLOC_COMPONENTS:--gl,-opencl}
   # Sanitizer builds: LeakSanitizer cannot attribute Open MPI's allocations
   # (its components are dlopen'ed and unloaded at MPI_Finalize, so their
   # frames show as unknown modules), so leak checking is off for

@@ -13,11 +13,13 @@
  */
 #include <criterion/criterion.h>
 #include <hwloc.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -403,4 +405,32 @@ Test(topo, place_move_refuses_on_a_busy_host) {
   cr_expect_eq(rc, 1, "moved (%d) with %d busy processes on the host", rc, BUSY);
   cr_assert(sched_getaffinity(0, sizeof(after), &after) == 0);
   cr_expect(CPU_EQUAL(&before, &after), "the mask changed");
+}
+
+/* Discovery must not talk to X servers: hwloc's "gl" plugin connects to
+ * display :0 (TCP port 6000 when there is no X socket) and waits forever
+ * for an answer from whatever listens there without speaking X. Here a
+ * socket listens on 127.0.0.1:6000 and never answers (or, if the port is
+ * taken, something else does); discovery in a child must end within 10 s. */
+Test(topo, discovery_asks_no_x_display, .timeout = 60) {
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(6000)};
+  int s = socket(AF_INET, SOCK_STREAM, 0), one = 1, status = 0;
+  pid_t kid;
+  cr_assert_geq(s, 0);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  (void)setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (bind(s, (struct sockaddr *)&a, sizeof(a)) == 0)
+    cr_assert_eq(listen(s, 8), 0);
+  kid = fork();
+  cr_assert_geq(kid, 0);
+  if (kid == 0) {
+    duet__topo_t t;
+    char err[DUET_TOPO_ERRLEN];
+    alarm(10);
+    _exit(duet__topo_discover(&t, NULL, err) == DUET_SUCCESS ? 0 : 1);
+  }
+  cr_assert_eq(waitpid(kid, &status, 0), kid);
+  close(s);
+  cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+            "discovery %s", WIFSIGNALED(status) ? "hung (killed after 10 s)" : "failed");
 }
