@@ -1,6 +1,6 @@
 /*
  * transport.c - what every transport shares: reporting an error, completing
- * a request.
+ * a request, the descriptors an endpoint needs.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -24,4 +24,18 @@ void duet__tp_complete(duet__tp_req_t *req, duet_status_t status, size_t len) {
   req->status = status;
   req->len = len;
   __atomic_store_n(&req->done, 1, __ATOMIC_RELEASE);
+}
+
+int duet__tp_fds_per_peer(const duet__tp_ops_t *ops, const char *provider, const char *iface) {
+  if (ops == &duet__tp_planes) {
+    int planes = 1;
+    for (const char *c = iface; c && *c; c++)
+      planes += *c == ',';
+    return planes * duet__tp_fds_per_peer(duet__tp_for_provider(provider), provider, NULL);
+  }
+  if (ops == &duet__tp_tcp)
+    return 3;
+  if (ops == &duet__tp_ofi)
+    return provider && strcmp(provider, "shm") == 0 ? 0 : 1;
+  return 0;
 }

@@ -9,10 +9,13 @@
  * peers. A rank that fails tells the others in the next round, so nobody
  * waits for a deadline to learn of it.
  */
+#include <dirent.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -92,6 +95,7 @@ static void duet__report_locality(int rank) {
 
 typedef struct duet__addr_msg { /* bootstrap round 2 and 3 */
   int32_t ok;
+  int32_t status; /* !ok: why (a duet_status_t) */
   int32_t mem_ok; /* round 2: this rank mapped its super-node's shared segment */
   uint32_t len[DUET_NET_COUNT];
   uint8_t addr[DUET_NET_COUNT][DUET_TP_ADDR_MAX];
@@ -226,52 +230,113 @@ static duet_status_t duet__open_net(duet_comm_t *comm, int n, const duet__tp_ops
   return rc;
 }
 
-/* Choose providers and interfaces, then open the endpoints this rank needs:
- * self always, the UPN when its super-node has other ranks, the HPN when
- * there are other super-nodes. */
+/* The descriptors this process has open (0 when it cannot tell). */
+static long duet__fds_open(void) {
+  DIR *d = opendir("/proc/self/fd");
+  long n = 0;
+  if (d == NULL)
+    return 0;
+  while (readdir(d) != NULL)
+    n++;
+  closedir(d);
+  return n > 3 ? n - 3 : 0; /* ".", ".." and the directory's own */
+}
+
+/*
+ * Room under RLIMIT_NOFILE for the sockets the endpoints will hold once
+ * connected (upn and hpn descriptors). A soft limit too low is raised
+ * (never past the hard one): a job of many ranks over sockets needs more
+ * than the usual 1024. A hard limit too low fails here, in the round every
+ * rank hears of, instead of as this rank's socket() failing while its peers
+ * wait for its connections until the connect deadline.
+ */
+static duet_status_t duet__fd_room(const duet_comm_t *comm, long upn, long hpn, char *errbuf) {
+  const long spare = 16; /* listeners, epoll and event descriptors */
+  struct rlimit rl;
+  long open_now, want;
+  if (upn + hpn == 0 || getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+    return DUET_SUCCESS;
+  open_now = duet__fds_open();
+  want = open_now + upn + hpn + spare;
+  if ((rlim_t)want <= rl.rlim_cur)
+    return DUET_SUCCESS;
+  if (rl.rlim_max != RLIM_INFINITY && (rlim_t)(want - spare) > rl.rlim_max) {
+    snprintf(errbuf, DUET_TP_ERRLEN,
+             "needs %ld file descriptors (%ld open, %ld for sockets to %d UPN and %d HPN peers), "
+             "more than RLIMIT_NOFILE's hard limit %llu: raise it (ulimit -Hn, limits.conf)",
+             want - spare, open_now, upn + hpn, comm->local_size - 1,
+             comm->nranks - comm->local_size, (unsigned long long)rl.rlim_max);
+    return DUET_ERR_SYSTEM;
+  }
+  rlim_t old = rl.rlim_cur;
+  rl.rlim_cur =
+      rl.rlim_max != RLIM_INFINITY && (rlim_t)want > rl.rlim_max ? rl.rlim_max : (rlim_t)want;
+  if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+    snprintf(errbuf, DUET_TP_ERRLEN,
+             "needs %ld file descriptors, RLIMIT_NOFILE is %llu, and raising it failed: %s",
+             want - spare, (unsigned long long)old, strerror(errno));
+    return DUET_ERR_SYSTEM;
+  }
+  DUET_INFO(DUET_SUB_INIT,
+            "rank %d: raised the soft RLIMIT_NOFILE from %llu to %llu for sockets to %d UPN and "
+            "%d HPN peers",
+            comm->rank, (unsigned long long)old, (unsigned long long)rl.rlim_cur,
+            comm->local_size - 1, comm->nranks - comm->local_size);
+  return DUET_SUCCESS;
+}
+
+/* Choose providers and interfaces, make room for their sockets, then open
+ * the endpoints this rank needs: self always, the UPN when its super-node
+ * has other ranks, the HPN when there are other super-nodes. */
 static duet_status_t duet__open_endpoints(duet_comm_t *comm, const duet__domains_t *dom,
                                           char *errbuf) {
-  char prov[64], iface[64];
+  char uprov[64], uiface[64], hprov[64], hiface[64];
+  const duet__tp_ops_t *uops = NULL, *hops = NULL;
+  long ufds = 0, hfds = 0;
   duet_status_t rc;
 
-  rc = duet__open_net(comm, DUET_NET_SELF, &duet__tp_self, "self", "", errbuf);
-  if (rc != DUET_SUCCESS)
-    return rc;
   if (comm->local_size > 1) {
     /* "mem" (the load/store path) carries the blocking collectives; the
      * non-blocking ones, send/recv and groups still need an endpoint: shm. */
-    snprintf(prov, sizeof(prov), "%s",
+    snprintf(uprov, sizeof(uprov), "%s",
              comm->cfg.upn_provider[0] && strcmp(comm->cfg.upn_provider, "mem") != 0
                  ? comm->cfg.upn_provider
              : dom->domain_one_host[comm->supernode] ? "shm"
                                                      : "tcp");
-    snprintf(iface, sizeof(iface), "%s",
+    snprintf(uiface, sizeof(uiface), "%s",
              comm->cfg.upn_iface[0] ? comm->cfg.upn_iface
-             : (dom->domain_one_host[comm->supernode] && strcmp(prov, "shm") != 0) ? "lo"
-                                                                                   : "");
-    if (strchr(iface, ',')) {
+             : (dom->domain_one_host[comm->supernode] && strcmp(uprov, "shm") != 0) ? "lo"
+                                                                                    : "");
+    if (strchr(uiface, ',')) {
       snprintf(errbuf, DUET_TP_ERRLEN,
                "DUET_UPN_IFACE \"%s\": a list of planes is for the HPN only (DUET_HPN_IFACE)",
-               iface);
+               uiface);
       return DUET_ERR_INVALID_ARGUMENT;
     }
-    rc = duet__open_net(comm, DUET_NET_UPN, duet__tp_for_provider(prov), prov, iface, errbuf);
-    if (rc != DUET_SUCCESS)
-      return rc;
+    uops = duet__tp_for_provider(uprov);
+    ufds = (long)duet__tp_fds_per_peer(uops, uprov, uiface) * (comm->local_size - 1);
   }
   if (comm->nsupernodes > 1) {
-    snprintf(prov, sizeof(prov), "%s", comm->cfg.hpn_provider[0] ? comm->cfg.hpn_provider : "tcp");
-    snprintf(iface, sizeof(iface), "%s",
-             comm->cfg.hpn_iface[0]                         ? comm->cfg.hpn_iface
-             : (comm->one_host && strcmp(prov, "shm") != 0) ? "lo"
-                                                            : "");
+    snprintf(hprov, sizeof(hprov), "%s",
+             comm->cfg.hpn_provider[0] ? comm->cfg.hpn_provider : "tcp");
+    snprintf(hiface, sizeof(hiface), "%s",
+             comm->cfg.hpn_iface[0]                          ? comm->cfg.hpn_iface
+             : (comm->one_host && strcmp(hprov, "shm") != 0) ? "lo"
+                                                             : "");
     /* DUET_HPN_IFACE=hpn0,hpn1: one endpoint per plane (transports/planes) */
-    rc = duet__open_net(comm, DUET_NET_HPN,
-                        strchr(iface, ',') ? &duet__tp_planes : duet__tp_for_provider(prov), prov,
-                        iface, errbuf);
-    if (rc != DUET_SUCCESS)
-      return rc;
+    hops = strchr(hiface, ',') ? &duet__tp_planes : duet__tp_for_provider(hprov);
+    hfds = (long)duet__tp_fds_per_peer(hops, hprov, hiface) * (comm->nranks - comm->local_size);
   }
+  rc = duet__fd_room(comm, ufds, hfds, errbuf);
+  if (rc != DUET_SUCCESS)
+    return rc;
+  rc = duet__open_net(comm, DUET_NET_SELF, &duet__tp_self, "self", "", errbuf);
+  if (rc == DUET_SUCCESS && uops)
+    rc = duet__open_net(comm, DUET_NET_UPN, uops, uprov, uiface, errbuf);
+  if (rc == DUET_SUCCESS && hops)
+    rc = duet__open_net(comm, DUET_NET_HPN, hops, hprov, hiface, errbuf);
+  if (rc != DUET_SUCCESS)
+    return rc;
   DUET_INFO(DUET_SUB_INIT, "rank %d: super-node %d of %d, local %d of %d, UPN %s/%s, HPN %s/%s%s",
             comm->rank, comm->supernode, comm->nsupernodes, comm->local_rank, comm->local_size,
             comm->nets->net[DUET_NET_UPN].ep ? comm->nets->net[DUET_NET_UPN].provider : "-",
@@ -461,8 +526,8 @@ static duet_status_t duet__exchange_status(duet_comm_t *comm, duet__boot_t *boot
     return duet__set_error(comm, rc, "duet_comm_init: rank %d: rendezvous (%s) failed: %s",
                            comm->rank, what, berr);
   if (!mine->ok)
-    return duet__set_error(comm, DUET_ERR_TRANSPORT, "duet_comm_init: rank %d: %s: %s", comm->rank,
-                           what, mine->error);
+    return duet__set_error(comm, mine->status < 0 ? mine->status : DUET_ERR_TRANSPORT,
+                           "duet_comm_init: rank %d: %s: %s", comm->rank, what, mine->error);
   for (int r = 0; r < comm->nranks; r++)
     if (!all[r].ok)
       return duet__set_error(comm, DUET_ERR_REMOTE, "duet_comm_init: rank %d failed (%s): %.*s", r,
@@ -583,6 +648,7 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
   }
   if (rc != DUET_SUCCESS) {
     amine->ok = 0;
+    amine->status = rc;
     snprintf(amine->error, sizeof(amine->error), "%s", tperr);
   }
   rc = duet__exchange_status(comm, boot, amine, aall, "opening endpoints");
@@ -603,6 +669,7 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
   /* Round 3: connect to the peers, then agree that everyone did. */
   rc = duet__insert_peers(comm, aall, tperr);
   amine->ok = rc == DUET_SUCCESS;
+  amine->status = rc;
   if (rc != DUET_SUCCESS)
     snprintf(amine->error, sizeof(amine->error), "%s", tperr);
   rc = duet__exchange_status(comm, boot, amine, aall, "connecting to peers");

@@ -24,6 +24,10 @@
  * notice; the awaited rank's process looked up when it is on this host),
  * and planes and super-nodes built of them. Only a rank that dies on
  * another host (not tested here) leaves libfabric peers the deadline.
+ *
+ * Descriptor limits: a rank whose RLIMIT_NOFILE cannot hold its sockets
+ * makes every rank's init fail at once, saying so, instead of its peers
+ * waiting for its connections; a soft limit under the hard one is raised.
  */
 #include <criterion/criterion.h>
 
@@ -33,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -271,4 +276,175 @@ Test(failure, two_supernodes_kill_nonblocking, .timeout = 90) { scenario(&two_sn
 Test(failure, ofi_tcp_abort_progress_thread, .timeout = 90) { scenario(&ofi_tcp_thread, 1, 0, 1); }
 Test(failure, two_supernodes_kill_progress_thread, .timeout = 90) {
   scenario(&two_sn_thread, 2, 1, 1);
+}
+
+/* ---- descriptor limits --------------------------------------------------- */
+
+typedef struct limit_report {
+  int rank, init, sum;
+  long init_ms;
+  unsigned long long soft_before, soft_after; /* RLIMIT_NOFILE around init */
+  char err[400];
+} limit_report_t;
+
+/* Leave this process 0, 1, 2 and the given descriptors only, as 3 .. 3 + n - 1
+ * (updated in fd[]), so that the next descriptors are 3 + n, 3 + n + 1, ... */
+static void fds_compact(int *fd[], int n) {
+  struct rlimit rl;
+  for (int i = 0; i < n; i++) {
+    int to = 3 + i, from = *fd[i];
+    if (from == to)
+      continue;
+    for (int j = i + 1; j < n; j++) /* one still to move sits where this one goes */
+      if (*fd[j] == to && (*fd[j] = dup(to)) < 0)
+        _exit(6);
+    if (dup2(from, to) < 0)
+      _exit(6);
+    close(from);
+    *fd[i] = to;
+  }
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+    _exit(6);
+  for (int f = 3 + n; f < (int)(rl.rlim_cur < 65536 ? rl.rlim_cur : 65536); f++)
+    close(f);
+}
+
+/* Four ranks over duet's tcp (three sockets per peer). Rank 1 first closes
+ * every descriptor but 0, 1, 2 and its report's, then leaves itself room
+ * for soft_room more (RLIMIT_NOFILE's soft limit), and hard_room more under
+ * the hard limit (0: unchanged). */
+static void limit_rank(const int idp[2], int r, long soft_room, long hard_room, int fd) {
+  duet_config_t cfg = DUET_CONFIG_INIT;
+  duet_comm_t *c = NULL;
+  duet_unique_id_t id;
+  limit_report_t rep;
+  struct rlimit rl;
+  long t;
+
+  memset(&rep, 0, sizeof(rep));
+  rep.rank = r;
+  if (r == 0) {
+    rep.init = duet_get_unique_id(&id);
+    for (int k = 1; k < 4 && rep.init == DUET_SUCCESS; k++)
+      if (write(idp[1], &id, sizeof(id)) != (ssize_t)sizeof(id))
+        rep.init = DUET_ERR_SYSTEM;
+  } else if (read(idp[0], &id, sizeof(id)) != (ssize_t)sizeof(id)) {
+    rep.init = DUET_ERR_SYSTEM;
+  }
+  if (rep.init != DUET_SUCCESS)
+    goto out;
+  if (r == 1) {
+    int *keep[] = {&fd};
+    fds_compact(keep, 1); /* 0 .. 3 open */
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+      _exit(4);
+    if (hard_room > 0)
+      rl.rlim_max = (rlim_t)(4 + hard_room);
+    rl.rlim_cur = (rlim_t)(4 + soft_room);
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+      _exit(5);
+  }
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+    rep.soft_before = (unsigned long long)rl.rlim_cur;
+  cfg.timeout_ms = TIMEOUT_MS;
+  cfg.upn_provider = "tcp";
+  cfg.hpn_provider = "tcp";
+  t = now_ms();
+  rep.init = duet_comm_init_rank(&c, 4, id, r, &cfg);
+  rep.init_ms = now_ms() - t;
+  if (rep.init != DUET_SUCCESS) {
+    snprintf(rep.err, sizeof(rep.err), "%s", duet_last_error(NULL));
+  } else {
+    int one = 1;
+    if (duet_allreduce(&one, &rep.sum, 1, DUET_INT32, DUET_SUM, c) != DUET_SUCCESS)
+      snprintf(rep.err, sizeof(rep.err), "%s", duet_last_error(c));
+    duet_comm_destroy(c);
+  }
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+    rep.soft_after = (unsigned long long)rl.rlim_cur;
+out:
+  if (write(fd, &rep, sizeof(rep)) != (ssize_t)sizeof(rep))
+    _exit(3);
+  _exit(0);
+}
+
+/* Run the four ranks; reps[r] is rank r's report. */
+static void limit_run(long soft_room, long hard_room, limit_report_t reps[4]) {
+  pid_t pid[4];
+  int fds[2], idp[2], got = 0;
+  long t0;
+
+  cr_assert_eq(pipe(fds), 0);
+  cr_assert_eq(pipe(idp), 0);
+  for (int r = 0; r < 4; r++) {
+    pid[r] = fork();
+    cr_assert_geq(pid[r], 0);
+    if (pid[r] == 0) {
+      close(fds[0]);
+      limit_rank(idp, r, soft_room, hard_room, fds[1]);
+    }
+  }
+  close(fds[1]);
+  close(idp[0]);
+  close(idp[1]);
+  t0 = now_ms();
+  while (got < 4 && now_ms() - t0 < 90000) {
+    struct pollfd p = {fds[0], POLLIN, 0};
+    limit_report_t rep;
+    if (poll(&p, 1, 1000) <= 0)
+      continue;
+    ssize_t k = read(fds[0], &rep, sizeof(rep));
+    if (k != (ssize_t)sizeof(rep))
+      break;
+    reps[rep.rank] = rep;
+    got++;
+  }
+  close(fds[0]);
+  for (int r = 0; r < 4; r++) {
+    int status = 0;
+    if (got < 4 && waitpid(pid[r], &status, WNOHANG) == 0) /* hung */
+      kill(pid[r], SIGKILL);
+    waitpid(pid[r], &status, 0);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "rank %d: exit status %#x", r, status);
+  }
+  cr_assert_eq(got, 4, "%d of 4 ranks reported", got);
+  for (int r = 0; r < 4; r++)
+    cr_log_info("rank %d: init %d in %ld ms, sum %d, RLIMIT_NOFILE %llu then %llu: %s", r,
+                reps[r].init, reps[r].init_ms, reps[r].sum, reps[r].soft_before, reps[r].soft_after,
+                reps[r].err);
+}
+
+/* Rank 1's hard limit leaves room for 4 more descriptors (the bootstrap
+ * takes one); it needs 9 sockets for its peers. */
+Test(limits, hard_limit_too_low_fails_every_rank_at_once, .timeout = 120) {
+  limit_report_t reps[4];
+  limit_run(4, 4, reps);
+  cr_assert_eq(reps[1].init, DUET_ERR_SYSTEM, "rank 1's init returned %d: %s", reps[1].init,
+               reps[1].err);
+  cr_assert(strstr(reps[1].err, "RLIMIT_NOFILE") != NULL, "rank 1 says: %s", reps[1].err);
+  for (int r = 0; r < 4; r++) {
+    if (r != 1) {
+      cr_assert_eq(reps[r].init, DUET_ERR_REMOTE, "rank %d's init returned %d: %s", r, reps[r].init,
+                   reps[r].err);
+      cr_assert(strstr(reps[r].err, "rank 1") != NULL && strstr(reps[r].err, "RLIMIT_NOFILE"),
+                "rank %d does not name rank 1 and the limit: %s", r, reps[r].err);
+    }
+    /* not the connect deadline (60 s) */
+    cr_assert_lt(reps[r].init_ms, 10000, "rank %d's init took %ld ms", r, reps[r].init_ms);
+  }
+}
+
+/* Rank 1's soft limit leaves room for 4 more descriptors, its hard limit for
+ * plenty: init raises the soft one and works. */
+Test(limits, soft_limit_is_raised, .timeout = 120) {
+  limit_report_t reps[4];
+  limit_run(4, 0, reps);
+  for (int r = 0; r < 4; r++) {
+    cr_assert_eq(reps[r].init, DUET_SUCCESS, "rank %d's init returned %d: %s", r, reps[r].init,
+                 reps[r].err);
+    cr_assert_eq(reps[r].sum, 4, "rank %d's allreduce gave %d: %s", r, reps[r].sum, reps[r].err);
+  }
+  /* raised by at least the 9 sockets to its 3 peers */
+  cr_assert_geq(reps[1].soft_after, reps[1].soft_before + 9, "rank 1's soft limit: %llu, then %llu",
+                reps[1].soft_before, reps[1].soft_after);
 }

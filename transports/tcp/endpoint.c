@@ -209,7 +209,8 @@ static duet_status_t tcp_connect_start(tcp_ep_t *e, int k, int lane, const tcp_a
   }
   fd = socket(a->family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) {
-    duet__tp_seterr(errbuf, "tcp", "socket for peer %d: %s", k, strerror(errno));
+    duet__tp_seterr(errbuf, "tcp", "socket for peer %d: %s%s", k, strerror(errno),
+                    errno == EMFILE ? " (RLIMIT_NOFILE: ulimit -n)" : "");
     return DUET_ERR_SYSTEM;
   }
   tcp_nodelay(fd);
@@ -380,7 +381,8 @@ duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *
           break;
       }
       duet__tp_seterr(errbuf, "tcp",
-                      "insert_peers: no %s peer %d within %d s (it did not open its endpoint?)",
+                      "insert_peers: no %s peer %d within %d s (it did not open its endpoint, "
+                      "or failed in insert_peers: see its own error)",
                       out_missing ? "connection to" : "connection from", k, TCP_CONNECT_SEC);
       st = DUET_ERR_TIMEOUT;
       goto out;
@@ -431,6 +433,12 @@ duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *
         i++;
     while (npend < maxpend) { /* new connections */
       int fd = accept4(e->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0 && (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)) {
+        duet__tp_seterr(errbuf, "tcp", "insert_peers: accept: %s (%d peers, 3 sockets each)",
+                        strerror(errno), npeers);
+        st = DUET_ERR_SYSTEM;
+        goto out;
+      }
       if (fd < 0)
         break;
       pend[npend++] = (tcp_pending_t){.fd = fd};
