@@ -26,16 +26,20 @@ void duet__tp_complete(duet__tp_req_t *req, duet_status_t status, size_t len) {
   __atomic_store_n(&req->done, 1, __ATOMIC_RELEASE);
 }
 
-int duet__tp_fds_per_peer(const duet__tp_ops_t *ops, const char *provider, const char *iface) {
+int duet__tp_fds_per_peer(const duet__tp_ops_t *ops, const char *provider, const char *iface,
+                          int *at_init) {
+  *at_init = 0;
   if (ops == &duet__tp_planes) {
-    int planes = 1;
+    int planes = 1, most;
     for (const char *c = iface; c && *c; c++)
       planes += *c == ',';
-    return planes * duet__tp_fds_per_peer(duet__tp_for_provider(provider), provider, NULL);
+    most = duet__tp_fds_per_peer(duet__tp_for_provider(provider), provider, NULL, at_init);
+    *at_init *= planes;
+    return planes * most;
   }
   if (ops == &duet__tp_tcp)
-    return 3;
-  if (ops == &duet__tp_ofi)
-    return provider && strcmp(provider, "shm") == 0 ? 0 : 1;
+    return 4;
+  if (ops == &duet__tp_ofi && !(provider && strcmp(provider, "shm") == 0))
+    return *at_init = 1;
   return 0;
 }

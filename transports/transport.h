@@ -82,11 +82,13 @@ void duet__tp_seterr(char *errbuf, const char *who, const char *fmt, ...)
 /* Complete a request: status, then len, then done (release). */
 void duet__tp_complete(duet__tp_req_t *req, duet_status_t status, size_t len);
 
-/* The descriptors an endpoint of ops holds per peer once connected: duet's
- * tcp three sockets (the main lane, a bulk lane each way), libfabric's
- * socket-based providers one connection, shared memory none; planes the
- * sum over their planes (iface: the comma list). */
-int duet__tp_fds_per_peer(const duet__tp_ops_t *ops, const char *provider, const char *iface);
+/* The descriptors an endpoint of ops may hold per peer: duet's tcp up to
+ * four sockets (two lanes each way, each dialled at its first message),
+ * libfabric's socket-based providers one connection, shared memory none;
+ * planes the sum over their planes (iface: the comma list). *at_init: how
+ * many of them insert_peers opens (libfabric's, connected eagerly). */
+int duet__tp_fds_per_peer(const duet__tp_ops_t *ops, const char *provider, const char *iface,
+                          int *at_init);
 
 extern const duet__tp_ops_t duet__tp_ofi;
 extern const duet__tp_ops_t duet__tp_self;

@@ -74,6 +74,7 @@ typedef struct duet__net {
   duet__tp_ep_t *ep;
   char provider[64];
   char iface[64];
+  char lasterr[DUET_TP_ERRLEN]; /* the transport's word on what its progress failed last */
 } duet__net_t;
 
 /* A communicator's endpoints, shared with the communicators split from it

@@ -182,10 +182,13 @@ static int duet__request_advance(duet_request_t *req) {
     req->posted[k] = req->posted[--req->nposted];
     moved = 1;
     if (t->status != DUET_SUCCESS) {
+      char *why = req->comm->nets->net[st->net].lasterr; /* the transport's, if it said */
       duet__step_fail(req, t->status, st->kind == DUET_STEP_SEND ? "send" : "receive", st,
                       t->status == DUET_ERR_MISMATCH ? "message longer than expected: ranks "
                                                        "called with different arguments"
+                      : why[0]                       ? why
                                                      : "transfer failed");
+      why[0] = '\0';
       duet__request_finish(req, t->status);
       return 1;
     }
@@ -235,8 +238,9 @@ duet_status_t duet__progress_once(duet_comm_t *comm, int *moved) {
     duet_status_t rc;
     if (net->ep == NULL)
       continue;
-    rc = net->ops->progress(net->ep, errbuf);
+    rc = net->ops->progress(net->ep, net->lasterr);
     if (rc < 0) {
+      snprintf(errbuf, sizeof(errbuf), "%s", net->lasterr);
       duet__set_error(comm, rc, "rank %d: %s network failed: %s", comm->rank, duet__net_name(n),
                       errbuf);
       DUET_WARN(DUET_SUB_NET, "%s", comm->last_error);

@@ -25,9 +25,12 @@
  * and planes and super-nodes built of them. Only a rank that dies on
  * another host (not tested here) leaves libfabric peers the deadline.
  *
- * Descriptor limits: a rank whose RLIMIT_NOFILE cannot hold its sockets
- * makes every rank's init fail at once, saying so, instead of its peers
- * waiting for its connections; a soft limit under the hard one is raised.
+ * Descriptor limits: a rank whose RLIMIT_NOFILE cannot hold the sockets
+ * init connects (libfabric's tcp) makes every rank's init fail at once,
+ * saying so, instead of its peers waiting for its connections; one that
+ * runs out of sockets later (duet's tcp connects each lane at its first
+ * message) fails its call, saying so; a soft limit under the hard one is
+ * raised.
  */
 #include <criterion/criterion.h>
 
@@ -281,8 +284,8 @@ Test(failure, two_supernodes_kill_progress_thread, .timeout = 90) {
 /* ---- descriptor limits --------------------------------------------------- */
 
 typedef struct limit_report {
-  int rank, init, sum;
-  long init_ms;
+  int rank, init, call, sum;
+  long init_ms, call_ms;
   unsigned long long soft_before, soft_after; /* RLIMIT_NOFILE around init */
   char err[400];
 } limit_report_t;
@@ -309,11 +312,12 @@ static void fds_compact(int *fd[], int n) {
     close(f);
 }
 
-/* Four ranks over duet's tcp (three sockets per peer). Rank 1 first closes
- * every descriptor but 0, 1, 2 and its report's, then leaves itself room
- * for soft_room more (RLIMIT_NOFILE's soft limit), and hard_room more under
- * the hard limit (0: unchanged). */
-static void limit_rank(const int idp[2], int r, long soft_room, long hard_room, int fd) {
+/* Four ranks over provider. Rank 1 first closes every descriptor but 0, 1,
+ * 2 and its report's, then leaves itself room for soft_room more
+ * (RLIMIT_NOFILE's soft limit), and hard_room more under the hard limit (0:
+ * unchanged). */
+static void limit_rank(const char *provider, const int idp[2], int r, long soft_room,
+                       long hard_room, int fd) {
   duet_config_t cfg = DUET_CONFIG_INIT;
   duet_comm_t *c = NULL;
   duet_unique_id_t id;
@@ -347,8 +351,8 @@ static void limit_rank(const int idp[2], int r, long soft_room, long hard_room, 
   if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
     rep.soft_before = (unsigned long long)rl.rlim_cur;
   cfg.timeout_ms = TIMEOUT_MS;
-  cfg.upn_provider = "tcp";
-  cfg.hpn_provider = "tcp";
+  cfg.upn_provider = provider;
+  cfg.hpn_provider = provider;
   t = now_ms();
   rep.init = duet_comm_init_rank(&c, 4, id, r, &cfg);
   rep.init_ms = now_ms() - t;
@@ -356,7 +360,10 @@ static void limit_rank(const int idp[2], int r, long soft_room, long hard_room, 
     snprintf(rep.err, sizeof(rep.err), "%s", duet_last_error(NULL));
   } else {
     int one = 1;
-    if (duet_allreduce(&one, &rep.sum, 1, DUET_INT32, DUET_SUM, c) != DUET_SUCCESS)
+    t = now_ms();
+    rep.call = duet_allreduce(&one, &rep.sum, 1, DUET_INT32, DUET_SUM, c);
+    rep.call_ms = now_ms() - t;
+    if (rep.call != DUET_SUCCESS)
       snprintf(rep.err, sizeof(rep.err), "%s", duet_last_error(c));
     duet_comm_destroy(c);
   }
@@ -369,7 +376,8 @@ out:
 }
 
 /* Run the four ranks; reps[r] is rank r's report. */
-static void limit_run(long soft_room, long hard_room, limit_report_t reps[4]) {
+static void limit_run(const char *provider, long soft_room, long hard_room,
+                      limit_report_t reps[4]) {
   pid_t pid[4];
   int fds[2], idp[2], got = 0;
   long t0;
@@ -381,7 +389,7 @@ static void limit_run(long soft_room, long hard_room, limit_report_t reps[4]) {
     cr_assert_geq(pid[r], 0);
     if (pid[r] == 0) {
       close(fds[0]);
-      limit_rank(idp, r, soft_room, hard_room, fds[1]);
+      limit_rank(provider, idp, r, soft_room, hard_room, fds[1]);
     }
   }
   close(fds[1]);
@@ -409,42 +417,67 @@ static void limit_run(long soft_room, long hard_room, limit_report_t reps[4]) {
   }
   cr_assert_eq(got, 4, "%d of 4 ranks reported", got);
   for (int r = 0; r < 4; r++)
-    cr_log_info("rank %d: init %d in %ld ms, sum %d, RLIMIT_NOFILE %llu then %llu: %s", r,
-                reps[r].init, reps[r].init_ms, reps[r].sum, reps[r].soft_before, reps[r].soft_after,
-                reps[r].err);
+    cr_log_info("rank %d: init %d in %ld ms, allreduce %d in %ld ms, sum %d, RLIMIT_NOFILE %llu "
+                "then %llu: %s",
+                r, reps[r].init, reps[r].init_ms, reps[r].call, reps[r].call_ms, reps[r].sum,
+                reps[r].soft_before, reps[r].soft_after, reps[r].err);
 }
 
-/* Rank 1's hard limit leaves room for 4 more descriptors (the bootstrap
- * takes one); it needs 9 sockets for its peers. */
+/* libfabric's tcp connects at init, one socket per peer. Rank 1's hard limit
+ * leaves room for 2 more descriptors (the bootstrap takes one); it needs 3
+ * for its peers. */
 Test(limits, hard_limit_too_low_fails_every_rank_at_once, .timeout = 120) {
   limit_report_t reps[4];
-  limit_run(4, 4, reps);
+  limit_run("tcp;ofi_rxm", 2, 2, reps);
   cr_assert_eq(reps[1].init, DUET_ERR_SYSTEM, "rank 1's init returned %d: %s", reps[1].init,
                reps[1].err);
   cr_assert(strstr(reps[1].err, "RLIMIT_NOFILE") != NULL, "rank 1 says: %s", reps[1].err);
   for (int r = 0; r < 4; r++) {
     if (r != 1) {
-      cr_assert_eq(reps[r].init, DUET_ERR_REMOTE, "rank %d's init returned %d: %s", r, reps[r].init,
-                   reps[r].err);
+      cr_assert_eq(reps[r].init, DUET_ERR_REMOTE, "rank %d's init returned %d: %s", r,
+                   reps[r].init, reps[r].err);
       cr_assert(strstr(reps[r].err, "rank 1") != NULL && strstr(reps[r].err, "RLIMIT_NOFILE"),
                 "rank %d does not name rank 1 and the limit: %s", r, reps[r].err);
     }
-    /* not the connect deadline (60 s) */
+    /* not libfabric's connect deadline (60 s) */
     cr_assert_lt(reps[r].init_ms, 10000, "rank %d's init took %ld ms", r, reps[r].init_ms);
   }
 }
 
+/* duet's tcp connects at a lane's first message. Rank 1's hard limit leaves
+ * room for 2 more descriptors: init works, its allreduce fails for want of
+ * sockets and says so, and its peers' allreduce ends within the deadline. */
+Test(limits, out_of_sockets_fails_the_call, .timeout = 120) {
+  limit_report_t reps[4];
+  limit_run("tcp", 2, 2, reps);
+  for (int r = 0; r < 4; r++) {
+    cr_assert_eq(reps[r].init, DUET_SUCCESS, "rank %d's init returned %d: %s", r, reps[r].init,
+                 reps[r].err);
+    if (r == 1) {
+      cr_assert_eq(reps[r].call, DUET_ERR_SYSTEM, "rank 1's allreduce returned %d: %s",
+                   reps[r].call, reps[r].err);
+      cr_assert(strstr(reps[r].err, "RLIMIT_NOFILE") != NULL, "rank 1 says: %s", reps[r].err);
+    } else { /* done before it needed rank 1's part, or failed */
+      cr_assert((reps[r].call == DUET_SUCCESS && reps[r].sum == 4) || is_failure(reps[r].call),
+                "rank %d's allreduce returned %d (sum %d): %s", r, reps[r].call, reps[r].sum,
+                reps[r].err);
+    }
+    cr_assert_leq(reps[r].call_ms, TIMEOUT_MS + 4000, "rank %d's allreduce took %ld ms", r,
+                  reps[r].call_ms);
+  }
+}
+
 /* Rank 1's soft limit leaves room for 4 more descriptors, its hard limit for
- * plenty: init raises the soft one and works. */
+ * plenty: init raises the soft one, for up to 4 sockets per peer, and the
+ * allreduce works. */
 Test(limits, soft_limit_is_raised, .timeout = 120) {
   limit_report_t reps[4];
-  limit_run(4, 0, reps);
+  limit_run("tcp", 4, 0, reps);
   for (int r = 0; r < 4; r++) {
     cr_assert_eq(reps[r].init, DUET_SUCCESS, "rank %d's init returned %d: %s", r, reps[r].init,
                  reps[r].err);
     cr_assert_eq(reps[r].sum, 4, "rank %d's allreduce gave %d: %s", r, reps[r].sum, reps[r].err);
   }
-  /* raised by at least the 9 sockets to its 3 peers */
-  cr_assert_geq(reps[1].soft_after, reps[1].soft_before + 9, "rank 1's soft limit: %llu, then %llu",
-                reps[1].soft_before, reps[1].soft_after);
+  cr_assert_geq(reps[1].soft_after, reps[1].soft_before + 12,
+                "rank 1's soft limit: %llu, then %llu", reps[1].soft_before, reps[1].soft_after);
 }

@@ -7,9 +7,10 @@
  * over duet's tcp transport: ping-pong of 8 B and 4 MiB, 64 tags received out
  * of order, a zero-length message, a truncated receive, a large message that
  * arrives before its receive, a message to oneself, reserved tags (ofi).
- * tcp alone: a stranger's connection is dropped, a peer that dies fails the
- * receives waiting for it. The child reports through its exit status. Every
- * wait has a deadline, so no test hangs.
+ * tcp alone: a stranger's connection is dropped, lanes connect at their
+ * first message (both ends at once too), a peer that dies fails the
+ * receives waiting for it. The child reports through its exit status.
+ * Every wait has a deadline, so no test hangs.
  */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
@@ -953,7 +954,7 @@ static duet__tp_ep_t *tcp_lone_open(unsigned char *addr, size_t *addrlen, char *
 }
 
 /* A connection that does not present the endpoint's token is dropped, and
- * insert_peers still connects the real peer (here: itself). */
+ * the endpoint still works (here: messages to itself). */
 Test(transport_tcp, stranger_dropped, .timeout = 60) {
   unsigned char addr[DUET_TP_ADDR_MAX], junk[40];
   size_t addrlen = 0;
@@ -972,27 +973,134 @@ Test(transport_tcp, stranger_dropped, .timeout = 60) {
   cr_assert_eq(write(fd, junk, sizeof junk), (ssize_t)sizeof junk);
   cr_assert_eq(duet__tp_tcp.insert_peers(ep, 1, addr, DUET_TP_ADDR_MAX, &addrlen, err),
                DUET_SUCCESS, "%s", err);
-  /* the stranger was closed on */
-  struct pollfd pfd = {.fd = fd, .events = POLLIN};
-  cr_assert_eq(poll(&pfd, 1, 5000), 1, "stranger's connection still open");
-  cr_assert_eq(read(fd, junk, sizeof junk), 0, "stranger got data");
-  close(fd);
-  /* and the endpoint works */
+  /* the endpoint works, and accepting its own connection it met the stranger */
   cr_assert_eq(duet__tp_tcp.irecv(ep, 0, &got, sizeof got, 9, &r, err), DUET_SUCCESS, "%s", err);
   cr_assert_eq(duet__tp_tcp.isend(ep, 0, &v, sizeof v, 9, &s, err), DUET_SUCCESS, "%s", err);
   for (double t = now(); !(r.done && s.done) && now() < t + WAIT_SEC;)
     cr_assert_geq(duet__tp_tcp.progress(ep, err), 0, "%s", err);
   cr_assert(r.done && r.status == DUET_SUCCESS && got == 42, "message to self after a stranger");
+  /* the stranger was closed on */
+  struct pollfd pfd = {.fd = fd, .events = POLLIN};
+  cr_assert_eq(poll(&pfd, 1, 5000), 1, "stranger's connection still open");
+  cr_assert_eq(read(fd, junk, sizeof junk), 0, "stranger got data");
+  close(fd);
   duet__tp_tcp.close(ep);
 }
 
+/* Lanes connect at their first message, one direction each: insert_peers
+ * connects nothing, a small message to itself opens the main lane (dialled
+ * and accepted), and a large one to itself takes the main lane too. */
+Test(transport_tcp, lanes_connect_at_first_use, .timeout = 60) {
+  unsigned char addr[DUET_TP_ADDR_MAX];
+  size_t addrlen = 0;
+  char err[DUET_TP_ERRLEN] = "";
+  duet__tp_ep_t *ep = tcp_lone_open(addr, &addrlen, err);
+  const tcp_ep_t *e = (const tcp_ep_t *)ep;
+  enum { MID = 256 * 1024 };
+  unsigned char *big = malloc(MID), *back = calloc(1, MID);
+  duet__tp_req_t s, r;
+
+  cr_assert(big && back);
+  memset(big, 0x5a, MID);
+  cr_assert_eq(duet__tp_tcp.insert_peers(ep, 1, addr, DUET_TP_ADDR_MAX, &addrlen, err),
+               DUET_SUCCESS, "%s", err);
+  for (int l = 0; l < TCP_LANES; l++)
+    cr_assert(e->conns[0].tx[l].fd < 0 && e->conns[0].rx[l].fd < 0,
+              "lane %d connected by insert_peers", l);
+  cr_assert_eq(duet__tp_tcp.irecv(ep, 0, back, MID, 3, &r, err), DUET_SUCCESS, "%s", err);
+  cr_assert_eq(duet__tp_tcp.isend(ep, 0, big, MID, 3, &s, err), DUET_SUCCESS, "%s", err);
+  for (double t = now(); !(r.done && s.done) && now() < t + WAIT_SEC;)
+    cr_assert_geq(duet__tp_tcp.progress(ep, err), 0, "%s", err);
+  cr_assert(r.done && r.status == DUET_SUCCESS && r.len == MID && memcmp(big, back, MID) == 0,
+            "256 KiB to itself");
+  cr_assert(e->conns[0].tx[TCP_MAIN].fd >= 0 && e->conns[0].rx[TCP_MAIN].fd >= 0,
+            "main lane not connected");
+  cr_assert(e->conns[0].tx[TCP_BULK].fd < 0 && e->conns[0].rx[TCP_BULK].fd < 0,
+            "a bulk lane to itself");
+  duet__tp_tcp.close(ep);
+  free(big);
+  free(back);
+}
+
+/* Both ends of a pair send their first message at once: both dial the main
+ * lane, the connection dialled by the lower token stays (the other is
+ * refused), and both messages arrive, on one main socket per end. Each
+ * side posts its send before either progresses (a byte through a pipe each
+ * way). Returns 0, or a line number. */
+static int both_dial(int me, unsigned char addrs[2][DUET_TP_ADDR_MAX], size_t lens[2], int to,
+                     int from) {
+  char err[DUET_TP_ERRLEN] = "";
+  unsigned char addr[DUET_TP_ADDR_MAX];
+  size_t addrlen = 0;
+  duet__tp_ep_t *ep = tcp_lone_open(addr, &addrlen, err);
+  const tcp_ep_t *e = (const tcp_ep_t *)ep;
+  uint64_t mine = 100 + (uint64_t)me, got = 0;
+  duet__tp_req_t s, r;
+  char b = 'x';
+  memcpy(addrs[me], addr, addrlen);
+  lens[me] = addrlen;
+  if (pipe_io(to, &lens[me], sizeof lens[me], 1) || pipe_io(to, addrs[me], lens[me], 1) ||
+      pipe_io(from, &lens[!me], sizeof lens[!me], 0) || pipe_io(from, addrs[!me], lens[!me], 0))
+    return __LINE__;
+  if (duet__tp_tcp.insert_peers(ep, 2, addrs, DUET_TP_ADDR_MAX, lens, err) != DUET_SUCCESS ||
+      duet__tp_tcp.isend(ep, !me, &mine, sizeof mine, 6, &s, err) != DUET_SUCCESS)
+    return __LINE__;
+  if (pipe_io(to, &b, 1, 1) || pipe_io(from, &b, 1, 0)) /* both have dialled */
+    return __LINE__;
+  if (duet__tp_tcp.irecv(ep, !me, &got, sizeof got, 6, &r, err) != DUET_SUCCESS)
+    return __LINE__;
+  for (double t = now(); !(s.done && r.done) && now() < t + WAIT_SEC;)
+    if (duet__tp_tcp.progress(ep, err) < 0)
+      return __LINE__;
+  if (!s.done || !r.done || s.status != DUET_SUCCESS || r.status != DUET_SUCCESS ||
+      got != 100 + (uint64_t)!me)
+    return __LINE__;
+  /* one main socket, both ways */
+  if (e->conns[!me].tx[TCP_MAIN].fd < 0 ||
+      e->conns[!me].tx[TCP_MAIN].fd != e->conns[!me].rx[TCP_MAIN].fd)
+    return __LINE__;
+  if (pipe_io(to, &b, 1, 1) || pipe_io(from, &b, 1, 0)) /* neither closes before both are done */
+    return __LINE__;
+  duet__tp_tcp.close(ep);
+  return 0;
+}
+
+Test(transport_tcp, both_dial_main_at_once, .timeout = 60) {
+  int p2c[2], c2p[2], status, line;
+  unsigned char addrs[2][DUET_TP_ADDR_MAX];
+  size_t lens[2];
+  pid_t pid;
+
+  for (int round = 0; round < 5; round++) { /* either token may be the lower */
+    cr_assert_eq(pipe(p2c), 0);
+    cr_assert_eq(pipe(c2p), 0);
+    fflush(NULL);
+    pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0)
+      _exit(both_dial(1, addrs, lens, c2p[1], p2c[0]) == 0 ? 0 : 1);
+    line = both_dial(0, addrs, lens, p2c[1], c2p[0]);
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert_eq(line, 0, "round %d: this end failed at line %d", round, line);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "round %d: peer status 0x%x", round,
+              status);
+    close(p2c[0]);
+    close(p2c[1]);
+    close(c2p[0]);
+    close(c2p[1]);
+  }
+}
+
 /* A peer that dies fails the receive waiting for it (no hang), and later
- * posts to it fail at once. */
+ * posts to it fail at once. The peer sends one message (its lane connects),
+ * then exits without a word. */
 Test(transport_tcp, peer_death, .timeout = 60) {
   int p2c[2], c2p[2], status;
   unsigned char addrs[2][DUET_TP_ADDR_MAX];
   size_t lens[2];
   char err[DUET_TP_ERRLEN] = "";
+  uint64_t got = 0;
+  duet__tp_req_t r;
   pid_t pid;
 
   cr_assert_eq(pipe(p2c), 0);
@@ -1000,12 +1108,20 @@ Test(transport_tcp, peer_death, .timeout = 60) {
   fflush(NULL);
   pid = fork();
   cr_assert_neq(pid, -1);
-  if (pid == 0) { /* the peer: connect, then exit without a word */
+  if (pid == 0) { /* the peer */
     duet__tp_ep_t *ep = tcp_lone_open(addrs[1], &lens[1], err);
+    uint64_t hello = 7;
+    duet__tp_req_t s;
     if (pipe_io(c2p[1], &lens[1], sizeof lens[1], 1) || pipe_io(c2p[1], addrs[1], lens[1], 1) ||
         pipe_io(p2c[0], &lens[0], sizeof lens[0], 0) || pipe_io(p2c[0], addrs[0], lens[0], 0))
       _exit(2);
-    _exit(duet__tp_tcp.insert_peers(ep, 2, addrs, DUET_TP_ADDR_MAX, lens, err) != DUET_SUCCESS);
+    if (duet__tp_tcp.insert_peers(ep, 2, addrs, DUET_TP_ADDR_MAX, lens, err) != DUET_SUCCESS ||
+        duet__tp_tcp.isend(ep, 0, &hello, sizeof hello, 4, &s, err) != DUET_SUCCESS)
+      _exit(3);
+    for (double t = now(); !s.done && now() < t + WAIT_SEC;)
+      if (duet__tp_tcp.progress(ep, err) < 0)
+        _exit(4);
+    _exit(s.done && s.status == DUET_SUCCESS ? 0 : 5);
   }
   duet__tp_ep_t *ep = tcp_lone_open(addrs[0], &lens[0], err);
   cr_assert_eq(pipe_io(p2c[1], &lens[0], sizeof lens[0], 1), 0);
@@ -1014,11 +1130,12 @@ Test(transport_tcp, peer_death, .timeout = 60) {
   cr_assert_eq(pipe_io(c2p[0], addrs[1], lens[1], 0), 0);
   cr_assert_eq(duet__tp_tcp.insert_peers(ep, 2, addrs, DUET_TP_ADDR_MAX, lens, err), DUET_SUCCESS,
                "%s", err);
+  cr_assert_eq(duet__tp_tcp.irecv(ep, 1, &got, sizeof got, 4, &r, err), DUET_SUCCESS, "%s", err);
+  for (double t = now(); !r.done && now() < t + WAIT_SEC;)
+    cr_assert_geq(duet__tp_tcp.progress(ep, err), 0, "%s", err);
+  cr_assert(r.done && r.status == DUET_SUCCESS && got == 7, "the peer's last message");
   cr_assert_eq(waitpid(pid, &status, 0), pid);
   cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "peer status 0x%x", status);
-
-  uint64_t got;
-  duet__tp_req_t r;
   cr_assert_eq(duet__tp_tcp.irecv(ep, 1, &got, sizeof got, 5, &r, err), DUET_SUCCESS, "%s", err);
   for (double t = now(); !r.done && now() < t + WAIT_SEC;)
     cr_assert_geq(duet__tp_tcp.progress(ep, err), 0, "%s", err);

@@ -4,19 +4,15 @@
  *
  * Connections: every endpoint listens on the interface the caller names (an
  * interface name or an IP address; none: the first non-loopback IPv4
- * interface that is up, else loopback). insert_peers makes, per pair of
- * endpoints, a main connection used in both directions (small messages; the
- * kernel's acknowledgements ride on data going the other way), dialled by
- * the endpoint with the lower random token, and one bulk connection per
- * direction (messages of 64 KiB or more), dialled by the sender, so that
- * two large transfers in opposite directions do not contend for one
- * socket. An endpoint reaches itself only through a main lane of two
- * sockets (it sends on the one it dialled and receives on the one it
- * accepted). The dialler's first 40 bytes are a hello holding the lane, the
- * listener's 128-bit token (learned from the address blob, which came
- * through the authenticated bootstrap) and its own; a connection that does
- * not present them is closed and logged. insert_peers is collective over the
- * inserted peers and fails after TCP_CONNECT_SEC naming the peer it lacks.
+ * interface that is up, else loopback) for its whole life. Init connects
+ * nothing: each lane is dialled by a sender at its first message there
+ * (tcp.h), so a rank holds connections only to the peers it talks to (a
+ * hierarchical job's rails, a ring's neighbours), at most three per peer.
+ * The dialler's first 40 bytes are a hello holding the lane, the listener's
+ * 128-bit token (learned from the address blob, which came through the
+ * authenticated bootstrap) and its own; a connection that does not present
+ * them is closed and logged. Incoming connections are accepted when a
+ * receive waits for the lane they bring, or a main lane its peer's.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* accept4 */
@@ -34,17 +30,10 @@
 #include <sys/epoll.h>
 #include <sys/random.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "core/log.h"
 #include "tcp.h"
-
-static double tcp_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* ---- open / addresses / connections / close ------------------------------ */
 
@@ -169,27 +158,17 @@ duet_status_t duet__tcp_get_addr(duet__tp_ep_t *ep, void *addr, size_t *addrlen,
   return DUET_SUCCESS;
 }
 
-/* Who makes the connection to peer k: 1 this endpoint (its token is lower),
- * -1 the peer, 0 both (peer k is this endpoint). */
-static int tcp_dials(const tcp_ep_t *e, int k) {
-  const uint64_t *mine = e->addr.token, *theirs = e->conns[k].token;
-  if (mine[0] != theirs[0])
-    return mine[0] < theirs[0] ? 1 : -1;
-  if (mine[1] != theirs[1])
-    return mine[1] < theirs[1] ? 1 : -1;
-  return 0;
+/* Register fd with the epoll set (want: events, 0: none); *have tracks it. */
+static void tcp_epoll_forget(tcp_ep_t *e, int fd, uint32_t *have) {
+  if (*have && e->epfd >= 0)
+    (void)epoll_ctl(e->epfd, EPOLL_CTL_DEL, fd, NULL);
+  *have = 0;
 }
 
-/* A connection accepted but not yet identified by its hello. */
-typedef struct tcp_pending {
-  int fd;
-  size_t got;
-  tcp_hello_t hello;
-} tcp_pending_t;
-
-/* Start a non-blocking connect to peer k's listener. */
-static duet_status_t tcp_connect_start(tcp_ep_t *e, int k, int lane, const tcp_addr_t *a,
-                                       char *errbuf) {
+/* Start a non-blocking connect of lane to peer k's listener. */
+duet_status_t duet__tcp_dial(tcp_ep_t *e, int k, int lane) {
+  tcp_conn_t *c = &e->conns[k];
+  const tcp_addr_t *a = &c->addr;
   struct sockaddr_storage ss;
   socklen_t sslen;
   int fd;
@@ -209,9 +188,11 @@ static duet_status_t tcp_connect_start(tcp_ep_t *e, int k, int lane, const tcp_a
   }
   fd = socket(a->family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) {
-    duet__tp_seterr(errbuf, "tcp", "socket for peer %d: %s%s", k, strerror(errno),
-                    errno == EMFILE ? " (RLIMIT_NOFILE: ulimit -n)" : "");
-    return DUET_ERR_SYSTEM;
+    duet__tcp_conn_fail(e, c,
+                        errno == EMFILE || errno == ENFILE ? DUET_ERR_SYSTEM : DUET_ERR_REMOTE,
+                        "socket for the %s lane: %s%s", lane == TCP_MAIN ? "main" : "bulk",
+                        strerror(errno), errno == EMFILE ? " (RLIMIT_NOFILE: ulimit -n)" : "");
+    return c->dead;
   }
   tcp_nodelay(fd);
   /* A bounded send buffer on the bulk lane: the sender stays a few hundred
@@ -222,21 +203,98 @@ static duet_status_t tcp_connect_start(tcp_ep_t *e, int k, int lane, const tcp_a
   if (lane == TCP_BULK && e->sndbuf > 0 &&
       setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &e->sndbuf, sizeof e->sndbuf) != 0)
     DUET_INFO(DUET_SUB_NET, "tcp: SO_SNDBUF %d for peer %d: %s", e->sndbuf, k, strerror(errno));
+  c->tx[lane].fd = fd;
+  c->tx[lane].state = TX_CONNECTING;
+  c->tx[lane].hello_off = 0;
   if (connect(fd, (struct sockaddr *)&ss, sslen) != 0 && errno != EINPROGRESS) {
-    duet__tp_seterr(errbuf, "tcp", "connect to peer %d: %s", k, strerror(errno));
-    close(fd);
-    return DUET_ERR_REMOTE;
+    duet__tcp_conn_fail(e, c, DUET_ERR_REMOTE, "connect: %s", strerror(errno));
+    return c->dead;
   }
-  e->conns[k].tx[lane].fd = fd;
   return DUET_SUCCESS;
 }
 
+/* An incoming lane's staging buffer, made at its first connection. */
+static int tcp_stage_make(tcp_ep_t *e, tcp_conn_t *c, int lane) {
+  if (!c->rx[lane].stage && !(c->rx[lane].stage = malloc(TCP_STAGE))) {
+    duet__tcp_conn_fail(e, c, DUET_ERR_NO_MEMORY, "out of memory for a staging buffer");
+    return -1;
+  }
+  return 0;
+}
+
+/* The main lane to peer k is open on fd, both ways. */
+static void tcp_main_up(tcp_conn_t *c, int fd) {
+  c->tx[TCP_MAIN].fd = c->rx[TCP_MAIN].fd = fd;
+  c->tx[TCP_MAIN].state = TX_UP;
+}
+
+/* Finish lane's connect to peer k: once the socket is writable its hello
+ * (the first bytes on every connection), then, on the main lane to another
+ * endpoint, the peer's welcome. Returns whether the lane is up. */
+int duet__tcp_dial_done(tcp_ep_t *e, int k, int lane) {
+  tcp_conn_t *c = &e->conns[k];
+  tcp_tx_t *tx = &c->tx[lane];
+  tcp_hello_t h = {.magic = TCP_HELLO_MAGIC, .lane = (uint32_t)lane};
+  ssize_t n;
+  if (tx->state == TX_CONNECTING) {
+    struct pollfd q = {.fd = tx->fd, .events = POLLOUT};
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (poll(&q, 1, 0) != 1)
+      return 0;
+    (void)getsockopt(tx->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+    if (err != 0) {
+      duet__tcp_conn_fail(e, c, DUET_ERR_REMOTE, "connect: %s", strerror(err));
+      return 0;
+    }
+    tx->state = TX_HELLO;
+  }
+  if (tx->state == TX_HELLO) {
+    memcpy(h.to, c->addr.token, sizeof h.to);
+    memcpy(h.from, e->addr.token, sizeof h.from);
+    n = send(tx->fd, (uint8_t *)&h + tx->hello_off, sizeof h - tx->hello_off,
+             MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+      duet__tcp_conn_fail(e, c, DUET_ERR_REMOTE, "hello: %s", strerror(errno));
+      return 0;
+    }
+    if (n > 0)
+      tx->hello_off += (size_t)n;
+    if (tx->hello_off < sizeof h)
+      return 0;
+    tx->state = lane == TCP_MAIN && !c->self ? TX_WELCOME : TX_UP;
+  }
+  if (tx->state == TX_WELCOME) {
+    uint8_t w = 0;
+    n = recv(tx->fd, &w, 1, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+      return 0;
+    if (n == 1 && w == TCP_WELCOME) {
+      if (tcp_stage_make(e, c, TCP_MAIN) != 0)
+        return 0;
+      c->ev[0] = c->ev[2]; /* its epoll registration now counts as the main lane's */
+      c->ev[2] = 0;
+      tcp_main_up(c, tx->fd);
+    } else if (n == 1) {
+      duet__tcp_conn_fail(e, c, DUET_ERR_PROTOCOL, "main lane: %#x instead of a welcome", w);
+      return 0;
+    } else { /* refused: the peer dialled too, and its connection stays */
+      close(tx->fd);
+      tx->fd = -1;
+      c->ev[2] = 0;
+      tx->state = TX_AWAIT;
+    }
+  }
+  return tx->state == TX_UP;
+}
+
 /* Read more of an accepted connection's hello; when complete, file it under
- * its peer. Returns 1 when the connection is done with (identified or
+ * its peer and lane. Returns 1 when the connection is done with (filed or
  * rejected), 0 when more bytes are due. */
-static int tcp_hello_in(tcp_ep_t *e, tcp_pending_t *p, int *nin) {
+static int tcp_hello_in(tcp_ep_t *e, tcp_pending_t *p) {
   ssize_t n = recv(p->fd, (uint8_t *)&p->hello + p->got, sizeof p->hello - p->got, MSG_DONTWAIT);
   const char *why = NULL;
+  tcp_conn_t *c;
   uint32_t lane;
   int k;
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
@@ -254,51 +312,90 @@ static int tcp_hello_in(tcp_ep_t *e, tcp_pending_t *p, int *nin) {
     goto out_reject;
   }
   for (k = 0; k < e->npeers; k++)
-    if (e->conns[k].token[0] == p->hello.from[0] && e->conns[k].token[1] == p->hello.from[1])
+    if (e->conns[k].addr.token[0] == p->hello.from[0] &&
+        e->conns[k].addr.token[1] == p->hello.from[1])
       break;
   if (k == e->npeers) {
     why = "a hello from no inserted peer";
     goto out_reject;
   }
+  c = &e->conns[k];
   lane = p->hello.lane;
   if (lane != TCP_MAIN && lane != TCP_BULK) {
     why = "a hello for no lane";
     goto out_reject;
   }
-  if (e->conns[k].rx[lane].fd >= 0 ||
-      (lane == TCP_MAIN ? tcp_dials(e, k) > 0 : tcp_dials(e, k) == 0)) {
-    why = e->conns[k].rx[lane].fd >= 0 ? "a second connection from a peer"
-                                       : "a connection this endpoint should have dialled";
+  if (c->rx[lane].fd >= 0 || (lane == TCP_BULK && c->self)) {
+    why = "a second connection for a lane";
     goto out_reject;
   }
-  e->conns[k].rx[lane].fd = p->fd;
-  if (lane == TCP_MAIN && tcp_dials(e, k) < 0) /* not itself: both directions */
-    e->conns[k].tx[TCP_MAIN].fd = p->fd;
+  if (lane == TCP_MAIN && !c->self && c->tx[TCP_MAIN].fd >= 0) { /* both dialled */
+    const uint64_t *mine = e->addr.token, *theirs = c->addr.token;
+    if (mine[0] < theirs[0] || (mine[0] == theirs[0] && mine[1] < theirs[1])) {
+      why = NULL; /* ours stays: refuse theirs, they wait for ours */
+      goto out_reject;
+    }
+    close(c->tx[TCP_MAIN].fd); /* theirs stays: ours was refused or will be */
+    c->tx[TCP_MAIN].fd = -1;
+    c->ev[2] = 0;
+  }
+  if (tcp_stage_make(e, c, (int)lane) != 0) {
+    tcp_epoll_forget(e, p->fd, &p->ev);
+    close(p->fd);
+    return 1;
+  }
+  tcp_epoll_forget(e, p->fd, &p->ev);
   tcp_nodelay(p->fd);
-  (*nin)++;
+  if (lane == TCP_MAIN && !c->self) {
+    uint8_t w = TCP_WELCOME;
+    if (send(p->fd, &w, 1, MSG_DONTWAIT | MSG_NOSIGNAL) != 1) {
+      duet__tcp_conn_fail(e, c, DUET_ERR_REMOTE, "welcome: %s", strerror(errno));
+      close(p->fd);
+      return 1;
+    }
+    tcp_main_up(c, p->fd);
+  } else {
+    c->rx[lane].fd = p->fd;
+  }
   return 1;
 
 out_reject:
-  DUET_WARN(DUET_SUB_NET, "tcp: dropped an incoming connection: %s", why);
+  if (why)
+    DUET_WARN(DUET_SUB_NET, "tcp: dropped an incoming connection: %s", why);
+  tcp_epoll_forget(e, p->fd, &p->ev);
   close(p->fd);
   return 1;
 }
 
-/* Whether peer k's lane still lacks the connection the peer dials. */
-static int tcp_in_missing(const tcp_ep_t *e, int k, int lane) {
-  int expected = lane == TCP_MAIN ? tcp_dials(e, k) <= 0 : tcp_dials(e, k) != 0;
-  return expected && e->conns[k].rx[lane].fd < 0;
+/* Accept the connections waiting at the listener and read their hellos.
+ * Returns 0, or the errno of an accept that ran out of descriptors or
+ * memory (the connection stays queued at the listener). */
+int duet__tcp_accept(tcp_ep_t *e) {
+  int err = 0;
+  while (e->npend < TCP_PENDING_MAX) {
+    int fd = accept4(e->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+        err = errno;
+      break;
+    }
+    e->pend[e->npend++] = (tcp_pending_t){.fd = fd};
+  }
+  for (int i = 0; i < e->npend;)
+    if (tcp_hello_in(e, &e->pend[i]))
+      e->pend[i] = e->pend[--e->npend];
+    else
+      i++;
+  return err;
 }
 
+/* Learn the peers. Nothing is connected here: each lane is dialled by its
+ * sender at its first message (a job's ranks talk to a few of their peers
+ * only: the hierarchy's rails, a ring's neighbours), and accepted when a
+ * receive waits for it. */
 duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *addrs,
                                      size_t stride, const size_t *addrlens, char *errbuf) {
   tcp_ep_t *e = (tcp_ep_t *)ep;
-  double t0 = tcp_now(), deadline = t0 + TCP_CONNECT_SEC;
-  tcp_pending_t *pend = NULL;
-  struct pollfd *pfd = NULL;
-  int npend = 0, maxpend, nin = 0, nout = 0, want_in = 0, want_out = 0;
-  char *sent = NULL; /* [2k + lane]: hello written (or nothing to dial) */
-  duet_status_t st = DUET_SUCCESS;
 
   if (e->conns) {
     duet__tp_seterr(errbuf, "tcp", "insert_peers: called twice");
@@ -308,19 +405,29 @@ duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *
     duet__tp_seterr(errbuf, "tcp", "insert_peers: npeers %d", npeers);
     return DUET_ERR_INVALID_ARGUMENT;
   }
+  for (int k = 0; k < npeers; k++) {
+    tcp_addr_t a;
+    if (addrlens[k] != sizeof a) {
+      duet__tp_seterr(errbuf, "tcp", "insert_peers: peer %d's address has %zu bytes, want %zu", k,
+                      addrlens[k], sizeof a);
+      return DUET_ERR_INVALID_ARGUMENT;
+    }
+    memcpy(&a, (const char *)addrs + (size_t)k * stride, sizeof a);
+    if (a.magic != TCP_MAGIC || (a.family != AF_INET && a.family != AF_INET6)) {
+      duet__tp_seterr(errbuf, "tcp", "insert_peers: peer %d's address is not a tcp address", k);
+      return DUET_ERR_INVALID_ARGUMENT;
+    }
+  }
   e->conns = calloc((size_t)npeers, sizeof *e->conns);
-  maxpend = 2 * npeers + TCP_PENDING_EXTRA;
-  pend = calloc((size_t)maxpend, sizeof *pend);
-  pfd = calloc(2 * (size_t)npeers + (size_t)maxpend + 1, sizeof *pfd);
-  sent = calloc(2 * (size_t)npeers, 1);
-  if (!e->conns || !pend || !pfd || !sent) {
+  if (!e->conns) {
     duet__tp_seterr(errbuf, "tcp", "insert_peers: out of memory for %d peers", npeers);
-    st = DUET_ERR_NO_MEMORY;
-    goto out;
+    return DUET_ERR_NO_MEMORY;
   }
   e->npeers = npeers;
   for (int k = 0; k < npeers; k++) {
     tcp_conn_t *c = &e->conns[k];
+    memcpy(&c->addr, (const char *)addrs + (size_t)k * stride, sizeof c->addr);
+    c->self = c->addr.token[0] == e->addr.token[0] && c->addr.token[1] == e->addr.token[1];
     for (int l = 0; l < TCP_LANES; l++) {
       c->tx[l].fd = c->rx[l].fd = -1;
       c->tx[l].tail = &c->tx[l].head;
@@ -328,133 +435,7 @@ duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *
     c->rq_tail = &c->rq_head;
     c->ux_tail = &c->ux_head;
   }
-  for (int k = 0; k < npeers; k++) {
-    tcp_conn_t *c = &e->conns[k];
-    tcp_addr_t a;
-    if (addrlens[k] != sizeof a) {
-      duet__tp_seterr(errbuf, "tcp", "insert_peers: peer %d's address has %zu bytes, want %zu", k,
-                      addrlens[k], sizeof a);
-      st = DUET_ERR_INVALID_ARGUMENT;
-      goto out;
-    }
-    memcpy(&a, (const char *)addrs + (size_t)k * stride, sizeof a);
-    if (a.magic != TCP_MAGIC || (a.family != AF_INET && a.family != AF_INET6)) {
-      duet__tp_seterr(errbuf, "tcp", "insert_peers: peer %d's address is not a tcp address", k);
-      st = DUET_ERR_INVALID_ARGUMENT;
-      goto out;
-    }
-    c->token[0] = a.token[0];
-    c->token[1] = a.token[1];
-    for (int l = 0; l < TCP_LANES; l++) {
-      /* main: dialled by the lower token (by both ends when it is itself);
-       * bulk: by each end for its own sends (none to itself) */
-      int dial = l == TCP_MAIN ? tcp_dials(e, k) >= 0 : tcp_dials(e, k) != 0;
-      if (l == TCP_BULK && tcp_dials(e, k) == 0) {
-        sent[2 * k + l] = 1;
-        continue;
-      }
-      want_in += tcp_in_missing(e, k, l);
-      c->rx[l].stage = malloc(TCP_STAGE);
-      if (!c->rx[l].stage) {
-        duet__tp_seterr(errbuf, "tcp", "insert_peers: out of memory for staging buffers");
-        st = DUET_ERR_NO_MEMORY;
-        goto out;
-      }
-      if (!dial) {
-        sent[2 * k + l] = 1; /* the peer dials */
-        continue;
-      }
-      want_out++;
-      st = tcp_connect_start(e, k, l, &a, errbuf);
-      if (st != DUET_SUCCESS)
-        goto out;
-    }
-  }
-  /* Finish our connects (hello once writable), accept and identify theirs. */
-  while (nout < want_out || nin < want_in) {
-    int n = 0, ready;
-    if (tcp_now() > deadline) {
-      int k = 0, out_missing = 0;
-      for (; k < npeers; k++) {
-        out_missing = !sent[2 * k] || !sent[2 * k + 1];
-        if (out_missing || tcp_in_missing(e, k, TCP_MAIN) || tcp_in_missing(e, k, TCP_BULK))
-          break;
-      }
-      duet__tp_seterr(errbuf, "tcp",
-                      "insert_peers: no %s peer %d within %d s (it did not open its endpoint, "
-                      "or failed in insert_peers: see its own error)",
-                      out_missing ? "connection to" : "connection from", k, TCP_CONNECT_SEC);
-      st = DUET_ERR_TIMEOUT;
-      goto out;
-    }
-    pfd[n++] = (struct pollfd){.fd = e->lfd, .events = POLLIN};
-    for (int i = 0; i < 2 * npeers; i++)
-      if (!sent[i])
-        pfd[n++] = (struct pollfd){.fd = e->conns[i / 2].tx[i % 2].fd, .events = POLLOUT};
-    for (int i = 0; i < npend; i++)
-      pfd[n++] = (struct pollfd){.fd = pend[i].fd, .events = POLLIN};
-    ready = poll(pfd, (nfds_t)n, 100);
-    if (ready < 0 && errno != EINTR) {
-      duet__tp_seterr(errbuf, "tcp", "insert_peers: poll: %s", strerror(errno));
-      st = DUET_ERR_SYSTEM;
-      goto out;
-    }
-    if (ready <= 0)
-      continue;
-    for (int i = 0; i < 2 * npeers; i++) { /* connects that finished */
-      int k = i / 2, l = i % 2, fd = e->conns[k].tx[l].fd, err = 0;
-      socklen_t len = sizeof err;
-      tcp_hello_t h = {.magic = TCP_HELLO_MAGIC, .lane = (uint32_t)l};
-      struct pollfd q = {.fd = fd, .events = POLLOUT};
-      if (sent[i] || poll(&q, 1, 0) != 1)
-        continue;
-      (void)getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len);
-      if (err != 0) {
-        duet__tp_seterr(errbuf, "tcp", "insert_peers: connect to peer %d: %s", k, strerror(err));
-        st = DUET_ERR_REMOTE;
-        goto out;
-      }
-      memcpy(h.to, e->conns[k].token, sizeof h.to);
-      memcpy(h.from, e->addr.token, sizeof h.from);
-      if (send(fd, &h, sizeof h, MSG_NOSIGNAL) != (ssize_t)sizeof h) {
-        duet__tp_seterr(errbuf, "tcp", "insert_peers: hello to peer %d: %s", k, strerror(errno));
-        st = DUET_ERR_REMOTE;
-        goto out;
-      }
-      sent[i] = 1;
-      nout++;
-      if (l == TCP_MAIN && tcp_dials(e, k) > 0) /* not itself: both directions */
-        e->conns[k].rx[TCP_MAIN].fd = fd;
-    }
-    for (int i = 0; i < npend;) /* hellos of accepted connections */
-      if (tcp_hello_in(e, &pend[i], &nin))
-        pend[i] = pend[--npend];
-      else
-        i++;
-    while (npend < maxpend) { /* new connections */
-      int fd = accept4(e->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-      if (fd < 0 && (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)) {
-        duet__tp_seterr(errbuf, "tcp", "insert_peers: accept: %s (%d peers, 3 sockets each)",
-                        strerror(errno), npeers);
-        st = DUET_ERR_SYSTEM;
-        goto out;
-      }
-      if (fd < 0)
-        break;
-      pend[npend++] = (tcp_pending_t){.fd = fd};
-    }
-  }
-  DUET_INFO(DUET_SUB_NET, "tcp: connected to %d peers in %.3f s", npeers, tcp_now() - t0);
-  close(e->lfd); /* every peer is connected; nobody else may come in */
-  e->lfd = -1;
-
-out:
-  for (int i = 0; i < npend; i++)
-    close(pend[i].fd);
-  free(pend);
-  free(pfd);
-  free(sent);
-  return st;
+  return DUET_SUCCESS;
 }
 
 void duet__tcp_close(duet__tp_ep_t *ep) {
@@ -482,6 +463,8 @@ void duet__tcp_close(duet__tp_ep_t *ep) {
       free(u->data);
       free(u);
     }
+  for (int i = 0; i < e->npend; i++)
+    close(e->pend[i].fd);
   for (int i = 0; i < e->nchunks; i++)
     free(e->chunks[i]);
   free(e->chunks);

@@ -10,8 +10,9 @@
  * Gloo's socket transports do.
  *
  * Connections, addresses and teardown: endpoint.c; the shared types: tcp.h.
- * A pair of endpoints talks over two lanes (tcp.h): a main connection for
- * messages under 64 KiB and a bulk connection per direction for larger ones.
+ * Each direction of a pair has two lanes (tcp.h): a main connection for
+ * messages under 64 KiB and a bulk one for larger ones, each dialled by the
+ * sender at its first message there.
  *
  * Wire format: a 24-byte header (magic, sequence number, tag, length) then
  * the payload, in host byte order (duet's ranks share one architecture). The
@@ -137,10 +138,7 @@ static void tcp_ops_fail(tcp_ep_t *e, tcp_op_t *head, duet_status_t st) {
 }
 
 /* The pair failed: fail its receives and sends, remember why. */
-static void tcp_conn_fail(tcp_ep_t *e, tcp_conn_t *c, duet_status_t st, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void tcp_conn_fail(tcp_ep_t *e, tcp_conn_t *c, duet_status_t st, const char *fmt, ...) {
+void duet__tcp_conn_fail(tcp_ep_t *e, tcp_conn_t *c, duet_status_t st, const char *fmt, ...) {
   char msg[DUET_TP_ERRLEN];
   va_list ap;
   if (c->dead)
@@ -232,8 +230,8 @@ static void tcp_hdr_in(tcp_ep_t *e, tcp_conn_t *c, tcp_rx_t *rx, const tcp_hdr_t
   } else {
     tcp_ux_t *u = tcp_ux_get(e, rx->body_len);
     if (!u) {
-      tcp_conn_fail(e, c, DUET_ERR_NO_MEMORY, "out of memory for an unexpected %zu-byte message",
-                    rx->body_len);
+      duet__tcp_conn_fail(e, c, DUET_ERR_NO_MEMORY,
+                          "out of memory for an unexpected %zu-byte message", rx->body_len);
       return;
     }
     u->tag = h->tag;
@@ -251,8 +249,8 @@ static void tcp_hdr_in(tcp_ep_t *e, tcp_conn_t *c, tcp_rx_t *rx, const tcp_hdr_t
  * delivered the headers before it. */
 static void tcp_hdr_arrive(tcp_ep_t *e, tcp_conn_t *c, tcp_rx_t *rx, const tcp_hdr_t *h) {
   if (h->magic != TCP_MAGIC || h->len > TCP_MAX_LEN) {
-    tcp_conn_fail(e, c, DUET_ERR_PROTOCOL, "bad message header (magic %#x, length %llu)", h->magic,
-                  (unsigned long long)h->len);
+    duet__tcp_conn_fail(e, c, DUET_ERR_PROTOCOL, "bad message header (magic %#x, length %llu)",
+                        h->magic, (unsigned long long)h->len);
     return;
   }
   if (h->seq != c->rseq) {
@@ -350,6 +348,29 @@ static int tcp_wants_read(const tcp_conn_t *c) {
   return tcp_lane_wanted(c, TCP_MAIN) || tcp_lane_wanted(c, TCP_BULK);
 }
 
+/* Whether a lane the peer has not connected yet is awaited: the main lane
+ * for any receive, or while this end's own main connection waits for its
+ * welcome or was refused; the bulk lane for a large receive or for a header
+ * that waits for an earlier (large) message. Then the listener is read. */
+static int tcp_lane_awaited(const tcp_conn_t *c) {
+  if (c->dead)
+    return 0;
+  if (c->tx[TCP_MAIN].state == TX_WELCOME || c->tx[TCP_MAIN].state == TX_AWAIT)
+    return 1; /* the peer may have dialled the main lane too: its hello settles which stays */
+  if (!c->rq_head)
+    return 0;
+  if (c->rx[TCP_MAIN].fd < 0)
+    return 1;
+  if (c->rx[TCP_BULK].fd >= 0 || c->self)
+    return 0;
+  if (c->rx[TCP_MAIN].parked)
+    return 1;
+  for (const tcp_op_t *op = c->rq_head; op; op = op->next)
+    if (op->len >= TCP_BULK_MIN)
+      return 1;
+  return 0;
+}
+
 /* How many bytes to read into rx's staging buffer: no further than the
  * message we expect, so that a later message (the next call's, say) stays in
  * the kernel until its receive is posted instead of landing in an unexpected
@@ -394,9 +415,9 @@ static int tcp_rx_read(tcp_ep_t *e, tcp_conn_t *c, tcp_rx_t *rx) {
     return 1;
   }
   if (got == 0)
-    tcp_conn_fail(e, c, DUET_ERR_REMOTE, "connection closed by the peer");
+    duet__tcp_conn_fail(e, c, DUET_ERR_REMOTE, "connection closed by the peer");
   else if (errno != EAGAIN && errno != EWOULDBLOCK)
-    tcp_conn_fail(e, c, DUET_ERR_REMOTE, "recv: %s", strerror(errno));
+    duet__tcp_conn_fail(e, c, DUET_ERR_REMOTE, "recv: %s", strerror(errno));
   return 0;
 }
 
@@ -418,8 +439,11 @@ static void tcp_conn_read(tcp_ep_t *e, tcp_conn_t *c) {
 
 /* ---- sending ------------------------------------------------------------- */
 
-/* Write a lane's queued sends until its socket is full. */
+/* Write a lane's queued sends until its socket is full (once the lane's
+ * connection is up). */
 static void tcp_conn_write(tcp_ep_t *e, tcp_conn_t *c, tcp_tx_t *tx) {
+  if (tx->state != TX_UP && !duet__tcp_dial_done(e, (int)(c - e->conns), (int)(tx - c->tx)))
+    return;
   while (tx->head) {
     tcp_op_t *op = tx->head;
     struct iovec iov[2];
@@ -442,7 +466,7 @@ static void tcp_conn_write(tcp_ep_t *e, tcp_conn_t *c, tcp_tx_t *tx) {
       if (errno == EINTR)
         continue;
       if (errno != EAGAIN && errno != EWOULDBLOCK)
-        tcp_conn_fail(e, c, DUET_ERR_REMOTE, "send: %s", strerror(errno));
+        duet__tcp_conn_fail(e, c, DUET_ERR_REMOTE, "send: %s", strerror(errno));
       return;
     }
     op->off += (size_t)n;
@@ -511,11 +535,17 @@ static duet_status_t tcp_isend(duet__tp_ep_t *ep, int peer, const void *buf, siz
   tcp_conn_t *c;
   tcp_tx_t *tx;
   tcp_op_t *op;
+  int lane;
   duet_status_t st = tcp_post(e, "isend", peer, (void *)buf, len, tag, req, errbuf, &op);
   if (st != DUET_SUCCESS)
     return st;
   c = &e->conns[peer];
-  tx = &c->tx[len >= TCP_BULK_MIN && c->tx[TCP_BULK].fd >= 0 ? TCP_BULK : TCP_MAIN];
+  lane = len >= TCP_BULK_MIN && !c->self ? TCP_BULK : TCP_MAIN;
+  tx = &c->tx[lane];
+  if (tx->state == TX_NONE && (st = duet__tcp_dial(e, peer, lane)) != DUET_SUCCESS) {
+    tcp_op_put(e, op);
+    return st;
+  }
   op->off = 0;
   op->hdr = (tcp_hdr_t){.magic = TCP_MAGIC, .seq = c->sseq++, .tag = tag, .len = len};
   *tx->tail = op;
@@ -581,6 +611,7 @@ static duet_status_t tcp_irecv(duet__tp_ep_t *ep, int peer, void *buf, size_t le
 
 static duet_status_t tcp_progress(duet__tp_ep_t *ep, char *errbuf) {
   tcp_ep_t *e = (tcp_ep_t *)ep;
+  int awaited = 0;
   e->errbuf = errbuf;
   for (int k = 0; k < e->npeers; k++) {
     tcp_conn_t *c = &e->conns[k];
@@ -589,6 +620,14 @@ static duet_status_t tcp_progress(duet__tp_ep_t *ep, char *errbuf) {
         tcp_conn_write(e, c, &c->tx[l]);
     if (tcp_wants_read(c))
       tcp_conn_read(e, c);
+    awaited |= tcp_lane_awaited(c);
+  }
+  if (awaited || e->npend) { /* read on the next call */
+    int err = duet__tcp_accept(e);
+    for (int k = 0; err && k < e->npeers; k++) /* this rank cannot take their connections */
+      if (tcp_lane_awaited(&e->conns[k]))
+        duet__tcp_conn_fail(e, &e->conns[k], DUET_ERR_SYSTEM, "accept: %s%s", strerror(err),
+                            err == EMFILE ? " (RLIMIT_NOFILE: ulimit -n)" : "");
   }
   return DUET_SUCCESS;
 }
@@ -607,7 +646,7 @@ static int tcp_epoll_set(tcp_ep_t *e, int fd, uint32_t *have, uint32_t want) {
 
 static duet_status_t tcp_wait_fd(duet__tp_ep_t *ep, int *fd, char *errbuf) {
   tcp_ep_t *e = (tcp_ep_t *)ep;
-  int watched = 0;
+  int watched = 0, accepting = 0;
   if (e->epfd < 0)
     return DUET_ERR_UNSUPPORTED;
   for (int k = 0; k < e->npeers; k++) {
@@ -624,9 +663,11 @@ static duet_status_t tcp_wait_fd(duet__tp_ep_t *ep, int *fd, char *errbuf) {
         return DUET_IN_PROGRESS; /* staged bytes to parse */
       if (lane_rd)
         want[l] |= EPOLLIN;
-      if (!c->dead && c->tx[l].head)
-        want[l == TCP_MAIN && fds[2] < 0 ? 0 : 2 + l] |= EPOLLOUT;
+      if (!c->dead && c->tx[l].head) /* queued sends, or a connect to finish */
+        want[l == TCP_MAIN && fds[2] < 0 ? 0 : 2 + l] |=
+            c->tx[l].state == TX_WELCOME ? EPOLLIN : EPOLLOUT;
     }
+    accepting |= tcp_lane_awaited(c);
     for (int i = 0; i < 4; i++) {
       if (fds[i] < 0)
         continue;
@@ -637,6 +678,17 @@ static duet_status_t tcp_wait_fd(duet__tp_ep_t *ep, int *fd, char *errbuf) {
       watched += want[i] != 0;
     }
   }
+  /* the listener while a receive waits for a connection; what it gave */
+  if (tcp_epoll_set(e, e->lfd, &e->lev, accepting || e->npend ? EPOLLIN : 0) != 0) {
+    duet__tp_seterr(errbuf, "tcp", "epoll_ctl(listener): %s", strerror(errno));
+    return DUET_ERR_UNSUPPORTED;
+  }
+  watched += accepting || e->npend;
+  for (int i = 0; i < e->npend; i++)
+    if (tcp_epoll_set(e, e->pend[i].fd, &e->pend[i].ev, EPOLLIN) != 0) {
+      duet__tp_seterr(errbuf, "tcp", "epoll_ctl(accepted): %s", strerror(errno));
+      return DUET_ERR_UNSUPPORTED;
+    }
   *fd = watched ? e->epfd : -1;
   return DUET_SUCCESS;
 }

@@ -16,9 +16,8 @@
 #define TCP_STAGE (64 * 1024)       /* staging buffer per incoming connection */
 #define TCP_DIRECT 4096             /* payload left to read straight into place */
 #define TCP_STAGED (32 * 1024)      /* payloads read with their header, in one recv */
-#define TCP_CONNECT_SEC 60          /* deadline of insert_peers */
 #define TCP_OPS_CHUNK 64            /* operations allocated at a time */
-#define TCP_PENDING_EXTRA 16        /* accepted connections beyond npeers awaiting a hello */
+#define TCP_PENDING_MAX 64          /* accepted connections awaiting their hello */
 #define TCP_MAX_LEN (UINT64_C(1) << 48)
 #define TCP_BULK_MIN (64 * 1024) /* messages from here on take the bulk lane */
 #define TCP_UX_CLASSES 40        /* unexpected buffers: power-of-two size classes */
@@ -72,12 +71,29 @@ typedef struct tcp_ux {
  * both directions (acknowledgements ride on data); messages of TCP_BULK_MIN
  * bytes or more on a bulk connection per direction, so that two large
  * transfers in opposite directions do not contend for one socket. An
- * endpoint's connection to itself has only the main lane. */
+ * endpoint's messages to itself take a main lane of two sockets (it sends
+ * on the one it dialled and receives on the one it accepted).
+ *
+ * Every connection is made by a sender at its first message on that lane.
+ * A bulk connection carries its dialler's messages only. The main one is
+ * dialled by whichever end sends first; the acceptor answers the hello with
+ * one welcome byte, and only then does the dialler send on it. When both
+ * ends dial at once, the connection dialled by the lower token stays: its
+ * dialler refuses (closes) the other, whose dialler sees its connection end
+ * before a welcome and waits for the other's (TX_AWAIT). */
 enum { TCP_MAIN = 0, TCP_BULK = 1, TCP_LANES = 2 };
+
+/* An outgoing lane's connection: being connected, its hello being written,
+ * (main) waiting for the welcome, (main) refused and waiting for the peer's
+ * connection, open. */
+enum { TX_NONE, TX_CONNECTING, TX_HELLO, TX_WELCOME, TX_AWAIT, TX_UP };
+#define TCP_WELCOME 0x57 /* the acceptor's answer to a main lane's hello */
 
 /* One outgoing lane. */
 typedef struct tcp_tx {
-  int fd;                 /* -1: no such lane */
+  int fd;                 /* main: the pair's socket once open; -1: none */
+  int state;              /* TX_* */
+  size_t hello_off;       /* bytes of the hello written */
   tcp_op_t *head, **tail; /* queued sends, in order */
 } tcp_tx_t;
 
@@ -102,11 +118,23 @@ typedef struct tcp_conn {
   tcp_ux_t *ux_head, **ux_tail; /* unexpected messages, in send order */
   duet_status_t dead;           /* DUET_SUCCESS, or why the pair is unusable */
   uint32_t ev[4];               /* epoll events registered: rx[0], rx[1], tx[0], tx[1] fds */
-  uint64_t token[2];            /* the peer's */
+  int self;                     /* the peer is this endpoint */
+  tcp_addr_t addr;              /* the peer's, to dial */
 } tcp_conn_t;
 
+/* A connection accepted but not yet identified by its hello. */
+typedef struct tcp_pending {
+  int fd;
+  uint32_t ev; /* epoll events registered */
+  size_t got;
+  tcp_hello_t hello;
+} tcp_pending_t;
+
 typedef struct tcp_ep {
-  int lfd;
+  int lfd;      /* the listener, open for the endpoint's life */
+  uint32_t lev; /* its epoll events registered */
+  tcp_pending_t pend[TCP_PENDING_MAX];
+  int npend;
   tcp_addr_t addr;
   int yield;
   int sndbuf; /* SO_SNDBUF of the bulk lanes we dial (our sends); 0: autotuning */
@@ -120,7 +148,17 @@ typedef struct tcp_ep {
   char *errbuf; /* the current call's errbuf: a receive's error is written there */
 } tcp_ep_t;
 
-/* endpoint.c: the transport's open, get_addr, insert_peers and close. */
+/* endpoint.c: the transport's open, get_addr, insert_peers and close;
+ * dialling a lane (tx state TX_NONE to TX_CONNECTING), finishing it (to
+ * TX_UP: returns 0 while it is not), and accepting
+ * the peers' connections (filed under their peer and lane; returns the
+ * errno of an accept out of descriptors, else 0). Errors of a pair fail
+ * it (duet__tcp_conn_fail). */
+duet_status_t duet__tcp_dial(tcp_ep_t *e, int k, int lane);
+int duet__tcp_dial_done(tcp_ep_t *e, int k, int lane);
+int duet__tcp_accept(tcp_ep_t *e);
+void duet__tcp_conn_fail(tcp_ep_t *e, tcp_conn_t *c, duet_status_t st, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 duet_status_t duet__tcp_open(const duet__tp_params_t *params, duet__tp_ep_t **out, char *errbuf);
 duet_status_t duet__tcp_get_addr(duet__tp_ep_t *ep, void *addr, size_t *addrlen, char *errbuf);
 duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *addrs,
