@@ -8,7 +8,8 @@
  * of order, a zero-length message, a truncated receive, a large message that
  * arrives before its receive, a message to oneself, reserved tags (ofi).
  * tcp alone: a stranger's connection is dropped, lanes connect at their
- * first message (both ends at once too), a peer that dies fails the
+ * first message (both ends at once too; a first message completes before
+ * its receive is posted), a peer that dies fails the
  * receives waiting for it. The child reports through its exit status.
  * Every wait has a deadline, so no test hangs.
  */
@@ -1088,6 +1089,72 @@ Test(transport_tcp, both_dial_main_at_once, .timeout = 60) {
     close(p2c[1]);
     close(c2p[0]);
     close(c2p[1]);
+  }
+}
+
+/* A first message completes for its sender while the receiver expects
+ * nothing from it yet (it progresses, waiting for something else): the
+ * receiver takes the new main connection and answers its hello anyway, so a
+ * sender that waits for its send before doing what the receiver waits for
+ * cannot deadlock. Only then does the receiver post the receive. */
+Test(transport_tcp, first_send_completes_before_its_receive, .timeout = 60) {
+  int p2c[2], c2p[2], status;
+  unsigned char addrs[2][DUET_TP_ADDR_MAX];
+  size_t lens[2];
+  char err[DUET_TP_ERRLEN] = "", b = 'x';
+  uint64_t got = 0;
+  duet__tp_req_t r;
+  pid_t pid;
+
+  cr_assert_eq(pipe(p2c), 0);
+  cr_assert_eq(pipe(c2p), 0);
+  fflush(NULL);
+  pid = fork();
+  cr_assert_neq(pid, -1);
+  if (pid == 0) { /* the sender */
+    duet__tp_ep_t *ep = tcp_lone_open(addrs[1], &lens[1], err);
+    uint64_t v = 99;
+    duet__tp_req_t s;
+    if (pipe_io(c2p[1], &lens[1], sizeof lens[1], 1) || pipe_io(c2p[1], addrs[1], lens[1], 1) ||
+        pipe_io(p2c[0], &lens[0], sizeof lens[0], 0) || pipe_io(p2c[0], addrs[0], lens[0], 0))
+      _exit(2);
+    if (duet__tp_tcp.insert_peers(ep, 2, addrs, DUET_TP_ADDR_MAX, lens, err) != DUET_SUCCESS ||
+        duet__tp_tcp.isend(ep, 0, &v, sizeof v, 8, &s, err) != DUET_SUCCESS)
+      _exit(3);
+    for (double t = now(); !s.done && now() < t + WAIT_SEC;)
+      if (duet__tp_tcp.progress(ep, err) < 0)
+        _exit(4);
+    if (!s.done || s.status != DUET_SUCCESS)
+      _exit(5);
+    if (pipe_io(c2p[1], &b, 1, 1) || pipe_io(p2c[0], &b, 1, 0)) /* sent; keep it until read */
+      _exit(6);
+    _exit(0);
+  }
+  duet__tp_ep_t *ep = tcp_lone_open(addrs[0], &lens[0], err);
+  cr_assert_eq(pipe_io(p2c[1], &lens[0], sizeof lens[0], 1), 0);
+  cr_assert_eq(pipe_io(p2c[1], addrs[0], lens[0], 1), 0);
+  cr_assert_eq(pipe_io(c2p[0], &lens[1], sizeof lens[1], 0), 0);
+  cr_assert_eq(pipe_io(c2p[0], addrs[1], lens[1], 0), 0);
+  cr_assert_eq(duet__tp_tcp.insert_peers(ep, 2, addrs, DUET_TP_ADDR_MAX, lens, err), DUET_SUCCESS,
+               "%s", err);
+  int sent = 0;
+  for (double t = now(); !sent && now() < t + WAIT_SEC;) { /* progress, expecting nothing */
+    struct pollfd pfd = {.fd = c2p[0], .events = POLLIN};
+    cr_assert_geq(duet__tp_tcp.progress(ep, err), 0, "%s", err);
+    sent = poll(&pfd, 1, 0) == 1 && read(c2p[0], &b, 1) == 1;
+  }
+  cr_assert(sent, "the peer's first send did not complete while this end expected nothing");
+  cr_assert_eq(duet__tp_tcp.irecv(ep, 1, &got, sizeof got, 8, &r, err), DUET_SUCCESS, "%s", err);
+  for (double t = now(); !r.done && now() < t + WAIT_SEC;)
+    cr_assert_geq(duet__tp_tcp.progress(ep, err), 0, "%s", err);
+  cr_assert(r.done && r.status == DUET_SUCCESS && got == 99, "the message");
+  cr_assert_eq(pipe_io(p2c[1], &b, 1, 1), 0);
+  cr_assert_eq(waitpid(pid, &status, 0), pid);
+  cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "peer status 0x%x", status);
+  duet__tp_tcp.close(ep);
+  for (int i = 0; i < 2; i++) {
+    close(p2c[i]);
+    close(c2p[i]);
   }
 }
 

@@ -30,6 +30,7 @@
 #include <sys/epoll.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/log.h"
@@ -85,6 +86,12 @@ static duet_status_t tcp_pick_addr(const char *iface, struct sockaddr_storage *s
     return DUET_ERR_INVALID_ARGUMENT;
   }
   return DUET_SUCCESS;
+}
+
+static double tcp_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static void tcp_nodelay(int fd) {
@@ -298,14 +305,18 @@ static int tcp_hello_in(tcp_ep_t *e, tcp_pending_t *p) {
   uint32_t lane;
   int k;
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-    return 0;
-  if (n <= 0) {
+    n = 0, errno = EAGAIN;
+  else if (n <= 0) {
     why = n == 0 ? "closed before its hello" : strerror(errno);
     goto out_reject;
   }
   p->got += (size_t)n;
-  if (p->got < sizeof p->hello)
-    return 0;
+  if (p->got < sizeof p->hello) {
+    if (tcp_now() - p->since < TCP_HELLO_SEC)
+      return 0;
+    why = "no hello within 10 s";
+    goto out_reject;
+  }
   if (p->hello.magic != TCP_HELLO_MAGIC || p->hello.to[0] != e->addr.token[0] ||
       p->hello.to[1] != e->addr.token[1]) {
     why = "a hello without this endpoint's token";
@@ -357,6 +368,7 @@ static int tcp_hello_in(tcp_ep_t *e, tcp_pending_t *p) {
   } else {
     c->rx[lane].fd = p->fd;
   }
+  e->filed++;
   return 1;
 
 out_reject:
@@ -379,7 +391,7 @@ int duet__tcp_accept(tcp_ep_t *e) {
         err = errno;
       break;
     }
-    e->pend[e->npend++] = (tcp_pending_t){.fd = fd};
+    e->pend[e->npend++] = (tcp_pending_t){.fd = fd, .since = tcp_now()};
   }
   for (int i = 0; i < e->npend;)
     if (tcp_hello_in(e, &e->pend[i]))
@@ -419,7 +431,8 @@ duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *
     }
   }
   e->conns = calloc((size_t)npeers, sizeof *e->conns);
-  if (!e->conns) {
+  e->act = calloc((size_t)npeers, sizeof *e->act);
+  if (!e->conns || !e->act) {
     duet__tp_seterr(errbuf, "tcp", "insert_peers: out of memory for %d peers", npeers);
     return DUET_ERR_NO_MEMORY;
   }
@@ -469,6 +482,7 @@ void duet__tcp_close(duet__tp_ep_t *ep) {
     free(e->chunks[i]);
   free(e->chunks);
   free(e->conns);
+  free(e->act);
   if (e->epfd >= 0)
     close(e->epfd);
   if (e->lfd >= 0)

@@ -45,6 +45,10 @@
  * the lanes that must be read (readable) or have queued sends (writable);
  * the interest set is brought up to date only there.
  *
+ * Progress and wait_fd look only at the pairs on the active list (a send or
+ * receive posted, a connection under way), so their cost follows the peers
+ * a call talks to, not the job's size.
+ *
  * Memory: operations and unexpected buffers come from free lists that grow
  * and are kept until close; steady state allocates nothing.
  * One thread at a time per endpoint.
@@ -437,6 +441,63 @@ static void tcp_conn_read(tcp_ep_t *e, tcp_conn_t *c) {
   }
 }
 
+/* ---- the active list ----------------------------------------------------- */
+
+/* Put the pair on the active list: it has a send, a receive or a connection
+ * under way. */
+static void tcp_activate(tcp_ep_t *e, tcp_conn_t *c) {
+  if (!c->active) {
+    c->active = 1;
+    e->act[e->nact++] = (int)(c - e->conns);
+  }
+}
+
+/* Whether the pair has anything under way: queued sends (or the connection
+ * they wait for), posted receives, a receive waiting for the rest of a
+ * message, or reading to do. */
+static int tcp_conn_busy(const tcp_conn_t *c) {
+  if (c->dead)
+    return 0;
+  if (c->tx[TCP_MAIN].head || c->tx[TCP_BULK].head || c->rq_head || tcp_wants_read(c))
+    return 1;
+  for (const tcp_ux_t *u = c->ux_head; u; u = u->next)
+    if (u->waiter)
+      return 1;
+  return 0;
+}
+
+/* Bring fd's registration in the epoll set to want (0: none). */
+static int tcp_epoll_set(tcp_ep_t *e, int fd, uint32_t *have, uint32_t want) {
+  struct epoll_event ev = {.events = want, .data.fd = fd};
+  int op = !*have ? EPOLL_CTL_ADD : !want ? EPOLL_CTL_DEL : EPOLL_CTL_MOD;
+  if (*have == want)
+    return 0;
+  if (epoll_ctl(e->epfd, op, fd, &ev) != 0)
+    return -1;
+  *have = want;
+  return 0;
+}
+
+/* Take idle pairs off the active list, and their sockets out of the epoll
+ * set (wait_fd registers the active ones' only). */
+static void tcp_prune(tcp_ep_t *e) {
+  for (int i = 0; i < e->nact;) {
+    tcp_conn_t *c = &e->conns[e->act[i]];
+    if (tcp_conn_busy(c)) {
+      i++;
+      continue;
+    }
+    if (e->epfd >= 0) {
+      int fds[4] = {c->rx[TCP_MAIN].fd, c->rx[TCP_BULK].fd, c->tx[TCP_MAIN].fd, c->tx[TCP_BULK].fd};
+      for (int f = 0; f < 4; f++)
+        if (c->ev[f] && fds[f] >= 0 && tcp_epoll_set(e, fds[f], &c->ev[f], 0) != 0)
+          c->ev[f] = 0; /* gone from the set with its socket */
+    }
+    c->active = 0;
+    e->act[i] = e->act[--e->nact];
+  }
+}
+
 /* ---- sending ------------------------------------------------------------- */
 
 /* Write a lane's queued sends until its socket is full (once the lane's
@@ -550,6 +611,7 @@ static duet_status_t tcp_isend(duet__tp_ep_t *ep, int peer, const void *buf, siz
   op->hdr = (tcp_hdr_t){.magic = TCP_MAGIC, .seq = c->sseq++, .tag = tag, .len = len};
   *tx->tail = op;
   tx->tail = &op->next;
+  tcp_activate(e, c);
   if (tx->head == op)
     tcp_conn_write(e, c, tx);
   return DUET_SUCCESS;
@@ -565,6 +627,7 @@ static duet_status_t tcp_irecv(duet__tp_ep_t *ep, int peer, void *buf, size_t le
   if (st != DUET_SUCCESS)
     return st;
   c = &e->conns[peer];
+  tcp_activate(e, c);
   for (pp = &c->ux_head; *pp && ((*pp)->tag != tag || (*pp)->waiter); pp = &(*pp)->next)
     ;
   if (!*pp) { /* not here yet */
@@ -613,8 +676,8 @@ static duet_status_t tcp_progress(duet__tp_ep_t *ep, char *errbuf) {
   tcp_ep_t *e = (tcp_ep_t *)ep;
   int awaited = 0;
   e->errbuf = errbuf;
-  for (int k = 0; k < e->npeers; k++) {
-    tcp_conn_t *c = &e->conns[k];
+  for (int i = 0; i < e->nact; i++) {
+    tcp_conn_t *c = &e->conns[e->act[i]];
     for (int l = 0; l < TCP_LANES; l++)
       if (c->tx[l].head)
         tcp_conn_write(e, c, &c->tx[l]);
@@ -622,34 +685,33 @@ static duet_status_t tcp_progress(duet__tp_ep_t *ep, char *errbuf) {
       tcp_conn_read(e, c);
     awaited |= tcp_lane_awaited(c);
   }
-  if (awaited || e->npend) { /* read on the next call */
+  /* A peer's connection is taken at once when a receive here awaits it, and
+   * at least every TCP_ACCEPT_TICKS calls anyway: its dialler's first send
+   * on the main lane waits for the welcome, and may be waited on before
+   * this end posts a receive from it. (New lanes are read on the next call.) */
+  if (awaited || e->npend || ++e->tick % TCP_ACCEPT_TICKS == 0) {
     int err = duet__tcp_accept(e);
-    for (int k = 0; err && k < e->npeers; k++) /* this rank cannot take their connections */
-      if (tcp_lane_awaited(&e->conns[k]))
-        duet__tcp_conn_fail(e, &e->conns[k], DUET_ERR_SYSTEM, "accept: %s%s", strerror(err),
+    for (int i = 0; err && i < e->nact; i++) /* this rank cannot take their connections */
+      if (tcp_lane_awaited(&e->conns[e->act[i]]))
+        duet__tcp_conn_fail(e, &e->conns[e->act[i]], DUET_ERR_SYSTEM, "accept: %s%s", strerror(err),
                             err == EMFILE ? " (RLIMIT_NOFILE: ulimit -n)" : "");
   }
+  tcp_prune(e);
   return DUET_SUCCESS;
-}
-
-/* Bring fd's registration in the epoll set to want (0: none). */
-static int tcp_epoll_set(tcp_ep_t *e, int fd, uint32_t *have, uint32_t want) {
-  struct epoll_event ev = {.events = want, .data.fd = fd};
-  int op = !*have ? EPOLL_CTL_ADD : !want ? EPOLL_CTL_DEL : EPOLL_CTL_MOD;
-  if (*have == want)
-    return 0;
-  if (epoll_ctl(e->epfd, op, fd, &ev) != 0)
-    return -1;
-  *have = want;
-  return 0;
 }
 
 static duet_status_t tcp_wait_fd(duet__tp_ep_t *ep, int *fd, char *errbuf) {
   tcp_ep_t *e = (tcp_ep_t *)ep;
-  int watched = 0, accepting = 0;
+  int watched = 0;
+  unsigned filed = e->filed;
   if (e->epfd < 0)
     return DUET_ERR_UNSUPPORTED;
-  for (int k = 0; k < e->npeers; k++) {
+  /* connections waiting at the listener first: a new lane is progress's */
+  (void)duet__tcp_accept(e);
+  if (e->filed != filed)
+    return DUET_IN_PROGRESS;
+  for (int i = 0; i < e->nact; i++) {
+    int k = e->act[i];
     tcp_conn_t *c = &e->conns[k];
     /* the sockets: rx main, rx bulk, tx main (unless it is rx main), tx bulk */
     int fds[4] = {c->rx[TCP_MAIN].fd, c->rx[TCP_BULK].fd,
@@ -667,7 +729,6 @@ static duet_status_t tcp_wait_fd(duet__tp_ep_t *ep, int *fd, char *errbuf) {
         want[l == TCP_MAIN && fds[2] < 0 ? 0 : 2 + l] |=
             c->tx[l].state == TX_WELCOME ? EPOLLIN : EPOLLOUT;
     }
-    accepting |= tcp_lane_awaited(c);
     for (int i = 0; i < 4; i++) {
       if (fds[i] < 0)
         continue;
@@ -678,12 +739,13 @@ static duet_status_t tcp_wait_fd(duet__tp_ep_t *ep, int *fd, char *errbuf) {
       watched += want[i] != 0;
     }
   }
-  /* the listener while a receive waits for a connection; what it gave */
-  if (tcp_epoll_set(e, e->lfd, &e->lev, accepting || e->npend ? EPOLLIN : 0) != 0) {
+  /* the listener (a peer's new connection wakes this end: its dialler may
+   * wait for the welcome), and what it gave */
+  if (tcp_epoll_set(e, e->lfd, &e->lev, EPOLLIN) != 0) {
     duet__tp_seterr(errbuf, "tcp", "epoll_ctl(listener): %s", strerror(errno));
     return DUET_ERR_UNSUPPORTED;
   }
-  watched += accepting || e->npend;
+  watched++;
   for (int i = 0; i < e->npend; i++)
     if (tcp_epoll_set(e, e->pend[i].fd, &e->pend[i].ev, EPOLLIN) != 0) {
       duet__tp_seterr(errbuf, "tcp", "epoll_ctl(accepted): %s", strerror(errno));

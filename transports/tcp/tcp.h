@@ -18,6 +18,8 @@
 #define TCP_STAGED (32 * 1024)      /* payloads read with their header, in one recv */
 #define TCP_OPS_CHUNK 64            /* operations allocated at a time */
 #define TCP_PENDING_MAX 64          /* accepted connections awaiting their hello */
+#define TCP_HELLO_SEC 10.0          /* ... for at most this long */
+#define TCP_ACCEPT_TICKS 64         /* progress calls between looks at the listener */
 #define TCP_MAX_LEN (UINT64_C(1) << 48)
 #define TCP_BULK_MIN (64 * 1024) /* messages from here on take the bulk lane */
 #define TCP_UX_CLASSES 40        /* unexpected buffers: power-of-two size classes */
@@ -118,6 +120,7 @@ typedef struct tcp_conn {
   tcp_ux_t *ux_head, **ux_tail; /* unexpected messages, in send order */
   duet_status_t dead;           /* DUET_SUCCESS, or why the pair is unusable */
   uint32_t ev[4];               /* epoll events registered: rx[0], rx[1], tx[0], tx[1] fds */
+  int active;                   /* in the endpoint's active list */
   int self;                     /* the peer is this endpoint */
   tcp_addr_t addr;              /* the peer's, to dial */
 } tcp_conn_t;
@@ -125,7 +128,8 @@ typedef struct tcp_conn {
 /* A connection accepted but not yet identified by its hello. */
 typedef struct tcp_pending {
   int fd;
-  uint32_t ev; /* epoll events registered */
+  uint32_t ev;  /* epoll events registered */
+  double since; /* accepted at (CLOCK_MONOTONIC seconds) */
   size_t got;
   tcp_hello_t hello;
 } tcp_pending_t;
@@ -135,12 +139,16 @@ typedef struct tcp_ep {
   uint32_t lev; /* its epoll events registered */
   tcp_pending_t pend[TCP_PENDING_MAX];
   int npend;
+  unsigned filed; /* accepted connections filed as lanes, ever */
   tcp_addr_t addr;
   int yield;
   int sndbuf; /* SO_SNDBUF of the bulk lanes we dial (our sends); 0: autotuning */
   int epfd;
   int npeers;
   tcp_conn_t *conns;
+  int *act, nact; /* the pairs with sends, receives or connections under way: progress
+                     and wait_fd look at these only, not at every peer */
+  unsigned tick;  /* progress calls: the listener is read every TCP_ACCEPT_TICKS */
   tcp_op_t *free_ops;
   void **chunks; /* operation chunks, freed at close */
   int nchunks;
