@@ -51,6 +51,14 @@ void duet__boot_close(duet__boot_t *boot);
  * clean exit: a root ends on its own once its ranks closed or it timed out). */
 int duet__boot_roots_active(void);
 
+/* Whether this process runs id's root, and waiting (at most timeout_ms) for
+ * it to end: a root lives in the process that made it, and ends once every
+ * rank has closed its rendezvous (at the end of its init) or it timed out.
+ * A process done with its communicator waits for that before it may exit,
+ * so that ranks still in init keep their rendezvous. */
+int duet__boot_root_here(const duet_unique_id_t *id);
+void duet__boot_root_wait(const duet_unique_id_t *id, int timeout_ms);
+
 /* The launcher's environment: DUET_RANK/DUET_SIZE/DUET_ROOT, Open MPI's
  * OMPI_COMM_WORLD_RANK/SIZE with DUET_ROOT, torchrun's RANK/WORLD_SIZE/
  * MASTER_ADDR/MASTER_PORT (root at MASTER_PORT + 1, since torchrun's own store

@@ -43,6 +43,40 @@ int duet__boot_roots_active(void) {
   return atomic_load(&roots_active);
 }
 
+/* The roots this process runs, by unique id, until their threads end. */
+typedef struct root_entry {
+  duet_unique_id_t id;
+  struct root_entry *next;
+} root_entry_t;
+static pthread_mutex_t roots_lock = PTHREAD_MUTEX_INITIALIZER;
+static root_entry_t *roots;
+
+static void root_entry_remove(root_entry_t *e) {
+  pthread_mutex_lock(&roots_lock);
+  for (root_entry_t **pp = &roots; *pp; pp = &(*pp)->next)
+    if (*pp == e) {
+      *pp = e->next;
+      break;
+    }
+  pthread_mutex_unlock(&roots_lock);
+  free(e);
+}
+
+int duet__boot_root_here(const duet_unique_id_t *id) {
+  int here = 0;
+  pthread_mutex_lock(&roots_lock);
+  for (root_entry_t *e = roots; e && !here; e = e->next)
+    here = memcmp(&e->id, id, sizeof(*id)) == 0;
+  pthread_mutex_unlock(&roots_lock);
+  return here;
+}
+
+void duet__boot_root_wait(const duet_unique_id_t *id, int timeout_ms) {
+  int64_t until = duet__boot_now_ms() + timeout_ms;
+  while (duet__boot_root_here(id) && duet__boot_now_ms() < until)
+    usleep(1000);
+}
+
 /* ======================================================================== */
 /* The root                                                                 */
 /* ======================================================================== */
@@ -92,6 +126,7 @@ typedef struct root {
   int ngathered;
   uint32_t round_len;
   int finished;
+  root_entry_t *entry; /* in roots while the thread runs */
 } root_t;
 
 static void table_release(table_t *t) {
@@ -625,6 +660,7 @@ static void *root_main(void *arg) {
   }
 
   free(pfds);
+  root_entry_remove(r->entry);
   root_destroy(r);
   atomic_fetch_sub(&roots_active, 1);
   return NULL;
@@ -676,6 +712,18 @@ static duet_status_t root_start(duet_unique_id_t *id, const struct sockaddr *sa,
   r->timeout_ms = timeout_ms;
   r->deadline = duet__boot_now_ms() + timeout_ms;
   duet__boot_id_encode(id, (struct sockaddr *)&bound, secret);
+  r->entry = calloc(1, sizeof(*r->entry));
+  if (!r->entry) {
+    SET_ERR(errbuf, "bootstrap root: out of memory");
+    free(r);
+    st = DUET_ERR_NO_MEMORY;
+    goto out_close_listener;
+  }
+  r->entry->id = *id;
+  pthread_mutex_lock(&roots_lock);
+  r->entry->next = roots;
+  roots = r->entry;
+  pthread_mutex_unlock(&roots_lock);
 
   if ((err = pthread_attr_init(&attr)) != 0)
     goto out_free_root;
@@ -693,6 +741,7 @@ static duet_status_t root_start(duet_unique_id_t *id, const struct sockaddr *sa,
 out_free_root:
   SET_ERR(errbuf, "bootstrap root at %s: cannot start its thread: %s", r->addr, strerror(err));
   st = DUET_ERR_SYSTEM;
+  root_entry_remove(r->entry);
   free(r);
 out_close_listener:
   close(lfd);

@@ -707,6 +707,10 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
     rc = duet__set_error(NULL, DUET_ERR_NO_MEMORY, "duet_comm_init: out of memory");
     goto out_close_nets;
   }
+  if (duet__boot_root_here(id)) {
+    comm->hosts_root = 1;
+    comm->root_id = *id;
+  }
   DUET_INFO(DUET_SUB_INIT, "rank %d of %d ready: %d super-node(s), %d rank(s) on this host", rank,
             nranks, comm->nsupernodes, comm->host_ranks);
   duet__report_locality(rank);
@@ -853,6 +857,8 @@ duet_status_t duet_comm_destroy(duet_comm_t *comm) {
   }
   duet__comm_fail_pending(comm, DUET_ERR_ABORTED);
   duet__comm_unlock(comm);
+  if (comm->hosts_root) /* ranks may still be in init: keep their rendezvous */
+    duet__boot_root_wait(&comm->root_id, comm->cfg.timeout_ms);
   duet__comm_free(comm);
   return rc;
 }

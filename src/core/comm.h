@@ -172,6 +172,11 @@ struct duet_comm {
   duet__shelf_t scratch_shelf; /* scratch of calls that found no room in the one above */
   duet__shelf_t counts_shelf;  /* the count arrays of non-blocking alltoallvs */
   char last_error[DUET_ERRLEN];
+
+  /* This process runs the rendezvous root of root_id: destroy lets it
+   * finish serving the ranks still in init (bootstrap.h). */
+  int hosts_root;
+  duet_unique_id_t root_id;
 };
 
 struct duet_request {

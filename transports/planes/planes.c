@@ -32,9 +32,10 @@
  * so, and takes again every part of the lost plane of a message still
  * incomplete, so that every part resent finds its receive (pl_handle_down).
  *
- * Closing. An endpoint that closes says BYE on every plane first. A peer's
- * connection ending after its BYE on that plane (which follows everything
- * it sent there) is its leaving, not a lost plane.
+ * Closing. An endpoint that closes says BYE on every plane first, to every
+ * peer it exchanged messages with. A peer's connection ending after its BYE
+ * on that plane (which follows everything it sent there) is its leaving,
+ * not a lost plane.
  *
  * Idle planes. A plane with no transfer in flight is polled every
  * PL_IDLE_POLL progress calls (notices are rare there), and after a sleep.
@@ -144,6 +145,7 @@ typedef struct pl_peer {
    * until when no new probe is sent */
   uint64_t probe_seq, probe_ns, back_ns, quiet_ns;
   uint8_t probe_sent, probe_back;
+  uint8_t touched; /* a send or receive was posted with this peer: it gets a BYE */
   uint64_t pages[PL_ARENA_PAGES / 64]; /* the arena's pages in use */
 } pl_peer_t;
 
@@ -850,6 +852,7 @@ static duet_status_t pl_post(pl_ep_t *e, int kind, int peer, const void *buf, si
     return DUET_ERR_NO_MEMORY;
   }
   req->done = 0;
+  e->peers[peer].touched = 1;
   op->req = req;
   op->kind = kind;
   op->peer = peer;
@@ -902,9 +905,14 @@ static duet_status_t pl_irecv(duet__tp_ep_t *ep, int peer, void *buf, size_t len
 
 /* Tell every peer this endpoint closes, so that it takes the connections'
  * end for that and not for a lost plane; wait briefly for the notices. */
+/* Say BYE to the peers this endpoint exchanged messages with (the others
+ * have no connection of ours whose end they could take for a lost plane:
+ * a transport that connects at the first message, as duet's tcp, would
+ * otherwise dial every peer of the job to say it). */
 static void pl_say_bye(pl_ep_t *e) {
   for (int k = 0; k < e->npeers; k++)
-    pl_notice(e, k, PL_BYE, 0, NULL);
+    if (e->peers[k].touched)
+      pl_notice(e, k, PL_BYE, 0, NULL);
   for (int i = 0; i < 1000 && e->ctl_busy && !e->failed; i++) {
     for (int q = 0; q < e->n; q++)
       if (!((e->dead >> q) & 1))

@@ -61,6 +61,7 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 
 #include "core/log.h"
 #include "tcp.h"
@@ -685,11 +686,16 @@ static duet_status_t tcp_progress(duet__tp_ep_t *ep, char *errbuf) {
       tcp_conn_read(e, c);
     awaited |= tcp_lane_awaited(c);
   }
-  /* A peer's connection is taken at once when a receive here awaits it, and
-   * at least every TCP_ACCEPT_TICKS calls anyway: its dialler's first send
-   * on the main lane waits for the welcome, and may be waited on before
-   * this end posts a receive from it. (New lanes are read on the next call.) */
-  if (awaited || e->npend || ++e->tick % TCP_ACCEPT_TICKS == 0) {
+  /* A peer's connection is taken soon when a receive here awaits it, and
+   * within a millisecond anyway: its dialler's first send on the main lane
+   * waits for the welcome, and may be waited on before this end posts a
+   * receive from it. The listener costs a system call, so not every call
+   * reads it. (New lanes are read on the next call.) */
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+  if (e->npend || now - e->accept_ns >= (awaited ? TCP_ACCEPT_AWAITED_NS : TCP_ACCEPT_IDLE_NS)) {
+    e->accept_ns = now;
     int err = duet__tcp_accept(e);
     for (int i = 0; err && i < e->nact; i++) /* this rank cannot take their connections */
       if (tcp_lane_awaited(&e->conns[e->act[i]]))

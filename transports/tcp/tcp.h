@@ -19,7 +19,10 @@
 #define TCP_OPS_CHUNK 64            /* operations allocated at a time */
 #define TCP_PENDING_MAX 64          /* accepted connections awaiting their hello */
 #define TCP_HELLO_SEC 10.0          /* ... for at most this long */
-#define TCP_ACCEPT_TICKS 64         /* progress calls between looks at the listener */
+/* Progress reads the listener this often while a receive awaits a lane the
+ * peer has not connected, and at least this often otherwise (ns). */
+#define TCP_ACCEPT_AWAITED_NS 20000
+#define TCP_ACCEPT_IDLE_NS 1000000
 #define TCP_MAX_LEN (UINT64_C(1) << 48)
 #define TCP_BULK_MIN (64 * 1024) /* messages from here on take the bulk lane */
 #define TCP_UX_CLASSES 40        /* unexpected buffers: power-of-two size classes */
@@ -148,7 +151,7 @@ typedef struct tcp_ep {
   tcp_conn_t *conns;
   int *act, nact; /* the pairs with sends, receives or connections under way: progress
                      and wait_fd look at these only, not at every peer */
-  unsigned tick;  /* progress calls: the listener is read every TCP_ACCEPT_TICKS */
+  uint64_t accept_ns; /* when progress last read the listener */
   tcp_op_t *free_ops;
   void **chunks; /* operation chunks, freed at close */
   int nchunks;
