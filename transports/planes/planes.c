@@ -33,7 +33,7 @@
  * incomplete, so that every part resent finds its receive (pl_handle_down).
  *
  * Closing. An endpoint that closes says BYE on every plane first, to every
- * peer it exchanged messages with. A peer's connection ending after its BYE
+ * peer it exchanged messages or notices with. A peer's connection ending after its BYE
  * on that plane (which follows everything it sent there) is its leaving,
  * not a lost plane.
  *
@@ -145,7 +145,7 @@ typedef struct pl_peer {
    * until when no new probe is sent */
   uint64_t probe_seq, probe_ns, back_ns, quiet_ns;
   uint8_t probe_sent, probe_back;
-  uint8_t touched; /* a send or receive was posted with this peer: it gets a BYE */
+  uint8_t touched; /* messages or notices went either way with this peer: it gets a BYE */
   uint64_t pages[PL_ARENA_PAGES / 64]; /* the arena's pages in use */
 } pl_peer_t;
 
@@ -371,6 +371,8 @@ static void pl_place(pl_ep_t *e, pl_op_t *op, unsigned mask, uint8_t dmap) {
 static uint8_t pl_notice_on(pl_ep_t *e, int peer, uint8_t mask, int kind, int n,
                             const uint64_t *tags) {
   uint8_t sent = 0;
+  if (kind != PL_BYE)
+    e->peers[peer].touched = 1;
   for (int q = 0; q < e->n; q++) {
     pl_ctl_slot_t *s;
     duet_status_t rc;
@@ -615,6 +617,7 @@ static void pl_peer_bye(pl_ep_t *e, int peer, int q) {
 /* Handle a notice that arrived from peer. */
 static void pl_ctl_in(pl_ep_t *e, int peer, pl_ctl_slot_t *s) {
   const pl_ctl_t *m = &s->msg;
+  e->peers[peer].touched = 1;
   if (s->r.len < offsetof(pl_ctl_t, tags) || m->magic != PL_CTL_MAGIC) {
     DUET_WARN(DUET_SUB_NET, "planes: peer %d sent a malformed notice (%zu bytes)", peer, s->r.len);
     return;
@@ -905,10 +908,10 @@ static duet_status_t pl_irecv(duet__tp_ep_t *ep, int peer, void *buf, size_t len
 
 /* Tell every peer this endpoint closes, so that it takes the connections'
  * end for that and not for a lost plane; wait briefly for the notices. */
-/* Say BYE to the peers this endpoint exchanged messages with (the others
- * have no connection of ours whose end they could take for a lost plane:
- * a transport that connects at the first message, as duet's tcp, would
- * otherwise dial every peer of the job to say it). */
+/* Say BYE to the peers this endpoint exchanged messages or notices with
+ * (the others have no connection with it whose end they could take for a
+ * lost plane: a transport that connects at the first message, as duet's
+ * tcp, would otherwise dial every peer of the job to say it). */
 static void pl_say_bye(pl_ep_t *e) {
   for (int k = 0; k < e->npeers; k++)
     if (e->peers[k].touched)
