@@ -336,6 +336,10 @@ static int tcp_hello_in(tcp_ep_t *e, tcp_pending_t *p) {
     why = "a hello for no lane";
     goto out_reject;
   }
+  if (lane == TCP_MAIN && !c->self && c->rx[TCP_MAIN].fd >= 0) {
+    why = NULL; /* both ends dialled, and the other connection is up already */
+    goto out_reject;
+  }
   if (c->rx[lane].fd >= 0 || (lane == TCP_BULK && c->self)) {
     why = "a second connection for a lane";
     goto out_reject;
