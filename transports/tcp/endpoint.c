@@ -113,6 +113,7 @@ duet_status_t duet__tcp_open(const duet__tp_params_t *params, duet__tp_ep_t **ou
     return DUET_ERR_NO_MEMORY;
   }
   e->epfd = -1;
+  e->accept_gap = TCP_ACCEPT_AWAITED_NS;
   e->yield = params ? params->yield : 0;
   e->sndbuf = params ? params->tcp_sndbuf : 0;
   st = tcp_pick_addr(params ? params->iface : NULL, &ss, &sslen, errbuf);

@@ -604,9 +604,12 @@ static duet_status_t tcp_isend(duet__tp_ep_t *ep, int peer, const void *buf, siz
   c = &e->conns[peer];
   lane = len >= TCP_BULK_MIN && !c->self ? TCP_BULK : TCP_MAIN;
   tx = &c->tx[lane];
-  if (tx->state == TX_NONE && (st = duet__tcp_dial(e, peer, lane)) != DUET_SUCCESS) {
-    tcp_op_put(e, op);
-    return st;
+  if (tx->state == TX_NONE) {
+    if ((st = duet__tcp_dial(e, peer, lane)) != DUET_SUCCESS) {
+      tcp_op_put(e, op);
+      return st;
+    }
+    e->accept_gap = TCP_ACCEPT_AWAITED_NS; /* the peer may be dialling too */
   }
   op->off = 0;
   op->hdr = (tcp_hdr_t){.magic = TCP_MAGIC, .seq = c->sseq++, .tag = tag, .len = len};
@@ -629,6 +632,8 @@ static duet_status_t tcp_irecv(duet__tp_ep_t *ep, int peer, void *buf, size_t le
     return st;
   c = &e->conns[peer];
   tcp_activate(e, c);
+  if (c->rx[TCP_MAIN].fd < 0 || (c->rx[TCP_BULK].fd < 0 && len >= TCP_BULK_MIN))
+    e->accept_gap = TCP_ACCEPT_AWAITED_NS; /* its connection is to come */
   for (pp = &c->ux_head; *pp && ((*pp)->tag != tag || (*pp)->waiter); pp = &(*pp)->next)
     ;
   if (!*pp) { /* not here yet */
@@ -690,13 +695,21 @@ static duet_status_t tcp_progress(duet__tp_ep_t *ep, char *errbuf) {
    * within a millisecond anyway: its dialler's first send on the main lane
    * waits for the welcome, and may be waited on before this end posts a
    * receive from it. The listener costs a system call, so not every call
-   * reads it. (New lanes are read on the next call.) */
+   * reads it: while lanes are awaited, every accept_gap ns, which doubles
+   * (to the idle period) each time nothing came, and starts again small
+   * when a receive or a dial begins to wait for a connection (a receive
+   * that waits long, as the planes' notice receives from peers that never
+   * write, costs little). New lanes are read on the next call. */
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-  if (e->npend || now - e->accept_ns >= (awaited ? TCP_ACCEPT_AWAITED_NS : TCP_ACCEPT_IDLE_NS)) {
-    e->accept_ns = now;
+  if (e->npend || now - e->accept_ns >= (awaited ? e->accept_gap : TCP_ACCEPT_IDLE_NS)) {
+    unsigned filed = e->filed;
     int err = duet__tcp_accept(e);
+    e->accept_ns = now;
+    e->accept_gap = e->filed != filed                        ? TCP_ACCEPT_AWAITED_NS
+                    : 2 * e->accept_gap < TCP_ACCEPT_IDLE_NS ? 2 * e->accept_gap
+                                                             : TCP_ACCEPT_IDLE_NS;
     for (int i = 0; err && i < e->nact; i++) /* this rank cannot take their connections */
       if (tcp_lane_awaited(&e->conns[e->act[i]]))
         duet__tcp_conn_fail(e, &e->conns[e->act[i]], DUET_ERR_SYSTEM, "accept: %s%s", strerror(err),

@@ -19,8 +19,9 @@
 #define TCP_OPS_CHUNK 64            /* operations allocated at a time */
 #define TCP_PENDING_MAX 64          /* accepted connections awaiting their hello */
 #define TCP_HELLO_SEC 10.0          /* ... for at most this long */
-/* Progress reads the listener this often while a receive awaits a lane the
- * peer has not connected, and at least this often otherwise (ns). */
+/* Progress reads the listener this often (ns) when a receive starts to
+ * await a lane the peer has not connected (less often the longer nothing
+ * comes), and at least every TCP_ACCEPT_IDLE_NS. */
 #define TCP_ACCEPT_AWAITED_NS 20000
 #define TCP_ACCEPT_IDLE_NS 1000000
 #define TCP_MAX_LEN (UINT64_C(1) << 48)
@@ -151,7 +152,8 @@ typedef struct tcp_ep {
   tcp_conn_t *conns;
   int *act, nact; /* the pairs with sends, receives or connections under way: progress
                      and wait_fd look at these only, not at every peer */
-  uint64_t accept_ns; /* when progress last read the listener */
+  uint64_t accept_ns, accept_gap; /* when progress last read the listener, and how long it
+                                     waits to read it again while a lane is awaited */
   tcp_op_t *free_ops;
   void **chunks; /* operation chunks, freed at close */
   int nchunks;
