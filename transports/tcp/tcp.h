@@ -163,10 +163,9 @@ typedef struct tcp_ep {
 
 /* endpoint.c: the transport's open, get_addr, insert_peers and close;
  * dialling a lane (tx state TX_NONE to TX_CONNECTING), finishing it (to
- * TX_UP: returns 0 while it is not), and accepting
- * the peers' connections (filed under their peer and lane; returns the
- * errno of an accept out of descriptors, else 0). Errors of a pair fail
- * it (duet__tcp_conn_fail). */
+ * TX_UP: returns 0 while it is not), and accepting the peers' connections
+ * (filed under their peer and lane; returns the errno of an accept out of
+ * descriptors, else 0). Errors of a pair fail it (duet__tcp_conn_fail). */
 duet_status_t duet__tcp_dial(tcp_ep_t *e, int k, int lane);
 int duet__tcp_dial_done(tcp_ep_t *e, int k, int lane);
 int duet__tcp_accept(tcp_ep_t *e);
