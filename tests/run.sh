@@ -18,6 +18,14 @@ count() { # add the PASS/FAIL totals of an automake test-suite.log summary
   fail=$((fail + ${f:-0}))
 }
 
+show_failed() { # print what the failed tests of a build tree said
+  local dir=$1 l
+  for l in "$dir"/tests/unit/*.log "$dir"/tests/mpi/*.log "$dir"/tests/*.log; do
+    [ -f "$l" ] && grep -qE '^:test-result: (FAIL|ERROR)' "${l%.log}.trs" 2>/dev/null &&
+      { echo "--- $l"; grep -vE '^\[----\] *$' "$l" | grep -E 'Assertion|FAIL|rank|did not|status' | head -40; tail -20 "$l"; }
+  done
+}
+
 step "build"
 if [ ! -x configure ]; then ./autogen.sh || exit 1; fi
 if [ ! -f Makefile ]; then ./configure --enable-werror || exit 1; fi
@@ -30,10 +38,7 @@ grep -E '^(PASS|FAIL|ERROR|SKIP|XFAIL|XPASS|#)' "$top/check.out"
 count "$top/check.out"
 if [ $rc -ne 0 ]; then
   fail=$((fail > 0 ? fail : 1))
-  for l in tests/unit/*.log tests/mpi/*.log tests/*.log; do
-    [ -f "$l" ] && grep -qE '^:test-result: (FAIL|ERROR)' "${l%.log}.trs" 2>/dev/null &&
-      { echo "--- $l"; grep -vE '^\[----\] *$' "$l" | grep -E 'Assertion|FAIL|rank|did not|status' | head -40; tail -20 "$l"; }
-  done
+  show_failed .
 fi
 
 step "make distcheck (ASan + UBSan, quick MPI suite)"
@@ -49,6 +54,7 @@ count "$top/distcheck.out"
 if [ $rc -ne 0 ]; then
   fail=$((fail > 0 ? fail : 1))
   tail -60 "$top/distcheck.out"
+  for d in duet-*/_build/sub; do [ -d "$d" ] && show_failed "$d"; done
 fi
 
 echo
