@@ -479,24 +479,18 @@ static int tcp_epoll_set(tcp_ep_t *e, int fd, uint32_t *have, uint32_t want) {
   return 0;
 }
 
-/* Take idle pairs off the active list, and their sockets out of the epoll
- * set (wait_fd registers the active ones' only). */
-static void tcp_prune(tcp_ep_t *e) {
-  for (int i = 0; i < e->nact;) {
-    tcp_conn_t *c = &e->conns[e->act[i]];
-    if (tcp_conn_busy(c)) {
-      i++;
-      continue;
-    }
-    if (e->epfd >= 0) {
-      int fds[4] = {c->rx[TCP_MAIN].fd, c->rx[TCP_BULK].fd, c->tx[TCP_MAIN].fd, c->tx[TCP_BULK].fd};
-      for (int f = 0; f < 4; f++)
-        if (c->ev[f] && fds[f] >= 0 && tcp_epoll_set(e, fds[f], &c->ev[f], 0) != 0)
-          c->ev[f] = 0; /* gone from the set with its socket */
-    }
-    c->active = 0;
-    e->act[i] = e->act[--e->nact];
+/* Take the idle pair act[i] off the active list, and its sockets out of the
+ * epoll set (wait_fd registers the active pairs' only). */
+static void tcp_deactivate(tcp_ep_t *e, int i) {
+  tcp_conn_t *c = &e->conns[e->act[i]];
+  if (e->epfd >= 0) {
+    int fds[4] = {c->rx[TCP_MAIN].fd, c->rx[TCP_BULK].fd, c->tx[TCP_MAIN].fd, c->tx[TCP_BULK].fd};
+    for (int f = 0; f < 4; f++)
+      if (c->ev[f] && fds[f] >= 0 && tcp_epoll_set(e, fds[f], &c->ev[f], 0) != 0)
+        c->ev[f] = 0; /* gone from the set with its socket */
   }
+  c->active = 0;
+  e->act[i] = e->act[--e->nact];
 }
 
 /* ---- sending ------------------------------------------------------------- */
@@ -682,14 +676,19 @@ static duet_status_t tcp_progress(duet__tp_ep_t *ep, char *errbuf) {
   tcp_ep_t *e = (tcp_ep_t *)ep;
   int awaited = 0;
   e->errbuf = errbuf;
-  for (int i = 0; i < e->nact; i++) {
+  for (int i = 0; i < e->nact;) {
     tcp_conn_t *c = &e->conns[e->act[i]];
     for (int l = 0; l < TCP_LANES; l++)
       if (c->tx[l].head)
         tcp_conn_write(e, c, &c->tx[l]);
     if (tcp_wants_read(c))
       tcp_conn_read(e, c);
+    if (!tcp_conn_busy(c)) { /* act[i] is another pair now */
+      tcp_deactivate(e, i);
+      continue;
+    }
     awaited |= tcp_lane_awaited(c);
+    i++;
   }
   /* A peer's connection is taken soon when a receive here awaits it, and
    * within a millisecond anyway: its dialler's first send on the main lane
@@ -715,7 +714,6 @@ static duet_status_t tcp_progress(duet__tp_ep_t *ep, char *errbuf) {
         duet__tcp_conn_fail(e, &e->conns[e->act[i]], DUET_ERR_SYSTEM, "accept: %s%s", strerror(err),
                             err == EMFILE ? " (RLIMIT_NOFILE: ulimit -n)" : "");
   }
-  tcp_prune(e);
   return DUET_SUCCESS;
 }
 
