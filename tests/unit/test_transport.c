@@ -954,6 +954,31 @@ static duet__tp_ep_t *tcp_lone_open(unsigned char *addr, size_t *addrlen, char *
   return ep;
 }
 
+/* One end (me: 0 or 1) of a pair of processes: open an endpoint, swap
+ * address blobs with the other end (write on to, read from from) and insert
+ * both as peers 0 and 1. NULL when the swap or insert_peers failed. */
+static duet__tp_ep_t *tcp_pair_open(int me, int to, int from, char *err) {
+  unsigned char addrs[2][DUET_TP_ADDR_MAX];
+  size_t lens[2];
+  duet__tp_ep_t *ep = tcp_lone_open(addrs[me], &lens[me], err);
+  if (pipe_io(to, &lens[me], sizeof lens[me], 1) || pipe_io(to, addrs[me], lens[me], 1) ||
+      pipe_io(from, &lens[!me], sizeof lens[!me], 0) || pipe_io(from, addrs[!me], lens[!me], 0) ||
+      duet__tp_tcp.insert_peers(ep, 2, addrs, DUET_TP_ADDR_MAX, lens, err) != DUET_SUCCESS)
+    return NULL;
+  return ep;
+}
+
+/* Send v to peer with tag and progress until it is done: 0, or nonzero. */
+static int tcp_send_one(duet__tp_ep_t *ep, int peer, uint64_t v, uint64_t tag, char *err) {
+  duet__tp_req_t s;
+  if (duet__tp_tcp.isend(ep, peer, &v, sizeof v, tag, &s, err) != DUET_SUCCESS)
+    return 1;
+  for (double t = now(); !s.done && now() < t + WAIT_SEC;)
+    if (duet__tp_tcp.progress(ep, err) < 0)
+      return 1;
+  return !s.done || s.status != DUET_SUCCESS;
+}
+
 /* A connection that does not present the endpoint's token is dropped, and
  * the endpoint still works (here: messages to itself). */
 Test(transport_tcp, stranger_dropped, .timeout = 60) {
@@ -1028,23 +1053,14 @@ Test(transport_tcp, lanes_connect_at_first_use, .timeout = 60) {
  * refused), and both messages arrive, on one main socket per end. Each
  * side posts its send before either progresses (a byte through a pipe each
  * way). Returns 0, or a line number. */
-static int both_dial(int me, unsigned char addrs[2][DUET_TP_ADDR_MAX], size_t lens[2], int to,
-                     int from) {
+static int both_dial(int me, int to, int from) {
   char err[DUET_TP_ERRLEN] = "";
-  unsigned char addr[DUET_TP_ADDR_MAX];
-  size_t addrlen = 0;
-  duet__tp_ep_t *ep = tcp_lone_open(addr, &addrlen, err);
+  duet__tp_ep_t *ep = tcp_pair_open(me, to, from, err);
   const tcp_ep_t *e = (const tcp_ep_t *)ep;
   uint64_t mine = 100 + (uint64_t)me, got = 0;
   duet__tp_req_t s, r;
   char b = 'x';
-  memcpy(addrs[me], addr, addrlen);
-  lens[me] = addrlen;
-  if (pipe_io(to, &lens[me], sizeof lens[me], 1) || pipe_io(to, addrs[me], lens[me], 1) ||
-      pipe_io(from, &lens[!me], sizeof lens[!me], 0) || pipe_io(from, addrs[!me], lens[!me], 0))
-    return __LINE__;
-  if (duet__tp_tcp.insert_peers(ep, 2, addrs, DUET_TP_ADDR_MAX, lens, err) != DUET_SUCCESS ||
-      duet__tp_tcp.isend(ep, !me, &mine, sizeof mine, 6, &s, err) != DUET_SUCCESS)
+  if (!ep || duet__tp_tcp.isend(ep, !me, &mine, sizeof mine, 6, &s, err) != DUET_SUCCESS)
     return __LINE__;
   if (pipe_io(to, &b, 1, 1) || pipe_io(from, &b, 1, 0)) /* both have dialled */
     return __LINE__;
@@ -1068,8 +1084,6 @@ static int both_dial(int me, unsigned char addrs[2][DUET_TP_ADDR_MAX], size_t le
 
 Test(transport_tcp, both_dial_main_at_once, .timeout = 60) {
   int p2c[2], c2p[2], status, line;
-  unsigned char addrs[2][DUET_TP_ADDR_MAX];
-  size_t lens[2];
   pid_t pid;
 
   for (int round = 0; round < 5; round++) { /* either token may be the lower */
@@ -1079,8 +1093,8 @@ Test(transport_tcp, both_dial_main_at_once, .timeout = 60) {
     pid = fork();
     cr_assert_neq(pid, -1);
     if (pid == 0)
-      _exit(both_dial(1, addrs, lens, c2p[1], p2c[0]) == 0 ? 0 : 1);
-    line = both_dial(0, addrs, lens, p2c[1], c2p[0]);
+      _exit(both_dial(1, c2p[1], p2c[0]) == 0 ? 0 : 1);
+    line = both_dial(0, p2c[1], c2p[0]);
     cr_assert_eq(waitpid(pid, &status, 0), pid);
     cr_assert_eq(line, 0, "round %d: this end failed at line %d", round, line);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "round %d: peer status 0x%x", round,
@@ -1099,8 +1113,6 @@ Test(transport_tcp, both_dial_main_at_once, .timeout = 60) {
  * cannot deadlock. Only then does the receiver post the receive. */
 Test(transport_tcp, first_send_completes_before_its_receive, .timeout = 60) {
   int p2c[2], c2p[2], status;
-  unsigned char addrs[2][DUET_TP_ADDR_MAX];
-  size_t lens[2];
   char err[DUET_TP_ERRLEN] = "", b = 'x';
   uint64_t got = 0;
   duet__tp_req_t r;
@@ -1112,31 +1124,17 @@ Test(transport_tcp, first_send_completes_before_its_receive, .timeout = 60) {
   pid = fork();
   cr_assert_neq(pid, -1);
   if (pid == 0) { /* the sender */
-    duet__tp_ep_t *ep = tcp_lone_open(addrs[1], &lens[1], err);
-    uint64_t v = 99;
-    duet__tp_req_t s;
-    if (pipe_io(c2p[1], &lens[1], sizeof lens[1], 1) || pipe_io(c2p[1], addrs[1], lens[1], 1) ||
-        pipe_io(p2c[0], &lens[0], sizeof lens[0], 0) || pipe_io(p2c[0], addrs[0], lens[0], 0))
+    duet__tp_ep_t *ep = tcp_pair_open(1, c2p[1], p2c[0], err);
+    if (!ep)
       _exit(2);
-    if (duet__tp_tcp.insert_peers(ep, 2, addrs, DUET_TP_ADDR_MAX, lens, err) != DUET_SUCCESS ||
-        duet__tp_tcp.isend(ep, 0, &v, sizeof v, 8, &s, err) != DUET_SUCCESS)
+    if (tcp_send_one(ep, 0, 99, 8, err))
       _exit(3);
-    for (double t = now(); !s.done && now() < t + WAIT_SEC;)
-      if (duet__tp_tcp.progress(ep, err) < 0)
-        _exit(4);
-    if (!s.done || s.status != DUET_SUCCESS)
-      _exit(5);
     if (pipe_io(c2p[1], &b, 1, 1) || pipe_io(p2c[0], &b, 1, 0)) /* sent; keep it until read */
       _exit(6);
     _exit(0);
   }
-  duet__tp_ep_t *ep = tcp_lone_open(addrs[0], &lens[0], err);
-  cr_assert_eq(pipe_io(p2c[1], &lens[0], sizeof lens[0], 1), 0);
-  cr_assert_eq(pipe_io(p2c[1], addrs[0], lens[0], 1), 0);
-  cr_assert_eq(pipe_io(c2p[0], &lens[1], sizeof lens[1], 0), 0);
-  cr_assert_eq(pipe_io(c2p[0], addrs[1], lens[1], 0), 0);
-  cr_assert_eq(duet__tp_tcp.insert_peers(ep, 2, addrs, DUET_TP_ADDR_MAX, lens, err), DUET_SUCCESS,
-               "%s", err);
+  duet__tp_ep_t *ep = tcp_pair_open(0, p2c[1], c2p[0], err);
+  cr_assert_not_null(ep, "address swap or insert_peers: %s", err);
   int sent = 0;
   for (double t = now(); !sent && now() < t + WAIT_SEC;) { /* progress, expecting nothing */
     struct pollfd pfd = {.fd = c2p[0], .events = POLLIN};
@@ -1163,8 +1161,6 @@ Test(transport_tcp, first_send_completes_before_its_receive, .timeout = 60) {
  * then exits without a word. */
 Test(transport_tcp, peer_death, .timeout = 60) {
   int p2c[2], c2p[2], status;
-  unsigned char addrs[2][DUET_TP_ADDR_MAX];
-  size_t lens[2];
   char err[DUET_TP_ERRLEN] = "";
   uint64_t got = 0;
   duet__tp_req_t r;
@@ -1175,28 +1171,12 @@ Test(transport_tcp, peer_death, .timeout = 60) {
   fflush(NULL);
   pid = fork();
   cr_assert_neq(pid, -1);
-  if (pid == 0) { /* the peer */
-    duet__tp_ep_t *ep = tcp_lone_open(addrs[1], &lens[1], err);
-    uint64_t hello = 7;
-    duet__tp_req_t s;
-    if (pipe_io(c2p[1], &lens[1], sizeof lens[1], 1) || pipe_io(c2p[1], addrs[1], lens[1], 1) ||
-        pipe_io(p2c[0], &lens[0], sizeof lens[0], 0) || pipe_io(p2c[0], addrs[0], lens[0], 0))
-      _exit(2);
-    if (duet__tp_tcp.insert_peers(ep, 2, addrs, DUET_TP_ADDR_MAX, lens, err) != DUET_SUCCESS ||
-        duet__tp_tcp.isend(ep, 0, &hello, sizeof hello, 4, &s, err) != DUET_SUCCESS)
-      _exit(3);
-    for (double t = now(); !s.done && now() < t + WAIT_SEC;)
-      if (duet__tp_tcp.progress(ep, err) < 0)
-        _exit(4);
-    _exit(s.done && s.status == DUET_SUCCESS ? 0 : 5);
+  if (pid == 0) { /* the peer: one message, then gone */
+    duet__tp_ep_t *ep = tcp_pair_open(1, c2p[1], p2c[0], err);
+    _exit(!ep ? 2 : tcp_send_one(ep, 0, 7, 4, err) ? 3 : 0);
   }
-  duet__tp_ep_t *ep = tcp_lone_open(addrs[0], &lens[0], err);
-  cr_assert_eq(pipe_io(p2c[1], &lens[0], sizeof lens[0], 1), 0);
-  cr_assert_eq(pipe_io(p2c[1], addrs[0], lens[0], 1), 0);
-  cr_assert_eq(pipe_io(c2p[0], &lens[1], sizeof lens[1], 0), 0);
-  cr_assert_eq(pipe_io(c2p[0], addrs[1], lens[1], 0), 0);
-  cr_assert_eq(duet__tp_tcp.insert_peers(ep, 2, addrs, DUET_TP_ADDR_MAX, lens, err), DUET_SUCCESS,
-               "%s", err);
+  duet__tp_ep_t *ep = tcp_pair_open(0, p2c[1], c2p[0], err);
+  cr_assert_not_null(ep, "address swap or insert_peers: %s", err);
   cr_assert_eq(duet__tp_tcp.irecv(ep, 1, &got, sizeof got, 4, &r, err), DUET_SUCCESS, "%s", err);
   for (double t = now(); !r.done && now() < t + WAIT_SEC;)
     cr_assert_geq(duet__tp_tcp.progress(ep, err), 0, "%s", err);
