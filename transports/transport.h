@@ -72,6 +72,12 @@ typedef struct duet__tp_ops {
    * DUET_ERR_UNSUPPORTED when this endpoint has no such descriptor. Used only
    * when params->yield is set (more ranks than cores). */
   duet_status_t (*wait_fd)(duet__tp_ep_t *ep, int *fd, char *errbuf);
+  /* Optional (NULL: the transport needs nothing). A wait for peer has lasted
+   * a while (DESIGN section 7): make sure this endpoint will learn if peer
+   * has left. A transport that connects lazily and sees a peer leave only
+   * on a connection connects to it now; the peer leaving then fails the
+   * pair's requests (a refused dial, a connection's end). Never blocks. */
+  void (*watch)(duet__tp_ep_t *ep, int peer);
 } duet__tp_ops_t;
 
 /* Write the message into errbuf (if any) and log it once as a warning,

@@ -812,7 +812,10 @@ static int duet__abort_noticed(duet_comm_t *comm, int peer) {
 /* DESIGN section 7: a transport such as libfabric's says nothing when a
  * peer dies or aborts, so without this a wait for it would last until the
  * deadline. A peer that aborted said so (duet__abort_noticed); a peer on
- * this host that init could see (peers[].start) is looked up in /proc. */
+ * this host that init could see (peers[].start) is looked up in /proc. A
+ * transport that sees a peer leave only on a connection, and connects
+ * lazily (duet's tcp), is asked to watch it: then the pair's requests fail
+ * when it leaves, wherever it runs. */
 int duet__awaited_gone(duet_request_t *req, uint64_t now) {
   duet_comm_t *comm = req->comm;
   const duet__step_t *st;
@@ -827,6 +830,8 @@ int duet__awaited_gone(duet_request_t *req, uint64_t now) {
   if (st == NULL || st->peer < 0 || st->peer >= comm->nranks)
     return 0;
   pe = &comm->peers[st->peer];
+  if (st->peer != comm->rank && comm->nets->net[pe->net].ops->watch != NULL)
+    comm->nets->net[pe->net].ops->watch(comm->nets->net[pe->net].ep, pe->index);
   if (duet__peer_needs_notice(comm, st->peer) && duet__abort_noticed(comm, st->peer)) {
     how = "aborted (duet_comm_abort)";
   } else {

@@ -16,7 +16,11 @@
  * right; then the victim waits 300 ms (its peers are in the next allreduce
  * by then) and aborts or kills itself. An aborting victim stays alive for
  * twice the deadline after the abort, so its peers must learn of the abort
- * itself, not of a process that is gone.
+ * itself, not of a process that is gone. In the "before any call"
+ * scenarios there is no first allreduce: the victim leaves before any
+ * transport has talked to it, so duet's tcp (which connects at the first
+ * message) has no connection that could end, and a survivor waiting for
+ * the victim must dial it to find it gone (watch, transport.h).
  *
  * The survivors must say DUET_ERR_REMOTE well before the deadline, as duet
  * sees the victim go: duet's tcp (the connection closes), the load/store
@@ -76,7 +80,7 @@ static long now_ms(void) {
  * made after the fork: a process forked while another thread holds an
  * allocator's lock can deadlock) and hands the id to the others on idp. */
 static void rank_main(const setup_t *su, const int idp[2], int r, int victim, int kill_it,
-                      int nb, int fd) {
+                      int nb, int cold, int fd) {
   duet_config_t cfg = DUET_CONFIG_INIT;
   duet_comm_t *c = NULL;
   duet_unique_id_t id;
@@ -110,6 +114,8 @@ static void rank_main(const setup_t *su, const int idp[2], int r, int victim, in
     goto out;
   }
   rep.stage = 1;
+  if (cold) /* no first call: nothing has been connected when the victim leaves */
+    goto leave;
   for (int i = 0; i < 1000; i++)
     a[i] = (float)(r + i);
   rep.first = duet_allreduce(a, b, 1000, DUET_FLOAT32, DUET_SUM, c);
@@ -120,6 +126,7 @@ static void rank_main(const setup_t *su, const int idp[2], int r, int victim, in
     }
   if (rep.first != DUET_SUCCESS)
     goto out;
+leave:
   rep.stage = 2;
   if (r == victim) {
     usleep(300 * 1000);
@@ -167,9 +174,12 @@ static int is_failure(int st) {
 }
 
 /* Run one scenario (nb: the survivors' pending call is duet_iallreduce,
- * polled with duet_test); every survivor's report is checked. */
-static void scenario(const setup_t *su, int victim, int kill_it, int nb) {
-  const char *how = kill_it ? (nb ? "killed (non-blocking)" : "killed") : "aborted";
+ * polled with duet_test; cold: the victim leaves before any call, so no
+ * transport has talked to it yet); every survivor's report is checked. */
+static void scenario_run(const setup_t *su, int victim, int kill_it, int nb, int cold) {
+  const char *how = cold      ? (kill_it ? "killed before any call" : "aborted before any call")
+                    : kill_it ? (nb ? "killed (non-blocking)" : "killed")
+                              : "aborted";
   const long limit_ms = 60000; /* every rank is done long before */
   pid_t pid[MAXR];
   int fds[2], idp[2], got = 0;
@@ -184,7 +194,7 @@ static void scenario(const setup_t *su, int victim, int kill_it, int nb) {
     cr_assert_geq(pid[r], 0);
     if (pid[r] == 0) {
       close(fds[0]);
-      rank_main(su, idp, r, victim, kill_it, nb, fds[1]);
+      rank_main(su, idp, r, victim, kill_it, nb, cold, fds[1]);
     }
   }
   close(fds[1]);
@@ -247,8 +257,13 @@ static void scenario(const setup_t *su, int victim, int kill_it, int nb) {
   }
 }
 
+static void scenario(const setup_t *su, int victim, int kill_it, int nb) {
+  scenario_run(su, victim, kill_it, nb, 0);
+}
+
 static const setup_t one_host = {"one host, load/store UPN", 3, NULL, NULL, NULL, {NULL}, 0};
 static const setup_t tcp = {"duet's tcp", 3, "tcp", "tcp", NULL, {NULL}, 0};
+static const setup_t tcp4 = {"duet's tcp, 4 ranks", 4, "tcp", "tcp", NULL, {NULL}, 0};
 static const setup_t ofi_tcp = {"libfabric tcp;ofi_rxm", 3, "tcp;ofi_rxm", "tcp;ofi_rxm", NULL,
                                 {NULL}, 0};
 static const setup_t ofi_shm = {"libfabric shm", 3, "shm", "tcp", NULL, {NULL}, 0};
@@ -279,6 +294,14 @@ Test(failure, two_supernodes_kill_nonblocking, .timeout = 90) { scenario(&two_sn
 Test(failure, ofi_tcp_abort_progress_thread, .timeout = 90) { scenario(&ofi_tcp_thread, 1, 0, 1); }
 Test(failure, two_supernodes_kill_progress_thread, .timeout = 90) {
   scenario(&two_sn_thread, 2, 1, 1);
+}
+Test(failure, tcp_abort_before_any_call, .timeout = 90) { scenario_run(&tcp4, 1, 0, 0, 1); }
+Test(failure, tcp_kill_before_any_call, .timeout = 90) { scenario_run(&tcp4, 1, 1, 0, 1); }
+Test(failure, two_supernodes_abort_before_any_call, .timeout = 90) {
+  scenario_run(&two_sn, 2, 0, 0, 1);
+}
+Test(failure, two_planes_abort_before_any_call, .timeout = 90) {
+  scenario_run(&planes, 3, 0, 0, 1);
 }
 
 /* ---- descriptor limits --------------------------------------------------- */

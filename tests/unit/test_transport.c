@@ -1194,3 +1194,78 @@ Test(transport_tcp, peer_death, .timeout = 60) {
   close(p2c[1]);
   close(c2p[0]);
 }
+
+/* watch (transport.h): a receive waits for a peer that has sent nothing, so
+ * no connection would tell this end that the peer left; watch dials it.
+ * WATCH_GONE: the peer's endpoint closed before the dial (refused);
+ * WATCH_LEAVES: it closes while the dial waits, unanswered, in its listen
+ * queue (the peer never progressed): neither may be taken for a refusal in
+ * a simultaneous dial, which would wait for a connection that never comes;
+ * WATCH_THERE: the peer is there and sends later (it dials too: one main
+ * connection stays), and the message arrives. */
+enum { WATCH_GONE, WATCH_LEAVES, WATCH_THERE };
+
+static void watch_peer(int mode) {
+  int p2c[2], c2p[2], status;
+  char err[DUET_TP_ERRLEN] = "", b = 'x';
+  uint64_t got = 0;
+  duet__tp_req_t r;
+  pid_t pid;
+
+  cr_assert_eq(pipe(p2c), 0);
+  cr_assert_eq(pipe(c2p), 0);
+  fflush(NULL);
+  pid = fork();
+  cr_assert_neq(pid, -1);
+  if (pid == 0) { /* the peer: no progress until told */
+    duet__tp_ep_t *ep = tcp_pair_open(1, c2p[1], p2c[0], err);
+    if (!ep)
+      _exit(2);
+    if (mode == WATCH_GONE)
+      duet__tp_tcp.close(ep);
+    if (pipe_io(c2p[1], &b, 1, 1) || pipe_io(p2c[0], &b, 1, 0)) /* ready; wait for the dial */
+      _exit(4);
+    if (mode == WATCH_LEAVES)
+      duet__tp_tcp.close(ep);
+    if (mode == WATCH_THERE && tcp_send_one(ep, 0, 77, 5, err))
+      _exit(5);
+    (void)pipe_io(p2c[0], &b, 1, 0); /* alive (its process holds nothing) until the end */
+    _exit(0);
+  }
+  duet__tp_ep_t *ep = tcp_pair_open(0, p2c[1], c2p[0], err);
+  const tcp_ep_t *e = (const tcp_ep_t *)ep;
+  cr_assert_not_null(ep, "address swap or insert_peers: %s", err);
+  cr_assert_eq(pipe_io(c2p[0], &b, 1, 0), 0);
+  cr_assert_eq(duet__tp_tcp.irecv(ep, 1, &got, sizeof got, 5, &r, err), DUET_SUCCESS, "%s", err);
+  cr_assert_not_null(duet__tp_tcp.watch);
+  duet__tp_tcp.watch(ep, 1);
+  cr_assert(e->conns[1].tx[TCP_MAIN].state != TX_NONE || r.done, "watch did not dial");
+  for (double t = now(); !r.done && now() < t + 0.05;) /* connected, the hello written */
+    cr_assert_geq(duet__tp_tcp.progress(ep, err), 0, "%s", err);
+  cr_assert_eq(pipe_io(p2c[1], &b, 1, 1), 0);
+  for (double t = now(); !r.done && now() < t + WAIT_SEC;)
+    cr_assert_geq(duet__tp_tcp.progress(ep, err), 0, "%s", err);
+  cr_assert(r.done, "mode %d: the receive never completed", mode);
+  if (mode == WATCH_THERE) {
+    cr_assert(r.status == DUET_SUCCESS && got == 77, "the message: status %d, %llu", r.status,
+              (unsigned long long)got);
+    cr_assert(e->conns[1].tx[TCP_MAIN].fd >= 0 &&
+                  e->conns[1].tx[TCP_MAIN].fd == e->conns[1].rx[TCP_MAIN].fd,
+              "not one main socket both ways");
+  } else {
+    cr_assert_eq(r.status, DUET_ERR_REMOTE, "mode %d: status %d (%s)", mode, r.status, err);
+    cr_assert(strstr(err, "peer 1"), "errbuf does not name the peer: %s", err);
+  }
+  cr_assert_eq(pipe_io(p2c[1], &b, 1, 1), 0);
+  cr_assert_eq(waitpid(pid, &status, 0), pid);
+  cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "peer status 0x%x", status);
+  duet__tp_tcp.close(ep);
+  for (int i = 0; i < 2; i++) {
+    close(p2c[i]);
+    close(c2p[i]);
+  }
+}
+
+Test(transport_tcp, watch_finds_a_peer_gone, .timeout = 60) { watch_peer(WATCH_GONE); }
+Test(transport_tcp, watch_finds_a_peer_leaving, .timeout = 60) { watch_peer(WATCH_LEAVES); }
+Test(transport_tcp, watch_keeps_a_peer_there, .timeout = 60) { watch_peer(WATCH_THERE); }

@@ -1100,6 +1100,18 @@ out_free:
 }
 
 /* One descriptor for all planes: an epoll set holding each plane's. */
+/* A wait for peer has lasted a while (transport.h): every live plane
+ * watches it. A plane that finds it gone is lost as any failed plane is,
+ * and with every plane lost the endpoint fails (a crashed peer, above). */
+static void pl_watch(duet__tp_ep_t *ep, int peer) {
+  pl_ep_t *e = (pl_ep_t *)ep;
+  if (e->in->watch == NULL || peer < 0 || peer >= e->npeers)
+    return;
+  for (int q = 0; q < e->n; q++)
+    if (!((e->dead >> q) & 1))
+      e->in->watch(e->ep[q], peer);
+}
+
 static duet_status_t pl_wait_fd(duet__tp_ep_t *ep, int *fd, char *errbuf) {
   pl_ep_t *e = (pl_ep_t *)ep;
   int any = 0;
@@ -1161,4 +1173,5 @@ const duet__tp_ops_t duet__tp_planes = {
     .progress = pl_progress,
     .close = pl_close,
     .wait_fd = pl_wait_fd,
+    .watch = pl_watch,
 };

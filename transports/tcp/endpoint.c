@@ -283,14 +283,19 @@ int duet__tcp_dial_done(tcp_ep_t *e, int k, int lane) {
       c->ev[0] = c->ev[2]; /* its epoll registration now counts as the main lane's */
       c->ev[2] = 0;
       tcp_main_up(c, tx->fd);
-    } else if (n == 1) {
-      duet__tcp_conn_fail(e, c, DUET_ERR_PROTOCOL, "main lane: %#x instead of a welcome", w);
-      return 0;
-    } else { /* refused: the peer dialled too, and its connection stays */
+    } else if (n == 1 && w == TCP_REFUSE) { /* the peer dialled too, and its connection stays */
       close(tx->fd);
       tx->fd = -1;
       c->ev[2] = 0;
       tx->state = TX_AWAIT;
+    } else if (n == 1) {
+      duet__tcp_conn_fail(e, c, DUET_ERR_PROTOCOL, "main lane: %#x instead of a welcome", w);
+      return 0;
+    } else { /* its endpoint closed with this connection unanswered */
+      duet__tcp_conn_fail(e, c, DUET_ERR_REMOTE,
+                          "main lane: the peer's endpoint closed before answering (%s): it left",
+                          n == 0 ? "end of stream" : strerror(errno));
+      return 0;
     }
   }
   return tx->state == TX_UP;
@@ -337,20 +342,16 @@ static int tcp_hello_in(tcp_ep_t *e, tcp_pending_t *p) {
     why = "a hello for no lane";
     goto out_reject;
   }
-  if (lane == TCP_MAIN && !c->self && c->rx[TCP_MAIN].fd >= 0) {
-    why = NULL; /* both ends dialled, and the other connection is up already */
-    goto out_reject;
-  }
+  if (lane == TCP_MAIN && !c->self && c->rx[TCP_MAIN].fd >= 0)
+    goto out_refuse; /* both ends dialled, and the other connection is up already */
   if (c->rx[lane].fd >= 0 || (lane == TCP_BULK && c->self)) {
     why = "a second connection for a lane";
     goto out_reject;
   }
   if (lane == TCP_MAIN && !c->self && c->tx[TCP_MAIN].fd >= 0) { /* both dialled */
     const uint64_t *mine = e->addr.token, *theirs = c->addr.token;
-    if (mine[0] < theirs[0] || (mine[0] == theirs[0] && mine[1] < theirs[1])) {
-      why = NULL; /* ours stays: refuse theirs, they wait for ours */
-      goto out_reject;
-    }
+    if (mine[0] < theirs[0] || (mine[0] == theirs[0] && mine[1] < theirs[1]))
+      goto out_refuse; /* ours stays: they wait for it */
     close(c->tx[TCP_MAIN].fd); /* theirs stays: ours was refused or will be */
     c->tx[TCP_MAIN].fd = -1;
     c->ev[2] = 0;
@@ -376,6 +377,10 @@ static int tcp_hello_in(tcp_ep_t *e, tcp_pending_t *p) {
   e->filed++;
   return 1;
 
+out_refuse: { /* its dialler waits for our connection (a close alone would say we left) */
+  uint8_t no = TCP_REFUSE;
+  (void)send(p->fd, &no, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
 out_reject:
   if (why)
     DUET_WARN(DUET_SUB_NET, "tcp: dropped an incoming connection: %s", why);

@@ -453,13 +453,21 @@ static void tcp_activate(tcp_ep_t *e, tcp_conn_t *c) {
   }
 }
 
-/* Whether the pair has anything under way: queued sends (or the connection
- * they wait for), posted receives, a receive waiting for the rest of a
- * message, or reading to do. */
+/* Whether an outgoing lane has writing to do: queued sends, or a dial
+ * under way (a watch's has no send). */
+static int tcp_tx_pending(const tcp_tx_t *tx) {
+  return tx->head || tx->state == TX_CONNECTING || tx->state == TX_HELLO ||
+         tx->state == TX_WELCOME;
+}
+
+/* Whether the pair has anything under way: queued sends, a dial, posted
+ * receives, a receive waiting for the rest of a message, or reading to
+ * do. */
 static int tcp_conn_busy(const tcp_conn_t *c) {
   if (c->dead)
     return 0;
-  if (c->tx[TCP_MAIN].head || c->tx[TCP_BULK].head || c->rq_head || tcp_wants_read(c))
+  if (tcp_tx_pending(&c->tx[TCP_MAIN]) || tcp_tx_pending(&c->tx[TCP_BULK]) || c->rq_head ||
+      tcp_wants_read(c))
     return 1;
   for (const tcp_ux_t *u = c->ux_head; u; u = u->next)
     if (u->waiter)
@@ -679,7 +687,7 @@ static duet_status_t tcp_progress(duet__tp_ep_t *ep, char *errbuf) {
   for (int i = 0; i < e->nact;) {
     tcp_conn_t *c = &e->conns[e->act[i]];
     for (int l = 0; l < TCP_LANES; l++)
-      if (c->tx[l].head)
+      if (tcp_tx_pending(&c->tx[l]))
         tcp_conn_write(e, c, &c->tx[l]);
     if (tcp_wants_read(c))
       tcp_conn_read(e, c);
@@ -717,6 +725,29 @@ static duet_status_t tcp_progress(duet__tp_ep_t *ep, char *errbuf) {
   return DUET_SUCCESS;
 }
 
+/* A receive has waited a while for peer (transport.h): with no connection
+ * from it, this end would not see it leave (its process exiting, or its
+ * endpoint closing at duet_comm_abort), so dial the main lane as a first
+ * send would. A peer that has left refuses the dial, or ends the connection
+ * before answering it; one still there answers as usual, and its leaving
+ * later ends the connection. */
+static void tcp_watch(duet__tp_ep_t *ep, int peer) {
+  tcp_ep_t *e = (tcp_ep_t *)ep;
+  tcp_conn_t *c;
+  if (peer < 0 || peer >= e->npeers)
+    return;
+  c = &e->conns[peer];
+  if (c->self || c->dead || c->rx[TCP_MAIN].fd >= 0 || c->rx[TCP_BULK].fd >= 0 ||
+      c->tx[TCP_MAIN].state != TX_NONE)
+    return;
+  DUET_INFO(DUET_SUB_NET, "tcp: dialling peer %d, which has not connected, to see it is there",
+            peer);
+  if (duet__tcp_dial(e, peer, TCP_MAIN) != DUET_SUCCESS)
+    return; /* the pair failed, saying why */
+  e->accept_gap = TCP_ACCEPT_AWAITED_NS; /* the peer may be dialling too */
+  tcp_activate(e, c);
+}
+
 static duet_status_t tcp_wait_fd(duet__tp_ep_t *ep, int *fd, char *errbuf) {
   tcp_ep_t *e = (tcp_ep_t *)ep;
   int watched = 0;
@@ -742,7 +773,7 @@ static duet_status_t tcp_wait_fd(duet__tp_ep_t *ep, int *fd, char *errbuf) {
         return DUET_IN_PROGRESS; /* staged bytes to parse */
       if (lane_rd)
         want[l] |= EPOLLIN;
-      if (!c->dead && c->tx[l].head) /* queued sends, or a connect to finish */
+      if (!c->dead && tcp_tx_pending(&c->tx[l])) /* queued sends, or a dial to finish */
         want[l == TCP_MAIN && fds[2] < 0 ? 0 : 2 + l] |=
             c->tx[l].state == TX_WELCOME ? EPOLLIN : EPOLLOUT;
     }
@@ -783,6 +814,7 @@ const duet__tp_ops_t duet__tp_tcp = {
     .progress = tcp_progress,
     .close = duet__tcp_close,
     .wait_fd = tcp_wait_fd,
+    .watch = tcp_watch,
 };
 
 const duet__tp_ops_t *duet__tp_for_provider(const char *provider) {

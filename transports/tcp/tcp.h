@@ -82,11 +82,14 @@ typedef struct tcp_ux {
  *
  * Every connection is made by a sender at its first message on that lane.
  * A bulk connection carries its dialler's messages only. The main one is
- * dialled by whichever end sends first; the acceptor answers the hello with
+ * dialled by whichever end sends first, or by an end whose receive has
+ * waited a while for a peer it has no connection from (watch: the peer's
+ * leaving shows only on a connection); the acceptor answers the hello with
  * one welcome byte, and only then does the dialler send on it. When both
  * ends dial at once, the connection dialled by the lower token stays: its
- * dialler refuses (closes) the other, whose dialler sees its connection end
- * before a welcome and waits for the other's (TX_AWAIT). */
+ * dialler refuses the other (one refusal byte, then it closes it), whose
+ * dialler waits for the other's (TX_AWAIT). A main connection that ends
+ * before either byte was refused by no one: the peer's endpoint closed. */
 enum { TCP_MAIN = 0, TCP_BULK = 1, TCP_LANES = 2 };
 
 /* An outgoing lane's connection: being connected, its hello being written,
@@ -94,6 +97,7 @@ enum { TCP_MAIN = 0, TCP_BULK = 1, TCP_LANES = 2 };
  * connection, open. */
 enum { TX_NONE, TX_CONNECTING, TX_HELLO, TX_WELCOME, TX_AWAIT, TX_UP };
 #define TCP_WELCOME 0x57 /* the acceptor's answer to a main lane's hello */
+#define TCP_REFUSE 0x52  /* ... when the acceptor's own connection stays */
 
 /* One outgoing lane. */
 typedef struct tcp_tx {
