@@ -181,6 +181,10 @@ static void scenario_run(const setup_t *su, int victim, int kill_it, int nb, int
                     : kill_it ? (nb ? "killed (non-blocking)" : "killed")
                               : "aborted";
   const long limit_ms = 60000; /* every rank is done long before */
+  /* Survivors learn within about 100 ms of the victim leaving (300 ms
+   * in). Before any call, a slower path (a plane's stall probe, say) must
+   * not pass for the one under test: half the deadline. */
+  const long soon_ms = cold ? TIMEOUT_MS / 2 : TIMEOUT_MS;
   pid_t pid[MAXR];
   int fds[2], idp[2], got = 0;
   report_t reps[MAXR];
@@ -232,11 +236,11 @@ static void scenario_run(const setup_t *su, int victim, int kill_it, int nb, int
     const report_t *p = &reps[k];
     cr_assert_eq(p->stage, 4, "%s, rank %d %s: rank %d stopped at stage %d (init %d, first %d): %s",
                  su->name, victim, how, p->rank, p->stage, p->init, p->first, p->err);
-    cr_assert(p->pending == DUET_ERR_REMOTE && p->pending_ms < TIMEOUT_MS,
+    cr_assert(p->pending == DUET_ERR_REMOTE && p->pending_ms < soon_ms,
               "%s, rank %d %s: rank %d's pending allreduce returned %d (%s) after %ld ms, not "
-              "DUET_ERR_REMOTE before the deadline: %s",
+              "DUET_ERR_REMOTE within %ld ms: %s",
               su->name, victim, how, p->rank, p->pending, duet_strerror(p->pending),
-              p->pending_ms, p->err);
+              p->pending_ms, soon_ms, p->err);
     cr_assert(is_failure(p->pending),
               "%s, rank %d %s: rank %d's pending allreduce returned %d (%s), not "
               "DUET_ERR_REMOTE or DUET_ERR_TIMEOUT: %s",
