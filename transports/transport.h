@@ -36,6 +36,8 @@ typedef struct duet__tp_params {
   const char *iface;    /* interface name (tcp: or IP address) / libfabric domain name;
                            NULL: provider's choice */
   int yield;            /* progress should yield the CPU: more ranks than cores */
+  int timeout_ms;       /* deadline of a wait inside the transport (libfabric's connection
+                           warm-up in insert_peers): the communicator's; 0: 60 s */
   int tcp_sndbuf;       /* duet's tcp: SO_SNDBUF of bulk connections; 0: kernel's autotuning */
   int stall_ms;         /* planes: a plane whose transfer to a peer has made no progress this
                            long, while the peer answers on the other planes, is lost; 0: never */

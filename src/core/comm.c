@@ -218,6 +218,7 @@ static duet_status_t duet__open_net(duet_comm_t *comm, int n, const duet__tp_ops
   duet__tp_params_t params = {.provider = provider[0] ? provider : NULL,
                               .iface = iface[0] ? iface : NULL,
                               .yield = comm->yield,
+                              .timeout_ms = comm->cfg.timeout_ms,
                               .tcp_sndbuf = comm->cfg.tcp_sndbuf,
                               .stall_ms = ops == &duet__tp_planes ? comm->cfg.plane_timeout_ms : 0};
   duet_status_t rc;

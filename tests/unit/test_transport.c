@@ -665,6 +665,51 @@ static void run_pair(const duet__tp_ops_t *tp, const char *prov, const char *ifa
   run_pair_fn(pair_default);
 }
 
+/* libfabric's connection warm-up (insert_peers) waits for a peer at most
+ * params->timeout_ms, the communicator's deadline: rank 1 opens its
+ * endpoint and hands over its address but never inserts peers, and rank
+ * 0's insert_peers fails with DUET_ERR_TIMEOUT naming peer 1 after about a
+ * second (it waited 60 s before). */
+static int warmup_side(pair_t *p) {
+  duet__tp_params_t params = {.provider = "tcp", .iface = "lo", .timeout_ms = 1000};
+  unsigned char addrs[2][DUET_TP_ADDR_MAX];
+  size_t lens[2];
+  char b = 'x';
+  duet_status_t st;
+  double t;
+
+  p->tp = &duet__tp_ofi;
+  p->other = 1 - p->rank;
+  CHECK(p, p->tp->open(&params, &p->ep, p->err) == DUET_SUCCESS, "open");
+  CHECK(p, p->tp->get_addr(p->ep, addrs[p->rank], &lens[p->rank], p->err) == DUET_SUCCESS,
+        "get_addr");
+  CHECK(p,
+        pipe_io(p->wfd, &lens[p->rank], sizeof lens[0], 1) == 0 &&
+            pipe_io(p->wfd, addrs[p->rank], lens[p->rank], 1) == 0 &&
+            pipe_io(p->rfd, &lens[p->other], sizeof lens[0], 0) == 0 &&
+            lens[p->other] <= DUET_TP_ADDR_MAX &&
+            pipe_io(p->rfd, addrs[p->other], lens[p->other], 0) == 0,
+        "address swap");
+  if (p->rank == 1) { /* silent until rank 0 is done */
+    CHECK(p, pipe_io(p->rfd, &b, 1, 0) == 0, "rank 0's end");
+    p->tp->close(p->ep);
+    p->ep = NULL;
+    return 0;
+  }
+  t = now();
+  st = p->tp->insert_peers(p->ep, 2, addrs, DUET_TP_ADDR_MAX, lens, p->err);
+  t = now() - t;
+  CHECK(p, st == DUET_ERR_TIMEOUT, "insert_peers returned %d, not DUET_ERR_TIMEOUT", st);
+  CHECK(p, t >= 0.9 && t < 10.0, "insert_peers gave up after %.1f s, not about 1 s", t);
+  CHECK(p, strstr(p->err, "peer 1") != NULL, "the message does not name peer 1");
+  CHECK(p, pipe_io(p->wfd, &b, 1, 1) == 0, "the end");
+  return 0;
+}
+
+Test(transport_ofi, warmup_waits_timeout_ms, .timeout = 120) {
+  run_pair_fn(warmup_side);
+}
+
 Test(transport_ofi, tcp_loopback, .timeout = 120) {
   run_pair(&duet__tp_ofi, "tcp", "lo", 0);
 }

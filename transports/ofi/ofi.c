@@ -26,8 +26,8 @@
  * first send (about 0.1 s each), so we exchange one zero-byte message with
  * every inserted peer (itself included) and wait for all of them. That makes
  * insert_peers collective over the inserted peers: it returns once every
- * peer has called it too, or DUET_ERR_TIMEOUT after 60 s naming a peer that
- * did not answer.
+ * peer has called it too, or DUET_ERR_TIMEOUT after the communicator's
+ * timeout_ms (params; 60 s without one) naming a peer that did not answer.
  */
 #include <inttypes.h>
 #include <sched.h>
@@ -56,7 +56,7 @@
 #define OFI_CQ_BATCH 16
 #define OFI_CTX_CHUNK 64  /* contexts allocated at a time, kept until close */
 #define OFI_MR_CACHE 32   /* cached registrations per endpoint */
-#define OFI_WARMUP_SEC 60 /* deadline of the connection warm-up */
+#define OFI_WARMUP_SEC 60 /* deadline of the connection warm-up without params->timeout_ms */
 /* Test hook: register buffers even when the provider does not ask for it,
  * so the registration cache runs on tcp and shm. Read at open. */
 int duet__ofi_test_force_mr;
@@ -104,6 +104,7 @@ typedef struct ofi_ep {
   size_t max_msg;
   size_t page;
   int yield;
+  double warm_sec; /* deadline of the warm-up */
   int wait_fd; /* the CQ's wait descriptor (FI_WAIT_FD), or -1 */
   fi_addr_t *peers;
   int npeers;
@@ -564,6 +565,7 @@ static duet_status_t ofi_open(const duet__tp_params_t *params, duet__tp_ep_t **o
   page = sysconf(_SC_PAGESIZE);
   e->page = page > 0 ? (size_t)page : 4096;
   e->yield = params ? params->yield : 0;
+  e->warm_sec = params && params->timeout_ms > 0 ? params->timeout_ms / 1000.0 : OFI_WARMUP_SEC;
 
   ofi_set_env_defaults();
   ret = ofi_getinfo(prov, iface, &e->info);
@@ -688,7 +690,7 @@ static duet_status_t ofi_get_addr(duet__tp_ep_t *ep, void *addr, size_t *addrlen
  * before the first collective. */
 static duet_status_t ofi_warmup(ofi_ep_t *e, char *errbuf) {
   int n = e->npeers;
-  double t0 = ofi_now(), deadline = t0 + OFI_WARMUP_SEC;
+  double t0 = ofi_now(), deadline = t0 + e->warm_sec;
   duet_status_t st;
 
   e->warm = calloc(2 * (size_t)n, sizeof *e->warm);
@@ -703,8 +705,8 @@ static duet_status_t ofi_warmup(ofi_ep_t *e, char *errbuf) {
     while ((st = ofi_post(e, is_recv, peer, NULL, 0, OFI_TAG_WARMUP, req, errbuf)) ==
            DUET_IN_PROGRESS) {
       if (ofi_now() > deadline) {
-        duet__tp_seterr(errbuf, "ofi", "warm-up: could not post a %s for peer %d within %d s",
-                        is_recv ? "receive" : "send", peer, OFI_WARMUP_SEC);
+        duet__tp_seterr(errbuf, "ofi", "warm-up: could not post a %s for peer %d within %g s",
+                        is_recv ? "receive" : "send", peer, e->warm_sec);
         return DUET_ERR_TIMEOUT;
       }
     }
@@ -724,8 +726,8 @@ static duet_status_t ofi_warmup(ofi_ep_t *e, char *errbuf) {
     if (next == 2 * n)
       break;
     if (ofi_now() > deadline) {
-      duet__tp_seterr(errbuf, "ofi", "warm-up: peer %d did not %s within %d s", next / 2,
-                      next % 2 ? "accept our message" : "send its message", OFI_WARMUP_SEC);
+      duet__tp_seterr(errbuf, "ofi", "warm-up: peer %d did not %s within %g s", next / 2,
+                      next % 2 ? "accept our message" : "send its message", e->warm_sec);
       return DUET_ERR_TIMEOUT;
     }
     st = ofi_progress_ep(e, errbuf);
