@@ -1024,6 +1024,32 @@ static int tcp_send_one(duet__tp_ep_t *ep, int peer, uint64_t v, uint64_t tag, c
   return !s.done || s.status != DUET_SUCCESS;
 }
 
+/* Two pipes and a fork for a pair test: the child is peer 1 (it writes
+ * c2p[1] and reads p2c[0]), this process peer 0. Returns fork's result. */
+static pid_t tcp_pair_fork(int p2c[2], int c2p[2]) {
+  pid_t pid;
+  cr_assert_eq(pipe(p2c), 0);
+  cr_assert_eq(pipe(c2p), 0);
+  fflush(NULL);
+  pid = fork();
+  cr_assert_neq(pid, -1, "fork: %s", strerror(errno));
+  return pid;
+}
+
+/* Wait for the child, which must have exited with 0. */
+static void tcp_pair_reap(pid_t pid) {
+  int status = 0;
+  cr_assert_eq(waitpid(pid, &status, 0), pid);
+  cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "peer status 0x%x", status);
+}
+
+static void tcp_pair_pipes_close(int p2c[2], int c2p[2]) {
+  for (int i = 0; i < 2; i++) {
+    close(p2c[i]);
+    close(c2p[i]);
+  }
+}
+
 /* A connection that does not present the endpoint's token is dropped, and
  * the endpoint still works (here: messages to itself). */
 Test(transport_tcp, stranger_dropped, .timeout = 60) {
@@ -1128,26 +1154,16 @@ static int both_dial(int me, int to, int from) {
 }
 
 Test(transport_tcp, both_dial_main_at_once, .timeout = 60) {
-  int p2c[2], c2p[2], status, line;
+  int p2c[2], c2p[2], line;
   pid_t pid;
 
   for (int round = 0; round < 5; round++) { /* either token may be the lower */
-    cr_assert_eq(pipe(p2c), 0);
-    cr_assert_eq(pipe(c2p), 0);
-    fflush(NULL);
-    pid = fork();
-    cr_assert_neq(pid, -1);
-    if (pid == 0)
+    if ((pid = tcp_pair_fork(p2c, c2p)) == 0)
       _exit(both_dial(1, c2p[1], p2c[0]) == 0 ? 0 : 1);
     line = both_dial(0, p2c[1], c2p[0]);
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    tcp_pair_reap(pid);
     cr_assert_eq(line, 0, "round %d: this end failed at line %d", round, line);
-    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "round %d: peer status 0x%x", round,
-              status);
-    close(p2c[0]);
-    close(p2c[1]);
-    close(c2p[0]);
-    close(c2p[1]);
+    tcp_pair_pipes_close(p2c, c2p);
   }
 }
 
@@ -1157,17 +1173,12 @@ Test(transport_tcp, both_dial_main_at_once, .timeout = 60) {
  * sender that waits for its send before doing what the receiver waits for
  * cannot deadlock. Only then does the receiver post the receive. */
 Test(transport_tcp, first_send_completes_before_its_receive, .timeout = 60) {
-  int p2c[2], c2p[2], status;
+  int p2c[2], c2p[2];
   char err[DUET_TP_ERRLEN] = "", b = 'x';
   uint64_t got = 0;
   duet__tp_req_t r;
-  pid_t pid;
+  pid_t pid = tcp_pair_fork(p2c, c2p);
 
-  cr_assert_eq(pipe(p2c), 0);
-  cr_assert_eq(pipe(c2p), 0);
-  fflush(NULL);
-  pid = fork();
-  cr_assert_neq(pid, -1);
   if (pid == 0) { /* the sender */
     duet__tp_ep_t *ep = tcp_pair_open(1, c2p[1], p2c[0], err);
     if (!ep)
@@ -1192,30 +1203,21 @@ Test(transport_tcp, first_send_completes_before_its_receive, .timeout = 60) {
     cr_assert_geq(duet__tp_tcp.progress(ep, err), 0, "%s", err);
   cr_assert(r.done && r.status == DUET_SUCCESS && got == 99, "the message");
   cr_assert_eq(pipe_io(p2c[1], &b, 1, 1), 0);
-  cr_assert_eq(waitpid(pid, &status, 0), pid);
-  cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "peer status 0x%x", status);
+  tcp_pair_reap(pid);
   duet__tp_tcp.close(ep);
-  for (int i = 0; i < 2; i++) {
-    close(p2c[i]);
-    close(c2p[i]);
-  }
+  tcp_pair_pipes_close(p2c, c2p);
 }
 
 /* A peer that dies fails the receive waiting for it (no hang), and later
  * posts to it fail at once. The peer sends one message (its lane connects),
  * then exits without a word. */
 Test(transport_tcp, peer_death, .timeout = 60) {
-  int p2c[2], c2p[2], status;
+  int p2c[2], c2p[2];
   char err[DUET_TP_ERRLEN] = "";
   uint64_t got = 0;
   duet__tp_req_t r;
-  pid_t pid;
+  pid_t pid = tcp_pair_fork(p2c, c2p);
 
-  cr_assert_eq(pipe(p2c), 0);
-  cr_assert_eq(pipe(c2p), 0);
-  fflush(NULL);
-  pid = fork();
-  cr_assert_neq(pid, -1);
   if (pid == 0) { /* the peer: one message, then gone */
     duet__tp_ep_t *ep = tcp_pair_open(1, c2p[1], p2c[0], err);
     _exit(!ep ? 2 : tcp_send_one(ep, 0, 7, 4, err) ? 3 : 0);
@@ -1226,8 +1228,7 @@ Test(transport_tcp, peer_death, .timeout = 60) {
   for (double t = now(); !r.done && now() < t + WAIT_SEC;)
     cr_assert_geq(duet__tp_tcp.progress(ep, err), 0, "%s", err);
   cr_assert(r.done && r.status == DUET_SUCCESS && got == 7, "the peer's last message");
-  cr_assert_eq(waitpid(pid, &status, 0), pid);
-  cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "peer status 0x%x", status);
+  tcp_pair_reap(pid);
   cr_assert_eq(duet__tp_tcp.irecv(ep, 1, &got, sizeof got, 5, &r, err), DUET_SUCCESS, "%s", err);
   for (double t = now(); !r.done && now() < t + WAIT_SEC;)
     cr_assert_geq(duet__tp_tcp.progress(ep, err), 0, "%s", err);
@@ -1236,8 +1237,7 @@ Test(transport_tcp, peer_death, .timeout = 60) {
   cr_assert(strstr(err, "peer 1"), "errbuf does not name the peer: %s", err);
   cr_assert_eq(duet__tp_tcp.isend(ep, 1, &got, sizeof got, 5, &r, err), DUET_ERR_REMOTE);
   duet__tp_tcp.close(ep);
-  close(p2c[1]);
-  close(c2p[0]);
+  tcp_pair_pipes_close(p2c, c2p);
 }
 
 /* watch (transport.h): a receive waits for a peer that has sent nothing, so
@@ -1251,17 +1251,12 @@ Test(transport_tcp, peer_death, .timeout = 60) {
 enum { WATCH_GONE, WATCH_LEAVES, WATCH_THERE };
 
 static void watch_peer(int mode) {
-  int p2c[2], c2p[2], status;
+  int p2c[2], c2p[2];
   char err[DUET_TP_ERRLEN] = "", b = 'x';
   uint64_t got = 0;
   duet__tp_req_t r;
-  pid_t pid;
+  pid_t pid = tcp_pair_fork(p2c, c2p);
 
-  cr_assert_eq(pipe(p2c), 0);
-  cr_assert_eq(pipe(c2p), 0);
-  fflush(NULL);
-  pid = fork();
-  cr_assert_neq(pid, -1);
   if (pid == 0) { /* the peer: no progress until told */
     duet__tp_ep_t *ep = tcp_pair_open(1, c2p[1], p2c[0], err);
     if (!ep)
@@ -1302,13 +1297,9 @@ static void watch_peer(int mode) {
     cr_assert(strstr(err, "peer 1"), "errbuf does not name the peer: %s", err);
   }
   cr_assert_eq(pipe_io(p2c[1], &b, 1, 1), 0);
-  cr_assert_eq(waitpid(pid, &status, 0), pid);
-  cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "peer status 0x%x", status);
+  tcp_pair_reap(pid);
   duet__tp_tcp.close(ep);
-  for (int i = 0; i < 2; i++) {
-    close(p2c[i]);
-    close(c2p[i]);
-  }
+  tcp_pair_pipes_close(p2c, c2p);
 }
 
 Test(transport_tcp, watch_finds_a_peer_gone, .timeout = 60) { watch_peer(WATCH_GONE); }
