@@ -375,6 +375,7 @@ static int tcp_hello_in(tcp_ep_t *e, tcp_pending_t *p) {
     c->rx[lane].fd = p->fd;
   }
   e->filed++;
+  duet__tcp_wake(e, c);
   return 1;
 
 out_refuse: { /* its dialler waits for our connection (a close alone would say we left) */
@@ -442,7 +443,8 @@ duet_status_t duet__tcp_insert_peers(duet__tp_ep_t *ep, int npeers, const void *
   }
   e->conns = calloc((size_t)npeers, sizeof *e->conns);
   e->act = calloc((size_t)npeers, sizeof *e->act);
-  if (!e->conns || !e->act) {
+  e->park = calloc((size_t)npeers, sizeof *e->park);
+  if (!e->conns || !e->act || !e->park) {
     duet__tp_seterr(errbuf, "tcp", "insert_peers: out of memory for %d peers", npeers);
     return DUET_ERR_NO_MEMORY;
   }
@@ -493,6 +495,7 @@ void duet__tcp_close(duet__tp_ep_t *ep) {
   free(e->chunks);
   free(e->conns);
   free(e->act);
+  free(e->park);
   if (e->epfd >= 0)
     close(e->epfd);
   if (e->lfd >= 0)

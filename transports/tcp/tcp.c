@@ -47,7 +47,11 @@
  *
  * Progress and wait_fd look only at the pairs on the active list (a send or
  * receive posted, a connection under way), so their cost follows the peers
- * a call talks to, not the job's size.
+ * a call talks to, not the job's size. A pair whose receives wait for a
+ * peer that has not connected, with nothing else under way, is parked off
+ * that list until a connection from it is accepted (or a post or a watch
+ * for it): the HPN planes keep a notice receive posted for every peer, most
+ * of which never write.
  *
  * Memory: operations and unexpected buffers come from free lists that grow
  * and are kept until close; steady state allocates nothing.
@@ -175,6 +179,7 @@ void duet__tcp_conn_fail(tcp_ep_t *e, tcp_conn_t *c, duet_status_t st, const cha
       tcp_op_put(e, u->waiter);
       u->waiter = NULL;
     }
+  duet__tcp_wake(e, c); /* off the parked list: the next progress drops it */
 }
 
 /* The payload in progress on rx is complete: hand it to its receive or leave
@@ -445,12 +450,22 @@ static void tcp_conn_read(tcp_ep_t *e, tcp_conn_t *c) {
 /* ---- the active list ----------------------------------------------------- */
 
 /* Put the pair on the active list: it has a send, a receive or a connection
- * under way. */
+ * under way. A parked pair leaves the parked list. */
 static void tcp_activate(tcp_ep_t *e, tcp_conn_t *c) {
-  if (!c->active) {
-    c->active = 1;
-    e->act[e->nact++] = (int)(c - e->conns);
+  if (c->active == TCP_ACTIVE)
+    return;
+  if (c->active == TCP_PARKED) {
+    e->park[c->at] = e->park[--e->npark];
+    e->conns[e->park[c->at]].at = c->at;
   }
+  c->active = TCP_ACTIVE;
+  c->at = e->nact;
+  e->act[e->nact++] = (int)(c - e->conns);
+}
+
+void duet__tcp_wake(tcp_ep_t *e, tcp_conn_t *c) {
+  if (c->active == TCP_PARKED)
+    tcp_activate(e, c);
 }
 
 /* Whether an outgoing lane has writing to do: queued sends, or a dial
@@ -487,9 +502,17 @@ static int tcp_epoll_set(tcp_ep_t *e, int fd, uint32_t *have, uint32_t want) {
   return 0;
 }
 
-/* Take the idle pair act[i] off the active list, and its sockets out of the
- * epoll set (wait_fd registers the active pairs' only). */
-static void tcp_deactivate(tcp_ep_t *e, int i) {
+/* Whether the busy pair waits only for the peer to connect: receives
+ * posted, no incoming lane, nothing to write. */
+static int tcp_conn_parkable(const tcp_conn_t *c) {
+  return c->rx[TCP_MAIN].fd < 0 && c->rx[TCP_BULK].fd < 0 && !tcp_tx_pending(&c->tx[TCP_MAIN]) &&
+         !tcp_tx_pending(&c->tx[TCP_BULK]);
+}
+
+/* Take pair act[i] off the active list, to no list (it is idle) or to the
+ * parked one, and its sockets out of the epoll set (wait_fd registers the
+ * active pairs' only). */
+static void tcp_deactivate(tcp_ep_t *e, int i, int to) {
   tcp_conn_t *c = &e->conns[e->act[i]];
   if (e->epfd >= 0) {
     int fds[4] = {c->rx[TCP_MAIN].fd, c->rx[TCP_BULK].fd, c->tx[TCP_MAIN].fd, c->tx[TCP_BULK].fd};
@@ -497,8 +520,13 @@ static void tcp_deactivate(tcp_ep_t *e, int i) {
       if (c->ev[f] && fds[f] >= 0 && tcp_epoll_set(e, fds[f], &c->ev[f], 0) != 0)
         c->ev[f] = 0; /* gone from the set with its socket */
   }
-  c->active = 0;
   e->act[i] = e->act[--e->nact];
+  e->conns[e->act[i]].at = i;
+  c->active = to;
+  if (to == TCP_PARKED) {
+    c->at = e->npark;
+    e->park[e->npark++] = (int)(c - e->conns);
+  }
 }
 
 /* ---- sending ------------------------------------------------------------- */
@@ -682,7 +710,7 @@ static duet_status_t tcp_irecv(duet__tp_ep_t *ep, int peer, void *buf, size_t le
 
 static duet_status_t tcp_progress(duet__tp_ep_t *ep, char *errbuf) {
   tcp_ep_t *e = (tcp_ep_t *)ep;
-  int awaited = 0;
+  int awaited = 0, busy;
   e->errbuf = errbuf;
   for (int i = 0; i < e->nact;) {
     tcp_conn_t *c = &e->conns[e->act[i]];
@@ -691,13 +719,15 @@ static duet_status_t tcp_progress(duet__tp_ep_t *ep, char *errbuf) {
         tcp_conn_write(e, c, &c->tx[l]);
     if (tcp_wants_read(c))
       tcp_conn_read(e, c);
-    if (!tcp_conn_busy(c)) { /* act[i] is another pair now */
-      tcp_deactivate(e, i);
+    busy = tcp_conn_busy(c);
+    if (!busy || tcp_conn_parkable(c)) { /* act[i] is another pair now */
+      tcp_deactivate(e, i, busy ? TCP_PARKED : TCP_IDLE);
       continue;
     }
     awaited |= tcp_lane_awaited(c);
     i++;
   }
+  awaited |= e->npark > 0; /* their receives await a connection */
   /* A peer's connection is taken soon when a receive here awaits it, and
    * within a millisecond anyway: its dialler's first send on the main lane
    * waits for the welcome, and may be waited on before this end posts a
@@ -717,6 +747,8 @@ static duet_status_t tcp_progress(duet__tp_ep_t *ep, char *errbuf) {
     e->accept_gap = e->filed != filed                        ? TCP_ACCEPT_AWAITED_NS
                     : 2 * e->accept_gap < TCP_ACCEPT_IDLE_NS ? 2 * e->accept_gap
                                                              : TCP_ACCEPT_IDLE_NS;
+    while (err && e->npark > 0) /* they await connections: check them with the rest */
+      tcp_activate(e, &e->conns[e->park[0]]);
     for (int i = 0; err && i < e->nact; i++) /* this rank cannot take their connections */
       if (tcp_lane_awaited(&e->conns[e->act[i]]))
         duet__tcp_conn_fail(e, &e->conns[e->act[i]], DUET_ERR_SYSTEM, "accept: %s%s", strerror(err),

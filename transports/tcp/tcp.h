@@ -128,10 +128,17 @@ typedef struct tcp_conn {
   tcp_ux_t *ux_head, **ux_tail; /* unexpected messages, in send order */
   duet_status_t dead;           /* DUET_SUCCESS, or why the pair is unusable */
   uint32_t ev[4];               /* epoll events registered: rx[0], rx[1], tx[0], tx[1] fds */
-  int active;                   /* in the endpoint's active list */
+  int active;                   /* TCP_IDLE, TCP_ACTIVE or TCP_PARKED: in which list */
+  int at;                       /* its index there */
   int self;                     /* the peer is this endpoint */
   tcp_addr_t addr;              /* the peer's, to dial */
 } tcp_conn_t;
+
+/* A pair's place: on neither list, on the active list (a send, a
+ * receive or a connection under way: progress looks at it), or parked (its
+ * receives wait for the peer to connect, and nothing else is under way:
+ * only an accepted connection, a new post or a watch brings it back). */
+enum { TCP_IDLE, TCP_ACTIVE, TCP_PARKED };
 
 /* A connection accepted but not yet identified by its hello. */
 typedef struct tcp_pending {
@@ -156,6 +163,8 @@ typedef struct tcp_ep {
   tcp_conn_t *conns;
   int *act, nact; /* the pairs with sends, receives or connections under way: progress
                      and wait_fd look at these only, not at every peer */
+  int *park, npark; /* the parked pairs (the HPN planes' notice receives from peers that
+                       never write, say): progress does not look at them */
   uint64_t accept_ns, accept_gap; /* when progress last read the listener, and how long it
                                      waits to read it again while a lane is awaited */
   tcp_op_t *free_ops;
@@ -171,6 +180,7 @@ typedef struct tcp_ep {
  * (filed under their peer and lane; returns the errno of an accept out of
  * descriptors, else 0). Errors of a pair fail it (duet__tcp_conn_fail). */
 duet_status_t duet__tcp_dial(tcp_ep_t *e, int k, int lane);
+void duet__tcp_wake(tcp_ep_t *e, tcp_conn_t *c); /* tcp.c: a lane came: unpark the pair */
 int duet__tcp_dial_done(tcp_ep_t *e, int k, int lane);
 int duet__tcp_accept(tcp_ep_t *e);
 void duet__tcp_conn_fail(tcp_ep_t *e, tcp_conn_t *c, duet_status_t st, const char *fmt, ...)
