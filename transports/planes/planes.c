@@ -167,6 +167,7 @@ typedef struct pl_ep {
   char why[DUET_TP_ERRLEN];
   pl_peer_t *peers;
   int *ackq, nackq; /* peers with acks to send */
+  int *hot, nhot;   /* the touched peers (pl_touch): notices come from these, in the main */
   pl_list_t active; /* operations with transfers to watch */
   pl_list_t parked; /* copied sends done for their caller, waiting for an ack */
   pl_op_t *free_ops;
@@ -366,13 +367,25 @@ static void pl_place(pl_ep_t *e, pl_op_t *op, unsigned mask, uint8_t dmap) {
     }
 }
 
+/* Messages or notices go between this endpoint and peer: it gets a BYE at
+ * close, and its notice receives are looked at on every progress call
+ * (those of the other peers every PL_IDLE_POLL calls: what an untouched
+ * peer can send, a DOWN or a probe of a message not yet received, waits
+ * that long at most). */
+static void pl_touch(pl_ep_t *e, int peer) {
+  if (!e->peers[peer].touched) {
+    e->peers[peer].touched = 1;
+    e->hot[e->nhot++] = peer;
+  }
+}
+
 /* Send one notice to peer on the planes in mask that are live here and that
  * the peer has not lost; the planes it went on. */
 static uint8_t pl_notice_on(pl_ep_t *e, int peer, uint8_t mask, int kind, int n,
                             const uint64_t *tags) {
   uint8_t sent = 0;
   if (kind != PL_BYE)
-    e->peers[peer].touched = 1;
+    pl_touch(e, peer);
   for (int q = 0; q < e->n; q++) {
     pl_ctl_slot_t *s;
     duet_status_t rc;
@@ -617,7 +630,7 @@ static void pl_peer_bye(pl_ep_t *e, int peer, int q) {
 /* Handle a notice that arrived from peer. */
 static void pl_ctl_in(pl_ep_t *e, int peer, pl_ctl_slot_t *s) {
   const pl_ctl_t *m = &s->msg;
-  e->peers[peer].touched = 1;
+  pl_touch(e, peer);
   if (s->r.len < offsetof(pl_ctl_t, tags) || m->magic != PL_CTL_MAGIC) {
     DUET_WARN(DUET_SUB_NET, "planes: peer %d sent a malformed notice (%zu bytes)", peer, s->r.len);
     return;
@@ -679,12 +692,15 @@ static void pl_settle(pl_ep_t *e, pl_op_t *op) {
   }
 }
 
-/* Find completed transfers and notices. Returns how many it found. */
-static int pl_scan(pl_ep_t *e) {
+/* Find completed transfers and notices (every peer's notices with all, else
+ * the touched peers'). Returns how many it found. */
+static int pl_scan(pl_ep_t *e, int all) {
+  const int npeers = all ? e->npeers : e->nhot;
   int found = 0;
-  /* notices first: a peer's bye explains the failures that follow it */
-  for (int k = 0; k < e->npeers; k++)
-    for (int q = 0; q < e->n; q++) {
+  /* notices first: a peer's bye explains the failures that follow it; the
+   * touched peers' only, unless all (pl_touch) */
+  for (int i = 0; i < npeers; i++)
+    for (int q = 0, k = all ? i : e->hot[i]; q < e->n; q++) {
       pl_ctl_slot_t *s = &e->peers[k].rx[q];
       if (!s->posted || !__atomic_load_n(&s->r.done, __ATOMIC_ACQUIRE))
         continue;
@@ -766,7 +782,8 @@ static void pl_check_stalls(pl_ep_t *e) {
       pp->probe_back = 0;
       pp->probe_ns = now;
     }
-  for (int k = 0; k < e->npeers; k++) {
+  for (int i = 0; i < e->nhot; i++) { /* a probed peer is touched */
+    const int k = e->hot[i];
     pl_peer_t *pp = &e->peers[k];
     uint8_t silent = (uint8_t)(pp->probe_sent & ~pp->probe_back & ~e->dead);
     if (!pp->probe_ns)
@@ -816,7 +833,7 @@ static duet_status_t pl_progress(duet__tp_ep_t *ep, char *errbuf) {
     if (e->stall_ns && e->tick % PL_LAZY_TICKS == 0 && pl_live(e, e->dead) > 1)
       pl_check_stalls(e);
     for (int round = 0; round < 4; round++) {
-      int found = pl_scan(e);
+      int found = pl_scan(e, e->poll_all || e->tick % PL_IDLE_POLL == 0);
       pl_handle_down(e);
       if (!found || e->failed)
         break;
@@ -855,7 +872,7 @@ static duet_status_t pl_post(pl_ep_t *e, int kind, int peer, const void *buf, si
     return DUET_ERR_NO_MEMORY;
   }
   req->done = 0;
-  e->peers[peer].touched = 1;
+  pl_touch(e, peer);
   op->req = req;
   op->kind = kind;
   op->peer = peer;
@@ -906,16 +923,15 @@ static duet_status_t pl_irecv(duet__tp_ep_t *ep, int peer, void *buf, size_t len
   return pl_post((pl_ep_t *)ep, PL_RECV, peer, buf, len, tag, req, errbuf);
 }
 
-/* Tell every peer this endpoint closes, so that it takes the connections'
- * end for that and not for a lost plane; wait briefly for the notices. */
-/* Say BYE to the peers this endpoint exchanged messages or notices with
- * (the others have no connection with it whose end they could take for a
- * lost plane: a transport that connects at the first message, as duet's
- * tcp, would otherwise dial every peer of the job to say it). */
+/* Tell the peers this endpoint exchanged messages or notices with (the
+ * touched ones) that it closes, so that they take the connections' end for
+ * that and not for a lost plane; wait briefly for the notices. The others
+ * have no connection with it whose end they could take for a lost plane (a
+ * transport that connects at the first message, as duet's tcp, would
+ * otherwise dial every peer of the job to say it). */
 static void pl_say_bye(pl_ep_t *e) {
-  for (int k = 0; k < e->npeers; k++)
-    if (e->peers[k].touched)
-      pl_notice(e, k, PL_BYE, 0, NULL);
+  for (int i = 0; i < e->nhot; i++)
+    pl_notice(e, e->hot[i], PL_BYE, 0, NULL);
   for (int i = 0; i < 1000 && e->ctl_busy && !e->failed; i++) {
     for (int q = 0; q < e->n; q++)
       if (!((e->dead >> q) & 1))
@@ -951,6 +967,7 @@ static void pl_close(duet__tp_ep_t *ep) {
   free(e->chunks);
   free(e->peers);
   free(e->ackq);
+  free(e->hot);
   free(e);
 }
 
@@ -1052,9 +1069,10 @@ static duet_status_t pl_insert_peers(duet__tp_ep_t *ep, int npeers, const void *
   duet_status_t rc = DUET_SUCCESS;
   e->peers = calloc((size_t)(npeers > 0 ? npeers : 1), sizeof(*e->peers));
   e->ackq = calloc((size_t)(npeers > 0 ? npeers : 1), sizeof(*e->ackq));
+  e->hot = calloc((size_t)(npeers > 0 ? npeers : 1), sizeof(*e->hot));
   blobs = malloc((size_t)(npeers > 0 ? npeers : 1) * DUET_TP_ADDR_MAX);
   lens = calloc((size_t)(npeers > 0 ? npeers : 1), sizeof(*lens));
-  if (!e->peers || !e->ackq || !blobs || !lens) {
+  if (!e->peers || !e->ackq || !e->hot || !blobs || !lens) {
     duet__tp_seterr(errbuf, "planes", "out of memory for %d peers", npeers);
     rc = DUET_ERR_NO_MEMORY;
     goto out_free;
@@ -1120,7 +1138,7 @@ static duet_status_t pl_wait_fd(duet__tp_ep_t *ep, int *fd, char *errbuf) {
     pl_ack_flush(e, 1); /* no lazy ack waits for this rank's sleep */
   if (e->failed || e->down || !e->in->wait_fd)
     return e->in->wait_fd ? DUET_IN_PROGRESS : DUET_ERR_UNSUPPORTED;
-  if (pl_scan(e) > 0 || e->down || e->nackq)
+  if (pl_scan(e, 1) > 0 || e->down || e->nackq) /* nothing waits when it sleeps */
     return DUET_IN_PROGRESS;
   if (e->epfd < 0) {
     e->epfd = epoll_create1(EPOLL_CLOEXEC);
