@@ -1358,3 +1358,71 @@ Test(transport_tcp, waiting_pairs_park, .timeout = 60) {
   for (int k = 0; k <= NPARK; k++)
     duet__tp_tcp.close(eps[k]);
 }
+
+/* A peer this endpoint has never talked to loses a plane: its DOWN notice
+ * must still be read (the notices of untouched peers are read every few
+ * progress calls, not on every one), and the plane is lost here too before
+ * this endpoint sends anything. One process, three planes endpoints over
+ * duet's tcp: 1 sends 4 MiB to 2 (both planes connect), every connection
+ * on plane 1 is reset (ss -K), 1 and 2 lose the plane and say DOWN to every
+ * peer, endpoint 0 among them, which has talked to neither; then 0 sends
+ * 4 MiB to one of them, on plane 0. Had 0 missed the DOWN, it would learn
+ * only when its part for plane 1 found that plane closed there. */
+#define DOWN_ADDR "127.0.0.81" /* plane 1 of this test alone: ss -K hits all of it */
+static void planes_progress_all(duet__tp_ep_t **eps, int n, const duet__tp_req_t *a,
+                                const duet__tp_req_t *b, double sec, char *err) {
+  for (double t = now(); (!a || !a->done || !b || !b->done) && now() < t + sec;)
+    for (int k = 0; k < n; k++)
+      (void)duet__tp_planes.progress(eps[k], err);
+}
+
+Test(transport_planes, an_untouched_peers_down_is_read, .timeout = 120) {
+  enum { LEN = 4 << 20 };
+  duet__tp_params_t params = {.provider = "tcp", .iface = "127.0.0.1," DOWN_ADDR};
+  unsigned char addrs[3][DUET_TP_ADDR_MAX], *src = malloc(LEN), *dst = calloc(1, LEN);
+  size_t lens[3];
+  duet__tp_ep_t *eps[3];
+  duet__tp_req_t s, r;
+  char err[DUET_TP_ERRLEN] = "";
+  int to;
+
+  cr_assert(src && dst);
+  for (size_t k = 0; k < LEN; k++)
+    src[k] = (unsigned char)(k * 7 + 3);
+  for (int k = 0; k < 3; k++) {
+    cr_assert_eq(duet__tp_planes.open(&params, &eps[k], err), DUET_SUCCESS, "%s", err);
+    cr_assert_eq(duet__tp_planes.get_addr(eps[k], addrs[k], &lens[k], err), DUET_SUCCESS, "%s",
+                 err);
+  }
+  for (int k = 0; k < 3; k++)
+    cr_assert_eq(duet__tp_planes.insert_peers(eps[k], 3, addrs, DUET_TP_ADDR_MAX, lens, err),
+                 DUET_SUCCESS, "%s", err);
+  cr_assert_eq(duet__tp_planes.irecv(eps[2], 1, dst, LEN, 9, &r, err), DUET_SUCCESS, "%s", err);
+  cr_assert_eq(duet__tp_planes.isend(eps[1], 2, src, LEN, 9, &s, err), DUET_SUCCESS, "%s", err);
+  planes_progress_all(eps, 3, &s, &r, WAIT_SEC, err);
+  cr_assert(s.done && r.done && r.status == DUET_SUCCESS && memcmp(src, dst, LEN) == 0,
+            "1 to 2 before the reset");
+  cr_assert_eq(system("ss -K -t '( src " DOWN_ADDR " or dst " DOWN_ADDR " )' >/dev/null"), 0,
+               "ss -K failed");
+  for (double t = now(); now() < t + WAIT_SEC && !(duet__tp_planes_dead(eps[1]) == 2 &&
+                                                    duet__tp_planes_dead(eps[2]) == 2);)
+    planes_progress_all(eps, 3, NULL, NULL, 0.01, err);
+  cr_assert(duet__tp_planes_dead(eps[1]) == 2 || duet__tp_planes_dead(eps[2]) == 2,
+            "neither 1 nor 2 lost plane 1 (dead %#x and %#x)", duet__tp_planes_dead(eps[1]),
+            duet__tp_planes_dead(eps[2]));
+  to = duet__tp_planes_dead(eps[1]) == 2 ? 1 : 2;
+  planes_progress_all(eps, 3, NULL, NULL, 0.2, err); /* the DOWN notices arrive */
+  cr_assert_eq(duet__tp_planes_dead(eps[0]), 2,
+               "0 did not lose plane 1 (dead %#x): it missed the DOWN of peers it never talked to",
+               duet__tp_planes_dead(eps[0]));
+  memset(dst, 0, LEN);
+  cr_assert_eq(duet__tp_planes.irecv(eps[to], 0, dst, LEN, 10, &r, err), DUET_SUCCESS, "%s", err);
+  cr_assert_eq(duet__tp_planes.isend(eps[0], to, src, LEN, 10, &s, err), DUET_SUCCESS, "%s", err);
+  planes_progress_all(eps, 3, &s, &r, WAIT_SEC, err);
+  cr_assert(s.done && r.done && r.status == DUET_SUCCESS && memcmp(src, dst, LEN) == 0,
+            "0 to %d after the reset", to);
+  for (int k = 0; k < 3; k++)
+    duet__tp_planes.close(eps[k]);
+  free(src);
+  free(dst);
+}
