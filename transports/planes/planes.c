@@ -167,7 +167,7 @@ typedef struct pl_ep {
   char why[DUET_TP_ERRLEN];
   pl_peer_t *peers;
   int *ackq, nackq; /* peers with acks to send */
-  int *hot, nhot;   /* the touched peers (pl_touch): notices come from these, in the main */
+  int *hot, nhot;   /* the touched peers (pl_touch), whose notices are read on every call */
   pl_list_t active; /* operations with transfers to watch */
   pl_list_t parked; /* copied sends done for their caller, waiting for an ack */
   pl_op_t *free_ops;
@@ -1117,7 +1117,6 @@ out_free:
   return rc;
 }
 
-/* One descriptor for all planes: an epoll set holding each plane's. */
 /* A wait for peer has lasted a while (transport.h): every live plane
  * watches it. A plane that finds it gone is lost as any failed plane is,
  * and with every plane lost the endpoint fails (a crashed peer, above). */
@@ -1130,6 +1129,7 @@ static void pl_watch(duet__tp_ep_t *ep, int peer) {
       e->in->watch(e->ep[q], peer);
 }
 
+/* One descriptor for all planes: an epoll set holding each plane's. */
 static duet_status_t pl_wait_fd(duet__tp_ep_t *ep, int *fd, char *errbuf) {
   pl_ep_t *e = (pl_ep_t *)ep;
   int any = 0;
