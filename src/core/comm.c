@@ -698,6 +698,7 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
     duet__comm_place(comm);
   }
 
+  duet__abort_rx_make(comm); /* the peers' networks are known */
   if (comm->nets->threaded && duet__async_start(comm) != DUET_SUCCESS) {
     rc = duet__set_error(NULL, DUET_ERR_SYSTEM, "duet_comm_init: %s", comm->last_error);
     goto out_close_nets;
@@ -737,6 +738,7 @@ out_free_comm:
   free(info);
   free(amine);
   free(aall);
+  free(comm->abort_rx); /* nothing posted yet */
   free(comm->place_pid);
   free(comm->peers);
   free(comm->layout_sn);

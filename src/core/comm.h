@@ -46,8 +46,9 @@ typedef struct duet__keep {
 } duet__keep_t;
 
 /* The receives of duet_comm_abort's notices (DESIGN section 7), for peers
- * whose transport does not say when a peer leaves (libfabric's): posted
- * for a peer once a wait for it has lasted DUET_ALIVE_PERIOD_NS. One block:
+ * whose transport does not say when a peer leaves (libfabric's): made at
+ * init, posted for a peer once a wait for it has lasted
+ * DUET_ALIVE_PERIOD_NS. One block:
  * posted[n], then the requests and their 8-byte buffers. */
 typedef struct duet__abort_rx {
   duet__keep_t keep; /* first */
@@ -151,7 +152,7 @@ struct duet_comm {
   struct duet_request *mem_awaiting;        /* the schedule the suspended task waits for */
   duet_stats_t stats;
   duet_status_t failed; /* sticky failure (timeout, transport error, abort) */
-  duet__abort_rx_t *abort_rx; /* made at the first long wait for a libfabric peer */
+  duet__abort_rx_t *abort_rx; /* made at init when a peer is on libfabric */
   struct duet_request *active_head, *active_tail; /* posted, not yet completed */
   duet__cache_entry_t cache[DUET_SCHED_CACHE];
   uint64_t cache_clock;
@@ -316,6 +317,9 @@ int duet__awaited_gone(duet_request_t *req, uint64_t now);
 /* Whether peer's transport says nothing when the peer leaves, so that
  * duet_comm_abort sends it a notice (comm.c). */
 int duet__peer_needs_notice(const duet_comm_t *comm, int peer);
+/* Make comm->abort_rx when some peer needs notices (at init and split, so
+ * that a long wait allocates nothing; progress.c). */
+void duet__abort_rx_make(duet_comm_t *comm);
 /* Oversubscribed host without a load/store segment: even out where its
  * ranks run (progress.c; topo/place.c). Cheap when not due. */
 void duet__comm_place(duet_comm_t *comm);

@@ -782,20 +782,33 @@ static const duet__step_t *duet__awaited_step(const duet_request_t *req) {
   return st;
 }
 
+void duet__abort_rx_make(duet_comm_t *comm) {
+  const int n = comm->nranks;
+  duet__abort_rx_t *a;
+  int any = 0;
+  for (int r = 0; r < n && !any; r++)
+    any = duet__peer_needs_notice(comm, r);
+  if (!any || comm->abort_rx != NULL)
+    return;
+  /* one block: the header, the requests, the buffers, the flags */
+  a = calloc(1, sizeof(*a) + (size_t)n * (sizeof(duet__tp_req_t) + sizeof(uint64_t) + 1));
+  if (a == NULL)
+    return; /* tried again at the first long wait */
+  a->n = n;
+  a->req = (duet__tp_req_t *)(void *)(a + 1);
+  a->sink = (uint64_t *)(void *)(a->req + n);
+  a->posted = (uint8_t *)(a->sink + n);
+  comm->abort_rx = a;
+}
+
 /* Whether peer's duet_comm_abort notice has come (comm.c): its receive is
  * posted at the first look, so a notice sent earlier is taken then. */
 static int duet__abort_noticed(duet_comm_t *comm, int peer) {
   duet__abort_rx_t *a = comm->abort_rx;
-  const int n = comm->nranks;
-  if (a == NULL) { /* one block: the header, the requests, the buffers, the flags */
-    a = calloc(1, sizeof(*a) + (size_t)n * (sizeof(duet__tp_req_t) + sizeof(uint64_t) + 1));
-    if (a == NULL)
+  if (a == NULL) { /* made at init; only an allocation that failed there comes here */
+    duet__abort_rx_make(comm);
+    if ((a = comm->abort_rx) == NULL)
       return 0;
-    a->n = n;
-    a->req = (duet__tp_req_t *)(void *)(a + 1);
-    a->sink = (uint64_t *)(void *)(a->req + n);
-    a->posted = (uint8_t *)(a->sink + n);
-    comm->abort_rx = a;
   }
   if (!a->posted[peer]) {
     const duet__net_t *nt = &comm->nets->net[comm->peers[peer].net];

@@ -189,6 +189,7 @@ duet_status_t duet_comm_split(duet_comm_t *comm, int color, int key, duet_comm_t
   if (rc != DUET_SUCCESS)
     goto out_free;
   duet__comm_shape(c);
+  duet__abort_rx_make(c);
   if (c->nets->threaded && duet__async_start(c) != DUET_SUCCESS) {
     rc = duet__set_error(comm, DUET_ERR_SYSTEM, "%s: %s", fn, c->last_error);
     goto out_free;
@@ -208,6 +209,7 @@ out_free:
     if (c->mem != NULL)
       duet__shm_close(c->mem);
     duet__nets_release(c);
+    free(c->abort_rx); /* nothing posted yet */
     free(c->peers);
     free(c->layout_sn);
     free(c->layout_mem);

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "duet.h"
 
@@ -194,6 +195,11 @@ static int run_all(duet_comm_t *c, int rank, float *a, float *b, int iters) {
   return 0;
 }
 
+/* Rank 1 comes this late to the counted calls: rank 0's first one waits
+ * longer than DUET_ALIVE_PERIOD_NS, so the checks that the awaited rank is
+ * still there run (DESIGN section 7), and must allocate nothing either. */
+static int late_ms;
+
 static void *rank_main(void *p) {
   rank_arg_t *ra = p;
   duet_config_t cfg = DUET_CONFIG_INIT;
@@ -212,6 +218,8 @@ static void *rank_main(void *p) {
   if (ra->rank == 0)
     atomic_store(&counting, 1);
   pthread_barrier_wait(ra->bar);
+  if (late_ms > 0 && ra->rank == 1) /* rank 0's first call waits for it */
+    usleep((useconds_t)late_ms * 1000);
   if (run_all(c, ra->rank, a, b, CALLS))
     goto out_destroy;
   pthread_barrier_wait(ra->bar);
@@ -246,6 +254,16 @@ Test(alloc, steady_state_calls_allocate_nothing_ofi_tcp, .timeout = 240) {
 }
 
 /* The load/store path for the blocking calls (shm for the rest). */
+Test(alloc, a_late_peer_allocates_nothing, .timeout = 240) {
+  late_ms = 300;
+  steady_state("tcp");
+}
+
+Test(alloc, a_late_peer_allocates_nothing_ofi_tcp, .timeout = 240) {
+  late_ms = 300;
+  steady_state("tcp;ofi_rxm");
+}
+
 Test(alloc, steady_state_calls_allocate_nothing_mem, .timeout = 240) {
   steady_state("mem");
 }
