@@ -555,6 +555,28 @@ static int copies_overflow(pair_t *p) {
   return 0;
 }
 
+/* Open p's endpoint of tp with params and swap address blobs with the
+ * other side through the pipes: addrs[k] and lens[k] are side k's. */
+static int pair_open(pair_t *p, const duet__tp_ops_t *tp, const duet__tp_params_t *params,
+                     unsigned char addrs[2][DUET_TP_ADDR_MAX], size_t lens[2]) {
+  p->tp = tp;
+  p->other = 1 - p->rank;
+  CHECK(p, p->tp->open(params, &p->ep, p->err) == DUET_SUCCESS, "open(%s, %s)",
+        params->provider ? params->provider : "NULL", params->iface ? params->iface : "NULL");
+  CHECK(p, p->tp->get_addr(p->ep, addrs[p->rank], &lens[p->rank], p->err) == DUET_SUCCESS,
+        "get_addr");
+  CHECK(p,
+        pipe_io(p->wfd, &lens[p->rank], sizeof lens[0], 1) == 0 &&
+            pipe_io(p->wfd, addrs[p->rank], lens[p->rank], 1) == 0,
+        "send address");
+  CHECK(p,
+        pipe_io(p->rfd, &lens[p->other], sizeof lens[0], 0) == 0 &&
+            lens[p->other] <= DUET_TP_ADDR_MAX &&
+            pipe_io(p->rfd, addrs[p->other], lens[p->other], 0) == 0,
+        "receive address");
+  return 0;
+}
+
 /* One side of the pair test: open, exchange addresses, run everything. */
 static int pair_side(pair_t *p, const duet__tp_ops_t *tp, const char *prov, const char *iface,
                      int yield) {
@@ -570,22 +592,9 @@ static int pair_side(pair_t *p, const duet__tp_ops_t *tp, const char *prov, cons
    * schedules post receives in the order peers send, and do not need it. */
   int overtaking = strcmp(prov, "shm") != 0;
 
-  p->tp = tp;
   p->reserved_tags = tp == &duet__tp_ofi || tp == &duet__tp_planes;
-  p->other = 1 - p->rank;
-  CHECK(p, p->tp->open(&params, &p->ep, p->err) == DUET_SUCCESS, "open(%s, %s)", prov,
-        iface ? iface : "NULL");
-  CHECK(p, p->tp->get_addr(p->ep, addrs[p->rank], &addrlens[p->rank], p->err) == DUET_SUCCESS,
-        "get_addr");
-  CHECK(p,
-        pipe_io(p->wfd, &addrlens[p->rank], sizeof addrlens[0], 1) == 0 &&
-            pipe_io(p->wfd, addrs[p->rank], addrlens[p->rank], 1) == 0,
-        "send address");
-  CHECK(p,
-        pipe_io(p->rfd, &addrlens[p->other], sizeof addrlens[0], 0) == 0 &&
-            addrlens[p->other] <= DUET_TP_ADDR_MAX &&
-            pipe_io(p->rfd, addrs[p->other], addrlens[p->other], 0) == 0,
-        "receive address");
+  if (pair_open(p, tp, &params, addrs, addrlens))
+    return 1;
   CHECK(p, p->tp->insert_peers(p->ep, 2, addrs, DUET_TP_ADDR_MAX, addrlens, p->err) == DUET_SUCCESS,
         "insert_peers");
 
@@ -611,6 +620,18 @@ static int pair_default(pair_t *p) {
   return pair_side(p, pair_tp, pair_prov, pair_iface, pair_yield);
 }
 
+/* Two pipes and a fork for a pair test: the child is peer 1 (it writes
+ * c2p[1] and reads p2c[0]), this process peer 0. Returns fork's result. */
+static pid_t pair_fork(int p2c[2], int c2p[2]) {
+  pid_t pid;
+  cr_assert_eq(pipe(p2c), 0);
+  cr_assert_eq(pipe(c2p), 0);
+  fflush(NULL);
+  pid = fork();
+  cr_assert_neq(pid, -1, "fork: %s", strerror(errno));
+  return pid;
+}
+
 /* Fork; run side in both processes (rank 0 here, rank 1 in the child). */
 static void run_pair_fn(int (*side)(pair_t *)) {
   int p2c[2], c2p[2], status = 0, ret;
@@ -618,11 +639,7 @@ static void run_pair_fn(int (*side)(pair_t *)) {
   pid_t pid, w;
   double deadline;
 
-  cr_assert_eq(pipe(p2c), 0);
-  cr_assert_eq(pipe(c2p), 0);
-  fflush(NULL);
-  pid = fork();
-  cr_assert_neq(pid, -1, "fork: %s", strerror(errno));
+  pid = pair_fork(p2c, c2p);
   if (pid == 0) {
     pair_t child = {.rank = 1, .rfd = p2c[0], .wfd = c2p[1]};
     close(p2c[1]);
@@ -678,18 +695,8 @@ static int warmup_side(pair_t *p) {
   duet_status_t st;
   double t;
 
-  p->tp = &duet__tp_ofi;
-  p->other = 1 - p->rank;
-  CHECK(p, p->tp->open(&params, &p->ep, p->err) == DUET_SUCCESS, "open");
-  CHECK(p, p->tp->get_addr(p->ep, addrs[p->rank], &lens[p->rank], p->err) == DUET_SUCCESS,
-        "get_addr");
-  CHECK(p,
-        pipe_io(p->wfd, &lens[p->rank], sizeof lens[0], 1) == 0 &&
-            pipe_io(p->wfd, addrs[p->rank], lens[p->rank], 1) == 0 &&
-            pipe_io(p->rfd, &lens[p->other], sizeof lens[0], 0) == 0 &&
-            lens[p->other] <= DUET_TP_ADDR_MAX &&
-            pipe_io(p->rfd, addrs[p->other], lens[p->other], 0) == 0,
-        "address swap");
+  if (pair_open(p, &duet__tp_ofi, &params, addrs, lens))
+    return 1;
   if (p->rank == 1) { /* silent until rank 0 is done */
     CHECK(p, pipe_io(p->rfd, &b, 1, 0) == 0, "rank 0's end");
     p->tp->close(p->ep);
@@ -888,17 +895,8 @@ static int planes_open(pair_t *p, const char *plane1, int stall_ms) {
   size_t addrlens[2];
   snprintf(iface, sizeof iface, "127.0.0.1,%s", plane1);
   duet__tp_params_t params = {.provider = "tcp", .iface = iface, .stall_ms = stall_ms};
-  p->tp = &duet__tp_planes;
-  p->other = 1 - p->rank;
-  CHECK(p, p->tp->open(&params, &p->ep, p->err) == DUET_SUCCESS, "open");
-  CHECK(p, p->tp->get_addr(p->ep, addrs[p->rank], &addrlens[p->rank], p->err) == DUET_SUCCESS,
-        "get_addr");
-  CHECK(p,
-        pipe_io(p->wfd, &addrlens[p->rank], sizeof addrlens[0], 1) == 0 &&
-            pipe_io(p->wfd, addrs[p->rank], addrlens[p->rank], 1) == 0 &&
-            pipe_io(p->rfd, &addrlens[p->other], sizeof addrlens[0], 0) == 0 &&
-            pipe_io(p->rfd, addrs[p->other], addrlens[p->other], 0) == 0,
-        "address exchange");
+  if (pair_open(p, &duet__tp_planes, &params, addrs, addrlens))
+    return 1;
   CHECK(p, p->tp->insert_peers(p->ep, 2, addrs, DUET_TP_ADDR_MAX, addrlens, p->err) == DUET_SUCCESS,
         "insert_peers");
   return 0;
@@ -1024,18 +1022,6 @@ static int tcp_send_one(duet__tp_ep_t *ep, int peer, uint64_t v, uint64_t tag, c
   return !s.done || s.status != DUET_SUCCESS;
 }
 
-/* Two pipes and a fork for a pair test: the child is peer 1 (it writes
- * c2p[1] and reads p2c[0]), this process peer 0. Returns fork's result. */
-static pid_t tcp_pair_fork(int p2c[2], int c2p[2]) {
-  pid_t pid;
-  cr_assert_eq(pipe(p2c), 0);
-  cr_assert_eq(pipe(c2p), 0);
-  fflush(NULL);
-  pid = fork();
-  cr_assert_neq(pid, -1, "fork: %s", strerror(errno));
-  return pid;
-}
-
 /* Wait for the child, which must have exited with 0. */
 static void tcp_pair_reap(pid_t pid) {
   int status = 0;
@@ -1158,7 +1144,7 @@ Test(transport_tcp, both_dial_main_at_once, .timeout = 60) {
   pid_t pid;
 
   for (int round = 0; round < 5; round++) { /* either token may be the lower */
-    if ((pid = tcp_pair_fork(p2c, c2p)) == 0)
+    if ((pid = pair_fork(p2c, c2p)) == 0)
       _exit(both_dial(1, c2p[1], p2c[0]) == 0 ? 0 : 1);
     line = both_dial(0, p2c[1], c2p[0]);
     tcp_pair_reap(pid);
@@ -1177,7 +1163,7 @@ Test(transport_tcp, first_send_completes_before_its_receive, .timeout = 60) {
   char err[DUET_TP_ERRLEN] = "", b = 'x';
   uint64_t got = 0;
   duet__tp_req_t r;
-  pid_t pid = tcp_pair_fork(p2c, c2p);
+  pid_t pid = pair_fork(p2c, c2p);
 
   if (pid == 0) { /* the sender */
     duet__tp_ep_t *ep = tcp_pair_open(1, c2p[1], p2c[0], err);
@@ -1216,7 +1202,7 @@ Test(transport_tcp, peer_death, .timeout = 60) {
   char err[DUET_TP_ERRLEN] = "";
   uint64_t got = 0;
   duet__tp_req_t r;
-  pid_t pid = tcp_pair_fork(p2c, c2p);
+  pid_t pid = pair_fork(p2c, c2p);
 
   if (pid == 0) { /* the peer: one message, then gone */
     duet__tp_ep_t *ep = tcp_pair_open(1, c2p[1], p2c[0], err);
@@ -1255,7 +1241,7 @@ static void watch_peer(int mode) {
   char err[DUET_TP_ERRLEN] = "", b = 'x';
   uint64_t got = 0;
   duet__tp_req_t r;
-  pid_t pid = tcp_pair_fork(p2c, c2p);
+  pid_t pid = pair_fork(p2c, c2p);
 
   if (pid == 0) { /* the peer: no progress until told */
     duet__tp_ep_t *ep = tcp_pair_open(1, c2p[1], p2c[0], err);
