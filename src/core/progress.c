@@ -843,8 +843,10 @@ int duet__awaited_gone(duet_request_t *req, uint64_t now) {
   if (st == NULL || st->peer < 0 || st->peer >= comm->nranks)
     return 0;
   pe = &comm->peers[st->peer];
-  if (st->peer != comm->rank && comm->nets->net[pe->net].ops->watch != NULL)
-    comm->nets->net[pe->net].ops->watch(comm->nets->net[pe->net].ep, pe->index);
+  if (st->peer != comm->rank && comm->nets->net[pe->net].ops->watch != NULL) {
+    const duet__net_t *nt = &comm->nets->net[pe->net];
+    nt->ops->watch(nt->ep, pe->index);
+  }
   if (duet__peer_needs_notice(comm, st->peer) && duet__abort_noticed(comm, st->peer)) {
     how = "aborted (duet_comm_abort)";
   } else {
