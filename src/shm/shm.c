@@ -204,10 +204,10 @@ struct shm_reg {
 };
 
 struct shm_flag {
-  uint64_t value;   /* sync points passed */
-  int32_t cpu;      /* CPU the rank last ran on, a hint for waiters */
-  int32_t pid;      /* the rank's process, for /proc/<pid>/fd */
-  uint64_t vmax[2]; /* alltoallv: the rank's largest block, by sync parity */
+  uint64_t value;        /* sync points passed */
+  int32_t cpu;           /* CPU the rank last ran on, a hint for waiters */
+  int32_t pid;           /* the rank's process, for /proc/<pid>/fd */
+  uint64_t vmax[2];      /* alltoallv: the rank's largest block, by sync parity */
   struct shm_reg reg[2]; /* all-to-all: the rank's send buffer, by sync parity */
   uint32_t mapped[2];    /* all-to-all: mapped every peer's, by sync parity */
 };
@@ -226,13 +226,13 @@ struct duet__shm {
   size_t size;      /* bytes mapped */
   int rank, nranks; /* local rank and local size */
   int unlinked;
-  int broken;      /* a wait timed out: the ranks are out of step */
-  uint64_t seq;    /* collective calls made (all ranks agree) */
-  uint64_t sync;   /* sync points passed (all ranks agree) */
-  uint64_t chunks; /* chunk steps made (all ranks agree) */
-  uint64_t rooted; /* rooted eager calls made (all ranks agree) */
+  int broken;           /* a wait timed out: the ranks are out of step */
+  uint64_t seq;         /* collective calls made (all ranks agree) */
+  uint64_t sync;        /* sync points passed (all ranks agree) */
+  uint64_t chunks;      /* chunk steps made (all ranks agree) */
+  uint64_t rooted;      /* rooted eager calls made (all ranks agree) */
   uint64_t rooted_done; /* every peer had completed this many at the last look */
-  size_t sync_off; /* offsets into the segment */
+  size_t sync_off;      /* offsets into the segment */
   size_t eager_off, eager_stride;
   size_t ring_off, done_off;
   size_t chunk_off;
@@ -242,13 +242,13 @@ struct duet__shm {
   int awaited; /* the local rank a suspended wait is for, or -1 */
   int gone;    /* the local rank whose leaving ended the last wait, or -1 */
   const char *gone_how;
-  uint64_t gone_ms; /* how long that wait had lasted */
-  uint64_t alive_at; /* when waits look at the peer's process next (ns) */
+  uint64_t gone_ms;             /* how long that wait had lasted */
+  uint64_t alive_at;            /* when waits look at the peer's process next (ns) */
   uint8_t watch[SHM_MAX_RANKS]; /* 1: the peer's process can be looked up here */
-  cpu_set_t cpus;      /* CPUs this rank may run on (at open) */
-  int ncpus;           /* how many; 0 when unknown */
-  uint64_t balance_at; /* call (seq) of the next placement check */
-  int mapped;          /* entries of maps in use */
+  cpu_set_t cpus;               /* CPUs this rank may run on (at open) */
+  int ncpus;                    /* how many; 0 when unknown */
+  uint64_t balance_at;          /* call (seq) of the next placement check */
+  int mapped;                   /* entries of maps in use */
   struct shm_map maps[SHM_MAX_RANKS][DUET_SHM_MAPS]; /* per local rank */
   char name[NAME_MAX + 1];
 };
@@ -451,8 +451,8 @@ static int wait_ge(duet__shm_t *shm, const uint64_t *flag, uint64_t want, int p,
         if (__atomic_load_n(flag, __ATOMIC_ACQUIRE) >= want)
           return 0;
         shm->gone = p;
-        shm->gone_ms = (t + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ull - deadline) /
-                       1000000ull;
+        shm->gone_ms =
+            (t + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ull - deadline) / 1000000ull;
         return -1;
       }
     }
