@@ -439,6 +439,7 @@ static int duet__open_mem(duet_comm_t *comm, const duet__domains_t *dom, const d
     return 0;
   }
   duet__shm_unlink(comm->mem);
+  duet__shm_set_kernel_copy(comm->mem, comm->cfg.mem_kernel_copy);
   return 1;
 }
 

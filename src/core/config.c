@@ -37,6 +37,11 @@ const duet__config_row_t duet__config_table[] = {
     {"DUET_TCP_SNDBUF", "262144",
      "tcp: send buffer (SO_SNDBUF) of each connection for messages of 64 KiB or more, bytes; 0: "
      "the kernel's autotuning"},
+    {"DUET_MEM_KERNEL_COPY", "auto",
+     "load/store path: all-to-all blocks of 64 KiB or more read straight from the senders' "
+     "buffers by the kernel (process_vm_readv: one copy instead of two through the shared "
+     "segment): auto times both ways and keeps the faster, 1 always (where the kernel allows), "
+     "0 never"},
     {"DUET_PLANE_TIMEOUT_MS", "3000",
      "HPN planes: a transfer stalled half this long makes a rank probe its peer on every plane; "
      "a plane with no answer half this long after another answered is lost; 0: no probing"},
@@ -265,6 +270,16 @@ duet_status_t duet__config_resolve(const duet_config_t *config, duet__cfg_t *cfg
   if (duet__config_num(-1, "DUET_PLANE_TIMEOUT_MS", 0, 3600000, &n, &cfg->src[11], errbuf, errlen))
     return DUET_ERR_INVALID_ARGUMENT;
   cfg->plane_timeout_ms = (int)n;
+  v = duet__config_env("DUET_MEM_KERNEL_COPY");
+  cfg->src[12] = v ? "env" : "default";
+  cfg->mem_kernel_copy = -1;
+  if (v != NULL && strcasecmp(v, "auto") != 0) {
+    if (duet__config_parse_bool("DUET_MEM_KERNEL_COPY", v, &cfg->mem_kernel_copy, errbuf, errlen) !=
+        0) {
+      snprintf(errbuf, errlen, "DUET_MEM_KERNEL_COPY='%s' is not auto, 0 or 1", v);
+      return DUET_ERR_INVALID_ARGUMENT;
+    }
+  }
   {
     static const char *names[4] = {"DUET_UPN_LAT_US", "DUET_UPN_BW_GBPS", "DUET_HPN_LAT_US",
                                    "DUET_HPN_BW_GBPS"};

@@ -50,11 +50,12 @@ typedef struct duet__cfg {
   char upn_iface[64], hpn_iface[64];       /* "" = default */
   char supernode[128];                     /* "" = host name */
   int progress_thread;
-  size_t chunk_bytes; /* DUET_CHUNK_BYTES: pipelining unit */
-  int chunk_forced;   /* DUET_CHUNK_BYTES was set: the tuner keeps it */
-  size_t rd_max_bytes; /* DUET_RD_MAX_BYTES: allreduce crossover rd -> ring */
-  int tcp_sndbuf;      /* DUET_TCP_SNDBUF: bulk connections' SO_SNDBUF; 0: autotuning */
+  size_t chunk_bytes;   /* DUET_CHUNK_BYTES: pipelining unit */
+  int chunk_forced;     /* DUET_CHUNK_BYTES was set: the tuner keeps it */
+  size_t rd_max_bytes;  /* DUET_RD_MAX_BYTES: allreduce crossover rd -> ring */
+  int tcp_sndbuf;       /* DUET_TCP_SNDBUF: bulk connections' SO_SNDBUF; 0: autotuning */
   int plane_timeout_ms; /* DUET_PLANE_TIMEOUT_MS: an HPN plane's stall that counts as a loss */
+  int mem_kernel_copy;  /* DUET_MEM_KERNEL_COPY: -1 auto, 0 never, 1 always */
   duet__algo_force_t algo;
   double upn_lat_us, upn_bw_gbps, hpn_lat_us, hpn_bw_gbps; /* 0: tuner default */
   const char *src[16]; /* where each came from, for duet_info: "config", "env", "default" */
@@ -67,7 +68,6 @@ duet_status_t duet__config_resolve(const duet_config_t *config, duet__cfg_t *cfg
 
 /* Parse a DUET_ALGO string ("allreduce=ring,broadcast=binomial"); every
  * collective=algorithm pair must be one algo.c lists. */
-int duet__config_parse_algo(const char *text, duet__algo_force_t *out, char *errbuf,
-                            size_t errlen);
+int duet__config_parse_algo(const char *text, duet__algo_force_t *out, char *errbuf, size_t errlen);
 
 #endif /* DUET_CONFIG_H */

@@ -56,6 +56,7 @@ static duet_status_t duet__split_mem(duet_comm_t *comm, duet_comm_t *c, int colo
                        c->cfg.timeout_ms < 30000 ? c->cfg.timeout_ms : 30000,
                        err) == DUET_SUCCESS) {
       duet__shm_unlink(c->mem);
+      duet__shm_set_kernel_copy(c->mem, c->cfg.mem_kernel_copy);
       ok = 1;
     } else {
       c->mem = NULL;

@@ -48,7 +48,11 @@
  * Cross-memory attach (process_vm_readv) was measured as an alternative to
  * copy-in (reading the peer's user buffer directly): 2-3 GB/s on this class
  * of machine against 10-17 GB/s for memcpy (7-8 against 25-30 GB/s on a
- * later one, huge pages or not), so it is not used.
+ * later one, huge pages or not), so it is not the default. Large
+ * all-to-alls use it where the segment itself is slow: when the ranks'
+ * cores do not share a cache, every staged line crosses to its reader
+ * dirty, and one copy through the kernel beats two through the segment by
+ * far. Local rank 0 times both (see DUET_SHM_KERNEL_MIN).
  *
  * Send buffers from duet_mem_alloc (umem.h) are the exception: a peer can
  * map them. A large out-of-place all-to-all or alltoallv whose every send
@@ -84,6 +88,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -97,7 +102,7 @@
 #endif
 
 #define SHM_MAGIC 0x6475657473686d31ull /* "duetshm1" */
-#define SHM_LINE 128                    /* flag spacing: two lines, no false sharing */
+#define SHM_LINE 256                    /* flag spacing: whole lines, no false sharing */
 #define SHM_HEADER 4096
 #define SHM_MAX_RANKS 256
 
@@ -183,11 +188,41 @@
 #define DUET_SHM_MAPS 4
 #endif
 
+/* Out-of-place all-to-alls with blocks from DUET_SHM_KERNEL_MIN bytes may
+ * read each block straight from its sender's buffer through the kernel
+ * (process_vm_readv, Linux's cross-memory attach, as Open MPI does): one
+ * copy instead of two, at the kernel's copy speed, one sync more. The
+ * segment wins while the cores that share it pass cache lines quickly; the
+ * kernel wins by far when they do not: on this 2-vCPU machine the
+ * hypervisor at times runs the two vCPUs on different core complexes (a
+ * cache line's round trip between them 330 instead of 60 ns), and every
+ * line a rank stages must then cross to its reader's complex, dirty.
+ * duet_perf -o alltoall --compare mpi, 2 ranks, 2 MiB: near, through the
+ * segment 94-100 us, through the kernel 104-108 (Open MPI 105-112); far,
+ * 560-680 against 108 us. 4 ranks on 2 cores, near: 2 MiB 264-300 against
+ * 313-340 us, 8 MiB 1830-1960 against 2370-2750; far: 2 MiB 1230 against
+ * 330 us. So local rank 0 times its copies (not its waits, which on an
+ * oversubscribed host depend on the scheduler more than on the way) per
+ * size class and way, and duet__shm_kernel_pick chooses: each way
+ * DUET_SHM_KERNEL_RUN times first, then the kernel where the shortest of
+ * its last DUET_SHM_KERNEL_RUN copy times is under half the segment's
+ * (back at two thirds), and the last DUET_SHM_KERNEL_RUN of every
+ * DUET_SHM_KERNEL_TRY calls of a class go the other way, so that a change
+ * is seen. */
+#ifndef DUET_SHM_KERNEL_MIN
+#define DUET_SHM_KERNEL_MIN (64u << 10)
+#endif
+#define KERNEL_CLASSES 64 /* size classes: floor(log2(bytes per block)) */
+
 struct shm_header {
   uint64_t magic;
   uint64_t local_size;
   uint64_t size;
-  uint64_t pad[5];
+  /* All-to-all calls from DUET_SHM_KERNEL_MIN, by parity of their count:
+   * bit c set = blocks of size class c go through the kernel (see
+   * kernel_path). Written by local rank 0 only. */
+  uint64_t kpath[2];
+  uint64_t pad[3];
   /* Per local rank: when its process started (clock ticks since boot, from
    * /proc), published at open; SHM_LEFT once it closed the segment
    * (duet_comm_destroy or duet_comm_abort). See peer_gone. */
@@ -210,8 +245,22 @@ struct shm_flag {
   uint64_t vmax[2];      /* alltoallv: the rank's largest block, by sync parity */
   struct shm_reg reg[2]; /* all-to-all: the rank's send buffer, by sync parity */
   uint32_t mapped[2];    /* all-to-all: mapped every peer's, by sync parity */
+  uint64_t addr[2];      /* all-to-all: the send buffer, for the kernel's copy (sync parity) */
+  uint64_t self;         /* where this line lies in the rank's own mapping (the probe) */
+  uint32_t kernel;       /* KERNEL_UNKNOWN, KERNEL_OK or KERNEL_NO: reading every peer */
 };
 _Static_assert(sizeof(struct shm_flag) <= SHM_LINE, "a flag line holds struct shm_flag");
+
+enum { KERNEL_UNKNOWN, KERNEL_OK, KERNEL_NO };
+
+/* Local rank 0's timings of one all-to-all size class, by way: 0 through
+ * the segment, 1 through the kernel. */
+struct kernel_class {
+  uint64_t ns[2][DUET_SHM_KERNEL_RUN]; /* the last calls' times (ns), by way */
+  uint32_t seen[2];                    /* calls timed, by way */
+  uint32_t calls;                      /* calls of the class */
+  int choice;                          /* the way taken outside the trials */
+};
 
 /* A peer's duet_mem_alloc memory this rank has mapped (read-only). */
 struct shm_map {
@@ -249,6 +298,15 @@ struct duet__shm {
   int ncpus;                    /* how many; 0 when unknown */
   uint64_t balance_at;          /* call (seq) of the next placement check */
   int mapped;                   /* entries of maps in use */
+  int kernel_use;         /* DUET_MEM_KERNEL_COPY: -1 auto, 0 never, 1 always (where allowed) */
+  int kernel_state;       /* KERNEL_*: whether this rank can read every peer's memory */
+  uint64_t kernel_calls;  /* all-to-alls from DUET_SHM_KERNEL_MIN (all ranks agree) */
+  uint64_t kernel_copies; /* of them, calls that read through the kernel here */
+  uint64_t kernel_want;   /* rank 0: kpath bits for the next call */
+  int timing;             /* rank 0: this call's copies are timed (work_begin) */
+  uint64_t work;          /* their time so far (ns) */
+  uint8_t via_kernel[SHM_MAX_RANKS];          /* direct_agree: read peer p through the kernel */
+  struct kernel_class kclass[KERNEL_CLASSES]; /* rank 0 */
   struct shm_map maps[SHM_MAX_RANKS][DUET_SHM_MAPS]; /* per local rank */
   char name[NAME_MAX + 1];
 };
@@ -699,6 +757,7 @@ duet_status_t duet__shm_open(duet__shm_t **shmp, const char *name, int local_ran
   if (sched_getaffinity(0, sizeof(shm->cpus), &shm->cpus) == 0)
     shm->ncpus = CPU_COUNT(&shm->cpus);
   shm->balance_at = UINT64_MAX; /* until every rank has published its CPU */
+  shm->kernel_use = -1;
 
   rc = local_rank == 0 ? shm_create(shm, errbuf) : shm_attach(shm, timeout_ms, errbuf);
   if (rc != DUET_SUCCESS)
@@ -707,6 +766,7 @@ duet_status_t duet__shm_open(duet__shm_t **shmp, const char *name, int local_ran
    * the name may be unlinked. */
   h = (struct shm_header *)(void *)shm->base;
   flag_line(shm, local_rank)->pid = (int32_t)getpid();
+  flag_line(shm, local_rank)->self = (uint64_t)(uintptr_t)flag_line(shm, local_rank);
   me = duet__proc_start(0); /* 0 (not looked up) when unknown: SHM_LEFT is that value too */
   __atomic_store_n(&h->life[local_rank], me == DUET_PROC_UNKNOWN ? 0 : me, __ATOMIC_RELAXED);
   rc = sync_all(shm, "open", publish_cpu(shm), 1, timeout_ms, errbuf);
@@ -833,7 +893,7 @@ static duet_status_t allreduce_eager(duet__shm_t *shm, const void *sendbuf, void
  * the all-to-all's use of them). */
 enum { DIRECT_NONE, DIRECT_GO, DIRECT_STAGE };
 static int publish_reg(duet__shm_t *shm, const char *sb, size_t sext, const char *rb, size_t rext,
-                       int big);
+                       int big, int kernel);
 static size_t direct_min(int yield);
 static duet_status_t direct_agree(duet__shm_t *shm, const char *what, size_t need, const char **src,
                                   size_t *ext, int *verdict, int cpu, int yield, int timeout_ms,
@@ -927,7 +987,7 @@ static duet_status_t allreduce_chunked(duet__shm_t *shm, const void *sendbuf, vo
   /* Chunk 0's copy-in (not by a rank whose send buffer peers may read),
    * the first sync, and the verdict on reading send buffers in place. */
   mine = publish_reg(shm, sb, count * esz, rb, sb == rb ? 0 : count * esz,
-                     first * esz >= direct_min(yield) * (size_t)n && (sb != rb || yield));
+                     first * esz >= direct_min(yield) * (size_t)n && (sb != rb || yield), 0);
   if (!mine)
     allreduce_copy_in(shm, par, sb, first, esz);
   rc = sync_all(shm, "allreduce", cpu, yield, timeout_ms, errbuf);
@@ -1132,21 +1192,28 @@ static const char *map_peer(duet__shm_t *shm, int p, const struct shm_reg *g, si
 }
 
 /* Publish, for the next sync, where this rank's send buffer (`sext` bytes
- * from sb) lies if peers may read it in place: duet_mem_alloc memory, not
- * overlapping recvbuf (`rext` bytes from rb), and worth it (`big`: the
- * caller's size rule). Otherwise publish serial 0. Returns whether it
- * published one. First drops the mappings of peers' freed memory. */
+ * from sb) lies if peers may read it in place: not overlapping recvbuf
+ * (`rext` bytes from rb), and either duet_mem_alloc memory worth mapping
+ * (`big`: the caller's size rule) or, when `kernel` (the all-to-all's way
+ * this call, kernel_path), any memory, for the kernel to copy from. What
+ * is not published is zero. Returns whether it published either. First
+ * drops the mappings of peers' freed memory. */
 static int publish_reg(duet__shm_t *shm, const char *sb, size_t sext, const char *rb, size_t rext,
-                       int big) {
-  struct shm_reg *g = &flag_line(shm, shm->rank)->reg[(shm->sync + 1) & 1u];
+                       int big, int kernel) {
+  struct shm_flag *f = flag_line(shm, shm->rank);
+  const uint64_t par = (shm->sync + 1) & 1u;
+  struct shm_reg *g = &f->reg[par];
+  const int apart = sext > 0 && !(rext > 0 && sb < rb + rext && rb < sb + sext);
+  const uint64_t addr = apart && kernel ? (uint64_t)(uintptr_t)sb : 0;
   duet__umem_ref_t ref;
   if (shm->mapped > 0)
     sweep_maps(shm);
-  if (!big || sext == 0 || (rext > 0 && sb < rb + rext && rb < sb + sext) ||
-      !duet__umem_find(sb, sext, &ref)) {
-    if (g->serial != 0) /* peers poll this line: write only a change */
+  if (f->addr[par] != addr) /* peers poll this line: write only a change */
+    f->addr[par] = addr;
+  if (!big || !apart || !duet__umem_find(sb, sext, &ref)) {
+    if (g->serial != 0)
       g->serial = 0;
-    return 0;
+    return addr != 0;
   }
   *g = (struct shm_reg){.serial = ref.serial,
                         .nonce = ref.nonce,
@@ -1166,12 +1233,18 @@ static size_t direct_min(int yield) {
  * staged nothing. Every rank reaches the same verdict:
  *   DIRECT_NONE   nobody published: go on as usual;
  *   DIRECT_GO     every rank published, and mapped every peer's buffer
- *                 (one more sync to agree on that): src[p] is local rank
- *                 p's send buffer, ext[p] (>= need) bytes of it readable (to
- *                 the end of its allocation), and the caller copies its
- *                 blocks straight out of them, then passes one last sync,
- *                 so that no rank returns (and reuses its send buffer)
- *                 while a peer still reads it;
+ *                 or can have the kernel read it (one more sync to agree
+ *                 on that): src[p] is local rank p's send buffer, ext[p]
+ *                 (>= need) bytes of it readable (to the end of its
+ *                 allocation), and the caller copies its blocks straight
+ *                 out of them, then passes one last sync, so that no rank
+ *                 returns (and reuses its send buffer) while a peer still
+ *                 reads it. Where shm->via_kernel[p] is set, src[p] is an
+ *                 address in p's process, for process_vm_readv, and ext[p]
+ *                 is need. A rank publishes such an address only if it can
+ *                 have the kernel read every peer (kernel_path), so when
+ *                 every rank did, every rank reads every peer one way or
+ *                 the other, and there is nothing to agree on;
  *   DIRECT_STAGE  otherwise: the ranks that published stage their first
  *                 step now, and after one more sync the call goes on as
  *                 usual. */
@@ -1180,20 +1253,32 @@ static duet_status_t direct_agree(duet__shm_t *shm, const char *what, size_t nee
                                   char *errbuf) {
   const int n = shm->nranks, r = shm->rank;
   const uint64_t rpar = shm->sync & 1u, mpar = (shm->sync + 1) & 1u;
-  int nreg = 0, ok = 1;
+  int nreg = 0, nkernel = 0, ok = 1;
   duet_status_t rc;
 
-  for (int p = 0; p < n; p++)
-    nreg += flag_line(shm, p)->reg[rpar].serial != 0;
+  for (int p = 0; p < n; p++) {
+    nreg += flag_line(shm, p)->reg[rpar].serial != 0 || flag_line(shm, p)->addr[rpar] != 0;
+    nkernel += flag_line(shm, p)->addr[rpar] != 0;
+  }
   *verdict = nreg == 0 ? DIRECT_NONE : DIRECT_STAGE;
   if (nreg < n)
     return DUET_SUCCESS;
   for (int i = 1; i < n && ok; i++) {
     int p = (r + i) % n;
     const struct shm_reg *g = &flag_line(shm, p)->reg[rpar];
-    src[p] = map_peer(shm, p, g, need);
+    const uint64_t addr = flag_line(shm, p)->addr[rpar];
+    src[p] = g->serial != 0 ? map_peer(shm, p, g, need) : NULL;
     ext[p] = (size_t)(g->size - g->offset);
+    shm->via_kernel[p] = src[p] == NULL && addr != 0 && shm->kernel_state == KERNEL_OK;
+    if (shm->via_kernel[p]) {
+      src[p] = (const char *)(uintptr_t)addr;
+      ext[p] = need;
+    }
     ok = src[p] != NULL;
+  }
+  if (nkernel == n) { /* each published only if it can read every peer: all can */
+    *verdict = DIRECT_GO;
+    return DUET_SUCCESS;
   }
   __atomic_store_n(&flag_line(shm, r)->mapped[mpar], (uint32_t)ok, __ATOMIC_RELAXED);
   rc = sync_all(shm, what, cpu, yield, timeout_ms, errbuf);
@@ -1204,16 +1289,41 @@ static duet_status_t direct_agree(duet__shm_t *shm, const char *what, size_t nee
   return rc;
 }
 
+/* Local rank 0 times the copies of the all-to-alls it weighs (see
+ * kernel_path): work_end(shm, work_begin(shm)) around each. */
+static uint64_t work_begin(const duet__shm_t *shm) {
+  return shm->timing ? now_ns() : 0;
+}
+
+static void work_end(duet__shm_t *shm, uint64_t t) {
+  if (t != 0)
+    shm->work += now_ns() - t;
+}
+
+/* Copy `bytes` from address `from` in local rank p's process to `to`
+ * through the kernel. 0, or -1 with errno. */
+static int kernel_read(const duet__shm_t *shm, int p, char *to, const char *from, size_t bytes) {
+  struct iovec here = {to, bytes}, there = {(void *)(uintptr_t)from, bytes};
+  ssize_t got = process_vm_readv((pid_t)flag_line(shm, p)->pid, &here, 1, &there, 1, 0);
+  if (got == (ssize_t)bytes)
+    return 0;
+  if (got >= 0)
+    errno = EFAULT; /* a partial read: the rest is not mapped there */
+  return -1;
+}
+
 /* alltoall after direct_agree: DIRECT_GO copies block r of every peer's
- * send buffer into place and passes the last sync (*done = 1);
- * DIRECT_STAGE stages this rank's first step if it skipped it. */
+ * send buffer into place (mapped, or through the kernel) and passes the
+ * last sync (*done = 1); DIRECT_STAGE stages this rank's first step if it
+ * skipped it. A read the kernel refuses fails the call on this rank, after
+ * the last sync, and this rank reads through the kernel no more. */
 static duet_status_t alltoall_direct(duet__shm_t *shm, int mine, const char *sb, char *rb,
                                      size_t bytes, uint64_t par, size_t m, size_t q, int nt,
                                      int cpu, int yield, int timeout_ms, char *errbuf, int *done) {
   const int n = shm->nranks, r = shm->rank;
   const char *src[SHM_MAX_RANKS];
   size_t ext[SHM_MAX_RANKS];
-  int verdict;
+  int verdict, bad = -1, err = 0, kernel = 0;
   duet_status_t rc;
 
   *done = 0;
@@ -1222,15 +1332,39 @@ static duet_status_t alltoall_direct(duet__shm_t *shm, int mine, const char *sb,
   if (rc != DUET_SUCCESS || verdict == DIRECT_NONE)
     return rc;
   if (verdict == DIRECT_GO) {
+    uint64_t t = work_begin(shm);
     for (int i = 1; i < n; i++) {
       int p = (r + n - i) % n; /* the order of the staged path's copy-out */
-      copy_out(nt, rb + (size_t)p * bytes, src[p] + (size_t)r * bytes, bytes);
+      if (!shm->via_kernel[p]) {
+        copy_out(nt, rb + (size_t)p * bytes, src[p] + (size_t)r * bytes, bytes);
+      } else if (kernel_read(shm, p, rb + (size_t)p * bytes, src[p] + (size_t)r * bytes, bytes) ==
+                 0) {
+        kernel = 1;
+      } else if (bad < 0) {
+        bad = p;
+        err = errno;
+      }
     }
+    work_end(shm, t);
+    shm->kernel_copies += (uint64_t)kernel;
     *done = 1;
-    return sync_all(shm, "alltoall", cpu, yield, timeout_ms, errbuf);
+    rc = sync_all(shm, "alltoall", cpu, yield, timeout_ms, errbuf);
+    if (rc == DUET_SUCCESS && bad >= 0) {
+      shm->kernel_state = KERNEL_NO;
+      __atomic_store_n(&flag_line(shm, r)->kernel, (uint32_t)KERNEL_NO, __ATOMIC_RELAXED);
+      shm_err(errbuf,
+              "shm alltoall: reading local rank %d's send buffer through the kernel "
+              "(process_vm_readv): %s",
+              bad, strerror(err));
+      rc = DUET_ERR_SYSTEM;
+    }
+    return rc;
   }
-  if (mine)
+  if (mine) {
+    uint64_t t = work_begin(shm);
     stage_pieces(shm, par, sb, bytes, 0, m, q, 1);
+    work_end(shm, t);
+  }
   return sync_all(shm, "alltoall", cpu, yield, timeout_ms, errbuf);
 }
 
@@ -1242,8 +1376,8 @@ static duet_status_t alltoall_direct(duet__shm_t *shm, int mine, const char *sb,
  * copy-out of step k-2, the previous user of b. Each byte is copied in once
  * and out once; the steps pipeline, since a rank's copy-in of step k+1
  * overlaps its peers' copy-out of step k. */
-static duet_status_t alltoall_chunked(duet__shm_t *shm, const char *sb, char *rb, size_t bytes,
-                                      int cpu, int yield, int timeout_ms, char *errbuf) {
+static duet_status_t alltoall_run(duet__shm_t *shm, const char *sb, char *rb, size_t bytes,
+                                  int kernel, int cpu, int yield, int timeout_ms, char *errbuf) {
   const int n = shm->nranks, r = shm->rank;
   const size_t q = a2a_piece_bytes(shm);
   /* streaming stores once the local ranks' send and receive buffers
@@ -1256,15 +1390,18 @@ static duet_status_t alltoall_chunked(duet__shm_t *shm, const char *sb, char *rb
   duet_status_t rc;
 
   mine = publish_reg(shm, sb, bytes * (size_t)n, rb, bytes * (size_t)n,
-                     sb != rb && bytes >= direct_min(yield));
+                     sb != rb && bytes >= direct_min(yield), kernel);
   if (sb != rb) {
     copy_out(nt, rb + (size_t)r * bytes, sb + (size_t)r * bytes, bytes);
   }
   for (size_t off = 0; off < bytes; off += q) {
     size_t m = bytes - off < q ? bytes - off : q;
-    uint64_t par = shm->chunks++ & 1u;
-    if (off > 0 || !mine)
+    uint64_t par = shm->chunks++ & 1u, t;
+    if (off > 0 || !mine) {
+      t = work_begin(shm);
       stage_pieces(shm, par, sb, bytes, off, m, q, 1);
+      work_end(shm, t);
+    }
     rc = sync_all(shm, "alltoall", cpu, yield, timeout_ms, errbuf);
     if (rc != DUET_SUCCESS)
       return rc;
@@ -1277,15 +1414,143 @@ static duet_status_t alltoall_chunked(duet__shm_t *shm, const char *sb, char *rb
         return rc;
       }
     }
+    t = work_begin(shm);
     for (int i = 1; i < n; i++) {
       int p = (r + n - i) % n;
       const char *src = chunk_buf(shm, par, p) + a2a_slot(shm, p, r) * q;
       copy_out(nt, rb + (size_t)p * bytes + off, src, m);
     }
+    work_end(shm, t);
   }
   if (nt)
     copy_fence();
   return DUET_SUCCESS;
+}
+
+/* ---- which way a large all-to-all takes ---- */
+
+/* Whether this rank can have the kernel read every peer's memory: it reads
+ * each peer's pid out of the peer's flag line at the address the peer
+ * published at open (its own mapping of the line) and compares. Once per
+ * engine; the verdict is published for local rank 0's choice. */
+static int kernel_probe(duet__shm_t *shm) {
+  int ok = 1;
+  if (shm->kernel_state != KERNEL_UNKNOWN)
+    return shm->kernel_state == KERNEL_OK;
+  for (int p = 0; p < shm->nranks && ok; p++) {
+    const struct shm_flag *f = flag_line(shm, p);
+    int32_t pid = 0;
+    if (p != shm->rank)
+      ok = f->self != 0 &&
+           kernel_read(shm, p, (char *)&pid,
+                       (const char *)(uintptr_t)(f->self + offsetof(struct shm_flag, pid)),
+                       sizeof(pid)) == 0 &&
+           pid == f->pid;
+  }
+  shm->kernel_state = ok ? KERNEL_OK : KERNEL_NO;
+  __atomic_store_n(&flag_line(shm, shm->rank)->kernel, (uint32_t)shm->kernel_state,
+                   __ATOMIC_RELAXED);
+  DUET_INFO(DUET_SUB_COLL, "shm %s: local rank %d %s read its peers' memory through the kernel%s%s",
+            shm->name, shm->rank, ok ? "can" : "cannot", ok ? "" : ": ", ok ? "" : strerror(errno));
+  return ok;
+}
+
+static int kernel_class_of(size_t bytes) {
+  return 63 - __builtin_clzll((unsigned long long)bytes);
+}
+
+/* Local rank 0: a call of class s went `way` in `ns`. */
+static void kernel_record(struct kernel_class *s, int way, uint64_t ns) {
+  s->ns[way][s->seen[way]++ % DUET_SHM_KERNEL_RUN] = ns;
+}
+
+uint64_t duet__shm_kernel_best(const uint64_t *ns, uint32_t seen) {
+  uint64_t best = UINT64_MAX;
+  for (uint32_t i = 0; i < seen && i < DUET_SHM_KERNEL_RUN; i++)
+    best = ns[i] < best ? ns[i] : best;
+  return best;
+}
+
+int duet__shm_kernel_pick(const uint64_t ns[2][DUET_SHM_KERNEL_RUN], const uint32_t seen[2],
+                          uint32_t calls, int *choice, int allowed, int forced) {
+  uint64_t best[2];
+  if (!allowed)
+    return 0;
+  if (forced)
+    return 1;
+  if (seen[0] < DUET_SHM_KERNEL_RUN)
+    return 0;
+  if (seen[1] < DUET_SHM_KERNEL_RUN)
+    return 1;
+  if (calls % DUET_SHM_KERNEL_TRY >= DUET_SHM_KERNEL_TRY - DUET_SHM_KERNEL_RUN)
+    return !*choice;
+  best[0] = duet__shm_kernel_best(ns[0], seen[0]);
+  best[1] = duet__shm_kernel_best(ns[1], seen[1]);
+  /* the kernel only where it saves half the copying: its calls sync once
+   * more, and the reads pin the peers' pages; back at two thirds */
+  if (*choice ? 3 * best[1] > 2 * best[0] : 2 * best[1] < best[0])
+    *choice = !*choice;
+  return *choice;
+}
+
+/* The way of this all-to-all of `bytes` per block: 1 through the kernel.
+ * Every rank counts the calls from DUET_SHM_KERNEL_MIN alike and takes the
+ * way local rank 0 published for this count's parity. Rank 0 then
+ * publishes the next call's ways: every rank has read this call's (none
+ * can be behind rank 0 by a whole call), and reads the next only after
+ * this call's syncs, which follow the store. A rank that may not (its
+ * setting, or the kernel refuses) publishes no address, and the call falls
+ * back to the segment (direct_agree). */
+static int kernel_path(duet__shm_t *shm, size_t bytes) {
+  struct shm_header *h = (struct shm_header *)(void *)shm->base;
+  const int c = kernel_class_of(bytes);
+  uint64_t k;
+  int way, can;
+
+  if (bytes < DUET_SHM_KERNEL_MIN)
+    return 0;
+  k = shm->kernel_calls++;
+  way = (int)((__atomic_load_n(&h->kpath[k & 1u], __ATOMIC_RELAXED) >> c) & 1u);
+  can = shm->kernel_use != 0 && kernel_probe(shm);
+  if (shm->rank == 0) {
+    struct kernel_class *s = &shm->kclass[c];
+    int all = can;
+    for (int p = 1; p < shm->nranks && all; p++)
+      all = __atomic_load_n(&flag_line(shm, p)->kernel, __ATOMIC_RELAXED) == KERNEL_OK;
+    s->calls++;
+    if (duet__shm_kernel_pick((const uint64_t(*)[DUET_SHM_KERNEL_RUN])s->ns, s->seen, s->calls,
+                              &s->choice, all, shm->kernel_use == 1))
+      shm->kernel_want |= 1ull << c;
+    else
+      shm->kernel_want &= ~(1ull << c);
+    __atomic_store_n(&h->kpath[(k + 1) & 1u], shm->kernel_want, __ATOMIC_RELAXED);
+  }
+  return way && can;
+}
+
+/* Large all-to-all: its way (kernel_path), then the run, whose copies
+ * local rank 0 times for the next choices. */
+static duet_status_t alltoall_chunked(duet__shm_t *shm, const char *sb, char *rb, size_t bytes,
+                                      int cpu, int yield, int timeout_ms, char *errbuf) {
+  const int way = kernel_path(shm, bytes);
+  const int timed = shm->rank == 0 && bytes >= DUET_SHM_KERNEL_MIN;
+  duet_status_t rc;
+  shm->timing = timed;
+  shm->work = 0;
+  rc = alltoall_run(shm, sb, rb, bytes, way, cpu, yield, timeout_ms, errbuf);
+  shm->timing = 0;
+  if (timed && rc == DUET_SUCCESS)
+    kernel_record(&shm->kclass[kernel_class_of(bytes)], way, shm->work);
+  return rc;
+}
+
+void duet__shm_set_kernel_copy(duet__shm_t *shm, int use) {
+  if (shm != NULL)
+    shm->kernel_use = use < 0 ? -1 : use > 0;
+}
+
+uint64_t duet__shm_kernel_copies(const duet__shm_t *shm) {
+  return shm != NULL ? shm->kernel_copies : 0;
 }
 
 /* alltoallv: counts differ per pair and only the two ends of a pair know
@@ -1419,7 +1684,7 @@ duet_status_t duet__shm_alltoallv(duet__shm_t *shm, const void *sendbuf, const s
   nt = total * (size_t)n >= shm->nt_min;
   par = (shm->sync + 1) & 1u; /* the value sync_all stores next */
   __atomic_store_n(&flag_line(shm, r)->vmax[par], (uint64_t)mine, __ATOMIC_RELAXED);
-  reg = publish_reg(shm, sb, sext, rb, rext, mine >= direct_min(yield));
+  reg = publish_reg(shm, sb, sext, rb, rext, mine >= direct_min(yield), 0);
   for (size_t off = 0;; off += q) {
     uint64_t cpar = shm->chunks++ & 1u;
     if (off > 0 || !reg)
@@ -1602,7 +1867,7 @@ static duet_status_t allgather_run(duet__shm_t *shm, const char *own, char *rb, 
    * duet_mem_alloc memory; in place it lies in recvbuf, where this rank
    * writes only the other blocks), the first sync, and the verdict. */
   mine = publish_reg(shm, own, bytes, rb, own == mine_out ? 0 : bytes * (size_t)n,
-                     bytes >= direct_min(yield));
+                     bytes >= direct_min(yield), 0);
   if (!mine)
     memcpy(chunk_buf(shm, par, r), own, first);
   if (own != mine_out)
@@ -1873,7 +2138,8 @@ static duet_status_t reduce_scatter_run(duet__shm_t *shm, const char *sb, char *
   /* Step 0's copy-in (not by a rank whose send buffer peers may read in
    * place: duet_mem_alloc memory; in place this rank writes only its own
    * block, which no peer reads), the first sync, and the verdict. */
-  reg = publish_reg(shm, sb, bytes * (size_t)n, rb, alias ? 0 : bytes, bytes >= direct_min(yield));
+  reg =
+      publish_reg(shm, sb, bytes * (size_t)n, rb, alias ? 0 : bytes, bytes >= direct_min(yield), 0);
   if (!reg)
     stage_pieces(shm, par, sb, bytes, 0, bytes < q ? bytes : q, q, 0);
   rc = sync_all(shm, "reduce_scatter", cpu, yield, timeout_ms, errbuf);

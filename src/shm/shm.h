@@ -13,7 +13,8 @@
  * others), and the ranks that only give data return at once, at most a ring's
  * depth of such calls ahead of the slowest peer. The segment is created once, sized for the engine
  * and pre-faulted; no call allocates or touches fresh pages, and no call makes a system call unless
- * it waits with yield != 0 (sched_yield) or a wait runs long enough to read the clock.
+ * it waits with yield != 0 (sched_yield), a wait runs long enough to read the clock, or a large
+ * all-to-all reads through the kernel (duet__shm_set_kernel_copy).
  *
  * Threads: an engine is used by one thread of each rank at a time. All local
  * ranks call the collectives of one engine in the same order with the same
@@ -24,6 +25,7 @@
 #define DUET_SHM_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "duet.h"
 
@@ -111,6 +113,31 @@ void duet__shm_close(duet__shm_t *shm);
  * means always. The default is the size of the last-level cache. Local: each
  * rank may set its own. */
 void duet__shm_set_stream_min(duet__shm_t *shm, size_t bytes);
+
+/* Large all-to-alls (blocks from 64 KiB, out of place) may read each block
+ * straight from its sender's buffer through the kernel (process_vm_readv),
+ * where every local rank's kernel lets it: use -1 (the default) lets local
+ * rank 0 time both ways per size class and keep the faster, 1 takes the
+ * kernel from a class's third call on (the first ones learn whether every rank
+ * can), 0 never (and a rank set to 0 makes
+ * the calls that would go through the kernel take the segment). Local. */
+void duet__shm_set_kernel_copy(duet__shm_t *shm, int use);
+/* All-to-alls that read at least one block through the kernel here. */
+uint64_t duet__shm_kernel_copies(const duet__shm_t *shm);
+/* Local rank 0's choice for the next call of a size class (1: through the
+ * kernel). ns[w] holds the times (ns) of the last calls that went way w
+ * (0: the segment, 1: the kernel), seen[w] how many went that way in all
+ * (ns[w][seen[w] % DUET_SHM_KERNEL_RUN] is the next to replace), calls the class's calls so
+ * far; *choice is the way taken outside the trials, which it updates.
+ * allowed: every local rank can read every peer; forced: always 1.
+ * duet__shm_kernel_best: the shortest of the last min(seen, DUET_SHM_KERNEL_RUN) times.
+ * Exposed for tests. */
+/* Each way's trial runs, and the calls of a class between two trials. */
+#define DUET_SHM_KERNEL_RUN 4u
+#define DUET_SHM_KERNEL_TRY 1024u
+int duet__shm_kernel_pick(const uint64_t ns[2][DUET_SHM_KERNEL_RUN], const uint32_t seen[2],
+                          uint32_t calls, int *choice, int allowed, int forced);
+uint64_t duet__shm_kernel_best(const uint64_t *ns, uint32_t seen);
 
 /* The calling thread runs other threads' calls (the progress thread): its
  * CPU says nothing of where its rank runs, so it neither publishes it nor

@@ -22,6 +22,7 @@ Test(config, defaults) {
   cr_assert_eq(cfg.chunk_bytes, 262144);
   cr_assert_eq(cfg.tcp_sndbuf, 262144);
   cr_assert_eq(cfg.plane_timeout_ms, 3000);
+  cr_assert_eq(cfg.mem_kernel_copy, -1, "DUET_MEM_KERNEL_COPY: auto");
   cr_assert_eq(cfg.algo.coll[DUET_COLL_ALLREDUCE], DUET_ALGO_AUTO);
   cr_assert_str_eq(cfg.src[0], "default");
 }
@@ -37,7 +38,15 @@ Test(config, env_then_field) {
   setenv("DUET_ALGO", "allreduce=rd,barrier=dissem", 1);
   setenv("DUET_TCP_SNDBUF", "0", 1);
   setenv("DUET_PLANE_TIMEOUT_MS", "750", 1);
+  setenv("DUET_MEM_KERNEL_COPY", "0", 1);
   cr_assert_eq(duet__config_resolve(NULL, &cfg, err, sizeof(err)), DUET_SUCCESS, "%s", err);
+  cr_assert_eq(cfg.mem_kernel_copy, 0);
+  setenv("DUET_MEM_KERNEL_COPY", "1", 1);
+  cr_assert_eq(duet__config_resolve(NULL, &cfg, err, sizeof(err)), DUET_SUCCESS, "%s", err);
+  cr_assert_eq(cfg.mem_kernel_copy, 1);
+  setenv("DUET_MEM_KERNEL_COPY", "auto", 1);
+  cr_assert_eq(duet__config_resolve(NULL, &cfg, err, sizeof(err)), DUET_SUCCESS, "%s", err);
+  cr_assert_eq(cfg.mem_kernel_copy, -1);
   cr_assert_eq(cfg.tcp_sndbuf, 0);
   cr_assert_eq(cfg.plane_timeout_ms, 750);
   cr_assert_eq(cfg.timeout_ms, 1234);
@@ -79,6 +88,8 @@ Test(config, bad_values_are_errors) {
   expect_bad("DUET_PLANE_TIMEOUT_MS", "-1");
   expect_bad("DUET_PLANE_TIMEOUT_MS", "3s");
   expect_bad("DUET_PROGRESS_THREAD", "2");
+  expect_bad("DUET_MEM_KERNEL_COPY", "2");
+  expect_bad("DUET_MEM_KERNEL_COPY", "sometimes");
   expect_bad("DUET_ALGO", "allreduce");
   expect_bad("DUET_ALGO", "allreduce=fast");
   expect_bad("DUET_ALGO", "sort=ring");

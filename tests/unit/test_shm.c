@@ -21,7 +21,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -504,6 +510,173 @@ Test(shm, alltoall_3_ranks) {
 }
 Test(shm, alltoall_4_ranks) {
   cr_assert_eq(run_group(4, child_alltoall, NULL), 0);
+}
+
+/* ---- all-to-all through the kernel (process_vm_readv) ---- */
+
+/* Make process_vm_readv fail with EPERM in this process from now on, as a
+ * container's seccomp profile or a ptrace policy would. */
+static int refuse_kernel_reads(void) {
+  struct sock_filter f[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_process_vm_readv, 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  struct sock_fprog prog = {.len = (unsigned short)(sizeof(f) / sizeof(f[0])), .filter = f};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+      prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) {
+    fprintf(stderr, "seccomp: %s\n", strerror(errno));
+    return -1;
+  }
+  return 0;
+}
+
+/* What a kernel-copy child does: `use` for duet__shm_set_kernel_copy
+ * (-2: leave the default), and which rank, if any, refuses the kernel's
+ * reads, before its first all-to-all or after `refuse_after` calls. */
+struct kernel_case {
+  int use[MAX_L];
+  int refuser, refuse_after;
+  int expect_copies; /* 1: every rank read through the kernel at least once; 0: none did */
+};
+
+/* Blocks from 64 KiB (the kernel's threshold), each size several times so
+ * that the forced way (from a class's third call) and the auto trials (from
+ * the fifth) are reached; every fourth call in place on one rank (rank 1),
+ * which the others must survive. */
+static int child_kernel(duet__shm_t *shm, int rank, int L, void *arg) {
+  const struct kernel_case *kc = arg;
+  static const size_t sizes[] = {65536, 262147, 700001};
+  size_t cap = 700001u * (size_t)L + 64;
+  unsigned char *send = malloc(cap), *recv = malloc(cap);
+  unsigned salt = 0;
+  int bad = 0, calls = 0;
+  if (send == NULL || recv == NULL)
+    _exit(91);
+  if (kc->use[rank] != -2)
+    duet__shm_set_kernel_copy(shm, kc->use[rank]);
+  for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]) && !bad; k++)
+    for (int i = 0; i < 12 && !bad; i++, calls++) {
+      if (rank == kc->refuser && calls == kc->refuse_after && refuse_kernel_reads() != 0)
+        _exit(92);
+      if (rank == kc->refuser && kc->refuse_after > 0 && calls == kc->refuse_after) {
+        /* the first read refused fails this rank's call, and only that
+         * one; its peers still get its blocks */
+        char err[DUET_SHM_ERRLEN];
+        duet_status_t rc;
+        for (int d = 0; d < L; d++)
+          for (size_t j = 0; j < sizes[k]; j++)
+            send[(size_t)d * sizes[k] + j] = a2a_byte(rank, d, j, salt);
+        salt++;
+        rc = duet__shm_alltoall(shm, send, recv, sizes[k], L > 2, CALL_TIMEOUT_MS, err);
+        if (rc != DUET_ERR_SYSTEM || strstr(err, "process_vm_readv") == NULL) {
+          fprintf(stderr, "rank %d: a refused read gave %d (%s), want DUET_ERR_SYSTEM\n", rank,
+                  (int)rc, err);
+          bad = 1;
+        }
+        continue;
+      }
+      bad |= check_alltoall(shm, rank, L, sizes[k], rank == 1 && i % 4 == 3, salt++, send, recv);
+    }
+  if (!bad && kc->expect_copies != (duet__shm_kernel_copies(shm) > 0)) {
+    fprintf(stderr, "rank %d/%d: %llu all-to-alls read through the kernel, want %s\n", rank, L,
+            (unsigned long long)duet__shm_kernel_copies(shm), kc->expect_copies ? "some" : "none");
+    bad = 1;
+  }
+  free(send);
+  free(recv);
+  return bad;
+}
+
+static struct kernel_case kernel_forced(int L) {
+  struct kernel_case kc = {.refuser = -1, .expect_copies = 1};
+  for (int r = 0; r < L; r++)
+    kc.use[r] = 1;
+  return kc;
+}
+
+Test(shm, alltoall_kernel_2_ranks) {
+  struct kernel_case kc = kernel_forced(2);
+  cr_assert_eq(run_group(2, child_kernel, &kc), 0);
+}
+Test(shm, alltoall_kernel_3_ranks) {
+  struct kernel_case kc = kernel_forced(3);
+  cr_assert_eq(run_group(3, child_kernel, &kc), 0);
+}
+Test(shm, alltoall_kernel_4_ranks) {
+  struct kernel_case kc = kernel_forced(4);
+  cr_assert_eq(run_group(4, child_kernel, &kc), 0);
+}
+
+/* The default times both ways: its trials read through the kernel. */
+Test(shm, alltoall_kernel_auto_tries_it) {
+  struct kernel_case kc = {.use = {-2, -2, -2}, .refuser = -1, .expect_copies = 1};
+  cr_assert_eq(run_group(3, child_kernel, &kc), 0);
+}
+
+/* A rank set to 0 keeps every rank on the segment. */
+Test(shm, alltoall_kernel_off_on_one_rank) {
+  struct kernel_case kc = kernel_forced(3);
+  kc.use[2] = 0;
+  kc.expect_copies = 0;
+  cr_assert_eq(run_group(3, child_kernel, &kc), 0);
+}
+
+/* A rank whose kernel refuses the reads (seccomp) keeps every rank on the
+ * segment: its probe fails before the first large call. */
+Test(shm, alltoall_kernel_refused_from_the_start) {
+  struct kernel_case kc = kernel_forced(3);
+  kc.refuser = 2;
+  kc.refuse_after = 0;
+  kc.expect_copies = 0;
+  cr_assert_eq(run_group(3, child_kernel, &kc), 0);
+}
+
+/* Refused after the probe passed: that rank's next call fails, naming the
+ * kernel's read, and the calls after it take the segment on every rank. */
+Test(shm, alltoall_kernel_refused_later) {
+  struct kernel_case kc = kernel_forced(3);
+  kc.refuser = 1;
+  kc.refuse_after = 6;
+  cr_assert_eq(run_group(3, child_kernel, &kc), 0);
+}
+
+/* Local rank 0's choice (shm.h), from given copy times. */
+Test(shm, kernel_pick) {
+  uint64_t ns[2][DUET_SHM_KERNEL_RUN];
+  uint32_t seen[2] = {0, 0};
+  int choice = 0;
+  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 10, &choice, 0, 1), 0, "not allowed: never");
+  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 10, &choice, 1, 1), 1, "forced: always");
+  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 1, &choice, 1, 0), 0, "the segment is timed first");
+  seen[0] = DUET_SHM_KERNEL_RUN;
+  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 5, &choice, 1, 0), 1, "then the kernel");
+  seen[0] = seen[1] = 2 * DUET_SHM_KERNEL_RUN + 1;
+  for (unsigned i = 0; i < DUET_SHM_KERNEL_RUN; i++) {
+    ns[0][i] = 100000 + 1000 * i; /* the segment: 100 us at best */
+    ns[1][i] = 900000;
+  }
+  ns[1][2] = 60000; /* the kernel's best: 60 us, not under half */
+  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 20, &choice, 1, 0), 0);
+  cr_assert_eq(choice, 0);
+  ns[1][2] = 45000; /* under half: the kernel */
+  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 21, &choice, 1, 0), 1);
+  ns[1][2] = 60000; /* under two thirds: stays */
+  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 22, &choice, 1, 0), 1);
+  ns[1][2] = 70000; /* over two thirds: back */
+  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 23, &choice, 1, 0), 0);
+  cr_assert_eq(choice, 0);
+  for (uint32_t c = 24; c < 3 * DUET_SHM_KERNEL_TRY; c++) {
+    int trial = c % DUET_SHM_KERNEL_TRY >= DUET_SHM_KERNEL_TRY - DUET_SHM_KERNEL_RUN;
+    cr_assert_eq(duet__shm_kernel_pick(ns, seen, c, &choice, 1, 0), trial,
+                 "call %u: the trials, and only they, go the other way", c);
+  }
+  cr_assert_eq(duet__shm_kernel_best(ns[0], 2), 100000, "the shortest of the first two");
+  cr_assert_eq(duet__shm_kernel_best(ns[1], 0), UINT64_MAX);
 }
 
 /* ---- allgather, broadcast, reduce-scatter, reduce ----
