@@ -38,7 +38,7 @@ const duet__config_row_t duet__config_table[] = {
      "tcp: send buffer (SO_SNDBUF) of each connection for messages of 64 KiB or more, bytes; 0: "
      "the kernel's autotuning"},
     {"DUET_MEM_KERNEL_COPY", "auto",
-     "load/store path: all-to-all blocks of 64 KiB or more read straight from the senders' "
+     "load/store path: all-to-all blocks of 16 KiB or more read straight from the senders' "
      "buffers by the kernel (process_vm_readv: one copy instead of two through the shared "
      "segment): auto times both ways and keeps the faster, 1 always (where the kernel allows), "
      "0 never"},

@@ -201,16 +201,21 @@
  * segment 94-100 us, through the kernel 104-108 (Open MPI 105-112); far,
  * 560-680 against 108 us. 4 ranks on 2 cores, near: 2 MiB 264-300 against
  * 313-340 us, 8 MiB 1830-1960 against 2370-2750; far: 2 MiB 1230 against
- * 330 us. So local rank 0 times its copies (not its waits, which on an
- * oversubscribed host depend on the scheduler more than on the way) per
- * size class and way, and duet__shm_kernel_pick chooses: each way
- * DUET_SHM_KERNEL_RUN times first, then the kernel where the shortest of
- * its last DUET_SHM_KERNEL_RUN copy times is under half the segment's
- * (back at two thirds), and the last DUET_SHM_KERNEL_RUN of every
- * DUET_SHM_KERNEL_TRY calls of a class go the other way, so that a change
- * is seen. */
+ * 330 us. Blocks of 32-128 KiB, 2 ranks, even near: through the segment
+ * 7-25 us, 0.7-0.96 of Open MPI's time (which reads clean lines of the
+ * send buffer through the kernel, while the segment's lines cross dirty),
+ * through the kernel 1.0-1.2. So local rank 0 times both ways per size
+ * class, and duet__shm_kernel_pick chooses: each way DUET_SHM_KERNEL_RUN
+ * times first, then by the shortest of each way's last DUET_SHM_KERNEL_RUN
+ * times; the last DUET_SHM_KERNEL_RUN of every DUET_SHM_KERNEL_TRY calls
+ * of a class go the other way, so that a change is seen. Where every rank
+ * has a core it times whole calls and takes the kernel under 9/10 of the
+ * segment's time (back above it); on an oversubscribed host, where a wait
+ * measures the scheduler more than the way, only its copies, and takes the
+ * kernel under half the segment's (back above two thirds: the kernel's
+ * calls sync once more). */
 #ifndef DUET_SHM_KERNEL_MIN
-#define DUET_SHM_KERNEL_MIN (64u << 10)
+#define DUET_SHM_KERNEL_MIN (16u << 10)
 #endif
 #define KERNEL_CLASSES 64 /* size classes: floor(log2(bytes per block)) */
 
@@ -1472,7 +1477,7 @@ uint64_t duet__shm_kernel_best(const uint64_t *ns, uint32_t seen) {
 }
 
 int duet__shm_kernel_pick(const uint64_t ns[2][DUET_SHM_KERNEL_RUN], const uint32_t seen[2],
-                          uint32_t calls, int *choice, int allowed, int forced) {
+                          uint32_t calls, int *choice, int allowed, int forced, int whole) {
   uint64_t best[2];
   if (!allowed)
     return 0;
@@ -1486,10 +1491,16 @@ int duet__shm_kernel_pick(const uint64_t ns[2][DUET_SHM_KERNEL_RUN], const uint3
     return !*choice;
   best[0] = duet__shm_kernel_best(ns[0], seen[0]);
   best[1] = duet__shm_kernel_best(ns[1], seen[1]);
-  /* the kernel only where it saves half the copying: its calls sync once
-   * more, and the reads pin the peers' pages; back at two thirds */
-  if (*choice ? 3 * best[1] > 2 * best[0] : 2 * best[1] < best[0])
+  if (whole) {
+    /* whole calls, syncs and all: the kernel where it is a tenth faster,
+     * back where it is slower */
+    if (*choice ? best[1] > best[0] : 10 * best[1] < 9 * best[0])
+      *choice = !*choice;
+  } else if (*choice ? 3 * best[1] > 2 * best[0] : 2 * best[1] < best[0]) {
+    /* copies only: the kernel only where it saves half the copying, since
+     * its calls sync once more; back at two thirds */
     *choice = !*choice;
+  }
   return *choice;
 }
 
@@ -1501,7 +1512,7 @@ int duet__shm_kernel_pick(const uint64_t ns[2][DUET_SHM_KERNEL_RUN], const uint3
  * this call's syncs, which follow the store. A rank that may not (its
  * setting, or the kernel refuses) publishes no address, and the call falls
  * back to the segment (direct_agree). */
-static int kernel_path(duet__shm_t *shm, size_t bytes) {
+static int kernel_path(duet__shm_t *shm, size_t bytes, int yield) {
   struct shm_header *h = (struct shm_header *)(void *)shm->base;
   const int c = kernel_class_of(bytes);
   uint64_t k;
@@ -1519,7 +1530,7 @@ static int kernel_path(duet__shm_t *shm, size_t bytes) {
       all = __atomic_load_n(&flag_line(shm, p)->kernel, __ATOMIC_RELAXED) == KERNEL_OK;
     s->calls++;
     if (duet__shm_kernel_pick((const uint64_t(*)[DUET_SHM_KERNEL_RUN])s->ns, s->seen, s->calls,
-                              &s->choice, all, shm->kernel_use == 1))
+                              &s->choice, all, shm->kernel_use == 1, !yield))
       shm->kernel_want |= 1ull << c;
     else
       shm->kernel_want &= ~(1ull << c);
@@ -1528,19 +1539,22 @@ static int kernel_path(duet__shm_t *shm, size_t bytes) {
   return way && can;
 }
 
-/* Large all-to-all: its way (kernel_path), then the run, whose copies
- * local rank 0 times for the next choices. */
+/* Large all-to-all: its way (kernel_path), then the run, which local rank
+ * 0 times for the next choices: the whole call where every rank has a core
+ * (!yield), its copies only where ranks share cores and a wait measures
+ * the scheduler more than the way. */
 static duet_status_t alltoall_chunked(duet__shm_t *shm, const char *sb, char *rb, size_t bytes,
                                       int cpu, int yield, int timeout_ms, char *errbuf) {
-  const int way = kernel_path(shm, bytes);
+  const int way = kernel_path(shm, bytes, yield);
   const int timed = shm->rank == 0 && bytes >= DUET_SHM_KERNEL_MIN;
+  const uint64_t t0 = timed && !yield ? now_ns() : 0;
   duet_status_t rc;
-  shm->timing = timed;
+  shm->timing = timed && yield;
   shm->work = 0;
   rc = alltoall_run(shm, sb, rb, bytes, way, cpu, yield, timeout_ms, errbuf);
   shm->timing = 0;
   if (timed && rc == DUET_SUCCESS)
-    kernel_record(&shm->kclass[kernel_class_of(bytes)], way, shm->work);
+    kernel_record(&shm->kclass[kernel_class_of(bytes)], way, yield ? shm->work : now_ns() - t0);
   return rc;
 }
 

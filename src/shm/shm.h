@@ -114,7 +114,7 @@ void duet__shm_close(duet__shm_t *shm);
  * rank may set its own. */
 void duet__shm_set_stream_min(duet__shm_t *shm, size_t bytes);
 
-/* Large all-to-alls (blocks from 64 KiB, out of place) may read each block
+/* Large all-to-alls (blocks from 16 KiB, out of place) may read each block
  * straight from its sender's buffer through the kernel (process_vm_readv),
  * where every local rank's kernel lets it: use -1 (the default) lets local
  * rank 0 time both ways per size class and keep the faster, 1 takes the
@@ -129,14 +129,17 @@ uint64_t duet__shm_kernel_copies(const duet__shm_t *shm);
  * (0: the segment, 1: the kernel), seen[w] how many went that way in all
  * (ns[w][seen[w] % DUET_SHM_KERNEL_RUN] is the next to replace), calls the class's calls so
  * far; *choice is the way taken outside the trials, which it updates.
- * allowed: every local rank can read every peer; forced: always 1.
+ * allowed: every local rank can read every peer; forced: always 1. whole:
+ * the times are of whole calls (the kernel where it is under 9/10 of the
+ * segment, back above it); otherwise of the copies only (under 1/2, back
+ * above 2/3).
  * duet__shm_kernel_best: the shortest of the last min(seen, DUET_SHM_KERNEL_RUN) times.
  * Exposed for tests. */
 /* Each way's trial runs, and the calls of a class between two trials. */
 #define DUET_SHM_KERNEL_RUN 4u
 #define DUET_SHM_KERNEL_TRY 1024u
 int duet__shm_kernel_pick(const uint64_t ns[2][DUET_SHM_KERNEL_RUN], const uint32_t seen[2],
-                          uint32_t calls, int *choice, int allowed, int forced);
+                          uint32_t calls, int *choice, int allowed, int forced, int whole);
 uint64_t duet__shm_kernel_best(const uint64_t *ns, uint32_t seen);
 
 /* The calling thread runs other threads' calls (the progress thread): its

@@ -544,13 +544,13 @@ struct kernel_case {
   int expect_copies; /* 1: every rank read through the kernel at least once; 0: none did */
 };
 
-/* Blocks from 64 KiB (the kernel's threshold), each size several times so
+/* Blocks from 16 KiB (the kernel's threshold), each size several times so
  * that the forced way (from a class's third call) and the auto trials (from
  * the fifth) are reached; every fourth call in place on one rank (rank 1),
  * which the others must survive. */
 static int child_kernel(duet__shm_t *shm, int rank, int L, void *arg) {
   const struct kernel_case *kc = arg;
-  static const size_t sizes[] = {65536, 262147, 700001};
+  static const size_t sizes[] = {16384, 65536, 262147, 700001};
   size_t cap = 700001u * (size_t)L + 64;
   unsigned char *send = malloc(cap), *recv = malloc(cap);
   unsigned salt = 0;
@@ -650,31 +650,41 @@ Test(shm, kernel_pick) {
   uint64_t ns[2][DUET_SHM_KERNEL_RUN];
   uint32_t seen[2] = {0, 0};
   int choice = 0;
-  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 10, &choice, 0, 1), 0, "not allowed: never");
-  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 10, &choice, 1, 1), 1, "forced: always");
-  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 1, &choice, 1, 0), 0, "the segment is timed first");
+  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 10, &choice, 0, 1, 0), 0, "not allowed: never");
+  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 10, &choice, 1, 1, 0), 1, "forced: always");
+  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 1, &choice, 1, 0, 0), 0, "the segment is timed first");
   seen[0] = DUET_SHM_KERNEL_RUN;
-  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 5, &choice, 1, 0), 1, "then the kernel");
+  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 5, &choice, 1, 0, 0), 1, "then the kernel");
   seen[0] = seen[1] = 2 * DUET_SHM_KERNEL_RUN + 1;
   for (unsigned i = 0; i < DUET_SHM_KERNEL_RUN; i++) {
     ns[0][i] = 100000 + 1000 * i; /* the segment: 100 us at best */
     ns[1][i] = 900000;
   }
   ns[1][2] = 60000; /* the kernel's best: 60 us, not under half */
-  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 20, &choice, 1, 0), 0);
+  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 20, &choice, 1, 0, 0), 0);
   cr_assert_eq(choice, 0);
   ns[1][2] = 45000; /* under half: the kernel */
-  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 21, &choice, 1, 0), 1);
+  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 21, &choice, 1, 0, 0), 1);
   ns[1][2] = 60000; /* under two thirds: stays */
-  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 22, &choice, 1, 0), 1);
+  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 22, &choice, 1, 0, 0), 1);
   ns[1][2] = 70000; /* over two thirds: back */
-  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 23, &choice, 1, 0), 0);
+  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 23, &choice, 1, 0, 0), 0);
   cr_assert_eq(choice, 0);
   for (uint32_t c = 24; c < 3 * DUET_SHM_KERNEL_TRY; c++) {
     int trial = c % DUET_SHM_KERNEL_TRY >= DUET_SHM_KERNEL_TRY - DUET_SHM_KERNEL_RUN;
-    cr_assert_eq(duet__shm_kernel_pick(ns, seen, c, &choice, 1, 0), trial,
+    cr_assert_eq(duet__shm_kernel_pick(ns, seen, c, &choice, 1, 0, 0), trial,
                  "call %u: the trials, and only they, go the other way", c);
   }
+  /* whole calls: the kernel under nine tenths, back above the segment */
+  choice = 0;
+  ns[1][2] = 92000;
+  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 25, &choice, 1, 0, 1), 0, "92%: not yet");
+  ns[1][2] = 88000;
+  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 26, &choice, 1, 0, 1), 1, "88%: the kernel");
+  ns[1][2] = 99000;
+  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 27, &choice, 1, 0, 1), 1, "99%: stays");
+  ns[1][2] = 101000;
+  cr_assert_eq(duet__shm_kernel_pick(ns, seen, 28, &choice, 1, 0, 1), 0, "101%: back");
   cr_assert_eq(duet__shm_kernel_best(ns[0], 2), 100000, "the shortest of the first two");
   cr_assert_eq(duet__shm_kernel_best(ns[1], 0), UINT64_MAX);
 }
