@@ -212,8 +212,9 @@
  * has a core it times whole calls and takes the kernel under 9/10 of the
  * segment's time (back above it); on an oversubscribed host, where a wait
  * measures the scheduler more than the way, only its copies, and takes the
- * kernel under half the segment's (back above two thirds: the kernel's
- * calls sync once more). */
+ * kernel under 3/4 of the segment's (back above 9/10: the kernel's calls
+ * sync once more). 4 ranks on 2 cores, rank 0's copy time through the
+ * kernel over that through the segment: near 1.1-2, far 0.3-0.6. */
 #ifndef DUET_SHM_KERNEL_MIN
 #define DUET_SHM_KERNEL_MIN (16u << 10)
 #endif
@@ -1496,9 +1497,9 @@ int duet__shm_kernel_pick(const uint64_t ns[2][DUET_SHM_KERNEL_RUN], const uint3
      * back where it is slower */
     if (*choice ? best[1] > best[0] : 10 * best[1] < 9 * best[0])
       *choice = !*choice;
-  } else if (*choice ? 3 * best[1] > 2 * best[0] : 2 * best[1] < best[0]) {
-    /* copies only: the kernel only where it saves half the copying, since
-     * its calls sync once more; back at two thirds */
+  } else if (*choice ? 10 * best[1] > 9 * best[0] : 4 * best[1] < 3 * best[0]) {
+    /* copies only: the kernel where it saves a quarter of the copying,
+     * since its calls sync once more; back above nine tenths */
     *choice = !*choice;
   }
   return *choice;

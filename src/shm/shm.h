@@ -131,8 +131,8 @@ uint64_t duet__shm_kernel_copies(const duet__shm_t *shm);
  * far; *choice is the way taken outside the trials, which it updates.
  * allowed: every local rank can read every peer; forced: always 1. whole:
  * the times are of whole calls (the kernel where it is under 9/10 of the
- * segment, back above it); otherwise of the copies only (under 1/2, back
- * above 2/3).
+ * segment, back above it); otherwise of the copies only (under 3/4, back
+ * above 9/10).
  * duet__shm_kernel_best: the shortest of the last min(seen, DUET_SHM_KERNEL_RUN) times.
  * Exposed for tests. */
 /* Each way's trial runs, and the calls of a class between two trials. */

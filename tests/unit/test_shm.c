@@ -660,14 +660,14 @@ Test(shm, kernel_pick) {
     ns[0][i] = 100000 + 1000 * i; /* the segment: 100 us at best */
     ns[1][i] = 900000;
   }
-  ns[1][2] = 60000; /* the kernel's best: 60 us, not under half */
+  ns[1][2] = 76000; /* the kernel's best: 76 us, not under three quarters */
   cr_assert_eq(duet__shm_kernel_pick(ns, seen, 20, &choice, 1, 0, 0), 0);
   cr_assert_eq(choice, 0);
-  ns[1][2] = 45000; /* under half: the kernel */
+  ns[1][2] = 74000; /* under three quarters: the kernel */
   cr_assert_eq(duet__shm_kernel_pick(ns, seen, 21, &choice, 1, 0, 0), 1);
-  ns[1][2] = 60000; /* under two thirds: stays */
+  ns[1][2] = 89000; /* under nine tenths: stays */
   cr_assert_eq(duet__shm_kernel_pick(ns, seen, 22, &choice, 1, 0, 0), 1);
-  ns[1][2] = 70000; /* over two thirds: back */
+  ns[1][2] = 91000; /* over nine tenths: back */
   cr_assert_eq(duet__shm_kernel_pick(ns, seen, 23, &choice, 1, 0, 0), 0);
   cr_assert_eq(choice, 0);
   for (uint32_t c = 24; c < 3 * DUET_SHM_KERNEL_TRY; c++) {
