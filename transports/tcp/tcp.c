@@ -14,11 +14,20 @@
  * messages under 64 KiB and a bulk one for larger ones, each dialled by the
  * sender at its first message there.
  *
- * Wire format: a 24-byte header (magic, sequence number, tag, length) then
- * the payload, in host byte order (duet's ranks share one architecture). The
- * sequence number counts a pair's messages in one direction over both lanes:
- * a header that arrives before the other lane has delivered the ones sent
- * earlier is parked until they have, so messages match in send order.
+ * Wire format: a 32-byte header (magic, sequence number, tag, length, 8
+ * bytes of zeros) then the payload, in host byte order (duet's ranks share
+ * one architecture). The padding is for the kernel's copies, whose speed
+ * depends on where a payload lies in the socket's pages relative to the
+ * user's buffer: behind a 24-byte header, payloads from malloc'd buffers
+ * (16 bytes past a page) were copied up to 2x slower. Two processes
+ * swapping 256 KiB each way over loopback took 123-186 us behind 24 bytes,
+ * 56-114 behind 32 and 62-113 behind 64 (12 alternating runs; 8 bytes:
+ * 101-131); a 2-rank duet_irecv/duet_isend exchange of 256 KiB took
+ * 122-129 against 70-80 us (page-aligned buffers: about 72 us either way).
+ * TCP_MAGIC names the format, so a peer built with another fails at init.
+ * The sequence number counts a pair's messages in one direction over both
+ * lanes: a header that arrives before the other lane has delivered the ones
+ * sent earlier is parked until they have, so messages match in send order.
  *
  * Receives: a lane is read only while a posted receive expects a message of
  * its size class (or a parked header waits for it), so a message nobody

@@ -11,7 +11,7 @@
 
 #include "transport.h"
 
-#define TCP_MAGIC 0x64756574u       /* "duet" */
+#define TCP_MAGIC 0x64756532u       /* "due2": the wire format of 32-byte headers */
 #define TCP_HELLO_MAGIC 0x64754831u /* hello of a new connection */
 #define TCP_STAGE (64 * 1024)       /* staging buffer per incoming connection */
 #define TCP_DIRECT 4096             /* payload left to read straight into place */
@@ -49,7 +49,9 @@ typedef struct tcp_hdr {
   uint32_t seq; /* per pair and direction, over both lanes: restores the send order */
   uint64_t tag;
   uint64_t len;
+  uint64_t pad; /* zero: 32 bytes, see the wire format in tcp.c */
 } tcp_hdr_t;
+_Static_assert(sizeof(tcp_hdr_t) == 32, "tcp_hdr_t: 32 bytes on the wire");
 
 /* A posted send or receive. */
 typedef struct tcp_op {
