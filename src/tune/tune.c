@@ -476,6 +476,18 @@ static double duet__tune_cost_dims(const duet__tune_dims_t *d, int coll, int alg
  *     bruck 71.5; 8M pairwise 2647 / bruck 8978. Bruck now ends at 8 KiB,
  *     not 4 (3 more launches, -n 100, against Open MPI in the same run:
  *     8K bruck 1.17-1.45 / pairwise 0.98-1.17; 16K and 32K mixed)
+ * Re-measured after the wire header grew to 32 bytes (0603435; 3 launches
+ * per algorithm, alternating, -n 200 (np 3, 4) or 100 (np 8), --compare
+ * mpi): Bruck now wins to 32 KiB from 4 ranks on, and the row for 4 to 8
+ * ranks ends there; 3 ranks keep the 8 KiB row (Bruck's 2 rounds save no
+ * message over pairwise's 2 there, and cost copies):
+ *   alltoall np4: 16K bruck 39.5-43.9 / pairwise 51.0-65.6; 32K bruck
+ *     47.7-51.9 / pairwise 58.0-58.0 (Open MPI 59.2-62.5); 64K pairwise
+ *     60.5-63.2 / bruck 64.7-69.3
+ *   alltoall np8: 16K bruck 169-176 / pairwise 331-397; 32K bruck 238-255
+ *     / pairwise 299-335; 64K pairwise 244-331 / bruck 340-377
+ *   alltoall np3: 16K pairwise 48.7-50.9 / bruck 59.9-65.9; 64K pairwise
+ *     68.2-118 / bruck 91.7-99.3; 12 B .. 3K within noise of each other
  * Re-measured after the reduction kernels were vectorised (fcb1b59; 3
  * launches, -n 30, medians of out-of-place times): the ring overtakes
  * Rabenseifner above 2 MiB at np 4 (512K rab 270 / ring 391; 2M ring 1116 /
@@ -530,7 +542,8 @@ static const struct duet__tune_calib {
     {"tcp", 1, 3, 8, DUET_COLL_ALLREDUCE, 64u << 10, DUET_ALGO_RD},
     {"tcp", 1, 3, 8, DUET_COLL_ALLREDUCE, 2u << 20, DUET_ALGO_RABENSEIFNER},
     {"tcp", 1, 3, 8, DUET_COLL_ALLREDUCE, SIZE_MAX, DUET_ALGO_RING},
-    {"tcp", 1, 3, 8, DUET_COLL_ALLTOALL, 8u << 10, DUET_ALGO_BRUCK},
+    {"tcp", 1, 3, 3, DUET_COLL_ALLTOALL, 8u << 10, DUET_ALGO_BRUCK},
+    {"tcp", 1, 4, 8, DUET_COLL_ALLTOALL, 32u << 10, DUET_ALGO_BRUCK},
     {"tcp", 1, 3, 8, DUET_COLL_ALLTOALL, SIZE_MAX, DUET_ALGO_PAIRWISE},
     {"tcp", 1, 3, 3, DUET_COLL_REDUCE_SCATTER, SIZE_MAX, DUET_ALGO_PAIRWISE},
     {"tcp", 1, 4, 8, DUET_COLL_REDUCE_SCATTER, 32u << 10, DUET_ALGO_RD},

@@ -457,12 +457,15 @@ Test(tune, calibration_table_on_one_host) {
   cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 4 * MiB), DUET_ALGO_RING);
   cr_assert_eq(pick(&s, DUET_COLL_ALLREDUCE, 64 * MiB), DUET_ALGO_RING);
   cr_assert_eq(pick(&s, DUET_COLL_ALLTOALL, 8 * KiB), DUET_ALGO_BRUCK);
-  cr_assert_eq(pick(&s, DUET_COLL_ALLTOALL, 16 * KiB), DUET_ALGO_PAIRWISE);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLTOALL, 32 * KiB), DUET_ALGO_BRUCK);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLTOALL, 32 * KiB + 1), DUET_ALGO_PAIRWISE);
   cr_assert_eq(pick(&s, DUET_COLL_REDUCE_SCATTER, 16), DUET_ALGO_RD);
   cr_assert_eq(pick(&s, DUET_COLL_REDUCE_SCATTER, 32 * KiB), DUET_ALGO_RD);
   cr_assert_eq(pick(&s, DUET_COLL_REDUCE_SCATTER, 64 * KiB), DUET_ALGO_PAIRWISE);
   cr_assert_eq(pick(&s, DUET_COLL_REDUCE_SCATTER, 64 * MiB), DUET_ALGO_PAIRWISE);
   s = host_shape("tcp", 3, 1); /* no power of two: rd's extra steps lose to one exchange */
+  cr_assert_eq(pick(&s, DUET_COLL_ALLTOALL, 8 * KiB), DUET_ALGO_BRUCK);
+  cr_assert_eq(pick(&s, DUET_COLL_ALLTOALL, 16 * KiB), DUET_ALGO_PAIRWISE);
   cr_assert_eq(pick(&s, DUET_COLL_REDUCE_SCATTER, 16), DUET_ALGO_PAIRWISE);
   cr_assert_eq(pick(&s, DUET_COLL_REDUCE_SCATTER, 64 * MiB), DUET_ALGO_PAIRWISE);
   s = host_shape("tcp", 2, 0); /* rd moves the whole vector: the ring, even small */
