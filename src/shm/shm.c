@@ -213,8 +213,18 @@
  * segment's time (back above it); on an oversubscribed host, where a wait
  * measures the scheduler more than the way, only its copies, and takes the
  * kernel under 3/4 of the segment's (back above 9/10: the kernel's calls
- * sync once more). 4 ranks on 2 cores, rank 0's copy time through the
- * kernel over that through the segment: near 1.1-2, far 0.3-0.6. */
+ * sync once more). It times those copies in the thread's CPU time, not the
+ * clock's: with more ranks than cores a copy's wall time counts the other
+ * ranks' slices too, and process_vm_readv's also its waits in the kernel
+ * (4 ranks on 2 cores, 8 MiB blocks: through the kernel 5.1-6.0 ms of wall
+ * time for 3.8-4.4 of CPU, through the segment 2.9-3.3 either way near,
+ * 9.2 far). Wall times chose the segment far, where its call took 20-25
+ * ms against the kernel's 12-13 (Open MPI 12-15); CPU times, 4.0 against
+ * 9.2, choose the kernel. A class whose way taken has slowed by half (the
+ * best of its last DUET_SHM_KERNEL_RUN times against the best since the
+ * last trial) starts its next trial at once: the cores can turn far in
+ * the middle of a job. 4 ranks on 2 cores, rank 0's copy CPU time through
+ * the kernel over that through the segment: near 1.1-1.3, far 0.4-0.45. */
 #ifndef DUET_SHM_KERNEL_MIN
 #define DUET_SHM_KERNEL_MIN (16u << 10)
 #endif
@@ -266,6 +276,7 @@ struct kernel_class {
   uint32_t seen[2];                    /* calls timed, by way */
   uint32_t calls;                      /* calls of the class */
   int choice;                          /* the way taken outside the trials */
+  uint64_t floor;                      /* its best time since the last trial or change, 0: none */
 };
 
 /* A peer's duet_mem_alloc memory this rank has mapped (read-only). */
@@ -310,7 +321,7 @@ struct duet__shm {
   uint64_t kernel_copies; /* of them, calls that read through the kernel here */
   uint64_t kernel_want;   /* rank 0: kpath bits for the next call */
   int timing;             /* rank 0: this call's copies are timed (work_begin) */
-  uint64_t work;          /* their time so far (ns) */
+  uint64_t work;          /* their time so far (ns of this thread's CPU time) */
   uint8_t via_kernel[SHM_MAX_RANKS];          /* direct_agree: read peer p through the kernel */
   struct kernel_class kclass[KERNEL_CLASSES]; /* rank 0 */
   struct shm_map maps[SHM_MAX_RANKS][DUET_SHM_MAPS]; /* per local rank */
@@ -1297,13 +1308,19 @@ static duet_status_t direct_agree(duet__shm_t *shm, const char *what, size_t nee
 
 /* Local rank 0 times the copies of the all-to-alls it weighs (see
  * kernel_path): work_end(shm, work_begin(shm)) around each. */
+static uint64_t cpu_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 static uint64_t work_begin(const duet__shm_t *shm) {
-  return shm->timing ? now_ns() : 0;
+  return shm->timing ? cpu_ns() : 0;
 }
 
 static void work_end(duet__shm_t *shm, uint64_t t) {
   if (t != 0)
-    shm->work += now_ns() - t;
+    shm->work += cpu_ns() - t;
 }
 
 /* Copy `bytes` from address `from` in local rank p's process to `to`
@@ -1468,6 +1485,21 @@ static int kernel_class_of(size_t bytes) {
 /* Local rank 0: a call of class s went `way` in `ns`. */
 static void kernel_record(struct kernel_class *s, int way, uint64_t ns) {
   s->ns[way][s->seen[way]++ % DUET_SHM_KERNEL_RUN] = ns;
+  if (way == s->choice && (s->floor == 0 || ns < s->floor))
+    s->floor = ns;
+}
+
+/* Local rank 0, before choosing: when the way taken has slowed by half
+ * since the last trial, the trial starts with this call. */
+static void kernel_retry(struct kernel_class *s) {
+  const uint32_t at = s->calls % DUET_SHM_KERNEL_TRY,
+                 from = DUET_SHM_KERNEL_TRY - DUET_SHM_KERNEL_RUN;
+  if (at == from) {
+    s->floor = 0; /* a trial starts: the way taken is timed anew after it */
+  } else if (at < from && duet__shm_kernel_slowed(s->ns[s->choice], s->seen[s->choice], s->floor)) {
+    s->calls += from - at;
+    s->floor = 0;
+  }
 }
 
 uint64_t duet__shm_kernel_best(const uint64_t *ns, uint32_t seen) {
@@ -1475,6 +1507,11 @@ uint64_t duet__shm_kernel_best(const uint64_t *ns, uint32_t seen) {
   for (uint32_t i = 0; i < seen && i < DUET_SHM_KERNEL_RUN; i++)
     best = ns[i] < best ? ns[i] : best;
   return best;
+}
+
+int duet__shm_kernel_slowed(const uint64_t *ns, uint32_t seen, uint64_t floor) {
+  return floor != 0 && seen >= DUET_SHM_KERNEL_RUN &&
+         2 * duet__shm_kernel_best(ns, seen) > 3 * floor;
 }
 
 int duet__shm_kernel_pick(const uint64_t ns[2][DUET_SHM_KERNEL_RUN], const uint32_t seen[2],
@@ -1526,15 +1563,19 @@ static int kernel_path(duet__shm_t *shm, size_t bytes, int yield) {
   can = shm->kernel_use != 0 && kernel_probe(shm);
   if (shm->rank == 0) {
     struct kernel_class *s = &shm->kclass[c];
+    const int was = s->choice;
     int all = can;
     for (int p = 1; p < shm->nranks && all; p++)
       all = __atomic_load_n(&flag_line(shm, p)->kernel, __ATOMIC_RELAXED) == KERNEL_OK;
     s->calls++;
+    kernel_retry(s);
     if (duet__shm_kernel_pick((const uint64_t(*)[DUET_SHM_KERNEL_RUN])s->ns, s->seen, s->calls,
                               &s->choice, all, shm->kernel_use == 1, !yield))
       shm->kernel_want |= 1ull << c;
     else
       shm->kernel_want &= ~(1ull << c);
+    if (s->choice != was)
+      s->floor = 0; /* the way taken changed: its times start anew */
     __atomic_store_n(&h->kpath[(k + 1) & 1u], shm->kernel_want, __ATOMIC_RELAXED);
   }
   return way && can;

@@ -134,6 +134,10 @@ uint64_t duet__shm_kernel_copies(const duet__shm_t *shm);
  * segment, back above it); otherwise of the copies only (under 3/4, back
  * above 9/10).
  * duet__shm_kernel_best: the shortest of the last min(seen, DUET_SHM_KERNEL_RUN) times.
+ * duet__shm_kernel_slowed: whether the way taken, with times ns and seen
+ * as above, has slowed by half against floor, its best time since the
+ * class's last trial or change of way (0: none yet), so that the next
+ * trial starts at once.
  * Exposed for tests. */
 /* Each way's trial runs, and the calls of a class between two trials. */
 #define DUET_SHM_KERNEL_RUN 4u
@@ -141,6 +145,7 @@ uint64_t duet__shm_kernel_copies(const duet__shm_t *shm);
 int duet__shm_kernel_pick(const uint64_t ns[2][DUET_SHM_KERNEL_RUN], const uint32_t seen[2],
                           uint32_t calls, int *choice, int allowed, int forced, int whole);
 uint64_t duet__shm_kernel_best(const uint64_t *ns, uint32_t seen);
+int duet__shm_kernel_slowed(const uint64_t *ns, uint32_t seen, uint64_t floor);
 
 /* The calling thread runs other threads' calls (the progress thread): its
  * CPU says nothing of where its rank runs, so it neither publishes it nor

@@ -689,6 +689,20 @@ Test(shm, kernel_pick) {
   cr_assert_eq(duet__shm_kernel_best(ns[1], 0), UINT64_MAX);
 }
 
+/* The way taken slowing by half starts a trial (shm.h). */
+Test(shm, kernel_slowed) {
+  uint64_t ns[DUET_SHM_KERNEL_RUN];
+  for (unsigned i = 0; i < DUET_SHM_KERNEL_RUN; i++)
+    ns[i] = 160000 + 1000 * i; /* 160 us at best */
+  cr_assert(duet__shm_kernel_slowed(ns, DUET_SHM_KERNEL_RUN, 100000), "1.6x the floor");
+  cr_assert_not(duet__shm_kernel_slowed(ns, DUET_SHM_KERNEL_RUN, 110000), "1.45x: not yet");
+  cr_assert_not(duet__shm_kernel_slowed(ns, DUET_SHM_KERNEL_RUN, 0), "no floor yet");
+  cr_assert_not(duet__shm_kernel_slowed(ns, DUET_SHM_KERNEL_RUN - 1, 100000),
+                "fewer than a run's times");
+  ns[1] = 120000; /* one call of the last run still near the floor */
+  cr_assert_not(duet__shm_kernel_slowed(ns, DUET_SHM_KERNEL_RUN, 100000), "best 1.2x");
+}
+
 /* ---- allgather, broadcast, reduce-scatter, reduce ----
  *
  * Each check fills its buffers, surrounds recvbuf with a guard, calls the
