@@ -108,10 +108,11 @@ duet_status_t duet__shm_barrier(duet__shm_t *shm, int yield, int timeout_ms, cha
 /* Unmap and free; never blocks, never unlinks. NULL is allowed. */
 void duet__shm_close(duet__shm_t *shm);
 
-/* Tuning (and tests): out-of-place allreduces whose local_size x bytes is at
- * least `bytes` copy results out with streaming (non-temporal) stores; 0
- * means always. The default is the size of the last-level cache. Local: each
- * rank may set its own. */
+/* Tuning (and tests): the cache size against which out-of-place calls
+ * decide to copy results out with streaming (non-temporal) stores (an
+ * allreduce from 4 x local_size x bytes, see shm.c); 0 means always. The
+ * default is the size of the last-level cache. Local: each rank may set its
+ * own. */
 void duet__shm_set_stream_min(duet__shm_t *shm, size_t bytes);
 
 /* Large all-to-alls (blocks from 16 KiB, out of place) may read each block
