@@ -258,11 +258,16 @@ static int duet__tune_dims(const duet__tune_shape_t *sh, duet__tune_dims_t *d) {
  * unless the UPN is tcp (there each message costs more than its bytes: a
  * 2 MiB ring allreduce on 2 ranks takes 506 us in 256 KiB chunks, 591 us in
  * 64 KiB ones). On a UPN-only shape over duet's tcp transport it grows with
- * the message, to an eighth of it, up to 1 MiB: a streamed chunk costs a
+ * the message, to a quarter of it, up to 1 MiB: a streamed chunk costs a
  * header and a wake-up, and the kernel's socket buffers hold megabytes
  * (2-rank ring allreduce, median of 2 sweeps of 3 rounds: 8 MiB 2.69 ms in
  * 256 KiB chunks, 2.41 ms in 512 KiB, 2.45 ms in 1 MiB; 16 MiB 5.54, 5.07,
- * 4.75 ms; 2 MiB best at 256 KiB). For a pipelined chain the chunk is at
+ * 4.75 ms). It was an eighth until the wire header grew to 32 bytes
+ * (0603435); then, 3 launches of each chunk, alternating, 2 ranks: 2 MiB
+ * 611-694 us in 256 KiB chunks, 531-574 in 512 KiB, 520-539 in 1 MiB;
+ * 4 MiB 1444-1732, 1250-1460, 989-1466; 4 ranks (Rabenseifner, then the
+ * ring): 2 MiB 2287-2378, 2086-2444, 1812-2220; 4 MiB 5278-5493,
+ * 4231-5252, 4094-4994. For a pipelined chain the chunk is at
  * most a quarter of the message (rounded up, so the message makes at most 4
  * chunks); never below 4 KiB. */
 static size_t duet__tune_chunk(int nsupernodes, int upn_tcp, int upn_sock, int algo,
@@ -271,7 +276,7 @@ static size_t duet__tune_chunk(int nsupernodes, int upn_tcp, int upn_sock, int a
   if (nsupernodes <= 1 && !upn_tcp && bytes < DUET_TUNE_SMALL_UPN)
     c = DUET_TUNE_CHUNK_UPN;
   if (nsupernodes <= 1 && upn_sock)
-    while (c < DUET_TUNE_CHUNK_SOCK_MAX && c * 8 < bytes)
+    while (c < DUET_TUNE_CHUNK_SOCK_MAX && c * 4 < bytes)
       c *= 2;
   if (algo == DUET_ALGO_CHAIN && c > bytes / 4 + (bytes % 4 != 0))
     c = bytes / 4 + (bytes % 4 != 0);

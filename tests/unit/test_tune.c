@@ -319,11 +319,12 @@ Test(tune, chunk_sizes) {
   cr_assert_eq(duet__tune_pick(&tcp1, DUET_COLL_ALLREDUCE, MiB, NULL).chunk_bytes, 256 * KiB);
   snprintf(tcp1.upn_provider, sizeof(tcp1.upn_provider), "tcpx");
   cr_assert_eq(duet__tune_pick(&tcp1, DUET_COLL_ALLREDUCE, MiB, NULL).chunk_bytes, 64 * KiB);
-  /* over duet's tcp transport the chunk grows to an eighth of the message,
+  /* over duet's tcp transport the chunk grows to a quarter of the message,
    * up to 1 MiB, on UPN-only shapes */
   snprintf(tcp1.upn_provider, sizeof(tcp1.upn_provider), "tcp");
-  cr_assert_eq(duet__tune_pick(&tcp1, DUET_COLL_ALLREDUCE, 2 * MiB, NULL).chunk_bytes, 256 * KiB);
-  cr_assert_eq(duet__tune_pick(&tcp1, DUET_COLL_ALLREDUCE, 4 * MiB, NULL).chunk_bytes, 512 * KiB);
+  cr_assert_eq(duet__tune_pick(&tcp1, DUET_COLL_ALLREDUCE, MiB, NULL).chunk_bytes, 256 * KiB);
+  cr_assert_eq(duet__tune_pick(&tcp1, DUET_COLL_ALLREDUCE, 2 * MiB, NULL).chunk_bytes, 512 * KiB);
+  cr_assert_eq(duet__tune_pick(&tcp1, DUET_COLL_ALLREDUCE, 4 * MiB, NULL).chunk_bytes, MiB);
   cr_assert_eq(duet__tune_pick(&tcp1, DUET_COLL_ALLREDUCE, 8 * MiB, NULL).chunk_bytes, MiB);
   cr_assert_eq(duet__tune_pick(&tcp1, DUET_COLL_ALLREDUCE, GiB, NULL).chunk_bytes, MiB);
   duet__tune_shape_t tcp_many = many;
