@@ -493,6 +493,15 @@ static double duet__tune_cost_dims(const duet__tune_dims_t *d, int coll, int alg
  *     / pairwise 299-335; 64K pairwise 244-331 / bruck 340-377
  *   alltoall np3: 16K pairwise 48.7-50.9 / bruck 59.9-65.9; 64K pairwise
  *     68.2-118 / bruck 91.7-99.3; 12 B .. 3K within noise of each other
+ * The np4 row's end checked over 30 launches per algorithm, alternating
+ * (543f72b; -b 4K -e 128K -f 2 -n 100 -w 10 --compare mpi; the cores near
+ * in some launches, far in most; duet/Open MPI out of place, min / median /
+ * max):
+ *   4K bruck 0.93/1.39/1.97, pairwise 0.80/1.11/1.19; 8K bruck
+ *     1.19/1.40/1.60, pairwise 1.09/1.13/1.20; 16K bruck 1.26/1.33/1.53,
+ *     pairwise 1.06/1.12/1.17; 32K bruck 1.18/1.27/1.48, pairwise
+ *     0.96/1.12/1.18; 64K pairwise 0.98/1.15/1.19, bruck 0.96/1.07/1.61;
+ *     128K pairwise 1.09/1.25/1.60, bruck 0.50/0.60/0.78
  * Re-measured after the reduction kernels were vectorised (fcb1b59; 3
  * launches, -n 30, medians of out-of-place times): the ring overtakes
  * Rabenseifner above 2 MiB at np 4 (512K rab 270 / ring 391; 2M ring 1116 /
