@@ -8,8 +8,10 @@
 #   tcp      DUET_UPN_PROVIDER=tcp DUET_HPN_PROVIDER=tcp, Open MPI --mca btl self,tcp
 # it runs perf/duet_perf, Open MPI's equivalent collective and perf/gloo_perf
 # (Gloo is always TCP on 127.0.0.1, so it is run once per collective and rank
-# count and shown in both networks' tables) on float32 sum, sizes 8 B .. 32 MiB
-# by x4 (-b 8 -e 64M -f 4), and writes to OUTDIR (default results/<date>):
+# count and shown in both networks' tables) on float32 sum, sizes 8 B .. 128 KiB
+# by x4 (-b 8 -f 4) and 512 KiB .. 64 MiB by x2 (-b 512K -e 64M -f 2: every
+# size from the 1 MiB of the speed targets to their 64 MiB), and writes to
+# OUTDIR (default results/<date>):
 #   raw/*.log              every benchmark's output
 #   csv/<lib>_<coll>_np<N>_<net>.csv   one CSV per run
 #   results.md             one combined table with duet/MPI and duet/Gloo ratios
@@ -31,7 +33,8 @@
 #                  PATH, else built with g++ -lgloo into OUTDIR/bin; skipped if impossible)
 #   COLLS NPS NETS what to run (default "allreduce alltoall", "2 4", "default tcp")
 #   SMALL_ITERS SMALL_WARMUP  -n/-w for 8 B .. 128 KiB (default 100 10)
-#   LARGE_ITERS LARGE_WARMUP  -n/-w for 512 KiB .. 32 MiB (default 20 3)
+#   LARGE_ITERS LARGE_WARMUP  -n/-w for 512 KiB .. 64 MiB (default 20 3)
+#   SMALL_FACTOR LARGE_FACTOR  the size steps of the two parts (default 4 2)
 #   RUN_TIMEOUT    seconds allowed per mpirun (default 300)
 #   DUET_COMMIT    the commit duet_perf was built from, for the report (default: git HEAD here)
 # -q: quick smoke run (np 2, sizes up to 2 MiB, few iterations).
@@ -51,7 +54,9 @@ SMALL_WARMUP=${SMALL_WARMUP:-10}
 LARGE_ITERS=${LARGE_ITERS:-20}
 LARGE_WARMUP=${LARGE_WARMUP:-3}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
-MINB=8 SPLITB=512K MAXB=64M FACTOR=4
+SMALL_FACTOR=${SMALL_FACTOR:-4}
+LARGE_FACTOR=${LARGE_FACTOR:-2}
+MINB=8 SPLITB=512K MAXB=64M
 OUT=""
 CMDLINE="$0 $*"
 
@@ -185,8 +190,10 @@ run_one() {
     [ "$lib" = duet ] && envs=(-x DUET_UPN_PROVIDER=tcp -x DUET_HPN_PROVIDER=tcp)
   fi
   for part in small large; do
-    local range=(-b "$MINB" -e $((512 * 1024 - 1)) -n "$SMALL_ITERS" -w "$SMALL_WARMUP")
-    [ $part = large ] && range=(-b "$SPLITB" -e "$MAXB" -n "$LARGE_ITERS" -w "$LARGE_WARMUP")
+    local range=(-b "$MINB" -e $((512 * 1024 - 1)) -f "$SMALL_FACTOR" -n "$SMALL_ITERS"
+      -w "$SMALL_WARMUP")
+    [ $part = large ] &&
+      range=(-b "$SPLITB" -e "$MAXB" -f "$LARGE_FACTOR" -n "$LARGE_ITERS" -w "$LARGE_WARMUP")
     local extra=()
     local store=""
     if [ "$lib" = gloo ]; then
@@ -194,9 +201,9 @@ run_one() {
       extra=(-s "$store")
     fi
     echo "## $lib $coll np $np $net $part: $(date +%T)" >>"$log"
-    echo "## mpirun -np $np ${mca[*]} ${envs[*]} $bin ${args[*]} ${range[*]} -f $FACTOR ${extra[*]}" >>"$log"
+    echo "## mpirun -np $np ${mca[*]} ${envs[*]} $bin ${args[*]} ${range[*]} ${extra[*]}" >>"$log"
     env -u DUET_UPN_PROVIDER -u DUET_HPN_PROVIDER "${MPIRUN[@]}" -np "$np" "${mca[@]}" "${envs[@]}" \
-      "$bin" "${args[@]}" "${range[@]}" -f "$FACTOR" "${extra[@]}" >>"$log" 2>&1
+      "$bin" "${args[@]}" "${range[@]}" "${extra[@]}" >>"$log" 2>&1
     rc=$?
     [ -n "$store" ] && rm -rf "$store"
     if [ $rc -ne 0 ]; then
@@ -289,7 +296,8 @@ COMMIT=$(git -C "$SRCDIR" rev-parse --short HEAD 2>/dev/null || echo unknown)
   echo "- Open MPI: $(mpirun --version 2>/dev/null | head -1); numbers from $MPI_SOURCE"
   if [ "$HAVE_GLOO" = 1 ]; then echo "- Gloo: $GLOO_PERF ($(dpkg-query -W -f '${Package} ${Version}' libgloo-dev 2>/dev/null || echo 'libgloo'), TCP on 127.0.0.1)"; fi
   echo "- command: $CMDLINE (COLLS=\"$COLLS\" NPS=\"$NPS\" NETS=\"$NETS\";" \
-    "-n $SMALL_ITERS -w $SMALL_WARMUP below 512 KiB, -n $LARGE_ITERS -w $LARGE_WARMUP from 512 KiB; RUN_TIMEOUT=$RUN_TIMEOUT)"
+    "sizes x$SMALL_FACTOR from $MINB B with -n $SMALL_ITERS -w $SMALL_WARMUP below 512 KiB," \
+    "x$LARGE_FACTOR from 512 KiB to $MAXB with -n $LARGE_ITERS -w $LARGE_WARMUP; RUN_TIMEOUT=$RUN_TIMEOUT)"
   TIME_DEF="average per call over the timed loop, averaged over ranks"
   [ "$HAVE_COMPARE" = 1 ] && TIME_DEF="$TIME_DEF (duet and MPI: median of duet_perf's 3 interleaved rounds)"
   echo "- float32 sum; time = $TIME_DEF;" \
