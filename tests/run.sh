@@ -21,8 +21,14 @@ count() { # add the PASS/FAIL totals of an automake test-suite.log summary
 show_failed() { # print what the failed tests of a build tree said
   local dir=$1 l
   for l in "$dir"/tests/unit/*.log "$dir"/tests/mpi/*.log "$dir"/tests/*.log; do
-    [ -f "$l" ] && grep -qE '^:test-result: (FAIL|ERROR)' "${l%.log}.trs" 2>/dev/null &&
-      { echo "--- $l"; grep -vE '^\[----\] *$' "$l" | grep -E 'Assertion|FAIL|rank|did not|status' | head -40; tail -20 "$l"; }
+    [ -f "$l" ] && grep -qE '^:test-result: (FAIL|ERROR)' "${l%.log}.trs" 2>/dev/null && {
+      echo "--- $l"
+      # criterion's own lines first (failed assertions and their messages,
+      # cr_log output, [FAIL]): the library's warnings must not crowd them out
+      grep -E '^\[(----|FAIL)\] .' "$l" | head -40
+      grep -vE '^\[' "$l" | grep -E 'Assertion|FAIL|rank|did not|status' | head -40
+      tail -20 "$l"
+    }
   done
 }
 

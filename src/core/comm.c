@@ -735,6 +735,13 @@ out_close_nets:
 out_close_boot:
   duet__boot_close(boot);
   duet__domains_free(&dom);
+  /* As duet_comm_destroy does: the rendezvous's root is a thread of the
+   * process that made it, and the other ranks may not have read the round
+   * that told them of this failure yet. Keep it until every rank has closed
+   * its rendezvous (or the timeout), so that they learn why init failed
+   * instead of losing the root when this process exits. */
+  if (duet__boot_root_here(id))
+    duet__boot_root_wait(id, comm->cfg.timeout_ms);
 out_free_comm:
   free(info);
   free(amine);
