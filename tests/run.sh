@@ -26,7 +26,7 @@ show_failed() { # print what the failed tests of a build tree said
       # criterion's own lines first (failed assertions and their messages,
       # cr_log output, [FAIL]): the library's warnings must not crowd them out
       grep -E '^\[(----|FAIL)\] .' "$l" | head -40
-      grep -vE '^\[' "$l" | grep -E 'Assertion|FAIL|rank|did not|status' | head -40
+      grep -vE '^\[(----|FAIL)\]' "$l" | grep -E 'Assertion|FAIL|rank|did not|status' | head -40
       tail -20 "$l"
     }
   done
