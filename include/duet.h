@@ -197,7 +197,11 @@ duet_status_t duet_recv(void *buf, size_t count, duet_datatype_t dt, int peer,
 /* Non-blocking forms: the same arguments and a trailing duet_request_t **req.
  * Buffers belong to the operation until it completes (alltoallv's count and
  * displacement arrays only during the call). Progress happens inside any duet
- * call on the communicator, duet_test and duet_wait. */
+ * call on the communicator, duet_test and duet_wait; each of those also moves
+ * the calls of the communicators that share its connections (made from it or
+ * from a common parent by duet_comm_split), so ranks may wait for those calls
+ * in different orders. Communicators of separate duet_comm_init_rank calls
+ * move only in their own calls (or on the progress thread). */
 duet_status_t duet_iallreduce(const void *sendbuf, void *recvbuf, size_t count,
                               duet_datatype_t dt, duet_op_t op, duet_comm_t *comm,
                               duet_request_t **req);

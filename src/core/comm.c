@@ -134,6 +134,23 @@ void duet__nets_release(duet_comm_t *comm) {
   free(nets);
 }
 
+void duet__family_join(duet_comm_t *comm) {
+  comm->family_next = comm->nets->members;
+  comm->nets->members = comm;
+  if (comm->mem != NULL)
+    duet__shm_set_idle(comm->mem, duet__family_idle, comm);
+}
+
+/* Under the communicator's lock: no pass over the members is running. */
+static void duet__family_leave(duet_comm_t *comm) {
+  for (duet_comm_t **pp = &comm->nets->members; *pp != NULL; pp = &(*pp)->family_next)
+    if (*pp == comm) {
+      *pp = comm->family_next;
+      break;
+    }
+  comm->family_next = NULL;
+}
+
 /* Keep block k (a duet__keep_t first) until the endpoints close. */
 static void duet__nets_keep(duet__netset_t *nets, duet__keep_t *k) {
   k->next = nets->keep;
@@ -710,6 +727,7 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
     rc = duet__set_error(NULL, DUET_ERR_NO_MEMORY, "duet_comm_init: out of memory");
     goto out_close_nets;
   }
+  duet__family_join(comm);
   if (duet__boot_root_here(id)) {
     comm->hosts_root = 1;
     comm->root_id = *id;
@@ -821,6 +839,7 @@ void duet__comm_free(duet_comm_t *comm) {
   if (comm->nets->threaded)
     duet__async_stop(comm); /* the thread no longer sees comm */
   duet__comm_lock(comm);    /* communicators split from it may still run */
+  duet__family_leave(comm);
   duet__comm_release_requests(comm);
   if (comm->mem != NULL)
     duet__shm_close(comm->mem);

@@ -91,6 +91,10 @@ typedef struct duet__netset {
   int threaded;
   pthread_mutex_t lock;
   int want; /* callers blocked on lock: the thread leaves it to them */
+  /* The live communicators on these endpoints (comm->family_next): a rank
+   * waiting on one of them moves the others' calls too (progress.c). */
+  struct duet_comm *members;
+  int family_pass; /* inside duet__family_progress: no nested pass */
 } duet__netset_t;
 
 /* Buffers a communicator keeps for its calls, whichever request carried
@@ -144,6 +148,7 @@ struct duet_comm {
   int32_t *layout_mem;      /* the layout's other arrays */
   duet__tune_shape_t shape; /* what the tuner weighs */
   duet__netset_t *nets;
+  struct duet_comm *family_next; /* the next of nets->members */
   duet__shm_t *mem;     /* the UPN load/store path (one-host super-node), or NULL */
   int mem_everywhere;   /* every super-node has one (every rank mapped its segment) */
   duet__fiber_t *fiber; /* runs the load/store path's non-blocking calls, or NULL */
@@ -258,6 +263,8 @@ int duet__comm_is_live(const duet_comm_t *comm);
 int duet__registry_add(const duet_comm_t *comm);
 void duet__comm_free(duet_comm_t *comm);
 void duet__nets_release(duet_comm_t *comm);
+/* A live communicator joins its netset's members; freeing it leaves. */
+void duet__family_join(duet_comm_t *comm);
 duet_status_t duet__comm_layout(duet_comm_t *comm, const int32_t *supernode);
 void duet__comm_shape(duet_comm_t *comm);
 uint64_t duet__now_ns(void);
@@ -308,6 +315,9 @@ duet_status_t duet__progress(duet_comm_t *comm);
  * request advanced. Negative only when the communicator itself failed. */
 duet_status_t duet__progress_once(duet_comm_t *comm, int *moved);
 duet_status_t duet__request_wait(duet_request_t *req);
+/* The load/store path's idle function (duet__shm_set_idle) for comm (arg):
+ * moves the calls of the other communicators on its endpoints. */
+void duet__family_idle(void *arg);
 /* For a wait that has lasted DUET_ALIVE_PERIOD_NS (duet_test's too): at
  * most once per period, whether the rank req waits for is on this host and
  * its process is gone; then the communicator fails with DUET_ERR_REMOTE

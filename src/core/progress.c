@@ -226,6 +226,8 @@ static int duet__request_advance(duet_request_t *req) {
   return moved;
 }
 
+static int duet__family_progress(duet_comm_t *comm);
+
 /* Drive every network, then every active request; *moved says whether any
  * request advanced. Returns a negative status only when the communicator
  * itself failed. */
@@ -254,7 +256,63 @@ duet_status_t duet__progress_once(duet_comm_t *comm, int *moved) {
   }
   if (comm->mem_head != NULL)
     *moved |= duet__mem_progress(comm, 0);
+  if (comm->family_next != NULL || comm->nets->members != comm)
+    *moved |= duet__family_progress(comm);
   return DUET_SUCCESS;
+}
+
+/* Whether a communicator sharing comm's endpoints, other than comm, has
+ * calls posted that its own progress could move now. Not one whose task is
+ * running (the fiber is on the stack) nor one that failed. */
+static int duet__family_member_ready(const duet_comm_t *comm, const duet_comm_t *c) {
+  return c != comm && c->failed == DUET_SUCCESS && !c->mem_in_task &&
+         (c->active_head != NULL || c->mem_head != NULL);
+}
+
+/*
+ * The calls of the other communicators on comm's endpoints (split from one
+ * another) move whenever comm's do. Each rank may wait for its calls in an
+ * order of its own, or make a blocking call while calls on another
+ * communicator are posted, as MPI allows: a rank waiting on comm may be the
+ * one a peer of another member waits for, and the wait must not end in a
+ * timeout. One pass at a time (a member's progress does not start another).
+ */
+static int duet__family_progress(duet_comm_t *comm) {
+  duet__netset_t *nets = comm->nets;
+  int moved = 0;
+  if (nets->family_pass)
+    return 0;
+  nets->family_pass = 1;
+  for (duet_comm_t *c = nets->members; c != NULL; c = c->family_next)
+    if (duet__family_member_ready(comm, c)) {
+      int m = 0;
+      duet__progress_once(c, &m); /* a failure stays with c, for its own calls */
+      moved |= m;
+    }
+  nets->family_pass = 0;
+  return moved;
+}
+
+/* The load/store path's waits call this (duet__shm_set_idle): comm is in a
+ * blocking call there, which drives nothing else. */
+void duet__family_idle(void *arg) {
+  duet_comm_t *comm = arg;
+  for (const duet_comm_t *c = comm->nets->members; c != NULL; c = c->family_next)
+    if (duet__family_member_ready(comm, c)) {
+      duet__family_progress(comm);
+      return;
+    }
+}
+
+/* Whether a member of comm's family has a load/store call queued: its
+ * peers, not a network, will move it (so a waiter yields, not sleeps). */
+static int duet__family_mem_pending(const duet_comm_t *comm) {
+  if (comm->mem_head != NULL)
+    return 1;
+  for (const duet_comm_t *c = comm->nets->members; c != NULL; c = c->family_next)
+    if (c->mem_head != NULL)
+      return 1;
+  return 0;
 }
 
 duet_status_t duet__progress(duet_comm_t *comm) {
@@ -968,7 +1026,7 @@ duet_status_t duet__request_wait(duet_request_t *req) {
       }
       if (waited >= DUET_ALIVE_PERIOD_NS && duet__awaited_gone(req, now))
         break;
-      if (comm->yield && idle >= DUET_IDLE_POLLS && comm->mem_head != NULL) {
+      if (comm->yield && idle >= DUET_IDLE_POLLS && duet__family_mem_pending(comm)) {
         sched_yield(); /* a local rank, not a network, will wake the queued call */
         continue;
       }

@@ -201,6 +201,7 @@ duet_status_t duet_comm_split(duet_comm_t *comm, int color, int key, duet_comm_t
     rc = duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory", fn);
     goto out_free;
   }
+  duet__family_join(c); /* under comm's lock, which is c's */
   DUET_INFO(DUET_SUB_INIT, "split: rank %d of %d -> rank %d of %d (color %d, comm id %u)",
             comm->rank, comm->nranks, me, n, color, c->id);
   *newcomm = c;

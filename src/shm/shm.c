@@ -306,6 +306,8 @@ struct duet__shm {
   size_t nt_min;              /* the last-level cache: copy-out streams past it */
   void (*suspend)(void *arg); /* non-blocking calls: waits suspend the task */
   void *suspend_arg;
+  void (*idle)(void *arg); /* other waits call it now and then (duet__shm_set_idle) */
+  void *idle_arg;
   int awaited; /* the local rank a suspended wait is for, or -1 */
   int gone;    /* the local rank whose leaving ended the last wait, or -1 */
   const char *gone_how;
@@ -498,7 +500,8 @@ static int peer_gone(duet__shm_t *shm, int p, uint64_t now) {
  * DUET_SHM_SPIN_MAX iterations in any case (the peer may have been
  * preempted by other work).
  * A non-blocking call's task (duet__shm_set_suspend) suspends instead, and
- * checks again when resumed.
+ * checks again when resumed; other waits call the idle function (if set)
+ * at each clock reading.
  */
 static int wait_ge(duet__shm_t *shm, const uint64_t *flag, uint64_t want, int p, int cpu, int yield,
                    int timeout_ms) {
@@ -518,7 +521,10 @@ static int wait_ge(duet__shm_t *shm, const uint64_t *flag, uint64_t want, int p,
     else
       sched_yield();
     if (++spins % check == 0) {
-      uint64_t t = now_ns();
+      uint64_t t;
+      if (shm->idle != NULL && shm->suspend == NULL)
+        shm->idle(shm->idle_arg);
+      t = now_ns();
       if (deadline == 0)
         deadline = t + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0) * 1000000ull;
       else if (t >= deadline)
@@ -839,6 +845,11 @@ void duet__shm_close(duet__shm_t *shm) {
 void duet__shm_set_suspend(duet__shm_t *shm, void (*fn)(void *arg), void *arg) {
   shm->suspend = fn;
   shm->suspend_arg = arg;
+}
+
+void duet__shm_set_idle(duet__shm_t *shm, void (*fn)(void *arg), void *arg) {
+  shm->idle = fn;
+  shm->idle_arg = arg;
 }
 
 const char *duet__shm_name(const duet__shm_t *shm) {

@@ -108,6 +108,12 @@ duet_status_t duet__shm_barrier(duet__shm_t *shm, int yield, int timeout_ms, cha
 /* Unmap and free; never blocks, never unlinks. NULL is allowed. */
 void duet__shm_close(duet__shm_t *shm);
 
+/* While a call waits for a local rank without a suspend function
+ * (duet__shm_set_suspend), it calls fn(arg) every few hundred polls: the
+ * communicator moves the calls of the others that share its endpoints,
+ * which that rank may be waiting for. fn must not call into this segment. */
+void duet__shm_set_idle(duet__shm_t *shm, void (*fn)(void *arg), void *arg);
+
 /* Tuning (and tests): the cache size against which out-of-place calls
  * decide to copy results out with streaming (non-temporal) stores (an
  * allreduce from 4 x local_size x bytes, see shm.c); 0 means always. The

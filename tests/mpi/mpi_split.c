@@ -2,7 +2,10 @@
  * mpi_split.c - duet_comm_split against MPI_Comm_split: ranks, sizes,
  * super-node structure, an allreduce on each child checked against MPI on the
  * matching MPI communicator, the parent still usable in between, separate
- * statistics, DUET_SPLIT_NOCOLOR, and destroy in either order. On one host
+ * statistics, DUET_SPLIT_NOCOLOR, and destroy in either order; calls on the
+ * parent and on a child in flight together, waited for in a different order
+ * on even and odd ranks (a rank waiting on one communicator must move the
+ * other's calls, which its peers may be waiting for). On one host
  * with the default providers the children take the load/store path: their
  * collectives, blocking and not, send no UPN message.
  */
@@ -33,6 +36,46 @@ static void check_allreduce(duet_comm_t *c, MPI_Comm m, size_t count) {
   EXPECT(memcmp(got, want, count * 4) == 0, "child allreduce of %zu differs from MPI", count);
   free(in);
   free(got);
+  free(want);
+}
+
+/* An iallreduce on `all` (the world's ranks, split from it) and one on
+ * `world`: even ranks wait for all's first, odd ranks for world's. Then the
+ * iallreduce on all again, and a blocking allreduce on world: even ranks
+ * make the blocking call first, odd ranks wait first. */
+static void check_crossed_waits(duet_comm_t *world, duet_comm_t *all, MPI_Comm mall, size_t count) {
+  int32_t *in = mt_xmalloc(count * 4), *a = mt_xmalloc(count * 4), *w = mt_xmalloc(count * 4),
+          *want = mt_xmalloc(count * 4);
+  duet_request_t *qa, *qw;
+  int even = world_rank % 2 == 0;
+  for (size_t i = 0; i < count; i++)
+    in[i] = (int32_t)(world_rank * 31 + (int)(i % 1009));
+  MPI_Allreduce(in, want, (int)count, MPI_INT32_T, MPI_SUM, mall);
+
+  memset(a, 0, count * 4);
+  memset(w, 0, count * 4);
+  CHECK(all, duet_iallreduce(in, a, count, DUET_INT32, DUET_SUM, all, &qa));
+  CHECK(world, duet_iallreduce(in, w, count, DUET_INT32, DUET_SUM, world, &qw));
+  CHECK(even ? all : world, duet_wait(even ? qa : qw));
+  CHECK(even ? world : all, duet_wait(even ? qw : qa));
+  EXPECT(memcmp(a, want, count * 4) == 0, "crossed waits, %zu: the child's result differs", count);
+  EXPECT(memcmp(w, want, count * 4) == 0, "crossed waits, %zu: the parent's result differs", count);
+
+  memset(a, 0, count * 4);
+  memset(w, 0, count * 4);
+  CHECK(all, duet_iallreduce(in, a, count, DUET_INT32, DUET_SUM, all, &qa));
+  if (even)
+    CHECK(world, duet_allreduce(in, w, count, DUET_INT32, DUET_SUM, world));
+  CHECK(all, duet_wait(qa));
+  if (!even)
+    CHECK(world, duet_allreduce(in, w, count, DUET_INT32, DUET_SUM, world));
+  EXPECT(memcmp(a, want, count * 4) == 0,
+         "blocking call while a peer waits, %zu: the child's result differs", count);
+  EXPECT(memcmp(w, want, count * 4) == 0,
+         "blocking call while a peer waits, %zu: the parent's result differs", count);
+  free(in);
+  free(a);
+  free(w);
   free(want);
 }
 
@@ -97,6 +140,20 @@ int main(int argc, char **argv) {
                    (st_world0.upn_bytes_sent + st_world0.hpn_bytes_sent) <
                (uint64_t)1001 * 4 * 4,
            "parent counted the child's traffic");
+
+  /* Calls on the parent and on a child in flight together: each rank waits
+   * for them in an order of its own, or makes a blocking call on one while
+   * its peers wait for the other. */
+  {
+    duet_comm_t *all = NULL;
+    MPI_Comm mall;
+    CHECK(world, duet_comm_split(world, 0, world_rank, &all));
+    MPI_Comm_split(MPI_COMM_WORLD, 0, world_rank, &mall);
+    check_crossed_waits(world, all, mall, 8);
+    check_crossed_waits(world, all, mall, 100003);
+    CHECK(all, duet_comm_destroy(all));
+    MPI_Comm_free(&mall);
+  }
 
   /* A split of the child: everyone together, order reversed again. */
   CHECK(child, duet_comm_split(child, 0, -r, &rev));
