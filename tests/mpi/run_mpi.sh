@@ -9,7 +9,8 @@
 # uint64 and float8e4m3 (DUET_TEST_FULL_TYPES=all for every type). DUET_TEST_QUICK=1
 # (sanitizer builds) runs np 2 and 3 quick. Then allreduce on duet_mem_alloc
 # buffers (mpi_allreduce -m all / mixed), the progress thread
-# (mpi_async, and mpi_coll and mpi_split with DUET_PROGRESS_THREAD=1). Last,
+# (mpi_async, and mpi_coll and mpi_split with DUET_PROGRESS_THREAD=1), and
+# random calls of every collective (mpi_random, fixed seeds). Last,
 # DUET_ALGO set on one rank only must fail every rank's init with a message
 # naming it.
 #
@@ -22,8 +23,9 @@ allreduce="$builddir/tests/mpi/mpi_allreduce"
 coll="$builddir/tests/mpi/mpi_coll"
 split="$builddir/tests/mpi/mpi_split"
 async="$builddir/tests/mpi/mpi_async"
+random="$builddir/tests/mpi/mpi_random"
 . "$(dirname "$0")/mpirun_env.sh"
-mpi_test_setup mpi 300 "$allreduce" "$coll" "$split" "$async"
+mpi_test_setup mpi 300 "$allreduce" "$coll" "$split" "$async" "$random"
 
 quick=${DUET_TEST_QUICK:-0}
 if [ "$quick" = 1 ]; then
@@ -118,6 +120,22 @@ for np in $async_nps; do
     run ofi-tcp "$np" "$async"
   fi
 done
+
+# Random calls of every collective (mpi_random), with fixed seeds: a failure
+# prints the seed and the call, and reproduces with them.
+if [ "$quick" = 1 ]; then
+  for np in 2 3; do
+    run shm "$np" "$random" -s "$np" -i 100 -m 1048576
+  done
+else
+  for np in 2 3 4 6; do
+    for prov in tcp shm; do
+      run $prov "$np" "$random" -s "$np"
+    done
+  done
+  run ofi-tcp 3 "$random" -s 3
+  DUET_PROGRESS_THREAD=1 run shm 4 "$random" -s 44
+fi
 
 # Settings that decide the algorithm must agree: DUET_ALGO exported to one
 # app context only makes every rank's init fail at once with MISMATCH, naming
