@@ -296,12 +296,7 @@ static int duet__family_progress(duet_comm_t *comm) {
 /* The load/store path's waits call this (duet__shm_set_idle): comm is in a
  * blocking call there, which drives nothing else. */
 void duet__family_idle(void *arg) {
-  duet_comm_t *comm = arg;
-  for (const duet_comm_t *c = comm->nets->members; c != NULL; c = c->family_next)
-    if (duet__family_member_ready(comm, c)) {
-      duet__family_progress(comm);
-      return;
-    }
+  duet__family_progress(arg);
 }
 
 /* Whether a member of comm's family has a load/store call queued: its
