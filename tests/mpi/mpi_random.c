@@ -6,11 +6,16 @@
  *
  * Every rank draws the same sequence of calls from SEED (default 1). A call
  * is one of allreduce, alltoall, alltoallv, allgather, reduce_scatter,
- * broadcast and reduce, with a random datatype, op and root; a count drawn
+ * broadcast, reduce, a shifted exchange of sends and receives (each rank sends
+ * to rank + k and receives from rank - k) and a barrier, with a random
+ * datatype, op and root; a count drawn
  * from 0-7, under 64, under 4096, a power of two +-2 or anything up to BYTES
  * (default 4 MiB) per buffer; out of place or in place (each in-place form
  * the API documents); buffers offset by 1-7 elements from malloc's alignment;
- * blocking or non-blocking. About one call in eight runs on a
+ * buffers from malloc or from duet_mem_alloc (on every rank or on some, and
+ * freed after each call, so a later one often gets the same address back);
+ * blocking or non-blocking (the exchange's blocking form is a
+ * duet_group_start/end of a send and a receive, in an order of each rank's). About one call in eight runs on a
  * sub-communicator of duet_comm_split (even and odd ranks, keys reversed),
  * and about one in five is a batch of 2-4 non-blocking calls in flight
  * together, waited for in an order that differs on every rank. alltoallv
@@ -18,7 +23,7 @@
  *
  * References: MPI_Allreduce (or a serial reduction of gathered inputs, see
  * mt_reference) with inputs exact in the type, MPI_Alltoall(v),
- * MPI_Allgather and MPI_Bcast on bytes. Results are compared bitwise; guard
+ * MPI_Allgather, MPI_Bcast and MPI_Sendrecv on bytes. Results are compared bitwise; guard
  * bytes past every buffer must stay intact, and so must send buffers out of
  * place. On a failure rank 0 prints the seed and the call; the exit status
  * is non-zero. -v prints every call.
@@ -43,14 +48,20 @@ enum {
   C_REDUCE_SCATTER,
   C_BROADCAST,
   C_REDUCE,
+  C_EXCHANGE, /* send to rank + shift, receive from rank - shift */
+  C_BARRIER,
   NCOLLS
 };
 static const char *const coll_names[NCOLLS] = {
-    "allreduce", "alltoall", "alltoallv", "allgather", "reduce_scatter", "broadcast", "reduce"};
+    "allreduce", "alltoall",  "alltoallv", "allgather", "reduce_scatter",
+    "broadcast", "reduce",    "exchange",  "barrier"};
 
 /* One call: what was drawn, its buffers and its expected result. */
 typedef struct {
   int coll, root, inplace, nonblocking, offset;
+  int shift;        /* C_EXCHANGE: send to rank + shift, receive from rank - shift */
+  int umem_send;    /* the buffers come from duet_mem_alloc on this rank */
+  int umem_recv;
   duet_datatype_t dt;
   duet_op_t op;
   size_t count; /* elements: per rank (allgather, reduce_scatter), per peer (alltoall) */
@@ -63,8 +74,8 @@ typedef struct {
   unsigned char *sraw, *rraw, *send, *recv, *sent, *ref;
   const void *sarg; /* the arguments passed */
   void *rarg;
-  duet_request_t *req;
-  char desc[192];
+  duet_request_t *req, *req2; /* req2: C_EXCHANGE's receive */
+  char desc[224];
 } call_t;
 
 static uint64_t rng_state;
@@ -95,6 +106,22 @@ static size_t draw_count(size_t max) {
   return v < max ? v : max;
 }
 
+/* A call's buffer, from duet_mem_alloc or malloc; buffer_free tells them apart. */
+static unsigned char *buffer_alloc(size_t bytes, int umem, duet_comm_t *comm) {
+  void *p;
+  if (!umem)
+    return mt_xmalloc(bytes);
+  CHECK(comm, duet_mem_alloc(&p, bytes));
+  return p;
+}
+
+static void buffer_free(unsigned char *p, int umem, duet_comm_t *comm) {
+  if (umem)
+    CHECK(comm, duet_mem_free(p));
+  else
+    free(p);
+}
+
 /* Draw a call (every rank draws the same), allocate and fill its buffers and
  * compute its reference. Collective over MPI_COMM_WORLD (the references). */
 static void call_prepare(call_t *c, duet_comm_t *world, int wrank, int wsize, size_t maxbytes,
@@ -104,11 +131,17 @@ static void call_prepare(call_t *c, duet_comm_t *world, int wrank, int wsize, si
   c->dt = (duet_datatype_t)(draw() % DUET_NUM_DATATYPES);
   c->op = (duet_op_t)(draw() % DUET_NUM_OPS);
   c->root = (int)(draw() % (uint64_t)wsize);
-  c->inplace = draw() % 3 == 0 && c->coll != C_ALLTOALLV ? 1 + (int)(draw() % 2) : 0;
+  int has_inplace = c->coll != C_ALLTOALLV && c->coll != C_EXCHANGE && c->coll != C_BARRIER;
+  c->inplace = draw() % 3 == 0 && has_inplace ? 1 + (int)(draw() % 2) : 0;
   c->nonblocking = draw() % 3 == 0 || in_batch;
   c->offset = draw() % 4 == 0 ? 1 + (int)(draw() % 7) : 0;
   int split = wsize > 2 && draw() % 8 == 0;
   c->seed = draw();
+  /* duet_mem_alloc: 0-1 nowhere, 2 every rank's buffers, 3 some ranks' and some buffers */
+  int umem = (int)(draw() % 4);
+  uint64_t h = mt_hash(c->seed ^ 0x756d656dULL ^ (uint64_t)wrank);
+  c->umem_send = umem == 2 || (umem == 3 && (h & 1));
+  c->umem_recv = umem == 2 || (umem == 3 && (h & 2));
   c->es = mt_dtype(c->dt)->size;
   int per_rank = c->coll == C_ALLTOALL || c->coll == C_ALLTOALLV || c->coll == C_ALLGATHER ||
                  c->coll == C_REDUCE_SCATTER;
@@ -123,6 +156,9 @@ static void call_prepare(call_t *c, duet_comm_t *world, int wrank, int wsize, si
   MPI_Comm_rank(c->mc, &c->rank);
   MPI_Comm_size(c->mc, &c->size);
   c->root %= c->size;
+  c->shift = (int)(c->seed % (uint64_t)c->size); /* 0: a rank sends to itself */
+  if (c->coll == C_BARRIER)
+    c->count = 0;
 
   size_t n = c->count, es = c->es, p = (size_t)c->size;
   switch (c->coll) {
@@ -162,8 +198,8 @@ static void call_prepare(call_t *c, duet_comm_t *world, int wrank, int wsize, si
   /* in place, recvbuf doubles as sendbuf: make it large enough for both */
   size_t rspace = c->rbytes > c->sbytes ? c->rbytes : c->sbytes;
   size_t off = (size_t)c->offset * es;
-  c->sraw = mt_xmalloc(off + c->sbytes + MT_GUARD);
-  c->rraw = mt_xmalloc(off + rspace + MT_GUARD);
+  c->sraw = buffer_alloc(off + c->sbytes + MT_GUARD, c->umem_send, c->comm);
+  c->rraw = buffer_alloc(off + rspace + MT_GUARD, c->umem_recv, c->comm);
   c->send = c->sraw + off;
   c->recv = c->rraw + off;
   c->ref = mt_xmalloc(c->rbytes);
@@ -214,6 +250,11 @@ static void call_prepare(call_t *c, duet_comm_t *world, int wrank, int wsize, si
     free(a);
     break;
   }
+  case C_EXCHANGE:
+    MPI_Sendrecv(c->send, (int)(n * es), MPI_BYTE, (c->rank + c->shift) % c->size, 0, c->ref,
+                 (int)(n * es), MPI_BYTE, (c->rank - c->shift + c->size) % c->size, 0, c->mc,
+                 MPI_STATUS_IGNORE);
+    break;
   }
 
   /* the arguments: in place forms 1 and 2 are those the API documents */
@@ -244,9 +285,12 @@ static void call_prepare(call_t *c, duet_comm_t *world, int wrank, int wsize, si
     break;
   }
   snprintf(c->desc, sizeof c->desc,
-           "%s %s %s count %zu root %d in-place %d non-blocking %d offset %d ranks %d%s",
-           coll_names[c->coll], mt_dtype(c->dt)->name, mt_op_name(c->op), n, c->root, c->inplace,
-           c->nonblocking, c->offset, c->size, c->comm != world ? " (split)" : "");
+           "%s %s %s count %zu root %d shift %d in-place %d non-blocking %d offset %d "
+           "duet_mem_alloc %s ranks %d%s",
+           coll_names[c->coll], mt_dtype(c->dt)->name, mt_op_name(c->op), n, c->root, c->shift,
+           c->inplace, c->nonblocking, c->offset,
+           umem == 2 ? "all" : umem == 3 ? "some" : "none", c->size,
+           c->comm != world ? " (split)" : "");
 }
 
 /* Blocking calls return their status; non-blocking ones leave a request. */
@@ -276,9 +320,36 @@ static duet_status_t call_post(call_t *c) {
   case C_BROADCAST:
     return nb ? duet_ibroadcast(s, r, n, c->dt, c->root, c->comm, q)
               : duet_broadcast(s, r, n, c->dt, c->root, c->comm);
-  default:
+  case C_REDUCE:
     return nb ? duet_ireduce(s, r, n, c->dt, c->op, c->root, c->comm, q)
               : duet_reduce(s, r, n, c->dt, c->op, c->root, c->comm);
+  case C_EXCHANGE: {
+    int to = (c->rank + c->shift) % c->size, from = (c->rank - c->shift + c->size) % c->size;
+    duet_status_t st;
+    if (nb) {
+      st = duet_isend(s, n, c->dt, to, c->comm, q);
+      if (st >= 0 && (st = duet_irecv(r, n, c->dt, from, c->comm, &c->req2)) < 0) {
+        duet_wait(c->req); /* the send alone cannot finish: it fails, or times out */
+        c->req = NULL;
+      }
+      return st;
+    }
+    /* a group of blocking calls, posted in an order of this rank's */
+    duet_group_start();
+    if ((c->seed >> 7 ^ (uint64_t)c->rank) & 1) {
+      st = duet_send(s, n, c->dt, to, c->comm);
+      if (st >= 0)
+        st = duet_recv(r, n, c->dt, from, c->comm);
+    } else {
+      st = duet_recv(r, n, c->dt, from, c->comm);
+      if (st >= 0)
+        st = duet_send(s, n, c->dt, to, c->comm);
+    }
+    duet_status_t end = duet_group_end();
+    return st < 0 ? st : end;
+  }
+  default:
+    return nb ? duet_ibarrier(c->comm, q) : duet_barrier(c->comm);
   }
 }
 
@@ -307,8 +378,8 @@ static long call_check(call_t *c, duet_status_t st, int wrank) {
     CHECK(c->comm, duet_comm_destroy(c->comm));
     MPI_Comm_free(&c->mc);
   }
-  free(c->sraw);
-  free(c->rraw);
+  buffer_free(c->sraw, c->umem_send, c->comm);
+  buffer_free(c->rraw, c->umem_recv, c->comm);
   free(c->ref);
   free(c->sent);
   free(c->scounts);
@@ -379,6 +450,8 @@ int main(int argc, char **argv) {
       int i = (k + wrank) % nbatch;
       if (st[i] >= 0 && batch[i].nonblocking)
         st[i] = duet_wait(batch[i].req);
+      if (st[i] >= 0 && batch[i].req2 != NULL) /* C_EXCHANGE's receive */
+        st[i] = duet_wait(batch[i].req2);
     }
     long bad = 0;
     for (int i = 0; i < nbatch; i++)
