@@ -3,6 +3,7 @@
  * arguments, let the tuner pick an algorithm, post the schedule, and for the
  * blocking forms wait. Also duet_test, duet_wait and groups.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -1074,10 +1075,38 @@ duet_status_t duet_barrier(duet_comm_t *comm) {
 /* --- point to point, and groups --- */
 
 /* Inside duet_group_start/end, blocking sends and receives are posted and
- * completed together at duet_group_end, so any call order is deadlock-free. */
+ * completed together at duet_group_end, so any call order is deadlock-free.
+ * The list of a thread's posted requests is kept from one group to the next
+ * (grown rarely, freed when the thread exits), so a group allocates nothing
+ * once the thread has had one as long. */
 static _Thread_local int duet__group_depth;
 static _Thread_local duet_request_t **duet__group_reqs;
 static _Thread_local size_t duet__group_len, duet__group_cap;
+static pthread_key_t duet__group_key; /* frees a thread's list at its exit */
+static pthread_once_t duet__group_once = PTHREAD_ONCE_INIT;
+static int duet__group_key_ok;
+
+static void duet__group_key_create(void) {
+  duet__group_key_ok = pthread_key_create(&duet__group_key, free) == 0;
+}
+
+/* Room for one more request in this thread's group list. */
+static duet_status_t duet__group_reserve(duet_comm_t *comm, const char *fn) {
+  size_t ncap;
+  duet_request_t **n;
+  if (duet__group_len < duet__group_cap)
+    return DUET_SUCCESS;
+  ncap = duet__group_cap ? 2 * duet__group_cap : 16;
+  n = realloc(duet__group_reqs, ncap * sizeof(*n));
+  if (n == NULL)
+    return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for the group", fn);
+  pthread_once(&duet__group_once, duet__group_key_create);
+  if (duet__group_key_ok)
+    pthread_setspecific(duet__group_key, n);
+  duet__group_reqs = n;
+  duet__group_cap = ncap;
+  return DUET_SUCCESS;
+}
 
 static duet_status_t duet__p2p_post(const char *fn, int coll, const void *sbuf, void *rbuf,
                                     size_t count, duet_datatype_t dt, int peer, duet_comm_t *comm,
@@ -1111,14 +1140,8 @@ static duet_status_t duet__p2p_blocking(const char *fn, int coll, const void *sb
                                         size_t count, duet_datatype_t dt, int peer,
                                         duet_comm_t *comm) {
   duet_request_t *req;
-  if (duet__group_depth > 0 && duet__group_len == duet__group_cap) {
-    size_t ncap = duet__group_cap ? 2 * duet__group_cap : 16;
-    duet_request_t **n = realloc(duet__group_reqs, ncap * sizeof(*n));
-    if (n == NULL)
-      return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for the group", fn);
-    duet__group_reqs = n;
-    duet__group_cap = ncap;
-  }
+  if (duet__group_depth > 0)
+    TRY(duet__group_reserve(comm, fn));
   TRY(duet__p2p_post(fn, coll, sbuf, rbuf, count, dt, peer, comm, &req));
   if (duet__group_depth > 0) {
     duet__group_reqs[duet__group_len++] = req;
@@ -1164,9 +1187,6 @@ duet_status_t duet_group_end(void) {
       rc = r;
   }
   duet__group_len = 0;
-  free(duet__group_reqs);
-  duet__group_reqs = NULL;
-  duet__group_cap = 0;
   return rc;
 }
 
