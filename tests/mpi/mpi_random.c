@@ -6,26 +6,27 @@
  *
  * Every rank draws the same sequence of calls from SEED (default 1). A call
  * is one of allreduce, alltoall, alltoallv, allgather, reduce_scatter,
- * broadcast, reduce, a shifted exchange of sends and receives (each rank sends
- * to rank + k and receives from rank - k) and a barrier, with a random
- * datatype, op and root; a count drawn
- * from 0-7, under 64, under 4096, a power of two +-2 or anything up to BYTES
- * (default 4 MiB) per buffer; out of place or in place (each in-place form
- * the API documents); buffers offset by 1-7 elements from malloc's alignment;
- * buffers from malloc or from duet_mem_alloc (on every rank or on some, and
- * freed after each call, so a later one often gets the same address back);
- * blocking or non-blocking (the exchange's blocking form is a
- * duet_group_start/end of a send and a receive, in an order of each rank's). About one call in eight runs on a
- * sub-communicator of duet_comm_split (even and odd ranks, keys reversed),
- * and about one in five is a batch of 2-4 non-blocking calls in flight
- * together, waited for in an order that differs on every rank. alltoallv
- * counts are random per (source, destination) with gaps between blocks.
+ * broadcast, reduce, a shifted exchange (each rank sends to rank + k and
+ * receives from rank - k) and a barrier, with a random datatype, op and
+ * root; a count drawn from 0-7, under 64, under 4096, a power of two +-2 or
+ * anything up to BYTES (default 4 MiB) per buffer; out of place or in place
+ * (each in-place form the API documents); buffers offset by 1-7 elements
+ * from malloc's alignment; buffers from malloc or from duet_mem_alloc (on
+ * every rank or on some, freed after each call, so a later one often gets
+ * the same address back); blocking or non-blocking, completed by duet_wait
+ * or by polling duet_test. The exchange's blocking form is a
+ * duet_group_start/end of a send and a receive, in an order of each rank's.
+ * About one call in eight runs on a sub-communicator of duet_comm_split
+ * (even and odd ranks, keys reversed), and about one in five is a batch of
+ * 2-4 non-blocking calls in flight together, waited for in an order that
+ * differs on every rank. alltoallv counts are random per (source,
+ * destination) with gaps between blocks.
  *
  * References: MPI_Allreduce (or a serial reduction of gathered inputs, see
  * mt_reference) with inputs exact in the type, MPI_Alltoall(v),
- * MPI_Allgather, MPI_Bcast and MPI_Sendrecv on bytes. Results are compared bitwise; guard
- * bytes past every buffer must stay intact, and so must send buffers out of
- * place. On a failure rank 0 prints the seed and the call; the exit status
+ * MPI_Allgather, MPI_Bcast and MPI_Sendrecv on bytes. Results are compared
+ * bitwise; guard bytes past every buffer must stay intact, and so must send
+ * buffers out of place. On a failure rank 0 prints the seed and the call; the exit status
  * is non-zero. -v prints every call.
  */
 #ifndef _GNU_SOURCE
@@ -33,6 +34,7 @@
 #endif
 
 #include <getopt.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,6 +64,7 @@ typedef struct {
   int shift;        /* C_EXCHANGE: send to rank + shift, receive from rank - shift */
   int umem_send;    /* the buffers come from duet_mem_alloc on this rank */
   int umem_recv;
+  int poll;         /* completed by polling duet_test, not by duet_wait */
   duet_datatype_t dt;
   duet_op_t op;
   size_t count; /* elements: per rank (allgather, reduce_scatter), per peer (alltoall) */
@@ -134,6 +137,7 @@ static void call_prepare(call_t *c, duet_comm_t *world, int wrank, int wsize, si
   int has_inplace = c->coll != C_ALLTOALLV && c->coll != C_EXCHANGE && c->coll != C_BARRIER;
   c->inplace = draw() % 3 == 0 && has_inplace ? 1 + (int)(draw() % 2) : 0;
   c->nonblocking = draw() % 3 == 0 || in_batch;
+  c->poll = c->nonblocking && draw() % 3 == 0;
   c->offset = draw() % 4 == 0 ? 1 + (int)(draw() % 7) : 0;
   int split = wsize > 2 && draw() % 8 == 0;
   c->seed = draw();
@@ -285,10 +289,10 @@ static void call_prepare(call_t *c, duet_comm_t *world, int wrank, int wsize, si
     break;
   }
   snprintf(c->desc, sizeof c->desc,
-           "%s %s %s count %zu root %d shift %d in-place %d non-blocking %d offset %d "
+           "%s %s %s count %zu root %d shift %d in-place %d non-blocking %d%s offset %d "
            "duet_mem_alloc %s ranks %d%s",
            coll_names[c->coll], mt_dtype(c->dt)->name, mt_op_name(c->op), n, c->root, c->shift,
-           c->inplace, c->nonblocking, c->offset,
+           c->inplace, c->nonblocking, c->poll ? " (duet_test)" : "", c->offset,
            umem == 2 ? "all" : umem == 3 ? "some" : "none", c->size,
            c->comm != world ? " (split)" : "");
 }
@@ -386,6 +390,18 @@ static long call_check(call_t *c, duet_status_t st, int wrank) {
   return bad;
 }
 
+/* Completes a request with duet_wait, or (poll) by calling duet_test until
+ * it reports done, as a program that overlaps work would. */
+static duet_status_t finish(duet_request_t *req, int poll) {
+  duet_status_t st;
+  int done = 0;
+  if (!poll)
+    return duet_wait(req);
+  while ((st = duet_test(req, &done)) == DUET_IN_PROGRESS && !done)
+    sched_yield();
+  return st;
+}
+
 static void usage(const char *prog) {
   fprintf(stderr,
           "usage: %s [-s SEED] [-i CALLS] [-m BYTES] [-v]\n"
@@ -449,9 +465,9 @@ int main(int argc, char **argv) {
     for (int k = 0; k < nbatch; k++) {
       int i = (k + wrank) % nbatch;
       if (st[i] >= 0 && batch[i].nonblocking)
-        st[i] = duet_wait(batch[i].req);
+        st[i] = finish(batch[i].req, batch[i].poll);
       if (st[i] >= 0 && batch[i].req2 != NULL) /* C_EXCHANGE's receive */
-        st[i] = duet_wait(batch[i].req2);
+        st[i] = finish(batch[i].req2, batch[i].poll);
     }
     long bad = 0;
     for (int i = 0; i < nbatch; i++)
