@@ -15,7 +15,10 @@
 # 1x4, 2x2, 3+1 and 3+2 over both provider sets, auto and every collective
 # forced hierarchical, once with the progress thread; then two HPN planes:
 # mpi_hier on 2x2 and 3+2 (quick), mpi_planes on 2x2 and 3+2 with plane 1
-# lost mid-call (-k; the sanitizer builds run these two only).
+# lost mid-call (-k; the sanitizer builds run these two only). And random
+# calls of every collective against MPI (mpi_random, fixed seeds) on 2x2
+# and 3+2 (2x2 only, shorter, in the sanitizer builds), over both provider
+# sets, once with every collective forced hierarchical.
 #
 # Env: top_builddir (default .), MPIRUN (default mpirun), DUET_TEST_TIMEOUT
 # (seconds per mpirun, default 300), DUET_HIER_LAYOUTS (override the layout
@@ -27,9 +30,10 @@ prog="$builddir/tests/mpi/mpi_hier"
 async="$builddir/tests/mpi/mpi_async"
 local_posts="$builddir/tests/mpi/mpi_local"
 planes="$builddir/tests/mpi/mpi_planes"
+random="$builddir/tests/mpi/mpi_random"
 plane1=127.0.0.78 # mpi_planes -k resets every connection on it: this script's alone
 . "$(dirname "$0")/mpirun_env.sh"
-mpi_test_setup hier 300 "$prog" "$async" "$local_posts" "$planes"
+mpi_test_setup hier 300 "$prog" "$async" "$local_posts" "$planes" "$random"
 
 passed=0
 failed=0
@@ -118,6 +122,14 @@ DUET_TIMEOUT_MS=20000 prog=$local_posts run default a:2,b:2 -t
 # Two HPN planes (DUET_HPN_IFACE=a,b: plane 1 on its own loopback address):
 # every algorithm of every collective, then mpi_planes, whose -k resets
 # plane 1's connections in the middle of a 16 MiB allreduce and alltoall.
+if [ "${DUET_TEST_QUICK:-0}" = 1 ]; then
+  prog=$random run default a:2,b:2 -s 22 -i 100 -m 1048576
+else
+  prog=$random run default a:2,b:2 -s 22
+  prog=$random run default a:3,b:2 -s 32
+  prog=$random run tcp a:2,b:3 -s 23
+  algo=$hier_all prog=$random run default a:3,b:2 -s 320
+fi
 planes_if=127.0.0.1,$plane1
 if [ "${DUET_TEST_QUICK:-0}" != 1 ]; then
   DUET_HPN_IFACE=$planes_if run default a:2,b:2 -q
