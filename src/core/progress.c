@@ -208,19 +208,38 @@ static int duet__request_advance(duet_request_t *req) {
     }
     duet__step_done(req, i);
   }
-  /* Start what is ready, in order. */
-  while (req->qhead < req->qtail) {
-    uint32_t i = req->queue[req->qhead];
-    rc = duet__step_start(req, i);
-    if (rc == DUET_IN_PROGRESS)
-      break;
-    req->qhead++;
+  /* Start what is ready, in order. A transport that says it is busy (its
+   * queue of posted transfers is full) holds back only the transfers of
+   * that kind on that network, which keep their order at the front of the
+   * queue; the rest still start. So a rank whose sends wait for room still
+   * posts the receives its peers' sends wait for: stopping at the first
+   * busy send left two ranks each waiting for the other (an allreduce of
+   * over 1 GiB over tcp;ofi_rxm, whose queues hold 4096, never finished). */
+  uint32_t keep = 0;
+  unsigned busy = 0; /* bit 2 * net + (kind == RECV): busy in this pass */
+  for (uint32_t q = 0; q < req->qtail; q++) {
+    uint32_t i = req->queue[q];
+    const duet__step_t *st = &req->sched->steps[i];
+    unsigned bit = st->kind == DUET_STEP_SEND || st->kind == DUET_STEP_RECV
+                       ? 1u << (2 * st->net + (st->kind == DUET_STEP_RECV))
+                       : 0;
+    if (bit & busy) {
+      req->queue[keep++] = i;
+      continue;
+    }
+    rc = duet__step_start(req, i); /* may append steps it made ready */
+    if (rc == DUET_IN_PROGRESS) {
+      busy |= bit;
+      req->queue[keep++] = i;
+      continue;
+    }
     moved = 1;
     if (rc != DUET_SUCCESS) {
       duet__request_finish(req, rc);
       return 1;
     }
   }
+  req->qtail = keep;
   if (req->ndone == req->sched->nsteps)
     duet__request_finish(req, DUET_SUCCESS);
   return moved;
@@ -448,7 +467,7 @@ void duet__request_reset(duet_request_t *req, duet_comm_t *comm, int coll, duet_
   req->sched = NULL;
   req->cache_slot = -1;
   req->uses_comm_scratch = 0;
-  req->qhead = req->qtail = req->nposted = req->ndone = 0;
+  req->qtail = req->nposted = req->ndone = 0;
   req->status = DUET_SUCCESS;
   req->complete = 0;
   req->next = req->prev = NULL;
