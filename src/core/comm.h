@@ -207,7 +207,7 @@ struct duet_request {
   uint8_t *state;        /* 0 waiting, 1 ready, 2 posted, 3 done */
   duet__tp_req_t *tpreq; /* transport completions of posted sends/recvs */
   uint32_t *queue;       /* ready steps not yet started, in order */
-  uint32_t qtail;        /* how many */
+  uint32_t nready;       /* how many */
   uint32_t *posted; /* posted send/recv steps not yet seen complete */
   uint32_t nposted;
   uint32_t ndone;

@@ -71,7 +71,7 @@ static void duet__step_done(duet_request_t *req, uint32_t i) {
     uint32_t j = s->outs[st->out_first + o];
     if (--req->left[j] == 0) {
       req->state[j] = 1;
-      req->queue[req->qtail++] = j;
+      req->queue[req->nready++] = j;
     }
   }
 }
@@ -217,7 +217,7 @@ static int duet__request_advance(duet_request_t *req) {
    * over 1 GiB over tcp;ofi_rxm, whose queues hold 4096, never finished). */
   uint32_t keep = 0;
   unsigned busy = 0; /* bit 2 * net + (kind == RECV): busy in this pass */
-  for (uint32_t q = 0; q < req->qtail; q++) {
+  for (uint32_t q = 0; q < req->nready; q++) {
     uint32_t i = req->queue[q];
     const duet__step_t *st = &req->sched->steps[i];
     unsigned bit = st->kind == DUET_STEP_SEND || st->kind == DUET_STEP_RECV
@@ -239,7 +239,7 @@ static int duet__request_advance(duet_request_t *req) {
       return 1;
     }
   }
-  req->qtail = keep;
+  req->nready = keep;
   if (req->ndone == req->sched->nsteps)
     duet__request_finish(req, DUET_SUCCESS);
   return moved;
@@ -467,7 +467,7 @@ void duet__request_reset(duet_request_t *req, duet_comm_t *comm, int coll, duet_
   req->sched = NULL;
   req->cache_slot = -1;
   req->uses_comm_scratch = 0;
-  req->qtail = req->nposted = req->ndone = 0;
+  req->nready = req->nposted = req->ndone = 0;
   req->status = DUET_SUCCESS;
   req->complete = 0;
   req->next = req->prev = NULL;
@@ -676,7 +676,7 @@ duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_a
     req->left[i] = st->ndeps;
     if (st->ndeps == 0) {
       req->state[i] = 1;
-      req->queue[req->qtail++] = i;
+      req->queue[req->nready++] = i;
     }
   }
   req->start_ns = duet__now_ns();
