@@ -232,7 +232,13 @@ duet_status_t duet_irecv(void *buf, size_t count, duet_datatype_t dt, int peer,
 duet_status_t duet_test(duet_request_t *req, int *done);
 /* Blocks until the operation completes or times out; also frees the request. */
 duet_status_t duet_wait(duet_request_t *req);
-duet_status_t duet_group_start(void); /* batches send/recv, as ncclGroupStart */
+/* Groups, as ncclGroupStart/End: between them every blocking call (send,
+ * recv and the collectives) is posted and returns at once, and
+ * duet_group_end completes them all, returning the first failure. Calls may
+ * then come in any order, and one thread may drive the communicators of
+ * several ranks. Buffers belong to the calls until duet_group_end returns.
+ * Groups nest; the outermost end completes. */
+duet_status_t duet_group_start(void); /* batches blocking calls, as ncclGroupStart */
 duet_status_t duet_group_end(void);
 
 #ifdef __cplusplus

@@ -4,6 +4,7 @@
  * blocking forms wait. Also duet_test, duet_wait and groups.
  */
 #include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -37,6 +38,61 @@ static duet_status_t duet__wait_and_free(duet_request_t *req) {
   duet__request_free(req);
   duet__comm_unlock(comm);
   return rc;
+}
+
+/* --- groups --- */
+
+/* Inside duet_group_start/end, blocking calls (sends, receives and
+ * collectives) are posted as their non-blocking forms and completed together
+ * at duet_group_end, as NCCL's groups: any call order is deadlock-free, and
+ * one thread may drive the communicators of several ranks. The list of a
+ * thread's posted requests is kept from one group to the next (grown rarely,
+ * freed when the thread exits), so a group allocates nothing once the
+ * thread has had one as long. */
+static _Thread_local int duet__group_depth;
+static _Thread_local duet_request_t **duet__group_reqs;
+static _Thread_local size_t duet__group_len, duet__group_cap;
+static pthread_key_t duet__group_key; /* frees a thread's list at its exit */
+static pthread_once_t duet__group_once = PTHREAD_ONCE_INIT;
+static int duet__group_key_ok;
+
+static void duet__group_key_create(void) {
+  duet__group_key_ok = pthread_key_create(&duet__group_key, free) == 0;
+}
+
+/* Room for one more request in this thread's group list. */
+static duet_status_t duet__group_reserve(duet_comm_t *comm, const char *fn) {
+  size_t ncap;
+  duet_request_t **n;
+  if (duet__group_len < duet__group_cap)
+    return DUET_SUCCESS;
+  ncap = duet__group_cap ? 2 * duet__group_cap : 16;
+  n = realloc(duet__group_reqs, ncap * sizeof(*n));
+  if (n == NULL)
+    return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for the group", fn);
+  pthread_once(&duet__group_once, duet__group_key_create);
+  if (duet__group_key_ok)
+    pthread_setspecific(duet__group_key, n);
+  duet__group_reqs = n;
+  duet__group_cap = ncap;
+  return DUET_SUCCESS;
+}
+
+/* The start of a blocking call: *blocking says whether it runs now, or
+ * (inside a group) is posted for duet_group_end, with room kept for it. */
+static duet_status_t duet__blocking_begin(duet_comm_t *comm, const char *fn, int *blocking) {
+  *blocking = duet__group_depth == 0;
+  return *blocking ? DUET_SUCCESS : duet__group_reserve(comm, fn);
+}
+
+/* The end of a blocking call: wait for it, or (inside a group) leave its
+ * request to duet_group_end. */
+static duet_status_t duet__blocking_end(duet_request_t *req) {
+  if (duet__group_depth == 0)
+    return duet__wait_and_free(req);
+  if (req != NULL)
+    duet__group_reqs[duet__group_len++] = req;
+  return DUET_SUCCESS;
 }
 
 /* --- collectives: check, tune, build, post --- */
@@ -890,8 +946,10 @@ duet_status_t duet_allreduce(const void *sendbuf, void *recvbuf, size_t count, d
                              duet_op_t op, duet_comm_t *comm) {
   const char *fn = "duet_allreduce";
   duet_request_t *req;
-  TRY(duet__allreduce_post(fn, sendbuf, recvbuf, count, dt, op, comm, 1, &req));
-  return duet__wait_and_free(req);
+  int blocking;
+  TRY(duet__blocking_begin(comm, fn, &blocking));
+  TRY(duet__allreduce_post(fn, sendbuf, recvbuf, count, dt, op, comm, blocking, &req));
+  return duet__blocking_end(req);
 }
 
 /* --- broadcast --- */
@@ -924,8 +982,11 @@ duet_status_t duet_ibroadcast(const void *sendbuf, void *recvbuf, size_t count, 
 duet_status_t duet_broadcast(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,
                              int root, duet_comm_t *comm) {
   duet_request_t *req;
-  TRY(duet__broadcast_post("duet_broadcast", sendbuf, recvbuf, count, dt, root, comm, 1, &req));
-  return duet__wait_and_free(req);
+  int blocking;
+  TRY(duet__blocking_begin(comm, "duet_broadcast", &blocking));
+  TRY(duet__broadcast_post("duet_broadcast", sendbuf, recvbuf, count, dt, root, comm, blocking,
+                           &req));
+  return duet__blocking_end(req);
 }
 
 /* --- reduce --- */
@@ -961,8 +1022,11 @@ duet_status_t duet_ireduce(const void *sendbuf, void *recvbuf, size_t count, due
 duet_status_t duet_reduce(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,
                           duet_op_t op, int root, duet_comm_t *comm) {
   duet_request_t *req;
-  TRY(duet__reduce_post("duet_reduce", sendbuf, recvbuf, count, dt, op, root, comm, 1, &req));
-  return duet__wait_and_free(req);
+  int blocking;
+  TRY(duet__blocking_begin(comm, "duet_reduce", &blocking));
+  TRY(duet__reduce_post("duet_reduce", sendbuf, recvbuf, count, dt, op, root, comm, blocking,
+                        &req));
+  return duet__blocking_end(req);
 }
 
 /* --- allgather --- */
@@ -1001,8 +1065,11 @@ duet_status_t duet_iallgather(const void *sendbuf, void *recvbuf, size_t sendcou
 duet_status_t duet_allgather(const void *sendbuf, void *recvbuf, size_t sendcount,
                              duet_datatype_t dt, duet_comm_t *comm) {
   duet_request_t *req;
-  TRY(duet__allgather_post("duet_allgather", sendbuf, recvbuf, sendcount, dt, comm, 1, &req));
-  return duet__wait_and_free(req);
+  int blocking;
+  TRY(duet__blocking_begin(comm, "duet_allgather", &blocking));
+  TRY(duet__allgather_post("duet_allgather", sendbuf, recvbuf, sendcount, dt, comm, blocking,
+                           &req));
+  return duet__blocking_end(req);
 }
 
 /* --- reduce_scatter --- */
@@ -1045,9 +1112,11 @@ duet_status_t duet_ireduce_scatter(const void *sendbuf, void *recvbuf, size_t re
 duet_status_t duet_reduce_scatter(const void *sendbuf, void *recvbuf, size_t recvcount,
                                   duet_datatype_t dt, duet_op_t op, duet_comm_t *comm) {
   duet_request_t *req;
-  TRY(duet__reduce_scatter_post("duet_reduce_scatter", sendbuf, recvbuf, recvcount, dt, op, comm, 1,
-                                &req));
-  return duet__wait_and_free(req);
+  int blocking;
+  TRY(duet__blocking_begin(comm, "duet_reduce_scatter", &blocking));
+  TRY(duet__reduce_scatter_post("duet_reduce_scatter", sendbuf, recvbuf, recvcount, dt, op, comm,
+                                blocking, &req));
+  return duet__blocking_end(req);
 }
 
 /* --- barrier --- */
@@ -1068,45 +1137,13 @@ duet_status_t duet_ibarrier(duet_comm_t *comm, duet_request_t **req) {
 
 duet_status_t duet_barrier(duet_comm_t *comm) {
   duet_request_t *req;
-  TRY(duet__barrier_post("duet_barrier", comm, 1, &req));
-  return duet__wait_and_free(req);
+  int blocking;
+  TRY(duet__blocking_begin(comm, "duet_barrier", &blocking));
+  TRY(duet__barrier_post("duet_barrier", comm, blocking, &req));
+  return duet__blocking_end(req);
 }
 
 /* --- point to point, and groups --- */
-
-/* Inside duet_group_start/end, blocking sends and receives are posted and
- * completed together at duet_group_end, so any call order is deadlock-free.
- * The list of a thread's posted requests is kept from one group to the next
- * (grown rarely, freed when the thread exits), so a group allocates nothing
- * once the thread has had one as long. */
-static _Thread_local int duet__group_depth;
-static _Thread_local duet_request_t **duet__group_reqs;
-static _Thread_local size_t duet__group_len, duet__group_cap;
-static pthread_key_t duet__group_key; /* frees a thread's list at its exit */
-static pthread_once_t duet__group_once = PTHREAD_ONCE_INIT;
-static int duet__group_key_ok;
-
-static void duet__group_key_create(void) {
-  duet__group_key_ok = pthread_key_create(&duet__group_key, free) == 0;
-}
-
-/* Room for one more request in this thread's group list. */
-static duet_status_t duet__group_reserve(duet_comm_t *comm, const char *fn) {
-  size_t ncap;
-  duet_request_t **n;
-  if (duet__group_len < duet__group_cap)
-    return DUET_SUCCESS;
-  ncap = duet__group_cap ? 2 * duet__group_cap : 16;
-  n = realloc(duet__group_reqs, ncap * sizeof(*n));
-  if (n == NULL)
-    return duet__set_error(comm, DUET_ERR_NO_MEMORY, "%s: out of memory for the group", fn);
-  pthread_once(&duet__group_once, duet__group_key_create);
-  if (duet__group_key_ok)
-    pthread_setspecific(duet__group_key, n);
-  duet__group_reqs = n;
-  duet__group_cap = ncap;
-  return DUET_SUCCESS;
-}
 
 static duet_status_t duet__p2p_post(const char *fn, int coll, const void *sbuf, void *rbuf,
                                     size_t count, duet_datatype_t dt, int peer, duet_comm_t *comm,
@@ -1140,14 +1177,10 @@ static duet_status_t duet__p2p_blocking(const char *fn, int coll, const void *sb
                                         size_t count, duet_datatype_t dt, int peer,
                                         duet_comm_t *comm) {
   duet_request_t *req;
-  if (duet__group_depth > 0)
-    TRY(duet__group_reserve(comm, fn));
+  int blocking;
+  TRY(duet__blocking_begin(comm, fn, &blocking));
   TRY(duet__p2p_post(fn, coll, sbuf, rbuf, count, dt, peer, comm, &req));
-  if (duet__group_depth > 0) {
-    duet__group_reqs[duet__group_len++] = req;
-    return DUET_SUCCESS;
-  }
-  return duet__wait_and_free(req);
+  return duet__blocking_end(req);
 }
 
 duet_status_t duet_send(const void *buf, size_t count, duet_datatype_t dt, int peer,
@@ -1181,12 +1214,40 @@ duet_status_t duet_group_end(void) {
                            "duet_group_end: no duet_group_start to end");
   if (--duet__group_depth > 0)
     return DUET_SUCCESS;
-  for (size_t i = 0; i < duet__group_len; i++) {
-    duet_status_t r = duet__wait_and_free(duet__group_reqs[i]);
-    if (rc == DUET_SUCCESS && r != DUET_SUCCESS)
-      rc = r;
-  }
+  duet_request_t **reqs = duet__group_reqs;
+  size_t n = duet__group_len, left = n;
+  int shared = 1; /* every request on one set of endpoints */
   duet__group_len = 0;
+  for (size_t i = 1; i < n; i++)
+    shared &= reqs[i]->comm->nets == reqs[0]->comm->nets;
+  if (shared) { /* a wait on one moves them all (duet__family_progress) */
+    for (size_t i = 0; i < n; i++) {
+      duet_status_t r = duet__wait_and_free(reqs[i]);
+      if (rc == DUET_SUCCESS && r != DUET_SUCCESS)
+        rc = r;
+    }
+    return rc;
+  }
+  /* Communicators of separate duet_comm_init_rank calls (one thread driving
+   * several ranks): a wait on one would move only its own, so every request
+   * is tested in turn until each has completed or its deadline failed it. */
+  while (left > 0) {
+    for (size_t i = 0; i < n; i++) {
+      int done = 0;
+      duet_status_t r;
+      if (reqs[i] == NULL)
+        continue;
+      r = duet_test(reqs[i], &done);
+      if (!done && r == DUET_IN_PROGRESS)
+        continue;
+      reqs[i] = NULL;
+      left--;
+      if (rc == DUET_SUCCESS && r != DUET_SUCCESS)
+        rc = r;
+    }
+    if (left > 0)
+      sched_yield();
+  }
   return rc;
 }
 
@@ -1261,8 +1322,10 @@ duet_status_t duet_ialltoall(const void *sendbuf, void *recvbuf, size_t count, d
 duet_status_t duet_alltoall(const void *sendbuf, void *recvbuf, size_t count, duet_datatype_t dt,
                             duet_comm_t *comm) {
   duet_request_t *req;
-  TRY(duet__alltoall_post("duet_alltoall", sendbuf, recvbuf, count, dt, comm, 1, &req));
-  return duet__wait_and_free(req);
+  int blocking;
+  TRY(duet__blocking_begin(comm, "duet_alltoall", &blocking));
+  TRY(duet__alltoall_post("duet_alltoall", sendbuf, recvbuf, count, dt, comm, blocking, &req));
+  return duet__blocking_end(req);
 }
 
 /* Every count and displacement must stay inside the address space, and a
@@ -1333,7 +1396,9 @@ duet_status_t duet_alltoallv(const void *sendbuf, const size_t *sendcounts, cons
                              void *recvbuf, const size_t *recvcounts, const size_t *rdispls,
                              duet_datatype_t dt, duet_comm_t *comm) {
   duet_request_t *req;
+  int blocking;
+  TRY(duet__blocking_begin(comm, "duet_alltoallv", &blocking));
   TRY(duet__alltoallv_post("duet_alltoallv", sendbuf, sendcounts, sdispls, recvbuf, recvcounts,
-                           rdispls, dt, comm, 1, &req));
-  return duet__wait_and_free(req);
+                           rdispls, dt, comm, blocking, &req));
+  return duet__blocking_end(req);
 }

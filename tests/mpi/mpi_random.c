@@ -18,8 +18,9 @@
  * duet_group_start/end of a send and a receive, in an order of each rank's.
  * About one call in eight runs on a sub-communicator of duet_comm_split
  * (even and odd ranks, keys reversed), and about one in five is a batch of
- * 2-4 non-blocking calls in flight together, waited for in an order that
- * differs on every rank. alltoallv counts are random per (source,
+ * 2-4 calls in flight together: non-blocking ones, waited for in an order
+ * that differs on every rank, or (half the batches) blocking ones inside one
+ * duet_group_start/end, which completes them together. alltoallv counts are random per (source,
  * destination) with gaps between blocks.
  *
  * References: MPI_Allreduce (or a serial reduction of gathered inputs, see
@@ -54,17 +55,17 @@ enum {
   C_BARRIER,
   NCOLLS
 };
-static const char *const coll_names[NCOLLS] = {
-    "allreduce", "alltoall",  "alltoallv", "allgather", "reduce_scatter",
-    "broadcast", "reduce",    "exchange",  "barrier"};
+static const char *const coll_names[NCOLLS] = {"allreduce", "alltoall",       "alltoallv",
+                                               "allgather", "reduce_scatter", "broadcast",
+                                               "reduce",    "exchange",       "barrier"};
 
 /* One call: what was drawn, its buffers and its expected result. */
 typedef struct {
   int coll, root, inplace, nonblocking, offset;
-  int shift;        /* C_EXCHANGE: send to rank + shift, receive from rank - shift */
-  int umem_send;    /* the buffers come from duet_mem_alloc on this rank */
+  int shift;     /* C_EXCHANGE: send to rank + shift, receive from rank - shift */
+  int umem_send; /* the buffers come from duet_mem_alloc on this rank */
   int umem_recv;
-  int poll;         /* completed by polling duet_test, not by duet_wait */
+  int poll; /* completed by polling duet_test, not by duet_wait */
   duet_datatype_t dt;
   duet_op_t op;
   size_t count; /* elements: per rank (allgather, reduce_scatter), per peer (alltoall) */
@@ -136,7 +137,7 @@ static void call_prepare(call_t *c, duet_comm_t *world, int wrank, int wsize, si
   c->root = (int)(draw() % (uint64_t)wsize);
   int has_inplace = c->coll != C_ALLTOALLV && c->coll != C_EXCHANGE && c->coll != C_BARRIER;
   c->inplace = draw() % 3 == 0 && has_inplace ? 1 + (int)(draw() % 2) : 0;
-  c->nonblocking = draw() % 3 == 0 || in_batch;
+  c->nonblocking = in_batch == 2 ? 0 : draw() % 3 == 0 || in_batch; /* 2: in a group */
   c->poll = c->nonblocking && draw() % 3 == 0;
   c->offset = draw() % 4 == 0 ? 1 + (int)(draw() % 7) : 0;
   int split = wsize > 2 && draw() % 8 == 0;
@@ -293,8 +294,10 @@ static void call_prepare(call_t *c, duet_comm_t *world, int wrank, int wsize, si
            "duet_mem_alloc %s ranks %d%s",
            coll_names[c->coll], mt_dtype(c->dt)->name, mt_op_name(c->op), n, c->root, c->shift,
            c->inplace, c->nonblocking, c->poll ? " (duet_test)" : "", c->offset,
-           umem == 2 ? "all" : umem == 3 ? "some" : "none", c->size,
-           c->comm != world ? " (split)" : "");
+           umem == 2   ? "all"
+           : umem == 3 ? "some"
+                       : "none",
+           c->size, c->comm != world ? " (split)" : "");
 }
 
 /* Blocking calls return their status; non-blocking ones leave a request. */
@@ -452,15 +455,29 @@ int main(int argc, char **argv) {
     /* a batch of non-blocking calls in flight together, or one call */
     call_t batch[4];
     int nbatch = draw() % 5 == 0 ? 2 + (int)(draw() % 3) : 1;
+    int grouped = nbatch > 1 && draw() % 2 == 0; /* blocking calls in one group */
     for (int i = 0; i < nbatch; i++) {
-      call_prepare(&batch[i], world, wrank, wsize, maxbytes / (size_t)nbatch, nbatch > 1);
+      call_prepare(&batch[i], world, wrank, wsize, maxbytes / (size_t)nbatch,
+                   grouped ? 2 : nbatch > 1);
       if (verbose && wrank == 0)
-        printf("call %ld%s: %s\n", done + i, nbatch > 1 ? " (batch)" : "", batch[i].desc);
+        printf("call %ld%s: %s\n", done + i,
+               grouped      ? " (group)"
+               : nbatch > 1 ? " (batch)"
+                            : "",
+               batch[i].desc);
     }
     /* split communicators are made in call_prepare, so a batch posts in order */
     duet_status_t st[4];
+    if (grouped)
+      duet_group_start();
     for (int i = 0; i < nbatch; i++)
       st[i] = call_post(&batch[i]);
+    if (grouped) { /* the calls complete here; a failure is every call's */
+      duet_status_t end = duet_group_end();
+      for (int i = 0; i < nbatch; i++)
+        if (st[i] >= 0 && end < 0)
+          st[i] = end;
+    }
     /* wait in an order of this rank's own */
     for (int k = 0; k < nbatch; k++) {
       int i = (k + wrank) % nbatch;
