@@ -2,7 +2,7 @@
  * mpi_random.c - random calls of every collective, checked against MPI:
  * a differential test that draws what the structured tests fix.
  *
- *   mpirun -np 4 tests/mpi/mpi_random [-s SEED] [-i CALLS] [-m BYTES] [-v]
+ *   mpirun -np 4 tests/mpi/mpi_random [-s SEED] [-i CALLS] [-m BYTES] [-1] [-v]
  *
  * Every rank draws the same sequence of calls from SEED (default 1). A call
  * is one of allreduce, alltoall, alltoallv, allgather, reduce_scatter,
@@ -407,21 +407,22 @@ static duet_status_t finish(duet_request_t *req, int poll) {
 
 static void usage(const char *prog) {
   fprintf(stderr,
-          "usage: %s [-s SEED] [-i CALLS] [-m BYTES] [-v]\n"
+          "usage: %s [-s SEED] [-i CALLS] [-m BYTES] [-1] [-v]\n"
           "  -s SEED   the sequence of calls (default 1; every rank must pass the same)\n"
           "  -i CALLS  how many calls (default 300)\n"
           "  -m BYTES  largest buffer per rank (default 4194304)\n"
+          "  -1        one call at a time: no batches, no groups\n"
           "  -v        print every call on rank 0\n",
           prog);
 }
 
 int main(int argc, char **argv) {
-  int wrank, wsize, verbose = 0, opt;
+  int wrank, wsize, verbose = 0, single = 0, opt;
   uint64_t seed = 1;
   long calls = 300;
   size_t maxbytes = 4u << 20;
   mt_init_mpi(&argc, &argv, &wrank, &wsize);
-  while ((opt = getopt(argc, argv, "s:i:m:vh")) != -1) {
+  while ((opt = getopt(argc, argv, "s:i:m:1vh")) != -1) {
     switch (opt) {
     case 's':
       seed = strtoull(optarg, NULL, 0);
@@ -431,6 +432,9 @@ int main(int argc, char **argv) {
       break;
     case 'm':
       maxbytes = strtoull(optarg, NULL, 0);
+      break;
+    case '1':
+      single = 1;
       break;
     case 'v':
       verbose = 1;
@@ -454,7 +458,7 @@ int main(int argc, char **argv) {
   while (done < calls && !failed) {
     /* a batch of non-blocking calls in flight together, or one call */
     call_t batch[4];
-    int nbatch = draw() % 5 == 0 ? 2 + (int)(draw() % 3) : 1;
+    int nbatch = draw() % 5 == 0 && !single ? 2 + (int)(draw() % 3) : 1;
     int grouped = nbatch > 1 && draw() % 2 == 0; /* blocking calls in one group */
     for (int i = 0; i < nbatch; i++) {
       call_prepare(&batch[i], world, wrank, wsize, maxbytes / (size_t)nbatch,
