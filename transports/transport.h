@@ -9,7 +9,10 @@
  * post again) or a negative status with a message in errbuf.
  *
  * Receives are directed: a receive matches only a message from its peer with
- * exactly its tag. Messages between one pair with one tag match in order.
+ * exactly its tag. Messages between one pair with one tag match in order
+ * (libfabric over shm: only those on the same side of 4 KiB, see ofi.c's
+ * rendezvous; duet never has two messages of one tag in flight between a
+ * pair: a tag names the call and the message within it).
  */
 #ifndef DUET_TRANSPORT_H
 #define DUET_TRANSPORT_H

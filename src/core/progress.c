@@ -968,23 +968,14 @@ static void duet__timeout_message(duet_request_t *req, uint64_t waited_ms) {
   }
   st = duet__awaited_step(req);
   if (st != NULL) {
-    /* libfabric 1.17's shm provider holds every send to a peer behind a
-     * large one that peer has not matched yet (ofiwg/libfabric#9853): calls
-     * in flight together can wait on each other's sends */
-    const char *hint = strcmp(comm->nets->net[st->net].provider, "shm") == 0 &&
-                               comm->active_head != comm->active_tail
-                           ? "; libfabric's shm provider can stall calls in flight together "
-                             "(ofiwg/libfabric#9853): use the load/store UPN (the default) or "
-                             "wait for each call before the next"
-                           : "";
     duet__set_error(comm, DUET_ERR_TIMEOUT,
                     "%s seq %u on rank %d: timed out after %llu ms waiting for a %s %s rank %d "
-                    "(msg %u, %llu bytes, %s); %u of %u steps done%s",
+                    "(msg %u, %llu bytes, %s); %u of %u steps done",
                     duet__coll_name(req->coll), req->seq, comm->rank, (unsigned long long)waited_ms,
                     st->kind == DUET_STEP_SEND ? "send" : "receive",
                     st->kind == DUET_STEP_SEND ? "to" : "from", st->peer, st->msg,
                     (unsigned long long)st->len, duet__net_name(st->net), req->ndone,
-                    req->sched->nsteps, hint);
+                    req->sched->nsteps);
   } else
     duet__set_error(comm, DUET_ERR_TIMEOUT,
                     "%s seq %u on rank %d: timed out after %llu ms; %u of %u steps done",

@@ -18,9 +18,33 @@
  * communicator's lifetime (DESIGN.md section 5 asks for that anyway).
  *
  * Reserved tags: tags with bits 63 and 62 set and bit 61 clear belong to
- * this transport (the connection warm-up uses OFI_TAG_WARMUP). isend/irecv
+ * this transport (the connection warm-up uses OFI_TAG_WARMUP, the
+ * rendezvous below OFI_TAG_CTL). isend/irecv
  * refuse them with DUET_ERR_INVALID_ARGUMENT. With bit 61 set too they are a
  * layered transport's (the HPN planes' notices) and pass.
+ *
+ * Rendezvous on shm: libfabric 1.17's shm provider moves a message larger
+ * than its inject size (4 KiB) by a protocol that misbehaves while the
+ * message is unexpected (sent before its receive is posted), or longer than
+ * its receive. Through the kernel (CMA, the default where allowed) the
+ * sender's completions queue up behind that message's until the receiver
+ * matches it, so every later transfer to that peer waits too, and calls in
+ * flight together can wait on each other for good (ofiwg/libfabric#9853);
+ * through the segment (SAR, where CMA is not allowed) two such messages to
+ * one receiver stall both (ofiwg/libfabric#9143); a truncated one never
+ * completes either way. So on shm a larger message is sent only once its
+ * receive is posted and holds it. irecv posts the receive, then sends a
+ * clear-to-send (CTS: tag and length) on the reserved tag OFI_TAG_CTL, into
+ * one of OFI_CTL_SLOTS receives each endpoint keeps posted per peer (more
+ * wait in the provider as unexpected injects, which it buffers). isend of
+ * such a message waits for its CTS (e->cts_wait), or takes one that came
+ * first (e->cts_early), then posts the send; if the receive is too short it
+ * sends a NAK instead, the receiver cancels its receive, and both fail with
+ * DUET_ERR_MISMATCH, nothing written. A posted receive costs one 24-byte
+ * message; a send whose receive was posted first waits for nothing more. A
+ * receive of at most 4 KiB sends no CTS, so a longer message to it times out
+ * instead of failing as truncated. Posts the provider refuses as busy wait
+ * in e->retry and are tried again at each progress.
  *
  * insert_peers connects eagerly: the tcp provider connects lazily on the
  * first send (about 0.1 s each), so we exchange one zero-byte message with
@@ -53,6 +77,8 @@
 #define OFI_TAG_RESERVED (UINT64_C(3) << 62)
 #define OFI_TAG_RESERVED_MASK (UINT64_C(7) << 61)
 #define OFI_TAG_WARMUP (OFI_TAG_RESERVED | UINT64_C(0x1fffffffffffffff))
+#define OFI_TAG_CTL (OFI_TAG_RESERVED | UINT64_C(0x1ffffffffffffffe))
+#define OFI_CTL_SLOTS 4 /* rendezvous receives kept posted per peer */
 #define OFI_CQ_BATCH 16
 #define OFI_CTX_CHUNK 64  /* contexts allocated at a time, kept until close */
 #define OFI_MR_CACHE 32   /* cached registrations per endpoint */
@@ -60,6 +86,9 @@
 /* Test hook: register buffers even when the provider does not ask for it,
  * so the registration cache runs on tcp and shm. Read at open. */
 int duet__ofi_test_force_mr;
+/* Test hook: rendezvous for messages longer than this many bytes on every
+ * provider (0: on shm only, above its inject size). Read at open. */
+int duet__ofi_test_rndv;
 
 #define OFI_MR_MODE_OFFERED                                                                        \
   (FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY | FI_MR_ENDPOINT)
@@ -74,6 +103,23 @@ typedef struct ofi_mr {
   uint64_t last_use; /* for LRU eviction */
 } ofi_mr_t;
 
+/* What a context stands for. */
+enum {
+  OFI_OP_USER,      /* a caller's send or receive, posted */
+  OFI_OP_SEND_RNDV, /* a caller's send not posted yet: waits for its CTS, or for room */
+  OFI_OP_CTL_RECV,  /* one of the receives of control messages kept posted */
+  OFI_OP_CTL_SEND,  /* a control message the provider refused as busy, to send again */
+  OFI_OP_CTS_EARLY  /* a CTS that came before its send was posted */
+};
+
+/* A control message of the rendezvous, on tag OFI_TAG_CTL. */
+enum { OFI_CTL_CTS = 1, OFI_CTL_NAK = 2 };
+typedef struct ofi_ctl {
+  uint64_t kind; /* OFI_CTL_CTS: the receive is posted; OFI_CTL_NAK: it is too short */
+  uint64_t tag;  /* of the message */
+  uint64_t len;  /* CTS: the receive's length; NAK: the message's */
+} ofi_ctl_t;
+
 /* Internal context of one posted operation; op_context points here. */
 typedef struct ofi_ctx {
   struct fi_context2 fi; /* first: providers asking FI_CONTEXT(2) write here */
@@ -84,8 +130,18 @@ typedef struct ofi_ctx {
   size_t len; /* posted length */
   int peer;
   int is_recv;
+  int op;               /* OFI_OP_* */
+  void *buf, *desc;     /* OFI_OP_SEND_RNDV: what to post (desc: also OFI_OP_CTL_RECV's) */
+  ofi_ctl_t ctl;        /* OFI_OP_CTL_*: the message received or to send; CTS_EARLY: the CTS */
+  size_t olen;          /* a receive the sender's NAK cancelled: the message's length */
+  struct ofi_ctx *next; /* in e->cts_wait, e->cts_early or e->retry */
   struct ofi_ctx *next_free;
 } ofi_ctx_t;
+
+/* A FIFO list of contexts. */
+typedef struct ofi_list {
+  ofi_ctx_t *head, *tail;
+} ofi_list_t;
 
 typedef struct ofi_chunk {
   struct ofi_chunk *next;
@@ -114,6 +170,10 @@ typedef struct ofi_ep {
   uint64_t mr_clock;
   uint64_t mr_key;      /* requested keys when the provider does not pick them */
   duet__tp_req_t *warm; /* warm-up requests; freed at close (a late completion may touch them) */
+  size_t rndv_min;      /* rendezvous for messages longer than this; 0: never (not shm) */
+  ofi_list_t cts_wait;  /* sends waiting for their CTS */
+  ofi_list_t cts_early; /* CTSs waiting for their sends */
+  ofi_list_t retry;     /* posts refused as busy: sends, CTSs and CTS receives */
 } ofi_ep_t;
 
 static double ofi_now(void) {
@@ -163,6 +223,31 @@ static void ofi_ctx_put(ofi_ep_t *e, ofi_ctx_t *c) {
   c->req = NULL;
   c->next_free = e->free_ctx;
   e->free_ctx = c;
+}
+
+static void ofi_list_push(ofi_list_t *l, ofi_ctx_t *c) {
+  c->next = NULL;
+  if (l->tail)
+    l->tail->next = c;
+  else
+    l->head = c;
+  l->tail = c;
+}
+
+/* Remove and return the first context of l for (peer, tag), or NULL. */
+static ofi_ctx_t *ofi_list_take(ofi_list_t *l, int peer, uint64_t tag) {
+  for (ofi_ctx_t *prev = NULL, *c = l->head; c; prev = c, c = c->next)
+    if (c->peer == peer && c->tag == tag) {
+      if (prev)
+        prev->next = c->next;
+      else
+        l->head = c->next;
+      if (l->tail == c)
+        l->tail = prev;
+      c->next = NULL;
+      return c;
+    }
+  return NULL;
 }
 
 /* ---- registration cache ------------------------------------------------ */
@@ -231,7 +316,7 @@ static duet_status_t ofi_mr_get(ofi_ep_t *e, const void *buf, size_t len, ofi_ct
   return DUET_SUCCESS;
 }
 
-/* ---- progress ---------------------------------------------------------- */
+/* ---- completions ------------------------------------------------------- */
 
 static void ofi_complete(ofi_ep_t *e, ofi_ctx_t *c, size_t len, duet_status_t status) {
   duet__tp_complete(c->req, status, len);
@@ -259,12 +344,23 @@ static duet_status_t ofi_cq_error(ofi_ep_t *e, char *errbuf) {
     err.err = -err.err;
   provtxt = fi_cq_strerror(e->cq, err.prov_errno, err.err_data, provbuf, sizeof provbuf);
   c = err.op_context;
+  if (c && c->op == OFI_OP_CTL_RECV) {
+    duet__tp_seterr(errbuf, "ofi", "receive of rendezvous messages from peer %d failed: %s (%s)",
+                    c->peer, fi_strerror(err.err), provtxt ? provtxt : "");
+    return DUET_ERR_TRANSPORT;
+  }
   if (!c || !c->req) {
     duet__tp_seterr(errbuf, "ofi", "fi_cq_readerr: error without a request: %s (%s)",
                     fi_strerror(err.err), provtxt ? provtxt : "");
     return DUET_ERR_TRANSPORT;
   }
-  if (err.err == FI_ETRUNC) {
+  if (c->olen) { /* cancelled on the sender's NAK (rendezvous) */
+    st = DUET_ERR_MISMATCH;
+    duet__tp_seterr(errbuf, "ofi",
+                    "recv from peer %d tag 0x%" PRIx64
+                    ": message of %zu bytes, longer than the posted %zu; nothing received",
+                    c->peer, c->tag, c->olen, c->len);
+  } else if (err.err == FI_ETRUNC) {
     st = DUET_ERR_MISMATCH;
     char over[48] = "";
     if (err.olen) /* not every provider says by how much */
@@ -283,6 +379,189 @@ static duet_status_t ofi_cq_error(ofi_ep_t *e, char *errbuf) {
   return DUET_SUCCESS;
 }
 
+/* ---- rendezvous (shm) -------------------------------------------------- */
+
+/* Post what c stands for: a send whose CTS came, a control message, or a
+ * control receive. */
+static ssize_t ofi_post_op(ofi_ep_t *e, ofi_ctx_t *c) {
+  switch (c->op) {
+  case OFI_OP_SEND_RNDV:
+    return fi_tsend(e->ep, c->buf, c->len, c->desc, e->peers[c->peer], c->tag, c);
+  case OFI_OP_CTL_RECV:
+    return fi_trecv(e->ep, &c->ctl, sizeof c->ctl, c->desc, e->peers[c->peer], OFI_TAG_CTL, 0, c);
+  default: /* OFI_OP_CTL_SEND */
+    return fi_tinject(e->ep, &c->ctl, sizeof c->ctl, e->peers[c->peer], OFI_TAG_CTL);
+  }
+}
+
+/* Post c, or queue it on e->retry while the provider is busy. A send that
+ * fails completes its request with the error; a control message or receive
+ * that fails fails the endpoint. */
+static duet_status_t ofi_start(ofi_ep_t *e, ofi_ctx_t *c, char *errbuf) {
+  ssize_t ret = ofi_post_op(e, c);
+  int op = c->op;
+  if (ret == -FI_EAGAIN) {
+    ofi_list_push(&e->retry, c);
+    return DUET_SUCCESS;
+  }
+  if (ret == 0) {
+    if (op == OFI_OP_SEND_RNDV)
+      c->op = OFI_OP_USER; /* posted: completes as any send */
+    else if (op == OFI_OP_CTL_SEND)
+      ofi_ctx_put(e, c);
+    return DUET_SUCCESS;
+  }
+  duet__tp_seterr(errbuf, "ofi", "%s peer %d tag 0x%" PRIx64 ": %s",
+                  op == OFI_OP_SEND_RNDV  ? "fi_tsend after CTS to"
+                  : op == OFI_OP_CTL_RECV ? "fi_trecv of rendezvous messages from"
+                                          : "fi_tinject of a rendezvous message to",
+                  c->peer, op == OFI_OP_SEND_RNDV ? c->tag : c->ctl.tag, fi_strerror((int)-ret));
+  if (op == OFI_OP_SEND_RNDV) {
+    ofi_complete(e, c, 0, DUET_ERR_TRANSPORT);
+    return DUET_SUCCESS;
+  }
+  if (op == OFI_OP_CTL_SEND)
+    ofi_ctx_put(e, c);
+  return DUET_ERR_TRANSPORT;
+}
+
+/* Send peer a control message about the message of tag. */
+static duet_status_t ofi_send_ctl(ofi_ep_t *e, int peer, uint64_t kind, uint64_t tag, size_t len,
+                                  char *errbuf) {
+  ofi_ctl_t m = {.kind = kind, .tag = tag, .len = len};
+  ofi_ctx_t *c;
+  if (!e->retry.head && fi_tinject(e->ep, &m, sizeof m, e->peers[peer], OFI_TAG_CTL) == 0)
+    return DUET_SUCCESS;
+  c = ofi_ctx_get(e);
+  if (!c) {
+    duet__tp_seterr(errbuf, "ofi", "rendezvous message to peer %d: out of memory for a context",
+                    peer);
+    return DUET_ERR_NO_MEMORY;
+  }
+  c->op = OFI_OP_CTL_SEND;
+  c->peer = peer;
+  c->ctl = m;
+  if (e->retry.head) { /* behind what already waits for room */
+    ofi_list_push(&e->retry, c);
+    return DUET_SUCCESS;
+  }
+  return ofi_start(e, c, errbuf);
+}
+
+/* Send s has its CTS: post it if the receive holds it; otherwise tell the
+ * receiver (NAK) and fail both, sending nothing. */
+static duet_status_t ofi_cleared(ofi_ep_t *e, ofi_ctx_t *s, size_t recv_len, char *errbuf) {
+  duet_status_t st;
+  if (s->len <= recv_len)
+    return ofi_start(e, s, errbuf);
+  st = ofi_send_ctl(e, s->peer, OFI_CTL_NAK, s->tag, s->len, errbuf);
+  duet__tp_seterr(errbuf, "ofi",
+                  "send to peer %d tag 0x%" PRIx64 ": %zu bytes, longer than its receive of %zu",
+                  s->peer, s->tag, s->len, recv_len);
+  ofi_complete(e, s, 0, DUET_ERR_MISMATCH);
+  return st;
+}
+
+/* The posted receive of (peer, tag) that no NAK has cancelled yet. */
+static ofi_ctx_t *ofi_find_recv(ofi_ep_t *e, int peer, uint64_t tag) {
+  for (ofi_chunk_t *ch = e->chunks; ch; ch = ch->next)
+    for (int i = 0; i < OFI_CTX_CHUNK; i++) {
+      ofi_ctx_t *c = &ch->ctx[i];
+      if (c->req && c->op == OFI_OP_USER && c->is_recv && !c->olen && c->peer == peer &&
+          c->tag == tag)
+        return c;
+    }
+  return NULL;
+}
+
+/* A control message came into receive r: act on it, then post r again. */
+static duet_status_t ofi_got_ctl(ofi_ep_t *e, ofi_ctx_t *r, char *errbuf) {
+  duet_status_t st = DUET_SUCCESS;
+  if (r->ctl.kind == OFI_CTL_CTS) {
+    ofi_ctx_t *s = ofi_list_take(&e->cts_wait, r->peer, r->ctl.tag);
+    if (s) {
+      st = ofi_cleared(e, s, r->ctl.len, errbuf);
+    } else { /* the send is not posted yet */
+      ofi_ctx_t *k = ofi_ctx_get(e);
+      if (!k) {
+        duet__tp_seterr(errbuf, "ofi", "CTS from peer %d: out of memory for a context", r->peer);
+        return DUET_ERR_NO_MEMORY;
+      }
+      k->op = OFI_OP_CTS_EARLY;
+      k->peer = r->peer;
+      k->tag = r->ctl.tag;
+      k->ctl = r->ctl;
+      ofi_list_push(&e->cts_early, k);
+    }
+  } else if (r->ctl.kind == OFI_CTL_NAK) {
+    /* the message is longer than our receive: cancel it; it fails with
+     * DUET_ERR_MISMATCH through the CQ (ofi_cq_error) */
+    ofi_ctx_t *c = ofi_find_recv(e, r->peer, r->ctl.tag);
+    if (c) {
+      c->olen = r->ctl.len;
+      fi_cancel(&e->ep->fid, c);
+    }
+  } else {
+    DUET_WARN(DUET_SUB_NET, "ofi: unknown rendezvous message %" PRIu64 " from peer %d ignored",
+              r->ctl.kind, r->peer);
+  }
+  if (st == DUET_SUCCESS)
+    st = ofi_start(e, r, errbuf);
+  return st;
+}
+
+/* Post again what the provider refused as busy, in order. */
+static duet_status_t ofi_retry(ofi_ep_t *e, char *errbuf) {
+  ofi_ctx_t *c = e->retry.head;
+  e->retry.head = e->retry.tail = NULL;
+  while (c) {
+    ofi_ctx_t *next = c->next;
+    duet_status_t st = ofi_start(e, c, errbuf);
+    if (st != DUET_SUCCESS) {
+      while (next) { /* keep the rest */
+        c = next;
+        next = c->next;
+        ofi_list_push(&e->retry, c);
+      }
+      return st;
+    }
+    c = next;
+  }
+  return DUET_SUCCESS;
+}
+
+/* Keep OFI_CTL_SLOTS receives of control messages posted per peer (fewer
+ * when the provider's receive queue is short). */
+static duet_status_t ofi_post_ctl_slots(ofi_ep_t *e, char *errbuf) {
+  size_t rx = e->info->rx_attr->size ? e->info->rx_attr->size : 1024;
+  size_t slots = rx / (4 * (size_t)e->npeers);
+  slots = slots < 1 ? 1 : slots > OFI_CTL_SLOTS ? OFI_CTL_SLOTS : slots;
+  for (int peer = 0; peer < e->npeers; peer++)
+    for (size_t k = 0; k < slots; k++) {
+      ofi_ctx_t *c = ofi_ctx_get(e);
+      duet_status_t st;
+      if (!c) {
+        duet__tp_seterr(errbuf, "ofi", "insert_peers: out of memory for rendezvous receives");
+        return DUET_ERR_NO_MEMORY;
+      }
+      c->op = OFI_OP_CTL_RECV;
+      c->peer = peer;
+      c->tag = OFI_TAG_CTL;
+      c->is_recv = 1;
+      if (e->need_desc) { /* pinned for the endpoint's life */
+        st = ofi_mr_get(e, &c->ctl, sizeof c->ctl, c, &c->desc, errbuf);
+        if (st != DUET_SUCCESS)
+          return st;
+      }
+      st = ofi_start(e, c, errbuf);
+      if (st != DUET_SUCCESS)
+        return st;
+    }
+  return DUET_SUCCESS;
+}
+
+/* ---- progress ---------------------------------------------------------- */
+
 static duet_status_t ofi_progress_ep(ofi_ep_t *e, char *errbuf) {
   struct fi_cq_tagged_entry ent[OFI_CQ_BATCH];
 
@@ -291,6 +570,12 @@ static duet_status_t ofi_progress_ep(ofi_ep_t *e, char *errbuf) {
     if (n > 0) {
       for (ssize_t i = 0; i < n; i++) {
         ofi_ctx_t *c = ent[i].op_context;
+        if (c->op == OFI_OP_CTL_RECV) {
+          duet_status_t st = ofi_got_ctl(e, c, errbuf);
+          if (st != DUET_SUCCESS)
+            return st;
+          continue;
+        }
         ofi_complete(e, c, c->is_recv ? ent[i].len : c->len, DUET_SUCCESS);
       }
       if (n < OFI_CQ_BATCH)
@@ -308,7 +593,7 @@ static duet_status_t ofi_progress_ep(ofi_ep_t *e, char *errbuf) {
       return DUET_ERR_TRANSPORT;
     }
   }
-  return DUET_SUCCESS;
+  return e->retry.head ? ofi_retry(e, errbuf) : DUET_SUCCESS;
 }
 
 static duet_status_t ofi_progress(duet__tp_ep_t *ep, char *errbuf) {
@@ -324,6 +609,8 @@ static duet_status_t ofi_wait_fd(duet__tp_ep_t *ep, int *fd, char *errbuf) {
   (void)errbuf;
   if (e->wait_fd < 0)
     return DUET_ERR_UNSUPPORTED;
+  if (e->retry.head) /* posts to try again: no completion will wake us for them */
+    return DUET_IN_PROGRESS;
   fids[0] = &e->cq->fid;
   ret = fi_trywait(e->fabric, fids, 1);
   if (ret == FI_SUCCESS) {
@@ -377,10 +664,30 @@ static duet_status_t ofi_post(ofi_ep_t *e, int is_recv, int peer, void *buf, siz
   req->status = DUET_IN_PROGRESS;
   req->len = 0;
 
+  if (!is_recv && e->rndv_min && len > e->rndv_min) { /* send once its CTS is here */
+    ofi_ctx_t *cts = ofi_list_take(&e->cts_early, peer, tag);
+    size_t recv_len;
+    c->op = OFI_OP_SEND_RNDV;
+    c->buf = buf;
+    c->desc = desc;
+    if (!cts) {
+      ofi_list_push(&e->cts_wait, c);
+      return DUET_SUCCESS;
+    }
+    recv_len = cts->ctl.len;
+    ofi_ctx_put(e, cts);
+    return ofi_cleared(e, c, recv_len, errbuf);
+  }
   if (is_recv)
     ret = fi_trecv(e->ep, buf, len, desc, e->peers[peer], tag, 0, c);
   else
     ret = fi_tsend(e->ep, buf, len, desc, e->peers[peer], tag, c);
+  if (ret == 0 && is_recv && e->rndv_min && len > e->rndv_min) {
+    st = ofi_send_ctl(e, peer, OFI_CTL_CTS, tag, len, errbuf);
+    if (st != DUET_SUCCESS) /* the receive fails through the CQ */
+      fi_cancel(&e->ep->fid, c);
+    return DUET_SUCCESS;
+  }
   if (ret == 0)
     return DUET_SUCCESS;
   ofi_ctx_put(e, c);
@@ -580,6 +887,10 @@ static duet_status_t ofi_open(const duet__tp_params_t *params, duet__tp_ep_t **o
   e->mr_mode = e->info->domain_attr->mr_mode;
   e->need_desc = (e->mr_mode & (FI_MR_LOCAL | FI_MR_HMEM)) != 0 || duet__ofi_test_force_mr;
   e->max_msg = e->info->ep_attr->max_msg_size;
+  if (duet__ofi_test_rndv)
+    e->rndv_min = (size_t)duet__ofi_test_rndv;
+  else if (strcmp(e->info->fabric_attr->prov_name, "shm") == 0)
+    e->rndv_min = e->info->tx_attr->inject_size ? e->info->tx_attr->inject_size : 4096;
   if (DUET_LOG_ON(DUET_LOG_INFO, DUET_SUB_NET)) {
     char mrtxt[128];
     int mr_mode = e->info->domain_attr->mr_mode; /* fi_tostr reads an int */
@@ -766,6 +1077,11 @@ static duet_status_t ofi_insert_peers(duet__tp_ep_t *ep, int npeers, const void 
     }
   }
   e->npeers = npeers;
+  if (e->rndv_min) {
+    duet_status_t st = ofi_post_ctl_slots(e, errbuf);
+    if (st != DUET_SUCCESS)
+      return st;
+  }
   return ofi_warmup(e, errbuf);
 }
 
