@@ -83,6 +83,10 @@ typedef struct duet__tp_ops {
    * on a connection connects to it now; the peer leaving then fails the
    * pair's requests (a refused dial, a connection's end). Never blocks. */
   void (*watch)(duet__tp_ep_t *ep, int peer);
+  /* Optional (NULL: no bound). How many sends and how many receives the
+   * endpoint can hold posted at once (0: no bound); past that, isend/irecv
+   * return DUET_IN_PROGRESS until some complete. Asked after insert_peers. */
+  void (*queue_sizes)(duet__tp_ep_t *ep, size_t *sends, size_t *recvs);
 } duet__tp_ops_t;
 
 /* Write the message into errbuf (if any) and log it once as a warning,

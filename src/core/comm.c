@@ -496,6 +496,17 @@ static duet_status_t duet__insert_peers(duet_comm_t *comm, const duet__addr_msg_
                                               lens, errbuf);
     if (rc != DUET_SUCCESS)
       goto out_free;
+    if (comm->nets->net[n].ops->queue_sizes != NULL) {
+      size_t q[2] = {0, 0};
+      comm->nets->net[n].ops->queue_sizes(comm->nets->net[n].ep, &q[0], &q[1]);
+      for (int kind = 0; kind < 2; kind++)
+        comm->nets->net[n].queue_max[kind] = q[kind] > UINT32_MAX ? 0 : (uint32_t)q[kind];
+      DUET_INFO(DUET_SUB_NET, "%s queues: %zu sends, %zu receives posted at most",
+                n == DUET_NET_UPN   ? "UPN"
+                : n == DUET_NET_HPN ? "HPN"
+                                    : "self",
+                q[0], q[1]);
+    }
   }
 out_free:
   free(blobs);

@@ -76,6 +76,11 @@ typedef struct duet__net {
   char provider[64];
   char iface[64];
   char lasterr[DUET_TP_ERRLEN]; /* the transport's word on what its progress failed last */
+  /* Sends [0] and receives [1] the endpoint holds at most (0: no bound),
+   * and those the calls have posted and not yet seen complete (progress.c:
+   * "Sharing a transport's queues"). */
+  uint32_t queue_max[2];
+  uint32_t queued[2];
 } duet__net_t;
 
 /* A communicator's endpoints, shared with the communicators split from it
@@ -95,6 +100,7 @@ typedef struct duet__netset {
    * waiting on one of them moves the others' calls too (progress.c). */
   struct duet_comm *members;
   int family_pass; /* inside duet__family_progress: no nested pass */
+  uint64_t posts;  /* calls posted on these endpoints so far: each call's post_order */
 } duet__netset_t;
 
 /* Buffers a communicator keeps for its calls, whichever request carried
@@ -202,6 +208,7 @@ struct duet_request {
   duet_datatype_t dt;
   duet_op_t op;
   uint64_t p2p_seq; /* point to point: the pair's sequence number */
+  uint64_t post_order; /* when it was posted among the calls on its endpoints */
   /* execution state, one entry per step */
   uint32_t *left;        /* unfinished dependencies */
   uint8_t *state;        /* 0 waiting, 1 ready, 2 posted, 3 done */

@@ -50,8 +50,27 @@ static void duet__scratch_leave(duet_comm_t *comm, duet_request_t *req) {
   req->uses_comm_scratch = 0;
 }
 
+/* Queue slots: a send or receive step's network and kind (0 send, 1 receive). */
+static duet__net_t *duet__step_queue(const duet_request_t *req, const duet__step_t *st, int *kind) {
+  if (st->kind != DUET_STEP_SEND && st->kind != DUET_STEP_RECV)
+    return NULL;
+  *kind = st->kind == DUET_STEP_RECV;
+  return &req->comm->nets->net[st->net];
+}
+
+static void duet__queue_release(const duet_request_t *req, uint32_t i) {
+  int kind;
+  duet__net_t *net = duet__step_queue(req, &req->sched->steps[i], &kind);
+  if (net != NULL && net->queued[kind] > 0)
+    net->queued[kind]--;
+}
+
 static void duet__request_finish(duet_request_t *req, duet_status_t status) {
   duet_comm_t *comm = req->comm;
+  /* a failed call's transfers still posted no longer count against the
+   * queues: the call waits for none of them */
+  for (uint32_t k = 0; k < req->nposted; k++)
+    duet__queue_release(req, req->posted[k]);
   req->status = status;
   req->complete = 1;
   duet__active_remove(comm, req);
@@ -127,6 +146,7 @@ static duet_status_t duet__step_start(duet_request_t *req, uint32_t i) {
         comm->stats.hpn_msgs_sent++;
       }
     }
+    net->queued[st->kind == DUET_STEP_RECV]++;
     req->state[i] = 2;
     req->posted[req->nposted++] = i;
     return DUET_SUCCESS;
@@ -164,6 +184,28 @@ static duet_status_t duet__step_start(duet_request_t *req, uint32_t i) {
   return DUET_SUCCESS;
 }
 
+/*
+ * Sharing a transport's queues. A provider holds so many posted sends and
+ * so many posted receives (libfabric's tx and rx sizes); past that it says
+ * busy. Calls in flight together could fill them between them with
+ * transfers that wait on each other: one rank's sends queue full of a later
+ * call's sends, which wait for receives its peers cannot post, their
+ * receive queues being full of an earlier call's receives, which wait for
+ * the first rank's sends of that call, which it cannot post. So only the
+ * oldest call on the endpoints (the one posted first, on every rank the
+ * same call when the ranks post in the same order) may fill a queue past
+ * half; the others post into the first half only. The oldest call can then
+ * always move on every rank, and when it completes the next is oldest.
+ * Without it, 4 allreduces of 128 MiB in flight over tcp;ofi_rxm with
+ * queues of 64 timed out at np 2.
+ */
+static int duet__request_oldest(const duet_request_t *req) {
+  for (const duet_comm_t *m = req->comm->nets->members; m != NULL; m = m->family_next)
+    if (m->active_head != NULL && m->active_head->post_order < req->post_order)
+      return 0;
+  return 1;
+}
+
 /* Advance one request as far as it goes now. Returns 1 if anything moved. */
 static int duet__request_advance(duet_request_t *req) {
   int moved = 0;
@@ -180,6 +222,7 @@ static int duet__request_advance(duet_request_t *req) {
     }
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     req->posted[k] = req->posted[--req->nposted];
+    duet__queue_release(req, i);
     moved = 1;
     if (t->status != DUET_SUCCESS) {
       char *why = req->comm->nets->net[st->net].lasterr; /* the transport's, if it said */
@@ -214,15 +257,23 @@ static int duet__request_advance(duet_request_t *req) {
    * queue; the rest still start. So a rank whose sends wait for room still
    * posts the receives its peers' sends wait for: stopping at the first
    * busy send left two ranks each waiting for the other (an allreduce of
-   * over 1 GiB over tcp;ofi_rxm, whose queues hold 4096, never finished). */
+   * over 1 GiB over tcp;ofi_rxm, whose queues hold 2048, never finished). */
   uint32_t keep = 0;
   unsigned busy = 0; /* bit 2 * net + (kind == RECV): busy in this pass */
+  int oldest = -1;   /* whether req is the oldest call on its endpoints; -1: not asked yet */
   for (uint32_t q = 0; q < req->nready; q++) {
     uint32_t i = req->queue[q];
     const duet__step_t *st = &req->sched->steps[i];
-    unsigned bit = st->kind == DUET_STEP_SEND || st->kind == DUET_STEP_RECV
-                       ? 1u << (2 * st->net + (st->kind == DUET_STEP_RECV))
-                       : 0;
+    int kind;
+    const duet__net_t *net = duet__step_queue(req, st, &kind);
+    unsigned bit = net != NULL ? 1u << (2 * st->net + kind) : 0;
+    if (!(bit & busy) && net != NULL && net->queue_max[kind] != 0 &&
+        net->queued[kind] >= net->queue_max[kind] - net->queue_max[kind] / 2) {
+      if (oldest < 0)
+        oldest = duet__request_oldest(req);
+      if (!oldest)
+        busy |= bit; /* the rest of the queue is the oldest call's */
+    }
     if (bit & busy) {
       req->queue[keep++] = i;
       continue;
@@ -680,6 +731,7 @@ duet_status_t duet__request_post(duet_comm_t *comm, int coll, const duet__coll_a
     }
   }
   req->start_ns = duet__now_ns();
+  req->post_order = comm->nets->posts++;
   req->prev = comm->active_tail;
   if (comm->active_tail)
     comm->active_tail->next = req;

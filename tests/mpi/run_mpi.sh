@@ -133,9 +133,10 @@ done
 # posting returns "busy" (FI_EAGAIN) within most calls: a busy send must not
 # hold back the receives behind it (before, two ranks each waited for the
 # other: an allgather at np 2 here, an allreduce of over 1 GiB at the
-# default sizes). One call at a time (-1): with several in flight, queues
-# this short can still fill with transfers of calls that wait for each
-# other (see README).
+# default sizes). One call at a time (-1), and batches of calls in flight
+# together, which could fill queues this short with transfers that wait for
+# each other: only the oldest call in flight may fill a queue past half.
+# Seed 2467511 (np 4, batches) timed out before that rule.
 # Over libfabric's shm, a message of more than 4 KiB sent before its receive
 # stalled the provider when other calls were in flight (ofiwg/libfabric#9853):
 # seeds 202 (np 3) and 3023 (np 4, Rabenseifner forced) timed out before the
@@ -158,6 +159,7 @@ else
   for np in 2 3; do
     FI_OFI_RXM_TX_SIZE=4 FI_OFI_RXM_RX_SIZE=4 run ofi-tcp "$np" "$random" -1 -s "$np"
   done
+  FI_OFI_RXM_TX_SIZE=4 FI_OFI_RXM_RX_SIZE=4 run ofi-tcp 4 "$random" -s 2467511
   DUET_PROGRESS_THREAD=1 run shm 4 "$random" -s 44
 fi
 

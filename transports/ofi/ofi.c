@@ -174,6 +174,7 @@ typedef struct ofi_ep {
   ofi_list_t cts_wait;  /* sends waiting for their CTS */
   ofi_list_t cts_early; /* CTSs waiting for their sends */
   ofi_list_t retry;     /* posts refused as busy: sends, CTSs and CTS receives */
+  size_t ctl_slots;     /* receives of control messages kept posted, all peers */
 } ofi_ep_t;
 
 static double ofi_now(void) {
@@ -556,6 +557,7 @@ static duet_status_t ofi_post_ctl_slots(ofi_ep_t *e, char *errbuf) {
       st = ofi_start(e, c, errbuf);
       if (st != DUET_SUCCESS)
         return st;
+      e->ctl_slots++;
     }
   return DUET_SUCCESS;
 }
@@ -1113,6 +1115,13 @@ static void ofi_close(duet__tp_ep_t *ep) {
   free(e);
 }
 
+/* The provider's queues, less the receives the rendezvous keeps posted. */
+static void ofi_queue_sizes(duet__tp_ep_t *ep, size_t *sends, size_t *recvs) {
+  ofi_ep_t *e = (ofi_ep_t *)ep;
+  *sends = e->info->tx_attr->size;
+  *recvs = e->info->rx_attr->size > e->ctl_slots ? e->info->rx_attr->size - e->ctl_slots : 1;
+}
+
 const duet__tp_ops_t duet__tp_ofi = {
     .size = sizeof(duet__tp_ops_t),
     .name = "ofi",
@@ -1124,4 +1133,5 @@ const duet__tp_ops_t duet__tp_ofi = {
     .progress = ofi_progress,
     .wait_fd = ofi_wait_fd,
     .close = ofi_close,
+    .queue_sizes = ofi_queue_sizes,
 };
