@@ -570,16 +570,16 @@ static duet_status_t ofi_progress_ep(ofi_ep_t *e, char *errbuf) {
   for (;;) {
     ssize_t n = fi_cq_read(e->cq, ent, OFI_CQ_BATCH);
     if (n > 0) {
-      for (ssize_t i = 0; i < n; i++) {
+      duet_status_t failed = DUET_SUCCESS;
+      for (ssize_t i = 0; i < n; i++) { /* the whole batch, so no completion is lost */
         ofi_ctx_t *c = ent[i].op_context;
-        if (c->op == OFI_OP_CTL_RECV) {
-          duet_status_t st = ofi_got_ctl(e, c, errbuf);
-          if (st != DUET_SUCCESS)
-            return st;
-          continue;
-        }
-        ofi_complete(e, c, c->is_recv ? ent[i].len : c->len, DUET_SUCCESS);
+        if (c->op != OFI_OP_CTL_RECV)
+          ofi_complete(e, c, c->is_recv ? ent[i].len : c->len, DUET_SUCCESS);
+        else if (failed == DUET_SUCCESS)
+          failed = ofi_got_ctl(e, c, errbuf);
       }
+      if (failed != DUET_SUCCESS)
+        return failed;
       if (n < OFI_CQ_BATCH)
         break;
     } else if (n == -FI_EAGAIN) {
