@@ -502,10 +502,7 @@ static duet_status_t duet__insert_peers(duet_comm_t *comm, const duet__addr_msg_
       for (int kind = 0; kind < 2; kind++)
         comm->nets->net[n].queue_max[kind] = q[kind] > UINT32_MAX ? 0 : (uint32_t)q[kind];
       DUET_INFO(DUET_SUB_NET, "%s queues: %zu sends, %zu receives posted at most",
-                n == DUET_NET_UPN   ? "UPN"
-                : n == DUET_NET_HPN ? "HPN"
-                                    : "self",
-                q[0], q[1]);
+                duet__net_name(n), q[0], q[1]);
     }
   }
 out_free:

@@ -70,6 +70,10 @@ typedef struct duet__peer {
   uint64_t start;
 } duet__peer_t;
 
+static inline const char *duet__net_name(int net) {
+  return net == DUET_NET_UPN ? "UPN" : net == DUET_NET_HPN ? "HPN" : "self";
+}
+
 typedef struct duet__net {
   const duet__tp_ops_t *ops;
   duet__tp_ep_t *ep;

@@ -25,10 +25,6 @@
 #define DUET_IDLE_POLLS 4
 #define DUET_IDLE_SLEEP_MS 20
 
-static const char *duet__net_name(int net) {
-  return net == DUET_NET_UPN ? "UPN" : net == DUET_NET_HPN ? "HPN" : "self";
-}
-
 static void duet__active_remove(duet_comm_t *comm, duet_request_t *req) {
   if (req->prev)
     req->prev->next = req->next;

@@ -429,11 +429,7 @@ static duet_status_t ofi_start(ofi_ep_t *e, ofi_ctx_t *c, char *errbuf) {
 /* Send peer a control message about the message of tag. */
 static duet_status_t ofi_send_ctl(ofi_ep_t *e, int peer, uint64_t kind, uint64_t tag, size_t len,
                                   char *errbuf) {
-  ofi_ctl_t m = {.kind = kind, .tag = tag, .len = len};
-  ofi_ctx_t *c;
-  if (!e->retry.head && fi_tinject(e->ep, &m, sizeof m, e->peers[peer], OFI_TAG_CTL) == 0)
-    return DUET_SUCCESS;
-  c = ofi_ctx_get(e);
+  ofi_ctx_t *c = ofi_ctx_get(e);
   if (!c) {
     duet__tp_seterr(errbuf, "ofi", "rendezvous message to peer %d: out of memory for a context",
                     peer);
@@ -441,7 +437,7 @@ static duet_status_t ofi_send_ctl(ofi_ep_t *e, int peer, uint64_t kind, uint64_t
   }
   c->op = OFI_OP_CTL_SEND;
   c->peer = peer;
-  c->ctl = m;
+  c->ctl = (ofi_ctl_t){.kind = kind, .tag = tag, .len = len};
   if (e->retry.head) { /* behind what already waits for room */
     ofi_list_push(&e->retry, c);
     return DUET_SUCCESS;
