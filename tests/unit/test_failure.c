@@ -35,6 +35,10 @@
  * runs out of sockets later (duet's tcp connects each lane at its first
  * message) fails its call, saying so; a soft limit under the hard one is
  * raised.
+ *
+ * Point to point with counts that differ (duet_send of more or fewer bytes
+ * than the duet_recv): the receive fails with DUET_ERR_MISMATCH well before
+ * the deadline, writing nothing past its buffer, over each network.
  */
 #include <criterion/criterion.h>
 
@@ -507,4 +511,155 @@ Test(limits, soft_limit_is_raised, .timeout = 120) {
   }
   cr_assert_geq(reps[1].soft_after, reps[1].soft_before + 12,
                 "rank 1's soft limit: %llu, then %llu", reps[1].soft_before, reps[1].soft_after);
+}
+
+/* ---- point to point with counts that differ -------------------------- */
+
+typedef struct mm_report {
+  int rank, init, call, guard_ok;
+  long call_ms;
+  char err[400];
+} mm_report_t;
+
+/* Rank `from` sends sbytes to rank `to`, which receives rbytes into a
+ * buffer with guard bytes behind them; the others only init and destroy. */
+static void mm_rank(const setup_t *su, const int idp[2], int r, int from, int to, size_t sbytes,
+                    size_t rbytes, int fd) {
+  enum { GUARD = 64 };
+  duet_config_t cfg = DUET_CONFIG_INIT;
+  duet_comm_t *c = NULL;
+  duet_unique_id_t id;
+  mm_report_t rep;
+  unsigned char *buf = malloc((sbytes > rbytes ? sbytes : rbytes) + GUARD);
+  long t;
+
+  memset(&rep, 0, sizeof(rep));
+  rep.rank = r;
+  rep.guard_ok = 1;
+  if (r == 0) {
+    rep.init = duet_get_unique_id(&id);
+    for (int k = 1; k < su->n && rep.init == DUET_SUCCESS; k++)
+      if (write(idp[1], &id, sizeof(id)) != (ssize_t)sizeof(id))
+        rep.init = DUET_ERR_SYSTEM;
+  } else if (read(idp[0], &id, sizeof(id)) != (ssize_t)sizeof(id)) {
+    rep.init = DUET_ERR_SYSTEM;
+  }
+  if (rep.init == DUET_SUCCESS) {
+    cfg.timeout_ms = TIMEOUT_MS;
+    cfg.upn_provider = su->upn;
+    cfg.hpn_provider = su->hpn;
+    cfg.hpn_iface = su->hpn_iface;
+    cfg.supernode = su->sn[r];
+    rep.init = duet_comm_init_rank(&c, su->n, id, r, &cfg);
+  }
+  if (rep.init != DUET_SUCCESS || !buf) {
+    snprintf(rep.err, sizeof(rep.err), "init: %s", duet_last_error(NULL));
+    goto out;
+  }
+  t = now_ms();
+  if (r == from) {
+    memset(buf, 0x5a, sbytes);
+    rep.call = duet_send(buf, sbytes, DUET_UINT8, to, c);
+  } else if (r == to) {
+    memset(buf, 0, rbytes + GUARD);
+    rep.call = duet_recv(buf, rbytes, DUET_UINT8, from, c);
+    for (size_t i = rbytes; i < rbytes + GUARD; i++)
+      rep.guard_ok &= buf[i] == 0;
+  }
+  rep.call_ms = now_ms() - t;
+  if (rep.call != DUET_SUCCESS)
+    snprintf(rep.err, sizeof(rep.err), "%s", duet_last_error(c));
+  duet_comm_destroy(c);
+out:
+  free(buf);
+  if (write(fd, &rep, sizeof(rep)) != (ssize_t)sizeof(rep))
+    _exit(3);
+  _exit(0);
+}
+
+/* duet_send of sbytes against duet_recv of rbytes: the receiver fails with
+ * DUET_ERR_MISMATCH well before the deadline, writing nothing past its
+ * buffer; the sender succeeds (its message was sent whole) or fails with
+ * DUET_ERR_MISMATCH too, as soon. Over libfabric's shm a message past 4 KiB
+ * into a receive of 4 KiB or less timed out on both sides before. */
+static void mismatch(const setup_t *su, int from, int to, size_t sbytes, size_t rbytes) {
+  pid_t pid[MAXR];
+  int fds[2], idp[2], got = 0;
+  mm_report_t reps[MAXR];
+  long t0;
+
+  cr_assert_eq(pipe(fds), 0);
+  cr_assert_eq(pipe(idp), 0);
+  for (int r = 0; r < su->n; r++) {
+    pid[r] = fork();
+    cr_assert_geq(pid[r], 0);
+    if (pid[r] == 0) {
+      close(fds[0]);
+      mm_rank(su, idp, r, from, to, sbytes, rbytes, fds[1]);
+    }
+  }
+  close(fds[1]);
+  close(idp[0]);
+  close(idp[1]);
+  t0 = now_ms();
+  while (got < su->n && now_ms() - t0 < 60000) {
+    struct pollfd p = {fds[0], POLLIN, 0};
+    if (poll(&p, 1, 1000) <= 0)
+      continue;
+    ssize_t k = read(fds[0], &reps[got], sizeof(reps[got]));
+    if (k == (ssize_t)sizeof(reps[got]))
+      got++;
+    else if (k == 0)
+      break;
+  }
+  close(fds[0]);
+  for (int r = 0; r < su->n; r++) {
+    int status = 0;
+    if (waitpid(pid[r], &status, WNOHANG) == 0) {
+      kill(pid[r], SIGKILL);
+      waitpid(pid[r], &status, 0);
+    }
+  }
+  cr_assert_eq(got, su->n, "%s, %zu bytes sent to a receive of %zu: %d of %d ranks reported",
+               su->name, sbytes, rbytes, got, su->n);
+  for (int k = 0; k < got; k++) {
+    const mm_report_t *p = &reps[k];
+    cr_assert_eq(p->init, DUET_SUCCESS, "%s: rank %d: %s", su->name, p->rank, p->err);
+    if (p->rank == to)
+      cr_assert(p->call == DUET_ERR_MISMATCH && p->guard_ok,
+                "%s, %zu bytes sent to a receive of %zu: the receive returned %d (%s) after %ld "
+                "ms, guard %s: %s",
+                su->name, sbytes, rbytes, p->call, duet_strerror(p->call), p->call_ms,
+                p->guard_ok ? "intact" : "overwritten", p->err);
+    else if (p->rank == from)
+      cr_assert(p->call == DUET_SUCCESS || p->call == DUET_ERR_MISMATCH,
+                "%s, %zu bytes sent to a receive of %zu: the send returned %d (%s) after %ld ms: "
+                "%s",
+                su->name, sbytes, rbytes, p->call, duet_strerror(p->call), p->call_ms, p->err);
+    cr_assert_lt(p->call_ms, TIMEOUT_MS / 2,
+                 "%s, %zu bytes sent to a receive of %zu: rank %d took %ld ms", su->name, sbytes,
+                 rbytes, p->rank, p->call_ms);
+  }
+}
+
+static void mismatches(const setup_t *su, int from, int to) {
+  static const size_t sizes[][2] = {{16384, 1024}, {1024, 16384}, {65536, 32768}, {4097, 4096}};
+  for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
+    mismatch(su, from, to, sizes[i][0], sizes[i][1]);
+}
+
+Test(mismatch, one_host, .timeout = 120) {
+  mismatches(&one_host, 0, 1);
+}
+Test(mismatch, tcp, .timeout = 120) {
+  mismatches(&tcp, 0, 1);
+}
+Test(mismatch, ofi_tcp, .timeout = 120) {
+  mismatches(&ofi_tcp, 0, 1);
+}
+Test(mismatch, ofi_shm, .timeout = 120) {
+  mismatches(&ofi_shm, 0, 1);
+}
+Test(mismatch, two_supernodes, .timeout = 120) {
+  mismatches(&two_sn, 0, 2);
 }

@@ -42,9 +42,12 @@
  * sends a NAK instead, the receiver cancels its receive, and both fail with
  * DUET_ERR_MISMATCH, nothing written. A posted receive costs one 24-byte
  * message; a send whose receive was posted first waits for nothing more. A
- * receive of at most 4 KiB sends no CTS, so a longer message to it times out
- * instead of failing as truncated. Posts the provider refuses as busy wait
- * in e->retry and are tried again at each progress.
+ * receive of at most 4 KiB sends no CTS, so a send still waiting for its CTS
+ * after OFI_PROBE_SEC asks its receiver (PROBE, again each OFI_PROBE_SEC),
+ * which answers with a CTS of its receive's length if one that short is
+ * posted for the message: the pair then fails as truncated too, instead of
+ * timing out. Posts the provider refuses as busy wait in e->retry and are
+ * tried again at each progress.
  *
  * insert_peers connects eagerly: the tcp provider connects lazily on the
  * first send (about 0.1 s each), so we exchange one zero-byte message with
@@ -78,7 +81,8 @@
 #define OFI_TAG_RESERVED_MASK (UINT64_C(7) << 61)
 #define OFI_TAG_WARMUP (OFI_TAG_RESERVED | UINT64_C(0x1fffffffffffffff))
 #define OFI_TAG_CTL (OFI_TAG_RESERVED | UINT64_C(0x1ffffffffffffffe))
-#define OFI_CTL_SLOTS 4 /* rendezvous receives kept posted per peer */
+#define OFI_CTL_SLOTS 4   /* rendezvous receives kept posted per peer */
+#define OFI_PROBE_SEC 0.1 /* a send waiting this long for its CTS probes its receiver */
 #define OFI_CQ_BATCH 16
 #define OFI_CTX_CHUNK 64  /* contexts allocated at a time, kept until close */
 #define OFI_MR_CACHE 32   /* cached registrations per endpoint */
@@ -113,11 +117,12 @@ enum {
 };
 
 /* A control message of the rendezvous, on tag OFI_TAG_CTL. */
-enum { OFI_CTL_CTS = 1, OFI_CTL_NAK = 2 };
+enum { OFI_CTL_CTS = 1, OFI_CTL_NAK = 2, OFI_CTL_PROBE = 3 };
 typedef struct ofi_ctl {
-  uint64_t kind; /* OFI_CTL_CTS: the receive is posted; OFI_CTL_NAK: it is too short */
+  uint64_t kind; /* OFI_CTL_CTS: the receive is posted; OFI_CTL_NAK: it is too short;
+                    OFI_CTL_PROBE: the send still waits for its CTS */
   uint64_t tag;  /* of the message */
-  uint64_t len;  /* CTS: the receive's length; NAK: the message's */
+  uint64_t len;  /* CTS: the receive's length; NAK, PROBE: the message's */
 } ofi_ctl_t;
 
 /* Internal context of one posted operation; op_context points here. */
@@ -134,6 +139,8 @@ typedef struct ofi_ctx {
   void *buf, *desc;     /* OFI_OP_SEND_RNDV: what to post (desc: also OFI_OP_CTL_RECV's) */
   ofi_ctl_t ctl;        /* OFI_OP_CTL_*: the message received or to send; CTS_EARLY: the CTS */
   size_t olen;          /* a receive the sender's NAK cancelled: the message's length */
+  int answered;         /* a receive too short for a CTS: it answered a PROBE with one */
+  double probe_at;      /* OFI_OP_SEND_RNDV in e->cts_wait: when to probe its receiver */
   struct ofi_ctx *next; /* in e->cts_wait, e->cts_early or e->retry */
   struct ofi_ctx *next_free;
 } ofi_ctx_t;
@@ -172,6 +179,7 @@ typedef struct ofi_ep {
   duet__tp_req_t *warm; /* warm-up requests; freed at close (a late completion may touch them) */
   size_t rndv_min;      /* rendezvous for messages longer than this; 0: never (not shm) */
   ofi_list_t cts_wait;  /* sends waiting for their CTS */
+  double probe_due;     /* the earliest probe_at in cts_wait (or earlier); 0: none */
   ofi_list_t cts_early; /* CTSs waiting for their sends */
   ofi_list_t retry;     /* posts refused as busy: sends, CTSs and CTS receives */
   size_t ctl_slots;     /* receives of control messages kept posted, all peers */
@@ -490,6 +498,14 @@ static duet_status_t ofi_got_ctl(ofi_ep_t *e, ofi_ctx_t *r, char *errbuf) {
       k->ctl = r->ctl;
       ofi_list_push(&e->cts_early, k);
     }
+  } else if (r->ctl.kind == OFI_CTL_PROBE) {
+    /* a send still waits for its CTS: if its receive is posted but too short
+     * to have sent one, answer with its length (the sender then NAKs) */
+    ofi_ctx_t *c = ofi_find_recv(e, r->peer, r->ctl.tag);
+    if (c && c->len <= e->rndv_min && !c->answered) {
+      c->answered = 1;
+      st = ofi_send_ctl(e, r->peer, OFI_CTL_CTS, r->ctl.tag, c->len, errbuf);
+    }
   } else if (r->ctl.kind == OFI_CTL_NAK) {
     /* the message is longer than our receive: cancel it; it fails with
      * DUET_ERR_MISMATCH through the CQ (ofi_cq_error) */
@@ -558,6 +574,24 @@ static duet_status_t ofi_post_ctl_slots(ofi_ep_t *e, char *errbuf) {
   return DUET_SUCCESS;
 }
 
+/* Probe the receivers of the sends that have waited OFI_PROBE_SEC for their
+ * CTS since they were posted or last probed. */
+static duet_status_t ofi_probe(ofi_ep_t *e, char *errbuf) {
+  double now = ofi_now();
+  e->probe_due = 0;
+  for (ofi_ctx_t *c = e->cts_wait.head; c; c = c->next) {
+    if (c->probe_at <= now) {
+      duet_status_t st = ofi_send_ctl(e, c->peer, OFI_CTL_PROBE, c->tag, c->len, errbuf);
+      if (st != DUET_SUCCESS)
+        return st;
+      c->probe_at = now + OFI_PROBE_SEC;
+    }
+    if (!e->probe_due || c->probe_at < e->probe_due)
+      e->probe_due = c->probe_at;
+  }
+  return DUET_SUCCESS;
+}
+
 /* ---- progress ---------------------------------------------------------- */
 
 static duet_status_t ofi_progress_ep(ofi_ep_t *e, char *errbuf) {
@@ -590,6 +624,11 @@ static duet_status_t ofi_progress_ep(ofi_ep_t *e, char *errbuf) {
       duet__tp_seterr(errbuf, "ofi", "fi_cq_read: %s", fi_strerror((int)-n));
       return DUET_ERR_TRANSPORT;
     }
+  }
+  if (e->probe_due && ofi_now() >= e->probe_due) {
+    duet_status_t st = ofi_probe(e, errbuf);
+    if (st != DUET_SUCCESS)
+      return st;
   }
   return e->retry.head ? ofi_retry(e, errbuf) : DUET_SUCCESS;
 }
@@ -669,12 +708,20 @@ static duet_status_t ofi_post(ofi_ep_t *e, int is_recv, int peer, void *buf, siz
     c->buf = buf;
     c->desc = desc;
     if (!cts) {
+      c->probe_at = ofi_now() + OFI_PROBE_SEC;
+      if (!e->probe_due)
+        e->probe_due = c->probe_at;
       ofi_list_push(&e->cts_wait, c);
       return DUET_SUCCESS;
     }
     recv_len = cts->ctl.len;
     ofi_ctx_put(e, cts);
     return ofi_cleared(e, c, recv_len, errbuf);
+  }
+  if (!is_recv && e->cts_early.head) { /* a CTS for this short message: drop it */
+    ofi_ctx_t *cts = ofi_list_take(&e->cts_early, peer, tag);
+    if (cts)
+      ofi_ctx_put(e, cts);
   }
   if (is_recv)
     ret = fi_trecv(e->ep, buf, len, desc, e->peers[peer], tag, 0, c);
