@@ -43,11 +43,13 @@
  * DUET_ERR_MISMATCH, nothing written. A posted receive costs one 24-byte
  * message; a send whose receive was posted first waits for nothing more. A
  * receive of at most 4 KiB sends no CTS, so a send still waiting for its CTS
- * after OFI_PROBE_SEC asks its receiver (PROBE, again each OFI_PROBE_SEC),
- * which answers with a CTS of its receive's length if one that short is
- * posted for the message: the pair then fails as truncated too, instead of
- * timing out. Posts the provider refuses as busy wait in e->retry and are
- * tried again at each progress.
+ * after OFI_PROBE_SEC asks its receiver (PROBE; again after as long as it
+ * has waited, at most OFI_PROBE_MAX later), which answers with a CTS of its
+ * receive's length if one that short is posted for the message: the pair
+ * then fails as truncated too, instead of timing out. A probe is advice: one
+ * the provider refuses as busy is dropped, not retried. Other posts the
+ * provider refuses as busy wait in e->retry and are tried again at each
+ * progress.
  *
  * insert_peers connects eagerly: the tcp provider connects lazily on the
  * first send (about 0.1 s each), so we exchange one zero-byte message with
@@ -82,7 +84,8 @@
 #define OFI_TAG_WARMUP (OFI_TAG_RESERVED | UINT64_C(0x1fffffffffffffff))
 #define OFI_TAG_CTL (OFI_TAG_RESERVED | UINT64_C(0x1ffffffffffffffe))
 #define OFI_CTL_SLOTS 4   /* rendezvous receives kept posted per peer */
-#define OFI_PROBE_SEC 0.1 /* a send waiting this long for its CTS probes its receiver */
+#define OFI_PROBE_SEC 0.1 /* a send waiting this long for its CTS probes its receiver, */
+#define OFI_PROBE_MAX 1.0 /* then again after as long again as it waited, at most this */
 #define OFI_CQ_BATCH 16
 #define OFI_CTX_CHUNK 64  /* contexts allocated at a time, kept until close */
 #define OFI_MR_CACHE 32   /* cached registrations per endpoint */
@@ -140,7 +143,8 @@ typedef struct ofi_ctx {
   ofi_ctl_t ctl;        /* OFI_OP_CTL_*: the message received or to send; CTS_EARLY: the CTS */
   size_t olen;          /* a receive the sender's NAK cancelled: the message's length */
   int answered;         /* a receive too short for a CTS: it answered a PROBE with one */
-  double probe_at;      /* OFI_OP_SEND_RNDV in e->cts_wait: when to probe its receiver */
+  double posted_at;     /* OFI_OP_SEND_RNDV in e->cts_wait: when it began to wait, */
+  double probe_at;      /* and when to probe its receiver next */
   struct ofi_ctx *next; /* in e->cts_wait, e->cts_early or e->retry */
   struct ofi_ctx *next_free;
 } ofi_ctx_t;
@@ -574,17 +578,24 @@ static duet_status_t ofi_post_ctl_slots(ofi_ep_t *e, char *errbuf) {
   return DUET_SUCCESS;
 }
 
-/* Probe the receivers of the sends that have waited OFI_PROBE_SEC for their
- * CTS since they were posted or last probed. */
+/* Probe the receivers of the sends whose time to probe has come (see the
+ * file's comment). */
 static duet_status_t ofi_probe(ofi_ep_t *e, char *errbuf) {
   double now = ofi_now();
   e->probe_due = 0;
   for (ofi_ctx_t *c = e->cts_wait.head; c; c = c->next) {
     if (c->probe_at <= now) {
-      duet_status_t st = ofi_send_ctl(e, c->peer, OFI_CTL_PROBE, c->tag, c->len, errbuf);
-      if (st != DUET_SUCCESS)
-        return st;
-      c->probe_at = now + OFI_PROBE_SEC;
+      ofi_ctl_t probe = {.kind = OFI_CTL_PROBE, .tag = c->tag, .len = c->len};
+      double waited = now - c->posted_at;
+      ssize_t ret = e->retry.head
+                        ? -FI_EAGAIN /* busy already */
+                        : fi_tinject(e->ep, &probe, sizeof probe, e->peers[c->peer], OFI_TAG_CTL);
+      if (ret < 0 && ret != -FI_EAGAIN) {
+        duet__tp_seterr(errbuf, "ofi", "fi_tinject of a rendezvous probe to peer %d: %s", c->peer,
+                        fi_strerror((int)-ret));
+        return DUET_ERR_TRANSPORT;
+      }
+      c->probe_at = now + (waited < OFI_PROBE_MAX ? waited : OFI_PROBE_MAX);
     }
     if (!e->probe_due || c->probe_at < e->probe_due)
       e->probe_due = c->probe_at;
@@ -708,7 +719,8 @@ static duet_status_t ofi_post(ofi_ep_t *e, int is_recv, int peer, void *buf, siz
     c->buf = buf;
     c->desc = desc;
     if (!cts) {
-      c->probe_at = ofi_now() + OFI_PROBE_SEC;
+      c->posted_at = ofi_now();
+      c->probe_at = c->posted_at + OFI_PROBE_SEC;
       if (!e->probe_due)
         e->probe_due = c->probe_at;
       ofi_list_push(&e->cts_wait, c);
