@@ -43,13 +43,14 @@
  * DUET_ERR_MISMATCH, nothing written. A posted receive costs one 24-byte
  * message; a send whose receive was posted first waits for nothing more. A
  * receive of at most 4 KiB sends no CTS, so a send still waiting for its CTS
- * after OFI_PROBE_SEC asks its receiver (PROBE; again after as long as it
- * has waited, at most OFI_PROBE_MAX later), which answers with a CTS of its
- * receive's length if one that short is posted for the message: the pair
- * then fails as truncated too, instead of timing out. A probe is advice: one
- * the provider refuses as busy is dropped, not retried. Other posts the
- * provider refuses as busy wait in e->retry and are tried again at each
- * progress.
+ * after OFI_PROBE_SEC tells its receiver once (PROBE: tag and length). A
+ * receiver with such a short receive posted for the message answers with a
+ * CTS of its length, and the pair fails as truncated too, instead of timing
+ * out; with no receive posted for it yet it keeps the probe (e->probes, up
+ * to OFI_PROBE_KEEP) for the receive to answer when posted. One probe per
+ * send that waits, so a receiver that is late for many sends gets one
+ * message for each. Posts the provider refuses as busy wait in e->retry and
+ * are tried again at each progress (a probe at the next progress).
  *
  * insert_peers connects eagerly: the tcp provider connects lazily on the
  * first send (about 0.1 s each), so we exchange one zero-byte message with
@@ -84,8 +85,8 @@
 #define OFI_TAG_WARMUP (OFI_TAG_RESERVED | UINT64_C(0x1fffffffffffffff))
 #define OFI_TAG_CTL (OFI_TAG_RESERVED | UINT64_C(0x1ffffffffffffffe))
 #define OFI_CTL_SLOTS 4   /* rendezvous receives kept posted per peer */
-#define OFI_PROBE_SEC 0.1 /* a send waiting this long for its CTS probes its receiver, */
-#define OFI_PROBE_MAX 1.0 /* then again after as long again as it waited, at most this */
+#define OFI_PROBE_SEC 0.1 /* a send waiting this long for its CTS probes its receiver */
+#define OFI_PROBE_KEEP 60.0 /* a probe that found no receive waits this long for one */
 #define OFI_CQ_BATCH 16
 #define OFI_CTX_CHUNK 64  /* contexts allocated at a time, kept until close */
 #define OFI_MR_CACHE 32   /* cached registrations per endpoint */
@@ -116,7 +117,8 @@ enum {
   OFI_OP_SEND_RNDV, /* a caller's send not posted yet: waits for its CTS, or for room */
   OFI_OP_CTL_RECV,  /* one of the receives of control messages kept posted */
   OFI_OP_CTL_SEND,  /* a control message the provider refused as busy, to send again */
-  OFI_OP_CTS_EARLY  /* a CTS that came before its send was posted */
+  OFI_OP_CTS_EARLY, /* a CTS that came before its send was posted */
+  OFI_OP_PROBE_KEPT /* a PROBE that came before its receive was posted */
 };
 
 /* A control message of the rendezvous, on tag OFI_TAG_CTL. */
@@ -143,9 +145,9 @@ typedef struct ofi_ctx {
   ofi_ctl_t ctl;        /* OFI_OP_CTL_*: the message received or to send; CTS_EARLY: the CTS */
   size_t olen;          /* a receive the sender's NAK cancelled: the message's length */
   int answered;         /* a receive too short for a CTS: it answered a PROBE with one */
-  double posted_at;     /* OFI_OP_SEND_RNDV in e->cts_wait: when it began to wait, */
-  double probe_at;      /* and when to probe its receiver next */
-  struct ofi_ctx *next; /* in e->cts_wait, e->cts_early or e->retry */
+  double probe_at;      /* OFI_OP_SEND_RNDV in e->cts_wait: when to probe its receiver
+                           (0: probed); OFI_OP_PROBE_KEPT: when the probe came */
+  struct ofi_ctx *next; /* in e->cts_wait, e->cts_early, e->probes or e->retry */
   struct ofi_ctx *next_free;
 } ofi_ctx_t;
 
@@ -184,6 +186,7 @@ typedef struct ofi_ep {
   size_t rndv_min;      /* rendezvous for messages longer than this; 0: never (not shm) */
   ofi_list_t cts_wait;  /* sends waiting for their CTS */
   double probe_due;     /* the earliest probe_at in cts_wait (or earlier); 0: none */
+  ofi_list_t probes;    /* PROBEs waiting for their receives */
   ofi_list_t cts_early; /* CTSs waiting for their sends */
   ofi_list_t retry;     /* posts refused as busy: sends, CTSs and CTS receives */
   size_t ctl_slots;     /* receives of control messages kept posted, all peers */
@@ -504,11 +507,23 @@ static duet_status_t ofi_got_ctl(ofi_ep_t *e, ofi_ctx_t *r, char *errbuf) {
     }
   } else if (r->ctl.kind == OFI_CTL_PROBE) {
     /* a send still waits for its CTS: if its receive is posted but too short
-     * to have sent one, answer with its length (the sender then NAKs) */
+     * to have sent one, answer with its length (the sender then NAKs); if it
+     * is not posted yet, keep the probe for it */
     ofi_ctx_t *c = ofi_find_recv(e, r->peer, r->ctl.tag);
     if (c && c->len <= e->rndv_min && !c->answered) {
       c->answered = 1;
       st = ofi_send_ctl(e, r->peer, OFI_CTL_CTS, r->ctl.tag, c->len, errbuf);
+    } else if (!c) {
+      ofi_ctx_t *k = ofi_ctx_get(e);
+      if (!k) {
+        duet__tp_seterr(errbuf, "ofi", "probe from peer %d: out of memory for a context", r->peer);
+        return DUET_ERR_NO_MEMORY;
+      }
+      k->op = OFI_OP_PROBE_KEPT;
+      k->peer = r->peer;
+      k->tag = r->ctl.tag;
+      k->probe_at = ofi_now();
+      ofi_list_push(&e->probes, k);
     }
   } else if (r->ctl.kind == OFI_CTL_NAK) {
     /* the message is longer than our receive: cancel it; it fails with
@@ -578,15 +593,14 @@ static duet_status_t ofi_post_ctl_slots(ofi_ep_t *e, char *errbuf) {
   return DUET_SUCCESS;
 }
 
-/* Probe the receivers of the sends whose time to probe has come (see the
- * file's comment). */
+/* Probe the receivers of the sends that have waited OFI_PROBE_SEC for their
+ * CTS (see the file's comment). */
 static duet_status_t ofi_probe(ofi_ep_t *e, char *errbuf) {
   double now = ofi_now();
   e->probe_due = 0;
   for (ofi_ctx_t *c = e->cts_wait.head; c; c = c->next) {
-    if (c->probe_at <= now) {
+    if (c->probe_at && c->probe_at <= now) {
       ofi_ctl_t probe = {.kind = OFI_CTL_PROBE, .tag = c->tag, .len = c->len};
-      double waited = now - c->posted_at;
       ssize_t ret = e->retry.head
                         ? -FI_EAGAIN /* busy already */
                         : fi_tinject(e->ep, &probe, sizeof probe, e->peers[c->peer], OFI_TAG_CTL);
@@ -595,12 +609,38 @@ static duet_status_t ofi_probe(ofi_ep_t *e, char *errbuf) {
                         fi_strerror((int)-ret));
         return DUET_ERR_TRANSPORT;
       }
-      c->probe_at = now + (waited < OFI_PROBE_MAX ? waited : OFI_PROBE_MAX);
+      c->probe_at = ret == 0 ? 0 : now; /* busy: at the next progress */
     }
-    if (!e->probe_due || c->probe_at < e->probe_due)
+    if (c->probe_at && (!e->probe_due || c->probe_at < e->probe_due))
       e->probe_due = c->probe_at;
   }
   return DUET_SUCCESS;
+}
+
+/* Remove and return the kept probe for (peer, tag), or NULL; drop the
+ * probes kept longer than OFI_PROBE_KEEP on the way. */
+static ofi_ctx_t *ofi_take_probe(ofi_ep_t *e, int peer, uint64_t tag) {
+  double now = ofi_now();
+  ofi_ctx_t *found = NULL;
+  for (ofi_ctx_t *prev = NULL, *c = e->probes.head, *next; c; c = next) {
+    next = c->next;
+    if ((c->peer == peer && c->tag == tag && !found) || now - c->probe_at > OFI_PROBE_KEEP) {
+      if (prev)
+        prev->next = next;
+      else
+        e->probes.head = next;
+      if (e->probes.tail == c)
+        e->probes.tail = prev;
+      c->next = NULL;
+      if (c->peer == peer && c->tag == tag && !found)
+        found = c;
+      else
+        ofi_ctx_put(e, c);
+    } else {
+      prev = c;
+    }
+  }
+  return found;
 }
 
 /* ---- progress ---------------------------------------------------------- */
@@ -719,8 +759,7 @@ static duet_status_t ofi_post(ofi_ep_t *e, int is_recv, int peer, void *buf, siz
     c->buf = buf;
     c->desc = desc;
     if (!cts) {
-      c->posted_at = ofi_now();
-      c->probe_at = c->posted_at + OFI_PROBE_SEC;
+      c->probe_at = ofi_now() + OFI_PROBE_SEC;
       if (!e->probe_due)
         e->probe_due = c->probe_at;
       ofi_list_push(&e->cts_wait, c);
@@ -739,6 +778,19 @@ static duet_status_t ofi_post(ofi_ep_t *e, int is_recv, int peer, void *buf, siz
     ret = fi_trecv(e->ep, buf, len, desc, e->peers[peer], tag, 0, c);
   else
     ret = fi_tsend(e->ep, buf, len, desc, e->peers[peer], tag, c);
+  if (ret == 0 && is_recv && e->probes.head) { /* the sender may have probed already */
+    ofi_ctx_t *probe = ofi_take_probe(e, peer, tag);
+    if (probe) {
+      ofi_ctx_put(e, probe);
+      if (len <= e->rndv_min) { /* too short for the message: answer (see OFI_CTL_PROBE) */
+        c->answered = 1;
+        st = ofi_send_ctl(e, peer, OFI_CTL_CTS, tag, len, errbuf);
+        if (st != DUET_SUCCESS)
+          fi_cancel(&e->ep->fid, c);
+        return DUET_SUCCESS;
+      }
+    }
+  }
   if (ret == 0 && is_recv && e->rndv_min && len > e->rndv_min) {
     st = ofi_send_ctl(e, peer, OFI_CTL_CTS, tag, len, errbuf);
     if (st != DUET_SUCCESS) /* the receive fails through the CQ */
