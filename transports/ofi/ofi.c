@@ -623,22 +623,23 @@ static ofi_ctx_t *ofi_take_probe(ofi_ep_t *e, int peer, uint64_t tag) {
   double now = ofi_now();
   ofi_ctx_t *found = NULL;
   for (ofi_ctx_t *prev = NULL, *c = e->probes.head, *next; c; c = next) {
+    int match = !found && c->peer == peer && c->tag == tag;
     next = c->next;
-    if ((c->peer == peer && c->tag == tag && !found) || now - c->probe_at > OFI_PROBE_KEEP) {
-      if (prev)
-        prev->next = next;
-      else
-        e->probes.head = next;
-      if (e->probes.tail == c)
-        e->probes.tail = prev;
-      c->next = NULL;
-      if (c->peer == peer && c->tag == tag && !found)
-        found = c;
-      else
-        ofi_ctx_put(e, c);
-    } else {
+    if (!match && now - c->probe_at <= OFI_PROBE_KEEP) {
       prev = c;
+      continue;
     }
+    if (prev)
+      prev->next = next;
+    else
+      e->probes.head = next;
+    if (e->probes.tail == c)
+      e->probes.tail = prev;
+    c->next = NULL;
+    if (match)
+      found = c;
+    else
+      ofi_ctx_put(e, c);
   }
   return found;
 }
@@ -769,7 +770,8 @@ static duet_status_t ofi_post(ofi_ep_t *e, int is_recv, int peer, void *buf, siz
     ofi_ctx_put(e, cts);
     return ofi_cleared(e, c, recv_len, errbuf);
   }
-  if (!is_recv && e->cts_early.head) { /* a CTS for this short message: drop it */
+  if (!is_recv && e->cts_early.head) { /* a CTS for this short message (its receive is
+                                          longer): it goes without, drop the CTS */
     ofi_ctx_t *cts = ofi_list_take(&e->cts_early, peer, tag);
     if (cts)
       ofi_ctx_put(e, cts);
