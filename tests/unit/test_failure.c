@@ -80,31 +80,26 @@ static long now_ms(void) {
   return (long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
-/* Rank r: rank 0 makes the rendezvous (its root is a thread, so it is
- * made after the fork: a process forked while another thread holds an
- * allocator's lock can deadlock) and hands the id to the others on idp. */
-static void rank_main(const setup_t *su, const int idp[2], int r, int victim, int kill_it,
-                      int nb, int cold, int fd) {
+/* Rank r's communicator over su. Rank 0 makes the rendezvous (its root is
+ * a thread, so it is made after the fork: a process forked while another
+ * thread holds an allocator's lock can deadlock) and hands the id to the
+ * others on idp. On failure err says why. */
+static duet_status_t rank_init(const setup_t *su, const int idp[2], int r, duet_comm_t **c,
+                               char *err, size_t errlen) {
   duet_config_t cfg = DUET_CONFIG_INIT;
-  duet_comm_t *c = NULL;
   duet_unique_id_t id;
-  report_t rep;
-  float *a = calloc(BIG, sizeof(float)), *b = calloc(BIG, sizeof(float));
-  long t;
-
-  memset(&rep, 0, sizeof(rep));
-  rep.rank = r;
+  duet_status_t st = DUET_SUCCESS;
   if (r == 0) {
-    rep.init = duet_get_unique_id(&id);
-    for (int k = 1; k < su->n && rep.init == DUET_SUCCESS; k++)
+    st = duet_get_unique_id(&id);
+    for (int k = 1; k < su->n && st == DUET_SUCCESS; k++)
       if (write(idp[1], &id, sizeof(id)) != (ssize_t)sizeof(id))
-        rep.init = DUET_ERR_SYSTEM;
+        st = DUET_ERR_SYSTEM;
   } else if (read(idp[0], &id, sizeof(id)) != (ssize_t)sizeof(id)) { /* one write each: atomic */
-    rep.init = DUET_ERR_SYSTEM;
+    st = DUET_ERR_SYSTEM;
   }
-  if (rep.init != DUET_SUCCESS) {
-    snprintf(rep.err, sizeof(rep.err), "the unique id: %s", duet_last_error(NULL));
-    goto out;
+  if (st != DUET_SUCCESS) {
+    snprintf(err, errlen, "the unique id: %s", duet_last_error(NULL));
+    return st;
   }
   cfg.timeout_ms = TIMEOUT_MS;
   cfg.upn_provider = su->upn;
@@ -112,11 +107,87 @@ static void rank_main(const setup_t *su, const int idp[2], int r, int victim, in
   cfg.hpn_iface = su->hpn_iface;
   cfg.supernode = su->sn[r];
   cfg.progress_thread = su->thread;
-  rep.init = duet_comm_init_rank(&c, su->n, id, r, &cfg);
-  if (rep.init != DUET_SUCCESS) {
-    snprintf(rep.err, sizeof(rep.err), "init: %s", duet_last_error(NULL));
-    goto out;
+  st = duet_comm_init_rank(c, su->n, id, r, &cfg);
+  if (st != DUET_SUCCESS)
+    snprintf(err, errlen, "init: %s", duet_last_error(NULL));
+  return st;
+}
+
+/* What one forked rank runs: it writes one report to fd and exits. */
+typedef void (*rank_fn_t)(const setup_t *su, const int idp[2], int r, const void *arg, int fd);
+
+/* Fork su->n ranks running fn and read up to want reports of size bytes
+ * each into reps, for at most limit_ms; then reap the ranks (ours; gone by
+ * now unless something hung), killing those still there, and say in fate
+ * how any rank but spare ended badly. Returns how many reports came. */
+static int ranks_run(const setup_t *su, rank_fn_t fn, const void *arg, void *reps, size_t size,
+                     int want, long limit_ms, int spare, char *fate, size_t fatelen) {
+  pid_t pid[MAXR];
+  int fds[2], idp[2], got = 0;
+  long t0;
+
+  fate[0] = '\0';
+  cr_assert_eq(pipe(fds), 0);
+  cr_assert_eq(pipe(idp), 0);
+  for (int r = 0; r < su->n; r++) {
+    pid[r] = fork();
+    cr_assert_geq(pid[r], 0);
+    if (pid[r] == 0) {
+      close(fds[0]);
+      fn(su, idp, r, arg, fds[1]);
+      _exit(4); /* fn exits */
+    }
   }
+  close(fds[1]);
+  close(idp[0]);
+  close(idp[1]);
+  t0 = now_ms();
+  while (got < want && now_ms() - t0 < limit_ms) {
+    struct pollfd p = {fds[0], POLLIN, 0};
+    if (poll(&p, 1, 1000) <= 0)
+      continue;
+    ssize_t k = read(fds[0], (char *)reps + (size_t)got * size, size);
+    if (k == (ssize_t)size)
+      got++;
+    else if (k == 0)
+      break; /* every writer is gone */
+  }
+  close(fds[0]);
+  for (int r = 0; r < su->n; r++) {
+    int status = 0, len = (int)strlen(fate);
+    if (waitpid(pid[r], &status, WNOHANG) == 0) {
+      kill(pid[r], SIGKILL);
+      waitpid(pid[r], &status, 0);
+      snprintf(fate + len, fatelen - (size_t)len, " rank %d hung;", r);
+    } else if (WIFSIGNALED(status) && r != spare) {
+      snprintf(fate + len, fatelen - (size_t)len, " rank %d died of signal %d;", r,
+               WTERMSIG(status));
+    } else if (WIFEXITED(status) && WEXITSTATUS(status) != 0) {
+      snprintf(fate + len, fatelen - (size_t)len, " rank %d exited %d;", r, WEXITSTATUS(status));
+    }
+  }
+  return got;
+}
+
+typedef struct scene {
+  int victim, kill_it, nb, cold;
+} scene_t;
+
+/* Rank r of a scenario (scenario_run): one allreduce, then the victim
+ * leaves while the others are in the next. */
+static void rank_main(const setup_t *su, const int idp[2], int r, const void *arg, int fd) {
+  const scene_t *sc = arg;
+  const int victim = sc->victim, kill_it = sc->kill_it, nb = sc->nb, cold = sc->cold;
+  duet_comm_t *c = NULL;
+  report_t rep;
+  float *a = calloc(BIG, sizeof(float)), *b = calloc(BIG, sizeof(float));
+  long t;
+
+  memset(&rep, 0, sizeof(rep));
+  rep.rank = r;
+  rep.init = rank_init(su, idp, r, &c, rep.err, sizeof(rep.err));
+  if (rep.init != DUET_SUCCESS)
+    goto out;
   rep.stage = 1;
   if (cold) /* no first call: nothing has been connected when the victim leaves */
     goto leave;
@@ -189,51 +260,12 @@ static void scenario_run(const setup_t *su, int victim, int kill_it, int nb, int
    * in). Before any call, a slower path (a plane's stall probe, say) must
    * not pass for the one under test: half the deadline. */
   const long soon_ms = cold ? TIMEOUT_MS / 2 : TIMEOUT_MS;
-  pid_t pid[MAXR];
-  int fds[2], idp[2], got = 0;
+  const scene_t sc = {victim, kill_it, nb, cold};
   report_t reps[MAXR];
-  char fate[256] = "";
-  long t0;
+  char fate[256];
+  int got = ranks_run(su, rank_main, &sc, reps, sizeof(reps[0]), su->n - 1, limit_ms, victim, fate,
+                      sizeof(fate));
 
-  cr_assert_eq(pipe(fds), 0);
-  cr_assert_eq(pipe(idp), 0);
-  for (int r = 0; r < su->n; r++) {
-    pid[r] = fork();
-    cr_assert_geq(pid[r], 0);
-    if (pid[r] == 0) {
-      close(fds[0]);
-      rank_main(su, idp, r, victim, kill_it, nb, cold, fds[1]);
-    }
-  }
-  close(fds[1]);
-  close(idp[0]);
-  close(idp[1]);
-  t0 = now_ms();
-  while (got < su->n - 1 && now_ms() - t0 < limit_ms) {
-    struct pollfd p = {fds[0], POLLIN, 0};
-    if (poll(&p, 1, 1000) <= 0)
-      continue;
-    ssize_t k = read(fds[0], &reps[got], sizeof(reps[got]));
-    if (k == (ssize_t)sizeof(reps[got]))
-      got++;
-    else if (k == 0)
-      break; /* every writer is gone */
-  }
-  close(fds[0]);
-  for (int r = 0; r < su->n; r++) { /* ours; gone by now unless something hung */
-    int status = 0, len = (int)strlen(fate);
-    if (waitpid(pid[r], &status, WNOHANG) == 0) {
-      kill(pid[r], SIGKILL);
-      waitpid(pid[r], &status, 0);
-      snprintf(fate + len, sizeof(fate) - (size_t)len, " rank %d hung;", r);
-    } else if (WIFSIGNALED(status) && r != victim) {
-      snprintf(fate + len, sizeof(fate) - (size_t)len, " rank %d died of signal %d;", r,
-               WTERMSIG(status));
-    } else if (WIFEXITED(status) && WEXITSTATUS(status) != 0) {
-      snprintf(fate + len, sizeof(fate) - (size_t)len, " rank %d exited %d;", r,
-               WEXITSTATUS(status));
-    }
-  }
   cr_assert_eq(got, su->n - 1, "%s, rank %d %s: %d of %d survivors reported within %ld s:%s",
                su->name, victim, how, got, su->n - 1, limit_ms / 1000, fate);
   for (int k = 0; k < got; k++) {
@@ -521,14 +553,19 @@ typedef struct mm_report {
   char err[400];
 } mm_report_t;
 
+typedef struct mm_case {
+  int from, to;
+  size_t sbytes, rbytes;
+} mm_case_t;
+
 /* Rank `from` sends sbytes to rank `to`, which receives rbytes into a
  * buffer with guard bytes behind them; the others only init and destroy. */
-static void mm_rank(const setup_t *su, const int idp[2], int r, int from, int to, size_t sbytes,
-                    size_t rbytes, int fd) {
+static void mm_rank(const setup_t *su, const int idp[2], int r, const void *arg, int fd) {
   enum { GUARD = 64 };
-  duet_config_t cfg = DUET_CONFIG_INIT;
+  const mm_case_t *mc = arg;
+  const int from = mc->from, to = mc->to;
+  const size_t sbytes = mc->sbytes, rbytes = mc->rbytes;
   duet_comm_t *c = NULL;
-  duet_unique_id_t id;
   mm_report_t rep;
   unsigned char *buf = malloc((sbytes > rbytes ? sbytes : rbytes) + GUARD);
   long t;
@@ -536,26 +573,14 @@ static void mm_rank(const setup_t *su, const int idp[2], int r, int from, int to
   memset(&rep, 0, sizeof(rep));
   rep.rank = r;
   rep.guard_ok = 1;
-  if (r == 0) {
-    rep.init = duet_get_unique_id(&id);
-    for (int k = 1; k < su->n && rep.init == DUET_SUCCESS; k++)
-      if (write(idp[1], &id, sizeof(id)) != (ssize_t)sizeof(id))
-        rep.init = DUET_ERR_SYSTEM;
-  } else if (read(idp[0], &id, sizeof(id)) != (ssize_t)sizeof(id)) {
-    rep.init = DUET_ERR_SYSTEM;
-  }
-  if (rep.init == DUET_SUCCESS) {
-    cfg.timeout_ms = TIMEOUT_MS;
-    cfg.upn_provider = su->upn;
-    cfg.hpn_provider = su->hpn;
-    cfg.hpn_iface = su->hpn_iface;
-    cfg.supernode = su->sn[r];
-    rep.init = duet_comm_init_rank(&c, su->n, id, r, &cfg);
-  }
-  if (rep.init != DUET_SUCCESS || !buf) {
-    snprintf(rep.err, sizeof(rep.err), "init: %s", duet_last_error(NULL));
+  if (!buf) {
+    rep.init = DUET_ERR_NO_MEMORY;
+    snprintf(rep.err, sizeof(rep.err), "malloc");
     goto out;
   }
+  rep.init = rank_init(su, idp, r, &c, rep.err, sizeof(rep.err));
+  if (rep.init != DUET_SUCCESS)
+    goto out;
   t = now_ms();
   if (r == from) {
     memset(buf, 0x5a, sbytes);
@@ -583,45 +608,14 @@ out:
  * DUET_ERR_MISMATCH too, as soon. Over libfabric's shm a message past 4 KiB
  * into a receive of 4 KiB or less timed out on both sides before. */
 static void mismatch(const setup_t *su, int from, int to, size_t sbytes, size_t rbytes) {
-  pid_t pid[MAXR];
-  int fds[2], idp[2], got = 0;
+  const mm_case_t mc = {from, to, sbytes, rbytes};
   mm_report_t reps[MAXR];
-  long t0;
+  char fate[256];
+  int got =
+      ranks_run(su, mm_rank, &mc, reps, sizeof(reps[0]), su->n, 60000, -1, fate, sizeof(fate));
 
-  cr_assert_eq(pipe(fds), 0);
-  cr_assert_eq(pipe(idp), 0);
-  for (int r = 0; r < su->n; r++) {
-    pid[r] = fork();
-    cr_assert_geq(pid[r], 0);
-    if (pid[r] == 0) {
-      close(fds[0]);
-      mm_rank(su, idp, r, from, to, sbytes, rbytes, fds[1]);
-    }
-  }
-  close(fds[1]);
-  close(idp[0]);
-  close(idp[1]);
-  t0 = now_ms();
-  while (got < su->n && now_ms() - t0 < 60000) {
-    struct pollfd p = {fds[0], POLLIN, 0};
-    if (poll(&p, 1, 1000) <= 0)
-      continue;
-    ssize_t k = read(fds[0], &reps[got], sizeof(reps[got]));
-    if (k == (ssize_t)sizeof(reps[got]))
-      got++;
-    else if (k == 0)
-      break;
-  }
-  close(fds[0]);
-  for (int r = 0; r < su->n; r++) {
-    int status = 0;
-    if (waitpid(pid[r], &status, WNOHANG) == 0) {
-      kill(pid[r], SIGKILL);
-      waitpid(pid[r], &status, 0);
-    }
-  }
-  cr_assert_eq(got, su->n, "%s, %zu bytes sent to a receive of %zu: %d of %d ranks reported",
-               su->name, sbytes, rbytes, got, su->n);
+  cr_assert_eq(got, su->n, "%s, %zu bytes sent to a receive of %zu: %d of %d ranks reported:%s",
+               su->name, sbytes, rbytes, got, su->n, fate);
   for (int k = 0; k < got; k++) {
     const mm_report_t *p = &reps[k];
     cr_assert_eq(p->init, DUET_SUCCESS, "%s: rank %d: %s", su->name, p->rank, p->err);

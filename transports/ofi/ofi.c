@@ -146,7 +146,7 @@ typedef struct ofi_ctx {
   size_t olen;          /* a receive the sender's NAK cancelled: the message's length */
   int answered;         /* a receive too short for a CTS: it answered a PROBE with one */
   double probe_at;      /* OFI_OP_SEND_RNDV in e->cts_wait: when to probe its receiver
-                           (0: probed); OFI_OP_PROBE_KEPT: when the probe came */
+                           (0: probed); kept control messages: when they came */
   struct ofi_ctx *next; /* in e->cts_wait, e->cts_early, e->probes or e->retry */
   struct ofi_ctx *next_free;
 } ofi_ctx_t;
@@ -486,6 +486,25 @@ static ofi_ctx_t *ofi_find_recv(ofi_ep_t *e, int peer, uint64_t tag) {
   return NULL;
 }
 
+/* Keep the control message in r, which came before what it is for, on l
+ * (e->cts_early or e->probes) as a context of kind op. */
+static duet_status_t ofi_keep(ofi_ep_t *e, ofi_list_t *l, int op, const ofi_ctx_t *r,
+                              char *errbuf) {
+  ofi_ctx_t *k = ofi_ctx_get(e);
+  if (!k) {
+    duet__tp_seterr(errbuf, "ofi", "%s from peer %d: out of memory for a context",
+                    op == OFI_OP_CTS_EARLY ? "CTS" : "probe", r->peer);
+    return DUET_ERR_NO_MEMORY;
+  }
+  k->op = op;
+  k->peer = r->peer;
+  k->tag = r->ctl.tag;
+  k->ctl = r->ctl;
+  k->probe_at = ofi_now();
+  ofi_list_push(l, k);
+  return DUET_SUCCESS;
+}
+
 /* A control message came into receive r: act on it, then post r again. */
 static duet_status_t ofi_got_ctl(ofi_ep_t *e, ofi_ctx_t *r, char *errbuf) {
   duet_status_t st = DUET_SUCCESS;
@@ -494,16 +513,7 @@ static duet_status_t ofi_got_ctl(ofi_ep_t *e, ofi_ctx_t *r, char *errbuf) {
     if (s) {
       st = ofi_cleared(e, s, r->ctl.len, errbuf);
     } else { /* the send is not posted yet */
-      ofi_ctx_t *k = ofi_ctx_get(e);
-      if (!k) {
-        duet__tp_seterr(errbuf, "ofi", "CTS from peer %d: out of memory for a context", r->peer);
-        return DUET_ERR_NO_MEMORY;
-      }
-      k->op = OFI_OP_CTS_EARLY;
-      k->peer = r->peer;
-      k->tag = r->ctl.tag;
-      k->ctl = r->ctl;
-      ofi_list_push(&e->cts_early, k);
+      st = ofi_keep(e, &e->cts_early, OFI_OP_CTS_EARLY, r, errbuf);
     }
   } else if (r->ctl.kind == OFI_CTL_PROBE) {
     /* a send still waits for its CTS: if its receive is posted but too short
@@ -514,16 +524,7 @@ static duet_status_t ofi_got_ctl(ofi_ep_t *e, ofi_ctx_t *r, char *errbuf) {
       c->answered = 1;
       st = ofi_send_ctl(e, r->peer, OFI_CTL_CTS, r->ctl.tag, c->len, errbuf);
     } else if (!c) {
-      ofi_ctx_t *k = ofi_ctx_get(e);
-      if (!k) {
-        duet__tp_seterr(errbuf, "ofi", "probe from peer %d: out of memory for a context", r->peer);
-        return DUET_ERR_NO_MEMORY;
-      }
-      k->op = OFI_OP_PROBE_KEPT;
-      k->peer = r->peer;
-      k->tag = r->ctl.tag;
-      k->probe_at = ofi_now();
-      ofi_list_push(&e->probes, k);
+      st = ofi_keep(e, &e->probes, OFI_OP_PROBE_KEPT, r, errbuf);
     }
   } else if (r->ctl.kind == OFI_CTL_NAK) {
     /* the message is longer than our receive: cancel it; it fails with
