@@ -50,7 +50,7 @@
  * to OFI_PROBE_KEEP) for the receive to answer when posted. One probe per
  * send that waits, so a receiver that is late for many sends gets one
  * message for each. Posts the provider refuses as busy wait in e->retry and
- * are tried again at each progress (a probe at the next progress).
+ * are tried again at each progress.
  *
  * insert_peers connects eagerly: the tcp provider connects lazily on the
  * first send (about 0.1 s each), so we exchange one zero-byte message with
@@ -601,16 +601,10 @@ static duet_status_t ofi_probe(ofi_ep_t *e, char *errbuf) {
   e->probe_due = 0;
   for (ofi_ctx_t *c = e->cts_wait.head; c; c = c->next) {
     if (c->probe_at && c->probe_at <= now) {
-      ofi_ctl_t probe = {.kind = OFI_CTL_PROBE, .tag = c->tag, .len = c->len};
-      ssize_t ret = e->retry.head
-                        ? -FI_EAGAIN /* busy already */
-                        : fi_tinject(e->ep, &probe, sizeof probe, e->peers[c->peer], OFI_TAG_CTL);
-      if (ret < 0 && ret != -FI_EAGAIN) {
-        duet__tp_seterr(errbuf, "ofi", "fi_tinject of a rendezvous probe to peer %d: %s", c->peer,
-                        fi_strerror((int)-ret));
-        return DUET_ERR_TRANSPORT;
-      }
-      c->probe_at = ret == 0 ? 0 : now; /* busy: at the next progress */
+      duet_status_t st = ofi_send_ctl(e, c->peer, OFI_CTL_PROBE, c->tag, c->len, errbuf);
+      if (st != DUET_SUCCESS)
+        return st;
+      c->probe_at = 0;
     }
     if (c->probe_at && (!e->probe_due || c->probe_at < e->probe_due))
       e->probe_due = c->probe_at;
@@ -618,11 +612,11 @@ static duet_status_t ofi_probe(ofi_ep_t *e, char *errbuf) {
   return DUET_SUCCESS;
 }
 
-/* Remove and return the kept probe for (peer, tag), or NULL; drop the
- * probes kept longer than OFI_PROBE_KEEP on the way. */
-static ofi_ctx_t *ofi_take_probe(ofi_ep_t *e, int peer, uint64_t tag) {
+/* Whether a probe for (peer, tag) was kept; drop it, and the probes kept
+ * longer than OFI_PROBE_KEEP on the way. */
+static int ofi_take_probe(ofi_ep_t *e, int peer, uint64_t tag) {
   double now = ofi_now();
-  ofi_ctx_t *found = NULL;
+  int found = 0;
   for (ofi_ctx_t *prev = NULL, *c = e->probes.head, *next; c; c = next) {
     int match = !found && c->peer == peer && c->tag == tag;
     next = c->next;
@@ -637,10 +631,8 @@ static ofi_ctx_t *ofi_take_probe(ofi_ep_t *e, int peer, uint64_t tag) {
     if (e->probes.tail == c)
       e->probes.tail = prev;
     c->next = NULL;
-    if (match)
-      found = c;
-    else
-      ofi_ctx_put(e, c);
+    found |= match;
+    ofi_ctx_put(e, c);
   }
   return found;
 }
@@ -719,6 +711,7 @@ static duet_status_t ofi_post(ofi_ep_t *e, int is_recv, int peer, void *buf, siz
   ofi_ctx_t *c;
   ssize_t ret;
   duet_status_t st;
+  int probed;
 
   if (peer < 0 || peer >= e->npeers) {
     duet__tp_seterr(errbuf, "ofi", "%s: peer %d out of range (%d peers)", call, peer, e->npeers);
@@ -781,20 +774,12 @@ static duet_status_t ofi_post(ofi_ep_t *e, int is_recv, int peer, void *buf, siz
     ret = fi_trecv(e->ep, buf, len, desc, e->peers[peer], tag, 0, c);
   else
     ret = fi_tsend(e->ep, buf, len, desc, e->peers[peer], tag, c);
-  if (ret == 0 && is_recv && e->probes.head) { /* the sender may have probed already */
-    ofi_ctx_t *probe = ofi_take_probe(e, peer, tag);
-    if (probe) {
-      ofi_ctx_put(e, probe);
-      if (len <= e->rndv_min) { /* too short for the message: answer (see OFI_CTL_PROBE) */
-        c->answered = 1;
-        st = ofi_send_ctl(e, peer, OFI_CTL_CTS, tag, len, errbuf);
-        if (st != DUET_SUCCESS)
-          fi_cancel(&e->ep->fid, c);
-        return DUET_SUCCESS;
-      }
-    }
-  }
-  if (ret == 0 && is_recv && e->rndv_min && len > e->rndv_min) {
+  /* a receive sends a CTS when it is long, or when its sender has probed
+   * already (too short for the message then: see OFI_CTL_PROBE); either
+   * way the probe kept for it goes */
+  probed = ret == 0 && is_recv && e->probes.head && ofi_take_probe(e, peer, tag);
+  if (ret == 0 && is_recv && e->rndv_min && (len > e->rndv_min || probed)) {
+    c->answered = len <= e->rndv_min;
     st = ofi_send_ctl(e, peer, OFI_CTL_CTS, tag, len, errbuf);
     if (st != DUET_SUCCESS) /* the receive fails through the CQ */
       fi_cancel(&e->ep->fid, c);
