@@ -32,8 +32,12 @@
  * Receives: a lane is read only while a posted receive expects a message of
  * its size class (or a parked header waits for it), so a message nobody
  * waits for yet stays in the kernel's socket buffer (flow control for free).
- * A receive shorter than a message of the other class waits for its
- * deadline instead of failing at once. Reads go through a per-lane staging
+ * A receive whose message came by the other lane (a length mismatch, or a
+ * short message into a long receive) is found by a look at that lane's next
+ * header (MSG_PEEK) every TCP_PEEK_NS while receives wait: the lane is read
+ * when that message is next in order and a receive has its tag (a receive
+ * of 1 KiB against a message of 64 KiB waited for its deadline without
+ * that, when nothing else came). Reads go through a per-lane staging
  * buffer, which
  * takes small messages (header and payload of up to TCP_STAGED bytes in one
  * recv, then a copy: on 4 ranks over loopback a second recv cost more than
@@ -456,6 +460,27 @@ static void tcp_conn_read(tcp_ep_t *e, tcp_conn_t *c) {
   }
 }
 
+/* Look at the next header of each lane that is not read (tcp_lane_wanted):
+ * if that message is next in order and a posted receive has its tag, its
+ * lane is read. */
+static void tcp_peek(tcp_ep_t *e, tcp_conn_t *c) {
+  for (int l = 0; l < TCP_LANES && !c->dead; l++) {
+    tcp_rx_t *rx = &c->rx[l];
+    const tcp_op_t *op = c->rq_head;
+    tcp_hdr_t h;
+    if (rx->fd < 0 || rx->in_body || rx->parked || rx->s_end > rx->s_beg || tcp_lane_wanted(c, l) ||
+        recv(rx->fd, &h, sizeof h, MSG_PEEK | MSG_DONTWAIT) != (ssize_t)sizeof h ||
+        h.seq != c->rseq)
+      continue;
+    while (op && op->tag != h.tag)
+      op = op->next;
+    if (op) {
+      tcp_rx_read(e, c, rx); /* the header; its payload then as a target's */
+      tcp_conn_read(e, c);
+    }
+  }
+}
+
 /* ---- the active list ----------------------------------------------------- */
 
 /* Put the pair on the active list: it has a send, a receive or a connection
@@ -720,6 +745,9 @@ static duet_status_t tcp_irecv(duet__tp_ep_t *ep, int peer, void *buf, size_t le
 static duet_status_t tcp_progress(duet__tp_ep_t *ep, char *errbuf) {
   tcp_ep_t *e = (tcp_ep_t *)ep;
   int awaited = 0, busy;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  const uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
   e->errbuf = errbuf;
   for (int i = 0; i < e->nact;) {
     tcp_conn_t *c = &e->conns[e->act[i]];
@@ -728,6 +756,10 @@ static duet_status_t tcp_progress(duet__tp_ep_t *ep, char *errbuf) {
         tcp_conn_write(e, c, &c->tx[l]);
     if (tcp_wants_read(c))
       tcp_conn_read(e, c);
+    if (c->rq_head && now >= c->peek_ns) {
+      tcp_peek(e, c);
+      c->peek_ns = now + TCP_PEEK_NS;
+    }
     busy = tcp_conn_busy(c);
     if (!busy || tcp_conn_parkable(c)) { /* act[i] is another pair now */
       tcp_deactivate(e, i, busy ? TCP_PARKED : TCP_IDLE);
@@ -746,9 +778,6 @@ static duet_status_t tcp_progress(duet__tp_ep_t *ep, char *errbuf) {
    * when a receive or a dial begins to wait for a connection (a receive
    * that waits long, as the planes' notice receives from peers that never
    * write, costs little). New lanes are read on the next call. */
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
   if (e->npend || now - e->accept_ns >= (awaited ? e->accept_gap : TCP_ACCEPT_IDLE_NS)) {
     unsigned filed = e->filed;
     int err = duet__tcp_accept(e);

@@ -24,6 +24,10 @@
  * comes), and at least every TCP_ACCEPT_IDLE_NS. */
 #define TCP_ACCEPT_AWAITED_NS 20000
 #define TCP_ACCEPT_IDLE_NS 1000000
+/* While receives wait, progress looks at the next header of a lane they do
+ * not read this often (ns): a message of the other size class for one of
+ * them (a length mismatch, or a short message into a long receive). */
+#define TCP_PEEK_NS 10000000
 #define TCP_MAX_LEN (UINT64_C(1) << 48)
 #define TCP_BULK_MIN (64 * 1024) /* messages from here on take the bulk lane */
 #define TCP_UX_CLASSES 40        /* unexpected buffers: power-of-two size classes */
@@ -134,6 +138,7 @@ typedef struct tcp_conn {
   int at;                       /* its index there */
   int self;                     /* the peer is this endpoint */
   tcp_addr_t addr;              /* the peer's, to dial */
+  uint64_t peek_ns;             /* when progress may look at an unread lane again */
 } tcp_conn_t;
 
 /* A pair's place: on neither list, on the active list (a send, a
