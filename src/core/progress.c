@@ -223,8 +223,8 @@ static int duet__request_advance(duet_request_t *req) {
     if (t->status != DUET_SUCCESS) {
       char *why = req->comm->nets->net[st->net].lasterr; /* the transport's, if it said */
       duet__step_fail(req, t->status, st->kind == DUET_STEP_SEND ? "send" : "receive", st,
-                      t->status == DUET_ERR_MISMATCH ? "message longer than expected: ranks "
-                                                       "called with different arguments"
+                      t->status == DUET_ERR_MISMATCH ? "message and receive differ in length: "
+                                                       "ranks called with different arguments"
                       : why[0]                       ? why
                                                      : "transfer failed");
       why[0] = '\0';

@@ -657,3 +657,11 @@ Test(mismatch, ofi_shm, .timeout = 120) {
 Test(mismatch, two_supernodes, .timeout = 120) {
   mismatches(&two_sn, 0, 2);
 }
+/* Over two HPN planes a message from 128 KiB on is cut into a part per
+ * plane, one under 16 KiB goes on plane 0: these lengths lie on different
+ * planes whatever the tag. */
+Test(mismatch, two_planes, .timeout = 180) {
+  mismatches(&planes, 0, 2);
+  mismatch(&planes, 0, 2, 262144, 1024);
+  mismatch(&planes, 0, 2, 1024, 262144);
+}

@@ -10,6 +10,22 @@
  * (a receive's length is the message's: duet posts exact lengths), and each
  * plane keeps the inner transport's order per (peer, tag).
  *
+ * Lengths that differ. A receive posted for another length than its
+ * message's (ranks called with different counts) may lie on other planes
+ * than the message, where neither would ever complete. So a receive that
+ * has waited PL_ASK_NS tells its sender once (WAITING: tag, length). If the
+ * message under that tag lies on other planes or is longer, the sender
+ * fails it and says so (NAK_RECV); a sender that has not posted it yet
+ * keeps the notice (up to PL_KEEP, for PL_KEEP_NS) and fails the send when
+ * it comes, sending nothing. The receiver fails its receive: its parts on
+ * planes the message has no part on stay posted with the inner transport
+ * (which cannot cancel; the operation is then never reused), and it drains
+ * the message's parts that no receive part meets (pl_drain). Both callers
+ * hear of the failure (DUET_ERR_MISMATCH) only once the message's transfers
+ * have ended (a receive part left posted meets none). Where the planes
+ * agree, the inner transport finds the mismatch, and the receiver answers
+ * NAK_SEND instead of an ack.
+ *
  * Failover. A plane whose transfer fails (a reset connection, an error of
  * its endpoint) is dead for this process: its endpoint is closed, which
  * abandons its transfers and tells the peers' endpoints, and every peer gets
@@ -91,15 +107,33 @@
 #define PL_IDLE_POLL 16
 
 enum { PL_SEND, PL_RECV };
-enum { PL_ACK = 1, PL_DOWN = 2, PL_BYE = 3, PL_PROBE = 4, PL_PROBE_ACK = 5 };
+/* How long a receive waits before it tells its sender its length, how many
+ * such notices a sender keeps for messages not posted yet, and how long. */
+#define PL_ASK_NS 100000000ull
+#define PL_KEEP 64
+#define PL_KEEP_NS 60000000000ull
+
+enum {
+  PL_ACK = 1,
+  PL_DOWN = 2,
+  PL_BYE = 3,
+  PL_PROBE = 4,
+  PL_PROBE_ACK = 5,
+  PL_WAITING = 6,  /* a receive waits: tags[0] its tag, tags[1] its length */
+  PL_NAK_SEND = 7, /* the receive under tags[0] (tags[1] bytes) failed: not its message's length */
+  PL_NAK_RECV = 8  /* the message under tags[0] (tags[1] bytes) does not fit the receive of
+                      tags[2] bytes; tags[3]: it was sent */
+};
 /* A part's state. WAIT: its plane is dead here, and (send) the peer has not
- * said so yet. RETRY: the inner transport was busy; post again. */
-enum { PART_IDLE, PART_POSTED, PART_DONE, PART_WAIT, PART_RETRY };
+ * said so yet. RETRY: the inner transport was busy; post again. LEFT: a
+ * receive part on a plane that its message has no part on, failed and left
+ * posted with the inner transport (which cannot cancel). */
+enum { PART_IDLE, PART_POSTED, PART_DONE, PART_WAIT, PART_RETRY, PART_LEFT };
 
 typedef struct pl_ctl {
   uint32_t magic;
   uint16_t kind; /* PL_ACK: n tags; PL_DOWN: n is the sender's dead mask; PL_BYE: closing;
-                    PL_PROBE, PL_PROBE_ACK: tags[0] is the probe's number */
+                    PL_PROBE, PL_PROBE_ACK: tags[0] is the probe's number; the others above */
   uint16_t n;
   uint64_t tags[PL_CTL_TAGS];
 } pl_ctl_t;
@@ -122,7 +156,16 @@ typedef struct pl_op {
   duet_status_t status;
   pl_part_t part[PL_MAX];
   int copy_page, copy_pages; /* the copy's pages in the peer's arena; 0 pages: none */
+  uint64_t seen_ns;          /* a receive: when pl_ask_waiting first saw it (0: not yet) */
+  int asked;                 /* a receive: it has told its sender its length */
+  int told;                  /* a receive: its sender knows of its mismatch */
 } pl_op_t;
+
+typedef struct pl_kept { /* a WAITING notice for a message not sent yet */
+  int peer;
+  uint64_t tag, len;
+  uint64_t ns; /* when it came; 0: a free entry */
+} pl_kept_t;
 
 typedef struct pl_ctl_slot { /* a notice being sent, or a posted notice receive */
   struct pl_ctl_slot *next;
@@ -173,6 +216,9 @@ typedef struct pl_ep {
   pl_op_t *free_ops;
   int busy[PL_MAX]; /* data and notice transfers in flight per plane */
   int awaiting;     /* sends whose caller waits for their ack */
+  pl_kept_t kept[PL_KEEP];
+  int nkept;        /* entries of kept in use */
+  uint8_t sink[8];  /* where drained messages go (pl_drain) */
   int poll_all;     /* poll idle planes too: after a sleep, or on the tick */
   unsigned tick;
   uint64_t stall_ns; /* params->stall_ms; 0: no stall detection */
@@ -205,10 +251,19 @@ static int pl_map(const pl_ep_t *e, uint8_t dead, int p) {
   return k ? live[p % k] : -1;
 }
 
-/* The plane part i of op goes on while every plane lives: small messages on
- * plane 0 (so the others stay idle, polled rarely), larger ones by tag. */
+/* Where a message of len bytes under tag goes while every plane lives: -1,
+ * cut into one part per plane; else the plane it goes on whole (small
+ * messages on plane 0, so the others stay idle, polled rarely; larger ones
+ * by tag). */
+static int pl_layout(const pl_ep_t *e, size_t len, uint64_t tag) {
+  return len >= PL_SPLIT_MIN && e->n > 1 ? -1
+         : len < PL_SPREAD_MIN           ? 0
+                                         : (int)(tag % (uint64_t)e->n);
+}
+
+/* The plane part i of op goes on while every plane lives. */
 static int pl_own_plane(const pl_ep_t *e, const pl_op_t *op, int i) {
-  return op->nparts > 1 ? i : op->len < PL_SPREAD_MIN ? 0 : (int)(op->tag % (uint64_t)e->n);
+  return op->nparts > 1 ? i : pl_layout(e, op->len, op->tag);
 }
 
 static int pl_grow(pl_ep_t *e, void *mem) {
@@ -428,6 +483,15 @@ static void pl_notice(pl_ep_t *e, int peer, int kind, int n, const uint64_t *tag
   (void)pl_notice_on(e, peer, 0xff, kind, n, tags);
 }
 
+/* The same on one plane, the first that can carry it: for a notice that
+ * must arrive once. */
+static void pl_notice_once(pl_ep_t *e, int peer, int kind, int n, const uint64_t *tags) {
+  unsigned can = ~(unsigned)(e->dead | e->down | e->peers[peer].tx_dead | e->peers[peer].bye) &
+                 ((1u << e->n) - 1);
+  if (can)
+    (void)pl_notice_on(e, peer, (uint8_t)(can & -can), kind, n, tags);
+}
+
 static void pl_post_ctl(pl_ep_t *e, int peer, int q) {
   pl_ctl_slot_t *s = &e->peers[peer].rx[q];
   duet_status_t rc;
@@ -605,6 +669,166 @@ static void pl_acked(pl_ep_t *e, int peer, uint64_t tag) {
     }
 }
 
+/* Does op's caller wait for the receiver's ack (a send not copied)? */
+static int pl_awaits(const pl_op_t *op) {
+  return op->kind == PL_SEND && op->copy_pages == 0 && op->len > 0;
+}
+
+/* Whether a message of mlen bytes under tag fails in a receive of rlen:
+ * the two lie on different planes, or the message is longer (which the
+ * inner transport would find only once the message is in, and some never
+ * read a message longer than every receive they wait for). */
+static int pl_misfit(const pl_ep_t *e, size_t mlen, size_t rlen, uint64_t tag) {
+  return mlen > rlen || pl_layout(e, mlen, tag) != pl_layout(e, rlen, tag);
+}
+
+/* The operation of kind with peer under tag that the peer has not
+ * acknowledged yet (a receive: whose caller waits), or NULL. */
+static pl_op_t *pl_find(pl_ep_t *e, int kind, int peer, uint64_t tag) {
+  for (pl_op_t *op = e->active.head; op; op = op->next)
+    if (op->kind == kind && op->peer == peer && op->tag == tag && !op->acked &&
+        (kind == PL_SEND || op->req))
+      return op;
+  for (pl_op_t *op = e->parked.head; kind == PL_SEND && op; op = op->next)
+    if (op->peer == peer && op->tag == tag)
+      return op;
+  return NULL;
+}
+
+/* The planes here that a message of len bytes under tag has parts on. */
+static unsigned pl_planes_of(const pl_ep_t *e, size_t len, uint64_t tag) {
+  const int l = pl_layout(e, len, tag);
+  unsigned m = 0;
+  for (int i = l < 0 ? 0 : l; i < (l < 0 ? e->n : l + 1); i++) {
+    int q = pl_map(e, e->dead, i);
+    if (q >= 0)
+      m |= 1u << q;
+  }
+  return m;
+}
+
+/* The receive of rlen bytes at the peer under op's tag cannot take op's
+ * message: op fails (once its parts have ended, pl_settle), and the peer
+ * is told so, with what it needs to take in, into nothing, the parts that
+ * no receive part meets there. A parked copy has ended: it goes. */
+static void pl_send_misfit(pl_ep_t *e, pl_op_t *op, size_t rlen) {
+  const uint64_t m[4] = {op->tag, op->len, rlen, 1};
+  if (op->status == DUET_ERR_MISMATCH)
+    return;
+  op->status = DUET_ERR_MISMATCH;
+  pl_notice_once(e, op->peer, PL_NAK_RECV, 4, m);
+  if (op->parked)
+    pl_retire(e, op);
+}
+
+/* Take in the message part under tag on plane q into nothing (a receive of
+ * 8 bytes into e->sink, which the inner transport ends as a mismatch; of 0
+ * bytes, rxm's never ended): its sender's transfer then ends. */
+static void pl_drain(pl_ep_t *e, int peer, uint64_t tag, int q) {
+  pl_op_t *op = pl_op_get(e);
+  if (!op) {
+    DUET_WARN(DUET_SUB_NET, "planes: out of memory to take in a message that failed");
+    return;
+  }
+  memset(op, 0, sizeof(*op));
+  op->kind = PL_RECV;
+  op->peer = peer;
+  op->tag = tag;
+  op->nparts = 1;
+  op->buf = e->sink;
+  op->len = op->part[0].len = sizeof e->sink;
+  op->asked = op->told = 1;
+  pl_list_add(&e->active, op);
+  pl_post_part(e, op, 0, q);
+}
+
+static void pl_settle(pl_ep_t *e, pl_op_t *op);
+
+/* The peer's message under tag (mlen bytes; sent: it went out) does not fit
+ * the receive of rlen bytes here (NAK_RECV). The receive, if its caller
+ * still waits, fails: its parts on planes the message has no part on are
+ * left to the inner transport (nothing comes there), the others end as the
+ * inner transport ends them. The message's parts that no receive part meets
+ * are drained. */
+static void pl_recv_misfit(pl_ep_t *e, int peer, uint64_t tag, size_t mlen, size_t rlen, int sent) {
+  const unsigned mp = pl_planes_of(e, mlen, tag), rp = pl_planes_of(e, rlen, tag);
+  pl_op_t *op = pl_find(e, PL_RECV, peer, tag);
+  if (op) {
+    op->status = DUET_ERR_MISMATCH;
+    op->told = 1;
+    for (int i = 0; i < op->nparts; i++) {
+      pl_part_t *p = &op->part[i];
+      if ((mp >> p->plane) & 1)
+        continue;
+      if (p->state == PART_POSTED) {
+        p->state = PART_LEFT;
+        e->busy[p->plane]--;
+      } else if (p->state != PART_DONE) {
+        p->state = PART_DONE; /* not posted: nothing to leave */
+      }
+    }
+    pl_settle(e, op);
+  }
+  for (int q = 0; sent && q < e->n; q++)
+    if (((mp & ~rp) >> q) & 1)
+      pl_drain(e, peer, tag, q);
+}
+
+/* A receive of len bytes under tag waits at peer (WAITING). If the message
+ * does not fit it, fail both; if it is not posted yet, keep the notice for
+ * it (the oldest goes when all PL_KEEP are in use). */
+static void pl_peer_waits(pl_ep_t *e, int peer, uint64_t tag, uint64_t len) {
+  pl_op_t *op = pl_find(e, PL_SEND, peer, tag);
+  int k = 0;
+  if (op) {
+    if (pl_misfit(e, op->len, (size_t)len, tag))
+      pl_send_misfit(e, op, (size_t)len);
+    return;
+  }
+  for (int i = 1; i < PL_KEEP; i++)
+    if (!e->kept[k].ns || (e->kept[i].ns && e->kept[i].ns < e->kept[k].ns))
+      k = i;
+  e->nkept += !e->kept[k].ns;
+  e->kept[k] = (pl_kept_t){peer, tag, len, pl_now_ns()};
+}
+
+/* A send of len bytes to peer under tag is posted: the length of a receive
+ * waiting for it that it does not fit, else SIZE_MAX (the kept notice goes
+ * either way). */
+static size_t pl_kept_misfit(pl_ep_t *e, int peer, uint64_t tag, size_t len) {
+  for (int i = 0; i < PL_KEEP; i++) {
+    pl_kept_t *k = &e->kept[i];
+    if (k->ns && k->peer == peer && k->tag == tag) {
+      k->ns = 0;
+      e->nkept--;
+      return pl_misfit(e, len, (size_t)k->len, tag) ? (size_t)k->len : SIZE_MAX;
+    }
+  }
+  return SIZE_MAX;
+}
+
+/* Receives that have waited PL_ASK_NS tell their senders (once); kept
+ * notices older than PL_KEEP_NS go. */
+static void pl_ask_waiting(pl_ep_t *e) {
+  const uint64_t now = pl_now_ns();
+  for (pl_op_t *op = e->active.head; op; op = op->next) {
+    if (op->kind != PL_RECV || !op->req || op->asked)
+      continue;
+    if (!op->seen_ns) {
+      op->seen_ns = now;
+    } else if (now - op->seen_ns >= PL_ASK_NS) {
+      const uint64_t m[2] = {op->tag, op->len};
+      pl_notice_once(e, op->peer, PL_WAITING, 2, m);
+      op->asked = 1;
+    }
+  }
+  for (int i = 0; e->nkept && i < PL_KEEP; i++)
+    if (e->kept[i].ns && now - e->kept[i].ns >= PL_KEEP_NS) {
+      e->kept[i].ns = 0;
+      e->nkept--;
+    }
+}
+
 /* The peer closes its endpoint: what it sent on plane q has arrived. Parts
  * still expected there from it, and its acks, will not come. */
 static void pl_peer_bye(pl_ep_t *e, int peer, int q) {
@@ -645,6 +869,16 @@ static void pl_ctl_in(pl_ep_t *e, int peer, pl_ctl_slot_t *s) {
     pl_peer_bye(e, peer, s->plane);
   } else if (m->kind == PL_PROBE && s->r.len >= offsetof(pl_ctl_t, tags) + sizeof(uint64_t)) {
     (void)pl_notice_on(e, peer, (uint8_t)(1u << s->plane), PL_PROBE_ACK, 1, m->tags);
+  } else if (m->kind == PL_WAITING && s->r.len >= offsetof(pl_ctl_t, tags) + 2 * sizeof(uint64_t)) {
+    pl_peer_waits(e, peer, m->tags[0], m->tags[1]);
+  } else if (m->kind == PL_NAK_SEND &&
+             s->r.len >= offsetof(pl_ctl_t, tags) + 2 * sizeof(uint64_t)) {
+    pl_op_t *op = pl_find(e, PL_SEND, peer, m->tags[0]);
+    if (op)
+      pl_send_misfit(e, op, (size_t)m->tags[1]);
+  } else if (m->kind == PL_NAK_RECV &&
+             s->r.len >= offsetof(pl_ctl_t, tags) + 4 * sizeof(uint64_t)) {
+    pl_recv_misfit(e, peer, m->tags[0], (size_t)m->tags[1], (size_t)m->tags[2], m->tags[3] != 0);
   } else if (m->kind == PL_PROBE_ACK && s->r.len >= offsetof(pl_ctl_t, tags) + sizeof(uint64_t)) {
     pl_peer_t *pp = &e->peers[peer];
     if (pp->probe_ns && m->tags[0] == pp->probe_seq) {
@@ -655,35 +889,37 @@ static void pl_ctl_in(pl_ep_t *e, int peer, pl_ctl_slot_t *s) {
   }
 }
 
-/* Does op's caller wait for the receiver's ack (a send not copied)? */
-static int pl_awaits(const pl_op_t *op) {
-  return op->kind == PL_SEND && op->copy_pages == 0 && op->len > 0;
-}
-
 /* May op give its caller the result, and may it go? */
 static void pl_settle(pl_ep_t *e, pl_op_t *op) {
-  int done = 0, inflight = 0;
+  int done = 0, inflight = 0, left = 0;
   for (int i = 0; i < op->nparts; i++) {
     done += op->part[i].state == PART_DONE;
     inflight += op->part[i].state == PART_POSTED;
+    left += op->part[i].state == PART_LEFT;
   }
   int gone = e->peers[op->peer].bye != 0;
   if (op->req) {
-    int ready = op->kind == PL_RECV              ? done == op->nparts
-                : op->acked || gone              ? inflight == 0
-                : op->copy_pages || op->len == 0 ? done == op->nparts
-                                                 : 0;
+    int ready = op->kind == PL_RECV                                    ? done + left == op->nparts
+                : op->acked || gone || op->status == DUET_ERR_MISMATCH ? inflight == 0
+                : op->copy_pages || op->len == 0                       ? done == op->nparts
+                                                                       : 0;
     if (ready) {
       duet__tp_complete(op->req, op->status, op->kind == PL_RECV ? op->len : 0);
       op->req = NULL;
       e->awaiting -= pl_awaits(op);
-      if (op->kind == PL_RECV)
+      if (op->kind == PL_RECV && op->status == DUET_ERR_MISMATCH && !op->told) {
+        const uint64_t m[2] = {op->tag, op->len};
+        pl_notice_once(e, op->peer, PL_NAK_SEND, 2, m); /* in place of the ack */
+      } else if (op->kind == PL_RECV && op->status != DUET_ERR_MISMATCH) {
         pl_ack_queue(e, op->peer, op->tag, op->len);
+      }
     }
   }
   if (op->req || inflight > 0)
     return;
-  if (op->kind == PL_RECV || op->acked || gone) {
+  if (left) { /* parts left with the inner transport: op is never reused */
+    pl_list_del(&e->active, op);
+  } else if (op->kind == PL_RECV || op->acked || gone || op->status == DUET_ERR_MISMATCH) {
     pl_retire(e, op);
   } else { /* a copied send: out of the scan until its ack */
     pl_list_del(&e->active, op);
@@ -727,14 +963,13 @@ static int pl_scan(pl_ep_t *e, int all) {
         continue;
       found++;
       e->busy[p->plane]--;
-      if (p->r.status == DUET_SUCCESS ||
-          (op->kind == PL_RECV && p->r.status == DUET_ERR_MISMATCH)) {
-        p->state = PART_DONE;
+      if (p->r.status == DUET_SUCCESS || p->r.status == DUET_ERR_MISMATCH) {
+        p->state = PART_DONE; /* a mismatch fails the message, not the plane */
         if (op->kind == PL_RECV && p->r.status == DUET_SUCCESS && op->nparts == 1)
           op->len = p->r.len; /* a receive may hold more than the message */
-        else if (op->kind == PL_RECV && (p->r.status != DUET_SUCCESS || p->r.len != p->len))
+        else if (p->r.status != DUET_SUCCESS || (op->kind == PL_RECV && p->r.len != p->len))
           op->status = DUET_ERR_MISMATCH;
-        if (op->status == DUET_ERR_MISMATCH && e->errbuf)
+        if (op->status == DUET_ERR_MISMATCH && op->req && e->errbuf)
           memcpy(e->errbuf, e->perr[p->plane], DUET_TP_ERRLEN);
       } else if ((e->peers[op->peer].bye >> p->plane) & 1) {
         p->state = PART_DONE; /* the peer left */
@@ -832,6 +1067,8 @@ static duet_status_t pl_progress(duet__tp_ep_t *ep, char *errbuf) {
     }
     if (e->stall_ns && e->tick % PL_LAZY_TICKS == 0 && pl_live(e, e->dead) > 1)
       pl_check_stalls(e);
+    if ((e->active.head || e->nkept) && (e->poll_all || e->tick % PL_IDLE_POLL == 0))
+      pl_ask_waiting(e);
     for (int round = 0; round < 4; round++) {
       int found = pl_scan(e, e->poll_all || e->tick % PL_IDLE_POLL == 0);
       pl_handle_down(e);
@@ -853,6 +1090,7 @@ static duet_status_t pl_post(pl_ep_t *e, int kind, int peer, const void *buf, si
                              uint64_t tag, duet__tp_req_t *req, char *errbuf) {
   const char *call = kind == PL_SEND ? "isend" : "irecv";
   pl_op_t *op;
+  size_t rlen;
   e->errbuf = errbuf;
   if (!req || peer < 0 || peer >= e->npeers || (!buf && len > 0) || (tag >> 62) == 3) {
     duet__tp_seterr(errbuf, "planes", "%s: %s", call,
@@ -865,6 +1103,13 @@ static duet_status_t pl_post(pl_ep_t *e, int kind, int peer, const void *buf, si
   if (e->failed) {
     duet__tp_seterr(errbuf, "planes", "%s: %s", call, e->why);
     return e->failed;
+  }
+  if (kind == PL_SEND && e->nkept && (rlen = pl_kept_misfit(e, peer, tag, len)) != SIZE_MAX) {
+    /* its receive, posted already, cannot take it: nothing is sent */
+    const uint64_t m[4] = {tag, len, rlen, 0};
+    pl_notice_once(e, peer, PL_NAK_RECV, 4, m);
+    duet__tp_complete(req, DUET_ERR_MISMATCH, 0);
+    return DUET_SUCCESS;
   }
   op = pl_op_get(e);
   if (!op) {
@@ -879,6 +1124,9 @@ static duet_status_t pl_post(pl_ep_t *e, int kind, int peer, const void *buf, si
   op->tag = tag;
   op->len = len;
   op->acked = 0;
+  op->seen_ns = 0;
+  op->asked = 0;
+  op->told = 0;
   op->status = DUET_SUCCESS;
   op->buf = (uint8_t *)buf;
   op->copy_pages = 0;
@@ -898,7 +1146,7 @@ static duet_status_t pl_post(pl_ep_t *e, int kind, int peer, const void *buf, si
     op->buf = e->peers[peer].arena + (size_t)op->copy_page * PL_PAGE;
     memcpy(op->buf, buf, len);
   }
-  op->nparts = len >= PL_SPLIT_MIN ? e->n : 1;
+  op->nparts = pl_layout(e, len, tag) < 0 ? e->n : 1;
   for (int i = 0; i < op->nparts; i++) {
     size_t per = ((len + (size_t)op->nparts - 1) / (size_t)op->nparts + 4095) & ~(size_t)4095;
     op->part[i].off = (size_t)i * per < len ? (size_t)i * per : len;
