@@ -606,7 +606,8 @@ out:
  * DUET_ERR_MISMATCH well before the deadline, writing nothing past its
  * buffer; the sender succeeds (its message was sent whole) or fails with
  * DUET_ERR_MISMATCH too, as soon. Over libfabric's shm a message past 4 KiB
- * into a receive of 4 KiB or less timed out on both sides before. */
+ * into a receive of 4 KiB or less, over its tcp one of 64-128 KiB into a
+ * receive of 0 bytes, timed out on both sides before. */
 static void mismatch(const setup_t *su, int from, int to, size_t sbytes, size_t rbytes) {
   const mm_case_t mc = {from, to, sbytes, rbytes};
   mm_report_t reps[MAXR];
@@ -637,7 +638,8 @@ static void mismatch(const setup_t *su, int from, int to, size_t sbytes, size_t 
 }
 
 static void mismatches(const setup_t *su, int from, int to) {
-  static const size_t sizes[][2] = {{16384, 1024}, {1024, 16384}, {65536, 32768}, {4097, 4096}};
+  static const size_t sizes[][2] = {
+      {16384, 1024}, {1024, 16384}, {65536, 32768}, {4097, 4096}, {100000, 0}};
   for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
     mismatch(su, from, to, sizes[i][0], sizes[i][1]);
 }

@@ -448,7 +448,10 @@ static int late_post(pair_t *p, int is_recv, void *buf, size_t len, uint64_t tag
  * before the deadline, its buffer untouched with a rendezvous, and with one
  * the send fails too (a receive that short sends no CTS, so the waiting
  * send probes it; both timed out before). A short message into a long
- * receive arrives whole (tags 36 and 39). The sender then progresses until
+ * receive arrives whole (tags 36 and 39); messages of 100000 and 5 bytes
+ * into receives of 0 fail them (tags 38 and 41: over libfabric's tcp, rxm
+ * never ended the first, of its segmented size class, before the receive
+ * took 8 bytes of the endpoint's). The sender then progresses until
  * the receiver is done, sending nothing more: over duet's tcp the message
  * and the receive belong to different lanes, and a 1 KiB receive found its
  * 64 KiB message only when a later message forced that lane's reading.
@@ -461,13 +464,13 @@ static int late_post(pair_t *p, int is_recv, void *buf, size_t len, uint64_t tag
  * receive of the message's length, and that receive fails too (the
  * sender's copied message had completed at once). */
 static int short_receive(pair_t *p) {
-  enum { LEN = (64 << 10) + 1, SHORT = 1024, WORD = 100 };
+  enum { LEN = (64 << 10) + 1, SHORT = 1024, WORD = 100, SEGMENTED = 100000 };
   static const struct {
     uint64_t tag;
     double late; /* > 0: the receive posted this late; < 0: the send; 0: the receive first */
   } cases[] = {{33, 0}, {34, 0.2}, {35, 0.2}, {37, -0.3}};
   const int planes = p->tp == &duet__tp_planes;
-  unsigned char *buf = malloc(LEN);
+  unsigned char *buf = malloc(SEGMENTED);
   duet__tp_req_t req;
   char done = 'd';
   CHECK(p, buf != NULL, "malloc");
@@ -493,6 +496,21 @@ static int short_receive(pair_t *p) {
       CHECK(p, pipe_io(p->wfd, &done, 1, 1) == 0, "tell rank 0");
     }
     CHECK(p, now() - t < WAIT_SEC / 4, "tag %d: failed after %.1f s", (int)tag, now() - t);
+  }
+  for (uint64_t tag = 38; tag <= 41; tag += 3) { /* into a receive of 0 bytes */
+    const size_t len = tag == 38 ? SEGMENTED : 5;
+    if (p->rank == 0) {
+      memset(buf, 0x38, len);
+      CHECK(p, pair_post(p, 0, p->other, buf, len, tag, &req) == DUET_SUCCESS, "isend %d",
+            (int)tag);
+      CHECK(p, pair_wait(p, &req) == 0, "send %d: %s", (int)tag, p->err);
+      CHECK(p, progress_until_told(p) == 0, "tag %d: rank 1 did not finish", (int)tag);
+    } else {
+      CHECK(p, pair_post(p, 1, p->other, NULL, 0, tag, &req) == DUET_SUCCESS, "irecv %d", (int)tag);
+      CHECK(p, pair_wait(p, &req) == 0 && req.status == DUET_ERR_MISMATCH, "recv %d: status %d",
+            (int)tag, req.status);
+      CHECK(p, pipe_io(p->wfd, &done, 1, 1) == 0, "tell rank 0");
+    }
   }
   for (uint64_t tag = 36; tag <= 39; tag += 3) {
     const int fails = planes && tag == 39;
