@@ -24,7 +24,10 @@
  * hear of the failure (DUET_ERR_MISMATCH) only once the message's transfers
  * have ended (a receive part left posted meets none). Where the planes
  * agree, the inner transport finds the mismatch, and the receiver answers
- * NAK_SEND instead of an ack.
+ * NAK_SEND instead of an ack. Each side acts on these notices inside duet:
+ * a rank whose own call has already returned (a copied send; a receive
+ * that failed first) does its part at its next call, so a peer that it
+ * then waits for outside duet still waits for the deadline.
  *
  * Failover. A plane whose transfer fails (a reset connection, an error of
  * its endpoint) is dead for this process: its endpoint is closed, which
