@@ -659,17 +659,26 @@ static void pl_ack_flush(pl_ep_t *e, int all) {
   e->nackq = keep;
 }
 
-static void pl_acked(pl_ep_t *e, int peer, uint64_t tag) {
-  for (pl_op_t *op = e->parked.head; op; op = op->next)
-    if (op->peer == peer && op->tag == tag) {
-      pl_retire(e, op);
-      return;
-    }
+/* The operation of kind with peer under tag that the peer has not
+ * acknowledged yet (a receive: whose caller waits), or NULL. Parked copies
+ * first: most acks are theirs. */
+static pl_op_t *pl_find(pl_ep_t *e, int kind, int peer, uint64_t tag) {
+  for (pl_op_t *op = e->parked.head; kind == PL_SEND && op; op = op->next)
+    if (op->peer == peer && op->tag == tag)
+      return op;
   for (pl_op_t *op = e->active.head; op; op = op->next)
-    if (op->kind == PL_SEND && op->peer == peer && op->tag == tag && !op->acked) {
-      op->acked = 1; /* settled by the scan */
-      return;
-    }
+    if (op->kind == kind && op->peer == peer && op->tag == tag && !op->acked &&
+        (kind == PL_SEND || op->req))
+      return op;
+  return NULL;
+}
+
+static void pl_acked(pl_ep_t *e, int peer, uint64_t tag) {
+  pl_op_t *op = pl_find(e, PL_SEND, peer, tag);
+  if (op && op->parked)
+    pl_retire(e, op);
+  else if (op)
+    op->acked = 1; /* settled by the scan */
 }
 
 /* Does op's caller wait for the receiver's ack (a send not copied)? */
@@ -683,19 +692,6 @@ static int pl_awaits(const pl_op_t *op) {
  * read a message longer than every receive they wait for). */
 static int pl_misfit(const pl_ep_t *e, size_t mlen, size_t rlen, uint64_t tag) {
   return mlen > rlen || pl_layout(e, mlen, tag) != pl_layout(e, rlen, tag);
-}
-
-/* The operation of kind with peer under tag that the peer has not
- * acknowledged yet (a receive: whose caller waits), or NULL. */
-static pl_op_t *pl_find(pl_ep_t *e, int kind, int peer, uint64_t tag) {
-  for (pl_op_t *op = e->active.head; op; op = op->next)
-    if (op->kind == kind && op->peer == peer && op->tag == tag && !op->acked &&
-        (kind == PL_SEND || op->req))
-      return op;
-  for (pl_op_t *op = e->parked.head; kind == PL_SEND && op; op = op->next)
-    if (op->peer == peer && op->tag == tag)
-      return op;
-  return NULL;
 }
 
 /* The planes here that a message of len bytes under tag has parts on. */
