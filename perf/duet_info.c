@@ -4,8 +4,9 @@
  *
  *   duet_info                 version, build, libfabric providers, this
  *                             host's topology and NICs, every DUET_* setting
- *   duet_info -n 64 -s 8      ... and the tuner's choice per collective and
- *                             size for 64 ranks in 8 super-nodes of 8
+ *   duet_info -n 64 -s 8      ... and the library's choice per collective and
+ *                             size for 64 ranks in 8 super-nodes of 8, each
+ *                             on one host like this one (-m: across hosts)
  *   duet_info -n 64 -s 8 -t   the tuner's choices only
  *   duet_info -v              the version line only
  *
@@ -62,19 +63,24 @@ static void section(const char *title) {
 }
 
 static void usage(FILE *out) {
-  fprintf(out,
-          "usage: duet_info [-a | -t | -v] [-n NRANKS [-s SUPERNODES]] [-h]\n"
-          "  -a             all sections (the default): version, libfabric providers,\n"
-          "                 this host's topology and NICs, DUET_* settings, and the\n"
-          "                 tuner's choices when -n is given\n"
-          "  -t             the tuner's choices only (needs -n)\n"
-          "  -v             the version line only\n"
-          "  -n NRANKS      ranks of the job the tuner plans for\n"
-          "  -s SUPERNODES  super-nodes they form, NRANKS/SUPERNODES ranks each (default 1)\n"
-          "  -h             this help\n"
-          "The tuner models the UPN with the DUET_UPN_PROVIDER's parameters (shm when\n"
-          "unset) and the HPN with DUET_HPN_PROVIDER's (tcp); DUET_{UPN,HPN}_{LAT_US,BW_GBPS}\n"
-          "override them and DUET_ALGO forces algorithms, as in the library.\n");
+  fprintf(out, "usage: duet_info [-a | -t | -v] [-n NRANKS [-s SUPERNODES] [-m]] [-h]\n"
+               "  -a             all sections (the default): version, libfabric providers,\n"
+               "                 this host's topology and NICs, DUET_* settings, and the\n"
+               "                 tuner's choices when -n is given\n"
+               "  -t             the tuner's choices only (needs -n)\n"
+               "  -v             the version line only\n"
+               "  -n NRANKS      ranks of the job the tuner plans for\n"
+               "  -s SUPERNODES  super-nodes they form, NRANKS/SUPERNODES ranks each (default 1)\n"
+               "  -m             each super-node spans several hosts (default: one host each,\n"
+               "                with as many cores as this one)\n"
+               "  -h             this help\n"
+               "The choices are the library's for that job: on one host the load/store path\n"
+               "(DUET_UPN_PROVIDER unset or mem) carries a one-super-node job's collectives;\n"
+               "otherwise the tuner models the UPN with DUET_UPN_PROVIDER's parameters (shm\n"
+               "when unset, tcp with -m) and the HPN with DUET_HPN_PROVIDER's (tcp);\n"
+               "DUET_{UPN,HPN}_{LAT_US,BW_GBPS} override them and DUET_ALGO forces algorithms.\n"
+               "A job on one host with more ranks than cores takes the oversubscribed rows\n"
+               "of the calibration table.\n");
 }
 
 /* A strictly positive int, or -1. */
@@ -265,18 +271,34 @@ static void net_params(const char *provider, double lat_env, double bw_env, doub
     *bw = bw_env;
 }
 
-static void show_tuner(const duet__cfg_t *cfg, int nranks, int nsupernodes) {
-  const char *upn = cfg->upn_provider[0] != '\0' ? cfg->upn_provider : "shm";
+/* The job the tuner plans for, as the library's communicator would see it
+ * (duet__comm_shape): each super-node on one host with this host's cores,
+ * or with -m on several hosts. On one host an unset DUET_UPN_PROVIDER (or
+ * "mem") gives the load/store path, which carries the blocking collectives
+ * of a one-super-node job itself (duet__mem_path) and the UPN phases of a
+ * hierarchy; the model then prices the UPN as shm, its endpoint. The
+ * calibration table applies to a job on one host, oversubscribed when it
+ * has more ranks than this host has cores. */
+static void show_tuner(const duet__cfg_t *cfg, int nranks, int nsupernodes, int multihost) {
+  const int upn_set = cfg->upn_provider[0] != '\0' && strcmp(cfg->upn_provider, "mem") != 0;
+  const char *upn = upn_set ? cfg->upn_provider : multihost ? "tcp" : "shm";
   const char *hpn = cfg->hpn_provider[0] != '\0' ? cfg->hpn_provider : "tcp";
+  const int ncores = duet__topo_ncores();
   duet__tune_shape_t shape;
   char forced[256] = "";
   size_t k = 0;
+  int mem;
 
   memset(&shape, 0, sizeof(shape));
   shape.nranks = nranks;
   shape.nsupernodes = nsupernodes;
   shape.local_size = (nranks + nsupernodes - 1) / nsupernodes;
   shape.uniform = nranks % nsupernodes == 0;
+  mem = !multihost && !upn_set && shape.local_size > 1;
+  shape.mem_everywhere = mem;
+  shape.one_host = !multihost && nsupernodes == 1;
+  shape.oversubscribed = shape.one_host && nranks > ncores;
+  snprintf(shape.upn_provider, sizeof(shape.upn_provider), "%s", upn);
   net_params(upn, cfg->upn_lat_us, cfg->upn_bw_gbps, &shape.upn_lat_us, &shape.upn_bw_gbps);
   net_params(hpn, cfg->hpn_lat_us, cfg->hpn_bw_gbps, &shape.hpn_lat_us, &shape.hpn_bw_gbps);
   for (int c = 0; c < DUET_COLL_COUNT; c++)
@@ -287,9 +309,14 @@ static void show_tuner(const duet__cfg_t *cfg, int nranks, int nsupernodes) {
   section(NULL);
   printf("tuner: %d ranks in %d super-node%s of %s%d\n", nranks, nsupernodes,
          nsupernodes == 1 ? "" : "s", shape.uniform ? "" : "up to ", shape.local_size);
-  printf("  UPN %s: %g us, %g GB/s; HPN %s: %g us, %g GB/s; DUET_ALGO %s\n", upn, shape.upn_lat_us,
-         shape.upn_bw_gbps, hpn, shape.hpn_lat_us, shape.hpn_bw_gbps,
-         forced[0] ? forced : "(none)");
+  printf("  UPN %s%s: %g us, %g GB/s; HPN %s: %g us, %g GB/s; DUET_ALGO %s\n", upn,
+         mem ? " (the load/store path)" : "", shape.upn_lat_us, shape.upn_bw_gbps, hpn,
+         shape.hpn_lat_us, shape.hpn_bw_gbps, forced[0] ? forced : "(none)");
+  if (multihost)
+    printf("  each super-node on several hosts (-m)\n");
+  else
+    printf("  each super-node on one host of %d cores%s\n", ncores,
+           shape.oversubscribed ? ": more ranks than cores (the oversubscribed calibration)" : "");
   printf("  bytes: the call's payload (allgather, reduce_scatter: the whole vector;\n"
          "  alltoall(v): what each rank sends)\n");
   printf("  %-15s %10s %13s %-13s %12s %14s\n", "collective", "size", "bytes", "algorithm",
@@ -297,13 +324,19 @@ static void show_tuner(const duet__cfg_t *cfg, int nranks, int nsupernodes) {
   for (size_t i = 0; i < sizeof(info_colls) / sizeof(info_colls[0]); i++) {
     int coll = info_colls[i];
     size_t bytes = coll == DUET_COLL_BARRIER ? 0 : INFO_SWEEP_MIN;
+    /* as duet__mem_path: the load/store engine, unless DUET_ALGO forces */
+    const int engine = mem && nsupernodes == 1 && cfg->algo.coll[coll] == DUET_ALGO_AUTO;
     for (;;) {
       duet__tune_choice_t ch = duet__tune_pick(&shape, coll, bytes, &cfg->algo);
       char size[32];
       const char *name = duet__algo_name(ch.algo);
       format_bytes(bytes, size, sizeof(size));
-      printf("  %-15s %10s %13zu %-13s %12zu %14.1f\n", duet__coll_short_name(coll), size, bytes,
-             name != NULL ? name : "?", ch.chunk_bytes, ch.est_us);
+      if (engine)
+        printf("  %-15s %10s %13zu %-13s %12s %14s\n", duet__coll_short_name(coll), size, bytes,
+               "load/store", "-", "-");
+      else
+        printf("  %-15s %10s %13zu %-13s %12zu %14.1f\n", duet__coll_short_name(coll), size, bytes,
+               name != NULL ? name : "?", ch.chunk_bytes, ch.est_us);
       /* 8 B, 64 B, ... by x8, then the top of the range itself. */
       if (coll == DUET_COLL_BARRIER || bytes >= INFO_SWEEP_MAX)
         break;
@@ -315,13 +348,13 @@ static void show_tuner(const duet__cfg_t *cfg, int nranks, int nsupernodes) {
 
 int main(int argc, char **argv) {
   int show = SHOW_VERSION | SHOW_FABRIC | SHOW_TOPO | SHOW_CONFIG | SHOW_TUNER;
-  int tuner_only = 0, nranks = 0, nsupernodes = 0, opt;
+  int tuner_only = 0, nranks = 0, nsupernodes = 0, multihost = 0, opt;
   duet__cfg_t cfg;
   char err[512] = "";
   duet_status_t rc;
 
   opterr = 0; /* our own messages */
-  while ((opt = getopt(argc, argv, ":hatvn:s:")) != -1) {
+  while ((opt = getopt(argc, argv, ":hatvmn:s:")) != -1) {
     switch (opt) {
     case 'h':
       usage(stdout);
@@ -337,6 +370,9 @@ int main(int argc, char **argv) {
     case 'v':
       show = SHOW_VERSION;
       tuner_only = 0;
+      break;
+    case 'm':
+      multihost = 1;
       break;
     case 'n':
     case 's': {
@@ -362,6 +398,10 @@ int main(int argc, char **argv) {
   }
   if (nsupernodes > 0 && nranks == 0) {
     fprintf(stderr, "duet_info: -s SUPERNODES needs -n NRANKS\n");
+    return 2;
+  }
+  if (multihost && nranks == 0) {
+    fprintf(stderr, "duet_info: -m needs -n NRANKS\n");
     return 2;
   }
   if (tuner_only && nranks == 0) {
@@ -396,6 +436,6 @@ int main(int argc, char **argv) {
   if (show & SHOW_CONFIG)
     show_config();
   if (show & SHOW_TUNER)
-    show_tuner(&cfg, nranks, nsupernodes);
+    show_tuner(&cfg, nranks, nsupernodes, multihost);
   return fflush(stdout) == 0 ? 0 : 1;
 }

@@ -117,6 +117,23 @@ ok=1
 [ "$rc" = 0 ] && [ "$rows" -ge 10 ] && [ "$rows" = "$ring" ] && ok=0
 result "DUET_ALGO=allreduce=ring: ring in all $rows allreduce rows ($ring)" $ok
 
+# one host: the load/store path carries a one-super-node job's allreduce;
+# with -m (super-nodes across hosts) the tuner's algorithms do
+run -- -n 2 -t
+ok=1
+[ "$rc" = 0 ] && has '^ +allreduce +8 B +8 +load/store +- +-$' &&
+  has '^ +each super-node on one host of [1-9][0-9]* cores' && ok=0
+result "-n 2 -t: the one-host allreduce takes the load/store path" $ok
+run -- -n 2 -m -t
+ok=1
+[ "$rc" = 0 ] && has '^ +allreduce +8 B +8 +[a-z]+ +[0-9]+ ' && ! has 'load/store' &&
+  has '^ +each super-node on several hosts' && has '^  UPN tcp:' && ok=0
+result "-n 2 -m -t: several hosts, tcp inside the super-node" $ok
+run DUET_UPN_PROVIDER=tcp -- -n 4096 -t
+ok=1
+[ "$rc" = 0 ] && has 'more ranks than cores' && ! has 'load/store' && ok=0
+result "-n 4096 -t over tcp: more ranks than cores" $ok
+
 run DUET_TIMEOUT_MS=abc --
 ok=1
 [ "$rc" != 0 ] && [ "$rc" != 124 ] && grep -q 'DUET_TIMEOUT_MS' "$err" && ok=0
@@ -127,7 +144,7 @@ ok=1
 [ "$rc" = 1 ] && grep -q 'DUET_ALGO' "$err" && ok=0
 result "DUET_ALGO=allreduce=fast: exit $rc, message names it" $ok
 
-for args in "-x" "-n" "-n 0" "-n abc" "-t" "-s 2" "-n 2 -s 4" "extra"; do
+for args in "-x" "-n" "-n 0" "-n abc" "-t" "-s 2" "-n 2 -s 4" "-m" "extra"; do
   # shellcheck disable=SC2086 # split on purpose
   run -- $args
   ok=1

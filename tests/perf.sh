@@ -26,7 +26,7 @@ out=$(mktemp -d "${TMPDIR:-/tmp}/duet_perf_test.XXXXXX") || exit 1
 trap 'rm -rf "$out"' EXIT
 export DUET_TIMEOUT_MS=${DUET_TIMEOUT_MS:-60000}
 . "$(dirname "$0")/mpi/mpirun_env.sh"
-mpi_test_setup perf 120 "$prog"
+mpi_test_setup perf 120 "$prog" "$builddir/perf/duet_info"
 
 passed=0
 failed=0
@@ -258,6 +258,85 @@ else
   grep -q '"rows": \[' "$f"
   result "json format (no python3: rows present)" $?
 fi
+
+# ---- duet_info's tuner choices are the library's: each call's choice as
+# the library traces it (DUET_DEBUG=TRACE, TUNE) against duet_info's row of
+# the same collective and size, for the job duet_info is told of ----
+
+# lib_choices <file>: "collective bytes algorithm chunk est" of each call on
+# the whole communicator (the library's trace lines), once each.
+lib_choices() {
+  sed -n 's/.* TRACE \([a-z_]*\) \([0-9]*\) bytes on [0-9]* ranks (.*): \([a-z]*\) (.*), chunk \([0-9]*\), est \([0-9.]*\) us$/\1 \2 \3 \4 \5/p' \
+    "$1.err" | sort -u
+}
+
+# info_choices <file> [VAR=value ...] -- <duet_info args>: its rows as
+# "collective bytes algorithm chunk est" (load/store rows: "- -").
+info_choices() {
+  local file=$1 vars=()
+  shift
+  while [ "$1" != "--" ]; do vars+=("$1"); shift; done
+  shift
+  env ${vars[@]+"${vars[@]}"} "$info" "$@" -t >"$file.info" 2>&1 || return 1
+  awk '$3 ~ /^[KMG]?i?B$/ && $4 ~ /^[0-9]+$/ { print $1, $4, $5, $6, $7 }' "$file.info"
+}
+
+# same_choices <name> <file>: every traced choice whose collective and size
+# duet_info shows is the same there; at least 5 compared.
+same_choices() {
+  local name=$1 file=$2 n=0 bad="" line key want
+  while read -r line; do
+    key=${line% * * *}
+    want=$(grep -m1 "^$key " "$file.want")
+    [ -z "$want" ] && continue
+    n=$((n + 1))
+    [ "$want" = "$line" ] || bad="$bad library '$line', duet_info '$want';"
+  done < <(lib_choices "$file")
+  if [ -n "$bad" ] || [ "$n" -lt 5 ]; then
+    result "$name" 1 "$n compared:$bad $(grep -m3 -i 'error\|fail' "$file.err" | tr '\n' ' ')"
+  else
+    result "$name ($n calls)" 0
+  fi
+}
+
+# traced <file> <mpirun arguments...>: a launch with the tuner's trace on
+# (in the first of several programs: -x before -np reaches only that one)
+traced() {
+  local file=$1
+  shift
+  echo "+ $mpirun $*"
+  timeout -k 10 "$limit" "$mpirun" "${mpiopts[@]}" -x DUET_DEBUG=TRACE -x DUET_DEBUG_SUBSYS=TUNE \
+    "$@" >"$file" 2>"$file.err"
+}
+
+info="$builddir/perf/duet_info"
+sweep=(-b 8 -e 2M -f 8 -n 1 -w 0 -c 0)
+for np in 2 4; do
+  for coll in allreduce alltoall; do
+    f="$out/choice_${coll}_tcp_np$np"
+    info_choices "$f" DUET_UPN_PROVIDER=tcp DUET_HPN_PROVIDER=tcp -- -n "$np" >"$f.want"
+    traced "$f" -x DUET_UPN_PROVIDER=tcp -x DUET_HPN_PROVIDER=tcp -np "$np" "$prog" -C "$coll" \
+      "${sweep[@]}"
+    same_choices "duet_info -n $np = the library's choices, $coll over tcp" "$f"
+  done
+done
+# two emulated super-nodes of 2 (the hierarchy, load/store inside each)
+for coll in allreduce alltoall; do
+  f="$out/choice_${coll}_sn"
+  info_choices "$f" -- -n 4 -s 2 >"$f.want"
+  traced "$f" -np 2 -x DUET_SUPERNODE=a "$prog" -C "$coll" "${sweep[@]}" : \
+    -np 2 -x DUET_SUPERNODE=b "$prog" -C "$coll" "${sweep[@]}"
+  same_choices "duet_info -n 4 -s 2 = the library's choices, $coll on 2 super-nodes" "$f"
+done
+# one host, the load/store path: no tuner call, and duet_info says so
+f="$out/choice_mem"
+info_choices "$f" -- -n 2 >"$f.want"
+traced "$f" -np 2 "$prog" -C allreduce "${sweep[@]}"
+rows=$(grep -c '^allreduce .* - -$' "$f.want")
+[ "$rows" -ge 5 ] && [ "$(lib_choices "$f" | grep -c '^allreduce ')" = 0 ] &&
+  ! grep -q '^allreduce .*[0-9]$' "$f.want"
+result "duet_info -n 2: load/store for the one-host allreduce, as the library" $? \
+  "$rows load/store rows; library: $(lib_choices "$f" | grep -m2 '^allreduce ' | tr '\n' ' ')"
 
 # ---- bad arguments: exit 2, the option named, no hang ----
 for bad in "-C nosuch:-C" "-n 0:-n" "-c 2:-c" "--compare nccl:--compare" "--format xml:--format" \
