@@ -328,6 +328,12 @@ for coll in allreduce alltoall; do
     -np 2 -x DUET_SUPERNODE=b "$prog" -C "$coll" "${sweep[@]}"
   same_choices "duet_info -n 4 -s 2 = the library's choices, $coll on 2 super-nodes" "$f"
 done
+# DUET_UPN_PROVIDER=mem names the default load/store path: priced alike
+f="$out/choice_allreduce_sn_mem"
+info_choices "$f" DUET_UPN_PROVIDER=mem -- -n 4 -s 2 >"$f.want"
+traced "$f" -np 2 -x DUET_UPN_PROVIDER=mem -x DUET_SUPERNODE=a "$prog" -C allreduce "${sweep[@]}" \
+  : -np 2 -x DUET_UPN_PROVIDER=mem -x DUET_SUPERNODE=b "$prog" -C allreduce "${sweep[@]}"
+same_choices "DUET_UPN_PROVIDER=mem: duet_info -n 4 -s 2 = the library's choices" "$f"
 # one host, the load/store path: no tuner call, and duet_info says so
 f="$out/choice_mem"
 info_choices "$f" -- -n 2 >"$f.want"

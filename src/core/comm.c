@@ -387,9 +387,9 @@ void duet__comm_shape(duet_comm_t *comm) {
   /* Every rank must see the same shape, or ranks pick different algorithms
    * for one call: the model follows the configured providers and the
    * layout, never whether this rank happens to have an endpoint. */
-  const char *upn = comm->cfg.upn_provider[0] ? comm->cfg.upn_provider
-                    : comm->domains_one_host  ? "shm"
-                                              : "tcp";
+  const int upn_set = comm->cfg.upn_provider[0] && strcmp(comm->cfg.upn_provider, "mem") != 0;
+  /* "mem" is the load/store path, whose endpoint is shm (open_endpoints) */
+  const char *upn = upn_set ? comm->cfg.upn_provider : comm->domains_one_host ? "shm" : "tcp";
   const char *hpn = comm->cfg.hpn_provider[0] ? comm->cfg.hpn_provider : "tcp";
   sh->nranks = comm->nranks;
   sh->nsupernodes = comm->layout.nsupernodes;
