@@ -280,7 +280,7 @@ static void net_params(const char *provider, double lat_env, double bw_env, doub
  * calibration table applies to a job on one host, oversubscribed when it
  * has more ranks than this host has cores. */
 static void show_tuner(const duet__cfg_t *cfg, int nranks, int nsupernodes, int multihost) {
-  const int upn_set = cfg->upn_provider[0] != '\0' && strcmp(cfg->upn_provider, "mem") != 0;
+  const int upn_set = duet__cfg_upn_named(cfg);
   const char *upn = upn_set ? cfg->upn_provider : multihost ? "tcp" : "shm";
   const char *hpn = cfg->hpn_provider[0] != '\0' ? cfg->hpn_provider : "tcp";
   const int ncores = duet__topo_ncores();

@@ -319,8 +319,7 @@ static duet_status_t duet__open_endpoints(duet_comm_t *comm, const duet__domains
     /* "mem" (the load/store path) carries the blocking collectives; the
      * non-blocking ones, send/recv and groups still need an endpoint: shm. */
     snprintf(uprov, sizeof(uprov), "%s",
-             comm->cfg.upn_provider[0] && strcmp(comm->cfg.upn_provider, "mem") != 0
-                 ? comm->cfg.upn_provider
+             duet__cfg_upn_named(&comm->cfg)         ? comm->cfg.upn_provider
              : dom->domain_one_host[comm->supernode] ? "shm"
                                                      : "tcp");
     snprintf(uiface, sizeof(uiface), "%s",
@@ -387,9 +386,10 @@ void duet__comm_shape(duet_comm_t *comm) {
   /* Every rank must see the same shape, or ranks pick different algorithms
    * for one call: the model follows the configured providers and the
    * layout, never whether this rank happens to have an endpoint. */
-  const int upn_set = comm->cfg.upn_provider[0] && strcmp(comm->cfg.upn_provider, "mem") != 0;
   /* "mem" is the load/store path, whose endpoint is shm (open_endpoints) */
-  const char *upn = upn_set ? comm->cfg.upn_provider : comm->domains_one_host ? "shm" : "tcp";
+  const char *upn = duet__cfg_upn_named(&comm->cfg) ? comm->cfg.upn_provider
+                    : comm->domains_one_host        ? "shm"
+                                                    : "tcp";
   const char *hpn = comm->cfg.hpn_provider[0] ? comm->cfg.hpn_provider : "tcp";
   sh->nranks = comm->nranks;
   sh->nsupernodes = comm->layout.nsupernodes;
@@ -440,7 +440,7 @@ static int duet__open_mem(duet_comm_t *comm, const duet__domains_t *dom, const d
     largest = dom->local_size[r] > largest ? dom->local_size[r] : largest;
   if (largest < 2 || !dom->domain_one_host[comm->supernode])
     return 0;
-  if (comm->cfg.upn_provider[0] && strcmp(comm->cfg.upn_provider, "mem") != 0)
+  if (duet__cfg_upn_named(&comm->cfg))
     return 0;
   for (int r = 0; r < comm->nranks && first < 0; r++)
     if (dom->supernode[r] == comm->supernode)

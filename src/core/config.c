@@ -308,3 +308,7 @@ duet_status_t duet__config_resolve(const duet_config_t *config, duet__cfg_t *cfg
   }
   return DUET_SUCCESS;
 }
+
+int duet__cfg_upn_named(const duet__cfg_t *cfg) {
+  return cfg->upn_provider[0] != '\0' && strcmp(cfg->upn_provider, "mem") != 0;
+}

@@ -66,6 +66,10 @@ typedef struct duet__cfg {
 duet_status_t duet__config_resolve(const duet_config_t *config, duet__cfg_t *cfg, char *errbuf,
                                    size_t errlen);
 
+/* DUET_UPN_PROVIDER names an endpoint provider: set, and not "mem" (the
+ * load/store path, as when unset, whose endpoint is shm on one host). */
+int duet__cfg_upn_named(const duet__cfg_t *cfg);
+
 /* Parse a DUET_ALGO string ("allreduce=ring,broadcast=binomial"); every
  * collective=algorithm pair must be one algo.c lists. */
 int duet__config_parse_algo(const char *text, duet__algo_force_t *out, char *errbuf, size_t errlen);
