@@ -17,7 +17,7 @@
 
 #include "duet.h"
 
-#define DUET_BOOT_ERRLEN 256
+#define DUET_BOOT_ERRLEN 384
 #define DUET_BOOT_MAX_BLOB (64 * 1024) /* largest blob one rank may send */
 
 typedef struct duet__boot duet__boot_t; /* one rank's connection to the root */

@@ -4,6 +4,7 @@
  * The root is in root.c, the unique id in unique_id.c; the protocol is
  * described in boot_int.h.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -163,10 +164,26 @@ static int retryable(int err) {
          err == EADDRNOTAVAIL;
 }
 
+static int is_loopback(const struct sockaddr *sa) {
+  if (sa->sa_family == AF_INET)
+    return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+  return sa->sa_family == AF_INET6 &&
+         IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)sa)->sin6_addr);
+}
+
+/* duet_get_unique_id's root listens on loopback unless DUET_BOOT_IFACE is
+ * set: a rank on another host that was handed such an id connects to its
+ * own loopback, and only this hint tells its user why. */
+#define LOOPBACK_HINT                                                                              \
+  "; a loopback address, which other hosts cannot reach: for a job across hosts set "              \
+  "DUET_BOOT_IFACE (e.g. eth0) where duet_get_unique_id runs"
+#define LOOPBACK_WARN_MS 10000 /* refused that long: say so before the timeout */
+
 /* Connect b->fd to sa, retrying every RETRY_MS until deadline. */
 static duet_status_t client_connect(duet__boot_t *b, const struct sockaddr *sa, socklen_t salen,
                                     int64_t start, int64_t deadline, char *errbuf) {
-  int last = 0, tries = 0;
+  int last = 0, tries = 0, warned = 0;
+  const int loopback = is_loopback(sa);
   duet_status_t st;
 
   for (;;) {
@@ -185,6 +202,9 @@ static duet_status_t client_connect(duet__boot_t *b, const struct sockaddr *sa, 
       err = errno;
       if (err == EINPROGRESS) {
         st = client_wait(b, POLLOUT, start, deadline, "to connect to", errbuf);
+        if (st == DUET_ERR_TIMEOUT && loopback && last == ECONNREFUSED && errbuf)
+          snprintf(errbuf + strlen(errbuf), DUET_BOOT_ERRLEN - strlen(errbuf),
+                   " (refused %d times)" LOOPBACK_HINT, tries - 1);
         if (st != DUET_SUCCESS)
           goto out_close_socket;
         if (getsockopt(b->fd, SOL_SOCKET, SO_ERROR, &err, &elen) != 0)
@@ -214,9 +234,18 @@ static duet_status_t client_connect(duet__boot_t *b, const struct sockaddr *sa, 
     if (left <= 0) {
       SET_ERR(errbuf,
               "rank %d: timed out after %lld ms waiting to connect to the bootstrap root at %s "
-              "(%d attempts, last error: %s)",
-              b->rank, (long long)(duet__boot_now_ms() - start), b->addr, tries, strerror(last));
+              "(%d attempts, last error: %s)%s",
+              b->rank, (long long)(duet__boot_now_ms() - start), b->addr, tries, strerror(last),
+              loopback && last == ECONNREFUSED ? LOOPBACK_HINT : "");
       return DUET_ERR_TIMEOUT;
+    }
+    if (loopback && last == ECONNREFUSED && !warned &&
+        duet__boot_now_ms() - start >= LOOPBACK_WARN_MS) {
+      warned = 1;
+      DUET_WARN(DUET_SUB_BOOT,
+                "rank %d: nothing has listened at the bootstrap root %s for %d s%s; still trying "
+                "for %lld s",
+                b->rank, b->addr, LOOPBACK_WARN_MS / 1000, LOOPBACK_HINT, (long long)(left / 1000));
     }
     poll(NULL, 0, (int)(left < RETRY_MS ? left : RETRY_MS));
   }
