@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: build, `make check` (Criterion unit tests, the
-# examples, and the mpirun-launched tests over tcp and shm for np 1..8), then
+# examples, the mpirun-launched tests over tcp and shm for np 1..8, and on
+# emulated hosts in network namespaces), then
 # `make distcheck` with AddressSanitizer + UndefinedBehaviorSanitizer (unit
 # tests and a quick 2-3 rank MPI suite). Ends with "duet: N passed, M failed".
 set -uo pipefail

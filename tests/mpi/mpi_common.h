@@ -20,8 +20,11 @@
 #define _GNU_SOURCE
 #endif
 
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <mpi.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -590,12 +593,35 @@ static inline void mt_sleep_ms(long ms) {
 
 /* ---- setup ---- */
 
+/* Emulated hosts (tests/cluster/run_cluster.sh): with DUET_TEST_NETNS set,
+ * the rank moves into that network namespace (/run/netns/NAME, made by the
+ * script) and into a UTS namespace of its own named DUET_TEST_HOST, so duet
+ * sees a host of that name whose only links are the namespace's. MPI keeps
+ * what it opened in MPI_Init: its launcher's sockets and shared memory. */
+static inline void mt_enter_host(int rank) {
+  const char *ns = getenv("DUET_TEST_NETNS"), *host = getenv("DUET_TEST_HOST");
+  char path[256];
+  int fd;
+  if (ns == NULL || *ns == '\0')
+    return;
+  snprintf(path, sizeof path, "/run/netns/%s", ns);
+  fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || setns(fd, CLONE_NEWNET) != 0 || unshare(CLONE_NEWUTS) != 0 ||
+      sethostname(host && *host ? host : ns, strlen(host && *host ? host : ns)) != 0) {
+    fprintf(stderr, "[rank %d] entering host %s (network namespace %s): %s\n", rank,
+            host ? host : ns, path, strerror(errno));
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
+  close(fd);
+}
+
 static inline void mt_init_mpi(int *argc, char ***argv, int *rank, int *size) {
   /* line by line: a run killed by its time limit still shows how far it got */
   setvbuf(stdout, NULL, _IOLBF, 0);
   MPI_Init(argc, argv);
   MPI_Comm_rank(MPI_COMM_WORLD, rank);
   MPI_Comm_size(MPI_COMM_WORLD, size);
+  mt_enter_host(*rank);
 }
 
 /* Rank 0 makes the unique id, MPI_Bcast shares it, every rank joins. Any

@@ -13,7 +13,14 @@
  * right, the rounds after it too (plane 0 alone), and at the end no socket
  * may be left on ADDR: every rank closed the lost plane.
  *
- * Usage: mpi_planes [-k ADDR] [-r ROUNDS]
+ * With -x CMD as well, rank 0 runs the shell command CMD there instead of
+ * the reset, e.g. "ip link set hpn1 down" on an emulated host of
+ * tests/cluster/run_cluster.sh: a link that passes nothing, no error on any
+ * socket, found only by the planes' probing (DUET_PLANE_TIMEOUT_MS). The
+ * end check then counts the sockets on ADDR that a process still holds
+ * (the closed ones may wait for the dead link to time out).
+ *
+ * Usage: mpi_planes [-k ADDR [-x CMD]] [-r ROUNDS]
  */
 #include "mpi_common.h"
 
@@ -31,16 +38,20 @@ static void expect(const float *got, const float *want, size_t n, int rank, int 
   }
 }
 
-/* Sockets of this host with addr at either end. */
-static int sockets_on(const char *addr) {
+/* Sockets of this host with addr at either end; held: only those that a
+ * process still holds. */
+static int sockets_on(const char *addr, int held) {
   char cmd[256], line[512];
   int n = 0;
   FILE *f;
-  snprintf(cmd, sizeof cmd, "ss -Htan exclude time-wait '( src %s or dst %s )'", addr, addr);
+  snprintf(cmd, sizeof cmd, "ss -Htan%s exclude time-wait '( src %s or dst %s )'", held ? "p" : "",
+           addr, addr);
   f = popen(cmd, "r");
   if (!f)
     return -1;
   while (fgets(line, sizeof line, f)) {
+    if (held && strstr(line, "users:") == NULL)
+      continue;
     fprintf(stderr, "[rank 0] still open: %s", line);
     n++;
   }
@@ -49,14 +60,16 @@ static int sockets_on(const char *addr) {
 
 int main(int argc, char **argv) {
   int rank, size, opt, rounds = 5, total = 0;
-  const char *kill_addr = NULL;
+  const char *kill_addr = NULL, *kill_cmd = NULL;
   duet_unique_id_t id;
   duet_comm_t *comm;
 
   mt_init_mpi(&argc, &argv, &rank, &size);
-  while ((opt = getopt(argc, argv, "k:r:")) != -1) {
+  while ((opt = getopt(argc, argv, "k:r:x:")) != -1) {
     if (opt == 'k')
       kill_addr = optarg;
+    else if (opt == 'x')
+      kill_cmd = optarg;
     else if (opt == 'r')
       rounds = atoi(optarg);
   }
@@ -92,8 +105,11 @@ int main(int argc, char **argv) {
           fprintf(stderr, "[rank 0] the 16 MiB allreduce ended before the failure\n");
           wrong++;
         }
-        snprintf(cmd, sizeof cmd, "ss -K -t '( src %s or dst %s )' >/dev/null", kill_addr,
-                 kill_addr);
+        if (kill_cmd)
+          snprintf(cmd, sizeof cmd, "%s", kill_cmd);
+        else
+          snprintf(cmd, sizeof cmd, "ss -K -t '( src %s or dst %s )' >/dev/null", kill_addr,
+                   kill_addr);
         if (system(cmd) != 0) {
           fprintf(stderr, "[rank 0] %s failed\n", cmd);
           wrong++;
@@ -121,7 +137,7 @@ int main(int argc, char **argv) {
   }
   MPI_Barrier(MPI_COMM_WORLD);
   if (kill_addr && rank == 0) {
-    int left = sockets_on(kill_addr);
+    int left = sockets_on(kill_addr, kill_cmd != NULL);
     if (left != 0) {
       fprintf(stderr, "[rank 0] %d sockets still on %s: a rank kept the lost plane\n", left,
               kill_addr);
@@ -131,8 +147,9 @@ int main(int argc, char **argv) {
   CHECK(comm, duet_comm_destroy(comm));
   MPI_Allreduce(&wrong, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
   if (rank == 0)
-    printf("# mpi_planes np=%d, %d rounds%s%s: %d wrong\n", size, rounds,
-           kill_addr ? ", plane lost in round 3: " : "", kill_addr ? kill_addr : "", total);
+    printf("# mpi_planes np=%d, %d rounds%s%s%s%s: %d wrong\n", size, rounds,
+           kill_addr ? ", plane lost in round 3: " : "", kill_addr ? kill_addr : "",
+           kill_cmd ? " by " : "", kill_cmd ? kill_cmd : "", total);
   free(send), free(got), free(want), free(got2), free(want2);
   MPI_Finalize();
   return total != 0;
