@@ -16,7 +16,8 @@
 # on the first interface that is up (hpn0) or on the planes named by
 # DUET_HPN_IFACE. MPI keeps its own shared memory and is the reference.
 #
-# Runs: mpi_hier (every algorithm of every collective, the hierarchy's
+# Runs: the examples that join through duet_comm_init_env (no MPI:
+# DUET_ROOT=10.99.0.1:29500) on hosts of 2+1; mpi_hier (every algorithm of every collective, the hierarchy's
 # traffic bounds) on hosts of 2+2 and 2+1+2; mpi_alltoall on 2+2;
 # mpi_random (random calls, fixed seed) on 2+2 and 2+1+2; mpi_hier over
 # DUET_UPN_PROVIDER=tcp DUET_HPN_PROVIDER=tcp on 2+2 (duet's tcp inside a
@@ -38,10 +39,13 @@ hier="$builddir/tests/mpi/mpi_hier"
 a2a="$builddir/tests/mpi/mpi_alltoall"
 random="$builddir/tests/mpi/mpi_random"
 planes="$builddir/tests/mpi/mpi_planes"
+# shellcheck source=tests/mpi/mpirun_env.sh
 . "$(dirname "$0")/../mpi/mpirun_env.sh"
-mpi_test_setup cluster 300 "$hier" "$a2a" "$random" "$planes"
+mpi_test_setup cluster 300 "$hier" "$a2a" "$random" "$planes" "$builddir/examples/allreduce_env" \
+  "$builddir/examples/moe_dispatch" "$builddir/examples/grad_overlap"
 # Every MPI peer is on this machine: MPI's shared memory, never a socket
 # (a rank's sockets opened after it entered its host would be the host's).
+# shellcheck disable=SC2054 # commas inside an option value
 mpiopts=(--allow-run-as-root --oversubscribe --mca btl self,vader
          --mca oob_tcp_if_include lo)
 
@@ -101,7 +105,7 @@ unset DUET_SUPERNODE DUET_ALGO DUET_UPN_PROVIDER DUET_HPN_PROVIDER DUET_HPN_IFAC
 # 2,1,2; the environment of the call (VAR=value launch ...) reaches every
 # rank. Returns mpirun's status.
 launch() {
-  local layout=$1 k=0 n apps=() sep= counts=()
+  local layout=$1 k=0 n apps=() sep='' counts=()
   shift
   IFS=, read -r -a counts <<<"$layout"
   for n in "${counts[@]}"; do
@@ -121,6 +125,32 @@ run() {
   result "hosts $1: ${DUET_UPN_PROVIDER:+UPN $DUET_UPN_PROVIDER, }${DUET_HPN_IFACE:+HPN $DUET_HPN_IFACE, }${*:2} (exit $rc, $((SECONDS - start)) s)" $((rc != 0))
 }
 
+# launch_env <hosts> <program>: no MPI; each rank started from this shell
+# in its host (ip netns exec, then a UTS namespace named after the host),
+# joining through duet_comm_init_env with DUET_ROOT on host 0's hpn0.
+launch_env() {
+  local layout=$1 prog=$2 k=0 r=0 n size=0 rc=0 counts=() pids=()
+  IFS=, read -r -a counts <<<"$layout"
+  for n in "${counts[@]}"; do size=$((size + n)); done
+  for n in "${counts[@]}"; do
+    for _ in $(seq 1 "$n"); do
+      echo "+ DUET_RANK=$r DUET_SIZE=$size DUET_ROOT=10.99.0.1:29500 ip netns exec ${tag}h$k" \
+        "unshare -u (host node$k) $prog &"
+      # shellcheck disable=SC2016 # $0 and $@ are the inner shell's
+      DUET_RANK=$r DUET_SIZE=$size DUET_ROOT=10.99.0.1:29500 timeout "$limit" \
+        ip netns exec "${tag}h$k" unshare -u sh -c 'hostname "$0" && exec "$@"' "node$k" "$prog" &
+      pids+=($!)
+      r=$((r + 1))
+    done
+    k=$((k + 1))
+  done
+  for n in "${pids[@]}"; do wait "$n" || rc=1; done
+  result "hosts $layout, duet_comm_init_env: $prog" $rc
+}
+
+for ex in allreduce_env moe_dispatch grad_overlap; do
+  launch_env 2,1 "$builddir/examples/$ex"
+done
 if [ "${DUET_TEST_QUICK:-0}" = 1 ]; then
   run 2,2 "$hier" -q
   run 2,2 "$random" -s 11 -i 150
