@@ -24,7 +24,9 @@
 # host over hpn0 too). With DUET_HPN_IFACE=hpn0,hpn1, mpi_planes on 2+2
 # twice: host 0's plane-1 connections reset in the middle of a call (-k
 # 10.99.1.1), then its plane-1 link set down there (-x: a link that passes
-# nothing, found by probing). Without DUET_BOOT_IFACE, the rank on host 1
+# nothing, found by probing). mpi_partition on 2+2 with one plane, whose
+# link on host 0 goes down mid-call: every wait fails in bounded time.
+# Without DUET_BOOT_IFACE, the rank on host 1
 # must fail within DUET_TIMEOUT_MS with a message naming DUET_BOOT_IFACE.
 # Last, hosts 0 and 1 must have sent traffic on both links.
 # DUET_TEST_QUICK=1 (sanitizer builds) runs mpi_hier and mpi_random on 2+2
@@ -39,9 +41,10 @@ hier="$builddir/tests/mpi/mpi_hier"
 a2a="$builddir/tests/mpi/mpi_alltoall"
 random="$builddir/tests/mpi/mpi_random"
 planes="$builddir/tests/mpi/mpi_planes"
+partition="$builddir/tests/mpi/mpi_partition"
 # shellcheck source=tests/mpi/mpirun_env.sh
 . "$(dirname "$0")/../mpi/mpirun_env.sh"
-mpi_test_setup cluster 300 "$hier" "$a2a" "$random" "$planes" "$builddir/examples/allreduce_env" \
+mpi_test_setup cluster 300 "$hier" "$a2a" "$random" "$planes" "$partition" "$builddir/examples/allreduce_env" \
   "$builddir/examples/moe_dispatch" "$builddir/examples/grad_overlap"
 # Every MPI peer is on this machine: MPI's shared memory, never a socket
 # (a rank's sockets opened after it entered its host would be the host's).
@@ -163,9 +166,13 @@ else
   DUET_UPN_PROVIDER=tcp DUET_HPN_PROVIDER=tcp run 2,2 "$hier" -q
 fi
 DUET_HPN_IFACE=hpn0,hpn1 run 2,2 "$planes" -k 10.99.1.1 -r 4
-# Host 0's plane-1 link goes down in the middle of a call (and stays down:
-# no two-plane run after this one). Nothing fails on a socket; the planes' probing finds it.
+# Host 0's plane-1 link goes down in the middle of a call. Nothing fails on a socket; the planes' probing finds it.
 DUET_HPN_IFACE=hpn0,hpn1 run 2,2 "$planes" -k 10.99.1.1 -x "ip link set hpn1 down" -r 4
+ip -n "${tag}h0" link set hpn1 up
+# One plane, and host 0's link goes down in the middle of calls: every rank
+# must fail each call in bounded time, and none may hang.
+DUET_TIMEOUT_MS=3000 run 2,2 "$partition" -x "ip link set hpn0 down"
+ip -n "${tag}h0" link set hpn0 up
 
 # Without DUET_BOOT_IFACE, duet_get_unique_id's root listens on rank 0's
 # loopback: the ranks on host 1 must fail in time, saying why.
