@@ -5,7 +5,8 @@
 # hpn0 and hpn1 (veth, MTU 9000), to two switches (bridges in one more
 # namespace): plane 0 is 10.99.0.0/24, plane 1 10.99.1.0/24, host k has
 # .k+1 on each. Nothing outside these namespaces carries a packet, and the
-# script deletes them when it ends.
+# script deletes them when it ends. Each host also has a bridge docker0 at
+# 172.17.0.1, as every host with Docker has, listed before the links.
 #
 # mpirun starts the ranks on this machine; each rank, right after
 # MPI_Init, moves into its host's namespace and into a UTS namespace named
@@ -13,7 +14,7 @@
 # what it sees on a cluster: ranks on different hosts by host name (one
 # super-node per host, DUET_SUPERNODE unset), no loopback between hosts,
 # the bootstrap root on rank 0's hpn0 (DUET_BOOT_IFACE=hpn0), and endpoints
-# on the first interface that is up (hpn0) or on the planes named by
+# on the default interface (hpn0, not docker0) or on the planes named by
 # DUET_HPN_IFACE. MPI keeps its own shared memory and is the reference.
 #
 # Runs: the examples that join through duet_comm_init_env (no MPI:
@@ -88,6 +89,15 @@ setup() {
   for k in $(seq 0 $((hosts - 1))); do
     ip netns add "${tag}h$k" || return 1
     ip -n "${tag}h$k" link set lo up || return 1
+    # Before the links, as on a host with Docker: a bridge with the same
+    # address on every host, running (a container's veth on it). The
+    # default interface must not be it.
+    ip -n "${tag}h$k" link add docker0 type bridge || return 1
+    ip -n "${tag}h$k" link add ct0 type veth peer name ct1 || return 1
+    ip -n "${tag}h$k" link set ct0 master docker0 up || return 1
+    ip -n "${tag}h$k" link set ct1 up || return 1
+    ip -n "${tag}h$k" addr add 172.17.0.1/16 dev docker0 || return 1
+    ip -n "${tag}h$k" link set docker0 up || return 1
     for p in 0 1; do
       ip link add "hpn$p" netns "${tag}h$k" mtu 9000 type veth \
         peer name "h${k}p$p" netns "$sw" mtu 9000 || return 1

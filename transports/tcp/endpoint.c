@@ -3,16 +3,15 @@
  * connecting to the peers, closing. The message path is in tcp.c.
  *
  * Connections: every endpoint listens on the interface the caller names (an
- * interface name or an IP address; none: the first non-loopback IPv4
- * interface that is up, else loopback) for its whole life. Init connects
- * nothing: each lane is dialled by a sender at its first message there
- * (tcp.h), so a rank holds connections only to the peers it talks to (a
- * hierarchical job's rails, a ring's neighbours), at most three per peer.
- * The dialler's first 40 bytes are a hello holding the lane, the listener's
- * 128-bit token (learned from the address blob, which came through the
- * authenticated bootstrap) and its own; a connection that does not present
- * them is closed and logged. Incoming connections are accepted when a
- * receive waits for the lane they bring, or a main lane its peer's.
+ * interface name or an IP address; none: the first IPv4 interface that is
+ * running and is neither loopback nor a container bridge, else loopback)
+ * for its whole life. Init connects nothing: each lane is dialled by a sender at its first message
+ * there (tcp.h), so a rank holds connections only to the peers it talks to (a hierarchical job's
+ * rails, a ring's neighbours), at most three per peer. The dialler's first 40 bytes are a hello
+ * holding the lane, the listener's 128-bit token (learned from the address blob, which came through
+ * the authenticated bootstrap) and its own; a connection that does not present them is closed and
+ * logged. Incoming connections are accepted when a receive waits for the lane they bring, or a main
+ * lane its peer's.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* accept4 */
@@ -38,8 +37,22 @@
 
 /* ---- open / addresses / connections / close ------------------------------ */
 
+/* An interface the default may take: running (up, with a carrier), not
+ * loopback, not a container's or virtual machines' bridge (docker0,
+ * virbr0: the same address on every host, so peers would dial their own),
+ * and for IPv6 not link-local (an address no other host can use as is). */
+static int tcp_default_iface(const struct ifaddrs *i) {
+  if ((i->ifa_flags & IFF_LOOPBACK) || !(i->ifa_flags & IFF_RUNNING))
+    return 0;
+  if (strncmp(i->ifa_name, "docker", 6) == 0 || strncmp(i->ifa_name, "virbr", 5) == 0)
+    return 0;
+  return i->ifa_addr->sa_family != AF_INET6 ||
+         !IN6_IS_ADDR_LINKLOCAL(&((const struct sockaddr_in6 *)i->ifa_addr)->sin6_addr);
+}
+
 /* The address to listen on: iface as an IP address or an interface name;
- * none: the first non-loopback IPv4 interface that is up, else loopback. */
+ * none: the first IPv4 interface tcp_default_iface takes (then IPv6), else
+ * loopback. */
 static duet_status_t tcp_pick_addr(const char *iface, struct sockaddr_storage *ss, socklen_t *sslen,
                                    char *errbuf) {
   struct sockaddr_in *sin = (struct sockaddr_in *)ss;
@@ -66,7 +79,7 @@ static duet_status_t tcp_pick_addr(const char *iface, struct sockaddr_storage *s
       int fam = pass == 0 ? AF_INET : AF_INET6;
       if (!i->ifa_addr || i->ifa_addr->sa_family != fam || !(i->ifa_flags & IFF_UP))
         continue;
-      if (iface ? strcmp(i->ifa_name, iface) == 0 : !(i->ifa_flags & IFF_LOOPBACK))
+      if (iface ? strcmp(i->ifa_name, iface) == 0 : tcp_default_iface(i))
         pick = i;
     }
   if (pick) {
