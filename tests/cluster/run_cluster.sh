@@ -17,21 +17,25 @@
 # on the default interface (hpn0, not docker0) or on the planes named by
 # DUET_HPN_IFACE. MPI keeps its own shared memory and is the reference.
 #
-# Runs: the examples that join through duet_comm_init_env (no MPI:
-# DUET_ROOT=10.99.0.1:29500) on hosts of 2+1; mpi_hier (every algorithm of every collective, the hierarchy's
-# traffic bounds) on hosts of 2+2 and 2+1+2; mpi_alltoall on 2+2;
-# mpi_random (random calls, fixed seed) on 2+2 and 2+1+2; mpi_hier over
-# DUET_UPN_PROVIDER=tcp DUET_HPN_PROVIDER=tcp on 2+2 (duet's tcp inside a
-# host over hpn0 too). With DUET_HPN_IFACE=hpn0,hpn1, mpi_planes on 2+2
-# twice: host 0's plane-1 connections reset in the middle of a call (-k
-# 10.99.1.1), then its plane-1 link set down there (-x: a link that passes
-# nothing, found by probing). mpi_partition on 2+2 with one plane, whose
-# link on host 0 goes down mid-call: every wait fails in bounded time.
-# Without DUET_BOOT_IFACE, the rank on host 1
-# must fail within DUET_TIMEOUT_MS with a message naming DUET_BOOT_IFACE.
-# Last, hosts 0 and 1 must have sent traffic on both links.
+# Runs:
+# - the examples that join through duet_comm_init_env (no MPI:
+#   DUET_ROOT=10.99.0.1:29500) on hosts of 2+1;
+# - mpi_hier (every algorithm of every collective, the hierarchy's traffic
+#   bounds) on hosts of 2+2 and 2+1+2, and on 2+2 over DUET_UPN_PROVIDER=tcp
+#   DUET_HPN_PROVIDER=tcp (duet's tcp inside a host, over hpn0 too);
+# - mpi_alltoall on 2+2; mpi_random (random calls, fixed seeds) on 2+2 and
+#   2+1+2, and on 2+2 over libfabric's tcp;ofi_rxm on both networks;
+# - with DUET_HPN_IFACE=hpn0,hpn1, mpi_planes on 2+2 twice: host 0's plane-1
+#   connections reset in the middle of a call (-k 10.99.1.1), then its
+#   plane-1 link set down there (-x: a link that passes nothing, found by
+#   probing);
+# - mpi_partition on 2+2 with one plane, whose link on host 0 goes down
+#   mid-call: every wait fails in bounded time;
+# - without DUET_BOOT_IFACE, the rank on host 1 must fail within
+#   DUET_TIMEOUT_MS with a message naming DUET_BOOT_IFACE;
+# - last, hosts 0 and 1 must have sent traffic on both links.
 # DUET_TEST_QUICK=1 (sanitizer builds) runs mpi_hier and mpi_random on 2+2
-# only, then the rest.
+# only of the third and fourth items.
 #
 # Needs root (ip netns), iproute2 and mpirun. Env: top_builddir (default .),
 # MPIRUN, DUET_TEST_TIMEOUT (seconds per mpirun, default 300).
@@ -135,7 +139,7 @@ launch() {
 run() {
   local start=$SECONDS rc=0
   launch "$@" || rc=$?
-  result "hosts $1: ${DUET_UPN_PROVIDER:+UPN $DUET_UPN_PROVIDER, }${DUET_HPN_IFACE:+HPN $DUET_HPN_IFACE, }${*:2} (exit $rc, $((SECONDS - start)) s)" $((rc != 0))
+  result "hosts $1: ${DUET_UPN_PROVIDER:+UPN $DUET_UPN_PROVIDER, }${DUET_HPN_PROVIDER:+HPN $DUET_HPN_PROVIDER, }${DUET_HPN_IFACE:+HPN $DUET_HPN_IFACE, }${*:2} (exit $rc, $((SECONDS - start)) s)" $((rc != 0))
 }
 
 # launch_env <hosts> <program>: no MPI; each rank started from this shell
@@ -174,6 +178,7 @@ else
   run 2,2 "$random" -s 11 -i 300
   run 2,1,2 "$random" -s 12 -i 300
   DUET_UPN_PROVIDER=tcp DUET_HPN_PROVIDER=tcp run 2,2 "$hier" -q
+  DUET_UPN_PROVIDER="tcp;ofi_rxm" DUET_HPN_PROVIDER="tcp;ofi_rxm" run 2,2 "$random" -s 13 -i 200
 fi
 DUET_HPN_IFACE=hpn0,hpn1 run 2,2 "$planes" -k 10.99.1.1 -r 4
 # Host 0's plane-1 link goes down in the middle of a call. Nothing fails on a socket; the planes' probing finds it.
