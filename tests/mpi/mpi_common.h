@@ -604,12 +604,14 @@ static inline void mt_enter_host(int rank) {
   int fd;
   if (ns == NULL || *ns == '\0')
     return;
+  if (host == NULL || *host == '\0')
+    host = ns;
   snprintf(path, sizeof path, "/run/netns/%s", ns);
   fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0 || setns(fd, CLONE_NEWNET) != 0 || unshare(CLONE_NEWUTS) != 0 ||
-      sethostname(host && *host ? host : ns, strlen(host && *host ? host : ns)) != 0) {
-    fprintf(stderr, "[rank %d] entering host %s (network namespace %s): %s\n", rank,
-            host ? host : ns, path, strerror(errno));
+      sethostname(host, strlen(host)) != 0) {
+    fprintf(stderr, "[rank %d] entering host %s (network namespace %s): %s\n", rank, host, path,
+            strerror(errno));
     MPI_Abort(MPI_COMM_WORLD, 1);
   }
   close(fd);

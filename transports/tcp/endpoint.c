@@ -4,14 +4,16 @@
  *
  * Connections: every endpoint listens on the interface the caller names (an
  * interface name or an IP address; none: the first IPv4 interface that is
- * running and is neither loopback nor a container bridge, else loopback)
- * for its whole life. Init connects nothing: each lane is dialled by a sender at its first message
- * there (tcp.h), so a rank holds connections only to the peers it talks to (a hierarchical job's
- * rails, a ring's neighbours), at most three per peer. The dialler's first 40 bytes are a hello
- * holding the lane, the listener's 128-bit token (learned from the address blob, which came through
- * the authenticated bootstrap) and its own; a connection that does not present them is closed and
- * logged. Incoming connections are accepted when a receive waits for the lane they bring, or a main
- * lane its peer's.
+ * running and is neither loopback nor a container bridge, else loopback) for
+ * its whole life. Init connects nothing: each lane is dialled by a sender at
+ * its first message there (tcp.h), so a rank holds connections only to the
+ * peers it talks to (a hierarchical job's rails, a ring's neighbours), at
+ * most three per peer. The dialler's first 40 bytes are a hello holding the
+ * lane, the listener's 128-bit token (learned from the address blob, which
+ * came through the authenticated bootstrap) and its own; a connection that
+ * does not present them is closed and logged. Incoming connections are
+ * accepted when a receive waits for the lane they bring, or a main lane its
+ * peer's.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* accept4 */
