@@ -20,6 +20,10 @@
  * end check then counts the sockets on ADDR that a process still holds
  * (the closed ones may wait for the dead link to time out).
  *
+ * First, on fresh connections, each rank in turn receives 1 MiB from each
+ * rank of another super-node and then waits in an MPI barrier: the sender's
+ * duet_send must return (fresh_lanes).
+ *
  * Usage: mpi_planes [-k ADDR [-x CMD]] [-r ROUNDS]
  */
 #include "mpi_common.h"
@@ -58,6 +62,39 @@ static int sockets_on(const char *addr, int held) {
   return pclose(f) == 0 ? n : -1;
 }
 
+/* Before any other traffic: for each ordered pair of ranks in different
+ * super-nodes in turn, one sends the other 1 MiB (a send that completes at
+ * the receiver's ack) and then all meet in an MPI barrier. The receiver has
+ * sent its peer nothing yet on any plane, so the ack goes on a lane still
+ * to be connected; its receive must not return before the ack is out, as
+ * the receiver then waits outside duet, and so would the sender, until its
+ * deadline. */
+static void fresh_lanes(duet_comm_t *comm, int rank, int size, float *buf, float *got) {
+  int sn, nsn, lr, ls, *of = mt_xmalloc(sizeof(int) * (size_t)size);
+  CHECK(comm, duet_comm_supernode(comm, &sn, &nsn, &lr, &ls));
+  MPI_Allgather(&sn, 1, MPI_INT, of, 1, MPI_INT, MPI_COMM_WORLD);
+  for (int dst = 0; dst < size; dst++)
+    for (int src = 0; src < size; src++) {
+      if (of[src] == of[dst])
+        continue;
+      if (rank == src) {
+        for (size_t i = 0; i < A2A; i++)
+          buf[i] = (float)((i * 5 + (size_t)src * 3 + (size_t)dst) % 11);
+        CHECK(comm, duet_send(buf, A2A, DUET_FLOAT32, dst, comm));
+      } else if (rank == dst) {
+        CHECK(comm, duet_recv(got, A2A, DUET_FLOAT32, src, comm));
+        for (size_t i = 0; i < A2A; i++)
+          if (got[i] != (float)((i * 5 + (size_t)src * 3 + (size_t)dst) % 11)) {
+            fprintf(stderr, "[rank %d] 1 MiB from rank %d: element %zu differs\n", rank, src, i);
+            wrong++;
+            break;
+          }
+      }
+      MPI_Barrier(MPI_COMM_WORLD);
+    }
+  free(of);
+}
+
 int main(int argc, char **argv) {
   int rank, size, opt, rounds = 5, total = 0;
   const char *kill_addr = NULL, *kill_cmd = NULL;
@@ -84,6 +121,7 @@ int main(int argc, char **argv) {
     CHECK(NULL, duet_get_unique_id(&id));
   MPI_Bcast(&id, (int)sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD);
   CHECK(NULL, duet_comm_init_rank(&comm, size, id, rank, NULL));
+  fresh_lanes(comm, rank, size, send, got);
 
   for (int round = 1; round <= rounds; round++) {
     size_t n = all > LARGE ? all : LARGE;

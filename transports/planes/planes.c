@@ -46,7 +46,11 @@
  * request completes without waiting; their acks are batched (a full notice,
  * PL_LAZY_BYTES of them, every PL_LAZY_TICKS progress calls, before the
  * endpoint sleeps, or with an urgent one). A larger send completes at its
- * ack, one message later than a single plane would complete it. After a
+ * ack, one message later than a single plane would complete it; its
+ * receive completes for its caller only once that ack is written on a plane
+ * (pl_settle), since a receiver that goes on outside duet would leave it
+ * unsent (a lane still connecting) and its sender waiting until the
+ * receiver's next call. After a
  * plane is lost the receiver acknowledges what it completed before it says
  * so, and takes again every part of the lost plane of a message still
  * incomplete, so that every part resent finds its receive (pl_handle_down).
@@ -162,6 +166,7 @@ typedef struct pl_op {
   uint64_t seen_ns;          /* a receive: when pl_ask_waiting first saw it (0: not yet) */
   int asked;                 /* a receive: it has told its sender its length */
   int told;                  /* a receive: its sender knows of its mismatch */
+  uint64_t ack_seq;          /* a receive in the acking list: its ack's notice (pl_peer_t) */
 } pl_op_t;
 
 typedef struct pl_kept { /* a WAITING notice for a message not sent yet */
@@ -174,6 +179,7 @@ typedef struct pl_ctl_slot { /* a notice being sent, or a posted notice receive 
   struct pl_ctl_slot *next;
   duet__tp_req_t r;
   int plane, posted, peer;
+  uint64_t seq; /* an ack notice being sent: its number (pl_peer_t's acks_sent) */
   pl_ctl_t msg;
 } pl_ctl_slot_t;
 
@@ -183,6 +189,8 @@ typedef struct pl_peer {
                                 has arrived, and their failures are its leaving */
   int nacks, queued, urgent; /* tags to acknowledge; in ackq; one is urgent */
   size_t lazy_bytes;         /* bytes of the copied messages among them */
+  uint64_t acks_sent;        /* ack notices posted to it, numbered from 1 */
+  uint64_t acks_written;     /* the highest of them written on some plane */
   uint64_t acks[PL_CTL_TAGS];
   pl_ctl_slot_t rx[PL_MAX]; /* its notices, per plane */
   uint8_t *arena;           /* copies of the sends to it */
@@ -216,6 +224,7 @@ typedef struct pl_ep {
   int *hot, nhot;   /* the touched peers (pl_touch), whose notices are read on every call */
   pl_list_t active; /* operations with transfers to watch */
   pl_list_t parked; /* copied sends done for their caller, waiting for an ack */
+  pl_list_t acking; /* receives done but for their caller, until their ack is written */
   pl_op_t *free_ops;
   int busy[PL_MAX]; /* data and notice transfers in flight per plane */
   int awaiting;     /* sends whose caller waits for their ack */
@@ -360,7 +369,7 @@ static void pl_list_del(pl_list_t *l, pl_op_t *op) {
 }
 
 static void pl_retire(pl_ep_t *e, pl_op_t *op) {
-  pl_list_del(op->parked ? &e->parked : &e->active, op);
+  pl_list_del(op->parked ? &e->parked : op->ack_seq ? &e->acking : &e->active, op);
   if (op->copy_pages)
     pl_pages_give(e, op);
   op->next = e->free_ops;
@@ -442,6 +451,7 @@ static void pl_touch(pl_ep_t *e, int peer) {
 static uint8_t pl_notice_on(pl_ep_t *e, int peer, uint8_t mask, int kind, int n,
                             const uint64_t *tags) {
   uint8_t sent = 0;
+  const uint64_t seq = kind == PL_ACK ? ++e->peers[peer].acks_sent : 0;
   if (kind != PL_BYE)
     pl_touch(e, peer);
   for (int q = 0; q < e->n; q++) {
@@ -463,6 +473,7 @@ static uint8_t pl_notice_on(pl_ep_t *e, int peer, uint8_t mask, int kind, int n,
       memcpy(s->msg.tags, tags, (size_t)n * sizeof(*tags));
     s->plane = q;
     s->peer = peer;
+    s->seq = seq;
     s->r.done = 0;
     rc = e->in->isend(e->ep[q], peer, &s->msg,
                       offsetof(pl_ctl_t, tags) + (tags ? (size_t)n * sizeof(*tags) : 0), PL_TAG_CTL,
@@ -478,6 +489,8 @@ static uint8_t pl_notice_on(pl_ep_t *e, int peer, uint8_t mask, int kind, int n,
     e->busy[q]++;
     sent |= (uint8_t)(1u << q);
   }
+  if (seq && !sent) /* no plane can carry it: nothing will come of waiting */
+    e->peers[peer].acks_written = seq;
   return sent;
 }
 
@@ -902,6 +915,17 @@ static void pl_settle(pl_ep_t *e, pl_op_t *op) {
                 : op->acked || gone || op->status == DUET_ERR_MISMATCH ? inflight == 0
                 : op->copy_pages || op->len == 0                       ? done == op->nparts
                                                                        : 0;
+    if (ready && op->kind == PL_RECV && op->status == DUET_SUCCESS && op->len > PL_COPY_MAX &&
+        !gone) {
+      /* Its sender waits for the ack: send it now, and give the caller the
+       * result once it is written (pl_acks_written). */
+      pl_ack_queue(e, op->peer, op->tag, op->len);
+      pl_ack_flush(e, 0);
+      pl_list_del(&e->active, op);
+      op->ack_seq = e->peers[op->peer].acks_sent;
+      pl_list_add(&e->acking, op);
+      return;
+    }
     if (ready) {
       duet__tp_complete(op->req, op->status, op->kind == PL_RECV ? op->len : 0);
       op->req = NULL;
@@ -988,10 +1012,21 @@ static int pl_scan(pl_ep_t *e, int all) {
     }
     if (s->r.status != DUET_SUCCESS && !((e->peers[s->peer].bye >> s->plane) & 1))
       pl_lose(e, s->plane, s->r.status, "notice");
+    else if (s->r.status == DUET_SUCCESS && s->seq > e->peers[s->peer].acks_written)
+      e->peers[s->peer].acks_written = s->seq;
     e->busy[s->plane]--;
     *pp = s->next;
     s->next = e->ctl_free;
     e->ctl_free = s;
+  }
+  for (pl_op_t *op = e->acking.head, *next; op; op = next) {
+    next = op->next;
+    if (e->peers[op->peer].acks_written >= op->ack_seq || e->peers[op->peer].bye) {
+      duet__tp_complete(op->req, op->status, op->len);
+      op->req = NULL;
+      pl_retire(e, op);
+      found++;
+    }
   }
   return found;
 }
@@ -1039,6 +1074,12 @@ static void pl_check_stalls(pl_ep_t *e) {
 
 /* Every plane is gone: fail what is left. */
 static void pl_fail_all(pl_ep_t *e) {
+  while (e->acking.head) { /* received whole: only the ack is lost */
+    pl_op_t *op = e->acking.head;
+    duet__tp_complete(op->req, op->status, op->len);
+    op->req = NULL;
+    pl_retire(e, op);
+  }
   while (e->active.head || e->parked.head) {
     pl_op_t *op = e->active.head ? e->active.head : e->parked.head;
     if (op->req) {
@@ -1126,6 +1167,7 @@ static duet_status_t pl_post(pl_ep_t *e, int kind, int peer, const void *buf, si
   op->seen_ns = 0;
   op->asked = 0;
   op->told = 0;
+  op->ack_seq = 0;
   op->status = DUET_SUCCESS;
   op->buf = (uint8_t *)buf;
   op->copy_pages = 0;
@@ -1385,7 +1427,7 @@ static duet_status_t pl_wait_fd(duet__tp_ep_t *ep, int *fd, char *errbuf) {
     pl_ack_flush(e, 1); /* no lazy ack waits for this rank's sleep */
   if (e->failed || e->down || !e->in->wait_fd)
     return e->in->wait_fd ? DUET_IN_PROGRESS : DUET_ERR_UNSUPPORTED;
-  if (pl_scan(e, 1) > 0 || e->down || e->nackq) /* nothing waits when it sleeps */
+  if (pl_scan(e, 1) > 0 || e->down || e->nackq || e->acking.head) /* nothing waits when it sleeps */
     return DUET_IN_PROGRESS;
   if (e->epfd < 0) {
     e->epfd = epoll_create1(EPOLL_CLOEXEC);
