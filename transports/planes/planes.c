@@ -46,14 +46,14 @@
  * request completes without waiting; their acks are batched (a full notice,
  * PL_LAZY_BYTES of them, every PL_LAZY_TICKS progress calls, before the
  * endpoint sleeps, or with an urgent one). A larger send completes at its
- * ack, one message later than a single plane would complete it; its
- * receive completes for its caller only once that ack is written on a plane
+ * ack, one message later than a single plane would complete it; its receive
+ * completes for its caller only once that ack is written on a plane
  * (pl_settle), since a receiver that goes on outside duet would leave it
  * unsent (a lane still connecting) and its sender waiting until the
- * receiver's next call. After a
- * plane is lost the receiver acknowledges what it completed before it says
- * so, and takes again every part of the lost plane of a message still
- * incomplete, so that every part resent finds its receive (pl_handle_down).
+ * receiver's next call. After a plane is lost the receiver acknowledges what
+ * it completed before it says so, and takes again every part of the lost
+ * plane of a message still incomplete, so that every part resent finds its
+ * receive (pl_handle_down).
  *
  * Closing. An endpoint that closes says BYE on every plane first, to every
  * peer it exchanged messages or notices with. A peer's connection ending after its BYE
@@ -918,7 +918,7 @@ static void pl_settle(pl_ep_t *e, pl_op_t *op) {
     if (ready && op->kind == PL_RECV && op->status == DUET_SUCCESS && op->len > PL_COPY_MAX &&
         !gone) {
       /* Its sender waits for the ack: send it now, and give the caller the
-       * result once it is written (pl_acks_written). */
+       * result once it is written (pl_scan). */
       pl_ack_queue(e, op->peer, op->tag, op->len);
       pl_ack_flush(e, 0);
       pl_list_del(&e->active, op);
