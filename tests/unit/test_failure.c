@@ -42,12 +42,14 @@
  */
 #include <criterion/criterion.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -116,6 +118,24 @@ static duet_status_t rank_init(const setup_t *su, const int idp[2], int r, duet_
 /* What one forked rank runs: it writes one report to fd and exits. */
 typedef void (*rank_fn_t)(const setup_t *su, const int idp[2], int r, const void *arg, int fd);
 
+/* A rank that dies leaves libfabric shm's region behind in /dev/shm (ofi.c
+ * names it duet_<pid>_<random>): remove what the reaped rank pid left, so
+ * that runs of this suite do not pile up memory there. */
+static void unlink_regions(pid_t pid) {
+  char prefix[32], name[300];
+  DIR *d = opendir("/dev/shm");
+  struct dirent *de;
+  size_t n = (size_t)snprintf(prefix, sizeof prefix, "duet_%d_", (int)pid);
+  if (!d)
+    return;
+  while ((de = readdir(d)) != NULL)
+    if (strncmp(de->d_name, prefix, n) == 0) {
+      snprintf(name, sizeof name, "/%s", de->d_name);
+      (void)shm_unlink(name);
+    }
+  closedir(d);
+}
+
 /* Fork su->n ranks running fn and read up to want reports of size bytes
  * each into reps, for at most limit_ms; then reap the ranks (ours; gone by
  * now unless something hung), killing those still there, and say in fate
@@ -165,6 +185,7 @@ static int ranks_run(const setup_t *su, rank_fn_t fn, const void *arg, void *rep
     } else if (WIFEXITED(status) && WEXITSTATUS(status) != 0) {
       snprintf(fate + len, fatelen - (size_t)len, " rank %d exited %d;", r, WEXITSTATUS(status));
     }
+    unlink_regions(pid[r]);
   }
   return got;
 }
@@ -476,6 +497,7 @@ static void limit_run(const char *provider, long soft_room, long hard_room,
     if (got < 4 && waitpid(pid[r], &status, WNOHANG) == 0) /* hung */
       kill(pid[r], SIGKILL);
     waitpid(pid[r], &status, 0);
+    unlink_regions(pid[r]);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "rank %d: exit status %#x", r, status);
   }
   cr_assert_eq(got, 4, "%d of 4 ranks reported", got);
