@@ -22,6 +22,8 @@
  * message) has no connection that could end, and a survivor waiting for
  * the victim must dial it to find it gone (watch, transport.h).
  *
+ * No rank, killed or not, may leave libfabric shm's region in /dev/shm.
+ *
  * The survivors must say DUET_ERR_REMOTE well before the deadline, as duet
  * sees the victim go: duet's tcp (the connection closes), the load/store
  * UPN (a closed segment, or a process that is gone), libfabric (an abort
@@ -118,22 +120,26 @@ static duet_status_t rank_init(const setup_t *su, const int idp[2], int r, duet_
 /* What one forked rank runs: it writes one report to fd and exits. */
 typedef void (*rank_fn_t)(const setup_t *su, const int idp[2], int r, const void *arg, int fd);
 
-/* A rank that dies leaves libfabric shm's region behind in /dev/shm (ofi.c
- * names it duet_<pid>_<random>): remove what the reaped rank pid left, so
- * that runs of this suite do not pile up memory there. */
-static void unlink_regions(pid_t pid) {
+/* libfabric shm's region (ofi.c names it duet_<pid>_<random>) must not
+ * outlive a rank, however it ends: ofi.c unlinks it once every peer has it
+ * mapped, which is before init returns. Counts, and removes, what the reaped
+ * rank pid left in /dev/shm. */
+static int regions_left(pid_t pid) {
   char prefix[32], name[300];
   DIR *d = opendir("/dev/shm");
   struct dirent *de;
   size_t n = (size_t)snprintf(prefix, sizeof prefix, "duet_%d_", (int)pid);
+  int left = 0;
   if (!d)
-    return;
+    return 0;
   while ((de = readdir(d)) != NULL)
     if (strncmp(de->d_name, prefix, n) == 0) {
       snprintf(name, sizeof name, "/%s", de->d_name);
       (void)shm_unlink(name);
+      left++;
     }
   closedir(d);
+  return left;
 }
 
 /* Fork su->n ranks running fn and read up to want reports of size bytes
@@ -143,7 +149,7 @@ static void unlink_regions(pid_t pid) {
 static int ranks_run(const setup_t *su, rank_fn_t fn, const void *arg, void *reps, size_t size,
                      int want, long limit_ms, int spare, char *fate, size_t fatelen) {
   pid_t pid[MAXR];
-  int fds[2], idp[2], got = 0;
+  int fds[2], idp[2], got = 0, left = 0;
   long t0;
 
   fate[0] = '\0';
@@ -175,7 +181,12 @@ static int ranks_run(const setup_t *su, rank_fn_t fn, const void *arg, void *rep
   close(fds[0]);
   for (int r = 0; r < su->n; r++) {
     int status = 0, len = (int)strlen(fate);
-    if (waitpid(pid[r], &status, WNOHANG) == 0) {
+    pid_t done;
+    long t1 = now_ms();
+    /* a rank that has just reported may still be exiting: give it 2 s */
+    while ((done = waitpid(pid[r], &status, WNOHANG)) == 0 && now_ms() - t1 < 2000)
+      usleep(10 * 1000);
+    if (done == 0) {
       kill(pid[r], SIGKILL);
       waitpid(pid[r], &status, 0);
       snprintf(fate + len, fatelen - (size_t)len, " rank %d hung;", r);
@@ -185,8 +196,10 @@ static int ranks_run(const setup_t *su, rank_fn_t fn, const void *arg, void *rep
     } else if (WIFEXITED(status) && WEXITSTATUS(status) != 0) {
       snprintf(fate + len, fatelen - (size_t)len, " rank %d exited %d;", r, WEXITSTATUS(status));
     }
-    unlink_regions(pid[r]);
+    left += regions_left(pid[r]);
   }
+  cr_assert_eq(left, 0, "%s: the ranks left %d libfabric shm regions in /dev/shm:%s", su->name,
+               left, fate);
   return got;
 }
 
@@ -497,7 +510,7 @@ static void limit_run(const char *provider, long soft_room, long hard_room,
     if (got < 4 && waitpid(pid[r], &status, WNOHANG) == 0) /* hung */
       kill(pid[r], SIGKILL);
     waitpid(pid[r], &status, 0);
-    unlink_regions(pid[r]);
+    cr_assert_eq(regions_left(pid[r]), 0, "rank %d left libfabric shm regions in /dev/shm", r);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "rank %d: exit status %#x", r, status);
   }
   cr_assert_eq(got, 4, "%d of 4 ranks reported", got);

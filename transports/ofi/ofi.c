@@ -59,12 +59,14 @@
  * peer has called it too, or DUET_ERR_TIMEOUT after the communicator's
  * timeout_ms (params; 60 s without one) naming a peer that did not answer.
  */
+#include <errno.h>
 #include <inttypes.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
@@ -191,6 +193,7 @@ typedef struct ofi_ep {
   ofi_list_t cts_early; /* CTSs waiting for their sends */
   ofi_list_t retry;     /* posts refused as busy: sends, CTSs and CTS receives */
   size_t ctl_slots;     /* receives of control messages kept posted, all peers */
+  char shm_name[64];    /* shm: our region's name (ofi_unique_name); "" for others */
 } ofi_ep_t;
 
 static double ofi_now(void) {
@@ -881,6 +884,12 @@ static void ofi_set_env_defaults(void) {
  * same id then fails in fi_enable with "Device or resource busy". A random
  * name of our own avoids that; the address exchange carries whatever name
  * the endpoint has. Other providers keep their own names.
+ *
+ * The region stays in /dev/shm until the endpoint closes, or for good when
+ * the process is killed by a signal libfabric cannot catch (SIGKILL, the OOM
+ * killer): ofi_warmup unlinks it once a message from every peer has come,
+ * since each of them had mapped the region to send it, and nothing opens it
+ * by name after that.
  */
 static void ofi_unique_name(ofi_ep_t *e) {
   uint64_t r = 0;
@@ -895,6 +904,8 @@ static void ofi_unique_name(ofi_ep_t *e) {
   if (ret)
     DUET_INFO(DUET_SUB_NET, "ofi: shm keeps its own endpoint name (fi_setname: %s)",
               fi_strerror(-ret));
+  else
+    memcpy(e->shm_name, name, sizeof e->shm_name);
 }
 
 /* fi_getinfo for the wanted provider; returns the matching entry (a copy) or
@@ -1154,6 +1165,8 @@ static duet_status_t ofi_warmup(ofi_ep_t *e, char *errbuf) {
       return st;
   }
   DUET_INFO(DUET_SUB_NET, "ofi: connected to %d peers in %.3f s", n, ofi_now() - t0);
+  if (e->shm_name[0] && shm_unlink(e->shm_name) != 0)
+    DUET_WARN(DUET_SUB_NET, "ofi: shm_unlink(%s): %s", e->shm_name, strerror(errno));
   return DUET_SUCCESS;
 }
 
