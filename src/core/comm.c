@@ -97,6 +97,7 @@ typedef struct duet__addr_msg { /* bootstrap round 2 and 3 */
   int32_t ok;
   int32_t status; /* !ok: why (a duet_status_t) */
   int32_t mem_ok; /* round 2: this rank mapped its super-node's shared segment */
+  int32_t shm_missing; /* round 2: libfabric's shm, the default UPN provider, would not open */
   uint32_t len[DUET_NET_COUNT];
   uint8_t addr[DUET_NET_COUNT][DUET_TP_ADDR_MAX];
   char error[192];
@@ -306,9 +307,14 @@ static duet_status_t duet__fd_room(const duet_comm_t *comm, long most, long at_i
 
 /* Choose providers and interfaces, make room for their sockets, then open
  * the endpoints this rank needs: self always, the UPN when its super-node
- * has other ranks, the HPN when there are other super-nodes. */
+ * has other ranks, the HPN when there are other super-nodes; only the UPN
+ * when only_upn. Where the UPN's default provider, libfabric's shm, does
+ * not open (it wants room in /dev/shm that a container may not have), this
+ * rank opens no UPN endpoint and sets *shm_missing: init then has every
+ * rank take tcp over lo instead (comm->upn_tcp), or the ranks would
+ * disagree on the UPN's model. */
 static duet_status_t duet__open_endpoints(duet_comm_t *comm, const duet__domains_t *dom,
-                                          char *errbuf) {
+                                          int only_upn, int32_t *shm_missing, char *errbuf) {
   char uprov[64], uiface[64], hprov[64], hiface[64];
   const duet__tp_ops_t *uops = NULL, *hops = NULL;
   long most = 0, at_init = 0;
@@ -319,9 +325,9 @@ static duet_status_t duet__open_endpoints(duet_comm_t *comm, const duet__domains
     /* "mem" (the load/store path) carries the blocking collectives; the
      * non-blocking ones, send/recv and groups still need an endpoint: shm. */
     snprintf(uprov, sizeof(uprov), "%s",
-             duet__cfg_upn_named(&comm->cfg)         ? comm->cfg.upn_provider
-             : dom->domain_one_host[comm->supernode] ? "shm"
-                                                     : "tcp");
+             duet__cfg_upn_named(&comm->cfg)                           ? comm->cfg.upn_provider
+             : dom->domain_one_host[comm->supernode] && !comm->upn_tcp ? "shm"
+                                                                       : "tcp");
     snprintf(uiface, sizeof(uiface), "%s",
              comm->cfg.upn_iface[0] ? comm->cfg.upn_iface
              : (dom->domain_one_host[comm->supernode] && strcmp(uprov, "shm") != 0) ? "lo"
@@ -337,7 +343,7 @@ static duet_status_t duet__open_endpoints(duet_comm_t *comm, const duet__domains
     most += (long)per_peer * (comm->local_size - 1);
     at_init += (long)per_peer_init * (comm->local_size - 1);
   }
-  if (comm->nsupernodes > 1) {
+  if (comm->nsupernodes > 1) { /* only_upn: its sockets are counted, not opened again */
     snprintf(hprov, sizeof(hprov), "%s",
              comm->cfg.hpn_provider[0] ? comm->cfg.hpn_provider : "tcp");
     snprintf(hiface, sizeof(hiface), "%s",
@@ -348,15 +354,26 @@ static duet_status_t duet__open_endpoints(duet_comm_t *comm, const duet__domains
     hops = strchr(hiface, ',') ? &duet__tp_planes : duet__tp_for_provider(hprov);
     per_peer = duet__tp_fds_per_peer(hops, hprov, hiface, &per_peer_init);
     most += (long)per_peer * (comm->nranks - comm->local_size);
-    at_init += (long)per_peer_init * (comm->nranks - comm->local_size);
+    if (!only_upn)
+      at_init += (long)per_peer_init * (comm->nranks - comm->local_size);
   }
   rc = duet__fd_room(comm, most, at_init, errbuf);
   if (rc != DUET_SUCCESS)
     return rc;
-  rc = duet__open_net(comm, DUET_NET_SELF, &duet__tp_self, "self", "", errbuf);
-  if (rc == DUET_SUCCESS && uops)
+  if (!only_upn)
+    rc = duet__open_net(comm, DUET_NET_SELF, &duet__tp_self, "self", "", errbuf);
+  if (rc == DUET_SUCCESS && uops) {
     rc = duet__open_net(comm, DUET_NET_UPN, uops, uprov, uiface, errbuf);
-  if (rc == DUET_SUCCESS && hops)
+    if (rc != DUET_SUCCESS && !duet__cfg_upn_named(&comm->cfg) && strcmp(uprov, "shm") == 0) {
+      DUET_WARN(DUET_SUB_INIT,
+                "rank %d: libfabric's shm does not open here (the warning above says why); the "
+                "UPN endpoints of every rank use tcp over lo instead",
+                comm->rank);
+      *shm_missing = 1;
+      rc = DUET_SUCCESS;
+    }
+  }
+  if (rc == DUET_SUCCESS && hops && !only_upn)
     rc = duet__open_net(comm, DUET_NET_HPN, hops, hprov, hiface, errbuf);
   if (rc != DUET_SUCCESS)
     return rc;
@@ -387,9 +404,9 @@ void duet__comm_shape(duet_comm_t *comm) {
    * for one call: the model follows the configured providers and the
    * layout, never whether this rank happens to have an endpoint. */
   /* "mem" is the load/store path, whose endpoint is shm (open_endpoints) */
-  const char *upn = duet__cfg_upn_named(&comm->cfg) ? comm->cfg.upn_provider
-                    : comm->domains_one_host        ? "shm"
-                                                    : "tcp";
+  const char *upn = duet__cfg_upn_named(&comm->cfg)            ? comm->cfg.upn_provider
+                    : comm->domains_one_host && !comm->upn_tcp ? "shm"
+                                                               : "tcp";
   const char *hpn = comm->cfg.hpn_provider[0] ? comm->cfg.hpn_provider : "tcp";
   sh->nranks = comm->nranks;
   sh->nsupernodes = comm->layout.nsupernodes;
@@ -432,8 +449,8 @@ static uint64_t duet__hash(const void *p, size_t n) {
  * (coll.c). The segment's name is unique to this communicator's unique id
  * and the super-node's first rank's pid. Returns 1 when mapped. */
 static int duet__open_mem(duet_comm_t *comm, const duet__domains_t *dom, const duet_unique_id_t *id,
-                          const duet__rank_info_t *info) {
-  char name[96], err[DUET_SHM_ERRLEN] = "";
+                          const duet__rank_info_t *info, char name[96]) {
+  char err[DUET_SHM_ERRLEN] = "";
   const uint64_t h = duet__hash(id->bytes, sizeof(id->bytes));
   int first = -1, largest = 0;
   for (int r = 0; r < comm->nranks; r++)
@@ -445,13 +462,13 @@ static int duet__open_mem(duet_comm_t *comm, const duet__domains_t *dom, const d
   for (int r = 0; r < comm->nranks && first < 0; r++)
     if (dom->supernode[r] == comm->supernode)
       first = r;
-  snprintf(name, sizeof(name), "/duet-%016llx-%d-%d", (unsigned long long)h, (int)info[first].pid,
+  snprintf(name, 96, "/duet-%016llx-%d-%d", (unsigned long long)h, (int)info[first].pid,
            comm->supernode);
   if (duet__shm_open(&comm->mem, name, comm->local_rank, comm->local_size,
                      comm->cfg.timeout_ms < 30000 ? comm->cfg.timeout_ms : 30000,
                      err) != DUET_SUCCESS) {
-    DUET_WARN(DUET_SUB_INIT, "rank %d: no shared-memory UPN path (%s); using libfabric", comm->rank,
-              err);
+    DUET_WARN(DUET_SUB_INIT, "rank %d: no shared-memory UPN path (%s); using the endpoints",
+              comm->rank, err);
     comm->mem = NULL;
     return 0;
   }
@@ -549,6 +566,25 @@ static duet_status_t duet__agree_check(const duet__rank_info_t *info, int nranks
   return DUET_SUCCESS;
 }
 
+/* This rank's round-2 message: its endpoints' addresses, or why it has
+ * none (rc, tperr). */
+static void duet__addresses(duet_comm_t *comm, duet_status_t rc, duet__addr_msg_t *mine,
+                            char *tperr) {
+  for (int n = 0; rc == DUET_SUCCESS && n < DUET_NET_COUNT; n++) {
+    size_t len = DUET_TP_ADDR_MAX;
+    mine->len[n] = 0;
+    if (comm->nets->net[n].ep == NULL)
+      continue;
+    rc = comm->nets->net[n].ops->get_addr(comm->nets->net[n].ep, mine->addr[n], &len, tperr);
+    mine->len[n] = (uint32_t)len;
+  }
+  if (rc != DUET_SUCCESS) {
+    mine->ok = 0;
+    mine->status = rc;
+    snprintf(mine->error, sizeof(mine->error), "%s", tperr);
+  }
+}
+
 /* Round 2/3 helper: share ok/error; if another rank failed, say which. */
 static duet_status_t duet__exchange_status(duet_comm_t *comm, duet__boot_t *boot,
                                            duet__addr_msg_t *mine, duet__addr_msg_t *all,
@@ -571,6 +607,7 @@ static duet_status_t duet__exchange_status(duet_comm_t *comm, duet__boot_t *boot
 static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_unique_id_t *id,
                                      int rank, const duet_config_t *config) {
   char err[DUET_ERRLEN] = "", berr[DUET_BOOT_ERRLEN] = "", tperr[DUET_TP_ERRLEN] = "";
+  char memname[96] = "";
   duet__rank_info_t mine, *info = NULL;
   duet__addr_msg_t *amine = NULL, *aall = NULL;
   duet__domains_t dom;
@@ -670,23 +707,35 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
 
   /* Round 2: endpoint addresses (or why this rank has none). */
   amine->ok = 1;
-  amine->mem_ok = duet__open_mem(comm, &dom, id, info);
-  rc = duet__open_endpoints(comm, &dom, tperr);
-  for (int n = 0; rc == DUET_SUCCESS && n < DUET_NET_COUNT; n++) {
-    size_t len = DUET_TP_ADDR_MAX;
-    if (comm->nets->net[n].ep == NULL)
-      continue;
-    rc = comm->nets->net[n].ops->get_addr(comm->nets->net[n].ep, amine->addr[n], &len, tperr);
-    amine->len[n] = (uint32_t)len;
-  }
-  if (rc != DUET_SUCCESS) {
-    amine->ok = 0;
-    amine->status = rc;
-    snprintf(amine->error, sizeof(amine->error), "%s", tperr);
-  }
+  amine->mem_ok = duet__open_mem(comm, &dom, id, info, memname);
+  rc = duet__open_endpoints(comm, &dom, 0, &amine->shm_missing, tperr);
+  duet__addresses(comm, rc, amine, tperr);
   rc = duet__exchange_status(comm, boot, amine, aall, "opening endpoints");
+  if (memname[0] != '\0' && comm->mem == NULL && comm->local_rank == 0)
+    duet__shm_forget(memname); /* every local rank has tried to open it by now */
   if (rc != DUET_SUCCESS)
     goto out_set_thread_error;
+  for (int r = 0; r < nranks && !comm->upn_tcp; r++)
+    if (aall[r].shm_missing) {
+      comm->upn_tcp = 1;
+      DUET_INFO(DUET_SUB_INIT, "rank %d: rank %d has no libfabric shm: UPN endpoints over tcp",
+                rank, r);
+    }
+  if (comm->upn_tcp) { /* round 2 again, with tcp where shm was the UPN's */
+    if (!amine->shm_missing && comm->nets->net[DUET_NET_UPN].ep != NULL &&
+        strcmp(comm->nets->net[DUET_NET_UPN].provider, "shm") == 0 &&
+        !duet__cfg_upn_named(&comm->cfg)) {
+      comm->nets->net[DUET_NET_UPN].ops->close(comm->nets->net[DUET_NET_UPN].ep);
+      comm->nets->net[DUET_NET_UPN].ep = NULL;
+    }
+    rc = DUET_SUCCESS;
+    if (comm->local_size > 1 && comm->nets->net[DUET_NET_UPN].ep == NULL)
+      rc = duet__open_endpoints(comm, &dom, 1, &amine->shm_missing, tperr);
+    duet__addresses(comm, rc, amine, tperr);
+    rc = duet__exchange_status(comm, boot, amine, aall, "opening endpoints, tcp for the UPN");
+    if (rc != DUET_SUCCESS)
+      goto out_set_thread_error;
+  }
   if (comm->mem != NULL) /* every rank of the super-node must have it, or none uses it */
     for (int r = 0; r < nranks; r++)
       if (dom.supernode[r] == comm->supernode && !aall[r].mem_ok) {

@@ -146,6 +146,8 @@ struct duet_comm {
   int host_ranks;       /* ranks of this comm on this host */
   int one_host;         /* the whole comm is on one host */
   int domains_one_host; /* every super-node is on one host (UPN default shm) */
+  int upn_tcp;          /* libfabric's shm was missing on a rank at init: the default UPN
+                           endpoints are tcp over lo instead, on every rank */
   int yield;            /* more ranks than cores on this host: progress yields */
   int *place_pid;       /* oversubscribed, no load/store segment: the host's ranks' pids */
   uint64_t alive_next_ns; /* a wait looks up the awaited peer's process next (peers[].start) */

@@ -43,12 +43,13 @@ static int duet__split_cmp(const void *pa, const void *pb, void *arg) {
 static duet_status_t duet__split_mem(duet_comm_t *comm, duet_comm_t *c, int color,
                                      const int *members) {
   int32_t ok = 0, *all = NULL;
+  char name[NAME_MAX + 1] = "";
   duet_status_t rc;
 
   if (!comm->mem_everywhere)
     return DUET_SUCCESS;
   if (c != NULL && c->local_size > 1) {
-    char name[NAME_MAX + 1], err[DUET_SHM_ERRLEN] = "";
+    char err[DUET_SHM_ERRLEN] = "";
     int len =
         snprintf(name, sizeof(name), "%s-%u-%d", duet__shm_name(comm->mem), comm->split_seq, color);
     if (len > 0 && (size_t)len < sizeof(name) &&
@@ -70,6 +71,8 @@ static duet_status_t duet__split_mem(duet_comm_t *comm, duet_comm_t *c, int colo
     goto out_close;
   }
   rc = duet_allgather(&ok, all, 1, DUET_INT32, comm);
+  if (!ok && name[0] != '\0' && c->local_rank == 0)
+    duet__shm_forget(name); /* every member has tried to open it by now */
   if (rc != DUET_SUCCESS || c == NULL)
     goto out_close;
   c->mem_everywhere = 1;
@@ -153,6 +156,7 @@ duet_status_t duet_comm_split(duet_comm_t *comm, int color, int key, duet_comm_t
   c->cfg = comm->cfg;
   c->one_host = comm->one_host;
   c->domains_one_host = comm->domains_one_host;
+  c->upn_tcp = comm->upn_tcp;
   c->yield = comm->yield;
   c->host_ranks = comm->host_ranks;
   c->peers = calloc((size_t)n, sizeof(*c->peers));

@@ -88,6 +88,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -105,6 +106,7 @@
 #define SHM_LINE 256                    /* flag spacing: whole lines, no false sharing */
 #define SHM_HEADER 4096
 #define SHM_MAX_RANKS 256
+#define SHM_NO_ROOM 1 /* the size of a segment local rank 0 found no room for */
 
 /* Largest message (bytes) sent through the eager slots. */
 #ifndef DUET_SHM_EAGER_MAX
@@ -671,10 +673,21 @@ static duet_status_t shm_create(duet__shm_t *shm, char *errbuf) {
     shm_err(errbuf, "shm_open(%s, O_CREAT|O_EXCL): %s", shm->name, strerror(errno));
     return DUET_ERR_SYSTEM;
   }
-  if (ftruncate(fd, (off_t)shm->size) != 0) {
-    shm_err(errbuf, "ftruncate(%s, %zu): %s", shm->name, shm->size, strerror(errno));
-    rc = DUET_ERR_SYSTEM;
-    goto out_unlink;
+  /* Allocate every page now: on a /dev/shm too small for the segment (a
+   * container's 64 MiB) the first write to a missing page would be SIGBUS. */
+  int err = posix_fallocate(fd, 0, (off_t)shm->size);
+  if (err != 0) {
+    struct statvfs sv;
+    unsigned long long avail =
+        fstatvfs(fd, &sv) == 0 ? (unsigned long long)sv.f_bavail * sv.f_frsize : 0;
+    shm_err(errbuf, "no room for the %zu MiB segment %s (%llu MiB free in /dev/shm): %s",
+            (shm->size + (1u << 20) - 1) >> 20, shm->name, avail >> 20, strerror(err));
+    /* Leave the name, sized SHM_NO_ROOM, so that the other ranks give up at
+     * once instead of waiting for a segment; duet__shm_forget removes it. */
+    if (ftruncate(fd, SHM_NO_ROOM) != 0)
+      shm_unlink(shm->name);
+    close(fd);
+    return DUET_ERR_SYSTEM;
   }
   rc = shm_map(shm, fd, errbuf);
   if (rc != DUET_SUCCESS)
@@ -703,9 +716,15 @@ static duet_status_t shm_attach(duet__shm_t *shm, int timeout_ms, char *errbuf) 
   for (;;) {
     fd = shm_open(shm->name, O_RDWR, 0600);
     if (fd >= 0) {
-      if (fstat(fd, &st) == 0 && (size_t)st.st_size == shm->size)
+      int sized = fstat(fd, &st) == 0;
+      if (sized && (size_t)st.st_size == shm->size)
         break;
       close(fd);
+      if (sized && st.st_size == SHM_NO_ROOM) {
+        shm_err(errbuf, "local rank 0 found no room in /dev/shm for the %zu MiB segment %s",
+                (shm->size + (1u << 20) - 1) >> 20, shm->name);
+        return DUET_ERR_SYSTEM;
+      }
     } else if (errno != ENOENT) {
       shm_err(errbuf, "shm_open(%s): %s", shm->name, strerror(errno));
       return DUET_ERR_SYSTEM;
@@ -823,6 +842,11 @@ void duet__shm_unlink(duet__shm_t *shm) {
   shm->unlinked = 1;
   if (shm_unlink(shm->name) != 0 && errno != ENOENT)
     DUET_WARN(DUET_SUB_INIT, "shm_unlink(%s): %s", shm->name, strerror(errno));
+}
+
+void duet__shm_forget(const char *name) {
+  if (shm_unlink(name) != 0 && errno != ENOENT)
+    DUET_WARN(DUET_SUB_INIT, "shm_unlink(%s): %s", name, strerror(errno));
 }
 
 static void unmap_peer(duet__shm_t *shm, struct shm_map *m);

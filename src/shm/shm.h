@@ -39,12 +39,19 @@ typedef struct duet__shm duet__shm_t;
  * Returns when every rank has attached. DUET_ERR_SYSTEM / DUET_ERR_TIMEOUT /
  * DUET_ERR_INVALID_ARGUMENT with the reason in errbuf (DUET_SHM_ERRLEN
  * bytes). On success *shm belongs to the caller: free it with
- * duet__shm_close. */
+ * duet__shm_close. Where /dev/shm has no room for the segment, local rank 0
+ * fails and leaves the name behind, 1 byte long, so that the others fail at
+ * once too instead of waiting; it removes it with duet__shm_forget once
+ * they all have returned. */
 duet_status_t duet__shm_open(duet__shm_t **shm, const char *name, int local_rank, int local_size,
                              int timeout_ms, char *errbuf);
 /* Remove the name (call after every rank has opened it; the mapping stays).
  * Any rank may call it; it is idempotent within one process. */
 void duet__shm_unlink(duet__shm_t *shm);
+/* Local rank 0, once every local rank has returned from duet__shm_open:
+ * remove what a failed open left under name (when it found no room in
+ * /dev/shm, it leaves the name for the others to see why). */
+void duet__shm_forget(const char *name);
 /* Collective, blocking: allreduce of count elements over the local ranks;
  * sendbuf == recvbuf means in place; AVG divides once by avg_n (the caller
  * passes the number of ranks in the whole reduction). yield != 0: more ranks

@@ -10,9 +10,10 @@
 # (sanitizer builds) runs np 2 and 3 quick. Then allreduce on duet_mem_alloc
 # buffers (mpi_allreduce -m all / mixed), the progress thread
 # (mpi_async, and mpi_coll and mpi_split with DUET_PROGRESS_THREAD=1), and
-# random calls of every collective (mpi_random, fixed seeds). Last,
+# random calls of every collective (mpi_random, fixed seeds). Then
 # DUET_ALGO set on one rank only must fail every rank's init with a message
-# naming it.
+# naming it. Last, a /dev/shm too small for libfabric's shm, and for the
+# load/store segment (a mount namespace of its own; needs root).
 #
 # Env: top_builddir (default .), MPIRUN (default mpirun), DUET_TEST_TIMEOUT
 # (seconds per mpirun, default 300), DUET_TEST_NP (override the np list).
@@ -185,6 +186,47 @@ differ() {
   fi
 }
 differ
+
+# A /dev/shm too small, as a container's default 64 MiB is on a host of more
+# than 3 CPUs: libfabric's shm does not open (it wants 16 MiB per online CPU
+# free there), and the load/store segment may not fit either. Init must still
+# succeed, every rank's UPN endpoints over tcp, the segment where it fits.
+# Before, every rank's init failed ("fi_getinfo(prov=shm ...): No data
+# available"), and a segment that did not fit killed local rank 0 with
+# SIGBUS. Named (DUET_UPN_PROVIDER=shm), shm must fail saying why. In a
+# mount namespace of the test's own (root); MPI keeps out of /dev/shm.
+# small_shm <tmpfs size> <pass|fail> <message every rank must log> <mpirun args...>
+small_shm() {
+  local size=$1 expect=$2 want=$3 out rc saw ok=0 start=$SECONDS
+  shift 3
+  local opts=("${mpiopts[@]/self,vader,tcp/self,tcp}")
+  echo "+ unshare -m (tmpfs of $size on /dev/shm) timeout $limit $mpirun ${opts[*]} -np 4 $*"
+  out=$(env -u DUET_UPN_PROVIDER -u DUET_HPN_PROVIDER unshare -m sh -c \
+    'mount -t tmpfs -o size="$0" tmpfs /dev/shm && exec "$@"' "$size" \
+    timeout "$limit" "$mpirun" "${opts[@]}" -np 4 "$@" 2>&1)
+  rc=$?
+  echo "$out" | grep -E "duet WARN|^\[rank" | head -6
+  saw=$(echo "$out" | grep -c -- "$want")
+  if [ "$expect" = pass ] && [ $rc -eq 0 ]; then
+    ok=1
+  elif [ "$expect" = fail ] && [ $rc -ne 0 ]; then
+    ok=1
+  fi
+  if [ $ok = 1 ] && [ "$saw" -ge 4 ]; then
+    passed=$((passed + 1))
+    echo "# passed in $((SECONDS - start)) s: ${expect}ed, every rank said \"$want\""
+  else
+    failed=$((failed + 1))
+    failures+=("[/dev/shm of $size, rc=$rc, $saw of 4 ranks said \"$want\"] $*")
+    echo "# FAILED (exit $rc, expected to $expect) after $((SECONDS - start)) s"
+  fi
+}
+# room for the segment (mpi_coll checks that blocking calls use it), not
+# for libfabric's shm
+small_shm 12m pass "the UPN endpoints of every rank use tcp over lo instead" "$coll" -q
+# room for neither (local rank 0 says it found no room, the others that it did)
+small_shm 4m pass "no room" "$random" -s 4 -i 100 -m 1048576
+small_shm 12m fail "libfabric's shm needs .* (16 MiB per CPU" -x DUET_UPN_PROVIDER=shm "$coll" -q
 
 for f in "${failures[@]+"${failures[@]}"}"; do
   echo "# failed: $f"

@@ -68,6 +68,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -972,6 +973,28 @@ out_free_hints:
   return ret;
 }
 
+/*
+ * libfabric 1.17's shm offers itself only while /dev/shm has room for one
+ * region (16 MiB) per online CPU, which a container's default 64 MiB does
+ * not hold on a host of more than 3 CPUs. When that is why shm is missing,
+ * say so in why: fi_getinfo itself says only "No data available".
+ */
+#define OFI_SHM_REGION (16u << 20)
+static void ofi_shm_space_hint(char *why, size_t len) {
+  struct statvfs sv;
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  unsigned long long avail, want;
+  if (cpus < 1 || statvfs("/dev/shm", &sv) != 0)
+    return;
+  avail = (unsigned long long)sv.f_bavail * sv.f_frsize;
+  want = (unsigned long long)cpus * OFI_SHM_REGION;
+  if (avail < want)
+    snprintf(why, len,
+             "; /dev/shm has %llu MiB free, libfabric's shm needs %llu (16 MiB per CPU, %ld "
+             "CPUs): enlarge /dev/shm (docker run --shm-size)",
+             avail >> 20, want >> 20, cpus);
+}
+
 static duet_status_t ofi_open(const duet__tp_params_t *params, duet__tp_ep_t **out, char *errbuf) {
   const char *prov = params && params->provider ? params->provider : NULL;
   const char *iface = params && params->iface ? params->iface : NULL;
@@ -996,8 +1019,11 @@ static duet_status_t ofi_open(const duet__tp_params_t *params, duet__tp_ep_t **o
   ofi_set_env_defaults();
   ret = ofi_getinfo(prov, iface, &e->info);
   if (ret) {
-    duet__tp_seterr(errbuf, "ofi", "fi_getinfo(prov=%s, iface=%s): %s", prov ? prov : "any",
-                    iface ? iface : "any", fi_strerror(-ret));
+    char why[192] = "";
+    if (prov && strcmp(prov, "shm") == 0)
+      ofi_shm_space_hint(why, sizeof why);
+    duet__tp_seterr(errbuf, "ofi", "fi_getinfo(prov=%s, iface=%s): %s%s", prov ? prov : "any",
+                    iface ? iface : "any", fi_strerror(-ret), why);
     st = ret == -FI_ENODATA  ? DUET_ERR_UNSUPPORTED
          : ret == -FI_ENOMEM ? DUET_ERR_NO_MEMORY
                              : DUET_ERR_TRANSPORT;
