@@ -7,7 +7,9 @@
  * picks its providers; (2) endpoint addresses, or the error that kept a rank
  * from opening them; (3) a final status after every rank connected to its
  * peers. A rank that fails tells the others in the next round, so nobody
- * waits for a deadline to learn of it.
+ * waits for a deadline to learn of it. Where libfabric's shm, the default
+ * UPN provider, does not open on some rank, round 2 runs again with tcp as
+ * every rank's UPN transport (duet__open_endpoints).
  */
 #include <dirent.h>
 #include <errno.h>
@@ -722,9 +724,8 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
                 rank, r);
     }
   if (comm->upn_tcp) { /* round 2 again, with tcp where shm was the UPN's */
-    if (!amine->shm_missing && comm->nets->net[DUET_NET_UPN].ep != NULL &&
-        strcmp(comm->nets->net[DUET_NET_UPN].provider, "shm") == 0 &&
-        !duet__cfg_upn_named(&comm->cfg)) {
+    if (comm->nets->net[DUET_NET_UPN].ep != NULL && !duet__cfg_upn_named(&comm->cfg) &&
+        strcmp(comm->nets->net[DUET_NET_UPN].provider, "shm") == 0) {
       comm->nets->net[DUET_NET_UPN].ops->close(comm->nets->net[DUET_NET_UPN].ep);
       comm->nets->net[DUET_NET_UPN].ep = NULL;
     }
