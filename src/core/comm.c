@@ -405,10 +405,14 @@ void duet__comm_shape(duet_comm_t *comm) {
   /* Every rank must see the same shape, or ranks pick different algorithms
    * for one call: the model follows the configured providers and the
    * layout, never whether this rank happens to have an endpoint. */
-  /* "mem" is the load/store path, whose endpoint is shm (open_endpoints) */
-  const char *upn = duet__cfg_upn_named(&comm->cfg)            ? comm->cfg.upn_provider
-                    : comm->domains_one_host && !comm->upn_tcp ? "shm"
-                                                               : "tcp";
+  /* "mem" is the load/store path, whose endpoint is shm (open_endpoints).
+   * Where the endpoints fell back to tcp (upn_tcp) but every super-node has
+   * its segment, the UPN phases still go through the segment: weigh them
+   * as before, so that the same algorithms run, only point to point slower. */
+  const int upn_shm = comm->domains_one_host && (!comm->upn_tcp || comm->mem_everywhere);
+  const char *upn = duet__cfg_upn_named(&comm->cfg) ? comm->cfg.upn_provider
+                    : upn_shm                       ? "shm"
+                                                    : "tcp";
   const char *hpn = comm->cfg.hpn_provider[0] ? comm->cfg.hpn_provider : "tcp";
   sh->nranks = comm->nranks;
   sh->nsupernodes = comm->layout.nsupernodes;

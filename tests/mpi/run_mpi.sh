@@ -25,8 +25,9 @@ coll="$builddir/tests/mpi/mpi_coll"
 split="$builddir/tests/mpi/mpi_split"
 async="$builddir/tests/mpi/mpi_async"
 random="$builddir/tests/mpi/mpi_random"
+hier="$builddir/tests/mpi/mpi_hier"
 . "$(dirname "$0")/mpirun_env.sh"
-mpi_test_setup mpi 300 "$allreduce" "$coll" "$split" "$async" "$random"
+mpi_test_setup mpi 300 "$allreduce" "$coll" "$split" "$async" "$random" "$hier"
 
 quick=${DUET_TEST_QUICK:-0}
 if [ "$quick" = 1 ]; then
@@ -200,10 +201,10 @@ small_shm() {
   local size=$1 expect=$2 want=$3 out rc saw ok=0 start=$SECONDS
   shift 3
   local opts=("${mpiopts[@]/self,vader,tcp/self,tcp}")
-  echo "+ unshare -m (tmpfs of $size on /dev/shm) timeout $limit $mpirun ${opts[*]} -np 4 $*"
+  echo "+ unshare -m (tmpfs of $size on /dev/shm) timeout $limit $mpirun ${opts[*]} $*"
   out=$(env -u DUET_UPN_PROVIDER -u DUET_HPN_PROVIDER unshare -m sh -c \
     'mount -t tmpfs -o size="$0" tmpfs /dev/shm && exec "$@"' "$size" \
-    timeout "$limit" "$mpirun" "${opts[@]}" -np 4 "$@" 2>&1)
+    timeout "$limit" "$mpirun" "${opts[@]}" "$@" 2>&1)
   rc=$?
   echo "$out" | grep -E "duet WARN|^\[rank" | head -6
   saw=$(echo "$out" | grep -c -- "$want")
@@ -221,12 +222,14 @@ small_shm() {
     echo "# FAILED (exit $rc, expected to $expect) after $((SECONDS - start)) s"
   fi
 }
-# room for the segment (mpi_coll checks that blocking calls use it), not
-# for libfabric's shm
-small_shm 12m pass "the UPN endpoints of every rank use tcp over lo instead" "$coll" -q
+# room for the segments (mpi_coll and mpi_hier check that the collectives
+# take them), not for libfabric's shm
+tcp_lo="the UPN endpoints of every rank use tcp over lo instead"
+small_shm 12m pass "$tcp_lo" -np 4 "$coll" -q
+small_shm 12m pass "$tcp_lo" -np 2 -x DUET_SUPERNODE=a "$hier" -q : -np 2 -x DUET_SUPERNODE=b "$hier" -q
 # room for neither (local rank 0 says it found no room, the others that it did)
-small_shm 4m pass "no room" "$random" -s 4 -i 100 -m 1048576
-small_shm 12m fail "libfabric's shm needs .* (16 MiB per CPU" -x DUET_UPN_PROVIDER=shm "$coll" -q
+small_shm 4m pass "no room" -np 4 "$random" -s 4 -i 100 -m 1048576
+small_shm 12m fail "libfabric's shm needs .* (16 MiB per CPU" -np 4 -x DUET_UPN_PROVIDER=shm "$coll" -q
 
 for f in "${failures[@]+"${failures[@]}"}"; do
   echo "# failed: $f"
