@@ -38,6 +38,7 @@
 #include "duet.h"
 #include "shm/umem.h"
 #include "topo/topo.h"
+#include "transport.h"
 #include "tune/tune.h"
 
 #define INFO_API_VERSION FI_VERSION(1, 11) /* as transports/ofi: libfabric >= 1.11 */
@@ -137,6 +138,14 @@ static int info_seen(const struct fi_info *list, const struct fi_info *fi, int d
 /* libfabric's version and every provider that offers what duet opens
  * (FI_EP_RDM with FI_TAGGED): one line per provider name, with its domains
  * (interfaces) and the fabrics (networks) of each. */
+/* Whether the list has a provider of that name. */
+static int info_has(const struct fi_info *list, const char *prov) {
+  for (const struct fi_info *fi = list; fi != NULL; fi = fi->next)
+    if (strcmp(info_prov(fi), prov) == 0)
+      return 1;
+  return 0;
+}
+
 static void show_fabric(void) {
   struct fi_info *hints, *list = NULL;
   uint32_t v = fi_version();
@@ -177,6 +186,11 @@ static void show_fabric(void) {
       printf("]");
     }
     printf("\n");
+  }
+  if (!info_has(list, "shm")) {
+    char why[192] = "";
+    duet__ofi_shm_space_hint(why, sizeof why);
+    printf("  shm: not offered%s\n", why[0] ? why : " by this libfabric");
   }
   fi_freeinfo(list);
 }

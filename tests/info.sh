@@ -1,8 +1,9 @@
 #!/bin/bash
 # info.sh - perf/duet_info, as `make check` runs it: the version line, the
-# libfabric providers, the topology and whether another process can map
-# duet_mem_alloc memory, the DUET_* settings with their source, the tuner's
-# choices (and DUET_ALGO forcing them), and the exit status of bad input.
+# libfabric providers (and why shm is missing, when /dev/shm is too small),
+# the topology and whether another process can map duet_mem_alloc memory,
+# the DUET_* settings with their source, the tuner's choices (and DUET_ALGO
+# forcing them), and the exit status of bad input.
 # Env: top_builddir (default .). Ends with "info: N passed, M failed".
 set -u
 
@@ -69,6 +70,19 @@ result "the tcp provider is listed" $ok
 ok=1
 has "^transports: tcp \\(duet's own sockets\\)" && ok=0
 result "duet's transports are listed" $ok
+
+# Where /dev/shm is too small for libfabric's shm (a container's default
+# 64 MiB on more than 3 CPUs), shm is missing from the list: say why. In a
+# mount namespace of this test's own with a 12 MiB /dev/shm (needs root).
+echo "+ unshare -m (tmpfs of 12m on /dev/shm) duet_info -a"
+unshare -m sh -c 'mount -t tmpfs -o size=12m tmpfs /dev/shm && exec "$0" -a' "$prog" \
+  >"$out" 2>"$err"
+rc=$?
+ok=1
+[ "$rc" = 0 ] && ! has '^ +shm +shm' &&
+  has "^  shm: not offered; /dev/shm has [0-9]+ MiB free, libfabric's shm needs [0-9]+ \(16 MiB per CPU" &&
+  ok=0
+result "a /dev/shm too small for libfabric's shm is named" $ok
 
 ok=1
 has '^topology:' && has '^host .*: [0-9]+ packages, [0-9]+ NUMA nodes, [1-9][0-9]* cores' &&

@@ -106,6 +106,9 @@ int duet__tp_fds_per_peer(const duet__tp_ops_t *ops, const char *provider, const
                           int *at_init);
 
 extern const duet__tp_ops_t duet__tp_ofi;
+/* Why libfabric's shm is not offered, when it is /dev/shm's free space (it
+ * wants 16 MiB there per online CPU): "; /dev/shm has ...", or "" in why. */
+void duet__ofi_shm_space_hint(char *why, size_t len);
 extern const duet__tp_ops_t duet__tp_self;
 extern const duet__tp_ops_t duet__tp_tcp; /* duet's own sockets: provider "tcp" */
 /* Two or more HPN planes: params->iface is a comma list, one endpoint of the

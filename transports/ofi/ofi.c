@@ -980,7 +980,7 @@ out_free_hints:
  * say so in why: fi_getinfo itself says only "No data available".
  */
 #define OFI_SHM_REGION (16u << 20)
-static void ofi_shm_space_hint(char *why, size_t len) {
+void duet__ofi_shm_space_hint(char *why, size_t len) {
   struct statvfs sv;
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   unsigned long long avail, want;
@@ -1021,7 +1021,7 @@ static duet_status_t ofi_open(const duet__tp_params_t *params, duet__tp_ep_t **o
   if (ret) {
     char why[192] = "";
     if (prov && strcmp(prov, "shm") == 0)
-      ofi_shm_space_hint(why, sizeof why);
+      duet__ofi_shm_space_hint(why, sizeof why);
     duet__tp_seterr(errbuf, "ofi", "fi_getinfo(prov=%s, iface=%s): %s%s", prov ? prov : "any",
                     iface ? iface : "any", fi_strerror(-ret), why);
     st = ret == -FI_ENODATA  ? DUET_ERR_UNSUPPORTED
