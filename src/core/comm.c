@@ -658,6 +658,7 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
   mine.ncores = duet__topo_ncores();
   mine.pid = (int32_t)getpid();
   mine.start = duet__proc_start(0);
+  duet__host_ids(&mine);
   duet__agree_fill(&comm->cfg, mine.agree);
   info = calloc((size_t)nranks, sizeof(*info));
   amine = calloc(1, sizeof(*amine));
@@ -681,13 +682,12 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
     duet__set_error(NULL, rc, "duet_comm_init: out of memory for the super-node layout");
     goto out_close_boot;
   }
-  /* The ranks on this host whose process this rank can see (a rank in
-   * another PID namespace, or on another host of the same name, cannot be
-   * looked up): a wait for one of them notices when it is gone. */
+  /* The ranks on this machine whose process this rank can see (a rank in
+   * another PID namespace cannot be looked up): a wait for one of them
+   * notices when it is gone. */
   for (int r = 0; r < nranks; r++)
     if (r != rank && info[r].start != 0 && info[r].start != DUET_PROC_UNKNOWN &&
-        strcmp(info[r].host, mine.host) == 0 &&
-        duet__proc_start(info[r].pid) == info[r].start) {
+        duet__same_machine(&info[r], &mine) && duet__proc_start(info[r].pid) == info[r].start) {
       comm->peers[r].pid = info[r].pid;
       comm->peers[r].start = info[r].start;
     }
@@ -770,7 +770,7 @@ static duet_status_t duet__comm_init(duet_comm_t **out, int nranks, const duet_u
       CPU_COUNT(&comm->place_mask) >= 2 && comm->host_ranks > CPU_COUNT(&comm->place_mask)) {
     comm->place_pid = malloc((size_t)comm->host_ranks * sizeof(int));
     for (int r = 0; comm->place_pid != NULL && r < nranks; r++)
-      if (strcmp(info[r].host, info[rank].host) == 0) {
+      if (duet__same_machine(&info[r], &info[rank])) {
         if (r == rank)
           comm->place_me = comm->place_n;
         comm->place_pid[comm->place_n++] = (int)info[r].pid;

@@ -3,10 +3,42 @@
  * ranks with the same id form one domain, numbered in order of their lowest
  * rank; inside it ranks take local indices in rank order.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "topo/topo.h"
+
+static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
+  const unsigned char *b = p;
+  for (size_t i = 0; i < n; i++)
+    h = (h ^ b[i]) * 1099511628211ull;
+  return h;
+}
+
+void duet__host_ids(duet__rank_info_t *info) {
+  char boot[64] = "";
+  struct stat st;
+  FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+  if (f != NULL) {
+    if (fgets(boot, sizeof(boot), f) == NULL)
+      boot[0] = '\0';
+    fclose(f);
+  }
+  info->machine = boot[0] ? fnv1a(1469598103934665603ull, boot, strlen(boot)) : 0;
+  info->shm = info->machine;
+  if (stat("/dev/shm", &st) == 0)
+    info->shm = fnv1a(info->shm, &st.st_dev, sizeof(st.st_dev));
+}
+
+int duet__same_machine(const duet__rank_info_t *a, const duet__rank_info_t *b) {
+  return strcmp(a->host, b->host) == 0 && a->machine == b->machine;
+}
+
+int duet__same_shm(const duet__rank_info_t *a, const duet__rank_info_t *b) {
+  return duet__same_machine(a, b) && a->shm == b->shm;
+}
 
 duet_status_t duet__domains_build(const duet__rank_info_t *info, int nranks,
                                   duet__domains_t *d) {
@@ -36,9 +68,9 @@ duet_status_t duet__domains_build(const duet__rank_info_t *info, int nranks,
       d->domain_one_host[sn] = 1;
     }
     d->supernode[r] = sn;
-    if (strcmp(info[first[sn]].host, info[r].host) != 0)
+    if (!duet__same_shm(&info[first[sn]], &info[r]))
       d->domain_one_host[sn] = 0;
-    if (strcmp(info[0].host, info[r].host) != 0)
+    if (!duet__same_shm(&info[0], &info[r]))
       d->one_host = 0;
   }
   for (int r = 0; r < nranks; r++) {
@@ -49,7 +81,7 @@ duet_status_t duet__domains_build(const duet__rank_info_t *info, int nranks,
         if (q < r)
           lr++;
       }
-      if (strcmp(info[q].host, info[r].host) == 0)
+      if (duet__same_machine(&info[q], &info[r]))
         hr++;
     }
     d->local_rank[r] = lr;

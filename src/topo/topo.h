@@ -106,9 +106,23 @@ typedef struct duet__rank_info {
   char supernode[128];
   int32_t ncores;
   int32_t pid;
-  uint64_t start; /* duet__proc_start(0) */
+  uint64_t start;   /* duet__proc_start(0) */
+  uint64_t machine; /* this kernel (its boot id), hashed; 0: unknown */
+  uint64_t shm;     /* the machine and the /dev/shm this rank sees (its device), hashed */
   uint64_t agree[DUET_AGREE_COUNT]; /* a hash of each such setting */
 } duet__rank_info_t;
+
+/* Fill info->machine and info->shm for this process. Two ranks with one
+ * host name are on one machine only if their kernels' boot ids match (two
+ * hosts may share a name), and share memory only if they also see one
+ * /dev/shm (containers of one host each have their own, unless run with
+ * the host's IPC namespace). */
+void duet__host_ids(duet__rank_info_t *info);
+/* Same host name and kernel: the ranks share CPUs and can see each other's
+ * processes (PID namespaces aside). */
+int duet__same_machine(const duet__rank_info_t *a, const duet__rank_info_t *b);
+/* Same machine and /dev/shm: the ranks can map one shared segment. */
+int duet__same_shm(const duet__rank_info_t *a, const duet__rank_info_t *b);
 
 /* The super-node layout derived from every rank's info. */
 typedef struct duet__domains {
@@ -116,9 +130,9 @@ typedef struct duet__domains {
   int32_t *supernode;  /* per rank: super-node index, numbered by first rank */
   int32_t *local_rank; /* per rank: index inside its super-node */
   int32_t *local_size; /* per rank: size of its super-node */
-  int32_t *host_ranks; /* per rank: ranks on the same host */
-  int one_host;        /* every rank on one host */
-  int *domain_one_host; /* per super-node: all its ranks on one host */
+  int32_t *host_ranks; /* per rank: ranks on the same machine (duet__same_machine) */
+  int one_host;        /* every rank on one host, one /dev/shm (duet__same_shm) */
+  int *domain_one_host; /* per super-node: all its ranks on one host, one /dev/shm */
 } duet__domains_t;
 
 duet_status_t duet__domains_build(const duet__rank_info_t *info, int nranks,

@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -600,8 +601,18 @@ static inline void mt_sleep_ms(long ms) {
  * what it opened in MPI_Init: its launcher's sockets and shared memory. */
 static inline void mt_enter_host(int rank) {
   const char *ns = getenv("DUET_TEST_NETNS"), *host = getenv("DUET_TEST_HOST");
+  const char *own_shm = getenv("DUET_TEST_OWN_SHM");
   char path[256];
   int fd;
+  /* A /dev/shm of the rank's own, as in a container of its own with the
+   * host's name and network: a mount namespace with a fresh tmpfs there.
+   * MPI must not need /dev/shm from here on (--mca btl self,tcp). */
+  if (own_shm != NULL && strcmp(own_shm, "1") == 0 &&
+      (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+       mount("tmpfs", "/dev/shm", "tmpfs", 0, "size=256m") != 0)) {
+    fprintf(stderr, "[rank %d] a /dev/shm of its own: %s\n", rank, strerror(errno));
+    MPI_Abort(MPI_COMM_WORLD, 1);
+  }
   if (ns == NULL || *ns == '\0')
     return;
   if (host == NULL || *host == '\0')

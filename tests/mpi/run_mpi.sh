@@ -13,7 +13,8 @@
 # random calls of every collective (mpi_random, fixed seeds). Then
 # DUET_ALGO set on one rank only must fail every rank's init with a message
 # naming it. Last, a /dev/shm too small for libfabric's shm, and for the
-# load/store segment (a mount namespace of its own; needs root).
+# load/store segment, and a /dev/shm of each rank's own (mount namespaces of
+# their own; needs root).
 #
 # Env: top_builddir (default .), MPIRUN (default mpirun), DUET_TEST_TIMEOUT
 # (seconds per mpirun, default 300), DUET_TEST_NP (override the np list).
@@ -230,6 +231,26 @@ small_shm 12m pass "$tcp_lo" -np 2 -x DUET_SUPERNODE=a "$hier" -q : -np 2 -x DUE
 # room for neither (local rank 0 says it found no room, the others that it did)
 small_shm 4m pass "no room" -np 4 "$random" -s 4 -i 100 -m 1048576
 small_shm 12m fail "libfabric's shm needs .* (16 MiB per CPU" -np 4 -x DUET_UPN_PROVIDER=shm "$coll" -q
+
+# A /dev/shm of each rank's own under one host name, as in a container per
+# rank with the host's name and network but its own IPC namespace
+# (DUET_TEST_OWN_SHM, mpi_common.h): the ranks share no memory, so they are
+# not one host to duet and talk over tcp. Before, duet took them for one
+# host: every rank's init waited for a segment only local rank 0 could see,
+# and failed at the deadline.
+own_shm_opts=("${mpiopts[@]/self,vader,tcp/self,tcp}" -x DUET_TEST_OWN_SHM=1 -x DUET_UPN_IFACE=lo)
+echo "+ timeout $limit $mpirun ${own_shm_opts[*]} -np 4 $random -s 5 -i 100 -m 1048576"
+start=$SECONDS
+if DUET_TIMEOUT_MS=20000 mpi_limited env -u DUET_UPN_PROVIDER -u DUET_HPN_PROVIDER "$mpirun" \
+  "${own_shm_opts[@]}" -np 4 "$random" -s 5 -i 100 -m 1048576; then
+  passed=$((passed + 1))
+  echo "# passed in $((SECONDS - start)) s"
+else
+  rc=$?
+  failed=$((failed + 1))
+  failures+=("[a /dev/shm per rank, rc=$rc] $random -s 5 -i 100 -m 1048576")
+  echo "# FAILED (exit $rc) after $((SECONDS - start)) s"
+fi
 
 for f in "${failures[@]+"${failures[@]}"}"; do
   echo "# failed: $f"
