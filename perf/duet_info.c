@@ -135,9 +135,6 @@ static int info_seen(const struct fi_info *list, const struct fi_info *fi, int d
   return 0;
 }
 
-/* libfabric's version and every provider that offers what duet opens
- * (FI_EP_RDM with FI_TAGGED): one line per provider name, with its domains
- * (interfaces) and the fabrics (networks) of each. */
 /* Whether the list has a provider of that name. */
 static int info_has(const struct fi_info *list, const char *prov) {
   for (const struct fi_info *fi = list; fi != NULL; fi = fi->next)
@@ -146,6 +143,10 @@ static int info_has(const struct fi_info *list, const char *prov) {
   return 0;
 }
 
+/* libfabric's version and every provider that offers what duet opens
+ * (FI_EP_RDM with FI_TAGGED): one line per provider name, with its domains
+ * (interfaces) and the fabrics (networks) of each; and why shm is missing,
+ * when /dev/shm is too small for it. */
 static void show_fabric(void) {
   struct fi_info *hints, *list = NULL;
   uint32_t v = fi_version();

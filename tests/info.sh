@@ -75,6 +75,7 @@ result "duet's transports are listed" $ok
 # 64 MiB on more than 3 CPUs), shm is missing from the list: say why. In a
 # mount namespace of this test's own with a 12 MiB /dev/shm (needs root).
 echo "+ unshare -m (tmpfs of 12m on /dev/shm) duet_info -a"
+# shellcheck disable=SC2016 # $0 is the inner shell's
 unshare -m sh -c 'mount -t tmpfs -o size=12m tmpfs /dev/shm && exec "$0" -a' "$prog" \
   >"$out" 2>"$err"
 rc=$?

@@ -1,7 +1,9 @@
 /*
  * domains.c - super-nodes (UPN domains) from every rank's super-node id:
  * ranks with the same id form one domain, numbered in order of their lowest
- * rank; inside it ranks take local indices in rank order.
+ * rank; inside it ranks take local indices in rank order. A domain is on
+ * one host when its ranks share a host name, a kernel and a /dev/shm
+ * (duet__same_shm).
  */
 #include <stdio.h>
 #include <stdlib.h>

@@ -42,6 +42,19 @@ passed=0
 failed=0
 failures=()
 
+# tally <0: passed | else: failed> <the failure, as listed at the end> [why it
+# passed]: count one check and say how it went, timed from $start.
+tally() {
+  if [ "$1" = 0 ]; then
+    passed=$((passed + 1))
+    echo "# passed in $((SECONDS - start)) s${3:+: $3}"
+  else
+    failed=$((failed + 1))
+    failures+=("$2")
+    echo "# FAILED after $((SECONDS - start)) s: $2"
+  fi
+}
+
 # run <provider> <np> <program> [args...]
 run() {
   local prov=$1 np=$2
@@ -61,16 +74,10 @@ run() {
   set+=${FI_OFI_RXM_TX_SIZE:+FI_OFI_RXM_TX_SIZE=$FI_OFI_RXM_TX_SIZE }
   set+=${FI_OFI_RXM_RX_SIZE:+FI_OFI_RXM_RX_SIZE=$FI_OFI_RXM_RX_SIZE }
   echo "+ $set${envs[*]} timeout $limit $mpirun ${mpiopts[*]} -np $np $*"
-  local start=$SECONDS
-  if mpi_limited "${envs[@]}" "$mpirun" "${mpiopts[@]}" -np "$np" "$@"; then
-    passed=$((passed + 1))
-    echo "# passed in $((SECONDS - start)) s"
-  else
-    local rc=$?
-    failed=$((failed + 1))
-    failures+=("[$set$prov np=$np rc=$rc] $*")
-    echo "# FAILED (exit $rc) after $((SECONDS - start)) s"
-  fi
+  local start=$SECONDS rc
+  mpi_limited "${envs[@]}" "$mpirun" "${mpiopts[@]}" -np "$np" "$@"
+  rc=$?
+  tally $rc "[$set$prov np=$np rc=$rc] $*"
 }
 
 for np in $nps; do
@@ -177,15 +184,10 @@ differ() {
     -np 1 -x DUET_ALGO=allreduce=ring "$allreduce" -q : -np 1 "$allreduce" -q 2>&1)
   rc=$?
   echo "$out" | grep -E "^\[rank" | head -2
-  if [ $rc -ne 0 ] && [ "$(echo "$out" | grep -c "DUET_ALGO differs between rank 0 and rank 1")" -eq 2 ] &&
-    [ $((SECONDS - start)) -lt 30 ]; then
-    passed=$((passed + 1))
-    echo "# passed in $((SECONDS - start)) s: both ranks refused, naming DUET_ALGO"
-  else
-    failed=$((failed + 1))
-    failures+=("[settings differ rc=$rc after $((SECONDS - start)) s] DUET_ALGO on one rank only")
-    echo "# FAILED (exit $rc) after $((SECONDS - start)) s"
-  fi
+  [ $rc -ne 0 ] && [ "$(echo "$out" | grep -c "DUET_ALGO differs between rank 0 and rank 1")" -eq 2 ] &&
+    [ $((SECONDS - start)) -lt 30 ]
+  tally $? "[settings differ rc=$rc after $((SECONDS - start)) s] DUET_ALGO on one rank only" \
+    "both ranks refused, naming DUET_ALGO"
 }
 differ
 
@@ -203,6 +205,7 @@ small_shm() {
   shift 3
   local opts=("${mpiopts[@]/self,vader,tcp/self,tcp}")
   echo "+ unshare -m (tmpfs of $size on /dev/shm) timeout $limit $mpirun ${opts[*]} $*"
+  # shellcheck disable=SC2016 # $0 and $@ are the inner shell's
   out=$(env -u DUET_UPN_PROVIDER -u DUET_HPN_PROVIDER unshare -m sh -c \
     'mount -t tmpfs -o size="$0" tmpfs /dev/shm && exec "$@"' "$size" \
     timeout "$limit" "$mpirun" "${opts[@]}" "$@" 2>&1)
@@ -214,14 +217,9 @@ small_shm() {
   elif [ "$expect" = fail ] && [ $rc -ne 0 ]; then
     ok=1
   fi
-  if [ $ok = 1 ] && [ "$saw" -ge 4 ]; then
-    passed=$((passed + 1))
-    echo "# passed in $((SECONDS - start)) s: ${expect}ed, every rank said \"$want\""
-  else
-    failed=$((failed + 1))
-    failures+=("[/dev/shm of $size, rc=$rc, $saw of 4 ranks said \"$want\"] $*")
-    echo "# FAILED (exit $rc, expected to $expect) after $((SECONDS - start)) s"
-  fi
+  [ $ok = 1 ] && [ "$saw" -ge 4 ]
+  tally $? "[/dev/shm of $size, rc=$rc (to $expect), $saw of 4 ranks said \"$want\"] $*" \
+    "${expect}ed, every rank said \"$want\""
 }
 # room for the segments (mpi_coll and mpi_hier check that the collectives
 # take them), not for libfabric's shm
@@ -241,16 +239,10 @@ small_shm 12m fail "libfabric's shm needs .* (16 MiB per CPU" -np 4 -x DUET_UPN_
 own_shm_opts=("${mpiopts[@]/self,vader,tcp/self,tcp}" -x DUET_TEST_OWN_SHM=1 -x DUET_UPN_IFACE=lo)
 echo "+ timeout $limit $mpirun ${own_shm_opts[*]} -np 4 $random -s 5 -i 100 -m 1048576"
 start=$SECONDS
-if DUET_TIMEOUT_MS=20000 mpi_limited env -u DUET_UPN_PROVIDER -u DUET_HPN_PROVIDER "$mpirun" \
-  "${own_shm_opts[@]}" -np 4 "$random" -s 5 -i 100 -m 1048576; then
-  passed=$((passed + 1))
-  echo "# passed in $((SECONDS - start)) s"
-else
-  rc=$?
-  failed=$((failed + 1))
-  failures+=("[a /dev/shm per rank, rc=$rc] $random -s 5 -i 100 -m 1048576")
-  echo "# FAILED (exit $rc) after $((SECONDS - start)) s"
-fi
+DUET_TIMEOUT_MS=20000 mpi_limited env -u DUET_UPN_PROVIDER -u DUET_HPN_PROVIDER "$mpirun" \
+  "${own_shm_opts[@]}" -np 4 "$random" -s 5 -i 100 -m 1048576
+rc=$?
+tally $rc "[a /dev/shm per rank, rc=$rc] $random -s 5 -i 100 -m 1048576"
 
 for f in "${failures[@]+"${failures[@]}"}"; do
   echo "# failed: $f"
