@@ -439,11 +439,7 @@ void duet__comm_shape(duet_comm_t *comm) {
 
 /* FNV-1a over n bytes. */
 static uint64_t duet__hash(const void *p, size_t n) {
-  const unsigned char *b = p;
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < n; i++)
-    h = (h ^ b[i]) * 1099511628211ull;
-  return h;
+  return duet__fnv1a(DUET_FNV1A_BASIS, p, n);
 }
 
 /* The UPN load/store path: ranks of a super-node that sits on one host map

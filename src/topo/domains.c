@@ -12,7 +12,7 @@
 
 #include "topo/topo.h"
 
-static uint64_t fnv1a(uint64_t h, const void *p, size_t n) {
+uint64_t duet__fnv1a(uint64_t h, const void *p, size_t n) {
   const unsigned char *b = p;
   for (size_t i = 0; i < n; i++)
     h = (h ^ b[i]) * 1099511628211ull;
@@ -28,10 +28,10 @@ void duet__host_ids(duet__rank_info_t *info) {
       boot[0] = '\0';
     fclose(f);
   }
-  info->machine = boot[0] ? fnv1a(1469598103934665603ull, boot, strlen(boot)) : 0;
+  info->machine = boot[0] ? duet__fnv1a(DUET_FNV1A_BASIS, boot, strlen(boot)) : 0;
   info->shm = info->machine;
   if (stat("/dev/shm", &st) == 0)
-    info->shm = fnv1a(info->shm, &st.st_dev, sizeof(st.st_dev));
+    info->shm = duet__fnv1a(info->shm, &st.st_dev, sizeof(st.st_dev));
 }
 
 int duet__same_machine(const duet__rank_info_t *a, const duet__rank_info_t *b) {

@@ -112,6 +112,10 @@ typedef struct duet__rank_info {
   uint64_t agree[DUET_AGREE_COUNT]; /* a hash of each such setting */
 } duet__rank_info_t;
 
+/* FNV-1a over n bytes, continuing from h (DUET_FNV1A_BASIS to start). */
+#define DUET_FNV1A_BASIS 1469598103934665603ull
+uint64_t duet__fnv1a(uint64_t h, const void *p, size_t n);
+
 /* Fill info->machine and info->shm for this process. Two ranks with one
  * host name are on one machine only if their kernels' boot ids match (two
  * hosts may share a name), and share memory only if they also see one
